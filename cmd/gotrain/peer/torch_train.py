@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""PyTorch peer for `make bench`: the same models, batch and optimiser as
+`gotrain bench train`, timed the same way (training steps on a fixed set of
+synthetic batches after warm-up), printed as one JSON line.
+
+Run with Debian's python3-torch: /usr/bin/python3 torch_train.py --model mlp
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden):
+        super().__init__()
+        dims = [784] + hidden + [10]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x):
+        x = x.view(x.shape[0], -1)
+        for l in self.layers[:-1]:
+            x = F.relu(l(x))
+        return self.layers[-1](x)
+
+
+class CNN(nn.Module):
+    # Must match graph.New(Spec{Kind: "cnn"}): conv5x5(16, pad 2)-relu-pool2-conv5x5(32)-relu-pool2-fc(128)-relu-fc(10)
+    def __init__(self, hidden=128):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 5, padding=2)
+        self.conv2 = nn.Conv2d(16, 32, 5)
+        self.fc1 = nn.Linear(32 * 5 * 5, hidden)
+        self.fc2 = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
+    ap.add_argument("--hidden", default="")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    a = ap.parse_args()
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(1)
+    hidden = [int(h) for h in a.hidden.split(",") if h]
+    model = MLP(hidden or [256]) if a.model == "mlp" else CNN(*(hidden[:1] or [128]))
+    opt = {"sgd": lambda p: torch.optim.SGD(p, lr=a.lr, momentum=0.9),
+           "adam": lambda p: torch.optim.Adam(p, lr=a.lr),
+           "adamw": lambda p: torch.optim.AdamW(p, lr=a.lr)}[a.optimizer](model.parameters())
+    nb = 16
+    xs = torch.rand(nb, a.batch_size, 1, 28, 28)
+    ys = torch.randint(0, 10, (nb, a.batch_size))
+
+    def step(i):
+        x, y = xs[i % nb], ys[i % nb]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for i in range(a.warmup):
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(a.steps):
+        loss = step(i)
+    loss = float(loss)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"impl": "pytorch", "version": torch.__version__, "model": a.model,
+                      "batch_size": a.batch_size, "optimizer": a.optimizer, "threads": a.threads,
+                      "steps": a.steps, "seconds": dt, "samples_per_sec": a.steps * a.batch_size / dt,
+                      "loss": loss}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+package graph
+
+import (
+	"fmt"
+
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+
+	"github.com/gotrain/gotrain/graph/cblas"
+)
+
+// convGeom is the geometry of one NCHW convolution.
+type convGeom struct {
+	N, C, H, W  int // input
+	K, KH, KW   int // filters
+	Stride, Pad int
+	OH, OW      int // output
+}
+
+func (g convGeom) ckk() int { return g.C * g.KH * g.KW }
+func (g convGeom) ohw() int { return g.OH * g.OW }
+
+func newGeom(x, w tensor.Shape, stride, pad int) (convGeom, error) {
+	if len(x) != 4 || len(w) != 4 || x[1] != w[1] {
+		return convGeom{}, fmt.Errorf("Conv2D: X %v and W %v do not fit (want X[N,C,H,W], W[K,C,KH,KW])", x, w)
+	}
+	g := convGeom{N: x[0], C: x[1], H: x[2], W: x[3], K: w[0], KH: w[2], KW: w[3], Stride: stride, Pad: pad}
+	g.OH = (g.H+2*pad-g.KH)/stride + 1
+	g.OW = (g.W+2*pad-g.KW)/stride + 1
+	if g.OH <= 0 || g.OW <= 0 {
+		return convGeom{}, fmt.Errorf("Conv2D: kernel %dx%d does not fit input %dx%d with padding %d", g.KH, g.KW, g.H, g.W, pad)
+	}
+	return g, nil
+}
+
+// im2col lays the receptive fields of x out as the columns of cols, a
+// [C·KH·KW, N·OH·OW] matrix: row (c,i,j), column (n,oy,ox).
+func im2col(g convGeom, x, cols []float32) {
+	ohw, ncols := g.ohw(), g.N*g.ohw()
+	for c := 0; c < g.C; c++ {
+		for i := 0; i < g.KH; i++ {
+			for j := 0; j < g.KW; j++ {
+				row := cols[((c*g.KH+i)*g.KW+j)*ncols:][:ncols]
+				for n := 0; n < g.N; n++ {
+					plane := x[(n*g.C+c)*g.H*g.W:][:g.H*g.W]
+					dst := row[n*ohw:][:ohw]
+					for oy := 0; oy < g.OH; oy++ {
+						iy := oy*g.Stride - g.Pad + i
+						d := dst[oy*g.OW:][:g.OW]
+						if iy < 0 || iy >= g.H {
+							clear(d)
+							continue
+						}
+						src := plane[iy*g.W:][:g.W]
+						for ox := range d {
+							ix := ox*g.Stride - g.Pad + j
+							if ix < 0 || ix >= g.W {
+								d[ox] = 0
+							} else {
+								d[ox] = src[ix]
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// col2im is im2col's adjoint: it sums the columns back into dx (zeroed first).
+func col2im(g convGeom, cols, dx []float32) {
+	clear(dx)
+	ohw, ncols := g.ohw(), g.N*g.ohw()
+	for c := 0; c < g.C; c++ {
+		for i := 0; i < g.KH; i++ {
+			for j := 0; j < g.KW; j++ {
+				row := cols[((c*g.KH+i)*g.KW+j)*ncols:][:ncols]
+				for n := 0; n < g.N; n++ {
+					plane := dx[(n*g.C+c)*g.H*g.W:][:g.H*g.W]
+					src := row[n*ohw:][:ohw]
+					for oy := 0; oy < g.OH; oy++ {
+						iy := oy*g.Stride - g.Pad + i
+						if iy < 0 || iy >= g.H {
+							continue
+						}
+						dst := plane[iy*g.W:][:g.W]
+						s := src[oy*g.OW:][:g.OW]
+						for ox, v := range s {
+							ix := ox*g.Stride - g.Pad + j
+							if ix >= 0 && ix < g.W {
+								dst[ix] += v
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// nchwToKM rearranges y[N,K,OHW] into t[K, N·OHW]; kmToNCHW is its inverse.
+func nchwToKM(g convGeom, y, t []float32) {
+	ohw := g.ohw()
+	for n := 0; n < g.N; n++ {
+		for k := 0; k < g.K; k++ {
+			copy(t[(k*g.N+n)*ohw:][:ohw], y[(n*g.K+k)*ohw:][:ohw])
+		}
+	}
+}
+
+func kmToNCHW(g convGeom, t, y []float32, bias []float32) {
+	ohw := g.ohw()
+	for n := 0; n < g.N; n++ {
+		for k := 0; k < g.K; k++ {
+			dst, src, b := y[(n*g.K+k)*ohw:][:ohw], t[(k*g.N+n)*ohw:][:ohw], bias[k]
+			for p, v := range src {
+				dst[p] = v + b
+			}
+		}
+	}
+}
+
+func grow(buf []float32, n int) []float32 {
+	if cap(buf) >= n {
+		return buf[:n]
+	}
+	return make([]float32, n)
+}
+
+// ---- Conv2D: Y[N,K,OH,OW] = W ⊛ X + b ----
+
+type conv2dOp struct {
+	base
+	stride, pad int
+	needX       bool
+	cols, tmp   []float32
+	colsOf      *float32 // first element of the X whose im2col is in cols
+}
+
+func newConv2D(stride, pad int, needX bool) *conv2dOp {
+	return &conv2dOp{base: newBase(OpConv2D, map[string]any{"stride": stride, "pad": pad, "grad_x": needX}, tt(4), tt(4), tt(4), tt(1)), stride: stride, pad: pad, needX: needX}
+}
+
+func (o *conv2dOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	g, err := newGeom(shapeOf(ds[0]), shapeOf(ds[1]), o.stride, o.pad)
+	if err != nil {
+		return nil, err
+	}
+	if b := shapeOf(ds[2]); len(b) != 1 || b[0] != g.K {
+		return nil, fmt.Errorf("Conv2D: bias %v does not fit %d filters", b, g.K)
+	}
+	return tensor.Shape{g.N, g.K, g.OH, g.OW}, nil
+}
+
+func (o *conv2dOp) Do(in ...G.Value) (G.Value, error) {
+	g, err := newGeom(dims(in[0]), dims(in[1]), o.stride, o.pad)
+	if err != nil {
+		return nil, err
+	}
+	x := f32(in[0])
+	out := o.output(g.N, g.K, g.OH, g.OW)
+	ncols := g.N * g.ohw()
+	o.cols = grow(o.cols, g.ckk()*ncols)
+	o.tmp = grow(o.tmp, g.K*ncols)
+	im2col(g, x, o.cols)
+	o.colsOf = &x[0]
+	cblas.Sgemm(false, false, g.K, ncols, g.ckk(), 1, f32(in[1]), g.ckk(), o.cols, ncols, 0, o.tmp, ncols)
+	kmToNCHW(g, o.tmp, f32(out), f32(in[2]))
+	return out, nil
+}
+
+func (o *conv2dOp) DiffWRT(int) []bool { return []bool{o.needX, true, true} }
+
+func (o *conv2dOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	var dx *G.Node
+	var err error
+	if o.needX {
+		if dx, err = G.ApplyOp(&conv2dGradInputOp{base: newBase(OpConv2DGradInput, o.attrs, tt(4), tt(4), tt(4)), fwd: o, xShape: in[0].Shape().Clone()}, grad, in[1]); err != nil {
+			return nil, err
+		}
+	}
+	dw, err := G.ApplyOp(&conv2dGradWOp{base: newBase(OpConv2DGradW, o.attrs, tt(4), tt(4), tt(4)), fwd: o, wShape: in[1].Shape().Clone()}, in[0], grad)
+	if err != nil {
+		return nil, err
+	}
+	db, err := G.ApplyOp(&conv2dGradBOp{base: newBase(OpConv2DGradB, nil, tt(1), tt(4))}, grad)
+	if err != nil {
+		return nil, err
+	}
+	return G.Nodes{dx, dw, db}, nil
+}
+
+// ---- Conv2DGradInput: dX = col2im(Wᵀ · dY) ----
+
+type conv2dGradInputOp struct {
+	base
+	fwd         *conv2dOp
+	xShape      tensor.Shape
+	dcols, dyKM []float32
+}
+
+func (o *conv2dGradInputOp) InferShape(...G.DimSizer) (tensor.Shape, error) {
+	return o.xShape.Clone(), nil
+}
+
+func (o *conv2dGradInputOp) Do(in ...G.Value) (G.Value, error) {
+	g, err := newGeom(o.xShape, dims(in[1]), o.fwd.stride, o.fwd.pad)
+	if err != nil {
+		return nil, err
+	}
+	ncols := g.N * g.ohw()
+	o.dyKM = grow(o.dyKM, g.K*ncols)
+	o.dcols = grow(o.dcols, g.ckk()*ncols)
+	nchwToKM(g, f32(in[0]), o.dyKM)
+	cblas.Sgemm(true, false, g.ckk(), ncols, g.K, 1, f32(in[1]), g.ckk(), o.dyKM, ncols, 0, o.dcols, ncols)
+	out := o.output(o.xShape...)
+	col2im(g, o.dcols, f32(out))
+	return out, nil
+}
+
+func (o *conv2dGradInputOp) DiffWRT(n int) []bool { return make([]bool, n) }
+func (o *conv2dGradInputOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
+	return nil, noGrad("Conv2DGradInput")
+}
+
+// ---- Conv2DGradW: dW = dY · im2col(X)ᵀ ----
+
+type conv2dGradWOp struct {
+	base
+	fwd        *conv2dOp
+	wShape     tensor.Shape
+	cols, dyKM []float32
+}
+
+func (o *conv2dGradWOp) InferShape(...G.DimSizer) (tensor.Shape, error) {
+	return o.wShape.Clone(), nil
+}
+
+func (o *conv2dGradWOp) Do(in ...G.Value) (G.Value, error) {
+	g, err := newGeom(dims(in[0]), o.wShape, o.fwd.stride, o.fwd.pad)
+	if err != nil {
+		return nil, err
+	}
+	x := f32(in[0])
+	ncols := g.N * g.ohw()
+	cols := o.fwd.cols
+	if o.fwd.colsOf != &x[0] || len(cols) != g.ckk()*ncols {
+		// The forward op's im2col is of another input: recompute.
+		o.cols = grow(o.cols, g.ckk()*ncols)
+		im2col(g, x, o.cols)
+		cols = o.cols
+	}
+	o.dyKM = grow(o.dyKM, g.K*ncols)
+	nchwToKM(g, f32(in[1]), o.dyKM)
+	out := o.output(o.wShape...)
+	cblas.Sgemm(false, true, g.K, g.ckk(), ncols, 1, o.dyKM, ncols, cols, ncols, 0, f32(out), g.ckk())
+	return out, nil
+}
+
+func (o *conv2dGradWOp) DiffWRT(n int) []bool { return make([]bool, n) }
+func (o *conv2dGradWOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
+	return nil, noGrad("Conv2DGradW")
+}
+
+// ---- Conv2DGradB: db[k] = Σ_{n,p} dY[n,k,p] ----
+
+type conv2dGradBOp struct{ base }
+
+func (o *conv2dGradBOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	return tensor.Shape{shapeOf(ds[0])[1]}, nil
+}
+
+func (o *conv2dGradBOp) Do(in ...G.Value) (G.Value, error) {
+	s := dims(in[0])
+	n, k, hw := s[0], s[1], s[2]*s[3]
+	out := o.output(k)
+	db, dy := f32(out), f32(in[0])
+	for c := 0; c < k; c++ {
+		var sum float32
+		for i := 0; i < n; i++ {
+			for _, v := range dy[(i*k+c)*hw:][:hw] {
+				sum += v
+			}
+		}
+		db[c] = sum
+	}
+	return out, nil
+}
+
+func (o *conv2dGradBOp) DiffWRT(n int) []bool { return make([]bool, n) }
+func (o *conv2dGradBOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
+	return nil, noGrad("Conv2DGradB")
+}
+
+// ---- MaxPool2D: k×k windows, stride k (floor) ----
+
+type maxPoolOp struct {
+	base
+	k int
+}
+
+func newMaxPool(k int) *maxPoolOp {
+	return &maxPoolOp{base: newBase(OpMaxPool2D, map[string]any{"kernel": k, "stride": k}, tt(4), tt(4)), k: k}
+}
+
+func (o *maxPoolOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	x := shapeOf(ds[0])
+	if len(x) != 4 || x[2] < o.k || x[3] < o.k {
+		return nil, fmt.Errorf("MaxPool2D(%d): input %v is not [N,C,H,W] with H,W >= %d", o.k, x, o.k)
+	}
+	return tensor.Shape{x[0], x[1], x[2] / o.k, x[3] / o.k}, nil
+}
+
+func (o *maxPoolOp) Do(in ...G.Value) (G.Value, error) {
+	s := dims(in[0])
+	nc, h, w := s[0]*s[1], s[2], s[3]
+	oh, ow, k := h/o.k, w/o.k, o.k
+	out := o.output(s[0], s[1], oh, ow)
+	x, y := f32(in[0]), f32(out)
+	for p := 0; p < nc; p++ {
+		plane, dst := x[p*h*w:][:h*w], y[p*oh*ow:][:oh*ow]
+		for oy := 0; oy < oh; oy++ {
+			for ox := 0; ox < ow; ox++ {
+				m := plane[oy*k*w+ox*k]
+				for i := 0; i < k; i++ {
+					for _, v := range plane[(oy*k+i)*w+ox*k:][:k] {
+						if v > m {
+							m = v
+						}
+					}
+				}
+				dst[oy*ow+ox] = m
+			}
+		}
+	}
+	return out, nil
+}
+
+func (o *maxPoolOp) DiffWRT(int) []bool { return []bool{true} }
+
+func (o *maxPoolOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
+	dx, err := G.ApplyOp(&maxPoolGradOp{base: newBase(OpMaxPool2DGrad, o.attrs, tt(4), tt(4), tt(4), tt(4)), k: o.k}, in[0], out, grad)
+	return G.Nodes{dx}, err
+}
+
+// maxPoolGradOp routes each window's gradient to the first position that
+// holds the window's maximum (as PyTorch does).
+type maxPoolGradOp struct {
+	base
+	k int
+}
+
+func (o *maxPoolGradOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	return shapeOf(ds[0]).Clone(), nil
+}
+
+func (o *maxPoolGradOp) Do(in ...G.Value) (G.Value, error) {
+	s := dims(in[0])
+	nc, h, w := s[0]*s[1], s[2], s[3]
+	oh, ow, k := h/o.k, w/o.k, o.k
+	out := o.output(s...)
+	x, y, dy, dx := f32(in[0]), f32(in[1]), f32(in[2]), f32(out)
+	clear(dx)
+	for p := 0; p < nc; p++ {
+		plane, dplane := x[p*h*w:][:h*w], dx[p*h*w:][:h*w]
+		yp, dyp := y[p*oh*ow:][:oh*ow], dy[p*oh*ow:][:oh*ow]
+		for oy := 0; oy < oh; oy++ {
+			for ox := 0; ox < ow; ox++ {
+				m := yp[oy*ow+ox]
+			search:
+				for i := 0; i < k; i++ {
+					base := (oy*k+i)*w + ox*k
+					for j, v := range plane[base:][:k] {
+						if v == m {
+							dplane[base+j] += dyp[oy*ow+ox]
+							break search
+						}
+					}
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func (o *maxPoolGradOp) DiffWRT(n int) []bool { return make([]bool, n) }
+func (o *maxPoolGradOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
+	return nil, noGrad("MaxPool2DGrad")
+}

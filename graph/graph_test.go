@@ -1,0 +1,282 @@
+package graph
+
+import (
+	"math"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+func fill(r *rand.Rand, x []float32, scale float32) {
+	for i := range x {
+		x[i] = (2*r.Float32() - 1) * scale
+	}
+}
+
+// gradCheck compares every analytic gradient of prog with central finite
+// differences on a sample of parameter entries.
+func gradCheck(t *testing.T, m *Model, prog *Program, seed uint64) {
+	t.Helper()
+	run := func() float64 {
+		l, err := prog.Run(rand.New(rand.NewPCG(seed, 7))) // same dropout masks every run
+		require.NoError(t, err)
+		return float64(l)
+	}
+	run()
+	grads := make([][]float32, len(m.Params))
+	for i := range m.Params {
+		grads[i] = slices.Clone(prog.Grad(i))
+	}
+	r := rand.New(rand.NewPCG(seed, 99))
+	numeric := func(p *Param, j int, eps float32) float64 {
+		orig := p.Data[j]
+		p.Data[j] = orig + eps
+		lp := run()
+		p.Data[j] = orig - eps
+		lm := run()
+		p.Data[j] = orig
+		return (lp - lm) / (2 * float64(eps))
+	}
+	checked, kinks := 0, 0
+	for i, p := range m.Params {
+		for trial := 0; trial < 6; trial++ {
+			j := r.IntN(len(p.Data))
+			// Two step sizes: where they disagree the difference crosses a
+			// kink (ReLU at 0, a max-pool switch) and says nothing.
+			n1, n2 := numeric(p, j, 2e-3), numeric(p, j, 1e-3)
+			if math.Abs(n1-n2) > 5e-4+0.05*math.Abs(n2) {
+				kinks++
+				continue
+			}
+			checked++
+			got := float64(grads[i][j])
+			require.InDelta(t, n2, got, 5e-4+0.02*math.Abs(n2), "%s[%d]: numeric %g, analytic %g", p.Name, j, n2, got)
+		}
+	}
+	require.Greater(t, checked, 4*kinks, "too many entries sit on kinks (%d of %d) for the check to mean much", kinks, checked+kinks)
+}
+
+func TestGradientsMatchFiniteDifferences(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		spec Spec
+	}{
+		{"mlp-relu", Spec{Kind: "mlp", Hidden: []int{12, 9}, InH: 6, InW: 5}},
+		{"mlp-tanh-dropout", Spec{Kind: "mlp", Hidden: []int{10}, Activation: "tanh", Dropout: 0.3, InH: 4, InW: 4}},
+		{"mlp-sigmoid", Spec{Kind: "mlp", Hidden: []int{7}, Activation: "sigmoid", InH: 3, InW: 5, Classes: 4}},
+		{"cnn-relu", Spec{Kind: "cnn", Hidden: []int{8}, InH: 12, InW: 14}},
+		{"cnn-tanh-3ch", Spec{Kind: "cnn", Hidden: []int{6}, Activation: "tanh", InC: 3, InH: 13, InW: 12, Classes: 3}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := New(tc.spec, 3)
+			require.NoError(t, err)
+			prog, err := m.Program(5, true)
+			require.NoError(t, err)
+			r := rand.New(rand.NewPCG(1, 2))
+			fill(r, prog.X, 1)
+			for i := range prog.Y {
+				prog.Y[i] = float32(i % m.Spec.Classes)
+			}
+			gradCheck(t, m, prog, 11)
+		})
+	}
+}
+
+func TestOpSetIsClosed(t *testing.T) {
+	known := map[Kind]bool{}
+	for _, k := range []Kind{OpLinear, OpMatMul, OpSumRows, OpConv2D, OpConv2DGradInput, OpConv2DGradW, OpConv2DGradB,
+		OpMaxPool2D, OpMaxPool2DGrad, OpReLU, OpReLUGrad, OpTanh, OpTanhGrad, OpSigmoid, OpSigmoidGrad, OpMul, OpReshape,
+		OpSoftmaxCE, OpSoftmaxCEGrad} {
+		known[k] = true
+	}
+	for _, spec := range []Spec{{Kind: "mlp", Dropout: 0.5}, {Kind: "cnn", Activation: "sigmoid", Dropout: 0.1}} {
+		m, err := New(spec, 1)
+		require.NoError(t, err)
+		for _, train := range []bool{true, false} {
+			prog, err := m.Program(4, train)
+			require.NoError(t, err)
+			ops, err := prog.Ops()
+			require.NoError(t, err)
+			require.NotEmpty(t, ops)
+			for _, k := range ops {
+				require.True(t, known[k], "op %s is not in the documented op set", k)
+			}
+			if !train {
+				require.NotContains(t, ops, OpMul, "eval programs apply no dropout")
+				require.NotContains(t, ops, OpSoftmaxCEGrad)
+			}
+		}
+	}
+}
+
+// directConv is the textbook convolution, the reference for im2col+GEMM.
+func directConv(g convGeom, x, w, b []float32) []float32 {
+	y := make([]float32, g.N*g.K*g.OH*g.OW)
+	for n := 0; n < g.N; n++ {
+		for k := 0; k < g.K; k++ {
+			for oy := 0; oy < g.OH; oy++ {
+				for ox := 0; ox < g.OW; ox++ {
+					s := float64(b[k])
+					for c := 0; c < g.C; c++ {
+						for i := 0; i < g.KH; i++ {
+							for j := 0; j < g.KW; j++ {
+								iy, ix := oy*g.Stride-g.Pad+i, ox*g.Stride-g.Pad+j
+								if iy >= 0 && iy < g.H && ix >= 0 && ix < g.W {
+									s += float64(x[((n*g.C+c)*g.H+iy)*g.W+ix]) * float64(w[((k*g.C+c)*g.KH+i)*g.KW+j])
+								}
+							}
+						}
+					}
+					y[((n*g.K+k)*g.OH+oy)*g.OW+ox] = float32(s)
+				}
+			}
+		}
+	}
+	return y
+}
+
+func TestConv2DMatchesDirectConvolution(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 5))
+	for _, tc := range []struct{ n, c, h, w, k, kh, stride, pad int }{
+		{2, 1, 7, 6, 3, 3, 1, 1}, {3, 2, 9, 9, 4, 5, 1, 2}, {1, 3, 8, 10, 2, 3, 2, 0}, {2, 2, 5, 5, 1, 5, 1, 0},
+	} {
+		xs, ws := tensor.Shape{tc.n, tc.c, tc.h, tc.w}, tensor.Shape{tc.k, tc.c, tc.kh, tc.kh}
+		x, w, b := make([]float32, xs.TotalSize()), make([]float32, ws.TotalSize()), make([]float32, tc.k)
+		fill(r, x, 1)
+		fill(r, w, 1)
+		fill(r, b, 1)
+		op := newConv2D(tc.stride, tc.pad, true)
+		out, err := op.Do(tensor.New(tensor.WithShape(xs...), tensor.WithBacking(x)),
+			tensor.New(tensor.WithShape(ws...), tensor.WithBacking(w)), tensor.New(tensor.WithShape(tc.k), tensor.WithBacking(b)))
+		require.NoError(t, err)
+		g, err := newGeom(xs, ws, tc.stride, tc.pad)
+		require.NoError(t, err)
+		want := directConv(g, x, w, b)
+		got := f32(out)
+		require.Len(t, got, len(want))
+		for i := range want {
+			require.InDelta(t, want[i], got[i], 1e-4, "case %+v element %d", tc, i)
+		}
+	}
+}
+
+func TestMaxPoolForwardAndRouting(t *testing.T) {
+	x := []float32{
+		1, 5, 2, 2,
+		3, 4, 9, 0,
+		-1, -2, 7, 7,
+		-3, -4, 7, 1,
+	}
+	xv := tensor.New(tensor.WithShape(1, 1, 4, 4), tensor.WithBacking(x))
+	op := newMaxPool(2)
+	y, err := op.Do(xv)
+	require.NoError(t, err)
+	require.Equal(t, []float32{5, 9, -1, 7}, f32(y))
+	gop := &maxPoolGradOp{base: newBase(OpMaxPool2DGrad, nil, tt(4), tt(4), tt(4), tt(4)), k: 2}
+	dy := tensor.New(tensor.WithShape(1, 1, 2, 2), tensor.WithBacking([]float32{10, 20, 30, 40}))
+	dx, err := gop.Do(xv, y, dy)
+	require.NoError(t, err)
+	// Ties (the three 7s) route to the first maximum only, like PyTorch.
+	require.Equal(t, []float32{
+		0, 10, 0, 0,
+		0, 0, 20, 0,
+		30, 0, 40, 0,
+		0, 0, 0, 0,
+	}, f32(dx))
+}
+
+func TestSoftmaxCrossEntropyIsStableForHugeLogits(t *testing.T) {
+	logits := tensor.New(tensor.WithShape(2, 3), tensor.WithBacking([]float32{1e30, -1e30, 0, 5000, 5000, -5000}))
+	labels := tensor.New(tensor.WithShape(2), tensor.WithBacking([]float32{1, 0}))
+	loss, err := newSoftmaxCE().Do(logits, labels)
+	require.NoError(t, err)
+	l := float64(scalarOf(loss))
+	require.False(t, math.IsNaN(l) || math.IsInf(l, 0), "loss %v", l)
+	// Row 0 puts all mass on class 0 and the label is 1: loss 2e30 (in float32, ~2e30/2 averaged).
+	require.InDelta(t, (2e30+math.Log(2))/2, l, 1e24)
+	one := G.NewF32(1)
+	d, err := newSoftmaxCEGrad().Do(logits, labels, one)
+	require.NoError(t, err)
+	for _, v := range f32(d) {
+		require.False(t, math.IsNaN(float64(v)) || math.IsInf(float64(v), 0))
+	}
+	// Row 1: softmax = (.5,.5,0), label 0: grad = ((.5-1)/2, .5/2, 0).
+	require.InDeltaSlice(t, []float32{-0.25, 0.25, 0}, f32(d)[3:], 1e-6)
+}
+
+func TestSoftmaxCrossEntropyRejectsBadLabels(t *testing.T) {
+	logits := tensor.New(tensor.WithShape(1, 3), tensor.WithBacking([]float32{1, 2, 3}))
+	_, err := newSoftmaxCE().Do(logits, tensor.New(tensor.WithShape(1), tensor.WithBacking([]float32{3})))
+	require.ErrorContains(t, err, "outside [0,3)")
+}
+
+func TestInitIsDeterministicAndPyTorchScaled(t *testing.T) {
+	a, err := New(Spec{Kind: "cnn"}, 42)
+	require.NoError(t, err)
+	b, err := New(Spec{Kind: "cnn"}, 42)
+	require.NoError(t, err)
+	c, err := New(Spec{Kind: "cnn"}, 43)
+	require.NoError(t, err)
+	names := []string{}
+	for i, p := range a.Params {
+		names = append(names, p.Name)
+		require.Equal(t, p.Data, b.Params[i].Data, p.Name)
+		require.NotEqual(t, p.Data, c.Params[i].Data, p.Name)
+		bound := float32(1 / math.Sqrt(float64(p.FanIn)))
+		for _, v := range p.Data {
+			require.LessOrEqual(t, float32(math.Abs(float64(v))), bound)
+		}
+	}
+	require.Equal(t, []string{"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}, names)
+	require.Equal(t, []int{16, 1, 5, 5}, a.Param("conv1.weight").Shape)
+	require.Equal(t, []int{128, 800}, a.Param("fc1.weight").Shape)
+	m, err := New(Spec{Kind: "mlp"}, 1)
+	require.NoError(t, err)
+	require.Equal(t, 784*256+256+256*10+10, m.NumParams())
+}
+
+func TestBadSpecsAreErrors(t *testing.T) {
+	for _, tc := range []struct {
+		spec Spec
+		want string
+	}{
+		{Spec{Kind: "resnet"}, "unknown model"},
+		{Spec{Kind: "mlp", Activation: "gelu"}, "unknown activation"},
+		{Spec{Kind: "mlp", Dropout: 1}, "dropout"},
+		{Spec{Kind: "mlp", Hidden: []int{0}}, "hidden width"},
+		{Spec{Kind: "cnn", InH: 8, InW: 8}, "at least 12x12"},
+	} {
+		_, err := New(tc.spec, 1)
+		require.ErrorContains(t, err, tc.want)
+	}
+	m, err := New(Spec{Kind: "mlp"}, 1)
+	require.NoError(t, err)
+	_, err = m.Program(0, true)
+	require.Error(t, err)
+}
+
+func TestTrainingStepAllocatesLittle(t *testing.T) {
+	m, err := New(Spec{Kind: "cnn"}, 1)
+	require.NoError(t, err)
+	prog, err := m.Program(8, true)
+	require.NoError(t, err)
+	_, err = prog.Run(nil)
+	require.NoError(t, err)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := 0; i < 10; i++ {
+		_, err = prog.Run(nil)
+		require.NoError(t, err)
+	}
+	runtime.ReadMemStats(&after)
+	// Gorgonia's tape machine allocates a little bookkeeping per run (input
+	// lists, a goroutine, channels); no op allocates its output again, so a
+	// step allocates far less than its activations (~1 MB here).
+	perRun := (after.TotalAlloc - before.TotalAlloc) / 10
+	require.Less(t, perRun, uint64(64<<10), "bytes allocated per training step")
+}

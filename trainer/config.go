@@ -1,0 +1,163 @@
+package trainer
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/trainer/optim"
+)
+
+// Config is one training run. Its JSON/YAML field names are those of the
+// `gotrain train` flags with dashes turned into underscores; a --config
+// file holds a subset of them and flags override it.
+type Config struct {
+	Model      string  `json:"model" yaml:"model"`
+	Hidden     []int   `json:"hidden,omitempty" yaml:"hidden,omitempty"`
+	Activation string  `json:"activation" yaml:"activation"`
+	Dropout    float64 `json:"dropout" yaml:"dropout"`
+
+	Dataset       string `json:"dataset" yaml:"dataset"`
+	DataDir       string `json:"data_dir,omitempty" yaml:"data_dir,omitempty"`
+	SyntheticSize int    `json:"synthetic_size,omitempty" yaml:"synthetic_size,omitempty"`
+
+	Epochs        int   `json:"epochs" yaml:"epochs"`
+	MaxSteps      int64 `json:"max_steps,omitempty" yaml:"max_steps,omitempty"`
+	BatchSize     int   `json:"batch_size" yaml:"batch_size"`
+	EvalBatchSize int   `json:"eval_batch_size" yaml:"eval_batch_size"`
+
+	Optimizer    string  `json:"optimizer" yaml:"optimizer"`
+	LR           float64 `json:"lr" yaml:"lr"`
+	Momentum     float64 `json:"momentum" yaml:"momentum"`
+	Nesterov     bool    `json:"nesterov" yaml:"nesterov"`
+	WeightDecay  float64 `json:"weight_decay" yaml:"weight_decay"`
+	Schedule     string  `json:"schedule" yaml:"schedule"`
+	WarmupSteps  int64   `json:"warmup_steps" yaml:"warmup_steps"`
+	StepSize     int64   `json:"step_size,omitempty" yaml:"step_size,omitempty"`
+	Gamma        float64 `json:"gamma" yaml:"gamma"`
+	MinLR        float64 `json:"min_lr" yaml:"min_lr"`
+	ClipGradNorm float64 `json:"clip_grad_norm" yaml:"clip_grad_norm"`
+
+	Seed uint64 `json:"seed" yaml:"seed"`
+
+	CheckpointDir   string `json:"checkpoint_dir,omitempty" yaml:"checkpoint_dir,omitempty"`
+	CheckpointEvery int64  `json:"checkpoint_every" yaml:"checkpoint_every"`
+	KeepCheckpoints int    `json:"keep_checkpoints" yaml:"keep_checkpoints"`
+	Resume          string `json:"resume,omitempty" yaml:"resume,omitempty"`
+	MetricsFile     string `json:"metrics_file,omitempty" yaml:"metrics_file,omitempty"`
+	Out             string `json:"out,omitempty" yaml:"out,omitempty"`
+	LogEvery        int64  `json:"log_every" yaml:"log_every"`
+	Threads         int    `json:"threads" yaml:"threads"`
+}
+
+// Default returns the defaults of `gotrain train`: the MLP on MNIST, which
+// reaches about 98% test accuracy in 2 epochs.
+func Default() Config {
+	return Config{
+		Model: "mlp", Activation: "relu", Dataset: "mnist", SyntheticSize: 60000,
+		Epochs: 2, BatchSize: 64, EvalBatchSize: 250,
+		Optimizer: "adam", LR: 2e-3, Momentum: 0.9, Schedule: "cosine", Gamma: 0.1,
+		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0,
+	}
+}
+
+// ErrConfig wraps every configuration error.
+var ErrConfig = errors.New("invalid configuration")
+
+func cfgErr(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, a...))
+}
+
+// Validate checks the configuration and says what is wrong.
+func (c *Config) Validate() error {
+	if !slices.Contains(graph.Models, c.Model) {
+		return cfgErr("--model %q is not a model (valid: %s)", c.Model, strings.Join(graph.Models, ", "))
+	}
+	if !slices.Contains([]string{"mnist", "fashion-mnist", "synthetic"}, c.Dataset) {
+		return cfgErr("--dataset %q is not a dataset (valid: mnist, fashion-mnist, synthetic)", c.Dataset)
+	}
+	if !slices.Contains(optim.Names(), c.Optimizer) {
+		return cfgErr("--optimizer %q is not an optimiser (valid: %s)", c.Optimizer, strings.Join(optim.Names(), ", "))
+	}
+	switch {
+	case c.Epochs <= 0:
+		return cfgErr("--epochs %d must be at least 1", c.Epochs)
+	case c.BatchSize <= 0:
+		return cfgErr("--batch-size %d must be at least 1", c.BatchSize)
+	case c.EvalBatchSize <= 0:
+		return cfgErr("--eval-batch-size %d must be at least 1", c.EvalBatchSize)
+	case !(c.LR > 0):
+		return cfgErr("--lr %v must be positive", c.LR)
+	case c.Momentum < 0 || c.WeightDecay < 0 || c.ClipGradNorm < 0:
+		return cfgErr("--momentum, --weight-decay and --clip-grad-norm must not be negative")
+	case c.Dropout < 0 || c.Dropout >= 1:
+		return cfgErr("--dropout %v must be in [0,1)", c.Dropout)
+	case c.CheckpointEvery < 0 || c.MaxSteps < 0 || c.LogEvery < 0 || c.Threads < 0:
+		return cfgErr("--checkpoint-every, --max-steps, --log-every and --threads must not be negative")
+	case c.Dataset == "synthetic" && c.SyntheticSize <= 0:
+		return cfgErr("--synthetic-size %d must be at least 1", c.SyntheticSize)
+	}
+	for _, h := range c.Hidden {
+		if h <= 0 {
+			return cfgErr("--hidden widths must be positive, got %v", c.Hidden)
+		}
+	}
+	if err := c.schedule(1000).Validate(); err != nil {
+		return cfgErr("--schedule: %v", err)
+	}
+	return nil
+}
+
+// schedule returns the learning-rate schedule for a run of totalSteps.
+func (c *Config) schedule(totalSteps int64) optim.Schedule {
+	return optim.Schedule{Kind: c.Schedule, BaseLR: c.LR, WarmupSteps: c.WarmupSteps, StepSize: c.StepSize,
+		Gamma: c.Gamma, TotalSteps: totalSteps, MinLR: c.MinLR}
+}
+
+func (c *Config) optimizer() optim.Config {
+	return optim.Config{Name: c.Optimizer, Momentum: c.Momentum, Nesterov: c.Nesterov, WeightDecay: c.WeightDecay}
+}
+
+// ModelSpec is the graph.Spec of the configured model.
+func (c *Config) ModelSpec() graph.Spec {
+	return graph.Spec{Kind: c.Model, Hidden: c.Hidden, Activation: c.Activation, Dropout: c.Dropout}
+}
+
+// LoadFile reads a YAML or JSON config file (by extension; .json is JSON,
+// anything else YAML, which also accepts JSON) over c. Unknown keys are
+// errors, so that a typo does not silently train something else.
+func (c *Config) LoadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%w: reading --config: %v", ErrConfig, err)
+	}
+	if strings.EqualFold(filepath.Ext(path), ".json") {
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(c); err != nil {
+			return fmt.Errorf("%w: --config %s: %v", ErrConfig, path, err)
+		}
+		return nil
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(b)))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && err.Error() != "EOF" {
+		return fmt.Errorf("%w: --config %s: %v", ErrConfig, path, err)
+	}
+	return nil
+}
+
+// hashFields are the fields that define the model and its training
+// trajectory; a checkpoint whose config differs in them is refused on
+// resume unless the difference is deliberate (epochs may grow).
+func (c *Config) trajectory() string {
+	return fmt.Sprintf("model=%s hidden=%v activation=%s dropout=%v dataset=%s batch=%d optimizer=%s seed=%d",
+		c.Model, c.ModelSpec().Hidden, c.Activation, c.Dropout, c.Dataset, c.BatchSize, c.Optimizer, c.Seed)
+}

@@ -1,0 +1,79 @@
+package metrics
+
+// Record kinds: the value of the "kind" field of every line in a metrics
+// file. The JSON encoders of [Train], [Eval] and [Summary] always write the
+// kind that matches the record's type, whatever the Kind field holds.
+const (
+	KindTrain   = "train"
+	KindEval    = "eval"
+	KindSummary = "summary"
+)
+
+// Train is reported by the training loop every few optimizer steps.
+type Train struct {
+	// Kind is always "train" in the encoded record (set by MarshalJSON).
+	Kind string `json:"kind"`
+	// Epoch is the 1-based epoch the step belongs to.
+	Epoch int `json:"epoch"`
+	// Step counts the optimizer steps completed since the start of the
+	// run (1-based, continuing across epochs and resumed runs).
+	Step int64 `json:"step"`
+	// Loss is the training loss at this step (mean over the batch, or
+	// over the steps since the previous record: the loop's choice).
+	Loss float64 `json:"loss"`
+	// LR is the learning rate used for this step.
+	LR float64 `json:"lr"`
+	// SamplesPerSec is training throughput: samples per wall-clock second,
+	// as measured by the loop.
+	SamplesPerSec float64 `json:"samples_per_sec"`
+}
+
+// Eval is reported after each evaluation on the test set.
+type Eval struct {
+	// Kind is always "eval" in the encoded record (set by MarshalJSON).
+	Kind string `json:"kind"`
+	// Epoch is the 1-based epoch after which the evaluation ran.
+	Epoch int `json:"epoch"`
+	// TestLoss is the mean loss over the test set.
+	TestLoss float64 `json:"test_loss"`
+	// TestAccuracy is the fraction of correctly classified test
+	// examples, in [0, 1].
+	TestAccuracy float64 `json:"test_accuracy"`
+}
+
+// Summary is reported once, at the end of a run.
+type Summary struct {
+	// Kind is always "summary" in the encoded record (set by MarshalJSON).
+	Kind string `json:"kind"`
+	// TestAccuracy is the final test accuracy, a fraction in [0, 1].
+	TestAccuracy float64 `json:"test_accuracy"`
+	// TrainSamplesPerSec is the mean training throughput over the run:
+	// training samples processed divided by seconds spent training.
+	TrainSamplesPerSec float64 `json:"train_samples_per_sec"`
+	// WallSeconds is the wall-clock duration of the run, in seconds.
+	WallSeconds float64 `json:"wall_seconds"`
+	// PeakRSSBytes is the peak resident set size of the process, in
+	// bytes (see [PeakRSSBytes]); 0 where the platform does not report it.
+	PeakRSSBytes int64 `json:"peak_rss_bytes"`
+}
+
+// MarshalJSON encodes r with kind "train"; non-finite floats become null.
+func (r Train) MarshalJSON() ([]byte, error) {
+	type plain Train // same fields, no methods
+	r.Kind = KindTrain
+	return marshalFinite(plain(r))
+}
+
+// MarshalJSON encodes r with kind "eval"; non-finite floats become null.
+func (r Eval) MarshalJSON() ([]byte, error) {
+	type plain Eval
+	r.Kind = KindEval
+	return marshalFinite(plain(r))
+}
+
+// MarshalJSON encodes r with kind "summary"; non-finite floats become null.
+func (r Summary) MarshalJSON() ([]byte, error) {
+	type plain Summary
+	r.Kind = KindSummary
+	return marshalFinite(plain(r))
+}

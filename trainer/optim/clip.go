@@ -1,0 +1,69 @@
+package optim
+
+import "math"
+
+// clipEps is added to the norm before dividing, as in
+// torch.nn.utils.clip_grad_norm_.
+const clipEps = 1e-6
+
+// ClipGradNorm computes the global L2 norm of all gradients (as if they were
+// concatenated into one vector; squares are accumulated in float64) and, when
+// maxNorm > 0 and maxNorm/(norm+1e-6) < 1, scales every gradient in place by
+// that factor (rounded to float32), like torch.nn.utils.clip_grad_norm_.
+// maxNorm <= 0 (or NaN) only computes the norm.
+//
+// It returns the norm before clipping. The norm is NaN or +Inf exactly when
+// some gradient is NaN or ±Inf; the gradients are then left untouched (unlike
+// PyTorch, which would multiply them by NaN or 0), so that the caller can
+// skip the step.
+func ClipGradNorm(params []Param, maxNorm float64) (totalNorm float64) {
+	var sum float64
+	for i := range params {
+		sum += sumSquares(params[i].Grad)
+	}
+	totalNorm = math.Sqrt(sum)
+	if !(maxNorm > 0) || math.IsNaN(totalNorm) || math.IsInf(totalNorm, 0) {
+		return totalNorm
+	}
+	coef := maxNorm / (totalNorm + clipEps)
+	if coef < 1 {
+		c := float32(coef)
+		for i := range params {
+			g := params[i].Grad
+			for j := range g {
+				g[j] *= c
+			}
+		}
+	}
+	return totalNorm
+}
+
+// sumSquares returns the sum of x[i]^2 in float64, with four accumulators.
+func sumSquares(x []float32) float64 {
+	var s0, s1, s2, s3 float64
+	for len(x) >= 4 {
+		a, b, c, d := float64(x[0]), float64(x[1]), float64(x[2]), float64(x[3])
+		s0 += a * a
+		s1 += b * b
+		s2 += c * c
+		s3 += d * d
+		x = x[4:]
+	}
+	for _, v := range x {
+		s0 += float64(v) * float64(v)
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// GradsFinite reports whether every gradient value is finite (no NaN or
+// ±Inf).
+func GradsFinite(params []Param) bool {
+	for i := range params {
+		for _, v := range params[i].Grad {
+			if v-v != 0 { // NaN-NaN and Inf-Inf are NaN
+				return false
+			}
+		}
+	}
+	return true
+}

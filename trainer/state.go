@@ -1,0 +1,227 @@
+package trainer
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/trainer/checkpoint"
+)
+
+// Checkpoint metadata keys. Weights are stored under their parameter names
+// (fc1.weight, ...), exactly as PyTorch's state_dict names them; optimiser
+// state under "optimizer." + the optimiser's own state name.
+const (
+	metaFormat     = "gotrain.format"
+	metaStep       = "gotrain.step"
+	metaEpoch      = "gotrain.epoch"
+	metaBatch      = "gotrain.batch_in_epoch"
+	metaConfig     = "gotrain.config"
+	metaTrajectory = "gotrain.trajectory"
+	metaOptimizer  = "gotrain.optimizer"
+	metaOptStep    = "gotrain.optimizer_step"
+	metaRNG        = "gotrain.rng"
+	metaVersion    = "gotrain.version"
+	optPrefix      = "optimizer."
+	formatVersion  = "1"
+)
+
+// Version is gotrain's version, set by the build.
+var Version = "dev"
+
+// ErrCheckpoint wraps errors about a checkpoint that cannot be used.
+var ErrCheckpoint = errors.New("unusable checkpoint")
+
+// position is where a run is: what a checkpoint must restore besides weights.
+type position struct {
+	epoch int   // epoch in progress, 0-based
+	batch int   // batches of that epoch already done
+	step  int64 // optimiser steps done
+}
+
+// rngNote documents the RNG state: gotrain's randomness is counter-based,
+// so the seed and the position above are the whole state.
+func rngNote(seed uint64) string {
+	return fmt.Sprintf("pcg seed=%d; shuffle stream (seed, epoch); dropout stream (seed, step)", seed)
+}
+
+// snapshot builds the checkpoint of the trainer's current state.
+func (t *Trainer) snapshot() (*checkpoint.File, error) {
+	cfgJSON, err := json.Marshal(t.cfg)
+	if err != nil {
+		return nil, err
+	}
+	f := &checkpoint.File{Metadata: map[string]string{
+		metaFormat:     formatVersion,
+		metaVersion:    Version,
+		metaStep:       strconv.FormatInt(t.pos.step, 10),
+		metaEpoch:      strconv.Itoa(t.pos.epoch),
+		metaBatch:      strconv.Itoa(t.pos.batch),
+		metaConfig:     string(cfgJSON),
+		metaTrajectory: t.cfg.trajectory(),
+		metaRNG:        rngNote(t.cfg.Seed),
+	}}
+	f.Tensors = weightTensors(t.Model)
+	if t.opt != nil {
+		st, step := t.opt.State()
+		f.Metadata[metaOptimizer] = t.opt.Name()
+		f.Metadata[metaOptStep] = strconv.FormatInt(step, 10)
+		names := make([]string, 0, len(st))
+		for k := range st {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		for _, k := range names {
+			f.Tensors = append(f.Tensors, checkpoint.F32(optPrefix+k, []int{len(st[k])}, st[k]))
+		}
+	}
+	return f, nil
+}
+
+func weightTensors(m *graph.Model) []checkpoint.Tensor {
+	ts := make([]checkpoint.Tensor, 0, len(m.Params))
+	for _, p := range m.Params {
+		ts = append(ts, checkpoint.F32(p.Name, p.Shape, p.Data))
+	}
+	return ts
+}
+
+// loadWeights copies the checkpoint's weights into m, after checking that
+// every parameter is present with the right shape and that nothing else
+// (but optimiser state) is there. Nothing is written unless all checks pass.
+func loadWeights(m *graph.Model, f *checkpoint.File, path string) error {
+	byName := map[string]checkpoint.Tensor{}
+	for _, ts := range f.Tensors {
+		byName[ts.Name] = ts
+	}
+	for _, p := range m.Params {
+		ts, ok := byName[p.Name]
+		if !ok {
+			return fmt.Errorf("%w: %s has no tensor %q: it was not saved from this model (%s); check --model and --hidden", ErrCheckpoint, path, p.Name, m.Spec.Kind)
+		}
+		if ts.DType != checkpoint.DTypeF32 || !slices.Equal(ts.Shape, p.Shape) {
+			return fmt.Errorf("%w: %s: tensor %q is %s%v, this model needs F32%v; check --model and --hidden", ErrCheckpoint, path, p.Name, ts.DType, ts.Shape, p.Shape)
+		}
+		delete(byName, p.Name)
+	}
+	for name := range byName {
+		if !strings.HasPrefix(name, optPrefix) {
+			return fmt.Errorf("%w: %s has tensor %q, which model %s does not have; check --model and --hidden", ErrCheckpoint, path, name, m.Spec.Kind)
+		}
+	}
+	for _, p := range m.Params {
+		ts, _ := f.Get(p.Name)
+		if err := ts.Float32sInto(p.Data); err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
+		}
+	}
+	return nil
+}
+
+// restore loads a full training checkpoint into t.
+func (t *Trainer) restore(pathOrDir string) error {
+	path, err := checkpoint.Resolve(pathOrDir)
+	if err != nil {
+		return fmt.Errorf("--resume: %w", err)
+	}
+	f, err := checkpoint.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--resume: %w", err)
+	}
+	md := f.Metadata
+	if md[metaFormat] != formatVersion {
+		return fmt.Errorf("%w: %s is not a gotrain training checkpoint (format %q, want %q); to start from its weights alone use it with 'gotrain eval' or convert it", ErrCheckpoint, path, md[metaFormat], formatVersion)
+	}
+	if got, want := md[metaTrajectory], t.cfg.trajectory(); got != want {
+		return fmt.Errorf("%w: %s was trained with a different setup:\n  checkpoint: %s\n  this run:   %s\nuse the same flags to resume, or start a new run without --resume", ErrCheckpoint, path, got, want)
+	}
+	var pos position
+	if pos.step, err = strconv.ParseInt(md[metaStep], 10, 64); err != nil || pos.step < 0 {
+		return fmt.Errorf("%w: %s: bad %s %q", ErrCheckpoint, path, metaStep, md[metaStep])
+	}
+	if pos.epoch, err = strconv.Atoi(md[metaEpoch]); err != nil || pos.epoch < 0 {
+		return fmt.Errorf("%w: %s: bad %s %q", ErrCheckpoint, path, metaEpoch, md[metaEpoch])
+	}
+	if pos.batch, err = strconv.Atoi(md[metaBatch]); err != nil || pos.batch < 0 || pos.batch > t.batchesPerEpoch() {
+		return fmt.Errorf("%w: %s: bad %s %q", ErrCheckpoint, path, metaBatch, md[metaBatch])
+	}
+	optStep, err := strconv.ParseInt(md[metaOptStep], 10, 64)
+	if err != nil || md[metaOptimizer] != t.opt.Name() {
+		return fmt.Errorf("%w: %s: optimiser state is for %q (step %q), this run uses %q", ErrCheckpoint, path, md[metaOptimizer], md[metaOptStep], t.opt.Name())
+	}
+	st := map[string][]float32{}
+	for _, ts := range f.Tensors {
+		if name, ok := strings.CutPrefix(ts.Name, optPrefix); ok {
+			v, err := ts.Float32s()
+			if err != nil {
+				return fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
+			}
+			st[name] = v
+		}
+	}
+	// Check the optimiser state before touching the weights, so that a bad
+	// checkpoint leaves the model as it was.
+	probe, err := newOptimizer(t.cfg, t.Model)
+	if err != nil {
+		return err
+	}
+	if err := probe.LoadState(st, optStep); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
+	}
+	if err := loadWeights(t.Model, f, path); err != nil {
+		return err
+	}
+	t.opt = probe
+	t.pos = pos
+	t.resumedFrom = path
+	return nil
+}
+
+// LoadModel builds the model a checkpoint (or final weights file) was
+// saved from, using the config in its metadata, and loads its weights.
+func LoadModel(pathOrDir string) (*graph.Model, Config, string, error) {
+	path, err := checkpoint.Resolve(pathOrDir)
+	if err != nil {
+		return nil, Config{}, "", err
+	}
+	f, err := checkpoint.ReadFile(path)
+	if err != nil {
+		return nil, Config{}, "", err
+	}
+	cfg := Default()
+	raw, ok := f.Metadata[metaConfig]
+	if !ok {
+		return nil, Config{}, "", fmt.Errorf("%w: %s has no %s metadata: it was not written by gotrain", ErrCheckpoint, path, metaConfig)
+	}
+	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+		return nil, Config{}, "", fmt.Errorf("%w: %s: config metadata: %v", ErrCheckpoint, path, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, Config{}, "", fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
+	}
+	m, err := graph.New(cfg.ModelSpec(), cfg.Seed)
+	if err != nil {
+		return nil, Config{}, "", err
+	}
+	if err := loadWeights(m, f, path); err != nil {
+		return nil, Config{}, "", err
+	}
+	return m, cfg, path, nil
+}
+
+// SaveWeights writes the model's weights (and its config, so that `gotrain
+// eval` can rebuild it) to path atomically.
+func SaveWeights(path string, m *graph.Model, cfg Config) error {
+	cfgJSON, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	return checkpoint.WriteFileAtomic(path, &checkpoint.File{
+		Tensors:  weightTensors(m),
+		Metadata: map[string]string{metaConfig: string(cfgJSON), metaVersion: Version},
+	})
+}

@@ -1,0 +1,362 @@
+package trainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"time"
+
+	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/trainer/checkpoint"
+	"github.com/gotrain/gotrain/trainer/data"
+	"github.com/gotrain/gotrain/trainer/metrics"
+	"github.com/gotrain/gotrain/trainer/optim"
+)
+
+// ErrNonFinite is returned when the loss or a gradient becomes NaN or Inf.
+// The parameters are left as they were before that step and the last good
+// checkpoint is kept.
+var ErrNonFinite = errors.New("training diverged")
+
+// Progress is what the loop reports after every step, for a progress bar.
+type Progress struct {
+	Epoch, Epochs int   // 1-based epoch and the total
+	Done, Total   int64 // samples done in this epoch and per epoch
+	Loss          float64
+	SamplesPerSec float64
+}
+
+// Result is what a finished run measured.
+type Result struct {
+	TestAccuracy, TestLoss float64
+	Steps                  int64
+	TrainSamplesPerSec     float64
+	WallSeconds            float64
+	PeakRSSBytes           int64
+	Checkpoint             string // the last checkpoint written, if any
+}
+
+// Trainer runs the training loop of one Config. Its clock, data, metrics
+// sink and logger are injected (options), so tests can drive it exactly.
+type Trainer struct {
+	cfg         Config
+	Model       *graph.Model
+	opt         optim.Optimizer
+	train, test *data.Dataset
+	sink        metrics.Sink
+	progress    func(Progress)
+	log         *slog.Logger
+	now         func() time.Time
+	ckpt        *checkpoint.Manager
+
+	pos         position
+	resumedFrom string
+	lastCkpt    string
+	params      map[*graph.Program][]optim.Param
+	perm        []int
+}
+
+// Option configures a Trainer.
+type Option func(*Trainer)
+
+// WithSink sends metrics records to s.
+func WithSink(s metrics.Sink) Option { return func(t *Trainer) { t.sink = s } }
+
+// WithProgress calls f after every training step.
+func WithProgress(f func(Progress)) Option { return func(t *Trainer) { t.progress = f } }
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(t *Trainer) { t.log = l } }
+
+// WithClock sets the clock used for throughput and timing.
+func WithClock(now func() time.Time) Option { return func(t *Trainer) { t.now = now } }
+
+// WithData supplies the datasets instead of loading cfg.Dataset.
+func WithData(train, test *data.Dataset) Option {
+	return func(t *Trainer) { t.train, t.test = train, test }
+}
+
+// New prepares a run: it validates cfg, loads the data, builds the model
+// and optimiser and, with cfg.Resume, restores a checkpoint.
+func New(cfg Config, opts ...Option) (*Trainer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t := &Trainer{cfg: cfg, log: slog.Default(), now: time.Now, params: map[*graph.Program][]optim.Param{}}
+	for _, o := range opts {
+		o(t)
+	}
+	if t.sink == nil {
+		t.sink = metrics.Multi()
+	}
+	if t.train == nil {
+		var err error
+		if t.train, t.test, err = LoadData(cfg); err != nil {
+			return nil, err
+		}
+	}
+	m, err := graph.New(cfg.ModelSpec(), cfg.Seed)
+	if err != nil {
+		return nil, err
+	}
+	if got, want := t.train.Rows*t.train.Cols, m.InputSize(); got != want {
+		return nil, fmt.Errorf("dataset %s has %dx%d inputs, model %s expects %d values", t.train.Name, t.train.Rows, t.train.Cols, cfg.Model, want)
+	}
+	t.Model = m
+	if t.opt, err = newOptimizer(cfg, m); err != nil {
+		return nil, err
+	}
+	if cfg.Resume != "" {
+		if err := t.restore(cfg.Resume); err != nil {
+			return nil, err
+		}
+		t.log.Info("resumed", "checkpoint", t.resumedFrom, "epoch", t.pos.epoch+1, "step", t.pos.step)
+	}
+	if cfg.CheckpointDir != "" {
+		if t.ckpt, err = checkpoint.Open(cfg.CheckpointDir, cfg.KeepCheckpoints); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// LoadData loads the train and test splits of cfg.Dataset.
+func LoadData(cfg Config) (train, test *data.Dataset, err error) {
+	if cfg.Dataset == "synthetic" {
+		n := cfg.SyntheticSize
+		return data.Synthetic(n, 28, 28, 10, cfg.Seed), data.Synthetic(max(n/6, 1), 28, 28, 10, cfg.Seed+1), nil
+	}
+	if train, err = data.Load(cfg.Dataset, cfg.DataDir, "train"); err != nil {
+		return nil, nil, err
+	}
+	if test, err = data.Load(cfg.Dataset, cfg.DataDir, "test"); err != nil {
+		return nil, nil, err
+	}
+	return train, test, nil
+}
+
+func newOptimizer(cfg Config, m *graph.Model) (optim.Optimizer, error) {
+	ps := make([]optim.Param, len(m.Params))
+	for i, p := range m.Params {
+		ps[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: make([]float32, len(p.Data))}
+	}
+	o, err := optim.New(cfg.optimizer(), ps)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	return o, nil
+}
+
+func (t *Trainer) batchesPerEpoch() int {
+	return (t.train.N + t.cfg.BatchSize - 1) / t.cfg.BatchSize
+}
+
+// TotalSteps is the number of optimiser steps of the whole run (the
+// schedule's horizon), whatever MaxSteps stops it at.
+func (t *Trainer) TotalSteps() int64 { return int64(t.cfg.Epochs) * int64(t.batchesPerEpoch()) }
+
+// Step is the number of optimiser steps done.
+func (t *Trainer) Step() int64 { return t.pos.step }
+
+// optParams returns the optimiser's view of p's parameters and gradients.
+func (t *Trainer) optParams(p *graph.Program) []optim.Param {
+	if ps, ok := t.params[p]; ok {
+		return ps
+	}
+	ps := make([]optim.Param, len(t.Model.Params))
+	for i, mp := range t.Model.Params {
+		ps[i] = optim.Param{Name: mp.Name, Data: mp.Data, Grad: p.Grad(i)}
+	}
+	t.params[p] = ps
+	return ps
+}
+
+// Run trains until cfg.Epochs are done (or cfg.MaxSteps, or ctx is
+// cancelled, which saves a checkpoint first when a checkpoint directory is
+// set), evaluating on the test split after each epoch.
+func (t *Trainer) Run(ctx context.Context) (Result, error) {
+	start := t.now()
+	cfg := t.cfg
+	sched := cfg.schedule(t.TotalSteps())
+	nb, n := t.batchesPerEpoch(), t.train.N
+	if len(t.perm) != n {
+		t.perm = make([]int, n)
+	}
+	pcg := rand.NewPCG(0, 0)
+	rng := rand.New(pcg)
+	var res Result
+	var trainSamples int64
+	var trainTime time.Duration
+	var winLoss float64
+	var winSteps, winSamples int64
+	winStart := t.now()
+	rate := 0.0
+
+	t.log.Info("training", "model", cfg.Model, "params", t.Model.NumParams(), "dataset", t.train.Name,
+		"train_samples", n, "test_samples", t.test.N, "epochs", cfg.Epochs, "batch_size", cfg.BatchSize,
+		"optimizer", cfg.Optimizer, "lr", cfg.LR, "schedule", cfg.Schedule, "steps", t.TotalSteps())
+
+	for t.pos.epoch < cfg.Epochs {
+		epoch := t.pos.epoch
+		data.PermutationInto(t.perm, cfg.Seed, epoch)
+		epochStart := t.now()
+		for t.pos.batch < nb {
+			if err := ctx.Err(); err != nil {
+				return res, t.interrupted(err)
+			}
+			if cfg.MaxSteps > 0 && t.pos.step >= cfg.MaxSteps {
+				trainTime += t.now().Sub(epochStart)
+				return t.finish(ctx, res, start, trainSamples, trainTime)
+			}
+			lo := t.pos.batch * cfg.BatchSize
+			hi := min(lo+cfg.BatchSize, n)
+			prog, err := t.Model.Program(hi-lo, true)
+			if err != nil {
+				return res, err
+			}
+			t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
+			pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
+			loss, err := prog.Run(rng)
+			if err != nil {
+				return res, err
+			}
+			ps := t.optParams(prog)
+			if math.IsNaN(float64(loss)) || math.IsInf(float64(loss), 0) || !optim.GradsFinite(ps) {
+				return res, t.diverged(float64(loss))
+			}
+			if cfg.ClipGradNorm > 0 {
+				optim.ClipGradNorm(ps, cfg.ClipGradNorm)
+			}
+			lr := sched.LR(t.pos.step)
+			t.opt.Step(ps, lr)
+			t.pos.step++
+			t.pos.batch++
+			trainSamples += int64(hi - lo)
+			winLoss += float64(loss)
+			winSteps++
+			winSamples += int64(hi - lo)
+			if dt := t.now().Sub(winStart).Seconds(); dt > 0 && winSamples > 0 {
+				rate = float64(winSamples) / dt
+			}
+			if t.progress != nil {
+				t.progress(Progress{Epoch: epoch + 1, Epochs: cfg.Epochs, Done: int64(hi), Total: int64(n), Loss: float64(loss), SamplesPerSec: rate})
+			}
+			if cfg.LogEvery > 0 && t.pos.step%cfg.LogEvery == 0 {
+				t.sink.Train(metrics.Train{Epoch: epoch + 1, Step: t.pos.step, Loss: winLoss / float64(winSteps), LR: lr, SamplesPerSec: rate})
+				winLoss, winSteps, winSamples, winStart = 0, 0, 0, t.now()
+			}
+			if cfg.CheckpointEvery > 0 && t.pos.step%cfg.CheckpointEvery == 0 {
+				if err := t.save(); err != nil {
+					return res, err
+				}
+			}
+		}
+		trainTime += t.now().Sub(epochStart)
+		t.pos.epoch++
+		t.pos.batch = 0
+		acc, loss, err := Evaluate(t.Model, t.test, cfg.EvalBatchSize)
+		if err != nil {
+			return res, err
+		}
+		res.TestAccuracy, res.TestLoss = acc, loss
+		t.sink.Eval(metrics.Eval{Epoch: epoch + 1, TestLoss: loss, TestAccuracy: acc})
+		if t.ckpt != nil {
+			if err := t.save(); err != nil {
+				return res, err
+			}
+		}
+		winLoss, winSteps, winSamples, winStart = 0, 0, 0, t.now()
+	}
+	return t.finish(ctx, res, start, trainSamples, trainTime)
+}
+
+func (t *Trainer) finish(_ context.Context, res Result, start time.Time, samples int64, trainTime time.Duration) (Result, error) {
+	if t.cfg.Out != "" {
+		if err := SaveWeights(t.cfg.Out, t.Model, t.cfg); err != nil {
+			return res, fmt.Errorf("--out: %w", err)
+		}
+		t.log.Info("saved weights", "path", t.cfg.Out)
+	}
+	res.Steps = t.pos.step
+	if trainTime > 0 {
+		res.TrainSamplesPerSec = float64(samples) / trainTime.Seconds()
+	}
+	res.WallSeconds = t.now().Sub(start).Seconds()
+	res.PeakRSSBytes = metrics.PeakRSSBytes()
+	res.Checkpoint = t.lastCkpt
+	t.sink.Summary(metrics.Summary{TestAccuracy: res.TestAccuracy, TrainSamplesPerSec: res.TrainSamplesPerSec,
+		WallSeconds: res.WallSeconds, PeakRSSBytes: res.PeakRSSBytes})
+	return res, nil
+}
+
+func (t *Trainer) save() error {
+	if t.ckpt == nil {
+		return nil
+	}
+	f, err := t.snapshot()
+	if err != nil {
+		return err
+	}
+	path, err := t.ckpt.Save(t.pos.step, f)
+	if err != nil {
+		return fmt.Errorf("saving checkpoint: %w", err)
+	}
+	t.lastCkpt = path
+	t.log.Debug("checkpoint", "path", path, "step", t.pos.step)
+	return nil
+}
+
+// interrupted saves where the run is, so that --resume continues it.
+func (t *Trainer) interrupted(cause error) error {
+	if t.ckpt == nil {
+		return fmt.Errorf("training stopped at step %d: %w (no --checkpoint-dir, so this progress is not saved)", t.pos.step, cause)
+	}
+	if err := t.save(); err != nil {
+		return errors.Join(cause, err)
+	}
+	return fmt.Errorf("training stopped at step %d: %w; resume with --resume %s", t.pos.step, cause, t.lastCkpt)
+}
+
+func (t *Trainer) diverged(loss float64) error {
+	where := fmt.Sprintf("epoch %d, step %d", t.pos.epoch+1, t.pos.step+1)
+	keep := "no checkpoint was written (set --checkpoint-dir to keep one)"
+	if t.lastCkpt != "" {
+		keep = "the last good checkpoint is " + t.lastCkpt
+	} else if t.resumedFrom != "" {
+		keep = "the last good checkpoint is " + t.resumedFrom
+	}
+	return fmt.Errorf("%w: loss %v or a gradient is not finite at %s; the parameters were not updated and %s; lower --lr, or set --clip-grad-norm", ErrNonFinite, loss, where, keep)
+}
+
+// Evaluate returns the accuracy and mean loss of m on every sample of ds,
+// in batches of at most batch samples.
+func Evaluate(m *graph.Model, ds *data.Dataset, batch int) (accuracy, loss float64, err error) {
+	idx := make([]int, 0, batch)
+	var correct int
+	var total float64
+	for lo := 0; lo < ds.N; lo += batch {
+		hi := min(lo+batch, ds.N)
+		prog, err := m.Program(hi-lo, false)
+		if err != nil {
+			return 0, 0, err
+		}
+		idx = idx[:0]
+		for i := lo; i < hi; i++ {
+			idx = append(idx, i)
+		}
+		ds.Batch(idx, prog.X, prog.Y)
+		l, err := prog.Run(nil)
+		if err != nil {
+			return 0, 0, err
+		}
+		total += float64(l) * float64(hi-lo)
+		correct += prog.Correct()
+	}
+	if ds.N == 0 {
+		return 0, 0, errors.New("evaluate: empty dataset")
+	}
+	return float64(correct) / float64(ds.N), total / float64(ds.N), nil
+}
