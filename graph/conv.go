@@ -34,90 +34,126 @@ func newGeom(x, w tensor.Shape, stride, pad int) (convGeom, error) {
 }
 
 // im2col lays the receptive fields of x out as the columns of cols, a
-// [C·KH·KW, N·OH·OW] matrix: row (c,i,j), column (n,oy,ox).
+// [C·KH·KW, N·OH·OW] matrix: row (c,i,j), column (n,oy,ox). Samples are
+// independent, so the work is split across CPUs by sample.
 func im2col(g convGeom, x, cols []float32) {
 	ohw, ncols := g.ohw(), g.N*g.ohw()
-	for c := 0; c < g.C; c++ {
-		for i := 0; i < g.KH; i++ {
-			for j := 0; j < g.KW; j++ {
-				row := cols[((c*g.KH+i)*g.KW+j)*ncols:][:ncols]
-				for n := 0; n < g.N; n++ {
-					plane := x[(n*g.C+c)*g.H*g.W:][:g.H*g.W]
-					dst := row[n*ohw:][:ohw]
-					for oy := 0; oy < g.OH; oy++ {
-						iy := oy*g.Stride - g.Pad + i
-						d := dst[oy*g.OW:][:g.OW]
-						if iy < 0 || iy >= g.H {
-							clear(d)
-							continue
-						}
-						src := plane[iy*g.W:][:g.W]
-						for ox := range d {
-							ix := ox*g.Stride - g.Pad + j
-							if ix < 0 || ix >= g.W {
-								d[ox] = 0
-							} else {
-								d[ox] = src[ix]
+	parallelFor(g.N, g.ckk()*ncols, func(n0, n1 int) {
+		for n := n0; n < n1; n++ {
+			for c := 0; c < g.C; c++ {
+				plane := x[(n*g.C+c)*g.H*g.W:][:g.H*g.W]
+				for i := 0; i < g.KH; i++ {
+					for j := 0; j < g.KW; j++ {
+						dst := cols[((c*g.KH+i)*g.KW+j)*ncols+n*ohw:][:ohw]
+						for oy := 0; oy < g.OH; oy++ {
+							iy := oy*g.Stride - g.Pad + i
+							d := dst[oy*g.OW:][:g.OW]
+							if iy < 0 || iy >= g.H {
+								clear(d)
+								continue
+							}
+							src := plane[iy*g.W:][:g.W]
+							if g.Stride == 1 {
+								// Valid columns form one run: copy it, zero the padding.
+								lo, hi := max(0, g.Pad-j), min(g.OW, g.W+g.Pad-j)
+								for ox := 0; ox < lo; ox++ {
+									d[ox] = 0
+								}
+								if hi > lo {
+									dd, ss := d[lo:hi], src[lo+j-g.Pad:][:hi-lo]
+									for ox, v := range ss {
+										dd[ox] = v
+									}
+								}
+								for ox := max(hi, lo); ox < len(d); ox++ {
+									d[ox] = 0
+								}
+								continue
+							}
+							for ox := range d {
+								ix := ox*g.Stride - g.Pad + j
+								if ix < 0 || ix >= g.W {
+									d[ox] = 0
+								} else {
+									d[ox] = src[ix]
+								}
 							}
 						}
 					}
 				}
 			}
 		}
-	}
+	})
 }
 
-// col2im is im2col's adjoint: it sums the columns back into dx (zeroed first).
+// col2im is im2col's adjoint: it sums the columns back into dx (zeroed
+// first), split across CPUs by sample like im2col.
 func col2im(g convGeom, cols, dx []float32) {
-	clear(dx)
 	ohw, ncols := g.ohw(), g.N*g.ohw()
-	for c := 0; c < g.C; c++ {
-		for i := 0; i < g.KH; i++ {
-			for j := 0; j < g.KW; j++ {
-				row := cols[((c*g.KH+i)*g.KW+j)*ncols:][:ncols]
-				for n := 0; n < g.N; n++ {
-					plane := dx[(n*g.C+c)*g.H*g.W:][:g.H*g.W]
-					src := row[n*ohw:][:ohw]
-					for oy := 0; oy < g.OH; oy++ {
-						iy := oy*g.Stride - g.Pad + i
-						if iy < 0 || iy >= g.H {
-							continue
-						}
-						dst := plane[iy*g.W:][:g.W]
-						s := src[oy*g.OW:][:g.OW]
-						for ox, v := range s {
-							ix := ox*g.Stride - g.Pad + j
-							if ix >= 0 && ix < g.W {
-								dst[ix] += v
+	parallelFor(g.N, g.ckk()*ncols, func(n0, n1 int) {
+		clear(dx[n0*g.C*g.H*g.W : n1*g.C*g.H*g.W])
+		for n := n0; n < n1; n++ {
+			for c := 0; c < g.C; c++ {
+				plane := dx[(n*g.C+c)*g.H*g.W:][:g.H*g.W]
+				for i := 0; i < g.KH; i++ {
+					for j := 0; j < g.KW; j++ {
+						src := cols[((c*g.KH+i)*g.KW+j)*ncols+n*ohw:][:ohw]
+						for oy := 0; oy < g.OH; oy++ {
+							iy := oy*g.Stride - g.Pad + i
+							if iy < 0 || iy >= g.H {
+								continue
+							}
+							dst := plane[iy*g.W:][:g.W]
+							s := src[oy*g.OW:][:g.OW]
+							if g.Stride == 1 {
+								lo, hi := max(0, g.Pad-j), min(g.OW, g.W+g.Pad-j)
+								if hi > lo {
+									d := dst[lo+j-g.Pad:][:hi-lo]
+									for k, v := range s[lo:hi] {
+										d[k] += v
+									}
+								}
+								continue
+							}
+							for ox, v := range s {
+								ix := ox*g.Stride - g.Pad + j
+								if ix >= 0 && ix < g.W {
+									dst[ix] += v
+								}
 							}
 						}
 					}
 				}
 			}
 		}
-	}
+	})
 }
 
-// nchwToKM rearranges y[N,K,OHW] into t[K, N·OHW]; kmToNCHW is its inverse.
+// nchwToKM rearranges y[N,K,OHW] into t[K, N·OHW]; kmToNCHW is its inverse
+// (adding the bias on the way).
 func nchwToKM(g convGeom, y, t []float32) {
 	ohw := g.ohw()
-	for n := 0; n < g.N; n++ {
-		for k := 0; k < g.K; k++ {
-			copy(t[(k*g.N+n)*ohw:][:ohw], y[(n*g.K+k)*ohw:][:ohw])
+	parallelFor(g.N, g.N*g.K*ohw, func(n0, n1 int) {
+		for n := n0; n < n1; n++ {
+			for k := 0; k < g.K; k++ {
+				copy(t[(k*g.N+n)*ohw:][:ohw], y[(n*g.K+k)*ohw:][:ohw])
+			}
 		}
-	}
+	})
 }
 
 func kmToNCHW(g convGeom, t, y []float32, bias []float32) {
 	ohw := g.ohw()
-	for n := 0; n < g.N; n++ {
-		for k := 0; k < g.K; k++ {
-			dst, src, b := y[(n*g.K+k)*ohw:][:ohw], t[(k*g.N+n)*ohw:][:ohw], bias[k]
-			for p, v := range src {
-				dst[p] = v + b
+	parallelFor(g.N, g.N*g.K*ohw, func(n0, n1 int) {
+		for n := n0; n < n1; n++ {
+			for k := 0; k < g.K; k++ {
+				dst, src, b := y[(n*g.K+k)*ohw:][:ohw], t[(k*g.N+n)*ohw:][:ohw], bias[k]
+				for p, v := range src {
+					dst[p] = v + b
+				}
 			}
 		}
-	}
+	})
 }
 
 func grow(buf []float32, n int) []float32 {
@@ -275,15 +311,17 @@ func (o *conv2dGradBOp) Do(in ...G.Value) (G.Value, error) {
 	n, k, hw := s[0], s[1], s[2]*s[3]
 	out := o.output(k)
 	db, dy := f32(out), f32(in[0])
-	for c := 0; c < k; c++ {
-		var sum float32
-		for i := 0; i < n; i++ {
-			for _, v := range dy[(i*k+c)*hw:][:hw] {
-				sum += v
+	parallelFor(k, n*k*hw, func(c0, c1 int) {
+		for c := c0; c < c1; c++ {
+			var sum float32
+			for i := 0; i < n; i++ {
+				for _, v := range dy[(i*k+c)*hw:][:hw] {
+					sum += v
+				}
 			}
+			db[c] = sum
 		}
-		db[c] = sum
-	}
+	})
 	return out, nil
 }
 
@@ -317,22 +355,30 @@ func (o *maxPoolOp) Do(in ...G.Value) (G.Value, error) {
 	oh, ow, k := h/o.k, w/o.k, o.k
 	out := o.output(s[0], s[1], oh, ow)
 	x, y := f32(in[0]), f32(out)
-	for p := 0; p < nc; p++ {
-		plane, dst := x[p*h*w:][:h*w], y[p*oh*ow:][:oh*ow]
-		for oy := 0; oy < oh; oy++ {
-			for ox := 0; ox < ow; ox++ {
-				m := plane[oy*k*w+ox*k]
-				for i := 0; i < k; i++ {
-					for _, v := range plane[(oy*k+i)*w+ox*k:][:k] {
-						if v > m {
-							m = v
+	parallelFor(nc, nc*h*w, func(p0, p1 int) {
+		for p := p0; p < p1; p++ {
+			plane, dst := x[p*h*w:][:h*w], y[p*oh*ow:][:oh*ow]
+			for oy := 0; oy < oh; oy++ {
+				d := dst[oy*ow:][:ow]
+				if k == 2 {
+					r0, r1 := plane[2*oy*w:][:2*ow], plane[(2*oy+1)*w:][:2*ow]
+					for ox := range d {
+						d[ox] = max(r0[2*ox], r0[2*ox+1], r1[2*ox], r1[2*ox+1])
+					}
+					continue
+				}
+				for ox := range d {
+					m := plane[oy*k*w+ox*k]
+					for i := 0; i < k; i++ {
+						for _, v := range plane[(oy*k+i)*w+ox*k:][:k] {
+							m = max(m, v)
 						}
 					}
+					d[ox] = m
 				}
-				dst[oy*ow+ox] = m
 			}
 		}
-	}
+	})
 	return out, nil
 }
 
@@ -360,26 +406,46 @@ func (o *maxPoolGradOp) Do(in ...G.Value) (G.Value, error) {
 	oh, ow, k := h/o.k, w/o.k, o.k
 	out := o.output(s...)
 	x, y, dy, dx := f32(in[0]), f32(in[1]), f32(in[2]), f32(out)
-	clear(dx)
-	for p := 0; p < nc; p++ {
-		plane, dplane := x[p*h*w:][:h*w], dx[p*h*w:][:h*w]
-		yp, dyp := y[p*oh*ow:][:oh*ow], dy[p*oh*ow:][:oh*ow]
-		for oy := 0; oy < oh; oy++ {
-			for ox := 0; ox < ow; ox++ {
-				m := yp[oy*ow+ox]
-			search:
-				for i := 0; i < k; i++ {
-					base := (oy*k+i)*w + ox*k
-					for j, v := range plane[base:][:k] {
-						if v == m {
-							dplane[base+j] += dyp[oy*ow+ox]
-							break search
+	parallelFor(nc, 2*nc*h*w, func(p0, p1 int) {
+		clear(dx[p0*h*w : p1*h*w])
+		for p := p0; p < p1; p++ {
+			plane, dplane := x[p*h*w:][:h*w], dx[p*h*w:][:h*w]
+			yp, dyp := y[p*oh*ow:][:oh*ow], dy[p*oh*ow:][:oh*ow]
+			for oy := 0; oy < oh; oy++ {
+				if k == 2 {
+					r0, r1 := plane[2*oy*w:][:2*ow], plane[(2*oy+1)*w:][:2*ow]
+					d0, d1 := dplane[2*oy*w:][:2*ow], dplane[(2*oy+1)*w:][:2*ow]
+					ym, dym := yp[oy*ow:][:ow], dyp[oy*ow:][:ow]
+					for ox, m := range ym {
+						switch g := dym[ox]; m {
+						case r0[2*ox]:
+							d0[2*ox] = g
+						case r0[2*ox+1]:
+							d0[2*ox+1] = g
+						case r1[2*ox]:
+							d1[2*ox] = g
+						default:
+							d1[2*ox+1] = g
+						}
+					}
+					continue
+				}
+				for ox := 0; ox < ow; ox++ {
+					m := yp[oy*ow+ox]
+				search:
+					for i := 0; i < k; i++ {
+						base := (oy*k+i)*w + ox*k
+						for j, v := range plane[base:][:k] {
+							if v == m {
+								dplane[base+j] = dyp[oy*ow+ox]
+								break search
+							}
 						}
 					}
 				}
 			}
 		}
-	}
+	})
 	return out, nil
 }
 

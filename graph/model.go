@@ -418,8 +418,14 @@ func (p *Program) Run(rng *rand.Rand) (float32, error) {
 func (p *Program) Logits() []float32 { return f32(p.logits.Value()) }
 
 // Grad returns the gradient of parameter i (Model.Params order) from the
-// last Run of a training program.
-func (p *Program) Grad(i int) []float32 { return f32(p.grads[i].Value()) }
+// last Run of a training program (nil before the first Run). The slice is
+// the same from run to run.
+func (p *Program) Grad(i int) []float32 {
+	if v := p.grads[i].Value(); v != nil {
+		return f32(v)
+	}
+	return nil
+}
 
 // Correct counts the rows of the last Run whose arg-max logit is the label.
 func (p *Program) Correct() int {

@@ -162,24 +162,25 @@ func (o *actOp) Do(in ...G.Value) (G.Value, error) {
 	out := o.output(dims(in[0])...)
 	x, y := f32(in[0]), f32(out)
 	y = y[:len(x)]
-	switch o.kind {
-	case OpReLU:
-		for i, v := range x {
-			if v > 0 {
-				y[i] = v
-			} else {
-				y[i] = 0
+	parallelFor(len(x), len(x), func(lo, hi int) {
+		x, y := x[lo:hi], y[lo:hi]
+		switch o.kind {
+		case OpReLU:
+			for i, v := range x {
+				// Branch-free: clear the value when its sign bit is set.
+				b := math.Float32bits(v)
+				y[i] = math.Float32frombits(b &^ uint32(int32(b)>>31))
+			}
+		case OpTanh:
+			for i, v := range x {
+				y[i] = float32(math.Tanh(float64(v)))
+			}
+		case OpSigmoid:
+			for i, v := range x {
+				y[i] = float32(1 / (1 + math.Exp(-float64(v))))
 			}
 		}
-	case OpTanh:
-		for i, v := range x {
-			y[i] = float32(math.Tanh(float64(v)))
-		}
-	case OpSigmoid:
-		for i, v := range x {
-			y[i] = float32(1 / (1 + math.Exp(-float64(v))))
-		}
-	}
+	})
 	return out, nil
 }
 
@@ -207,24 +208,26 @@ func (o *actGradOp) Do(in ...G.Value) (G.Value, error) {
 	y, dy, dx := f32(in[0]), f32(in[1]), f32(out)
 	dx = dx[:len(y)]
 	dy = dy[:len(y)]
-	switch o.kind {
-	case OpReLUGrad:
-		for i, v := range y {
-			if v > 0 {
-				dx[i] = dy[i]
-			} else {
-				dx[i] = 0
+	parallelFor(len(y), 2*len(y), func(lo, hi int) {
+		y, dy, dx := y[lo:hi], dy[lo:hi], dx[lo:hi]
+		switch o.kind {
+		case OpReLUGrad:
+			for i, v := range y {
+				// Branch-free: Y > 0 exactly when Y's bits, as a signed
+				// integer, are positive; keep dY's bits under that mask.
+				m := uint32(-int32(math.Float32bits(v)) >> 31)
+				dx[i] = math.Float32frombits(math.Float32bits(dy[i]) & m)
+			}
+		case OpTanhGrad:
+			for i, v := range y {
+				dx[i] = dy[i] * (1 - v*v)
+			}
+		case OpSigmoidGrad:
+			for i, v := range y {
+				dx[i] = dy[i] * v * (1 - v)
 			}
 		}
-	case OpTanhGrad:
-		for i, v := range y {
-			dx[i] = dy[i] * (1 - v*v)
-		}
-	case OpSigmoidGrad:
-		for i, v := range y {
-			dx[i] = dy[i] * v * (1 - v)
-		}
-	}
+	})
 	return out, nil
 }
 

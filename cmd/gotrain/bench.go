@@ -59,6 +59,10 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	}
 	const nb = 16
 	ds := data.Synthetic(nb*cfg.BatchSize, 28, 28, 10, 1)
+	// The gradient buffers exist once the program has run.
+	if _, err := prog.Run(rand.New(rand.NewPCG(1, 1))); err != nil {
+		return err
+	}
 	ps := make([]optim.Param, len(m.Params))
 	for i, p := range m.Params {
 		ps[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: prog.Grad(i)}

@@ -2,7 +2,9 @@ package cblas
 
 import (
 	"fmt"
+	"os"
 	"sync"
+	"sync/atomic"
 
 	gonumblas "gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
@@ -45,14 +47,41 @@ func Native() bool {
 	return lib != nil
 }
 
-// SetThreads sets the number of threads the native BLAS uses (n >= 1). It is
-// a no-op for the fallback, which is single-threaded.
+// threads is how many goroutines one large Sgemm is split across.
+var threads atomic.Int32
+
+func init() { threads.Store(1) }
+
+// SetThreads sets how many threads a large matrix product uses (n >= 1).
+// gotrain parallelises in Go: it splits a product's output into n blocks
+// computed on n goroutines by a single-threaded BLAS. OpenBLAS's own
+// thread pool busy-waits between calls, which on a small machine steals
+// the cores that gotrain's other kernels (im2col, activations, pooling)
+// run on between matrix products; one scheduler for everything avoids that.
 func SetThreads(n int) {
 	load()
-	if lib != nil && n > 0 {
-		lib.setThreads(n)
+	if n < 1 {
+		n = 1
+	}
+	if os.Getenv("GOTRAIN_BLAS_THREADING") == "openblas" {
+		// OpenBLAS's own thread pool instead (for comparison).
+		threads.Store(1)
+		if lib != nil {
+			lib.setThreads(n)
+		}
+		return
+	}
+	threads.Store(int32(n))
+	if lib != nil {
+		lib.setThreads(1)
 	}
 }
+
+// Threads is the current SetThreads value.
+func Threads() int { return int(threads.Load()) }
+
+// minSplitFlops is the smallest product (m·n·k) worth splitting.
+const minSplitFlops = 1 << 18
 
 // Sgemm computes C = alpha * op(A) * op(B) + beta * C for row-major
 // matrices, where op(X) is X or its transpose. op(A) is m x k, op(B) is
@@ -66,6 +95,48 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 	checkLen("B", b, transB, k, n, ldb)
 	checkLen("C", c, false, m, n, ldc)
 	load()
+	if p := int(threads.Load()); p > 1 && m*n*k >= minSplitFlops && max(m, n) >= 2*p {
+		splitSgemm(p, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		return
+	}
+	sgemm1(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+// splitSgemm computes the product as p blocks of C's rows (or columns,
+// whichever dimension is larger), one goroutine each.
+func splitSgemm(p int, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	var wg sync.WaitGroup
+	byRows := m >= n
+	size := n
+	if byRows {
+		size = m
+	}
+	chunk := (size + p - 1) / p
+	for lo := 0; lo < size; lo += chunk {
+		hi := min(lo+chunk, size)
+		wg.Add(1)
+		go func(lo, hi int) {
+			defer wg.Done()
+			if byRows {
+				aoff := lo * lda // op(A) rows lo..hi
+				if transA {
+					aoff = lo
+				}
+				sgemm1(transA, transB, hi-lo, n, k, alpha, a[aoff:], lda, b, ldb, beta, c[lo*ldc:], ldc)
+				return
+			}
+			boff := lo // op(B) columns lo..hi
+			if transB {
+				boff = lo * ldb
+			}
+			sgemm1(transA, transB, m, hi-lo, k, alpha, a, lda, b[boff:], ldb, beta, c[lo:], ldc)
+		}(lo, hi)
+	}
+	wg.Wait()
+}
+
+// sgemm1 is one single-threaded product.
+func sgemm1(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if lib != nil {
 		lib.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return

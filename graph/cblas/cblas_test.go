@@ -32,7 +32,15 @@ func naive(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 }
 
 func TestSgemmMatchesReference(t *testing.T) {
-	t.Logf("backend: %s", Backend())
+	for _, th := range []int{1, 2, 3} {
+		SetThreads(th)
+		testSgemm(t)
+	}
+	SetThreads(1)
+}
+
+func testSgemm(t *testing.T) {
+	t.Logf("backend: %s, threads %d", Backend(), Threads())
 	r := rand.New(rand.NewPCG(1, 2))
 	for _, tc := range []struct {
 		ta, tb  bool
@@ -40,6 +48,8 @@ func TestSgemmMatchesReference(t *testing.T) {
 		beta    float32
 	}{
 		{false, false, 7, 5, 3, 0}, {true, false, 4, 9, 6, 1}, {false, true, 33, 17, 65, 0.5}, {true, true, 8, 8, 8, 0}, {false, false, 128, 256, 784, 0},
+		// Large enough to be split across goroutines, by rows and by columns.
+		{true, false, 300, 70, 40, 1}, {false, true, 65, 301, 50, 0.5}, {true, true, 99, 97, 60, 0},
 	} {
 		rows := func(tr bool, r0, c0 int) (int, int) {
 			if tr {
