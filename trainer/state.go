@@ -178,6 +178,7 @@ func (t *Trainer) restore(pathOrDir string) error {
 	t.opt = probe
 	t.pos = pos
 	t.resumedFrom = path
+	t.savedStep = pos.step
 	return nil
 }
 

@@ -55,6 +55,7 @@ type Trainer struct {
 	pos         position
 	resumedFrom string
 	lastCkpt    string
+	savedStep   int64 // step of lastCkpt
 	params      map[*graph.Program][]optim.Param
 	perm        []int
 }
@@ -274,6 +275,11 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 }
 
 func (t *Trainer) finish(_ context.Context, res Result, start time.Time, samples int64, trainTime time.Duration) (Result, error) {
+	if t.ckpt != nil && t.savedStep != t.pos.step {
+		if err := t.save(); err != nil {
+			return res, err
+		}
+	}
 	if t.cfg.Out != "" {
 		if err := SaveWeights(t.cfg.Out, t.Model, t.cfg); err != nil {
 			return res, fmt.Errorf("--out: %w", err)
@@ -305,6 +311,7 @@ func (t *Trainer) save() error {
 		return fmt.Errorf("saving checkpoint: %w", err)
 	}
 	t.lastCkpt = path
+	t.savedStep = t.pos.step
 	t.log.Debug("checkpoint", "path", path, "step", t.pos.step)
 	return nil
 }

@@ -110,8 +110,10 @@ func TestResumeIsExact(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, stopAt, first.Step())
 		require.NotEqual(t, params(straight), params(first))
-		// Stopping by step count saves nothing by itself: checkpoint now.
-		require.NoError(t, first.save())
+		// The run ended at MaxSteps, so its last state is checkpointed.
+		latest, err := checkpoint.Latest(cfg.CheckpointDir)
+		require.NoError(t, err)
+		require.Equal(t, checkpoint.FileName(stopAt), filepath.Base(latest))
 
 		cfg.MaxSteps = 0
 		cfg.Resume = cfg.CheckpointDir
