@@ -67,7 +67,7 @@
 // redrawing would only fill the file with '\r's, so Progress logs a plain
 // line through log/slog instead, on the first update and then every 10s:
 //
-//	time=... level=INFO msg=train epoch=1 epochs=2 step=27000 total=60000 loss=0.2345 samples_per_sec=12345 eta=0:33
+//	time=... level=INFO msg=train epoch=1 epochs=2 done=27000 total=60000 loss=0.2345 samples_per_sec=12345 eta=0:33
 //
 // Other output must not be written straight to the terminal while the bar
 // is shown, or it lands in the middle of the line: print through

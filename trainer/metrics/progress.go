@@ -529,7 +529,7 @@ func (p *Progress) logAttrs() []slog.Attr {
 	if s.epochs > 0 {
 		attrs = append(attrs, slog.Int("epochs", s.epochs))
 	}
-	attrs = append(attrs, slog.Int64("step", s.done))
+	attrs = append(attrs, slog.Int64("done", s.done)) // in units (see WithUnit) of total
 	if p.total > 0 {
 		attrs = append(attrs, slog.Int64("total", p.total))
 	}

@@ -255,7 +255,7 @@ func dropTime(groups []string, a slog.Attr) slog.Attr {
 type logLine struct {
 	Msg   string  `json:"msg"`
 	Epoch int     `json:"epoch"`
-	Step  int64   `json:"step"`
+	Step  int64   `json:"done"`
 	Loss  float64 `json:"loss"`
 	SPS   float64 `json:"samples_per_sec"`
 	ETA   string  `json:"eta"`
@@ -338,7 +338,7 @@ func TestProgressPlainDefaultLogger(t *testing.T) {
 	p.Train(Train{Epoch: 2, Step: 4, Loss: 1.5, SamplesPerSec: 99})
 	p.Log("hello")
 	out := buf.String()
-	require.Contains(t, out, "msg=train epoch=2 epochs=3 step=4 total=10 loss=1.5 samples_per_sec=99 eta=--:--")
+	require.Contains(t, out, "msg=train epoch=2 epochs=3 done=4 total=10 loss=1.5 samples_per_sec=99 eta=--:--")
 	require.Contains(t, out, "msg=hello")
 	_, err := p.Write([]byte("raw\n"))
 	require.NoError(t, err)

@@ -1,0 +1,78 @@
+// Package graph defines gotrain's models as Gorgonia computation graphs
+// built from a small, closed set of ops.
+//
+// # Models
+//
+// [New] builds a built-in model from a [Spec] and a seed:
+//
+//   - "mlp": Flatten, then Linear+activation (+Dropout) per hidden width,
+//     then a Linear to the classes. Default 784-256-10.
+//   - "cnn": LeNet-5 style: Conv2D 5x5 (16 filters, padding 2), activation,
+//     MaxPool2D 2x2, Conv2D 5x5 (32 filters), activation, MaxPool2D 2x2,
+//     Flatten, Linear to Hidden[0] (default 128), activation (+Dropout),
+//     Linear to the classes.
+//
+// Parameters live in [Model.Params], in a fixed order, under PyTorch's
+// state_dict names and layouts ("fc1.weight" is [out, in], "conv1.weight"
+// is [out, in, kh, kw]). Checkpoints, gradient buckets, device executors
+// and pipeline stages all address them by name and index. Initialisation
+// is PyTorch's default (uniform in ±1/sqrt(fan_in) for weights and
+// biases), drawn from a PCG stream per parameter seeded by the model seed,
+// so the same seed gives the same model on every machine.
+//
+// A model compiles one [Program] per batch size and mode ([Model.Program]):
+// a training program computes the loss and every parameter's gradient
+// (Gorgonia's symbolic differentiation, [gorgonia.Grad], over the ops'
+// SymDiff) and applies dropout; an evaluation program computes the logits
+// and loss only. A program is run by Gorgonia's tape machine. Every op owns
+// its output buffer and reuses it from run to run, so buffers are planned
+// once per program and the steady-state step allocates only the tape
+// machine's small bookkeeping.
+//
+// # The op set
+//
+// Every node of a program is one of these ops (each implements [Op]:
+// gorgonia.Op plus Kind and Attrs), and every gradient is expressed in the
+// same set, so a device executor that implements these kinds can run any
+// model this package builds. Shapes: N batch, C/K channels, H,W sizes.
+//
+//	Kind                     inputs                 output        gradient ops
+//	Linear                   X[N,in] W[out,in] b    X·Wᵀ+b        MatMul(dY,W), MatMul(dYᵀ,X), SumRows(dY)
+//	MatMul{trans_a,trans_b}  A, B                   op(A)·op(B)   (gradient op only)
+//	SumRows                  X[N,M]                 [M]           (gradient op only)
+//	Conv2D{stride,pad}       X[N,C,H,W] W[K,C,kh,kw] b[K]  [N,K,OH,OW]  Conv2DGradInput, Conv2DGradW, Conv2DGradB
+//	Conv2DGradInput          dY, W                  dX            (gradient op only)
+//	Conv2DGradW              X, dY                  dW            (gradient op only)
+//	Conv2DGradB              dY                     db[K]         (gradient op only)
+//	MaxPool2D{kernel=stride} X[N,C,H,W]             [N,C,H/k,W/k] MaxPool2DGrad(X, Y, dY)
+//	MaxPool2DGrad            X, Y, dY               dX            (to the first maximum of each window)
+//	ReLU, Tanh, Sigmoid      X                      Y             ReLUGrad/TanhGrad/SigmoidGrad(Y, dY)
+//	ReLUGrad, TanhGrad, SigmoidGrad  Y, dY          dX            (gradient ops only)
+//	Mul                      X, M                   X·M           Mul(dY, M)  (dropout: M holds 0 or 1/(1-p))
+//	Reshape{shape}           X                      X, new shape  Reshape(dY, shape of X)
+//	SoftmaxCrossEntropy      logits[N,K] labels[N]  mean loss     SoftmaxCrossEntropyGrad
+//	SoftmaxCrossEntropyGrad  logits, labels, g      (softmax−onehot)·g/N
+//
+// Linear and Conv2D carry a grad_x attribute: the first parametrised layer
+// does not compute the gradient of its input (the data). The cross-entropy
+// is computed with the log-sum-exp shift, so it stays finite for any
+// logits. CPU kernels: matrix products through [cblas.Sgemm] (OpenBLAS,
+// loaded at run time), convolutions as im2col + one GEMM over the whole
+// batch, elementwise ops and pooling split across CPUs.
+//
+// # Example
+//
+//	m, err := graph.New(graph.Spec{Kind: "mlp"}, 1)
+//	prog, err := m.Program(128, true)
+//	copy(prog.X, batchPixels) // [128, 784], normalised
+//	copy(prog.Y, batchLabels) // class indices as float32
+//	loss, err := prog.Run(rng) // rng draws dropout masks
+//	g := prog.Grad(0)          // gradient of m.Params[0], "fc1.weight"
+//
+// # Errors
+//
+// Building a model or program returns errors for bad specs (unknown model
+// or activation, shapes that do not fit). Running returns an error for bad
+// input values (a label outside the classes). Ops panic only on programmer
+// errors inside this package.
+package graph

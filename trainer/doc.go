@@ -1,0 +1,47 @@
+// Package trainer is gotrain's training loop: configuration, data, the
+// model's programs, the optimiser and schedule, evaluation, checkpoints
+// and metrics, for one process on the CPU.
+//
+// # A run
+//
+// [New] validates a [Config], loads the datasets (or takes them from
+// [WithData]), builds the model and the optimiser and, with Config.Resume,
+// restores a checkpoint. [Trainer.Run] then, for each epoch:
+//
+//  1. shuffles the training set with a permutation that depends only on
+//     (seed, epoch) (trainer/data.PermutationInto);
+//  2. for each batch (the last one holds the remainder: nothing is
+//     dropped), fills the program's input from bytes, runs forward and
+//     backward, stops with [ErrNonFinite] if the loss or a gradient is NaN
+//     or Inf (before the parameters are touched), clips the gradients'
+//     global norm if asked, and takes an optimiser step with the
+//     schedule's learning rate for that step;
+//  3. evaluates on the test split and writes a checkpoint when a
+//     checkpoint directory is set.
+//
+// Time enters through [WithClock], metrics leave through a metrics.Sink
+// ([WithSink]) and progress through [WithProgress], so tests drive the loop
+// exactly.
+//
+// # Checkpoints and resume
+//
+// A checkpoint (trainer/checkpoint, safetensors) holds the weights under
+// their parameter names, the optimiser state under "optimizer.<name>", and
+// metadata: format, step, epoch and batch within it, the config as JSON, a
+// "trajectory" string (model, widths, dataset, batch size, optimiser,
+// seed) and the RNG description. The RNG is counter-based (shuffle from
+// (seed, epoch), dropout masks from (seed, step)), so these numbers are its
+// whole state and a resumed run continues bit for bit: 2 epochs straight
+// equal 1 epoch, stop, resume, 1 epoch. A checkpoint whose trajectory,
+// tensor names or shapes differ from the run is refused before anything is
+// loaded ([ErrCheckpoint]). Checkpoints are written at each epoch end,
+// every Config.CheckpointEvery steps, when the run ends, and when the
+// context is cancelled (SIGINT or SIGTERM in the CLI).
+//
+// # Errors
+//
+// Configuration errors wrap [ErrConfig] and name the flag; checkpoint
+// errors wrap [ErrCheckpoint] or trainer/checkpoint.ErrCorrupt and name the
+// file and tensor; divergence wraps [ErrNonFinite] and names the step and
+// the last good checkpoint. Nothing in this package panics on bad input.
+package trainer
