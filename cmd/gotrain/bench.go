@@ -33,7 +33,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.BatchSize, "batch-size", cfg.BatchSize, "batch size")
 	fs.StringVar(&cfg.Optimizer, "optimizer", cfg.Optimizer, "optimiser: sgd, adam or adamw")
 	fs.Float64Var(&cfg.LR, "lr", cfg.LR, "learning rate")
-	fs.IntVar(&cfg.Threads, "threads", 2, "BLAS threads")
+	fs.IntVar(&cfg.Threads, "threads", 2, "threads for matrix products and kernels")
 	steps := fs.Int("steps", 200, "timed steps")
 	warmup := fs.Int("warmup", 20, "untimed warm-up steps")
 	if err := fs.Parse(args[1:]); err != nil {

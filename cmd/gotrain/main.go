@@ -140,7 +140,7 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config) *string {
 	fs.StringVar(&cfg.MetricsFile, "metrics-file", cfg.MetricsFile, "write metrics as JSON Lines to this file")
 	fs.StringVar(&cfg.Out, "out", cfg.Out, "write the final weights (safetensors) to this file")
 	fs.Int64Var(&cfg.LogEvery, "log-every", cfg.LogEvery, "steps between train records in the metrics file")
-	fs.IntVar(&cfg.Threads, "threads", cfg.Threads, "BLAS threads (0 = number of CPUs)")
+	fs.IntVar(&cfg.Threads, "threads", cfg.Threads, "threads for matrix products and kernels (0 = number of CPUs)")
 	return configPath
 }
 
@@ -185,10 +185,14 @@ func parseTrain(name string, args []string, stderr io.Writer) (trainer.Config, e
 	return cfg, cfg.Validate()
 }
 
+// setThreads makes --threads the number of threads doing gotrain's work:
+// matrix products are split n ways and the other kernels run on at most n
+// OS threads (GOMAXPROCS). 0 means one per CPU.
 func setThreads(n int) {
 	if n <= 0 {
 		n = runtime.NumCPU()
 	}
+	runtime.GOMAXPROCS(n)
 	cblas.SetThreads(n)
 }
 
@@ -258,7 +262,7 @@ func cmdEval(args []string, stdout, stderr io.Writer) error {
 	dataset := fs.String("dataset", "", "dataset (default: the one the model was trained on)")
 	dataDir := fs.String("data-dir", "", "directory with the IDX files")
 	batch := fs.Int("eval-batch-size", 250, "samples per batch")
-	threads := fs.Int("threads", 0, "BLAS threads (0 = number of CPUs)")
+	threads := fs.Int("threads", 0, "threads (0 = number of CPUs)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

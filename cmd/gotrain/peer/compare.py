@@ -16,8 +16,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = [  # (model, batch, optimizer, steps)
-    ("mlp", 128, "adam", 300),
-    ("cnn", 64, "adam", 60),
+    ("mlp", 128, "adam", 600),
+    ("cnn", 64, "adam", 150),
 ]
 
 
