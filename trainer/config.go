@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -55,6 +56,11 @@ type Config struct {
 	Out             string `json:"out,omitempty" yaml:"out,omitempty"`
 	LogEvery        int64  `json:"log_every" yaml:"log_every"`
 	Threads         int    `json:"threads" yaml:"threads"`
+
+	// Data parallelism (with several ranks).
+	AccumSteps int           `json:"accum_steps" yaml:"accum_steps"`
+	BucketMB   float64       `json:"bucket_mb" yaml:"bucket_mb"`
+	Timeout    time.Duration `json:"timeout" yaml:"timeout"`
 }
 
 // Default returns the defaults of `gotrain train`: the MLP on MNIST, which
@@ -65,6 +71,7 @@ func Default() Config {
 		Epochs: 2, BatchSize: 64, EvalBatchSize: 250,
 		Optimizer: "adam", LR: 2e-3, Momentum: 0.9, Schedule: "cosine", Gamma: 0.1,
 		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0,
+		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute,
 	}
 }
 
@@ -101,6 +108,12 @@ func (c *Config) Validate() error {
 		return cfgErr("--dropout %v must be in [0,1)", c.Dropout)
 	case c.CheckpointEvery < 0 || c.MaxSteps < 0 || c.LogEvery < 0 || c.Threads < 0:
 		return cfgErr("--checkpoint-every, --max-steps, --log-every and --threads must not be negative")
+	case c.AccumSteps < 1:
+		return cfgErr("--accum-steps %d must be at least 1", c.AccumSteps)
+	case !(c.BucketMB > 0):
+		return cfgErr("--bucket-mb %v must be positive", c.BucketMB)
+	case c.Timeout <= 0:
+		return cfgErr("--timeout %v must be positive", c.Timeout)
 	case c.Dataset == "synthetic" && c.SyntheticSize <= 0:
 		return cfgErr("--synthetic-size %d must be at least 1", c.SyntheticSize)
 	}

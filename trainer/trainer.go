@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"time"
 
@@ -58,6 +57,7 @@ type Trainer struct {
 	savedStep   int64 // step of lastCkpt
 	params      map[*graph.Program][]optim.Param
 	perm        []int
+	dp          *ddp // nil: one process
 }
 
 // Option configures a Trainer.
@@ -110,13 +110,14 @@ func New(cfg Config, opts ...Option) (*Trainer, error) {
 	if t.opt, err = newOptimizer(cfg, m); err != nil {
 		return nil, err
 	}
-	if cfg.Resume != "" {
+	if cfg.Resume != "" && t.rank() == 0 {
+		// Other ranks receive rank 0's state when the run starts.
 		if err := t.restore(cfg.Resume); err != nil {
 			return nil, err
 		}
 		t.log.Info("resumed", "checkpoint", t.resumedFrom, "epoch", t.pos.epoch+1, "step", t.pos.step)
 	}
-	if cfg.CheckpointDir != "" {
+	if cfg.CheckpointDir != "" && t.rank() == 0 {
 		if t.ckpt, err = checkpoint.Open(cfg.CheckpointDir, cfg.KeepCheckpoints); err != nil {
 			return nil, err
 		}
@@ -181,6 +182,19 @@ func (t *Trainer) optParams(p *graph.Program) []optim.Param {
 func (t *Trainer) Run(ctx context.Context) (Result, error) {
 	start := t.now()
 	cfg := t.cfg
+	var res Result
+	// Collectives run on a context that the caller's cancellation does not
+	// end: a stop request travels with the gradients so that every rank
+	// stops after the same step (see ddpStep).
+	cctx := context.WithoutCancel(ctx)
+	if t.dp != nil && t.dp.comm != nil {
+		if err := t.syncStart(cctx); err != nil {
+			return res, err
+		}
+	}
+	if t.distributed() {
+		t.setupBuckets()
+	}
 	sched := cfg.schedule(t.TotalSteps())
 	nb, n := t.batchesPerEpoch(), t.train.N
 	if len(t.perm) != n {
@@ -188,7 +202,6 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 	}
 	pcg := rand.NewPCG(0, 0)
 	rng := rand.New(pcg)
-	var res Result
 	var trainSamples int64
 	var trainTime time.Duration
 	var winLoss float64
@@ -198,35 +211,57 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 
 	t.log.Info("training", "model", cfg.Model, "params", t.Model.NumParams(), "dataset", t.train.Name,
 		"train_samples", n, "test_samples", t.test.N, "epochs", cfg.Epochs, "batch_size", cfg.BatchSize,
-		"optimizer", cfg.Optimizer, "lr", cfg.LR, "schedule", cfg.Schedule, "steps", t.TotalSteps())
+		"optimizer", cfg.Optimizer, "lr", cfg.LR, "schedule", cfg.Schedule, "steps", t.TotalSteps(),
+		"rank", t.rank(), "world_size", t.worldSize(), "accum_steps", cfg.AccumSteps)
 
 	for t.pos.epoch < cfg.Epochs {
 		epoch := t.pos.epoch
 		data.PermutationInto(t.perm, cfg.Seed, epoch)
 		epochStart := t.now()
 		for t.pos.batch < nb {
-			if err := ctx.Err(); err != nil {
-				return res, t.interrupted(err)
+			if !t.distributed() && ctx.Err() != nil {
+				return res, t.interrupted(cctx, ctx.Err())
 			}
 			if cfg.MaxSteps > 0 && t.pos.step >= cfg.MaxSteps {
 				trainTime += t.now().Sub(epochStart)
-				return t.finish(ctx, res, start, trainSamples, trainTime)
+				return t.finish(cctx, res, start, trainSamples, trainTime)
 			}
 			lo := t.pos.batch * cfg.BatchSize
 			hi := min(lo+cfg.BatchSize, n)
-			prog, err := t.Model.Program(hi-lo, true)
-			if err != nil {
-				return res, err
+			var ps []optim.Param
+			var loss float64 // this rank's mean loss, for display
+			stop := false
+			if t.distributed() {
+				lossSum, st, err := t.ddpStep(cctx, ctx.Err() != nil, lo, hi, pcg, rng)
+				if err != nil {
+					return res, err
+				}
+				stop = st
+				ps = t.dp.params
+				rs, re := shard(lo, hi, t.rank(), t.worldSize())
+				if re > rs {
+					loss = lossSum / float64(re-rs)
+				}
+				winLoss += lossSum
+			} else {
+				prog, err := t.Model.Program(hi-lo, true)
+				if err != nil {
+					return res, err
+				}
+				t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
+				pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
+				l, err := prog.Run(rng)
+				if err != nil {
+					return res, err
+				}
+				loss = float64(l)
+				ps = t.optParams(prog)
+				winLoss += loss * float64(hi-lo)
 			}
-			t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
-			pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
-			loss, err := prog.Run(rng)
-			if err != nil {
-				return res, err
-			}
-			ps := t.optParams(prog)
-			if math.IsNaN(float64(loss)) || math.IsInf(float64(loss), 0) || !optim.GradsFinite(ps) {
-				return res, t.diverged(float64(loss))
+			// The reduced gradients are the same on every rank, so every
+			// rank takes the same decision here.
+			if !finite(loss) || !optim.GradsFinite(ps) {
+				return res, t.diverged(loss)
 			}
 			if cfg.ClipGradNorm > 0 {
 				optim.ClipGradNorm(ps, cfg.ClipGradNorm)
@@ -236,21 +271,28 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			t.pos.step++
 			t.pos.batch++
 			trainSamples += int64(hi - lo)
-			winLoss += float64(loss)
 			winSteps++
 			winSamples += int64(hi - lo)
 			if dt := t.now().Sub(winStart).Seconds(); dt > 0 && winSamples > 0 {
 				rate = float64(winSamples) / dt
 			}
 			if t.progress != nil {
-				t.progress(Progress{Epoch: epoch + 1, Epochs: cfg.Epochs, Done: int64(hi), Total: int64(n), Loss: float64(loss), SamplesPerSec: rate})
+				t.progress(Progress{Epoch: epoch + 1, Epochs: cfg.Epochs, Done: int64(hi), Total: int64(n), Loss: loss, SamplesPerSec: rate})
 			}
 			if cfg.LogEvery > 0 && t.pos.step%cfg.LogEvery == 0 {
-				t.sink.Train(metrics.Train{Epoch: epoch + 1, Step: t.pos.step, Loss: winLoss / float64(winSteps), LR: lr, SamplesPerSec: rate})
+				sum := []float64{winLoss}
+				if err := t.allSum(cctx, "loss", sum); err != nil {
+					return res, err
+				}
+				t.sink.Train(metrics.Train{Epoch: epoch + 1, Step: t.pos.step, Loss: sum[0] / float64(winSamples), LR: lr, SamplesPerSec: rate,
+					Rank: t.rank(), WorldSize: t.worldSize()})
 				winLoss, winSteps, winSamples, winStart = 0, 0, 0, t.now()
 			}
+			if stop {
+				return res, t.interrupted(cctx, context.Canceled)
+			}
 			if cfg.CheckpointEvery > 0 && t.pos.step%cfg.CheckpointEvery == 0 {
-				if err := t.save(); err != nil {
+				if err := t.save(cctx); err != nil {
 					return res, err
 				}
 			}
@@ -258,29 +300,29 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 		trainTime += t.now().Sub(epochStart)
 		t.pos.epoch++
 		t.pos.batch = 0
-		acc, loss, err := Evaluate(t.Model, t.test, cfg.EvalBatchSize)
+		acc, loss, err := t.evaluateShard(cctx)
 		if err != nil {
 			return res, err
 		}
 		res.TestAccuracy, res.TestLoss = acc, loss
-		t.sink.Eval(metrics.Eval{Epoch: epoch + 1, TestLoss: loss, TestAccuracy: acc})
-		if t.ckpt != nil {
-			if err := t.save(); err != nil {
+		t.sink.Eval(metrics.Eval{Epoch: epoch + 1, TestLoss: loss, TestAccuracy: acc, Rank: t.rank(), WorldSize: t.worldSize()})
+		if cfg.CheckpointDir != "" {
+			if err := t.save(cctx); err != nil {
 				return res, err
 			}
 		}
 		winLoss, winSteps, winSamples, winStart = 0, 0, 0, t.now()
 	}
-	return t.finish(ctx, res, start, trainSamples, trainTime)
+	return t.finish(cctx, res, start, trainSamples, trainTime)
 }
 
-func (t *Trainer) finish(_ context.Context, res Result, start time.Time, samples int64, trainTime time.Duration) (Result, error) {
-	if t.ckpt != nil && t.savedStep != t.pos.step {
-		if err := t.save(); err != nil {
+func (t *Trainer) finish(ctx context.Context, res Result, start time.Time, samples int64, trainTime time.Duration) (Result, error) {
+	if t.cfg.CheckpointDir != "" && t.savedStep != t.pos.step {
+		if err := t.save(ctx); err != nil {
 			return res, err
 		}
 	}
-	if t.cfg.Out != "" {
+	if t.cfg.Out != "" && t.rank() == 0 {
 		if err := SaveWeights(t.cfg.Out, t.Model, t.cfg); err != nil {
 			return res, fmt.Errorf("--out: %w", err)
 		}
@@ -294,11 +336,17 @@ func (t *Trainer) finish(_ context.Context, res Result, start time.Time, samples
 	res.PeakRSSBytes = metrics.PeakRSSBytes()
 	res.Checkpoint = t.lastCkpt
 	t.sink.Summary(metrics.Summary{TestAccuracy: res.TestAccuracy, TrainSamplesPerSec: res.TrainSamplesPerSec,
-		WallSeconds: res.WallSeconds, PeakRSSBytes: res.PeakRSSBytes})
+		WallSeconds: res.WallSeconds, PeakRSSBytes: res.PeakRSSBytes, Rank: t.rank(), WorldSize: t.worldSize()})
 	return res, nil
 }
 
-func (t *Trainer) save() error {
+// save checkpoints the run: every rank first verifies that the replicas
+// are identical, then rank 0 writes.
+func (t *Trainer) save(ctx context.Context) error {
+	if err := t.verifyReplicas(ctx, fmt.Sprintf("at the checkpoint of step %d", t.pos.step)); err != nil {
+		return err
+	}
+	t.savedStep = t.pos.step
 	if t.ckpt == nil {
 		return nil
 	}
@@ -317,14 +365,14 @@ func (t *Trainer) save() error {
 }
 
 // interrupted saves where the run is, so that --resume continues it.
-func (t *Trainer) interrupted(cause error) error {
-	if t.ckpt == nil {
+func (t *Trainer) interrupted(ctx context.Context, cause error) error {
+	if t.cfg.CheckpointDir == "" {
 		return fmt.Errorf("training stopped at step %d: %w (no --checkpoint-dir, so this progress is not saved)", t.pos.step, cause)
 	}
-	if err := t.save(); err != nil {
+	if err := t.save(ctx); err != nil {
 		return errors.Join(cause, err)
 	}
-	return fmt.Errorf("training stopped at step %d: %w; resume with --resume %s", t.pos.step, cause, t.lastCkpt)
+	return fmt.Errorf("training stopped at step %d: %w; resume with --resume %s", t.pos.step, cause, t.cfg.CheckpointDir)
 }
 
 func (t *Trainer) diverged(loss float64) error {

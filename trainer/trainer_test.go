@@ -311,3 +311,56 @@ func TestSaveWeightsAndLoadModel(t *testing.T) {
 	require.Error(t, err)
 	require.False(t, errors.Is(err, ErrNonFinite))
 }
+
+func maxAbsDiff(a, b [][]float32) float64 {
+	d := 0.0
+	for i := range a {
+		for j := range a[i] {
+			d = math.Max(d, math.Abs(float64(a[i][j])-float64(b[i][j])))
+		}
+	}
+	return d
+}
+
+func sgdConfig(t *testing.T) Config {
+	cfg := smallConfig(t)
+	cfg.CheckpointDir = ""
+	cfg.Dropout = 0
+	cfg.Optimizer = "sgd"
+	cfg.Schedule = "constant"
+	cfg.LR = 0.05
+	cfg.MaxSteps = 30
+	return cfg
+}
+
+// TestAccumulationEqualsOneBatch: K micro-batches per step give the
+// parameters that one batch of the same size gives, up to rounding.
+func TestAccumulationEqualsOneBatch(t *testing.T) {
+	ref := newTrainer(t, sgdConfig(t))
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	for _, k := range []int{2, 3, 7} {
+		cfg := sgdConfig(t)
+		cfg.AccumSteps = k
+		tr := newTrainer(t, cfg)
+		_, err := tr.Run(context.Background())
+		require.NoError(t, err)
+		d := maxAbsDiff(params(ref), params(tr))
+		require.Less(t, d, 1e-5, "accum %d", k)
+		require.NotEqual(t, params(newTrainer(t, cfg)), params(tr), "training moved the parameters")
+	}
+}
+
+func TestShardCoversExactlyOnce(t *testing.T) {
+	for _, tc := range []struct{ lo, hi, w int }{{0, 10, 3}, {5, 7, 4}, {0, 128, 8}, {10, 10, 2}, {3, 100, 1}} {
+		next := tc.lo
+		for r := 0; r < tc.w; r++ {
+			s, e := shard(tc.lo, tc.hi, r, tc.w)
+			require.Equal(t, next, s)
+			require.LessOrEqual(t, e-s, (tc.hi-tc.lo+tc.w-1)/tc.w)
+			require.GreaterOrEqual(t, e-s, (tc.hi-tc.lo)/tc.w)
+			next = e
+		}
+		require.Equal(t, tc.hi, next)
+	}
+}

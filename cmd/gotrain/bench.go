@@ -21,8 +21,11 @@ import (
 // a warm-up, printed as one JSON line in the same form as the PyTorch peer
 // (cmd/gotrain/peer/torch_train.py) so that `make bench` can compare them.
 func cmdBench(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "allreduce" {
+		return cmdBenchAllReduce(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "train" {
-		return fmt.Errorf("%w: want 'gotrain bench train [flags]'", errUsage)
+		return fmt.Errorf("%w: want 'gotrain bench train [flags]' or 'gotrain bench allreduce [flags]'", errUsage)
 	}
 	fs := flag.NewFlagSet("gotrain bench train", flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -22,7 +22,9 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
+	"github.com/gotrain/gotrain/cmd/gotrain/launch"
 	"github.com/gotrain/gotrain/graph/cblas"
 	"github.com/gotrain/gotrain/trainer"
 	"github.com/gotrain/gotrain/trainer/metrics"
@@ -39,8 +41,11 @@ const usage = `gotrain: distributed deep-learning training in Go
 
 Usage:
   gotrain train [flags]            train a model (gotrain train -h lists the flags)
+  gotrain launch --nproc-per-node N [--nnodes M --node-rank K --rdzv-endpoint HOST:PORT | --standalone] -- train [flags]
+                                   run N data-parallel workers on this node
   gotrain eval --checkpoint PATH   evaluate a checkpoint or weights file on the test split
   gotrain bench train [flags]      measure training throughput (one JSON line)
+  gotrain bench allreduce [flags]  all-reduce bandwidth table (like nccl-tests)
   gotrain version                  print the version
 `
 
@@ -52,6 +57,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	var err error
 	switch args[0] {
+	case "launch":
+		exe, err := os.Executable()
+		if err != nil {
+			fmt.Fprintf(stderr, "gotrain launch: %v\n", err)
+			return 1
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return launch.Run(ctx, exe, args[1:], stdout, stderr, os.Getenv)
 	case "train":
 		err = cmdTrain(args[1:], stdout, stderr)
 	case "eval":
@@ -108,7 +122,7 @@ func (l intList) Set(s string) error {
 }
 
 // trainFlags binds the train flags to cfg (whose values are the defaults).
-func trainFlags(fs *flag.FlagSet, cfg *trainer.Config) *string {
+func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
 	configPath := fs.String("config", "", "YAML or JSON file of settings (flag names with _ for -); flags override it")
 	fs.StringVar(&cfg.Model, "model", cfg.Model, "model: mlp or cnn")
 	fs.Var(intList{&cfg.Hidden}, "hidden", "hidden layer widths, comma-separated (mlp default 256; cnn: fc width, default 128)")
@@ -141,6 +155,15 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config) *string {
 	fs.StringVar(&cfg.Out, "out", cfg.Out, "write the final weights (safetensors) to this file")
 	fs.Int64Var(&cfg.LogEvery, "log-every", cfg.LogEvery, "steps between train records in the metrics file")
 	fs.IntVar(&cfg.Threads, "threads", cfg.Threads, "threads for matrix products and kernels (0 = number of CPUs)")
+	// Data parallelism: the job comes from the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...; see 'gotrain launch').
+	fs.IntVar(&cfg.AccumSteps, "accum-steps", cfg.AccumSteps, "micro-batches per optimiser step (gradients are accumulated; ranks communicate once per step)")
+	fs.Float64Var(&cfg.BucketMB, "bucket-mb", cfg.BucketMB, "gradient all-reduce bucket size, MiB")
+	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "deadline of each collective; a rank that dies or stalls ends the job within it")
+	fs.StringVar(&df.backend, "backend", "auto", "communication backend: cpu (TCP ring) or auto")
+	fs.DurationVar(&df.rdzvTimeout, "rdzv-timeout", 5*time.Minute, "deadline for every rank to join")
+	fs.StringVar(&df.tlsCert, "tls-cert", "", "PEM certificate of this process: encrypts the job's connections with TLS")
+	fs.StringVar(&df.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
+	fs.StringVar(&df.tlsCA, "tls-ca", "", "PEM CA that signs every rank's certificate: mutual TLS")
 	return configPath
 }
 
@@ -163,7 +186,7 @@ func configPathArg(args []string) string {
 	return ""
 }
 
-func parseTrain(name string, args []string, stderr io.Writer) (trainer.Config, error) {
+func parseTrain(name string, args []string, stderr io.Writer, df *distFlags) (trainer.Config, error) {
 	cfg := trainer.Default()
 	if p := configPathArg(args); p != "" {
 		if err := cfg.LoadFile(p); err != nil {
@@ -172,7 +195,7 @@ func parseTrain(name string, args []string, stderr io.Writer) (trainer.Config, e
 	}
 	fs := flag.NewFlagSet("gotrain "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	trainFlags(fs, &cfg)
+	trainFlags(fs, &cfg, df)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return cfg, err
@@ -197,11 +220,14 @@ func setThreads(n int) {
 }
 
 func cmdTrain(args []string, stdout, stderr io.Writer) error {
-	cfg, err := parseTrain("train", args, stderr)
+	var df distFlags
+	cfg, err := parseTrain("train", args, stderr, &df)
 	if err != nil {
 		return err
 	}
 	setThreads(cfg.Threads)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	train, test, err := trainer.LoadData(cfg)
 	if err != nil {
 		return err
@@ -221,28 +247,40 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	}
 	logger.Info("gotrain", "version", trainer.Version, "blas", cblas.Backend())
 
+	j, err := joinJob(ctx, df, logger)
+	if err != nil {
+		return err
+	}
+	defer j.Close()
+	rank := 0
+	opts := []trainer.Option{trainer.WithData(train, test), trainer.WithLogger(logger)}
+	if j != nil {
+		rank = j.env.Rank
+		opts = append(opts, trainer.WithCommunicator(j.comm))
+	}
 	sinks := []metrics.Sink{metrics.NewSlogSink(logger)}
 	var jsonl *metrics.JSONL
-	if cfg.MetricsFile != "" {
+	if cfg.MetricsFile != "" && rank == 0 {
+		// Rank 0 writes the metrics file; its records carry rank and world_size.
 		if jsonl, err = metrics.OpenJSONL(cfg.MetricsFile, cfg.Resume != ""); err != nil {
 			return err
 		}
 		defer jsonl.Close()
 		sinks = append(sinks, jsonl)
 	}
-	t, err := trainer.New(cfg, trainer.WithData(train, test), trainer.WithLogger(logger), trainer.WithSink(metrics.Multi(sinks...)),
-		trainer.WithProgress(func(p trainer.Progress) {
-			bar.Update(p.Epoch, p.Epochs, int64(p.Epoch-1)*p.Total+p.Done, p.Loss, p.SamplesPerSec)
-		}))
+	opts = append(opts, trainer.WithSink(metrics.Multi(sinks...)), trainer.WithProgress(func(p trainer.Progress) {
+		bar.Update(p.Epoch, p.Epochs, int64(p.Epoch-1)*p.Total+p.Done, p.Loss, p.SamplesPerSec)
+	}))
+	t, err := trainer.New(cfg, opts...)
 	if err != nil {
 		return err
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	res, err := t.Run(ctx)
 	bar.Finish()
 	if err != nil {
+		if j != nil {
+			j.comm.Abort(err)
+		}
 		return err
 	}
 	if jsonl != nil {

@@ -145,3 +145,17 @@ func Synthetic(n, rows, cols, classes int, seed uint64) *Dataset {
 	}
 	return &Dataset{Name: "synthetic", Split: "train", N: n, Rows: rows, Cols: cols, Classes: classes, Pix: pix, Labels: labels}
 }
+
+// Slice returns samples [lo,hi) of d as a dataset sharing d's memory
+// (for sharding evaluation across ranks).
+func (d *Dataset) Slice(lo, hi int) *Dataset {
+	if lo < 0 || hi > d.N || lo > hi {
+		panic(fmt.Sprintf("data: Slice(%d, %d) of %d samples", lo, hi, d.N))
+	}
+	f := d.Rows * d.Cols
+	s := *d
+	s.N = hi - lo
+	s.Pix = d.Pix[lo*f : hi*f]
+	s.Labels = d.Labels[lo:hi]
+	return &s
+}

@@ -51,17 +51,17 @@ func TestRecordsFieldNamesAndKind(t *testing.T) {
 		keys []string
 	}{
 		{"train", Train{Epoch: 1, Step: 7, Loss: 0.5, LR: 0.01, SamplesPerSec: 1000},
-			"train", []string{"epoch", "kind", "loss", "lr", "samples_per_sec", "step"}},
+			"train", []string{"epoch", "kind", "loss", "lr", "rank", "samples_per_sec", "step", "world_size"}},
 		{"train pointer", &Train{Step: 1},
-			"train", []string{"epoch", "kind", "loss", "lr", "samples_per_sec", "step"}},
+			"train", []string{"epoch", "kind", "loss", "lr", "rank", "samples_per_sec", "step", "world_size"}},
 		{"train with wrong kind", Train{Kind: "eval"},
-			"train", []string{"epoch", "kind", "loss", "lr", "samples_per_sec", "step"}},
+			"train", []string{"epoch", "kind", "loss", "lr", "rank", "samples_per_sec", "step", "world_size"}},
 		{"eval", Eval{Epoch: 2, TestLoss: 0.3, TestAccuracy: 0.9},
-			"eval", []string{"epoch", "kind", "test_accuracy", "test_loss"}},
+			"eval", []string{"epoch", "kind", "rank", "test_accuracy", "test_loss", "world_size"}},
 		{"eval zero", Eval{},
-			"eval", []string{"epoch", "kind", "test_accuracy", "test_loss"}},
+			"eval", []string{"epoch", "kind", "rank", "test_accuracy", "test_loss", "world_size"}},
 		{"summary", Summary{TestAccuracy: 0.98, TrainSamplesPerSec: 5e4, WallSeconds: 12.5, PeakRSSBytes: 1 << 30},
-			"summary", []string{"kind", "peak_rss_bytes", "test_accuracy", "train_samples_per_sec", "wall_seconds"}},
+			"summary", []string{"kind", "peak_rss_bytes", "rank", "test_accuracy", "train_samples_per_sec", "wall_seconds", "world_size"}},
 	}
 	path := filepath.Join(t.TempDir(), "m.jsonl")
 	j, err := CreateJSONL(path)

@@ -26,6 +26,10 @@ type Train struct {
 	// SamplesPerSec is training throughput: samples per wall-clock second,
 	// as measured by the loop.
 	SamplesPerSec float64 `json:"samples_per_sec"`
+	// Rank is the reporting process's rank in a data-parallel job (0 for
+	// one process); WorldSize the number of ranks (1 for one process).
+	Rank      int `json:"rank"`
+	WorldSize int `json:"world_size"`
 }
 
 // Eval is reported after each evaluation on the test set.
@@ -39,6 +43,9 @@ type Eval struct {
 	// TestAccuracy is the fraction of correctly classified test
 	// examples, in [0, 1].
 	TestAccuracy float64 `json:"test_accuracy"`
+	// Rank and WorldSize: see [Train].
+	Rank      int `json:"rank"`
+	WorldSize int `json:"world_size"`
 }
 
 // Summary is reported once, at the end of a run.
@@ -55,6 +62,9 @@ type Summary struct {
 	// PeakRSSBytes is the peak resident set size of the process, in
 	// bytes (see [PeakRSSBytes]); 0 where the platform does not report it.
 	PeakRSSBytes int64 `json:"peak_rss_bytes"`
+	// Rank and WorldSize: see [Train].
+	Rank      int `json:"rank"`
+	WorldSize int `json:"world_size"`
 }
 
 // MarshalJSON encodes r with kind "train"; non-finite floats become null.

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gotrain/gotrain/trainer/dist"
+)
+
+// parseBytes reads sizes like 1K, 64M, 256M, 1G (powers of 1024) or plain bytes.
+func parseBytes(s string) (int64, error) {
+	u := strings.ToUpper(strings.TrimSuffix(strings.TrimSpace(s), "B"))
+	mult := int64(1)
+	if u != "" {
+		switch u[len(u)-1] {
+		case 'K':
+			mult, u = 1<<10, u[:len(u)-1]
+		case 'M':
+			mult, u = 1<<20, u[:len(u)-1]
+		case 'G':
+			mult, u = 1<<30, u[:len(u)-1]
+		}
+	}
+	n, err := strconv.ParseInt(u, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size like 1K, 64M or 4096", s)
+	}
+	return n * mult, nil
+}
+
+type allreduceFlags struct {
+	nproc         int
+	minB, maxB    int64
+	factor        int
+	iters, warmup int
+	check         bool
+	df            distFlags
+}
+
+// cmdBenchAllReduce runs `gotrain bench allreduce`: with --nproc N it starts
+// N local worker processes (itself), which measure all-reduce (sum, float32)
+// over the CPU ring for sizes from --min-bytes to --max-bytes and print an
+// nccl-tests style table from rank 0. Run under a job environment (RANK,
+// WORLD_SIZE, ... as set by 'gotrain launch', srun or Kubernetes) it is one
+// of the workers.
+func cmdBenchAllReduce(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("gotrain bench allreduce", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f allreduceFlags
+	var minS, maxS string
+	fs.IntVar(&f.nproc, "nproc", 2, "worker processes to start on this host (ignored under a job environment)")
+	fs.StringVar(&minS, "min-bytes", "1K", "smallest buffer")
+	fs.StringVar(&maxS, "max-bytes", "256M", "largest buffer")
+	fs.IntVar(&f.factor, "step-factor", 2, "size multiplier between rows")
+	fs.IntVar(&f.iters, "iters", 10, "timed iterations per size")
+	fs.IntVar(&f.warmup, "warmup", 3, "untimed iterations per size")
+	fs.BoolVar(&f.check, "check", true, "verify every result")
+	fs.StringVar(&f.df.backend, "backend", "cpu", "backend: cpu")
+	fs.DurationVar(&f.df.rdzvTimeout, "rdzv-timeout", time.Minute, "deadline for every rank to join")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	var err error
+	if f.minB, err = parseBytes(minS); err != nil {
+		return fmt.Errorf("%w: --min-bytes: %v", errUsage, err)
+	}
+	if f.maxB, err = parseBytes(maxS); err != nil {
+		return fmt.Errorf("%w: --max-bytes: %v", errUsage, err)
+	}
+	if f.minB > f.maxB || f.factor < 2 || f.iters < 1 || f.warmup < 0 || f.nproc < 1 {
+		return fmt.Errorf("%w: want --min-bytes <= --max-bytes, --step-factor >= 2, --iters >= 1, --nproc >= 1", errUsage)
+	}
+	if os.Getenv("WORLD_SIZE") == "" {
+		return spawnBench(args, f.nproc, stdout, stderr)
+	}
+	return benchWorker(f, stdout, stderr)
+}
+
+// spawnBench starts nproc copies of this command as one local job and
+// copies rank 0's table to stdout.
+func spawnBench(args []string, nproc int, stdout, stderr io.Writer) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return err
+	}
+	cmds := make([]*exec.Cmd, nproc)
+	for r := range cmds {
+		c := exec.Command(exe, append([]string{"bench", "allreduce"}, args...)...)
+		c.Env = append(os.Environ(), "RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(nproc),
+			"LOCAL_RANK="+strconv.Itoa(r), "LOCAL_WORLD_SIZE="+strconv.Itoa(nproc),
+			"MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port), "GOTRAIN_JOB_SECRET="+hex.EncodeToString(secret))
+		c.Stderr = stderr
+		if r == 0 {
+			c.Stdout = stdout
+		}
+		if err := c.Start(); err != nil {
+			return err
+		}
+		cmds[r] = c
+	}
+	var firstErr error
+	for r, c := range cmds {
+		if err := c.Wait(); err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("bench worker rank %d: %w", r, err)
+			for _, o := range cmds {
+				if o.ProcessState == nil {
+					o.Process.Kill()
+				}
+			}
+		}
+	}
+	return firstErr
+}
+
+func benchWorker(f allreduceFlags, stdout, stderr io.Writer) error {
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx := context.Background()
+	j, err := joinJob(ctx, f.df, logger)
+	if err != nil {
+		return err
+	}
+	if j == nil {
+		return fmt.Errorf("%w: bench allreduce needs WORLD_SIZE >= 2", errUsage)
+	}
+	defer j.Close()
+	c := j.comm
+	n, r := c.Size(), c.Rank()
+	w := bufio.NewWriter(stdout)
+	if r == 0 {
+		fmt.Fprintf(w, "# gotrain bench allreduce: %d ranks, backend cpu (TCP ring), float32 sum\n", n)
+		fmt.Fprintf(w, "#%67s%40s\n", "out-of-place", "in-place")
+		fmt.Fprintf(w, "#%12s %12s %8s %6s %8s %8s %8s %6s %8s %8s %8s %6s\n", "size", "count", "type", "redop", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong")
+		fmt.Fprintf(w, "#%12s %12s %8s %6s %8s %8s %8s %6s %8s %8s %8s %6s\n", "(B)", "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "")
+		w.Flush()
+	}
+	maxCount := int(f.maxB / 4)
+	send := make([]float32, maxCount)
+	recv := make([]float32, maxCount)
+	var totalBus float64
+	var rows int
+	for size := f.minB; size <= f.maxB; size *= int64(f.factor) {
+		count := int(max(size/4, 1))
+		var res [2]struct {
+			us, alg, bus float64
+			wrong        int
+		}
+		for mode := 0; mode < 2; mode++ {
+			in, out := send[:count], recv[:count]
+			if mode == 1 {
+				out = in
+			}
+			run := func() error {
+				for i := range in {
+					in[i] = float32(r + 1 + i%7)
+				}
+				cctx, cancel := context.WithTimeout(ctx, time.Minute)
+				defer cancel()
+				return c.AllReduce(cctx, in, out, dist.Sum)
+			}
+			for i := 0; i < f.warmup; i++ {
+				if err := run(); err != nil {
+					return err
+				}
+			}
+			if err := c.Barrier(ctx); err != nil {
+				return err
+			}
+			var elapsed time.Duration
+			for i := 0; i < f.iters; i++ {
+				for k := range in {
+					in[k] = float32(r + 1 + k%7)
+				}
+				t0 := time.Now()
+				cctx, cancel := context.WithTimeout(ctx, time.Minute)
+				err := c.AllReduce(cctx, in, out, dist.Sum)
+				cancel()
+				elapsed += time.Since(t0)
+				if err != nil {
+					return err
+				}
+			}
+			if f.check {
+				want := func(i int) float32 { return float32(n*(n+1)/2 + n*(i%7)) }
+				for i, v := range out {
+					if v != want(i) {
+						res[mode].wrong++
+					}
+				}
+			}
+			// The slowest rank's time is the collective's time.
+			tm := []float64{elapsed.Seconds() / float64(f.iters)}
+			if err := c.AllReduce(ctx, tm, tm, dist.Max); err != nil {
+				return err
+			}
+			res[mode].us = tm[0] * 1e6
+			res[mode].alg = float64(count*4) / tm[0] / 1e9
+			res[mode].bus = res[mode].alg * 2 * float64(n-1) / float64(n)
+		}
+		if r == 0 {
+			fmt.Fprintf(w, " %12d %12d %8s %6s %8.1f %8.2f %8.2f %6d %8.1f %8.2f %8.2f %6d\n", count*4, count, "float", "sum",
+				res[0].us, res[0].alg, res[0].bus, res[0].wrong, res[1].us, res[1].alg, res[1].bus, res[1].wrong)
+			w.Flush()
+		}
+		totalBus += res[0].bus
+		rows++
+		if res[0].wrong+res[1].wrong > 0 {
+			return fmt.Errorf("rank %d: %d wrong results at %d bytes", r, res[0].wrong+res[1].wrong, count*4)
+		}
+	}
+	if r == 0 {
+		fmt.Fprintf(w, "# Out of bounds values : 0 OK\n# Avg bus bandwidth    : %.4f GB/s\n", totalBus/float64(rows))
+		w.Flush()
+	}
+	return c.Barrier(ctx)
+}

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/gotrain/gotrain/trainer/dist"
+	"github.com/gotrain/gotrain/trainer/dist/rendezvous"
+	"github.com/gotrain/gotrain/trainer/dist/secure"
+)
+
+// distFlags are the flags of a data-parallel run.
+type distFlags struct {
+	backend                string
+	rdzvTimeout            time.Duration
+	tlsCert, tlsKey, tlsCA string
+}
+
+// job is this process's place in a data-parallel job.
+type job struct {
+	env    rendezvous.Env
+	comm   dist.Communicator
+	store  *rendezvous.Client
+	server *rendezvous.Server
+}
+
+func (j *job) Close() {
+	if j == nil {
+		return
+	}
+	if j.comm != nil {
+		j.comm.Close()
+	}
+	if j.store != nil {
+		j.store.Close()
+	}
+	if j.server != nil {
+		j.server.Close()
+	}
+}
+
+// listenHost is the address of this host that the master can reach:
+// the local end of a (packetless) UDP "connection" towards it.
+func listenHost(master string) string {
+	if h := os.Getenv("GOTRAIN_LISTEN_HOST"); h != "" {
+		return h
+	}
+	if ip := net.ParseIP(master); ip != nil && ip.IsLoopback() || master == "localhost" {
+		return "127.0.0.1"
+	}
+	c, err := net.Dial("udp", net.JoinHostPort(master, "9"))
+	if err != nil {
+		return "127.0.0.1"
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).IP.String()
+}
+
+// joinJob reads the job's environment (torchrun, Slurm or Kubernetes
+// conventions); with more than one rank it starts or reaches the
+// rendezvous store (rank 0 serves it at MASTER_ADDR:MASTER_PORT) and
+// connects the CPU ring. With one rank it returns nil.
+func joinJob(ctx context.Context, f distFlags, log *slog.Logger) (*job, error) {
+	env, err := rendezvous.FromEnv(os.Getenv)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	switch f.backend {
+	case "cpu", "auto":
+	case "nccl":
+		return nil, fmt.Errorf("%w: --backend nccl needs the NCCL backend, which this build does not have yet; use --backend cpu", errUsage)
+	default:
+		return nil, fmt.Errorf("%w: --backend %q is not a backend (valid: cpu, auto)", errUsage, f.backend)
+	}
+	if env.WorldSize <= 1 {
+		return nil, nil
+	}
+	secret, err := secure.SecretFromEnv(os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	opts := secure.Options{Secret: secret, Timeout: 30 * time.Second}
+	srvOpts, cliOpts := opts, opts
+	if f.tlsCert != "" || f.tlsKey != "" || f.tlsCA != "" {
+		s, c, err := secure.LoadTLS(f.tlsCert, f.tlsKey, f.tlsCA)
+		if err != nil {
+			return nil, err
+		}
+		srvOpts.TLS, cliOpts.TLS = s, c
+	}
+	j := &job{env: env}
+	addr := net.JoinHostPort(env.MasterAddr, strconv.Itoa(env.MasterPort))
+	rctx, cancel := context.WithTimeout(ctx, f.rdzvTimeout)
+	defer cancel()
+	if env.Rank == 0 {
+		ln, err := net.Listen("tcp", net.JoinHostPort(listenAddrFor(env.MasterAddr), strconv.Itoa(env.MasterPort)))
+		if err != nil {
+			return nil, fmt.Errorf("rank 0 cannot serve the rendezvous store on port %d: %w (is another job using MASTER_PORT? choose another)", env.MasterPort, err)
+		}
+		j.server = rendezvous.Serve(ln, srvOpts)
+	}
+	if j.store, err = rendezvous.Dial(rctx, addr, cliOpts); err != nil {
+		j.Close()
+		return nil, fmt.Errorf("rank %d: rendezvous with %s: %w", env.Rank, addr, err)
+	}
+	host := listenHost(env.MasterAddr)
+	j.comm, err = dist.NewRing(rctx, dist.RingConfig{
+		Rank: env.Rank, Size: env.WorldSize, Store: j.store, Prefix: "ring/", ListenHost: host,
+		Upgrade: func(c net.Conn, server bool) (net.Conn, error) {
+			if server {
+				return secure.Server(c, srvOpts)
+			}
+			return secure.Client(c, cliOpts)
+		},
+		Timeout: f.rdzvTimeout,
+	})
+	if err != nil {
+		j.Close()
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, dist.ErrTimeout) {
+			return nil, fmt.Errorf("rank %d: not every rank of %d joined within --rdzv-timeout %v: %w", env.Rank, env.WorldSize, f.rdzvTimeout, err)
+		}
+		return nil, fmt.Errorf("rank %d: connecting the ring: %w", env.Rank, err)
+	}
+	log.Info("joined job", "rank", env.Rank, "world_size", env.WorldSize, "local_rank", env.LocalRank,
+		"source", env.Source, "master", addr, "listen", host, "tls", srvOpts.TLS != nil)
+	return j, nil
+}
+
+// listenAddrFor is where rank 0 listens for the store: all interfaces,
+// unless the master address is a loopback one.
+func listenAddrFor(master string) string {
+	if ip := net.ParseIP(master); (ip != nil && ip.IsLoopback()) || master == "localhost" {
+		return master
+	}
+	return ""
+}

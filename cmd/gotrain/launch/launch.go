@@ -1,0 +1,600 @@
+package launch
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Environment variables the launcher reads (the job secret) and sets for
+// every worker.
+const (
+	EnvRank           = "RANK"
+	EnvWorldSize      = "WORLD_SIZE"
+	EnvLocalRank      = "LOCAL_RANK"
+	EnvLocalWorldSize = "LOCAL_WORLD_SIZE"
+	EnvGroupRank      = "GROUP_RANK"
+	EnvGroupWorldSize = "GROUP_WORLD_SIZE"
+	EnvMasterAddr     = "MASTER_ADDR"
+	EnvMasterPort     = "MASTER_PORT"
+	EnvSecret         = "GOTRAIN_JOB_SECRET"
+	EnvSecretFile     = "GOTRAIN_JOB_SECRET_FILE"
+)
+
+// Defaults.
+const (
+	DefaultMasterAddr = "127.0.0.1"
+	DefaultMasterPort = 29500
+	DefaultGrace      = 10 * time.Second
+)
+
+// maxLine bounds how much of one output line is held back waiting for its
+// newline; longer lines are passed on in pieces of this size.
+const maxLine = 1 << 20
+
+// drainTimeout bounds how long the launcher waits, after every worker has
+// exited, for their output pipes to reach end of file (a grandchild the
+// worker left behind may still hold them open).
+const drainTimeout = 2 * time.Second
+
+var errUsage = errors.New("usage")
+
+const usageText = `Usage: gotrain launch --nproc-per-node N [flags] -- COMMAND [ARGS...]
+
+Starts N local workers running 'gotrain COMMAND ARGS...' (for example
+'-- train --epochs 2') with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT, GROUP_RANK and GOTRAIN_JOB_SECRET set, prefixes
+their output with [rankR], and stops them all when one fails or the launcher
+is interrupted. See 'go doc github.com/gotrain/gotrain/cmd/gotrain/launch'.
+
+Flags:
+`
+
+// options are the parsed launcher flags.
+type options struct {
+	nproc      int
+	nnodes     int
+	nodeRank   int
+	endpoint   string
+	standalone bool
+	masterPort int
+	secretFile string
+	grace      time.Duration
+	command    []string
+
+	masterAddr string // resolved
+	port       int    // resolved; 0 = pick a free one (--standalone)
+}
+
+// Run parses the launcher flags in args (everything before "--"), then
+// starts the worker command after "--" (e.g. ["train", "--epochs", "2"]) as
+// child processes of the executable exe (normally os.Executable(), i.e.
+// gotrain itself), and supervises them. It returns the exit code the
+// launcher should exit with: 0 when every worker exited 0, 2 on a usage
+// error, the failing worker's exit status (1 if it was killed by a signal)
+// when a worker failed, 128+signal number when the launcher was stopped by
+// a signal or by ctx, and 1 when a worker could not be started.
+//
+// Cancelling ctx stops the workers as SIGTERM would; when ctx comes from
+// signal.NotifyContext the signal it received (SIGINT or SIGTERM) is the
+// one forwarded. Run also catches SIGINT and SIGTERM itself while it runs,
+// so a second signal sends SIGKILL at once. getenv (os.Getenv when nil)
+// supplies GOTRAIN_JOB_SECRET and GOTRAIN_JOB_SECRET_FILE; the workers
+// inherit the rest of the process environment.
+func Run(ctx context.Context, exe string, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	opts, err := parseArgs(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		if !errors.Is(err, errFlagPrinted) {
+			fmt.Fprintf(stderr, "gotrain launch: %v (see 'gotrain launch -h')\n", err)
+		}
+		return 2
+	}
+	secret, err := resolveSecret(opts, getenv)
+	if err != nil {
+		fmt.Fprintf(stderr, "gotrain launch: %v\n", err)
+		return 2
+	}
+	if opts.port == 0 {
+		if opts.port, err = freePort(opts.masterAddr); err != nil {
+			fmt.Fprintf(stderr, "gotrain launch: --standalone: finding a free port: %v\n", err)
+			return 1
+		}
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintf(stderr, "gotrain launch: cancelled before the workers started\n")
+		return 1
+	}
+	s := &supervisor{
+		opts:   opts,
+		exe:    exe,
+		secret: secret,
+		out:    &lineWriter{w: stdout},
+		stderr: stderr,
+	}
+	s.out.mu = &s.mu
+	s.errOut = &lineWriter{w: stderr, mu: &s.mu}
+	return s.run(ctx)
+}
+
+// errFlagPrinted marks errors the flag package has already printed.
+var errFlagPrinted = errors.New("flag error printed")
+
+func parseArgs(args []string, stderr io.Writer) (*options, error) {
+	o := &options{nnodes: 1, grace: DefaultGrace}
+	fs := flag.NewFlagSet("gotrain launch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usageText)
+		fs.PrintDefaults()
+	}
+	fs.IntVar(&o.nproc, "nproc-per-node", 0, "workers to start on this node (required, at least 1)")
+	fs.IntVar(&o.nnodes, "nnodes", o.nnodes, "nodes in the job")
+	fs.IntVar(&o.nodeRank, "node-rank", 0, "this node's rank, 0 to nnodes-1")
+	fs.StringVar(&o.endpoint, "rdzv-endpoint", "", "HOST[:PORT] of node 0, where rank 0 listens (default 127.0.0.1:29500 on one node; required with --nnodes > 1)")
+	fs.BoolVar(&o.standalone, "standalone", false, "single-node job on 127.0.0.1 and a free port picked by the launcher")
+	fs.IntVar(&o.masterPort, "master-port", 0, "port of rank 0 (default: the port of --rdzv-endpoint, else 29500; with --standalone, a free one)")
+	fs.StringVar(&o.secretFile, "secret-file", "", "file holding the job secret shared by all nodes (default: $GOTRAIN_JOB_SECRET)")
+	fs.DurationVar(&o.grace, "grace", o.grace, "time between SIGTERM (or SIGINT) and SIGKILL when stopping the workers")
+
+	flagArgs := args
+	var command []string
+	sawDash := false
+	for i, a := range args {
+		if a == "--" {
+			flagArgs, command, sawDash = args[:i], args[i+1:], true
+			break
+		}
+	}
+	if err := fs.Parse(flagArgs); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, errFlagPrinted
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch {
+	case fs.NArg() > 0:
+		return nil, fmt.Errorf("%w: unexpected argument %q before \"--\"", errUsage, fs.Arg(0))
+	case !set["nproc-per-node"]:
+		return nil, fmt.Errorf("%w: --nproc-per-node is required", errUsage)
+	case o.nproc < 1:
+		return nil, fmt.Errorf("%w: --nproc-per-node must be at least 1, not %d", errUsage, o.nproc)
+	case o.nnodes < 1:
+		return nil, fmt.Errorf("%w: --nnodes must be at least 1, not %d", errUsage, o.nnodes)
+	case o.nodeRank < 0 || o.nodeRank >= o.nnodes:
+		return nil, fmt.Errorf("%w: --node-rank %d is out of range for --nnodes %d (want 0 to %d)", errUsage, o.nodeRank, o.nnodes, o.nnodes-1)
+	case o.grace < 0:
+		return nil, fmt.Errorf("%w: --grace must not be negative", errUsage)
+	case set["master-port"] && (o.masterPort < 1 || o.masterPort > 65535):
+		return nil, fmt.Errorf("%w: --master-port %d is not a port (1 to 65535)", errUsage, o.masterPort)
+	case !sawDash || len(command) == 0:
+		return nil, fmt.Errorf("%w: no worker command: put it after \"--\", e.g. gotrain launch --nproc-per-node 2 -- train --epochs 2", errUsage)
+	}
+	o.command = command
+
+	switch {
+	case o.standalone:
+		if o.nnodes != 1 {
+			return nil, fmt.Errorf("%w: --standalone is for one node, not --nnodes %d", errUsage, o.nnodes)
+		}
+		if o.endpoint != "" {
+			return nil, fmt.Errorf("%w: --standalone picks its own endpoint; drop --rdzv-endpoint", errUsage)
+		}
+		o.masterAddr, o.port = DefaultMasterAddr, o.masterPort // 0: a free port, picked later
+	case o.endpoint == "":
+		if o.nnodes > 1 {
+			return nil, fmt.Errorf("%w: --nnodes %d needs --rdzv-endpoint HOST:PORT, the address of node 0 that every node can reach", errUsage, o.nnodes)
+		}
+		o.masterAddr, o.port = DefaultMasterAddr, DefaultMasterPort
+		if o.masterPort != 0 {
+			o.port = o.masterPort
+		}
+	default:
+		host, port, err := parseEndpoint(o.endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --rdzv-endpoint: %v", errUsage, err)
+		}
+		switch {
+		case port == 0 && o.masterPort != 0:
+			port = o.masterPort
+		case port == 0:
+			port = DefaultMasterPort
+		case o.masterPort != 0 && o.masterPort != port:
+			return nil, fmt.Errorf("%w: --master-port %d contradicts the port of --rdzv-endpoint %s", errUsage, o.masterPort, o.endpoint)
+		}
+		o.masterAddr, o.port = host, port
+	}
+	return o, nil
+}
+
+// parseEndpoint splits HOST[:PORT] (IPv6 hosts in brackets); port 0 means
+// none was given.
+func parseEndpoint(ep string) (host string, port int, err error) {
+	h, p, err := net.SplitHostPort(ep)
+	if err != nil {
+		// No port: a bare host name or address (an IPv6 address may come
+		// bracketed or not).
+		h, p = strings.TrimSuffix(strings.TrimPrefix(ep, "["), "]"), ""
+		if strings.ContainsAny(h, "[]/ ") || (strings.Contains(h, ":") && net.ParseIP(h) == nil) {
+			return "", 0, fmt.Errorf("%q is not HOST:PORT", ep)
+		}
+	}
+	if h == "" {
+		return "", 0, fmt.Errorf("%q has no host", ep)
+	}
+	if p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return "", 0, fmt.Errorf("%q: bad port %q", ep, p)
+		}
+		port = n
+	}
+	return h, port, nil
+}
+
+// resolveSecret returns the job secret, from --secret-file,
+// GOTRAIN_JOB_SECRET or GOTRAIN_JOB_SECRET_FILE in that order, or a fresh
+// random one for a single-node job. Errors never contain the secret.
+func resolveSecret(o *options, getenv func(string) string) (string, error) {
+	readFile := func(what, path string) (string, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("reading the job secret from %s: %w", what, err)
+		}
+		v := strings.TrimSpace(string(b))
+		if v == "" {
+			return "", fmt.Errorf("the job secret file %s (%s) is empty", path, what)
+		}
+		return v, nil
+	}
+	if o.secretFile != "" {
+		return readFile("--secret-file", o.secretFile)
+	}
+	if v := strings.TrimSpace(getenv(EnvSecret)); v != "" {
+		return v, nil
+	}
+	if f := getenv(EnvSecretFile); f != "" {
+		return readFile(EnvSecretFile, f)
+	}
+	if o.nnodes > 1 {
+		return "", fmt.Errorf("%w: a job of %d nodes needs a job secret shared by all nodes: set %s to the same value on every node "+
+			"(for example the output of `openssl rand -hex 32`), or pass --secret-file FILE", errUsage, o.nnodes, EnvSecret)
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generating the job secret: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// freePort asks the kernel for a free TCP port on addr. Another process may
+// take it before rank 0 listens on it; the window is short.
+func freePort(addr string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// lineWriter writes whole prefixed lines to w; mu (shared by the stdout and
+// stderr writers, which may be the same) keeps lines whole.
+type lineWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lineWriter) writeLine(prefix string, line []byte) {
+	buf := make([]byte, 0, len(prefix)+len(line)+1)
+	buf = append(buf, prefix...)
+	buf = append(buf, line...)
+	if buf[len(buf)-1] != '\n' {
+		buf = append(buf, '\n')
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, _ = l.w.Write(buf)
+}
+
+// pump copies r to dst line by line, each line prefixed; a last line
+// without a newline gets one.
+func pump(r io.Reader, prefix string, dst *lineWriter) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		line = append(line, chunk...)
+		if errors.Is(err, bufio.ErrBufferFull) && len(line) < maxLine {
+			continue
+		}
+		if len(line) > 0 {
+			dst.writeLine(prefix, line)
+			line = line[:0]
+		}
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return
+		}
+	}
+}
+
+type worker struct {
+	local, rank int
+	cmd         *exec.Cmd
+	pid         int
+	exited      bool
+	readers     []*os.File
+}
+
+type exitEvent struct {
+	w   *worker
+	err error
+}
+
+type supervisor struct {
+	opts        *options
+	exe         string
+	secret      string
+	mu          sync.Mutex // one line at a time on stdout and stderr
+	out, errOut *lineWriter
+	stderr      io.Writer
+	workers     []*worker
+	pumps       sync.WaitGroup
+}
+
+// logf writes a launcher message to stderr, whole, between worker lines.
+func (s *supervisor) logf(format string, a ...any) {
+	msg := fmt.Sprintf("gotrain launch: "+format+"\n", a...)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, _ = io.WriteString(s.stderr, msg)
+}
+
+func (s *supervisor) env(local int) []string {
+	o := s.opts
+	rank := o.nodeRank*o.nproc + local
+	return append(os.Environ(),
+		EnvRank+"="+strconv.Itoa(rank),
+		EnvWorldSize+"="+strconv.Itoa(o.nnodes*o.nproc),
+		EnvLocalRank+"="+strconv.Itoa(local),
+		EnvLocalWorldSize+"="+strconv.Itoa(o.nproc),
+		EnvGroupRank+"="+strconv.Itoa(o.nodeRank),
+		EnvGroupWorldSize+"="+strconv.Itoa(o.nnodes),
+		EnvMasterAddr+"="+o.masterAddr,
+		EnvMasterPort+"="+strconv.Itoa(o.port),
+		EnvSecret+"="+s.secret,
+	)
+}
+
+// start starts local worker i with its output pipes and pumps.
+func (s *supervisor) start(i int) (*worker, error) {
+	o := s.opts
+	w := &worker{local: i, rank: o.nodeRank*o.nproc + i}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, err
+	}
+	cmd := exec.Command(s.exe, o.command...)
+	cmd.Env = s.env(i)
+	cmd.Stdout, cmd.Stderr = outW, errW // *os.File: no copying goroutines in exec
+	cmd.SysProcAttr = sysProcAttr()
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return nil, err
+	}
+	w.cmd, w.pid, w.readers = cmd, cmd.Process.Pid, []*os.File{outR, errR}
+	prefix := fmt.Sprintf("[rank%d] ", w.rank)
+	s.pumps.Add(2)
+	go func() { defer s.pumps.Done(); pump(outR, prefix, s.out) }()
+	go func() { defer s.pumps.Done(); pump(errR, prefix, s.errOut) }()
+	return w, nil
+}
+
+func (s *supervisor) run(ctx context.Context) int {
+	o := s.opts
+	// Catch SIGINT and SIGTERM for the whole run, before any worker exists,
+	// so that none is orphaned by the launcher dying of one.
+	sigCh := make(chan os.Signal, 2)
+	signal.Notify(sigCh, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigCh)
+
+	world := o.nnodes * o.nproc
+	first := o.nodeRank * o.nproc
+	s.logf("starting %d worker(s), ranks %d to %d of %d, master %s", o.nproc, first, first+o.nproc-1, world,
+		net.JoinHostPort(o.masterAddr, strconv.Itoa(o.port)))
+
+	exits := make(chan exitEvent, o.nproc)
+	code := 0
+	stopping := false
+	var graceTimer *time.Timer
+	var graceC <-chan time.Time
+	running := 0
+
+	stop := func(sig syscall.Signal) {
+		if stopping {
+			return
+		}
+		stopping = true
+		for _, w := range s.workers {
+			if !w.exited {
+				signalGroup(w.cmd.Process, sig)
+			}
+		}
+		graceTimer = time.NewTimer(o.grace)
+		graceC = graceTimer.C
+	}
+	killAll := func(why string) {
+		for _, w := range s.workers {
+			if !w.exited {
+				s.logf("rank %d (local %d, pid %d) still running %s; sending SIGKILL", w.rank, w.local, w.pid, why)
+				signalGroup(w.cmd.Process, syscall.SIGKILL)
+			}
+		}
+	}
+
+	for i := 0; i < o.nproc; i++ {
+		w, err := s.start(i)
+		if err != nil {
+			s.logf("starting rank %d (local %d): %v; stopping the other workers", first+i, i, err)
+			code = 1
+			stop(syscall.SIGTERM)
+			break
+		}
+		s.workers = append(s.workers, w)
+		running++
+		go func() { exits <- exitEvent{w, w.cmd.Wait()} }()
+	}
+
+	ctxDone := ctx.Done()
+	signals := 0
+	for running > 0 {
+		select {
+		case ev := <-exits:
+			running--
+			ev.w.exited = true
+			if ok, desc, wcode := describeExit(ev.w.cmd.ProcessState, ev.err); !ok && !stopping {
+				s.logf("rank %d (local %d, pid %d) %s; stopping the other workers", ev.w.rank, ev.w.local, ev.w.pid, desc)
+				code = wcode
+				stop(syscall.SIGTERM)
+			}
+		case <-ctxDone:
+			ctxDone = nil
+			if !stopping {
+				sig := causeSignal(ctx)
+				s.logf("%s; stopping the workers (SIGKILL after %v)", reason(ctx, sig), o.grace)
+				code = 128 + int(sig)
+				stop(sig)
+			}
+		case sv := <-sigCh:
+			signals++
+			sig, _ := sv.(syscall.Signal)
+			switch {
+			case !stopping:
+				s.logf("received %s; stopping the workers (SIGKILL after %v)", signalName(sig), o.grace)
+				code = 128 + int(sig)
+				stop(sig)
+			case signals >= 2:
+				killAll("after a second signal")
+			}
+		case <-graceC:
+			graceC = nil
+			killAll(fmt.Sprintf("after the %v grace", o.grace))
+		}
+	}
+	if graceTimer != nil {
+		graceTimer.Stop()
+	}
+	if stopping {
+		// Leave nothing behind: whatever the workers started in their
+		// process groups goes too.
+		for _, w := range s.workers {
+			signalGroup(w.cmd.Process, syscall.SIGKILL)
+		}
+	}
+	s.drain()
+	return code
+}
+
+// drain waits for the output pumps to reach end of file, or closes their
+// pipes after drainTimeout.
+func (s *supervisor) drain() {
+	done := make(chan struct{})
+	go func() { s.pumps.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(drainTimeout):
+		for _, w := range s.workers {
+			for _, r := range w.readers {
+				r.Close()
+			}
+		}
+		<-done
+	}
+	for _, w := range s.workers {
+		for _, r := range w.readers {
+			r.Close()
+		}
+	}
+}
+
+// describeExit says how a worker ended: ok, a description ("exited with
+// status 3", "killed by signal SIGKILL") and the launcher exit code it
+// implies.
+func describeExit(ps *os.ProcessState, err error) (ok bool, desc string, code int) {
+	if ps == nil {
+		return false, fmt.Sprintf("failed: %v", err), 1
+	}
+	if ws, isWS := ps.Sys().(syscall.WaitStatus); isWS && ws.Signaled() {
+		return false, "killed by signal " + signalName(ws.Signal()), 1
+	}
+	c := ps.ExitCode()
+	switch {
+	case c == 0 && err == nil:
+		return true, "exited with status 0", 0
+	case c > 0:
+		return false, fmt.Sprintf("exited with status %d", c), c
+	default:
+		return false, fmt.Sprintf("failed: %v", err), 1
+	}
+}
+
+// causeSignal is the signal that cancelled ctx when it came from
+// signal.NotifyContext (SIGINT or SIGTERM), else SIGTERM.
+func causeSignal(ctx context.Context) syscall.Signal {
+	if c := context.Cause(ctx); c != nil && c.Error() == syscall.SIGINT.String()+" signal received" {
+		return syscall.SIGINT
+	}
+	return syscall.SIGTERM
+}
+
+func reason(ctx context.Context, sig syscall.Signal) string {
+	if c := context.Cause(ctx); c != nil && strings.HasSuffix(c.Error(), " signal received") {
+		return "received " + signalName(sig)
+	}
+	return "cancelled"
+}
+
+var signalNames = map[syscall.Signal]string{
+	syscall.SIGHUP: "SIGHUP", syscall.SIGINT: "SIGINT", syscall.SIGQUIT: "SIGQUIT", syscall.SIGILL: "SIGILL",
+	syscall.SIGTRAP: "SIGTRAP", syscall.SIGABRT: "SIGABRT", syscall.SIGBUS: "SIGBUS", syscall.SIGFPE: "SIGFPE",
+	syscall.SIGKILL: "SIGKILL", syscall.SIGSEGV: "SIGSEGV", syscall.SIGPIPE: "SIGPIPE", syscall.SIGALRM: "SIGALRM",
+	syscall.SIGTERM: "SIGTERM",
+}
+
+func signalName(s syscall.Signal) string {
+	if n, ok := signalNames[s]; ok {
+		return n
+	}
+	return fmt.Sprintf("%d (%v)", int(s), s)
+}

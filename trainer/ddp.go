@@ -1,0 +1,447 @@
+package trainer
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+
+	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/trainer/dist"
+	"github.com/gotrain/gotrain/trainer/optim"
+)
+
+// Data parallelism
+//
+// With a communicator of W ranks, every global batch of B samples (the
+// last one of an epoch holds the remainder) is split into W near-equal
+// contiguous shares of the epoch's permutation; each share into
+// Config.AccumSteps near-equal micro-batches. A micro-batch of m samples
+// adds m/n times its mean gradient (n: samples in the global batch) into
+// flat buckets, so that after a SUM all-reduce every rank holds the mean
+// gradient over the global batch: the same quantity one process computes
+// with batch B, whatever W, the remainder or the accumulation. Buckets hold
+// the gradients in reverse parameter order (the order backward produces
+// them), at most Config.BucketMB each; each bucket's all-reduce starts as
+// soon as it is filled and overlaps the filling of the next. The reduced
+// gradients are bitwise identical on every rank, so are the parameters
+// after the optimiser step; a checksum verifies it at the start and at
+// every checkpoint.
+
+// ErrReplicas is returned when ranks disagree: another configuration, or
+// parameters that are not identical.
+var ErrReplicas = errors.New("ranks disagree")
+
+// ddp is the data-parallel state of a Trainer.
+type ddp struct {
+	comm    dist.Communicator
+	buckets []gradBucket
+	views   [][]float32   // per parameter: its gradient inside a bucket
+	params  []optim.Param // Data: the model's parameters, Grad: views
+	stop    []float32     // the stop flag travels in the last bucket
+}
+
+type gradBucket struct {
+	buf    []float32
+	params []int // parameter indices, in bucket order
+}
+
+// WithCommunicator makes the trainer one rank of a data-parallel job.
+func WithCommunicator(c dist.Communicator) Option { return func(t *Trainer) { t.dp = &ddp{comm: c} } }
+
+func (t *Trainer) rank() int {
+	if t.dp == nil || t.dp.comm == nil {
+		return 0
+	}
+	return t.dp.comm.Rank()
+}
+
+func (t *Trainer) worldSize() int {
+	if t.dp == nil || t.dp.comm == nil {
+		return 1
+	}
+	return t.dp.comm.Size()
+}
+
+// distributed reports whether steps go through buckets (several ranks or
+// gradient accumulation).
+func (t *Trainer) distributed() bool { return t.worldSize() > 1 || t.cfg.AccumSteps > 1 }
+
+// shard returns the part r of w of [lo,hi): near-equal contiguous parts,
+// the first (hi-lo)%w one sample larger.
+func shard(lo, hi, r, w int) (int, int) {
+	n := hi - lo
+	q, rem := n/w, n%w
+	start := lo + r*q + min(r, rem)
+	size := q
+	if r < rem {
+		size++
+	}
+	return start, start + size
+}
+
+// setupBuckets lays the gradients out in buckets of at most BucketMB, in
+// reverse parameter order; one extra slot at the end of the last bucket
+// carries the ranks' stop requests.
+func (t *Trainer) setupBuckets() {
+	if t.dp == nil {
+		t.dp = &ddp{}
+	}
+	limit := int(t.cfg.BucketMB * (1 << 20) / 4)
+	if limit < 1 {
+		limit = 1
+	}
+	ps := t.Model.Params
+	var bs []gradBucket
+	cur := gradBucket{}
+	size := 0
+	for i := len(ps) - 1; i >= 0; i-- {
+		n := ps[i].Size()
+		if size > 0 && size+n > limit {
+			cur.buf = make([]float32, size)
+			bs = append(bs, cur)
+			cur, size = gradBucket{}, 0
+		}
+		cur.params = append(cur.params, i)
+		size += n
+	}
+	cur.buf = make([]float32, size+1)
+	bs = append(bs, cur)
+	t.dp.views = make([][]float32, len(ps))
+	for _, b := range bs {
+		off := 0
+		for _, i := range b.params {
+			t.dp.views[i] = b.buf[off : off+ps[i].Size()]
+			off += ps[i].Size()
+		}
+	}
+	last := bs[len(bs)-1].buf
+	t.dp.stop = last[len(last)-1:]
+	t.dp.buckets = bs
+	t.dp.params = make([]optim.Param, len(ps))
+	for i, p := range ps {
+		t.dp.params[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: t.dp.views[i]}
+	}
+}
+
+// ddpStep computes the mean gradient of the global batch perm[lo:hi] into
+// the buckets and all-reduces them. It returns this rank's loss summed over
+// its samples and whether any rank asked to stop.
+func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, pcg *rand.PCG, rng *rand.Rand) (lossSum float64, stop bool, err error) {
+	w, r, k := t.worldSize(), t.rank(), max(t.cfg.AccumSteps, 1)
+	n := float32(hi - lo)
+	rs, re := shard(lo, hi, r, w)
+	// Micro-batches, each a training program run. Each one's gradients are
+	// folded into the buckets before the next run (programs are shared by
+	// batch size), except the last one's, which are copied bucket by bucket
+	// while the buckets are reduced.
+	var last *graph.Program
+	var lastScale float32
+	first := true
+	for j := 0; j < k; j++ {
+		ms, me := shard(rs, re, j, k)
+		if me == ms {
+			continue
+		}
+		if last != nil {
+			for bi := range t.dp.buckets {
+				t.fillBucket(bi, last, lastScale, first)
+			}
+			first = false
+		}
+		prog, err := t.Model.Program(me-ms, true)
+		if err != nil {
+			return 0, false, err
+		}
+		t.train.Batch(t.perm[ms:me], prog.X, prog.Y)
+		pcg.Seed(t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j))
+		loss, err := prog.Run(rng)
+		if err != nil {
+			return 0, false, err
+		}
+		lossSum += float64(loss) * float64(me-ms)
+		last, lastScale = prog, float32(me-ms)/n
+	}
+	t.dp.stop[0] = 0
+	if stopRequested {
+		t.dp.stop[0] = 1
+	}
+	if t.dp.comm == nil || w == 1 {
+		for bi := range t.dp.buckets {
+			t.fillBucket(bi, last, lastScale, first)
+		}
+		return lossSum, t.dp.stop[0] > 0, nil
+	}
+	// Reduce bucket b while bucket b+1 is filled.
+	jobs := make(chan int, len(t.dp.buckets))
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for bi := range jobs {
+			if err == nil {
+				cctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
+				b := t.dp.buckets[bi].buf
+				err = t.dp.comm.AllReduce(cctx, b, b, dist.Sum)
+				cancel()
+				if err != nil {
+					err = fmt.Errorf("rank %d: all-reduce of gradient bucket %d: %w", r, bi, err)
+				}
+			}
+		}
+		done <- err
+	}()
+	for bi := range t.dp.buckets {
+		t.fillBucket(bi, last, lastScale, first)
+		jobs <- bi
+	}
+	close(jobs)
+	if err := <-done; err != nil {
+		return 0, false, err
+	}
+	return lossSum, t.dp.stop[0] > 0, nil
+}
+
+// fillBucket adds scale times prog's gradients of bucket bi's parameters
+// (or sets them, when first). prog nil (a rank with no samples) zeroes.
+func (t *Trainer) fillBucket(bi int, prog *graph.Program, scale float32, first bool) {
+	for _, i := range t.dp.buckets[bi].params {
+		dst := t.dp.views[i]
+		if prog == nil {
+			if first {
+				clear(dst)
+			}
+			continue
+		}
+		g := prog.Grad(i)[:len(dst)]
+		if first {
+			for j, v := range g {
+				dst[j] = v * scale
+			}
+		} else {
+			for j, v := range g {
+				dst[j] += v * scale
+			}
+		}
+	}
+}
+
+// collective runs f with the collective timeout.
+func (t *Trainer) collective(ctx context.Context, what string, f func(ctx context.Context) error) error {
+	cctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
+	defer cancel()
+	if err := f(cctx); err != nil {
+		return fmt.Errorf("rank %d: %s: %w", t.rank(), what, err)
+	}
+	return nil
+}
+
+// fingerprint is what every rank must agree on: the config fields that
+// shape the model, the data and the trajectory, and the world size.
+func (t *Trainer) fingerprint() []byte {
+	c := t.cfg
+	c.Resume, c.CheckpointDir, c.MetricsFile, c.Out, c.DataDir, c.Threads = "", "", "", "", "", 0
+	b, _ := json.Marshal(struct {
+		Config    Config `json:"config"`
+		WorldSize int    `json:"world_size"`
+		Params    int    `json:"params"`
+		Train     int    `json:"train_samples"`
+	}{c, t.worldSize(), t.Model.NumParams(), t.train.N})
+	return b
+}
+
+// diffJSON names the top-level fields whose values differ.
+func diffJSON(a, b []byte) string {
+	var ma, mb map[string]any
+	_ = json.Unmarshal(a, &ma)
+	_ = json.Unmarshal(b, &mb)
+	flat := func(m map[string]any) map[string]string {
+		out := map[string]string{}
+		for k, v := range m {
+			if sub, ok := v.(map[string]any); ok {
+				for k2, v2 := range sub {
+					vb, _ := json.Marshal(v2)
+					out[k2] = string(vb)
+				}
+				continue
+			}
+			vb, _ := json.Marshal(v)
+			out[k] = string(vb)
+		}
+		return out
+	}
+	fa, fb := flat(ma), flat(mb)
+	var diffs []string
+	for k, v := range fa {
+		if fb[k] != v {
+			diffs = append(diffs, fmt.Sprintf("%s: %s here, %s on rank 0", k, v, fb[k]))
+		}
+	}
+	slices.Sort(diffs)
+	return strings.Join(diffs, "; ")
+}
+
+// syncStart makes the ranks one job: they check that they run the same
+// configuration, take rank 0's parameters (and, on resume, its optimiser
+// state and position), and verify that they now hold identical models.
+func (t *Trainer) syncStart(ctx context.Context) error {
+	c := t.dp.comm
+	w, r := c.Size(), c.Rank()
+	// 1. Configuration: rank 0's fingerprint against everyone's.
+	mine := t.fingerprint()
+	var length [8]byte
+	binary.LittleEndian.PutUint64(length[:], uint64(len(mine)))
+	if err := t.collective(ctx, "broadcast of the configuration", func(ctx context.Context) error {
+		return c.Broadcast(ctx, length[:], 0)
+	}); err != nil {
+		return err
+	}
+	ref := make([]byte, min(binary.LittleEndian.Uint64(length[:]), 1<<20))
+	if r == 0 {
+		ref = slices.Clone(mine)
+	}
+	if err := t.collective(ctx, "broadcast of the configuration", func(ctx context.Context) error {
+		return c.Broadcast(ctx, ref, 0)
+	}); err != nil {
+		return err
+	}
+	ok := []byte{1}
+	diff := ""
+	if !bytes.Equal(ref, mine) {
+		ok[0] = 0
+		diff = diffJSON(mine, ref)
+	}
+	oks := make([]byte, w)
+	if err := t.collective(ctx, "configuration check", func(ctx context.Context) error { return c.AllGather(ctx, ok, oks) }); err != nil {
+		return err
+	}
+	var bad []string
+	for i, v := range oks {
+		if v == 0 {
+			bad = append(bad, fmt.Sprint(i))
+		}
+	}
+	if len(bad) > 0 {
+		if diff != "" {
+			return fmt.Errorf("%w: rank %d runs another configuration than rank 0 (%s); start every rank with the same flags", ErrReplicas, r, diff)
+		}
+		return fmt.Errorf("%w: ranks %s run another configuration than rank 0; start every rank with the same flags", ErrReplicas, strings.Join(bad, ", "))
+	}
+	// 2. Rank 0's state.
+	var pos [5]int64
+	resumed := t.resumedFrom != ""
+	if r == 0 {
+		pos = [5]int64{t.pos.step, int64(t.pos.epoch), int64(t.pos.batch), 0, 0}
+		if resumed {
+			pos[3] = 1
+			_, pos[4] = t.opt.State()
+		}
+	}
+	posBytes := make([]byte, 40)
+	for i, v := range pos {
+		binary.LittleEndian.PutUint64(posBytes[8*i:], uint64(v))
+	}
+	if err := t.collective(ctx, "broadcast of the start position", func(ctx context.Context) error {
+		return c.Broadcast(ctx, posBytes, 0)
+	}); err != nil {
+		return err
+	}
+	for i := range pos {
+		pos[i] = int64(binary.LittleEndian.Uint64(posBytes[8*i:]))
+	}
+	for _, p := range t.Model.Params {
+		if err := t.collective(ctx, "broadcast of "+p.Name, func(ctx context.Context) error {
+			return c.Broadcast(ctx, p.Data, 0)
+		}); err != nil {
+			return err
+		}
+	}
+	if pos[3] == 1 {
+		st, _ := t.opt.State()
+		names := make([]string, 0, len(st))
+		for k := range st {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		for _, k := range names {
+			if err := t.collective(ctx, "broadcast of optimiser state "+k, func(ctx context.Context) error {
+				return c.Broadcast(ctx, st[k], 0)
+			}); err != nil {
+				return err
+			}
+		}
+		if r != 0 {
+			if err := t.opt.LoadState(st, pos[4]); err != nil {
+				return err
+			}
+		}
+		t.pos = position{step: pos[0], epoch: int(pos[1]), batch: int(pos[2])}
+		t.savedStep = t.pos.step
+	}
+	// 3. Identical replicas.
+	return t.verifyReplicas(ctx, "at start")
+}
+
+// verifyReplicas checks that every rank holds bitwise-identical parameters.
+func (t *Trainer) verifyReplicas(ctx context.Context, when string) error {
+	if t.dp == nil || t.dp.comm == nil || t.worldSize() == 1 {
+		return nil
+	}
+	h := sha256.New()
+	for _, p := range t.Model.Params {
+		_ = binary.Write(h, binary.LittleEndian, p.Data)
+	}
+	sum := h.Sum(nil)
+	all := make([]byte, len(sum)*t.worldSize())
+	if err := t.collective(ctx, "parameter checksum", func(ctx context.Context) error {
+		return t.dp.comm.AllGather(ctx, sum, all)
+	}); err != nil {
+		return err
+	}
+	var bad []string
+	for i := 0; i < t.worldSize(); i++ {
+		if !bytes.Equal(all[i*len(sum):(i+1)*len(sum)], all[:len(sum)]) {
+			bad = append(bad, fmt.Sprint(i))
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%w: %s, the parameters of ranks %s differ from rank 0's", ErrReplicas, when, strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+// allSum adds v over the ranks (float64, in place).
+func (t *Trainer) allSum(ctx context.Context, what string, v []float64) error {
+	if t.dp == nil || t.dp.comm == nil || t.worldSize() == 1 {
+		return nil
+	}
+	return t.collective(ctx, what, func(ctx context.Context) error { return t.dp.comm.AllReduce(ctx, v, v, dist.Sum) })
+}
+
+// evaluateShard evaluates this rank's share of the test set and combines
+// the ranks' counts, so that every rank returns the whole set's numbers.
+func (t *Trainer) evaluateShard(ctx context.Context) (acc, loss float64, err error) {
+	lo, hi := shard(0, t.test.N, t.rank(), t.worldSize())
+	var sums [2]float64
+	if hi > lo {
+		part := t.test.Slice(lo, hi)
+		a, l, err := Evaluate(t.Model, part, t.cfg.EvalBatchSize)
+		if err != nil {
+			return 0, 0, err
+		}
+		sums = [2]float64{a * float64(hi-lo), l * float64(hi-lo)}
+	}
+	if err := t.allSum(ctx, "evaluation", sums[:]); err != nil {
+		return 0, 0, err
+	}
+	n := float64(t.test.N)
+	return sums[0] / n, sums[1] / n, nil
+}
+
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }

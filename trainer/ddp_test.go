@@ -1,0 +1,140 @@
+package trainer
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/trainer/dist"
+)
+
+// ring connects w in-process ranks over loopback TCP.
+func ring(t *testing.T, w int) []dist.Communicator {
+	t.Helper()
+	store := dist.NewMemStore()
+	comms := make([]dist.Communicator, w)
+	errs := make([]error, w)
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for r := 0; r < w; r++ {
+		wg.Add(1)
+		go func(r int) {
+			defer wg.Done()
+			comms[r], errs[r] = dist.NewRing(ctx, dist.RingConfig{Rank: r, Size: w, Store: store, Prefix: fmt.Sprintf("%s/", t.Name())})
+		}(r)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() {
+		for _, c := range comms {
+			c.Close()
+		}
+	})
+	return comms
+}
+
+// runRanks trains one Trainer per rank, concurrently, and returns them.
+func runRanks(t *testing.T, cfgs []Config) []*Trainer {
+	t.Helper()
+	comms := ring(t, len(cfgs))
+	trs := make([]*Trainer, len(cfgs))
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for r := range cfgs {
+		trs[r] = newTrainer(t, cfgs[r], WithCommunicator(comms[r]))
+		wg.Add(1)
+		go func(r int) {
+			defer wg.Done()
+			_, errs[r] = trs[r].Run(context.Background())
+			if errs[r] != nil {
+				comms[r].Abort(errs[r])
+			}
+		}(r)
+	}
+	wg.Wait()
+	for r, err := range errs {
+		require.NoError(t, err, "rank %d", r)
+	}
+	return trs
+}
+
+// TestDataParallelEqualsOneProcess: W ranks with global batch B end where
+// one process with batch B ends (SGD, 100 steps, the epoch remainder
+// included), and the ranks hold bitwise-identical parameters.
+func TestDataParallelEqualsOneProcess(t *testing.T) {
+	base := sgdConfig(t)
+	base.MaxSteps = 100 // 19 steps an epoch, the last of 30 samples
+	base.Epochs = 6
+	ref := newTrainer(t, base)
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	for _, tc := range []struct{ w, accum int }{{2, 1}, {4, 1}, {3, 1}, {2, 2}} {
+		t.Run(fmt.Sprintf("w%d-accum%d", tc.w, tc.accum), func(t *testing.T) {
+			cfgs := make([]Config, tc.w)
+			for r := range cfgs {
+				cfgs[r] = base
+				cfgs[r].AccumSteps = tc.accum
+			}
+			trs := runRanks(t, cfgs)
+			d := maxAbsDiff(params(ref), params(trs[0]))
+			t.Logf("max |Δ| against one process: %g", d)
+			require.Less(t, d, 1e-5)
+			for r := 1; r < tc.w; r++ {
+				require.Equal(t, params(trs[0]), params(trs[r]), "rank %d differs from rank 0", r)
+			}
+		})
+	}
+}
+
+func TestRanksWithAnotherConfigAreRefused(t *testing.T) {
+	a := sgdConfig(t)
+	b := a
+	b.LR = 0.1
+	comms := ring(t, 2)
+	trs := []*Trainer{newTrainer(t, a, WithCommunicator(comms[0])), newTrainer(t, b, WithCommunicator(comms[1]))}
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range trs {
+		wg.Add(1)
+		go func(r int) { defer wg.Done(); _, errs[r] = trs[r].Run(context.Background()) }(r)
+	}
+	wg.Wait()
+	require.ErrorIs(t, errs[0], ErrReplicas)
+	require.ErrorContains(t, errs[0], "ranks 1 run another configuration")
+	require.ErrorIs(t, errs[1], ErrReplicas)
+	require.ErrorContains(t, errs[1], "lr: 0.1 here, 0.05 on rank 0")
+}
+
+func TestResumeAcrossRanks(t *testing.T) {
+	// One process trains and checkpoints; two ranks resume from it (rank 0
+	// reads the file and broadcasts) and end where one process ends.
+	straight := sgdConfig(t)
+	straight.MaxSteps = 40
+	ref := newTrainer(t, straight)
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+
+	first := sgdConfig(t)
+	first.MaxSteps = 13
+	first.CheckpointDir = t.TempDir()
+	tr := newTrainer(t, first)
+	_, err = tr.Run(context.Background())
+	require.NoError(t, err)
+
+	cfgs := make([]Config, 2)
+	for r := range cfgs {
+		cfgs[r] = straight
+		cfgs[r].Resume = first.CheckpointDir
+	}
+	cfgs[1].Resume = "/nonexistent" // only rank 0 reads the checkpoint
+	trs := runRanks(t, cfgs)
+	require.Equal(t, ref.Step(), trs[1].Step())
+	require.Less(t, maxAbsDiff(params(ref), params(trs[1])), 1e-5)
+}
