@@ -317,6 +317,9 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 }
 
 func (t *Trainer) finish(ctx context.Context, res Result, start time.Time, samples int64, trainTime time.Duration) (Result, error) {
+	if err := t.verifyReplicas(ctx, "at the end of the run"); err != nil {
+		return res, err
+	}
 	if t.cfg.CheckpointDir != "" && t.savedStep != t.pos.step {
 		if err := t.save(ctx); err != nil {
 			return res, err

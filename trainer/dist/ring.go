@@ -145,7 +145,6 @@ func (c *ring) connect(ctx context.Context, cfg RingConfig) error {
 	if err != nil {
 		return setupErr(ErrInvalidArg, nil, err)
 	}
-	defer ln.Close()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	if err := cfg.Store.Set(ctx, c.addrKey(c.rank), []byte(net.JoinHostPort(host, port))); err != nil {
 		return setupErr(ErrTimeout, nil, fmt.Errorf("publishing address: %w", err))
@@ -155,27 +154,32 @@ func (c *ring) connect(ctx context.Context, cfg RingConfig) error {
 	// Higher ranks dial us; we dial lower ranks.
 	acc := make(chan accepted)
 	var hwg sync.WaitGroup
-	defer hwg.Wait()
+	defer func() {
+		cancel() // ends pending handshakes
+		ln.Close()
+		hwg.Wait()
+	}()
+	hwg.Add(1)
 	go func() {
+		defer hwg.Done()
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			hwg.Add(1)
-			go func() {
-				defer hwg.Done()
+			hwg.Go(func() {
+				stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 				p, err := c.serverHandshake(conn, cfg.Upgrade, deadline, me)
-				if err != nil {
-					conn.Close()
-					return // a stray or wrong-group connection: refused, keep waiting
+				if !stop() || err != nil {
+					conn.Close() // a stray or wrong-group connection: refused, keep waiting
+					return
 				}
 				select {
 				case acc <- accepted{p: p}:
 				case <-ctx.Done():
 					p.conn.Close()
 				}
-			}()
+			})
 		}
 	}()
 	for q := 0; q < c.rank; q++ {

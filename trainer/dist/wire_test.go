@@ -292,11 +292,17 @@ func TestStrayConnections(t *testing.T) {
 		conn.Close()
 	}
 
+	// A connection that never says anything must not hold setup up.
+	silent, err := net.Dial("tcp", string(addr))
+	require.NoError(t, err)
+	defer silent.Close()
+	start := time.Now()
 	c1, err := NewRing(ctx, RingConfig{Rank: 1, Size: 2, Store: store, Prefix: "grp/"})
 	require.NoError(t, err)
 	defer c1.Close()
 	got := <-r0
 	require.NoError(t, got.err)
+	require.Less(t, time.Since(start), 3*time.Second, "a silent stray connection delayed setup")
 	defer got.c.Close()
 	errs := make([]error, 2)
 	bufs := [][]float32{{1, 2}, {10, 20}}

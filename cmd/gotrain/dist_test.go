@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/trainer/checkpoint"
+	"github.com/gotrain/gotrain/trainer/dist/rendezvous"
+	"github.com/gotrain/gotrain/trainer/dist/secure"
+)
+
+// dpArgs is a small SGD run of 100 steps, global batch 64.
+func dpArgs(out string, extra ...string) []string {
+	return append([]string{"train", "--dataset", "synthetic", "--synthetic-size", "2300", "--epochs", "3", "--max-steps", "100",
+		"--optimizer", "sgd", "--schedule", "constant", "--lr", "0.05", "--batch-size", "64", "--hidden", "64",
+		"--threads", "1", "--out", out, "--timeout", "60s"}, extra...)
+}
+
+func maxDiff(t *testing.T, a, b string) float64 {
+	t.Helper()
+	fa, err := checkpoint.ReadFile(a)
+	require.NoError(t, err)
+	fb, err := checkpoint.ReadFile(b)
+	require.NoError(t, err)
+	require.Equal(t, len(fa.Tensors), len(fb.Tensors))
+	d := 0.0
+	for i := range fa.Tensors {
+		x, err := fa.Tensors[i].Float32s()
+		require.NoError(t, err)
+		y, err := fb.Tensors[i].Float32s()
+		require.NoError(t, err)
+		for j := range x {
+			d = math.Max(d, math.Abs(float64(x[j])-float64(y[j])))
+		}
+	}
+	return d
+}
+
+// TestLaunchMatchesOneProcess: 2 and 4 worker processes (and 2 with
+// --accum-steps 2) under 'gotrain launch' end with the parameters of one
+// process with the same global batch. Every rank checks that all hold
+// bitwise-identical parameters at the end (the run fails otherwise).
+func TestLaunchMatchesOneProcess(t *testing.T) {
+	dir := t.TempDir()
+	ref := filepath.Join(dir, "one.safetensors")
+	_, stderr, err := gotrain(t, dpArgs(ref)...)
+	require.NoError(t, err, stderr)
+	for _, tc := range []struct {
+		n     int
+		extra []string
+	}{{2, nil}, {4, nil}, {2, []string{"--accum-steps", "2"}}} {
+		out := filepath.Join(dir, fmt.Sprintf("dp%d-%d.safetensors", tc.n, len(tc.extra)))
+		args := append([]string{"launch", "--standalone", "--nproc-per-node", strconv.Itoa(tc.n), "--"}, dpArgs(out, tc.extra...)...)
+		stdout, stderr, err := gotrain(t, args...)
+		require.NoError(t, err, stderr)
+		require.Contains(t, stdout, fmt.Sprintf("[rank%d] test accuracy", tc.n-1))
+		d := maxDiff(t, ref, out)
+		t.Logf("%d processes %v: max |Δ| against one process %g", tc.n, tc.extra, d)
+		require.Less(t, d, 1e-5)
+	}
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startRanks starts n 'gotrain train' processes as one job, by hand (as
+// srun or a Kubernetes Job would), and returns them with their stderr.
+func startRanks(t *testing.T, n, port int, secret string, args []string) ([]*exec.Cmd, []*bytes.Buffer) {
+	return startRanksOf(t, n, n, port, secret, args)
+}
+
+// startRanksOf starts ranks 0..n-1 of a job of world ranks.
+func startRanksOf(t *testing.T, n, world, port int, secret string, args []string) ([]*exec.Cmd, []*bytes.Buffer) {
+	t.Helper()
+	cmds := make([]*exec.Cmd, n)
+	errs := make([]*bytes.Buffer, n)
+	for r := 0; r < n; r++ {
+		c := exec.Command(bin, args...)
+		c.Env = append(os.Environ(), "RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(world), "LOCAL_RANK="+strconv.Itoa(r),
+			"LOCAL_WORLD_SIZE="+strconv.Itoa(world), "MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port), "GOTRAIN_JOB_SECRET="+secret)
+		errs[r] = &bytes.Buffer{}
+		c.Stderr = errs[r]
+		require.NoError(t, c.Start())
+		cmds[r] = c
+	}
+	t.Cleanup(func() {
+		for _, c := range cmds {
+			if c.ProcessState == nil {
+				c.Process.Kill()
+				c.Wait()
+			}
+		}
+	})
+	return cmds, errs
+}
+
+// TestKilledRankEndsTheJob: SIGKILL one worker mid-training; the others
+// exit non-zero well within the collective deadline, naming the lost rank.
+func TestKilledRankEndsTheJob(t *testing.T) {
+	args := []string{"train", "--dataset", "synthetic", "--synthetic-size", "300000", "--epochs", "1", "--batch-size", "32",
+		"--threads", "1", "--timeout", "30s"}
+	cmds, errs := startRanks(t, 3, freePort(t), secure.NewSecret(), args)
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(errs[0].String(), "msg=training") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	require.NoError(t, cmds[1].Process.Kill())
+	start := time.Now()
+	for _, r := range []int{0, 2} {
+		err := cmds[r].Wait()
+		require.Error(t, err, "rank %d must fail when rank 1 dies", r)
+		require.Contains(t, errs[r].String(), "rank 1", "rank %d's error names the lost rank: %s", r, errs[r].String())
+	}
+	require.Less(t, time.Since(start), 30*time.Second, "the job ends within the deadline")
+}
+
+// TestWrongSecretIsRefused: a process without the job's secret tries the
+// store and garbage on the port; it is refused, and the job finishes with
+// the same result as a run nobody disturbed.
+func TestWrongSecretIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	clean := filepath.Join(dir, "clean.safetensors")
+	stdout, stderr, err := gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--"}, dpArgs(clean)...)...)
+	require.NoError(t, err, stderr+stdout)
+
+	// Rank 0 starts first and serves the store, waiting for rank 1; the
+	// attacker strikes in that window, then rank 1 joins.
+	port := freePort(t)
+	secret := secure.NewSecret()
+	attacked := filepath.Join(dir, "attacked.safetensors")
+	rank0, errs0 := startRanksOf(t, 1, 2, port, secret, dpArgs(attacked))
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Write([]byte("GET / HTTP/1.1\r\n\r\n\x00\xff\xff\xff\xff"))
+			c.Close()
+			break
+		}
+		require.NoError(t, ctx.Err(), "rank 0 never served the store")
+		time.Sleep(20 * time.Millisecond)
+	}
+	_, err = rendezvous.Dial(ctx, addr, secure.Options{Secret: []byte("not the job's secret"), Timeout: 5 * time.Second})
+	require.ErrorIs(t, err, secure.ErrAuth)
+	c := exec.Command(bin, dpArgs(attacked)...)
+	c.Env = append(os.Environ(), "RANK=1", "WORLD_SIZE=2", "LOCAL_RANK=1", "LOCAL_WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
+		"MASTER_PORT="+strconv.Itoa(port), "GOTRAIN_JOB_SECRET="+secret)
+	var errs1 bytes.Buffer
+	c.Stderr = &errs1
+	require.NoError(t, c.Run(), errs1.String())
+	require.NoError(t, rank0[0].Wait(), errs0[0].String())
+	require.Equal(t, 0.0, maxDiff(t, clean, attacked), "the attempts changed nothing")
+}
+
+// TestTwoNodes runs a real two-node job: two launchers, each in its own
+// network namespace with its own address on a veth pair, --nnodes 2.
+func TestTwoNodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two-node test skipped with -short")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces (ip netns); not tested")
+	}
+	ip, err := exec.LookPath("ip")
+	if err != nil {
+		t.Skip("needs the ip command (Debian's iproute2) to create network namespaces; not tested")
+	}
+	sfx := strconv.Itoa(os.Getpid() % 10000)
+	nsA, nsB := "gtA"+sfx, "gtB"+sfx
+	run := func(args ...string) error {
+		out, err := exec.Command(ip, args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	if err := run("netns", "add", nsA); err != nil {
+		t.Skipf("cannot create network namespaces here (%v); not tested", err)
+	}
+	t.Cleanup(func() { run("netns", "del", nsA); run("netns", "del", nsB) })
+	for _, args := range [][]string{
+		{"netns", "add", nsB},
+		{"link", "add", "va" + sfx, "type", "veth", "peer", "name", "vb" + sfx},
+		{"link", "set", "va" + sfx, "netns", nsA},
+		{"link", "set", "vb" + sfx, "netns", nsB},
+		{"-n", nsA, "addr", "add", "10.77.0.1/24", "dev", "va" + sfx},
+		{"-n", nsB, "addr", "add", "10.77.0.2/24", "dev", "vb" + sfx},
+		{"-n", nsA, "link", "set", "va" + sfx, "up"},
+		{"-n", nsB, "link", "set", "vb" + sfx, "up"},
+		{"-n", nsA, "link", "set", "lo", "up"},
+		{"-n", nsB, "link", "set", "lo", "up"},
+	} {
+		require.NoError(t, run(args...))
+	}
+	dir := t.TempDir()
+	ref := filepath.Join(dir, "one.safetensors")
+	_, stderr, err := gotrain(t, dpArgs(ref)...)
+	require.NoError(t, err, stderr)
+
+	secret := secure.NewSecret()
+	out := filepath.Join(dir, "two-nodes.safetensors")
+	var cmds []*exec.Cmd
+	var outs []*bytes.Buffer
+	for node, ns := range []string{nsA, nsB} {
+		args := append([]string{"netns", "exec", ns, bin, "launch", "--nnodes", "2", "--node-rank", strconv.Itoa(node),
+			"--nproc-per-node", "1", "--rdzv-endpoint", "10.77.0.1:29511", "--"}, dpArgs(out)...)
+		c := exec.Command(ip, args...)
+		c.Env = append(os.Environ(), "GOTRAIN_JOB_SECRET="+secret)
+		b := &bytes.Buffer{}
+		c.Stdout, c.Stderr = b, b
+		require.NoError(t, c.Start())
+		cmds = append(cmds, c)
+		outs = append(outs, b)
+	}
+	for i, c := range cmds {
+		require.NoError(t, c.Wait(), "node %d: %s", i, outs[i].String())
+	}
+	require.Contains(t, outs[1].String(), "listen=10.77.0.2", "node 1's rank advertised its own address")
+	d := maxDiff(t, ref, out)
+	t.Logf("two nodes: max |Δ| against one process %g", d)
+	require.Less(t, d, 1e-5)
+}
