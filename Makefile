@@ -13,7 +13,7 @@ APT_RUN  := libopenblas0-pthread dataset-fashion-mnist
 APT_TEST := $(APT_RUN) python3-torch python3-numpy
 OUT     := out
 
-.PHONY: all build train test test-short race fuzz bench lint deps deps-test data clean FORCE
+.PHONY: all build train test test-short race fuzz bench bench-allreduce lint deps deps-test data clean FORCE
 
 all: build
 
@@ -63,6 +63,10 @@ fuzz:
 	$(GO) test ./trainer/data -run '^$$' -fuzz '^FuzzDecodeImages$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/data -run '^$$' -fuzz '^FuzzDecodeLabels$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/checkpoint -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./trainer/dist -run '^$$' -fuzz '^FuzzFrameDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./trainer/dist/rendezvous -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./trainer/dist/rendezvous -run '^$$' -fuzz '^FuzzExpandNodeList$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./trainer/dist/secure -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME)
 
 # Throughput against PyTorch (Debian's python3-torch), side by side, median of
 # REPEATS alternating runs, same threads, model, batch and optimiser.
@@ -70,6 +74,12 @@ REPEATS ?= 5
 THREADS ?= 2
 bench: deps-test build
 	/usr/bin/python3 cmd/gotrain/peer/compare.py ./$(BIN) --repeats $(REPEATS) --threads $(THREADS)
+
+# All-reduce bandwidth against PyTorch's Gloo on this host (64 MiB, 2 and 4 ranks),
+# and the full nccl-tests style table of gotrain's CPU ring.
+bench-allreduce: deps-test build
+	./$(BIN) bench allreduce --nproc 2 --min-bytes 1K --max-bytes 256M
+	/usr/bin/python3 cmd/gotrain/peer/compare_allreduce.py ./$(BIN) --bytes 64M --nprocs 2,4 --repeats $(REPEATS)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

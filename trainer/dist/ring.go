@@ -3,12 +3,14 @@ package dist
 import (
 	"bufio"
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -25,6 +27,11 @@ type RingConfig struct {
 	Prefix string
 	// ListenHost is the address to listen on and advertise; "" = 127.0.0.1.
 	ListenHost string
+	// TCPOnly disables the Unix-socket path: by default, ranks on the same
+	// host (same boot and network namespace) connect through an abstract
+	// Unix socket, which moves data about 2.5 times faster than loopback TCP
+	// here. The environment variable GOTRAIN_RING_TRANSPORT=tcp does the same.
+	TCPOnly bool
 	// Upgrade, if set, wraps each new connection (authentication,
 	// encryption) before the handshake; server is true on the accepting side.
 	Upgrade func(c net.Conn, server bool) (net.Conn, error)
@@ -50,6 +57,8 @@ const (
 
 type ring struct {
 	rank, size int
+	useUnix    bool   // same-host peers connect through Unix sockets
+	hostID     string // hostIdentity(), when useUnix
 	prefix     string
 	chunk      int
 	peers      []*peer // by rank; nil at our own rank
@@ -113,11 +122,44 @@ func NewRing(ctx context.Context, cfg RingConfig) (Communicator, error) {
 }
 
 func tune(conn net.Conn) {
-	if tc, ok := conn.(*net.TCPConn); ok {
+	switch tc := conn.(type) {
+	case *net.TCPConn:
 		_ = tc.SetNoDelay(true)
 		_ = tc.SetReadBuffer(socketBufferBytes)
 		_ = tc.SetWriteBuffer(socketBufferBytes)
+	case *net.UnixConn:
+		_ = tc.SetReadBuffer(socketBufferBytes)
+		_ = tc.SetWriteBuffer(socketBufferBytes)
 	}
+}
+
+// hostIdentity names this host and network namespace: ranks that share it
+// can reach each other's abstract Unix sockets. Empty where unknown.
+func hostIdentity() string {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	ns, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(boot)) + "/" + ns
+}
+
+// endpoint is what a rank publishes: its TCP address and, when it has one,
+// its Unix socket and host identity, one per line.
+type endpoint struct{ tcp, unix, host string }
+
+func (e endpoint) encode() []byte { return []byte(e.tcp + "\n" + e.unix + "\n" + e.host) }
+
+func parseEndpoint(b []byte) endpoint {
+	parts := strings.SplitN(string(b), "\n", 3)
+	e := endpoint{tcp: parts[0]}
+	if len(parts) == 3 {
+		e.unix, e.host = parts[1], parts[2]
+	}
+	return e
 }
 
 type accepted struct {
@@ -146,7 +188,24 @@ func (c *ring) connect(ctx context.Context, cfg RingConfig) error {
 		return setupErr(ErrInvalidArg, nil, err)
 	}
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	if err := cfg.Store.Set(ctx, c.addrKey(c.rank), []byte(net.JoinHostPort(host, port))); err != nil {
+	ep := endpoint{tcp: net.JoinHostPort(host, port)}
+	listeners := []net.Listener{ln}
+	if c.useUnix = !cfg.TCPOnly && os.Getenv("GOTRAIN_RING_TRANSPORT") != "tcp"; c.useUnix {
+		if id := hostIdentity(); id != "" {
+			var nonce [8]byte
+			_, _ = crand.Read(nonce[:])
+			name := fmt.Sprintf("@gotrain-%x", nonce)
+			if uln, err := net.Listen("unix", name); err == nil {
+				listeners = append(listeners, uln)
+				ep.unix, ep.host = name, id
+				c.hostID = id
+			}
+		}
+	}
+	if err := cfg.Store.Set(ctx, c.addrKey(c.rank), ep.encode()); err != nil {
+		for _, l := range listeners {
+			l.Close()
+		}
 		return setupErr(ErrTimeout, nil, fmt.Errorf("publishing address: %w", err))
 	}
 	me := hello{rank: c.rank, size: c.size, prefix: c.prefix}
@@ -156,32 +215,15 @@ func (c *ring) connect(ctx context.Context, cfg RingConfig) error {
 	var hwg sync.WaitGroup
 	defer func() {
 		cancel() // ends pending handshakes
-		ln.Close()
+		for _, l := range listeners {
+			l.Close()
+		}
 		hwg.Wait()
 	}()
-	hwg.Add(1)
-	go func() {
-		defer hwg.Done()
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			hwg.Go(func() {
-				stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-				p, err := c.serverHandshake(conn, cfg.Upgrade, deadline, me)
-				if !stop() || err != nil {
-					conn.Close() // a stray or wrong-group connection: refused, keep waiting
-					return
-				}
-				select {
-				case acc <- accepted{p: p}:
-				case <-ctx.Done():
-					p.conn.Close()
-				}
-			})
-		}
-	}()
+	for _, ln := range listeners {
+		hwg.Add(1)
+		go c.acceptLoop(ctx, ln, &hwg, cfg, deadline, me, acc)
+	}
 	for q := 0; q < c.rank; q++ {
 		go func() {
 			p, err := c.dial(ctx, q, cfg.Upgrade, deadline, me)
@@ -217,13 +259,39 @@ func (c *ring) connect(ctx context.Context, cfg RingConfig) error {
 			return setupErr(ErrTimeout, missing, fmt.Errorf("connecting the group: %w", ctx.Err()))
 		}
 	}
-	ln.Close()
+	for _, l := range listeners {
+		l.Close()
+	}
 	for _, p := range c.peers {
 		if p != nil {
 			_ = p.conn.SetDeadline(time.Time{})
 		}
 	}
 	return nil
+}
+
+// acceptLoop hands the handshaken connections of ln to acc until ln closes.
+func (c *ring) acceptLoop(ctx context.Context, ln net.Listener, hwg *sync.WaitGroup, cfg RingConfig, deadline time.Time, me hello, acc chan accepted) {
+	defer hwg.Done()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		hwg.Go(func() {
+			stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+			p, err := c.serverHandshake(conn, cfg.Upgrade, deadline, me)
+			if !stop() || err != nil {
+				conn.Close() // a stray or wrong-group connection: refused, keep waiting
+				return
+			}
+			select {
+			case acc <- accepted{p: p}:
+			case <-ctx.Done():
+				p.conn.Close()
+			}
+		})
+	}
 }
 
 func (c *ring) addrKey(rank int) string { return c.prefix + "addr/" + strconv.Itoa(rank) }
@@ -271,14 +339,19 @@ func (c *ring) dial(ctx context.Context, q int, upgrade func(net.Conn, bool) (ne
 	fail := func(kind error, err error) (*peer, error) {
 		return nil, &OpError{Rank: c.rank, Op: "setup", Peers: []int{q}, Kind: kind, Err: err}
 	}
-	addr, err := c.getAddr(ctx, q)
+	raw, err := c.getAddr(ctx, q)
 	if err != nil {
 		return fail(ErrTimeout, fmt.Errorf("looking up address: %w", err))
+	}
+	ep := parseEndpoint([]byte(raw))
+	network, addr := "tcp", ep.tcp
+	if c.useUnix && ep.unix != "" && ep.host != "" && ep.host == c.hostID {
+		network, addr = "unix", ep.unix
 	}
 	var conn net.Conn
 	var d net.Dialer
 	for {
-		conn, err = d.DialContext(ctx, "tcp", addr)
+		conn, err = d.DialContext(ctx, network, addr)
 		if err == nil {
 			break
 		}

@@ -54,8 +54,19 @@ func ringGroup(t *testing.T, size int) []dist.Communicator {
 	return comms
 }
 
+// TestRingConformance runs the suite over the Unix-socket path (all ranks
+// of a test share a host) and over TCP only.
 func TestRingConformance(t *testing.T) {
-	disttest.Run(t, ringGroup)
+	t.Run("unix", func(t *testing.T) { disttest.Run(t, ringGroup) })
+	t.Run("tcp", func(t *testing.T) {
+		disttest.Run(t, func(t *testing.T, size int) []dist.Communicator {
+			comms, errs := newRingGroup(t, size, func(_ int, cfg *dist.RingConfig) { cfg.TCPOnly = true })
+			for r, err := range errs {
+				require.NoError(t, err, "rank %d", r)
+			}
+			return comms
+		})
+	})
 }
 
 func TestMemStore(t *testing.T) {

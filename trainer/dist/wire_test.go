@@ -261,10 +261,11 @@ func TestStrayConnections(t *testing.T) {
 		c, err := NewRing(ctx, RingConfig{Rank: 0, Size: 2, Store: store, Prefix: "grp/"})
 		r0 <- res{c, err}
 	}()
-	addr, err := store.Get(ctx, "grp/addr/0")
+	raw, err := store.Get(ctx, "grp/addr/0")
 	require.NoError(t, err)
+	addr := parseEndpoint(raw).tcp
 
-	junk, err := net.Dial("tcp", string(addr))
+	junk, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
 	_, _ = junk.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
 	_ = junk.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -280,7 +281,7 @@ func TestStrayConnections(t *testing.T) {
 		{"wrong group", hello{rank: 1, size: 2, prefix: "other/"}, "wrong group"},
 		{"wrong size", hello{rank: 1, size: 3, prefix: "grp/"}, "group size 2, not 3"},
 	} {
-		conn, err := net.Dial("tcp", string(addr))
+		conn, err := net.Dial("tcp", addr)
 		require.NoError(t, err, tc.name)
 		_, err = conn.Write(frame(opHello, 0, tc.h.encode()))
 		require.NoError(t, err)
@@ -293,7 +294,7 @@ func TestStrayConnections(t *testing.T) {
 	}
 
 	// A connection that never says anything must not hold setup up.
-	silent, err := net.Dial("tcp", string(addr))
+	silent, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
 	defer silent.Close()
 	start := time.Now()
