@@ -3,8 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"math"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -238,4 +245,66 @@ func TestTwoNodes(t *testing.T) {
 	d := maxDiff(t, ref, out)
 	t.Logf("two nodes: max |Δ| against one process %g", d)
 	require.Less(t, d, 1e-5)
+}
+
+// writeCerts writes a CA and one certificate signed by it (valid for
+// 127.0.0.1) as PEM files, for mutual TLS.
+func writeCerts(t *testing.T, dir string) (cert, key, ca string) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "gotrain test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	require.NoError(t, err)
+	caCert, err := x509.ParseCertificate(caDER)
+	require.NoError(t, err)
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "gotrain rank"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
+	require.NoError(t, err)
+	kb, err := x509.MarshalECPrivateKey(k)
+	require.NoError(t, err)
+	write := func(name, typ string, b []byte) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600))
+		return p
+	}
+	return write("rank.pem", "CERTIFICATE", der), write("rank.key", "EC PRIVATE KEY", kb), write("ca.pem", "CERTIFICATE", caDER)
+}
+
+// TestMutualTLSJob trains a two-rank job whose store and ring connections
+// run over mutual TLS, and checks it reaches the one-process result; a
+// rank without the CA's certificate cannot join.
+func TestMutualTLSJob(t *testing.T) {
+	dir := t.TempDir()
+	cert, key, ca := writeCerts(t, dir)
+	ref := filepath.Join(dir, "one.safetensors")
+	_, stderr, err := gotrain(t, dpArgs(ref)...)
+	require.NoError(t, err, stderr)
+	out := filepath.Join(dir, "tls.safetensors")
+	tlsArgs := []string{"--tls-cert", cert, "--tls-key", key, "--tls-ca", ca}
+	stdout, stderr, err := gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--"}, dpArgs(out, tlsArgs...)...)...)
+	require.NoError(t, err, stderr+stdout)
+	require.Contains(t, stderr, "tls=true")
+	require.Less(t, maxDiff(t, ref, out), 1e-5)
+
+	// A rank with a certificate from another CA is refused.
+	otherDir := t.TempDir()
+	ocert, okey, _ := writeCerts(t, otherDir)
+	port := freePort(t)
+	secret := secure.NewSecret()
+	good, goodErr := startRanksOf(t, 1, 2, port, secret, dpArgs(filepath.Join(dir, "x.safetensors"), append(tlsArgs, "--rdzv-timeout", "5s")...))
+	bad := exec.Command(bin, dpArgs(filepath.Join(dir, "y.safetensors"), "--tls-cert", ocert, "--tls-key", okey, "--tls-ca", ca, "--rdzv-timeout", "5s")...)
+	bad.Env = append(os.Environ(), "RANK=1", "WORLD_SIZE=2", "LOCAL_RANK=1", "LOCAL_WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
+		"MASTER_PORT="+strconv.Itoa(port), "GOTRAIN_JOB_SECRET="+secret)
+	badOut, err := bad.CombinedOutput()
+	require.Error(t, err, "a rank whose certificate the job's CA did not sign must not join")
+	require.Contains(t, strings.ToLower(string(badOut)), "certificate", string(badOut))
+	require.Error(t, good[0].Wait(), "rank 0 gives up when its peer never joins: %s", goodErr[0].String())
 }
