@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -307,4 +308,40 @@ func TestMutualTLSJob(t *testing.T) {
 	require.Error(t, err, "a rank whose certificate the job's CA did not sign must not join")
 	require.Contains(t, strings.ToLower(string(badOut)), "certificate", string(badOut))
 	require.Error(t, good[0].Wait(), "rank 0 gives up when its peer never joins: %s", goodErr[0].String())
+}
+
+// TestMissingRankIsNamed: a job whose rank 1 never starts fails within
+// --rdzv-timeout, and says which rank is missing.
+func TestMissingRankIsNamed(t *testing.T) {
+	cmds, errs := startRanksOf(t, 1, 2, freePort(t), secure.NewSecret(), dpArgs(filepath.Join(t.TempDir(), "x"), "--rdzv-timeout", "3s"))
+	start := time.Now()
+	require.Error(t, cmds[0].Wait())
+	require.Less(t, time.Since(start), 20*time.Second)
+	require.Contains(t, errs[0].String(), "rank 1", errs[0].String())
+}
+
+// TestStalledRankTimesOut: a rank that stops responding (SIGSTOP) makes
+// the others fail when the collective deadline passes, naming it.
+func TestStalledRankTimesOut(t *testing.T) {
+	args := []string{"train", "--dataset", "synthetic", "--synthetic-size", "300000", "--epochs", "1", "--batch-size", "32",
+		"--threads", "1", "--timeout", "4s"}
+	cmds, errs := startRanks(t, 2, freePort(t), secure.NewSecret(), args)
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(errs[0].String(), "msg=training") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	require.NoError(t, cmds[1].Process.Signal(syscall.SIGSTOP))
+	t.Cleanup(func() { _ = cmds[1].Process.Signal(syscall.SIGCONT) })
+	start := time.Now()
+	require.Error(t, cmds[0].Wait())
+	waited := time.Since(start)
+	t.Logf("rank 0 gave up after %v: %s", waited, lastLine(errs[0].String()))
+	require.Less(t, waited, 30*time.Second)
+	require.Contains(t, errs[0].String(), "rank 1")
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }
