@@ -153,7 +153,7 @@ func benchWorker(f allreduceFlags, stdout, stderr io.Writer) error {
 	n, r := c.Size(), c.Rank()
 	w := bufio.NewWriter(stdout)
 	if r == 0 {
-		fmt.Fprintf(w, "# gotrain bench allreduce: %d ranks, backend cpu (TCP ring), float32 sum\n", n)
+		fmt.Fprintf(w, "# gotrain bench allreduce: %d ranks, backend %s, float32 sum\n", n, f.df.backend)
 		fmt.Fprintf(w, "#%67s%40s\n", "out-of-place", "in-place")
 		fmt.Fprintf(w, "#%12s %12s %8s %6s %8s %8s %8s %6s %8s %8s %8s %6s\n", "size", "count", "type", "redop", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong")
 		fmt.Fprintf(w, "#%12s %12s %8s %6s %8s %8s %8s %6s %8s %8s %8s %6s\n", "(B)", "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "")

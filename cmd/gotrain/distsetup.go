@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/gotrain/gotrain/nccl"
 	"github.com/gotrain/gotrain/trainer/dist"
 	"github.com/gotrain/gotrain/trainer/dist/rendezvous"
 	"github.com/gotrain/gotrain/trainer/dist/secure"
@@ -72,11 +73,13 @@ func joinJob(ctx context.Context, f distFlags, log *slog.Logger) (*job, error) {
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
 	switch f.backend {
-	case "cpu", "auto":
-	case "nccl":
-		return nil, fmt.Errorf("%w: --backend nccl needs the NCCL backend, which this build does not have yet; use --backend cpu", errUsage)
+	case "cpu", "nccl":
+	case "auto":
+		// NCCL needs GPUs, which only the gpu build drives; the CPU build
+		// always takes the CPU ring.
+		f.backend = "cpu"
 	default:
-		return nil, fmt.Errorf("%w: --backend %q is not a backend (valid: cpu, auto)", errUsage, f.backend)
+		return nil, fmt.Errorf("%w: --backend %q is not a backend (valid: cpu, nccl, auto)", errUsage, f.backend)
 	}
 	if env.WorldSize <= 1 {
 		return nil, nil
@@ -109,6 +112,13 @@ func joinJob(ctx context.Context, f distFlags, log *slog.Logger) (*job, error) {
 		j.Close()
 		return nil, fmt.Errorf("rank %d: rendezvous with %s: %w", env.Rank, addr, err)
 	}
+	if f.backend == "nccl" {
+		if j.comm, err = joinNCCL(rctx, env, j.store, log); err != nil {
+			j.Close()
+			return nil, err
+		}
+		return j, nil
+	}
 	host := listenHost(env.MasterAddr)
 	j.comm, err = dist.NewRing(rctx, dist.RingConfig{
 		Rank: env.Rank, Size: env.WorldSize, Store: j.store, Prefix: "ring/", ListenHost: host,
@@ -139,4 +149,46 @@ func listenAddrFor(master string) string {
 		return master
 	}
 	return ""
+}
+
+// joinNCCL makes the job's NCCL communicator: rank 0 creates the unique ID
+// and publishes it in the rendezvous store, every rank reads it and calls
+// ncclCommInitRank. NCCL's own environment (NCCL_DEBUG, NCCL_SOCKET_IFNAME,
+// NCCL_IB_HCA, ...) reaches the library untouched. In the CPU build the
+// buffers are host memory, which only the test stand-in library serves;
+// the gpu build hands NCCL device buffers.
+func joinNCCL(ctx context.Context, env rendezvous.Env, store *rendezvous.Client, log *slog.Logger) (dist.Communicator, error) {
+	lib, err := nccl.Load("")
+	if err != nil {
+		return nil, fmt.Errorf("--backend nccl: %w", err)
+	}
+	major, minor, patch, _, err := lib.Version()
+	if err != nil {
+		return nil, err
+	}
+	log.Info("nccl", "library", lib.Path(), "version", fmt.Sprintf("%d.%d.%d", major, minor, patch))
+	const key = "nccl/unique_id"
+	var id nccl.UniqueID
+	if env.Rank == 0 {
+		if id, err = lib.GetUniqueID(); err != nil {
+			return nil, err
+		}
+		b, _ := id.MarshalBinary()
+		if err := store.Set(ctx, key, b); err != nil {
+			return nil, fmt.Errorf("rank 0: publishing the NCCL unique ID: %w", err)
+		}
+	} else {
+		b, err := store.Get(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("rank %d: reading the NCCL unique ID from rank 0: %w", env.Rank, err)
+		}
+		if err := id.UnmarshalBinary(b); err != nil {
+			return nil, err
+		}
+	}
+	comm, err := lib.InitRank(env.WorldSize, id, env.Rank)
+	if err != nil {
+		return nil, fmt.Errorf("rank %d: ncclCommInitRank: %w", env.Rank, err)
+	}
+	return nccl.NewCommunicator(comm)
 }

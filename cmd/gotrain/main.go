@@ -159,7 +159,7 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
 	fs.IntVar(&cfg.AccumSteps, "accum-steps", cfg.AccumSteps, "micro-batches per optimiser step (gradients are accumulated; ranks communicate once per step)")
 	fs.Float64Var(&cfg.BucketMB, "bucket-mb", cfg.BucketMB, "gradient all-reduce bucket size, MiB")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "deadline of each collective; a rank that dies or stalls ends the job within it")
-	fs.StringVar(&df.backend, "backend", "auto", "communication backend: cpu (TCP ring) or auto")
+	fs.StringVar(&df.backend, "backend", "auto", "communication backend: cpu (TCP/Unix-socket ring), nccl (libnccl.so.2, loaded at run time; NCCL_LIBRARY names another file) or auto (cpu in this build)")
 	fs.DurationVar(&df.rdzvTimeout, "rdzv-timeout", 5*time.Minute, "deadline for every rank to join")
 	fs.StringVar(&df.tlsCert, "tls-cert", "", "PEM certificate of this process: encrypts the job's connections with TLS")
 	fs.StringVar(&df.tlsKey, "tls-key", "", "PEM private key for --tls-cert")

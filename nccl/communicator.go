@@ -1,0 +1,285 @@
+package nccl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"sync"
+	"unsafe"
+
+	"github.com/gotrain/gotrain/trainer/dist"
+)
+
+// Communicator is a Comm behind the trainer's dist.Communicator interface,
+// for buffers in memory the library can address: host slices ([]float32,
+// []float64, []byte) here, which the test stand-in library serves; the GPU
+// build hands NCCL device buffers. Every call runs under the Comm's
+// watchdog (Comm.Run): a context that ends aborts the communicator, so a
+// dead peer never hangs a rank. Errors are *dist.OpError values with the
+// same kinds as the CPU ring's: a peer that failed or aborted is
+// dist.ErrPeerLost (NCCL's remote/system errors), a deadline is
+// dist.ErrTimeout, a call after Abort or Close is dist.ErrAborted.
+type Communicator struct {
+	comm       *Comm
+	rank, size int
+
+	mu    sync.Mutex
+	cause error // set by Abort, Close or a failed call
+}
+
+var _ dist.Communicator = (*Communicator)(nil)
+
+// NewCommunicator wraps comm, whose rank and size it reads.
+func NewCommunicator(comm *Comm) (*Communicator, error) {
+	rank, err := comm.UserRank()
+	if err != nil {
+		return nil, err
+	}
+	size, err := comm.Count()
+	if err != nil {
+		return nil, err
+	}
+	return &Communicator{comm: comm, rank: rank, size: size}, nil
+}
+
+// Rank is this process's rank.
+func (c *Communicator) Rank() int { return c.rank }
+
+// Size is the number of ranks.
+func (c *Communicator) Size() int { return c.size }
+
+// Comm is the underlying NCCL communicator.
+func (c *Communicator) Comm() *Comm { return c.comm }
+
+// hostBuf returns the address, element count and NCCL type of a slice.
+func hostBuf(b any) (DevicePtr, int, DataType, bool) {
+	switch s := b.(type) {
+	case []float32:
+		return ptr(unsafe.SliceData(s)), len(s), Float32, true
+	case []float64:
+		return ptr(unsafe.SliceData(s)), len(s), Float64, true
+	case []byte:
+		return ptr(unsafe.SliceData(s)), len(s), Uint8, true
+	}
+	return 0, 0, 0, false
+}
+
+func ptr[T any](p *T) DevicePtr { return DevicePtr(uintptr(unsafe.Pointer(p))) }
+
+func (c *Communicator) opErr(op string, kind error, peers []int, err error) error {
+	return &dist.OpError{Rank: c.rank, Op: op, Peers: peers, Kind: kind, Err: err}
+}
+
+// enter fails fast once the communicator is aborted or ctx has ended.
+func (c *Communicator) enter(ctx context.Context, op string) error {
+	c.mu.Lock()
+	cause := c.cause
+	c.mu.Unlock()
+	if cause != nil {
+		return c.opErr(op, dist.ErrAborted, nil, cause)
+	}
+	if err := ctx.Err(); err != nil {
+		return c.opErr(op, context.Canceled, nil, err)
+	}
+	return nil
+}
+
+var rankInText = regexp.MustCompile(`rank (\d+)`)
+
+// run calls f under the watchdog and translates its errors.
+func (c *Communicator) run(ctx context.Context, op string, f func() error) error {
+	if err := c.enter(ctx, op); err != nil {
+		return err
+	}
+	err := c.comm.Run(ctx, f, nil)
+	if err == nil {
+		return nil
+	}
+	c.mu.Lock()
+	cause := c.cause
+	c.mu.Unlock()
+	if cause != nil { // Abort or Close released this call
+		return c.opErr(op, dist.ErrAborted, nil, errors.Join(cause, err))
+	}
+	var kind error
+	var peers []int
+	switch {
+	case errors.Is(err, ErrTimeout) && errors.Is(err, context.DeadlineExceeded):
+		kind = dist.ErrTimeout
+	case errors.Is(err, ErrTimeout):
+		kind = context.Canceled
+	case errors.Is(err, InvalidArgument) || errors.Is(err, InvalidUsage):
+		return c.opErr(op, dist.ErrInvalidArg, nil, err) // nothing was sent: still usable
+	case errors.Is(err, ErrAborted):
+		kind = dist.ErrAborted
+	default:
+		kind = dist.ErrPeerLost
+		// NCCL's last-error text names the rank that failed, when it knows.
+		for _, m := range rankInText.FindAllStringSubmatch(err.Error(), -1) {
+			if r, e := strconv.Atoi(m[1]); e == nil && r != c.rank {
+				peers = append(peers, r)
+				break
+			}
+		}
+	}
+	c.fail(err)
+	return c.opErr(op, kind, peers, err)
+}
+
+// fail aborts the NCCL communicator after a failed call: the ranks are out
+// of step, as NCCL documents.
+func (c *Communicator) fail(err error) {
+	c.mu.Lock()
+	if c.cause == nil {
+		c.cause = err
+	}
+	c.mu.Unlock()
+	_ = c.comm.Abort()
+}
+
+func (c *Communicator) pair(op string, send, recv any, mult int) (DevicePtr, DevicePtr, int, DataType, error) {
+	sp, sn, sdt, ok1 := hostBuf(send)
+	rp, rn, rdt, ok2 := hostBuf(recv)
+	if !ok1 || !ok2 || sdt != rdt {
+		return 0, 0, 0, 0, c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("buffers %T and %T: want two slices of the same type ([]float32, []float64 or []byte)", send, recv))
+	}
+	if sn*mult != rn {
+		return 0, 0, 0, 0, c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("send has %d elements, recv %d: want recv = %d × send", sn, rn, mult))
+	}
+	return sp, rp, sn, sdt, nil
+}
+
+func redOp(op dist.Op) (RedOp, bool) {
+	switch op {
+	case dist.Sum:
+		return Sum, true
+	case dist.Avg:
+		return Avg, true
+	case dist.Max:
+		return Max, true
+	case dist.Min:
+		return Min, true
+	}
+	return 0, false
+}
+
+// AllReduce reduces send over the ranks into recv (send may equal recv).
+func (c *Communicator) AllReduce(ctx context.Context, send, recv any, op dist.Op) error {
+	sp, rp, n, dt, err := c.pair("AllReduce", send, recv, 1)
+	if err != nil {
+		return err
+	}
+	if dt == Uint8 {
+		return c.opErr("AllReduce", dist.ErrBadBuffer, nil, errors.New("AllReduce takes []float32 or []float64"))
+	}
+	nop, ok := redOp(op)
+	if !ok {
+		return c.opErr("AllReduce", dist.ErrInvalidArg, nil, fmt.Errorf("op %v", op))
+	}
+	if n == 0 {
+		return c.enter(ctx, "AllReduce")
+	}
+	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(sp, rp, n, dt, nop, 0) })
+}
+
+// Broadcast copies root's buf to every rank's buf.
+func (c *Communicator) Broadcast(ctx context.Context, buf any, root int) error {
+	p, n, dt, ok := hostBuf(buf)
+	if !ok {
+		return c.opErr("Broadcast", dist.ErrBadBuffer, nil, fmt.Errorf("buffer %T", buf))
+	}
+	if root < 0 || root >= c.size {
+		return c.opErr("Broadcast", dist.ErrInvalidArg, nil, fmt.Errorf("root %d of %d ranks", root, c.size))
+	}
+	if n == 0 {
+		return c.enter(ctx, "Broadcast")
+	}
+	return c.run(ctx, "Broadcast", func() error { return c.comm.Broadcast(p, p, n, dt, root, 0) })
+}
+
+// AllGather concatenates every rank's send, in rank order, into recv.
+func (c *Communicator) AllGather(ctx context.Context, send, recv any) error {
+	sp, rp, n, dt, err := c.pair("AllGather", send, recv, c.size)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return c.enter(ctx, "AllGather")
+	}
+	return c.run(ctx, "AllGather", func() error { return c.comm.AllGather(sp, rp, n, dt, 0) })
+}
+
+// ReduceScatter reduces send (Size() blocks) and leaves block Rank() in recv.
+func (c *Communicator) ReduceScatter(ctx context.Context, send, recv any, op dist.Op) error {
+	rp0, sp0, n, dt, err := c.pair("ReduceScatter", recv, send, c.size)
+	if err != nil {
+		return err
+	}
+	if dt == Uint8 {
+		return c.opErr("ReduceScatter", dist.ErrBadBuffer, nil, errors.New("ReduceScatter takes []float32 or []float64"))
+	}
+	nop, ok := redOp(op)
+	if !ok {
+		return c.opErr("ReduceScatter", dist.ErrInvalidArg, nil, fmt.Errorf("op %v", op))
+	}
+	if n == 0 {
+		return c.enter(ctx, "ReduceScatter")
+	}
+	return c.run(ctx, "ReduceScatter", func() error { return c.comm.ReduceScatter(sp0, rp0, n, dt, nop, 0) })
+}
+
+// Barrier returns once every rank has entered it (an all-reduce of one
+// element: NCCL has no barrier).
+func (c *Communicator) Barrier(ctx context.Context) error {
+	one := []float32{1}
+	if err := c.enter(ctx, "Barrier"); err != nil {
+		return err
+	}
+	return c.run(ctx, "Barrier", func() error { return c.comm.AllReduce(ptr(&one[0]), ptr(&one[0]), 1, Float32, Sum, 0) })
+}
+
+// Send sends buf to peer, which must Recv the same type and length.
+func (c *Communicator) Send(ctx context.Context, buf any, peer int) error {
+	return c.p2p(ctx, "Send", buf, peer, c.comm.Send)
+}
+
+// Recv receives buf from peer.
+func (c *Communicator) Recv(ctx context.Context, buf any, peer int) error {
+	return c.p2p(ctx, "Recv", buf, peer, c.comm.Recv)
+}
+
+func (c *Communicator) p2p(ctx context.Context, op string, buf any, peer int, f func(DevicePtr, int, DataType, int, Stream) error) error {
+	p, n, dt, ok := hostBuf(buf)
+	if !ok {
+		return c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("buffer %T", buf))
+	}
+	if peer < 0 || peer >= c.size || peer == c.rank {
+		return c.opErr(op, dist.ErrInvalidArg, nil, fmt.Errorf("peer %d (rank %d of %d)", peer, c.rank, c.size))
+	}
+	if n == 0 {
+		return c.enter(ctx, op)
+	}
+	return c.run(ctx, op, func() error { return f(p, n, dt, peer, 0) })
+}
+
+// Close destroys the NCCL communicator (its peers learn it at their next
+// collective, or when their watchdog's deadline passes).
+func (c *Communicator) Close() error {
+	c.mu.Lock()
+	if c.cause == nil {
+		c.cause = dist.ErrClosed
+	}
+	c.mu.Unlock()
+	return c.comm.Destroy()
+}
+
+// Abort aborts the NCCL communicator: pending calls return, later ones
+// fail with dist.ErrAborted wrapping err.
+func (c *Communicator) Abort(err error) {
+	if err == nil {
+		err = errors.New("aborted")
+	}
+	c.fail(err)
+}
