@@ -280,3 +280,22 @@ func TestTrainingStepAllocatesLittle(t *testing.T) {
 	perRun := (after.TotalAlloc - before.TotalAlloc) / 10
 	require.Less(t, perRun, uint64(64<<10), "bytes allocated per training step")
 }
+
+func TestProgramCacheKeepsTheRecentOnes(t *testing.T) {
+	m, err := New(Spec{Kind: "mlp", Hidden: []int{8}}, 1)
+	require.NoError(t, err)
+	first, err := m.Program(1, true)
+	require.NoError(t, err)
+	for b := 2; b <= MaxPrograms+3; b++ {
+		_, err := m.Program(b, true)
+		require.NoError(t, err)
+		again, err := m.Program(1, true) // keep batch 1 in use
+		require.NoError(t, err)
+		require.Same(t, first, again)
+	}
+	require.Len(t, m.progs, MaxPrograms)
+	p2, err := m.Program(2, true) // long unused: compiled anew
+	require.NoError(t, err)
+	require.Equal(t, 2, p2.Batch)
+	require.Len(t, m.progs, MaxPrograms)
+}

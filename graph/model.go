@@ -80,7 +80,14 @@ type Model struct {
 	Params []*Param
 	layers []layer
 	progs  map[progKey]*Program
+	used   []progKey // least recently used first
 }
+
+// MaxPrograms is how many compiled programs a model keeps; the least
+// recently used one is dropped (and its buffers freed) beyond that. Load
+// balancing changes a rank's batch size from time to time, which would
+// otherwise keep every size's buffers alive.
+const MaxPrograms = 6
 
 type progKey struct {
 	batch int
@@ -314,14 +321,34 @@ func (m *Model) Program(batch int, train bool) (*Program, error) {
 	}
 	k := progKey{batch, train}
 	if p, ok := m.progs[k]; ok {
+		m.touch(k)
 		return p, nil
 	}
 	p, err := m.compile(batch, train)
 	if err != nil {
 		return nil, err
 	}
+	if len(m.progs) >= MaxPrograms {
+		delete(m.progs, m.used[0])
+		m.used = m.used[1:]
+	}
 	m.progs[k] = p
+	m.used = append(m.used, k)
 	return p, nil
+}
+
+// touch marks k as the most recently used program.
+func (m *Model) touch(k progKey) {
+	if m.used[len(m.used)-1] == k {
+		return
+	}
+	for i, u := range m.used {
+		if u == k {
+			copy(m.used[i:], m.used[i+1:])
+			m.used[len(m.used)-1] = k
+			return
+		}
+	}
 }
 
 func (m *Model) compile(batch int, train bool) (*Program, error) {

@@ -7,12 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/trainer/balance"
 	"github.com/gotrain/gotrain/trainer/optim"
 )
 
@@ -61,6 +63,12 @@ type Config struct {
 	AccumSteps int           `json:"accum_steps" yaml:"accum_steps"`
 	BucketMB   float64       `json:"bucket_mb" yaml:"bucket_mb"`
 	Timeout    time.Duration `json:"timeout" yaml:"timeout"`
+	// Load balancing: off, static or adaptive; re-planned every BalanceEvery steps.
+	Balance      string `json:"balance" yaml:"balance"`
+	BalanceEvery int64  `json:"balance_every" yaml:"balance_every"`
+	// DebugSlowRank "R:F" makes rank R F times slower (it sleeps (F-1)× its
+	// compute time each step): a reproducible straggler for tests and benchmarks.
+	DebugSlowRank string `json:"debug_slow_rank,omitempty" yaml:"debug_slow_rank,omitempty"`
 }
 
 // Default returns the defaults of `gotrain train`: the MLP on MNIST, which
@@ -71,7 +79,7 @@ func Default() Config {
 		Epochs: 2, BatchSize: 64, EvalBatchSize: 250,
 		Optimizer: "adam", LR: 2e-3, Momentum: 0.9, Schedule: "cosine", Gamma: 0.1,
 		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0,
-		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute,
+		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute, Balance: "off", BalanceEvery: 20,
 	}
 }
 
@@ -121,6 +129,15 @@ func (c *Config) Validate() error {
 		if h <= 0 {
 			return cfgErr("--hidden widths must be positive, got %v", c.Hidden)
 		}
+	}
+	if _, err := balance.ParseMode(c.Balance); err != nil {
+		return cfgErr("%v", err)
+	}
+	if c.BalanceEvery < 1 {
+		return cfgErr("--balance-every %d must be at least 1", c.BalanceEvery)
+	}
+	if _, _, err := c.slowRank(); err != nil {
+		return cfgErr("%v", err)
 	}
 	if err := c.schedule(1000).Validate(); err != nil {
 		return cfgErr("--schedule: %v", err)
@@ -173,4 +190,18 @@ func (c *Config) LoadFile(path string) error {
 func (c *Config) trajectory() string {
 	return fmt.Sprintf("model=%s hidden=%v activation=%s dropout=%v dataset=%s batch=%d optimizer=%s seed=%d",
 		c.Model, c.ModelSpec().Hidden, c.Activation, c.Dropout, c.Dataset, c.BatchSize, c.Optimizer, c.Seed)
+}
+
+// slowRank parses DebugSlowRank ("R:F"); rank -1 when unset.
+func (c *Config) slowRank() (int, float64, error) {
+	if c.DebugSlowRank == "" {
+		return -1, 1, nil
+	}
+	r, f, ok := strings.Cut(c.DebugSlowRank, ":")
+	rank, err1 := strconv.Atoi(r)
+	factor, err2 := strconv.ParseFloat(f, 64)
+	if !ok || err1 != nil || err2 != nil || rank < 0 || !(factor >= 1) {
+		return 0, 0, fmt.Errorf("--debug-slow-rank %q: want RANK:FACTOR with FACTOR >= 1, e.g. 1:2.0", c.DebugSlowRank)
+	}
+	return rank, factor, nil
 }

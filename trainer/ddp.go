@@ -12,9 +12,12 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/trainer/balance"
 	"github.com/gotrain/gotrain/trainer/dist"
+	"github.com/gotrain/gotrain/trainer/metrics"
 	"github.com/gotrain/gotrain/trainer/optim"
 )
 
@@ -41,11 +44,17 @@ var ErrReplicas = errors.New("ranks disagree")
 
 // ddp is the data-parallel state of a Trainer.
 type ddp struct {
-	comm    dist.Communicator
-	buckets []gradBucket
-	views   [][]float32   // per parameter: its gradient inside a bucket
-	params  []optim.Param // Data: the model's parameters, Grad: views
-	stop    []float32     // the stop flag travels in the last bucket
+	comm  dist.Communicator
+	bal   *balance.Planner // nil: equal shares
+	sizes []int            // this step's share of each rank
+	// this rank's compute over the current balancing window
+	winSeconds, winSamples float64
+	slowRank               int
+	slowFactor             float64
+	buckets                []gradBucket
+	views                  [][]float32   // per parameter: its gradient inside a bucket
+	params                 []optim.Param // Data: the model's parameters, Grad: views
+	stop                   []float32     // the stop flag travels in the last bucket
 }
 
 type gradBucket struct {
@@ -85,6 +94,65 @@ func shard(lo, hi, r, w int) (int, int) {
 		size++
 	}
 	return start, start + size
+}
+
+// shareOf is rank r's part of the global batch [lo,hi): equal shares, or
+// the balancer's.
+func (t *Trainer) shareOf(lo, hi, r int) (int, int) {
+	if t.dp == nil || t.dp.bal == nil {
+		return shard(lo, hi, r, t.worldSize())
+	}
+	balance.Sizes(hi-lo, t.dp.bal.Weights(), nil, t.dp.sizes)
+	start := lo
+	for i := 0; i < r; i++ {
+		start += t.dp.sizes[i]
+	}
+	return start, start + t.dp.sizes[r]
+}
+
+// rebalance gathers every rank's compute time and samples over the last
+// window and lets the planner (the same on every rank) re-plan the shares.
+func (t *Trainer) rebalance(ctx context.Context) error {
+	w := t.worldSize()
+	mine := []float64{t.dp.winSeconds, t.dp.winSamples}
+	all := make([]float64, 2*w)
+	if err := t.collective(ctx, "balance measurements", func(ctx context.Context) error {
+		return t.dp.comm.AllGather(ctx, mine, all)
+	}); err != nil {
+		return err
+	}
+	t.dp.winSeconds, t.dp.winSamples = 0, 0
+	secs, samples := make([]float64, w), make([]float64, w)
+	for i := 0; i < w; i++ {
+		secs[i], samples[i] = all[2*i], all[2*i+1]
+	}
+	changed, reason := t.dp.bal.Replan(secs, samples, nil)
+	if !changed {
+		return nil
+	}
+	shares := slices.Clone(t.dp.bal.Weights())
+	t.log.Info("rebalanced", "step", t.pos.step, "shares", shares, "reason", reason)
+	if bs, ok := t.sink.(interface{ Balance(metrics.Balance) }); ok {
+		bs.Balance(metrics.Balance{Step: t.pos.step, Shares: shares, Reason: reason, Rank: t.rank(), WorldSize: w})
+	}
+	return nil
+}
+
+// setupBalance creates the planner for a job of several ranks.
+func (t *Trainer) setupBalance() error {
+	if t.dp == nil || t.dp.comm == nil || t.worldSize() < 2 {
+		return nil
+	}
+	t.dp.slowRank, t.dp.slowFactor, _ = t.cfg.slowRank()
+	mode, err := balance.ParseMode(t.cfg.Balance)
+	if err != nil || mode == balance.Off {
+		return err
+	}
+	if t.dp.bal, err = balance.New(mode, t.worldSize()); err != nil {
+		return err
+	}
+	t.dp.sizes = make([]int, t.worldSize())
+	return nil
 }
 
 // setupBuckets lays the gradients out in buckets of at most BucketMB, in
@@ -137,7 +205,8 @@ func (t *Trainer) setupBuckets() {
 func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, pcg *rand.PCG, rng *rand.Rand) (lossSum float64, stop bool, err error) {
 	w, r, k := t.worldSize(), t.rank(), max(t.cfg.AccumSteps, 1)
 	n := float32(hi - lo)
-	rs, re := shard(lo, hi, r, w)
+	rs, re := t.shareOf(lo, hi, r)
+	computeStart := time.Now()
 	// Micro-batches, each a training program run. Each one's gradients are
 	// folded into the buckets before the next run (programs are shared by
 	// batch size), except the last one's, which are copied bucket by bucket
@@ -168,6 +237,16 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 		}
 		lossSum += float64(loss) * float64(me-ms)
 		last, lastScale = prog, float32(me-ms)/n
+	}
+	if re > rs {
+		compute := time.Since(computeStart)
+		if r == t.dp.slowRank && t.dp.slowFactor > 1 {
+			extra := time.Duration(float64(compute) * (t.dp.slowFactor - 1))
+			time.Sleep(extra)
+			compute += extra
+		}
+		t.dp.winSeconds += compute.Seconds()
+		t.dp.winSamples += float64(re - rs)
 	}
 	t.dp.stop[0] = 0
 	if stopRequested {

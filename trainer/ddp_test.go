@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/gotrain/gotrain/trainer/dist"
+	"github.com/gotrain/gotrain/trainer/metrics"
 )
 
 // ring connects w in-process ranks over loopback TCP.
@@ -137,4 +138,61 @@ func TestResumeAcrossRanks(t *testing.T) {
 	trs := runRanks(t, cfgs)
 	require.Equal(t, ref.Step(), trs[1].Step())
 	require.Less(t, maxAbsDiff(params(ref), params(trs[1])), 1e-5)
+}
+
+// balanceRecorder keeps the balancer's records.
+type balanceRecorder struct {
+	recorder
+	mu  sync.Mutex
+	bal []metrics.Balance
+}
+
+func (b *balanceRecorder) Balance(r metrics.Balance) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.bal = append(b.bal, r)
+}
+
+// TestUnequalSharesEqualOneProcess: with a straggler, adaptive balancing
+// gives the ranks unequal shares, and the parameters still equal one
+// process's with the global batch.
+func TestUnequalSharesEqualOneProcess(t *testing.T) {
+	base := sgdConfig(t)
+	base.MaxSteps = 30
+	ref := newTrainer(t, base)
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+
+	cfgs := make([]Config, 2)
+	recs := []*balanceRecorder{{}, {}}
+	for r := range cfgs {
+		cfgs[r] = base
+		cfgs[r].Balance = "adaptive"
+		cfgs[r].BalanceEvery = 3
+		cfgs[r].DebugSlowRank = "1:4"
+	}
+	comms := ring(t, 2)
+	trs := make([]*Trainer, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range trs {
+		trs[r] = newTrainer(t, cfgs[r], WithCommunicator(comms[r]), WithSink(recs[r]))
+		wg.Add(1)
+		go func(r int) { defer wg.Done(); _, errs[r] = trs[r].Run(context.Background()) }(r)
+	}
+	wg.Wait()
+	require.NoError(t, errs[0])
+	require.NoError(t, errs[1])
+	require.NotEmpty(t, recs[0].bal, "the balancer re-planned")
+	last := recs[0].bal[len(recs[0].bal)-1]
+	require.Greater(t, last.Shares[0], 0.6, "the fast rank takes the larger share: %v", last.Shares)
+	require.Len(t, recs[1].bal, len(recs[0].bal))
+	for i := range recs[0].bal {
+		require.Equal(t, recs[0].bal[i].Shares, recs[1].bal[i].Shares, "every rank takes the same decisions")
+		require.Equal(t, recs[0].bal[i].Step, recs[1].bal[i].Step)
+	}
+	d := maxAbsDiff(params(ref), params(trs[0]))
+	t.Logf("shares %v; max |Δ| against one process %g", last.Shares, d)
+	require.Less(t, d, 1e-5)
+	require.Equal(t, params(trs[0]), params(trs[1]))
 }

@@ -168,6 +168,9 @@ func (t *Trainer) optParams(p *graph.Program) []optim.Param {
 	if ps, ok := t.params[p]; ok {
 		return ps
 	}
+	if len(t.params) >= graph.MaxPrograms {
+		clear(t.params) // programs the model dropped must not stay alive here
+	}
 	ps := make([]optim.Param, len(t.Model.Params))
 	for i, mp := range t.Model.Params {
 		ps[i] = optim.Param{Name: mp.Name, Data: mp.Data, Grad: p.Grad(i)}
@@ -194,6 +197,9 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 	}
 	if t.distributed() {
 		t.setupBuckets()
+		if err := t.setupBalance(); err != nil {
+			return res, err
+		}
 	}
 	sched := cfg.schedule(t.TotalSteps())
 	nb, n := t.batchesPerEpoch(), t.train.N
@@ -238,7 +244,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				}
 				stop = st
 				ps = t.dp.params
-				rs, re := shard(lo, hi, t.rank(), t.worldSize())
+				rs, re := t.shareOf(lo, hi, t.rank())
 				if re > rs {
 					loss = lossSum / float64(re-rs)
 				}
@@ -290,6 +296,11 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			}
 			if stop {
 				return res, t.interrupted(cctx, context.Canceled)
+			}
+			if t.dp != nil && t.dp.bal != nil && t.pos.step%cfg.BalanceEvery == 0 {
+				if err := t.rebalance(cctx); err != nil {
+					return res, err
+				}
 			}
 			if cfg.CheckpointEvery > 0 && t.pos.step%cfg.CheckpointEvery == 0 {
 				if err := t.save(cctx); err != nil {

@@ -87,3 +87,27 @@ func (r Summary) MarshalJSON() ([]byte, error) {
 	r.Kind = KindSummary
 	return marshalFinite(plain(r))
 }
+
+// KindBalance is the kind of a [Balance] record.
+const KindBalance = "balance"
+
+// Balance is reported when the load balancer re-plans the ranks' shares of
+// the global batch.
+type Balance struct {
+	Kind string `json:"kind"`
+	// Step is the optimizer step after which the new shares apply.
+	Step int64 `json:"step"`
+	// Shares are the fractions of the global batch per rank (sum 1).
+	Shares []float64 `json:"shares"`
+	// Reason says what was measured.
+	Reason    string `json:"reason"`
+	Rank      int    `json:"rank"`
+	WorldSize int    `json:"world_size"`
+}
+
+// MarshalJSON encodes r with kind "balance".
+func (r Balance) MarshalJSON() ([]byte, error) {
+	type plain Balance
+	r.Kind = KindBalance
+	return marshalFinite(plain(r))
+}

@@ -81,6 +81,15 @@ func (m multi) Summary(r Summary) {
 	}
 }
 
+// Balance passes a load-balancing record to the sinks that take one.
+func (m multi) Balance(r Balance) {
+	for _, s := range m {
+		if b, ok := s.(interface{ Balance(Balance) }); ok {
+			b.Balance(r)
+		}
+	}
+}
+
 func (m multi) Err() error {
 	var errs []error
 	for _, s := range m {
