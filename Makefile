@@ -13,7 +13,7 @@ APT_RUN  := libopenblas0-pthread dataset-fashion-mnist
 APT_TEST := $(APT_RUN) python3-torch python3-numpy
 OUT     := out
 
-.PHONY: all build train test test-short race fuzz bench bench-allreduce lint deps deps-test data clean FORCE
+.PHONY: all build train test test-short race fuzz bench bench-allreduce bench-balance lint deps deps-test data clean FORCE
 
 all: build
 
@@ -80,6 +80,11 @@ bench: deps-test build
 bench-allreduce: deps-test build
 	./$(BIN) bench allreduce --nproc 2 --min-bytes 1K --max-bytes 256M
 	/usr/bin/python3 cmd/gotrain/peer/compare_allreduce.py ./$(BIN) --bytes 64M --nprocs 2,4 --repeats $(REPEATS)
+
+# Load balancing with a reproducible straggler: --balance adaptive against off
+# and against the ideal (the two ranks' speeds added).
+bench-balance: build
+	/usr/bin/python3 cmd/gotrain/peer/bench_balance.py ./$(BIN) --repeats $(or $(BALANCE_REPEATS),3)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

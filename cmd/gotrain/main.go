@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/gotrain/gotrain/cmd/gotrain/launch"
+	"github.com/gotrain/gotrain/cmd/gotrain/plot"
 	"github.com/gotrain/gotrain/graph/cblas"
 	"github.com/gotrain/gotrain/trainer"
 	"github.com/gotrain/gotrain/trainer/metrics"
@@ -44,6 +45,8 @@ Usage:
   gotrain launch --nproc-per-node N [--nnodes M --node-rank K --rdzv-endpoint HOST:PORT | --standalone] -- train [flags]
                                    run N data-parallel workers on this node
   gotrain eval --checkpoint PATH   evaluate a checkpoint or weights file on the test split
+  gotrain plot RUN.jsonl -o curves.png  draw loss, accuracy, throughput, GPU use and batch shares
+  gotrain devices                  list the GPUs (NVML) and CPUs this machine has
   gotrain bench train [flags]      measure training throughput (one JSON line)
   gotrain bench allreduce [flags]  all-reduce bandwidth table (like nccl-tests)
   gotrain version                  print the version
@@ -68,6 +71,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return launch.Run(ctx, exe, args[1:], stdout, stderr, os.Getenv)
 	case "train":
 		err = cmdTrain(args[1:], stdout, stderr)
+	case "plot":
+		return plot.Run(args[1:], stdout, stderr)
 	case "eval":
 		err = cmdEval(args[1:], stdout, stderr)
 	case "bench":
