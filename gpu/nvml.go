@@ -1,3 +1,5 @@
+//go:build cgo
+
 package gpu
 
 import (
@@ -8,18 +10,6 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 )
-
-// ErrNoDriver is wrapped by the error OpenNVML and NewNVML return when the
-// NVIDIA management library cannot be loaded or initialised: no driver, no
-// GPU, a driver whose kernel module is not loaded. Test with errors.Is.
-var ErrNoDriver = errors.New("no NVIDIA driver found")
-
-// ErrClosed is returned by Sample on an NVML that was closed, never opened
-// (the zero value) or is nil.
-var ErrClosed = errors.New("gpu: NVML monitor is closed or was never opened")
-
-// nvmlLibraryName is the file go-nvml dlopens in Init.
-const nvmlLibraryName = "libnvidia-ml.so.1"
 
 // NVML is the Monitor backed by NVIDIA's management library, loaded at run
 // time. It is safe for concurrent use; calls are serialised. A nil or zero

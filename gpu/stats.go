@@ -1,6 +1,7 @@
 package gpu
 
 import (
+	"errors"
 	"fmt"
 	"math/bits"
 )
@@ -156,3 +157,15 @@ type Monitor interface {
 	// Close releases the driver; later Samples fail.
 	Close() error
 }
+
+// ErrNoDriver is wrapped by the error OpenNVML and NewNVML return when the
+// NVIDIA management library cannot be loaded or initialised: no driver, no
+// GPU, a driver whose kernel module is not loaded. Test with errors.Is.
+var ErrNoDriver = errors.New("no NVIDIA driver found")
+
+// ErrClosed is returned by Sample on an NVML that was closed, never opened
+// (the zero value) or is nil.
+var ErrClosed = errors.New("gpu: NVML monitor is closed or was never opened")
+
+// nvmlLibraryName is the file go-nvml dlopens in Init.
+const nvmlLibraryName = "libnvidia-ml.so.1"

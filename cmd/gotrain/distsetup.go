@@ -14,10 +14,12 @@ import (
 	"github.com/gotrain/gotrain/trainer/dist"
 	"github.com/gotrain/gotrain/trainer/dist/rendezvous"
 	"github.com/gotrain/gotrain/trainer/dist/secure"
+	"github.com/gotrain/gotrain/trainer/metrics/prom"
 )
 
 // distFlags are the flags of a data-parallel run.
 type distFlags struct {
+	metricsAddr            string
 	backend                string
 	rdzvTimeout            time.Duration
 	tlsCert, tlsKey, tlsCA string
@@ -191,4 +193,26 @@ func joinNCCL(ctx context.Context, env rendezvous.Env, store *rendezvous.Client,
 		return nil, fmt.Errorf("rank %d: ncclCommInitRank: %w", env.Rank, err)
 	}
 	return nccl.NewCommunicator(comm)
+}
+
+// serveMetrics starts the Prometheus endpoint of this rank: ranks on one
+// host serve on consecutive ports (the given port plus the local rank).
+func serveMetrics(addr string, rank, world, localRank int) (*prom.Exporter, string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: --metrics-addr %q: want HOST:PORT", errUsage, addr)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return nil, "", fmt.Errorf("%w: --metrics-addr %q: bad port", errUsage, addr)
+	}
+	if p != 0 {
+		p += localRank
+	}
+	exp := prom.New(rank, world)
+	actual, err := exp.Serve(net.JoinHostPort(host, strconv.Itoa(p)))
+	if err != nil {
+		return nil, "", err
+	}
+	return exp, actual, nil
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/gotrain/gotrain/cmd/gotrain/launch"
 	"github.com/gotrain/gotrain/cmd/gotrain/plot"
+	"github.com/gotrain/gotrain/gpu"
 	"github.com/gotrain/gotrain/graph/cblas"
 	"github.com/gotrain/gotrain/trainer"
 	"github.com/gotrain/gotrain/trainer/metrics"
@@ -73,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdTrain(args[1:], stdout, stderr)
 	case "plot":
 		return plot.Run(args[1:], stdout, stderr)
+	case "devices":
+		err = gpu.DescribeSystem(stdout)
 	case "eval":
 		err = cmdEval(args[1:], stdout, stderr)
 	case "bench":
@@ -164,6 +167,7 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
 	fs.IntVar(&cfg.AccumSteps, "accum-steps", cfg.AccumSteps, "micro-batches per optimiser step (gradients are accumulated; ranks communicate once per step)")
 	fs.Float64Var(&cfg.BucketMB, "bucket-mb", cfg.BucketMB, "gradient all-reduce bucket size, MiB")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "deadline of each collective; a rank that dies or stalls ends the job within it")
+	fs.StringVar(&df.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at HOST:PORT/metrics (each rank: port + local rank)")
 	fs.StringVar(&cfg.Balance, "balance", cfg.Balance, "per-rank batch shares: off (equal), static (measured once) or adaptive (re-planned from measured speed)")
 	fs.Int64Var(&cfg.BalanceEvery, "balance-every", cfg.BalanceEvery, "steps between re-plans of the batch shares")
 	fs.StringVar(&cfg.DebugSlowRank, "debug-slow-rank", cfg.DebugSlowRank, "testing: RANK:FACTOR makes that rank FACTOR times slower (it sleeps), a reproducible straggler")
@@ -267,6 +271,20 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 		opts = append(opts, trainer.WithCommunicator(j.comm))
 	}
 	sinks := []metrics.Sink{metrics.NewSlogSink(logger)}
+	if df.metricsAddr != "" {
+		world, local := 1, 0
+		if j != nil {
+			world, local = j.env.WorldSize, j.env.LocalRank
+		}
+		exp, addr, err := serveMetrics(df.metricsAddr, rank, world, local)
+		if err != nil {
+			return err
+		}
+		defer exp.Close()
+		defer startMonitor(exp, 5*time.Second, logger)()
+		logger.Info("prometheus", "url", "http://"+addr+"/metrics")
+		sinks = append(sinks, exp)
+	}
 	var jsonl *metrics.JSONL
 	if cfg.MetricsFile != "" && rank == 0 {
 		// Rank 0 writes the metrics file; its records carry rank and world_size.

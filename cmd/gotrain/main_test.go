@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"image/png"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -224,3 +227,57 @@ func TestRealMNISTAccuracy(t *testing.T) {
 		})
 	}
 }
+
+// TestMonitoringCommands: Prometheus metrics during a run, the device list
+// (this machine has no NVIDIA driver: it says so), and a plot of the run.
+func TestMonitoringCommands(t *testing.T) {
+	dir := t.TempDir()
+	mf := filepath.Join(dir, "run.jsonl")
+	cmd := exec.Command(bin, "train", "--dataset", "synthetic", "--synthetic-size", "100000", "--epochs", "2", "--max-steps", "3000",
+		"--metrics-addr", "127.0.0.1:0", "--log-every", "20", "--metrics-file", mf, "--threads", "1")
+	var e bytes.Buffer
+	cmd.Stderr = &e
+	require.NoError(t, cmd.Start())
+	defer cmd.Process.Kill()
+	var url string
+	deadline := time.Now().Add(30 * time.Second)
+	for url == "" && time.Now().Before(deadline) {
+		if i := strings.Index(e.String(), "url=http://"); i >= 0 {
+			url = strings.Fields(e.String()[i+4:])[0]
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	require.NotEmpty(t, url, e.String())
+	var body string
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		require.NoError(t, err)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		if strings.Contains(body, "gotrain_train_loss{") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	require.Contains(t, body, `gotrain_train_loss{rank="0",world_size="1"}`)
+	require.Contains(t, body, "gotrain_process_resident_memory_bytes")
+	require.NoError(t, cmd.Wait(), e.String())
+
+	out, _, err := gotrain(t, "devices")
+	require.NoError(t, err)
+	require.Contains(t, out, "CPU:")
+	require.True(t, strings.Contains(out, "no NVIDIA driver found") || strings.Contains(out, "GPU"), out)
+
+	png := filepath.Join(dir, "curves.png")
+	_, stderr, err := gotrain(t, "plot", mf, "-o", png)
+	require.NoError(t, err, stderr)
+	f, err := os.Open(png)
+	require.NoError(t, err)
+	defer f.Close()
+	img, err := pngDecode(f)
+	require.NoError(t, err)
+	require.Greater(t, img.Bounds().Dx(), 100)
+}
+
+var pngDecode = png.Decode

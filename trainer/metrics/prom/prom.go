@@ -401,3 +401,12 @@ func (e *Exporter) Close() error {
 	}
 	return nil
 }
+
+// Balance takes the load balancer's records (see metrics.Balance): the
+// shares become gotrain_batch_share_ratio.
+func (e *Exporter) Balance(b metrics.Balance) {
+	if e == nil {
+		return
+	}
+	e.SetShares(b.Shares)
+}
