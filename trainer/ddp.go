@@ -96,13 +96,25 @@ func shard(lo, hi, r, w int) (int, int) {
 	return start, start + size
 }
 
+// slowDown sleeps (factor-1) times d, the --debug-slow-rank straggler, and
+// returns the time slept.
+func slowDown(d time.Duration, factor float64) time.Duration {
+	extra := time.Duration(float64(d) * (factor - 1))
+	time.Sleep(extra)
+	return extra
+}
+
+// shareQuantum is the granularity of balanced shares, in samples: fewer
+// distinct batch sizes means fewer programs compiled.
+const shareQuantum = 8
+
 // shareOf is rank r's part of the global batch [lo,hi): equal shares, or
 // the balancer's.
 func (t *Trainer) shareOf(lo, hi, r int) (int, int) {
 	if t.dp == nil || t.dp.bal == nil {
 		return shard(lo, hi, r, t.worldSize())
 	}
-	balance.Sizes(hi-lo, t.dp.bal.Weights(), nil, t.dp.sizes)
+	balance.QuantizedSizes(hi-lo, shareQuantum, t.dp.bal.Weights(), t.dp.sizes)
 	start := lo
 	for i := 0; i < r; i++ {
 		start += t.dp.sizes[i]
@@ -206,7 +218,7 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 	w, r, k := t.worldSize(), t.rank(), max(t.cfg.AccumSteps, 1)
 	n := float32(hi - lo)
 	rs, re := t.shareOf(lo, hi, r)
-	computeStart := time.Now()
+	var compute time.Duration // this rank's computation, program compilation excluded
 	// Micro-batches, each a training program run. Each one's gradients are
 	// folded into the buckets before the next run (programs are shared by
 	// batch size), except the last one's, which are copied bucket by bucket
@@ -229,21 +241,20 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 		if err != nil {
 			return 0, false, err
 		}
+		t0 := time.Now()
 		t.train.Batch(t.perm[ms:me], prog.X, prog.Y)
 		pcg.Seed(t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j))
 		loss, err := prog.Run(rng)
 		if err != nil {
 			return 0, false, err
 		}
+		compute += time.Since(t0)
 		lossSum += float64(loss) * float64(me-ms)
 		last, lastScale = prog, float32(me-ms)/n
 	}
 	if re > rs {
-		compute := time.Since(computeStart)
 		if r == t.dp.slowRank && t.dp.slowFactor > 1 {
-			extra := time.Duration(float64(compute) * (t.dp.slowFactor - 1))
-			time.Sleep(extra)
-			compute += extra
+			compute += slowDown(compute, t.dp.slowFactor)
 		}
 		t.dp.winSeconds += compute.Seconds()
 		t.dp.winSamples += float64(re - rs)

@@ -254,11 +254,15 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				if err != nil {
 					return res, err
 				}
+				t0 := time.Now()
 				t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
 				pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
 				l, err := prog.Run(rng)
 				if err != nil {
 					return res, err
+				}
+				if r, f, _ := cfg.slowRank(); r == 0 && f > 1 {
+					slowDown(time.Since(t0), f)
 				}
 				loss = float64(l)
 				ps = t.optParams(prog)

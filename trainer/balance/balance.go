@@ -70,7 +70,7 @@ func ParseMode(s string) (Mode, error) {
 // Planner decides the ranks' weights.
 type Planner struct {
 	Mode Mode
-	// Smoothing is the weight of the new measurement (0..1]; default 0.7.
+	// Smoothing is the weight of the new measurement (0..1]; default 0.5.
 	Smoothing float64
 	// Hysteresis: the weights change only if some rank's share would move by
 	// more than this fraction of the batch; default 0.02.
@@ -95,7 +95,7 @@ func New(mode Mode, ranks int) (*Planner, error) {
 	for i := range w {
 		w[i] = 1 / float64(ranks)
 	}
-	return &Planner{Mode: mode, Smoothing: 0.7, Hysteresis: 0.02, MinShare: 0.02, weights: w}, nil
+	return &Planner{Mode: mode, Smoothing: 0.5, Hysteresis: 0.02, MinShare: 0.02, weights: w}, nil
 }
 
 // Weights are the current shares (they add up to 1).
@@ -255,6 +255,31 @@ func Sizes(n int, weights []float64, maxSizes []int, dst []int) {
 		}
 		dst[best]++
 		given++
+	}
+}
+
+// QuantizedSizes is Sizes in multiples of q samples (the remainder of n
+// goes to the rank with the largest weight), so that shares take few
+// distinct values; every rank gets at least one sample when n allows.
+func QuantizedSizes(n, q int, weights []float64, dst []int) {
+	if q <= 1 || n < q*len(weights) {
+		Sizes(n, weights, nil, dst)
+		return
+	}
+	Sizes(n/q, weights, nil, dst)
+	big, given := 0, 0
+	for i := range dst {
+		dst[i] *= q
+		given += dst[i]
+		if weights[i] > weights[big] {
+			big = i
+		}
+	}
+	dst[big] += n - given
+	for i := range dst { // nobody is starved by the rounding
+		if dst[i] == 0 && dst[big] > q {
+			dst[i], dst[big] = q, dst[big]-q
+		}
 	}
 }
 

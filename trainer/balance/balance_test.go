@@ -98,3 +98,20 @@ func TestBadInput(t *testing.T) {
 	changed, _ := p.Replan([]float64{0, 0}, []float64{0, 0}, nil)
 	require.False(t, changed, "no measurement, no change")
 }
+
+func TestQuantizedSizes(t *testing.T) {
+	dst := make([]int, 2)
+	for _, tc := range []struct {
+		n, q int
+		w    []float64
+		want []int
+	}{
+		{128, 8, []float64{0.7, 0.3}, []int{88, 40}},
+		{130, 8, []float64{0.3, 0.7}, []int{40, 90}},
+		{128, 8, []float64{0.99, 0.01}, []int{120, 8}},
+		{10, 8, []float64{0.5, 0.5}, []int{5, 5}},
+	} {
+		QuantizedSizes(tc.n, tc.q, tc.w, dst)
+		require.Equal(t, tc.want, dst, "%+v", tc)
+	}
+}
