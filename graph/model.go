@@ -87,7 +87,7 @@ type Model struct {
 // recently used one is dropped (and its buffers freed) beyond that. Load
 // balancing changes a rank's batch size from time to time, which would
 // otherwise keep every size's buffers alive.
-const MaxPrograms = 6
+const MaxPrograms = 12
 
 type progKey struct {
 	batch int

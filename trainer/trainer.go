@@ -301,7 +301,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			if stop {
 				return res, t.interrupted(cctx, context.Canceled)
 			}
-			if t.dp != nil && t.dp.bal != nil && t.pos.step%cfg.BalanceEvery == 0 {
+			if t.dp != nil && t.dp.bal != nil && (t.pos.step%cfg.BalanceEvery == 0 || t.pos.step == min(4, cfg.BalanceEvery)) {
 				if err := t.rebalance(cctx); err != nil {
 					return res, err
 				}

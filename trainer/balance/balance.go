@@ -81,6 +81,7 @@ type Planner struct {
 
 	weights []float64
 	frozen  bool // static mode after its one plan
+	planned bool // a measurement has been taken
 }
 
 // New returns a planner for ranks ranks, with equal weights.
@@ -157,9 +158,16 @@ func (p *Planner) Replan(seconds, samples, caps []float64) (bool, string) {
 		}
 		total += target[i]
 	}
+	// The first plan takes the measurement as it is: the equal start is a
+	// guess, not an estimate worth averaging with.
+	alpha := p.Smoothing
+	if !p.planned {
+		alpha = 1
+	}
+	p.planned = true
 	next := make([]float64, n)
 	for i := range next {
-		next[i] = (1-p.Smoothing)*p.weights[i] + p.Smoothing*target[i]/total
+		next[i] = (1-alpha)*p.weights[i] + alpha*target[i]/total
 	}
 	p.clamp(next, caps)
 	moved := 0.0
