@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"runtime"
 	"strconv"
 	"sync"
 	"unsafe"
@@ -88,8 +89,12 @@ func (c *Communicator) enter(ctx context.Context, op string) error {
 
 var rankInText = regexp.MustCompile(`rank (\d+)`)
 
-// run calls f under the watchdog and translates its errors.
-func (c *Communicator) run(ctx context.Context, op string, f func() error) error {
+// run calls f under the watchdog and translates its errors. keep holds the
+// Go buffers whose addresses f passes to C as integers: they must stay
+// reachable until the call has returned, or the collector may free them
+// under NCCL's feet.
+func (c *Communicator) run(ctx context.Context, op string, f func() error, keep ...any) error {
+	defer runtime.KeepAlive(keep)
 	if err := c.enter(ctx, op); err != nil {
 		return err
 	}
@@ -181,7 +186,7 @@ func (c *Communicator) AllReduce(ctx context.Context, send, recv any, op dist.Op
 	if n == 0 {
 		return c.enter(ctx, "AllReduce")
 	}
-	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(sp, rp, n, dt, nop, 0) })
+	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(sp, rp, n, dt, nop, 0) }, send, recv)
 }
 
 // Broadcast copies root's buf to every rank's buf.
@@ -196,7 +201,7 @@ func (c *Communicator) Broadcast(ctx context.Context, buf any, root int) error {
 	if n == 0 {
 		return c.enter(ctx, "Broadcast")
 	}
-	return c.run(ctx, "Broadcast", func() error { return c.comm.Broadcast(p, p, n, dt, root, 0) })
+	return c.run(ctx, "Broadcast", func() error { return c.comm.Broadcast(p, p, n, dt, root, 0) }, buf)
 }
 
 // AllGather concatenates every rank's send, in rank order, into recv.
@@ -208,7 +213,7 @@ func (c *Communicator) AllGather(ctx context.Context, send, recv any) error {
 	if n == 0 {
 		return c.enter(ctx, "AllGather")
 	}
-	return c.run(ctx, "AllGather", func() error { return c.comm.AllGather(sp, rp, n, dt, 0) })
+	return c.run(ctx, "AllGather", func() error { return c.comm.AllGather(sp, rp, n, dt, 0) }, send, recv)
 }
 
 // ReduceScatter reduces send (Size() blocks) and leaves block Rank() in recv.
@@ -227,7 +232,7 @@ func (c *Communicator) ReduceScatter(ctx context.Context, send, recv any, op dis
 	if n == 0 {
 		return c.enter(ctx, "ReduceScatter")
 	}
-	return c.run(ctx, "ReduceScatter", func() error { return c.comm.ReduceScatter(sp0, rp0, n, dt, nop, 0) })
+	return c.run(ctx, "ReduceScatter", func() error { return c.comm.ReduceScatter(sp0, rp0, n, dt, nop, 0) }, send, recv)
 }
 
 // Barrier returns once every rank has entered it (an all-reduce of one
@@ -237,7 +242,7 @@ func (c *Communicator) Barrier(ctx context.Context) error {
 	if err := c.enter(ctx, "Barrier"); err != nil {
 		return err
 	}
-	return c.run(ctx, "Barrier", func() error { return c.comm.AllReduce(ptr(&one[0]), ptr(&one[0]), 1, Float32, Sum, 0) })
+	return c.run(ctx, "Barrier", func() error { return c.comm.AllReduce(ptr(&one[0]), ptr(&one[0]), 1, Float32, Sum, 0) }, one)
 }
 
 // Send sends buf to peer, which must Recv the same type and length.
@@ -261,7 +266,7 @@ func (c *Communicator) p2p(ctx context.Context, op string, buf any, peer int, f 
 	if n == 0 {
 		return c.enter(ctx, op)
 	}
-	return c.run(ctx, op, func() error { return f(p, n, dt, peer, 0) })
+	return c.run(ctx, op, func() error { return f(p, n, dt, peer, 0) }, buf)
 }
 
 // Close destroys the NCCL communicator (its peers learn it at their next
