@@ -63,6 +63,11 @@ type Config struct {
 	AccumSteps int           `json:"accum_steps" yaml:"accum_steps"`
 	BucketMB   float64       `json:"bucket_mb" yaml:"bucket_mb"`
 	Timeout    time.Duration `json:"timeout" yaml:"timeout"`
+	// Sync is how ranks combine their work: "allreduce" (the mean gradient
+	// every step) or "local-sgd" (each rank steps on its own share; the
+	// parameters are averaged every SyncPeriod steps).
+	Sync       string `json:"sync" yaml:"sync"`
+	SyncPeriod int64  `json:"sync_period" yaml:"sync_period"`
 	// Load balancing: off, static or adaptive; re-planned every BalanceEvery steps.
 	Balance      string `json:"balance" yaml:"balance"`
 	BalanceEvery int64  `json:"balance_every" yaml:"balance_every"`
@@ -80,6 +85,7 @@ func Default() Config {
 		Optimizer: "adam", LR: 2e-3, Momentum: 0.9, Schedule: "cosine", Gamma: 0.1,
 		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0,
 		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute, Balance: "off", BalanceEvery: 20,
+		Sync: "allreduce", SyncPeriod: 8,
 	}
 }
 
@@ -132,6 +138,16 @@ func (c *Config) Validate() error {
 	}
 	if _, err := balance.ParseMode(c.Balance); err != nil {
 		return cfgErr("%v", err)
+	}
+	switch c.Sync {
+	case "allreduce", "local-sgd":
+	case "async":
+		return cfgErr("--sync async (parameter servers) is not built yet; use allreduce or local-sgd")
+	default:
+		return cfgErr("--sync %q is not a mode (valid: allreduce, local-sgd)", c.Sync)
+	}
+	if c.SyncPeriod < 1 {
+		return cfgErr("--sync-period %d must be at least 1", c.SyncPeriod)
 	}
 	if c.BalanceEvery < 1 {
 		return cfgErr("--balance-every %d must be at least 1", c.BalanceEvery)

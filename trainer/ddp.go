@@ -218,6 +218,10 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 	w, r, k := t.worldSize(), t.rank(), max(t.cfg.AccumSteps, 1)
 	n := float32(hi - lo)
 	rs, re := t.shareOf(lo, hi, r)
+	local := t.cfg.Sync == "local-sgd"
+	if local {
+		n = float32(re - rs) // the mean over this rank's own samples
+	}
 	var compute time.Duration // this rank's computation, program compilation excluded
 	// Micro-batches, each a training program run. Each one's gradients are
 	// folded into the buckets before the next run (programs are shared by
@@ -263,7 +267,7 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 	if stopRequested {
 		t.dp.stop[0] = 1
 	}
-	if t.dp.comm == nil || w == 1 {
+	if t.dp.comm == nil || w == 1 || local {
 		for bi := range t.dp.buckets {
 			t.fillBucket(bi, last, lastScale, first)
 		}
@@ -320,6 +324,34 @@ func (t *Trainer) fillBucket(bi int, prog *graph.Program, scale float32, first b
 			}
 		}
 	}
+}
+
+// averageParams is local SGD's synchronisation: every rank's parameters
+// become their mean (bitwise the same on every rank). It also carries the
+// ranks' stop requests, so that all stop at the same step.
+func (t *Trainer) averageParams(ctx context.Context, stopRequested bool) (stop bool, err error) {
+	for _, p := range t.Model.Params {
+		if err := t.collective(ctx, "parameter averaging of "+p.Name, func(ctx context.Context) error {
+			return t.dp.comm.AllReduce(ctx, p.Data, p.Data, dist.Avg)
+		}); err != nil {
+			return false, err
+		}
+	}
+	flag := []float32{0}
+	if stopRequested {
+		flag[0] = 1
+	}
+	if err := t.collective(ctx, "stop flag", func(ctx context.Context) error {
+		return t.dp.comm.AllReduce(ctx, flag, flag, dist.Max)
+	}); err != nil {
+		return false, err
+	}
+	return flag[0] > 0, nil
+}
+
+// localSGD reports whether ranks average parameters instead of gradients.
+func (t *Trainer) localSGD() bool {
+	return t.cfg.Sync == "local-sgd" && t.dp != nil && t.dp.comm != nil && t.worldSize() > 1
 }
 
 // collective runs f with the collective timeout.

@@ -196,3 +196,27 @@ func TestUnequalSharesEqualOneProcess(t *testing.T) {
 	require.Less(t, d, 1e-5)
 	require.Equal(t, params(trs[0]), params(trs[1]))
 }
+
+// TestLocalSGD: ranks step on their own shares and average parameters
+// every period; they end identical and learn as well as synchronous
+// training on the planted pattern.
+func TestLocalSGD(t *testing.T) {
+	base := sgdConfig(t)
+	base.MaxSteps = 0
+	base.Epochs = 3
+	sync := runRanks(t, []Config{base, base})
+	cfgs := []Config{base, base}
+	for r := range cfgs {
+		cfgs[r].Sync = "local-sgd"
+		cfgs[r].SyncPeriod = 4
+	}
+	local := runRanks(t, cfgs)
+	require.Equal(t, params(local[0]), params(local[1]), "replicas agree after the final average")
+	require.NotEqual(t, params(sync[0]), params(local[0]), "local SGD is a different algorithm")
+	accSync, _, err := Evaluate(sync[0].Model, learnable(200, 2), 100)
+	require.NoError(t, err)
+	accLocal, _, err := Evaluate(local[0].Model, learnable(200, 2), 100)
+	require.NoError(t, err)
+	t.Logf("test accuracy: allreduce %.3f, local-sgd %.3f", accSync, accLocal)
+	require.Greater(t, accLocal, accSync-0.05)
+}

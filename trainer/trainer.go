@@ -280,6 +280,16 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			t.opt.Step(ps, lr)
 			t.pos.step++
 			t.pos.batch++
+			if t.localSGD() && (t.pos.step%cfg.SyncPeriod == 0 || t.pos.batch == nb || t.pos.step == cfg.MaxSteps ||
+				(cfg.CheckpointEvery > 0 && t.pos.step%cfg.CheckpointEvery == 0)) {
+				// Average at the period, and wherever the ranks must agree:
+				// epoch ends (evaluation, checkpoints), the last step.
+				st, err := t.averageParams(cctx, ctx.Err() != nil)
+				if err != nil {
+					return res, err
+				}
+				stop = stop || st
+			}
 			trainSamples += int64(hi - lo)
 			winSteps++
 			winSamples += int64(hi - lo)

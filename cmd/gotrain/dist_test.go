@@ -26,6 +26,7 @@ import (
 
 	"github.com/gotrain/gotrain/nccl/ncclstandin"
 	"github.com/gotrain/gotrain/trainer/checkpoint"
+	"github.com/gotrain/gotrain/trainer/data"
 	"github.com/gotrain/gotrain/trainer/dist/rendezvous"
 	"github.com/gotrain/gotrain/trainer/dist/secure"
 )
@@ -379,4 +380,24 @@ func TestNCCLBackendMatchesCPU(t *testing.T) {
 	_, stderr, err = gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--"}, dpArgs(filepath.Join(dir, "x"), "--backend", "nccl")...)...)
 	require.Error(t, err)
 	require.Contains(t, stderr, "NCCL_LIBRARY")
+}
+
+// TestLocalSGDOnMNIST: 2 ranks with --sync local-sgd reach test accuracy
+// within 1 percentage point of --sync allreduce (MLP, MNIST, 2 epochs).
+func TestLocalSGDOnMNIST(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains on MNIST twice; skipped with -short")
+	}
+	if _, err := data.DefaultDir("mnist"); err != nil {
+		t.Skipf("MNIST is not available (%v): run 'make data'", err)
+	}
+	acc := map[string]float64{}
+	for _, sync := range []string{"allreduce", "local-sgd"} {
+		mf := filepath.Join(t.TempDir(), "m.jsonl")
+		stdout, stderr, err := gotrain(t, "launch", "--standalone", "--nproc-per-node", "2", "--", "train", "--sync", sync, "--threads", "1", "--metrics-file", mf)
+		require.NoError(t, err, stderr+stdout)
+		acc[sync] = readRecords(t, mf)["summary"][0]["test_accuracy"].(float64)
+	}
+	t.Logf("test accuracy: allreduce %.4f, local-sgd %.4f", acc["allreduce"], acc["local-sgd"])
+	require.InDelta(t, acc["allreduce"], acc["local-sgd"], 0.01)
 }
