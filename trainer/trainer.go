@@ -58,6 +58,7 @@ type Trainer struct {
 	params      map[*graph.Program][]optim.Param
 	perm        []int
 	dp          *ddp // nil: one process
+	devices     func() []metrics.GPU
 }
 
 // Option configures a Trainer.
@@ -68,6 +69,10 @@ func WithSink(s metrics.Sink) Option { return func(t *Trainer) { t.sink = s } }
 
 // WithProgress calls f after every training step.
 func WithProgress(f func(Progress)) Option { return func(t *Trainer) { t.progress = f } }
+
+// WithDeviceStats makes every train record carry f's device statistics
+// (the latest NVML sample; see gpu.Sampler).
+func WithDeviceStats(f func() []metrics.GPU) Option { return func(t *Trainer) { t.devices = f } }
 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(t *Trainer) { t.log = l } }
@@ -304,8 +309,12 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				if err := t.allSum(cctx, "loss", sum); err != nil {
 					return res, err
 				}
-				t.sink.Train(metrics.Train{Epoch: epoch + 1, Step: t.pos.step, Loss: sum[0] / float64(winSamples), LR: lr, SamplesPerSec: rate,
-					Rank: t.rank(), WorldSize: t.worldSize()})
+				rec := metrics.Train{Epoch: epoch + 1, Step: t.pos.step, Loss: sum[0] / float64(winSamples), LR: lr, SamplesPerSec: rate,
+					Rank: t.rank(), WorldSize: t.worldSize()}
+				if t.devices != nil {
+					rec.GPU = t.devices()
+				}
+				t.sink.Train(rec)
 				winLoss, winSteps, winSamples, winStart = 0, 0, 0, t.now()
 			}
 			if stop {

@@ -364,3 +364,19 @@ func TestShardCoversExactlyOnce(t *testing.T) {
 		require.Equal(t, tc.hi, next)
 	}
 }
+
+func TestTrainRecordsCarryDeviceStats(t *testing.T) {
+	rec := &recorder{}
+	cfg := smallConfig(t)
+	cfg.Epochs = 1
+	calls := 0
+	tr := newTrainer(t, cfg, WithSink(rec), WithDeviceStats(func() []metrics.GPU {
+		calls++
+		return []metrics.GPU{{Index: 0, UtilGPUPercent: 87, MemUsedBytes: 1 << 30}}
+	}))
+	_, err := tr.Run(context.Background())
+	require.NoError(t, err)
+	require.NotEmpty(t, rec.train)
+	require.Equal(t, len(rec.train), calls, "one sample per train record")
+	require.Equal(t, 87.0, rec.train[0].GPU[0].UtilGPUPercent)
+}

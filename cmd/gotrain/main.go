@@ -272,6 +272,14 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 		rank = j.env.Rank
 		opts = append(opts, trainer.WithCommunicator(j.comm))
 	}
+	sampler, stopDevices := devices(2*time.Second, logger)
+	defer stopDevices()
+	if sampler != nil {
+		opts = append(opts, trainer.WithDeviceStats(func() []metrics.GPU {
+			stats, _ := sampler.Latest()
+			return gpuRecords(stats)
+		}))
+	}
 	sinks := []metrics.Sink{metrics.NewSlogSink(logger)}
 	if df.metricsAddr != "" {
 		world, local := 1, 0
@@ -283,7 +291,7 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer exp.Close()
-		defer startMonitor(exp, 5*time.Second, logger)()
+		defer startMonitor(exp, sampler, 5*time.Second)()
 		logger.Info("prometheus", "url", "http://"+addr+"/metrics")
 		sinks = append(sinks, exp)
 	}

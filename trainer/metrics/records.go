@@ -30,6 +30,22 @@ type Train struct {
 	// one process); WorldSize the number of ranks (1 for one process).
 	Rank      int `json:"rank"`
 	WorldSize int `json:"world_size"`
+	// GPU holds the latest NVML sample of this rank's devices, on runs
+	// where a driver is present.
+	GPU []GPU `json:"gpu,omitempty"`
+}
+
+// GPU is one device's statistics in a [Train] record.
+type GPU struct {
+	Index           int      `json:"index"`
+	UtilGPUPercent  float64  `json:"util_gpu_percent"`
+	UtilMemPercent  float64  `json:"util_mem_percent"`
+	MemUsedBytes    float64  `json:"mem_used_bytes"`
+	MemTotalBytes   float64  `json:"mem_total_bytes"`
+	PowerWatts      float64  `json:"power_watts"`
+	TemperatureC    float64  `json:"temperature_c"`
+	SMClockMHz      float64  `json:"sm_clock_mhz"`
+	ThrottleReasons []string `json:"throttle,omitempty"`
 }
 
 // Eval is reported after each evaluation on the test set.
