@@ -52,6 +52,8 @@
 //	Reshape{shape}           X                      X, new shape  Reshape(dY, shape of X)
 //	SoftmaxCrossEntropy      logits[N,K] labels[N]  mean loss     SoftmaxCrossEntropyGrad
 //	SoftmaxCrossEntropyGrad  logits, labels, g      (softmax−onehot)·g/N
+//	Dot                      X, G                   Σ X·G         DotGrad(G, g)  (a pipeline stage's cost)
+//	DotGrad                  G, g                   G·g           (gradient op only)
 //
 // Linear and Conv2D carry a grad_x attribute: the first parametrised layer
 // does not compute the gradient of its input (the data). The cross-entropy
@@ -59,6 +61,19 @@
 // logits. CPU kernels: matrix products through [cblas.Sgemm] (OpenBLAS,
 // loaded at run time), convolutions as im2col + one GEMM over the whole
 // batch, elementwise ops and pooling split across CPUs.
+//
+// # Pipeline stages
+//
+// [Model.Stages] splits the layers into consecutive stages balanced by
+// parameter count, for model (pipeline) parallelism. A [Stage] compiles
+// its own programs: stage k takes stage k−1's output activations; a
+// training program of a stage that is not the last has the cost
+// Σ output·G, where G is the gradient that the next stage sent back, so
+// that Gorgonia's Grad yields exactly the stage's parameter gradients and
+// the gradient of its input (DX), which goes to the stage before. With
+// micro-batches weighted by their size this gives the gradient of the
+// whole batch (TestPipelineEqualsOneProcess: 2 and 4 stages, 50 SGD steps,
+// max |Δ| 3e-8 against one process).
 //
 // # Example
 //

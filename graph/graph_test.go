@@ -91,7 +91,7 @@ func TestOpSetIsClosed(t *testing.T) {
 	known := map[Kind]bool{}
 	for _, k := range []Kind{OpLinear, OpMatMul, OpSumRows, OpConv2D, OpConv2DGradInput, OpConv2DGradW, OpConv2DGradB,
 		OpMaxPool2D, OpMaxPool2DGrad, OpReLU, OpReLUGrad, OpTanh, OpTanhGrad, OpSigmoid, OpSigmoidGrad, OpMul, OpReshape,
-		OpSoftmaxCE, OpSoftmaxCEGrad} {
+		OpSoftmaxCE, OpSoftmaxCEGrad, OpDot, OpDotGrad} {
 		known[k] = true
 	}
 	for _, spec := range []Spec{{Kind: "mlp", Dropout: 0.5}, {Kind: "cnn", Activation: "sigmoid", Dropout: 0.1}} {

@@ -35,6 +35,8 @@ const (
 	OpReshape         Kind = "Reshape"     // same data, new shape
 	OpSoftmaxCE       Kind = "SoftmaxCrossEntropy"
 	OpSoftmaxCEGrad   Kind = "SoftmaxCrossEntropyGrad"
+	OpDot             Kind = "Dot"     // Σ X·G: the cost of a pipeline stage that is not the last
+	OpDotGrad         Kind = "DotGrad" // dX = G·g
 )
 
 // Op is implemented by every op of the set. Attrs holds the op's static

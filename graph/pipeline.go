@@ -1,0 +1,281 @@
+package graph
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// Stage is a contiguous run of a model's layers, for pipeline (model)
+// parallelism: stage k takes stage k−1's output activations (stage 0 the
+// data), and sends back the gradient of its input. The parameters are the
+// model's, partitioned: Params lists the indices (into Model.Params) that
+// this stage owns.
+type Stage struct {
+	Model       *Model
+	Index, Of   int
+	first, last int   // layers [first, last)
+	Params      []int // indices into Model.Params
+	InShape     []int // per-sample input shape; stage 0: the data
+	OutShape    []int // per-sample output shape
+}
+
+// ErrTooFewLayers is returned by Stages when the model has fewer layers
+// with parameters than stages.
+var ErrTooFewLayers = errors.New("the model has fewer parametrised layers than pipeline stages")
+
+// Stages splits the model into n consecutive stages balanced by parameter
+// count; every stage holds at least one layer with parameters.
+func (m *Model) Stages(n int) ([]*Stage, error) {
+	var paramLayers []int
+	owned := map[int][]int{} // layer -> param indices
+	pi := 0
+	for i, l := range m.layers {
+		switch l := l.(type) {
+		case linear:
+			paramLayers = append(paramLayers, i)
+			owned[i] = []int{m.indexOf(l.w), m.indexOf(l.b)}
+		case conv:
+			paramLayers = append(paramLayers, i)
+			owned[i] = []int{m.indexOf(l.w), m.indexOf(l.b)}
+		}
+	}
+	_ = pi
+	if n < 1 || n > len(paramLayers) {
+		return nil, fmt.Errorf("graph: %d stages for %s: %w (%d)", n, m.Spec.Kind, ErrTooFewLayers, len(paramLayers))
+	}
+	size := func(layer int) int {
+		s := 0
+		for _, p := range owned[layer] {
+			s += m.Params[p].Size()
+		}
+		return s
+	}
+	total := 0
+	for _, l := range paramLayers {
+		total += size(l)
+	}
+	// Cut before parametrised layers, greedily towards equal parameter counts.
+	cuts := []int{0}
+	acc := 0
+	for j, l := range paramLayers {
+		left := len(paramLayers) - j // parametrised layers from here on
+		need := n - len(cuts)        // stages still to open after the current one
+		if j > 0 && need > 0 && (acc >= total*len(cuts)/n || left == need) {
+			cuts = append(cuts, l)
+		}
+		acc += size(l)
+	}
+	cuts = append(cuts, len(m.layers))
+	shapes, err := m.layerShapes()
+	if err != nil {
+		return nil, err
+	}
+	stages := make([]*Stage, n)
+	for k := 0; k < n; k++ {
+		s := &Stage{Model: m, Index: k, Of: n, first: cuts[k], last: cuts[k+1]}
+		for i := s.first; i < s.last; i++ {
+			s.Params = append(s.Params, owned[i]...)
+		}
+		if k > 0 {
+			s.InShape = shapes[s.first-1]
+		} else {
+			s.InShape = []int{m.InputSize()}
+		}
+		s.OutShape = shapes[s.last-1]
+		stages[k] = s
+	}
+	return stages, nil
+}
+
+func (m *Model) indexOf(p *Param) int {
+	for i, q := range m.Params {
+		if q == p {
+			return i
+		}
+	}
+	return -1
+}
+
+// layerShapes is the per-sample output shape after each layer.
+func (m *Model) layerShapes() ([][]int, error) {
+	g := G.NewGraph()
+	b := &builder{m: m, g: g, batch: 1, nodes: map[*Param]*G.Node{}}
+	h := G.NewMatrix(g, tensor.Float32, G.WithShape(1, m.InputSize()), G.WithName("x"))
+	out := make([][]int, len(m.layers))
+	var err error
+	for i, l := range m.layers {
+		if h, err = l.apply(b, h); err != nil {
+			return nil, err
+		}
+		out[i] = append([]int(nil), h.Shape()[1:]...)
+	}
+	return out, nil
+}
+
+// StageProgram is a stage compiled for one batch size. Fill X (the data,
+// or the previous stage's output), and Y on the last stage; for training
+// on other stages also G, the gradient of this stage's output. Run, then
+// read Out (forward output), DX (gradient of X, training, stage > 0) and
+// Grad(i) for the stage's i-th parameter (Stage.Params order).
+type StageProgram struct {
+	Batch   int
+	Train   bool
+	X, Y, G []float32
+	out     *G.Node
+	loss    *G.Node
+	grads   []*G.Node // stage params, then X when stage > 0
+	masks   []dropMask
+	vm      G.VM
+}
+
+// Program compiles the stage for batch samples. A training program of a
+// stage that is not the last computes the gradients of
+// cost = Σ output·G, whose gradient is exactly the upstream one.
+func (s *Stage) Program(batch int, train bool) (*StageProgram, error) {
+	m := s.Model
+	g := G.NewGraph()
+	b := &builder{m: m, g: g, batch: batch, train: train, nodes: map[*Param]*G.Node{}, needX: s.Index > 0}
+	p := &StageProgram{Batch: batch, Train: train}
+	inShape := append([]int{batch}, s.InShape...)
+	n := tensor.Shape(inShape).TotalSize()
+	p.X = make([]float32, n)
+	x := G.NewTensor(g, tensor.Float32, len(inShape), G.WithShape(inShape...), G.WithName("x"),
+		G.WithValue(tensor.New(tensor.WithShape(inShape...), tensor.WithBacking(p.X))))
+	h := x
+	var err error
+	for i := s.first; i < s.last; i++ {
+		if h, err = m.layers[i].apply(b, h); err != nil {
+			return nil, fmt.Errorf("graph: stage %d, layer %d: %w", s.Index, i, err)
+		}
+	}
+	p.out = h
+	var cost *G.Node
+	if s.Index == s.Of-1 {
+		p.Y = make([]float32, batch)
+		y := G.NewVector(g, tensor.Float32, G.WithShape(batch), G.WithName("y"),
+			G.WithValue(tensor.New(tensor.WithShape(batch), tensor.WithBacking(p.Y))))
+		if cost, err = G.ApplyOp(newSoftmaxCE(), h, y); err != nil {
+			return nil, err
+		}
+		p.loss = cost
+	} else if train {
+		p.G = make([]float32, h.Shape().TotalSize())
+		gn := G.NewTensor(g, tensor.Float32, h.Dims(), G.WithShape(h.Shape()...), G.WithName("upstream"),
+			G.WithValue(tensor.New(tensor.WithShape(h.Shape()...), tensor.WithBacking(p.G))))
+		if cost, err = G.ApplyOp(newDot(h.Dims()), h, gn); err != nil {
+			return nil, err
+		}
+	}
+	p.masks = b.masks
+	if train {
+		var wrt G.Nodes
+		for _, i := range s.Params {
+			wrt = append(wrt, b.node(m.Params[i]))
+		}
+		if s.Index > 0 {
+			wrt = append(wrt, x)
+		}
+		if p.grads, err = G.Grad(cost, wrt...); err != nil {
+			return nil, fmt.Errorf("graph: stage %d gradients: %w", s.Index, err)
+		}
+	}
+	if err := checkClosed(g); err != nil {
+		return nil, err
+	}
+	p.vm = G.NewTapeMachine(g)
+	return p, nil
+}
+
+// Run executes the program; rng draws dropout masks (nil without dropout).
+// The loss is the last stage's mean loss (0 elsewhere).
+func (p *StageProgram) Run(rng *rand.Rand) (float32, error) {
+	for _, mk := range p.masks {
+		if rng == nil {
+			return 0, errors.New("graph: a training program with dropout needs an rng")
+		}
+		scale := float32(1 / (1 - mk.p))
+		for i := range mk.data {
+			if rng.Float64() < mk.p {
+				mk.data[i] = 0
+			} else {
+				mk.data[i] = scale
+			}
+		}
+	}
+	defer p.vm.Reset()
+	if err := p.vm.RunAll(); err != nil {
+		return 0, err
+	}
+	if p.loss != nil {
+		return scalarOf(p.loss.Value()), nil
+	}
+	return 0, nil
+}
+
+// Out is the stage's output of the last Run (logits on the last stage).
+func (p *StageProgram) Out() []float32 { return f32(p.out.Value()) }
+
+// Grad is the gradient of the stage's i-th parameter from the last Run.
+func (p *StageProgram) Grad(i int) []float32 { return f32(p.grads[i].Value()) }
+
+// DX is the gradient of X from the last Run of a training program of a
+// stage after the first.
+func (p *StageProgram) DX() []float32 { return f32(p.grads[len(p.grads)-1].Value()) }
+
+// ---- Dot: Σ X·G, the cost of a pipeline stage that is not the last ----
+
+type dotOp struct {
+	base
+	sum G.F32
+}
+
+func newDot(d int) *dotOp { return &dotOp{base: newBase(OpDot, nil, scalarT, tt(d), tt(d))} }
+
+func (o *dotOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	if !shapeOf(ds[0]).Eq(shapeOf(ds[1])) {
+		return nil, fmt.Errorf("Dot: shapes %v and %v differ", ds[0], ds[1])
+	}
+	return tensor.ScalarShape(), nil
+}
+
+func (o *dotOp) Do(in ...G.Value) (G.Value, error) {
+	x, g := f32(in[0]), f32(in[1])
+	var s float64
+	for i, v := range x {
+		s += float64(v) * float64(g[i])
+	}
+	o.sum = G.F32(s)
+	return &o.sum, nil
+}
+
+func (o *dotOp) DiffWRT(int) []bool { return []bool{true, false} }
+
+func (o *dotOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	dx, err := G.ApplyOp(&dotGradOp{base: newBase(OpDotGrad, nil, tt(in[1].Dims()), tt(in[1].Dims()), scalarT)}, in[1], grad)
+	return G.Nodes{dx, nil}, err
+}
+
+// dotGradOp: dX = G·g.
+type dotGradOp struct{ base }
+
+func (o *dotGradOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	return shapeOf(ds[0]).Clone(), nil
+}
+
+func (o *dotGradOp) Do(in ...G.Value) (G.Value, error) {
+	out := o.output(dims(in[0])...)
+	g, s, y := f32(in[0]), scalarOf(in[1]), f32(out)
+	for i, v := range g {
+		y[i] = v * s
+	}
+	return out, nil
+}
+
+func (o *dotGradOp) DiffWRT(n int) []bool { return make([]bool, n) }
+func (o *dotGradOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
+	return nil, noGrad("DotGrad")
+}
