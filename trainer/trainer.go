@@ -59,6 +59,7 @@ type Trainer struct {
 	perm        []int
 	dp          *ddp // nil: one process
 	devices     func() []metrics.GPU
+	fixedShares []float64
 }
 
 // Option configures a Trainer.

@@ -120,6 +120,9 @@ func (p *Planner) SetWeights(w []float64) error {
 	return nil
 }
 
+// Freeze keeps the current weights: later Replan calls change nothing.
+func (p *Planner) Freeze() { p.frozen = true }
+
 // Replan takes each rank's compute seconds and samples over the last
 // period and, by the mode, moves the weights towards the ranks' speeds.
 // caps, if not nil, bounds each rank's weight (a fraction of the batch).
