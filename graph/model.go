@@ -421,9 +421,22 @@ func (p *Program) Ops() ([]Kind, error) {
 // a training program (it may be nil when the model has no dropout). It
 // returns the mean loss over the batch.
 func (p *Program) Run(rng *rand.Rand) (float32, error) {
-	for _, mk := range p.masks {
+	if err := drawMasks(p.masks, rng); err != nil {
+		return 0, err
+	}
+	defer p.vm.Reset()
+	if err := p.vm.RunAll(); err != nil {
+		return 0, fmt.Errorf("graph: running %s program (batch %d): %w", map[bool]string{true: "train", false: "eval"}[p.Train], p.Batch, err)
+	}
+	return scalarOf(p.loss.Value()), nil
+}
+
+// drawMasks fills the dropout masks from rng: 0 with probability p, else
+// 1/(1-p).
+func drawMasks(masks []dropMask, rng *rand.Rand) error {
+	for _, mk := range masks {
 		if rng == nil {
-			return 0, errors.New("graph: a training program with dropout needs an rng")
+			return errors.New("graph: a training program with dropout needs an rng")
 		}
 		scale := float32(1 / (1 - mk.p))
 		for i := range mk.data {
@@ -434,11 +447,7 @@ func (p *Program) Run(rng *rand.Rand) (float32, error) {
 			}
 		}
 	}
-	defer p.vm.Reset()
-	if err := p.vm.RunAll(); err != nil {
-		return 0, fmt.Errorf("graph: running %s program (batch %d): %w", map[bool]string{true: "train", false: "eval"}[p.Train], p.Batch, err)
-	}
-	return scalarOf(p.loss.Value()), nil
+	return nil
 }
 
 // Logits returns the [Batch, Classes] output of the last Run.

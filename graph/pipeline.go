@@ -32,7 +32,6 @@ var ErrTooFewLayers = errors.New("the model has fewer parametrised layers than p
 func (m *Model) Stages(n int) ([]*Stage, error) {
 	var paramLayers []int
 	owned := map[int][]int{} // layer -> param indices
-	pi := 0
 	for i, l := range m.layers {
 		switch l := l.(type) {
 		case linear:
@@ -43,7 +42,6 @@ func (m *Model) Stages(n int) ([]*Stage, error) {
 			owned[i] = []int{m.indexOf(l.w), m.indexOf(l.b)}
 		}
 	}
-	_ = pi
 	if n < 1 || n > len(paramLayers) {
 		return nil, fmt.Errorf("graph: %d stages for %s: %w (%d)", n, m.Spec.Kind, ErrTooFewLayers, len(paramLayers))
 	}
@@ -193,18 +191,8 @@ func (s *Stage) Program(batch int, train bool) (*StageProgram, error) {
 // Run executes the program; rng draws dropout masks (nil without dropout).
 // The loss is the last stage's mean loss (0 elsewhere).
 func (p *StageProgram) Run(rng *rand.Rand) (float32, error) {
-	for _, mk := range p.masks {
-		if rng == nil {
-			return 0, errors.New("graph: a training program with dropout needs an rng")
-		}
-		scale := float32(1 / (1 - mk.p))
-		for i := range mk.data {
-			if rng.Float64() < mk.p {
-				mk.data[i] = 0
-			} else {
-				mk.data[i] = scale
-			}
-		}
+	if err := drawMasks(p.masks, rng); err != nil {
+		return 0, err
 	}
 	defer p.vm.Reset()
 	if err := p.vm.RunAll(); err != nil {
