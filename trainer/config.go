@@ -68,6 +68,10 @@ type Config struct {
 	// parameters are averaged every SyncPeriod steps).
 	Sync       string `json:"sync" yaml:"sync"`
 	SyncPeriod int64  `json:"sync_period" yaml:"sync_period"`
+	// Pipeline (model) parallelism: one stage per rank, each global batch
+	// cut into MicroBatches.
+	PipelineStages int `json:"pipeline_stages" yaml:"pipeline_stages"`
+	MicroBatches   int `json:"micro_batches" yaml:"micro_batches"`
 	// Load balancing: off, static or adaptive; re-planned every BalanceEvery steps.
 	Balance      string `json:"balance" yaml:"balance"`
 	BalanceEvery int64  `json:"balance_every" yaml:"balance_every"`
@@ -85,7 +89,7 @@ func Default() Config {
 		Optimizer: "adam", LR: 2e-3, Momentum: 0.9, Schedule: "cosine", Gamma: 0.1,
 		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0,
 		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute, Balance: "off", BalanceEvery: 20,
-		Sync: "allreduce", SyncPeriod: 8,
+		Sync: "allreduce", SyncPeriod: 8, PipelineStages: 1, MicroBatches: 4,
 	}
 }
 
@@ -145,6 +149,9 @@ func (c *Config) Validate() error {
 		return cfgErr("--sync async (parameter servers) is not built yet; use allreduce or local-sgd")
 	default:
 		return cfgErr("--sync %q is not a mode (valid: allreduce, local-sgd)", c.Sync)
+	}
+	if c.PipelineStages < 1 || c.MicroBatches < 1 {
+		return cfgErr("--pipeline-stages and --micro-batches must be at least 1")
 	}
 	if c.SyncPeriod < 1 {
 		return cfgErr("--sync-period %d must be at least 1", c.SyncPeriod)

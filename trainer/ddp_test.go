@@ -3,6 +3,7 @@ package trainer
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -250,4 +251,49 @@ func TestLocalSGD(t *testing.T) {
 	require.NoError(t, err)
 	t.Logf("test accuracy: allreduce %.3f, local-sgd %.3f", accSync, accLocal)
 	require.Greater(t, accLocal, accSync-0.05)
+}
+
+// TestPipelineRanksEqualOneProcess: 2 and 4 ranks, one pipeline stage
+// each, with micro-batches, end 50 SGD steps with the parameters one
+// process reaches; evaluation through the pipeline agrees too.
+func TestPipelineRanksEqualOneProcess(t *testing.T) {
+	base := sgdConfig(t)
+	base.Hidden = []int{32, 24, 16}
+	base.MaxSteps = 50
+	base.Epochs = 3
+	ref := newTrainer(t, base)
+	refRes, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	for _, n := range []int{2, 4} {
+		cfgs := make([]Config, n)
+		for r := range cfgs {
+			cfgs[r] = base
+			cfgs[r].PipelineStages = n
+			cfgs[r].MicroBatches = 3
+		}
+		comms := ring(t, n)
+		trs := make([]*Trainer, n)
+		res := make([]Result, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for r := range trs {
+			trs[r] = newTrainer(t, cfgs[r], WithCommunicator(comms[r]))
+			wg.Add(1)
+			go func(r int) { defer wg.Done(); res[r], errs[r] = trs[r].Run(context.Background()) }(r)
+		}
+		wg.Wait()
+		d := 0.0
+		for r := range trs {
+			require.NoError(t, errs[r], "rank %d", r)
+			for _, i := range trs[r].pp.stage.Params {
+				for e, v := range trs[r].Model.Params[i].Data {
+					d = math.Max(d, math.Abs(float64(v-ref.Model.Params[i].Data[e])))
+				}
+			}
+			require.Equal(t, res[0].TestAccuracy, res[r].TestAccuracy)
+		}
+		t.Logf("%d stages: max |Δ| against one process %g; test accuracy %.3f (one process %.3f)", n, d, res[0].TestAccuracy, refRes.TestAccuracy)
+		require.Less(t, d, 1e-5)
+		require.InDelta(t, refRes.TestAccuracy, res[0].TestAccuracy, 0.011)
+	}
 }

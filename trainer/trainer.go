@@ -57,7 +57,8 @@ type Trainer struct {
 	savedStep   int64 // step of lastCkpt
 	params      map[*graph.Program][]optim.Param
 	perm        []int
-	dp          *ddp // nil: one process
+	dp          *ddp      // nil: one process
+	pp          *pipeline // nil: no pipeline stages
 	devices     func() []metrics.GPU
 	fixedShares []float64
 }
@@ -201,7 +202,14 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			return res, err
 		}
 	}
-	if t.distributed() {
+	if t.pipelined() {
+		if t.dp == nil || t.dp.comm == nil {
+			return res, fmt.Errorf("%w: --pipeline-stages %d needs a job of %d ranks (see 'gotrain launch')", ErrConfig, cfg.PipelineStages, cfg.PipelineStages)
+		}
+		if err := t.setupPipeline(); err != nil {
+			return res, err
+		}
+	} else if t.distributed() {
 		t.setupBuckets()
 		if err := t.setupBalance(); err != nil {
 			return res, err
@@ -243,7 +251,15 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			var ps []optim.Param
 			var loss float64 // this rank's mean loss, for display
 			stop := false
-			if t.distributed() {
+			if t.pipelined() {
+				lossSum, err := t.pipelineStep(cctx, lo, hi, pcg, rng)
+				if err != nil {
+					return res, err
+				}
+				ps = t.pp.params
+				loss = lossSum / float64(hi-lo)
+				winLoss += lossSum
+			} else if t.distributed() {
 				lossSum, st, err := t.ddpStep(cctx, ctx.Err() != nil, lo, hi, pcg, rng)
 				if err != nil {
 					return res, err
@@ -283,7 +299,11 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				optim.ClipGradNorm(ps, cfg.ClipGradNorm)
 			}
 			lr := sched.LR(t.pos.step)
-			t.opt.Step(ps, lr)
+			if t.pipelined() {
+				t.pp.opt.Step(ps, lr)
+			} else {
+				t.opt.Step(ps, lr)
+			}
 			t.pos.step++
 			t.pos.batch++
 			if t.localSGD() && (t.pos.step%cfg.SyncPeriod == 0 || t.pos.batch == nb || t.pos.step == cfg.MaxSteps ||
@@ -335,7 +355,11 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 		trainTime += t.now().Sub(epochStart)
 		t.pos.epoch++
 		t.pos.batch = 0
-		acc, loss, err := t.evaluateShard(cctx)
+		evaluate := t.evaluateShard
+		if t.pipelined() {
+			evaluate = t.evaluatePipeline
+		}
+		acc, loss, err := evaluate(cctx)
 		if err != nil {
 			return res, err
 		}
@@ -357,6 +381,11 @@ func (t *Trainer) finish(ctx context.Context, res Result, start time.Time, sampl
 	}
 	if t.cfg.CheckpointDir != "" && t.savedStep != t.pos.step {
 		if err := t.save(ctx); err != nil {
+			return res, err
+		}
+	}
+	if t.cfg.Out != "" && t.pipelined() {
+		if err := t.gatherStages(ctx); err != nil {
 			return res, err
 		}
 	}

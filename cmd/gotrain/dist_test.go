@@ -401,3 +401,33 @@ func TestLocalSGDOnMNIST(t *testing.T) {
 	t.Logf("test accuracy: allreduce %.4f, local-sgd %.4f", acc["allreduce"], acc["local-sgd"])
 	require.InDelta(t, acc["allreduce"], acc["local-sgd"], 0.01)
 }
+
+// TestPipelineStagesMatchOneProcess: 'gotrain launch' with 2 and 4 ranks,
+// one pipeline stage each (--pipeline-stages), ends 50 SGD steps with the
+// weights of one process (rank 0 gathers the stages for --out).
+func TestPipelineStagesMatchOneProcess(t *testing.T) {
+	dir := t.TempDir()
+	args := func(out string, extra ...string) []string {
+		a := []string{"train", "--dataset", "synthetic", "--synthetic-size", "2300", "--epochs", "2", "--max-steps", "50",
+			"--optimizer", "sgd", "--schedule", "constant", "--lr", "0.05", "--batch-size", "64", "--hidden", "64,32,16",
+			"--threads", "1", "--out", out, "--timeout", "60s"}
+		return append(a, extra...)
+	}
+	ref := filepath.Join(dir, "one.safetensors")
+	_, stderr, err := gotrain(t, args(ref)...)
+	require.NoError(t, err, stderr)
+	for _, n := range []int{2, 4} {
+		out := filepath.Join(dir, fmt.Sprintf("pipe%d.safetensors", n))
+		stdout, stderr, err := gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", strconv.Itoa(n), "--"},
+			args(out, "--pipeline-stages", strconv.Itoa(n), "--micro-batches", "4")...)...)
+		require.NoError(t, err, stderr+stdout)
+		d := maxDiff(t, ref, out)
+		t.Logf("%d stages: max |Δ| against one process %g", n, d)
+		require.Less(t, d, 1e-5)
+	}
+	// More stages than layers with parameters: a clear error.
+	_, stderr, err = gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--"},
+		"train", "--dataset", "synthetic", "--synthetic-size", "500", "--hidden", "32", "--pipeline-stages", "3")...)
+	require.Error(t, err)
+	require.Contains(t, stderr, "world size")
+}

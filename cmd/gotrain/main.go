@@ -170,6 +170,8 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
 	fs.StringVar(&df.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at HOST:PORT/metrics (each rank: port + local rank)")
 	fs.StringVar(&cfg.Sync, "sync", cfg.Sync, "how ranks combine work: allreduce (mean gradient every step) or local-sgd (local steps, parameters averaged every --sync-period steps)")
 	fs.Int64Var(&cfg.SyncPeriod, "sync-period", cfg.SyncPeriod, "local-sgd: steps between parameter averages")
+	fs.IntVar(&cfg.PipelineStages, "pipeline-stages", cfg.PipelineStages, "model parallelism: split the model into this many stages, one per rank (the world size)")
+	fs.IntVar(&cfg.MicroBatches, "micro-batches", cfg.MicroBatches, "pipeline: micro-batches per global batch")
 	fs.StringVar(&cfg.Balance, "balance", cfg.Balance, "per-rank batch shares: off (equal), static (measured once) or adaptive (re-planned from measured speed)")
 	fs.Int64Var(&cfg.BalanceEvery, "balance-every", cfg.BalanceEvery, "steps between re-plans of the batch shares")
 	fs.StringVar(&cfg.DebugSlowRank, "debug-slow-rank", cfg.DebugSlowRank, "testing: RANK:FACTOR makes that rank FACTOR times slower (it sleeps), a reproducible straggler")
