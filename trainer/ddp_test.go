@@ -264,11 +264,12 @@ func TestPipelineRanksEqualOneProcess(t *testing.T) {
 	ref := newTrainer(t, base)
 	refRes, err := ref.Run(context.Background())
 	require.NoError(t, err)
-	for _, n := range []int{2, 4} {
+	for _, tc := range []struct{ world, stages int }{{2, 2}, {4, 4}, {4, 2}} {
+		n := tc.world
 		cfgs := make([]Config, n)
 		for r := range cfgs {
 			cfgs[r] = base
-			cfgs[r].PipelineStages = n
+			cfgs[r].PipelineStages = tc.stages
 			cfgs[r].MicroBatches = 3
 		}
 		comms := ring(t, n)
@@ -292,7 +293,7 @@ func TestPipelineRanksEqualOneProcess(t *testing.T) {
 			}
 			require.Equal(t, res[0].TestAccuracy, res[r].TestAccuracy)
 		}
-		t.Logf("%d stages: max |Δ| against one process %g; test accuracy %.3f (one process %.3f)", n, d, res[0].TestAccuracy, refRes.TestAccuracy)
+		t.Logf("%d ranks, %d stages: max |Δ| against one process %g; test accuracy %.3f (one process %.3f)", n, tc.stages, d, res[0].TestAccuracy, refRes.TestAccuracy)
 		require.Less(t, d, 1e-5)
 		require.InDelta(t, refRes.TestAccuracy, res[0].TestAccuracy, 0.011)
 	}

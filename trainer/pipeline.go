@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/trainer/dist"
 	"github.com/gotrain/gotrain/trainer/optim"
 )
 
@@ -23,19 +24,21 @@ import (
 // gradient, so each stage's update is one process's with the global batch.
 
 type pipeline struct {
-	stage  *graph.Stage
-	grads  [][]float32   // accumulated gradients of the stage's parameters
-	params []optim.Param // the stage's parameters with grads
-	opt    optim.Optimizer
-	inputs [][]float32 // per micro-batch: this stage's input, kept for the backward
+	stage             *graph.Stage
+	replica, replicas int           // data-parallel copies of the pipeline
+	zeros             [][]float32   // per model parameter this stage does not own: zeros for the replica all-reduce
+	grads             [][]float32   // accumulated gradients of the stage's parameters
+	params            []optim.Param // the stage's parameters with grads
+	opt               optim.Optimizer
+	inputs            [][]float32 // per micro-batch: this stage's input, kept for the backward
 }
 
 func (t *Trainer) pipelined() bool { return t.cfg.PipelineStages > 1 }
 
 func (t *Trainer) setupPipeline() error {
 	n := t.cfg.PipelineStages
-	if t.worldSize() != n {
-		return fmt.Errorf("%w: --pipeline-stages %d needs a world size of %d ranks, one stage each (this job has %d); data parallelism across pipeline replicas is not built yet", ErrConfig, n, n, t.worldSize())
+	if t.worldSize()%n != 0 {
+		return fmt.Errorf("%w: --pipeline-stages %d needs a world size that is a multiple of %d (one stage per rank, world size / stages data-parallel replicas); this job has %d ranks", ErrConfig, n, n, t.worldSize())
 	}
 	if t.cfg.CheckpointDir != "" || t.cfg.AccumSteps > 1 || t.cfg.Balance != "off" || t.cfg.Sync != "allreduce" {
 		return fmt.Errorf("%w: --pipeline-stages does not combine with --checkpoint-dir, --accum-steps, --balance or --sync yet", ErrConfig)
@@ -44,13 +47,21 @@ func (t *Trainer) setupPipeline() error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrConfig, err)
 	}
-	s := stages[t.rank()]
-	pp := &pipeline{stage: s}
+	s := stages[t.rank()%n]
+	pp := &pipeline{stage: s, replica: t.rank() / n, replicas: t.worldSize() / n}
 	for _, i := range s.Params {
 		p := t.Model.Params[i]
 		g := make([]float32, p.Size())
 		pp.grads = append(pp.grads, g)
 		pp.params = append(pp.params, optim.Param{Name: p.Name, Data: p.Data, Grad: g})
+	}
+	if pp.replicas > 1 {
+		pp.zeros = make([][]float32, len(t.Model.Params))
+		for i, p := range t.Model.Params {
+			if !slices.Contains(s.Params, i) {
+				pp.zeros[i] = make([]float32, p.Size())
+			}
+		}
 	}
 	if pp.opt, err = optim.New(t.cfg.optimizer(), pp.params); err != nil {
 		return fmt.Errorf("%w: %v", ErrConfig, err)
@@ -65,7 +76,9 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 	pp, s := t.pp, t.pp.stage
 	k, n := s.Index, s.Of
 	c := t.dp.comm
+	prev, next := t.rank()-1, t.rank()+1 // the neighbouring stages of this replica
 	B := hi - lo
+	lo, hi = shard(lo, hi, pp.replica, pp.replicas) // this replica's share
 	micro := max(t.cfg.MicroBatches, 1)
 	for _, g := range pp.grads {
 		clear(g)
@@ -87,7 +100,7 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 		if k == 0 {
 			t.train.Batch(t.perm[ms:me], fp.X, make([]float32, me-ms))
 		} else if err := t.collective(ctx, "pipeline receive of activations", func(ctx context.Context) error {
-			return c.Recv(ctx, fp.X, k-1)
+			return c.Recv(ctx, fp.X, prev)
 		}); err != nil {
 			return 0, err
 		}
@@ -99,7 +112,7 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 			return 0, err
 		}
 		if err := t.collective(ctx, "pipeline send of activations", func(ctx context.Context) error {
-			return c.Send(ctx, fp.Out(), k+1)
+			return c.Send(ctx, fp.Out(), next)
 		}); err != nil {
 			return 0, err
 		}
@@ -119,7 +132,7 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 			labels := make([]float32, (me-ms)*s.Model.InputSize())
 			t.train.Batch(t.perm[ms:me], labels, tp.Y)
 		} else if err := t.collective(ctx, "pipeline receive of gradients", func(ctx context.Context) error {
-			return c.Recv(ctx, tp.G, k+1)
+			return c.Recv(ctx, tp.G, next)
 		}); err != nil {
 			return 0, err
 		}
@@ -138,7 +151,26 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 		if k > 0 {
 			dx := slices.Clone(tp.DX())
 			if err := t.collective(ctx, "pipeline send of gradients", func(ctx context.Context) error {
-				return c.Send(ctx, dx, k-1)
+				return c.Send(ctx, dx, prev)
+			}); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if pp.replicas > 1 {
+		// Sum each stage's gradient over the replicas: every rank takes
+		// part for every parameter, with zeros for those it does not own.
+		owned := 0
+		for i := range t.Model.Params {
+			buf := pp.zeros[i]
+			if buf == nil {
+				buf = pp.grads[owned]
+				owned++
+			} else {
+				clear(buf)
+			}
+			if err := t.collective(ctx, "replica gradient sum", func(ctx context.Context) error {
+				return c.AllReduce(ctx, buf, buf, dist.Sum)
 			}); err != nil {
 				return 0, err
 			}
@@ -155,7 +187,7 @@ func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err 
 	batch := t.cfg.EvalBatchSize
 	var sums [2]float64
 	idx := make([]int, 0, batch)
-	for lo := 0; lo < t.test.N; lo += batch {
+	for lo := 0; lo < t.test.N && t.pp.replica == 0; lo += batch {
 		hi := min(lo+batch, t.test.N)
 		fp, err := s.Program(hi-lo, false)
 		if err != nil {
@@ -168,7 +200,7 @@ func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err 
 		labels := make([]float32, hi-lo)
 		if k == 0 {
 			t.test.Batch(idx, fp.X, labels)
-		} else if err := t.collective(ctx, "pipeline evaluation", func(ctx context.Context) error { return c.Recv(ctx, fp.X, k-1) }); err != nil {
+		} else if err := t.collective(ctx, "pipeline evaluation", func(ctx context.Context) error { return c.Recv(ctx, fp.X, t.rank()-1) }); err != nil {
 			return 0, 0, err
 		}
 		if k == n-1 {
@@ -180,7 +212,7 @@ func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err 
 			return 0, 0, err
 		}
 		if k < n-1 {
-			if err := t.collective(ctx, "pipeline evaluation", func(ctx context.Context) error { return c.Send(ctx, fp.Out(), k+1) }); err != nil {
+			if err := t.collective(ctx, "pipeline evaluation", func(ctx context.Context) error { return c.Send(ctx, fp.Out(), t.rank()+1) }); err != nil {
 				return 0, 0, err
 			}
 			continue

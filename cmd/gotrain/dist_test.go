@@ -416,13 +416,13 @@ func TestPipelineStagesMatchOneProcess(t *testing.T) {
 	ref := filepath.Join(dir, "one.safetensors")
 	_, stderr, err := gotrain(t, args(ref)...)
 	require.NoError(t, err, stderr)
-	for _, n := range []int{2, 4} {
-		out := filepath.Join(dir, fmt.Sprintf("pipe%d.safetensors", n))
-		stdout, stderr, err := gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", strconv.Itoa(n), "--"},
-			args(out, "--pipeline-stages", strconv.Itoa(n), "--micro-batches", "4")...)...)
+	for _, tc := range []struct{ procs, stages int }{{2, 2}, {4, 4}, {4, 2}} {
+		out := filepath.Join(dir, fmt.Sprintf("pipe%d-%d.safetensors", tc.procs, tc.stages))
+		stdout, stderr, err := gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", strconv.Itoa(tc.procs), "--"},
+			args(out, "--pipeline-stages", strconv.Itoa(tc.stages), "--micro-batches", "4")...)...)
 		require.NoError(t, err, stderr+stdout)
 		d := maxDiff(t, ref, out)
-		t.Logf("%d stages: max |Δ| against one process %g", n, d)
+		t.Logf("%d processes, %d stages (%d replicas): max |Δ| against one process %g", tc.procs, tc.stages, tc.procs/tc.stages, d)
 		require.Less(t, d, 1e-5)
 	}
 	// More stages than layers with parameters: a clear error.
