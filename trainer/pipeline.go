@@ -98,7 +98,7 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 			return 0, err
 		}
 		if k == 0 {
-			t.train.Batch(t.perm[ms:me], fp.X, make([]float32, me-ms))
+			t.train.Batch(t.perm[ms:me], fp.X, nil)
 		} else if err := t.collective(ctx, "pipeline receive of activations", func(ctx context.Context) error {
 			return c.Recv(ctx, fp.X, prev)
 		}); err != nil {
@@ -129,8 +129,7 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 		}
 		copy(tp.X, pp.inputs[j])
 		if k == n-1 {
-			labels := make([]float32, (me-ms)*s.Model.InputSize())
-			t.train.Batch(t.perm[ms:me], labels, tp.Y)
+			t.train.Batch(t.perm[ms:me], nil, tp.Y)
 		} else if err := t.collective(ctx, "pipeline receive of gradients", func(ctx context.Context) error {
 			return c.Recv(ctx, tp.G, next)
 		}); err != nil {
@@ -149,9 +148,10 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 			}
 		}
 		if k > 0 {
-			dx := slices.Clone(tp.DX())
+			// Send returns once the bytes are written, so the op's own
+			// buffer can be sent without a copy.
 			if err := t.collective(ctx, "pipeline send of gradients", func(ctx context.Context) error {
-				return c.Send(ctx, dx, prev)
+				return c.Send(ctx, tp.DX(), prev)
 			}); err != nil {
 				return 0, err
 			}
@@ -197,15 +197,13 @@ func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err 
 		for i := lo; i < hi; i++ {
 			idx = append(idx, i)
 		}
-		labels := make([]float32, hi-lo)
 		if k == 0 {
-			t.test.Batch(idx, fp.X, labels)
+			t.test.Batch(idx, fp.X, nil)
 		} else if err := t.collective(ctx, "pipeline evaluation", func(ctx context.Context) error { return c.Recv(ctx, fp.X, t.rank()-1) }); err != nil {
 			return 0, 0, err
 		}
 		if k == n-1 {
-			scratch := make([]float32, (hi-lo)*s.Model.InputSize())
-			t.test.Batch(idx, scratch, fp.Y)
+			t.test.Batch(idx, nil, fp.Y)
 		}
 		l, err := fp.Run(nil)
 		if err != nil {

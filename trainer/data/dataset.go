@@ -73,11 +73,13 @@ func (d *Dataset) Features() int { return d.Rows * d.Cols }
 // Mean)/Std computed in float64 and rounded to float32, sample after
 // sample, row-major within a sample; and y with the labels as float32
 // class indices. It does not allocate; x must have length
-// len(idx)*Rows*Cols and y length len(idx). Wrong lengths or an index
-// outside [0, N) are programming errors and panic.
+// len(idx)*Rows*Cols and y length len(idx), or be nil to fill only the
+// other (a pipeline's last stage needs only labels, its first only
+// pixels). Wrong lengths or an index outside [0, N) are programming errors
+// and panic.
 func (d *Dataset) Batch(idx []int, x, y []float32) {
 	f := d.Rows * d.Cols
-	if len(x) != len(idx)*f || len(y) != len(idx) {
+	if (x != nil && len(x) != len(idx)*f) || (y != nil && len(y) != len(idx)) {
 		panic(fmt.Sprintf("data: Batch: %d samples of %d pixels need len(x)=%d, len(y)=%d; got %d, %d",
 			len(idx), f, len(idx)*f, len(idx), len(x), len(y)))
 	}
@@ -86,13 +88,17 @@ func (d *Dataset) Batch(idx []int, x, y []float32) {
 		if k < 0 || k >= d.N {
 			panic(fmt.Sprintf("data: Batch: index %d out of range [0, %d)", k, d.N))
 		}
-		src := d.Pix[k*f : (k+1)*f]
-		dst := x[i*f : (i+1)*f]
-		dst = dst[:len(src)]
-		for j, p := range src {
-			dst[j] = lut[p]
+		if x != nil {
+			src := d.Pix[k*f : (k+1)*f]
+			dst := x[i*f : (i+1)*f]
+			dst = dst[:len(src)]
+			for j, p := range src {
+				dst[j] = lut[p]
+			}
 		}
-		y[i] = float32(d.Labels[k])
+		if y != nil {
+			y[i] = float32(d.Labels[k])
+		}
 	}
 }
 

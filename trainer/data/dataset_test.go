@@ -175,3 +175,17 @@ func BenchmarkBatch64(b *testing.B) {
 		d.Batch(idx, x, y)
 	}
 }
+
+func TestBatchFillsOnlyWhatIsGiven(t *testing.T) {
+	d := Synthetic(10, 2, 2, 3, 1)
+	x := make([]float32, 2*4)
+	y := make([]float32, 2)
+	d.Batch([]int{3, 7}, x, y)
+	xOnly := make([]float32, 2*4)
+	d.Batch([]int{3, 7}, xOnly, nil)
+	require.Equal(t, x, xOnly)
+	yOnly := make([]float32, 2)
+	d.Batch([]int{3, 7}, nil, yOnly)
+	require.Equal(t, y, yOnly)
+	require.Panics(t, func() { d.Batch([]int{3}, make([]float32, 3), nil) })
+}
