@@ -172,6 +172,13 @@ func TestSampleDGXH100(t *testing.T) {
 		}
 	}
 
+	// What the load balancer takes from these samples: free memory, SM
+	// clock, and only the throttle reasons that slow the device down.
+	require.Equal(t, Headroom{FreeBytes: 76 << 30, ClockMHz: 1503, Slowdown: ThrottleSWPowerCap | ThrottleHWThermal}, DeviceHeadroom(stats[3]))
+	require.Equal(t, ThrottleHWSlowdown|ThrottleSWThermal|ThrottlePowerBrake, DeviceHeadroom(stats[5]).Slowdown,
+		"sync boost and application clocks are the job's own settings")
+	require.Zero(t, DeviceHeadroom(stats[0]).Slowdown, "an idle GPU is not slowed down")
+
 	// A second sample sees changed values.
 	v0 := valuesFor(0)
 	v0.temp, v0.util = 83, 97

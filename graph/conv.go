@@ -173,6 +173,14 @@ type conv2dOp struct {
 	colsOf      *float32 // first element of the X whose im2col is in cols
 }
 
+// workspaceBytes is the memory of the ops' scratch buffers (see
+// Program.Bytes).
+func (o *conv2dOp) workspaceBytes() int64 { return 4 * int64(cap(o.cols)+cap(o.tmp)) }
+func (o *conv2dGradInputOp) workspaceBytes() int64 {
+	return 4 * int64(cap(o.dcols)+cap(o.dyKM))
+}
+func (o *conv2dGradWOp) workspaceBytes() int64 { return 4 * int64(cap(o.cols)+cap(o.dyKM)) }
+
 func newConv2D(stride, pad int, needX bool) *conv2dOp {
 	return &conv2dOp{base: newBase(OpConv2D, map[string]any{"stride": stride, "pad": pad, "grad_x": needX}, tt(4), tt(4), tt(4), tt(1)), stride: stride, pad: pad, needX: needX}
 }

@@ -299,3 +299,25 @@ func TestProgramCacheKeepsTheRecentOnes(t *testing.T) {
 	require.Equal(t, 2, p2.Batch)
 	require.Len(t, m.progs, MaxPrograms)
 }
+
+func TestProgramBytesGrowWithTheBatch(t *testing.T) {
+	m, err := New(Spec{Kind: "cnn"}, 1)
+	require.NoError(t, err)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var per []float64
+	for _, b := range []int{16, 64} {
+		p, err := m.Program(b, true)
+		require.NoError(t, err)
+		before := p.Bytes()
+		_, err = p.Run(rng)
+		require.NoError(t, err)
+		after := p.Bytes()
+		require.Greater(t, after, before, "the first run allocates activations and scratch buffers")
+		// At least the input, the first convolution's output and its
+		// im2col columns are held per sample.
+		require.Greater(t, after, int64(b)*4*(28*28+16*28*28+25*28*28))
+		per = append(per, p.BytesPerSample())
+		require.Less(t, p.BytesPerSample()*float64(b), float64(after), "parameter gradients are not per sample")
+	}
+	require.InDelta(t, per[0], per[1], 0.01*per[1], "bytes per sample do not depend on the batch: %v", per)
+}

@@ -311,6 +311,42 @@ type Program struct {
 	loss   *G.Node
 	grads  []*G.Node // aligned with Model.Params; nil for eval programs
 	masks  []dropMask
+	params map[*G.Node]bool // the parameter nodes, whose values all programs share
+}
+
+// Bytes is the memory the program holds, parameters excluded (every
+// program of a model shares them): its node values (input, activations,
+// gradients, dropout masks) and its ops' scratch buffers. Node values and
+// scratch buffers are allocated by the first Run, so the figure is whole
+// only after it. The load balancer divides it by Batch to bound a rank's
+// share by its free memory (see BytesPerSample).
+func (p *Program) Bytes() int64 {
+	var n int64
+	for _, nd := range p.g.AllNodes() {
+		if p.params[nd] {
+			continue
+		}
+		if v := nd.Value(); v != nil {
+			n += int64(v.MemSize())
+		}
+		if w, ok := nd.Op().(interface{ workspaceBytes() int64 }); ok {
+			n += w.workspaceBytes()
+		}
+	}
+	return n
+}
+
+// BytesPerSample is what one more sample in the batch costs: Bytes less
+// the parameter gradients (the one part that does not grow with the
+// batch), over Batch. Like Bytes it is whole only after the first Run.
+func (p *Program) BytesPerSample() float64 {
+	n := p.Bytes()
+	for _, g := range p.grads {
+		if v := g.Value(); v != nil {
+			n -= int64(v.MemSize())
+		}
+	}
+	return float64(n) / float64(p.Batch)
 }
 
 // Program returns the compiled program for this batch size and mode,
@@ -373,6 +409,10 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 		return nil, fmt.Errorf("graph: loss: %w", err)
 	}
 	p.masks = b.masks
+	p.params = make(map[*G.Node]bool, len(b.nodes))
+	for _, n := range b.nodes {
+		p.params[n] = true
+	}
 	if train {
 		wrt := make(G.Nodes, len(m.Params))
 		for i, prm := range m.Params {

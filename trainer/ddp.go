@@ -47,8 +47,11 @@ type ddp struct {
 	comm  dist.Communicator
 	bal   *balance.Planner // nil: equal shares
 	sizes []int            // this step's share of each rank
-	// this rank's compute over the current balancing window
+	// this rank's compute over the current balancing window, and its
+	// device's clock summed over the window's steps (clocked devices only)
 	winSeconds, winSamples float64
+	winClock, winClockN    float64
+	clocked                bool // the headroom reports a clock
 	slowRank               int
 	slowFactor             float64
 	buckets                []gradBucket
@@ -109,17 +112,13 @@ func slowDown(d time.Duration, factor float64) time.Duration {
 	return extra
 }
 
-// shareQuantum is the granularity of balanced shares, in samples: fewer
-// distinct batch sizes means fewer programs compiled.
-const shareQuantum = 8
-
 // shareOf is rank r's part of the global batch [lo,hi): equal shares, or
 // the balancer's.
 func (t *Trainer) shareOf(lo, hi, r int) (int, int) {
 	if t.dp == nil || t.dp.bal == nil {
 		return shard(lo, hi, r, t.worldSize())
 	}
-	balance.QuantizedSizes(hi-lo, shareQuantum, t.dp.bal.Weights(), t.dp.sizes)
+	balance.Sizes(hi-lo, t.dp.bal.Weights(), nil, t.dp.sizes)
 	start := lo
 	for i := 0; i < r; i++ {
 		start += t.dp.sizes[i]
@@ -127,24 +126,69 @@ func (t *Trainer) shareOf(lo, hi, r int) (int, int) {
 	return start, start + t.dp.sizes[r]
 }
 
-// rebalance gathers every rank's compute time and samples over the last
-// window and lets the planner (the same on every rank) re-plan the shares.
+// measureFields is how many numbers each rank contributes to a re-plan.
+const measureFields = 5
+
+// measurement is this rank's report to a re-plan (balance.Measurement),
+// flattened for the all-gather: its compute over the window and, with
+// WithHeadroom, its device's free memory as a share of the batch, clock
+// ratio and slowdown reasons.
+func (t *Trainer) measurement(dst []float64) {
+	m := balance.Measurement{Seconds: t.dp.winSeconds, Samples: t.dp.winSamples}
+	if t.headroom != nil {
+		h := t.headroom()
+		m.Slowdown = h.Slowdown
+		if h.ClockMHz > 0 && t.dp.winClockN > 0 {
+			m.ClockRatio = h.ClockMHz / (t.dp.winClock / t.dp.winClockN)
+		}
+		m.MaxShare = t.maxShare(h.FreeBytes)
+	}
+	copy(dst, []float64{m.Seconds, m.Samples, m.MaxShare, m.ClockRatio, float64(m.Slowdown)})
+}
+
+// freeMemoryUse is the part of the free memory a larger share may take.
+const freeMemoryUse = 0.8
+
+// maxShare is the largest share of the global batch whose program fits
+// freeMemoryUse of free bytes (a new batch size compiles a new program
+// beside the current one), never below the current share; 0 when unknown
+// or unbounded.
+func (t *Trainer) maxShare(free uint64) float64 {
+	cur := t.dp.sizes[t.rank()]
+	if free == 0 || cur == 0 {
+		return 0
+	}
+	prog, err := t.Model.Program(cur, true)
+	if err != nil || !(prog.BytesPerSample() > 0) {
+		return 0
+	}
+	fit := max(float64(cur), math.Floor(freeMemoryUse*float64(free)/prog.BytesPerSample()))
+	if share := fit / float64(t.cfg.BatchSize); share < 1 {
+		return share
+	}
+	return 0
+}
+
+// rebalance gathers every rank's measurement over the last window and lets
+// the planner (the same on every rank) re-plan the shares.
 func (t *Trainer) rebalance(ctx context.Context) error {
 	w := t.worldSize()
-	mine := []float64{t.dp.winSeconds, t.dp.winSamples}
-	all := make([]float64, 2*w)
+	mine := make([]float64, measureFields)
+	t.measurement(mine)
+	all := make([]float64, measureFields*w)
 	if err := t.collective(ctx, "balance measurements", func(ctx context.Context) error {
 		return t.dp.comm.AllGather(ctx, mine, all)
 	}); err != nil {
 		return err
 	}
-	t.dp.winSeconds, t.dp.winSamples = 0, 0
-	secs, samples := make([]float64, w), make([]float64, w)
-	for i := 0; i < w; i++ {
-		secs[i], samples[i] = all[2*i], all[2*i+1]
+	t.dp.winSeconds, t.dp.winSamples, t.dp.winClock, t.dp.winClockN = 0, 0, 0, 0
+	ms := make([]balance.Measurement, w)
+	for i := range ms {
+		f := all[measureFields*i:]
+		ms[i] = balance.Measurement{Seconds: f[0], Samples: f[1], MaxShare: f[2], ClockRatio: f[3], Slowdown: uint64(f[4])}
 	}
-	changed, reason := t.dp.bal.Replan(secs, samples, nil)
-	if !changed {
+	changed, reason := t.dp.bal.Plan(ms)
+	if !changed && reason == "" {
 		return nil
 	}
 	shares := slices.Clone(t.dp.bal.Weights())
@@ -178,6 +222,7 @@ func (t *Trainer) setupBalance() error {
 		return err
 	}
 	t.dp.sizes = make([]int, t.worldSize())
+	t.dp.clocked = t.headroom != nil && t.headroom().ClockMHz > 0
 	return nil
 }
 
@@ -276,6 +321,12 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 		}
 		t.dp.winSeconds += compute.Seconds()
 		t.dp.winSamples += float64(re - rs)
+		if t.dp.clocked {
+			if c := t.headroom().ClockMHz; c > 0 {
+				t.dp.winClock += c
+				t.dp.winClockN++
+			}
+		}
 	}
 	t.dp.stop[0] = 0
 	if stopRequested {

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/gotrain/gotrain/gpu"
 	"github.com/gotrain/gotrain/trainer/dist"
 	"github.com/gotrain/gotrain/trainer/metrics"
 )
@@ -178,7 +181,7 @@ func TestUnequalSharesEqualOneProcess(t *testing.T) {
 			require.NoError(t, errs[r])
 		}
 		lo, hi := trs[0].shareOf(0, 50, 0)
-		require.InDelta(t, shares[0]*50, hi-lo, 8, "rank 0's share of a batch of 50 (in multiples of 8)")
+		require.InDelta(t, shares[0]*50, hi-lo, 1, "rank 0's share of a batch of 50")
 		d := maxAbsDiff(params(ref), params(trs[0]))
 		t.Logf("shares %v: max |Δ| against one process %g", shares, d)
 		require.Less(t, d, 1e-5)
@@ -225,6 +228,64 @@ func TestAdaptiveBalancingFavoursTheFastRank(t *testing.T) {
 		require.Equal(t, recs[0].bal[i].Shares, recs[1].bal[i].Shares, "every rank takes the same decisions")
 		require.Equal(t, recs[0].bal[i].Step, recs[1].bal[i].Step)
 	}
+	require.Less(t, maxAbsDiff(params(ref), params(trs[0])), 1e-5)
+	require.Equal(t, params(trs[0]), params(trs[1]))
+}
+
+// TestDeviceHeadroomBoundsAndResetsTheShares: the fast rank's free memory
+// holds only 60% of the batch, so its share stops there however fast it
+// is; the slow rank's device starts to throttle mid-run, which the re-plan
+// names. The result still equals one process's.
+func TestDeviceHeadroomBoundsAndResetsTheShares(t *testing.T) {
+	base := sgdConfig(t)
+	base.MaxSteps = 30
+	ref := newTrainer(t, base)
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	// The memory one sample costs in this model's training program.
+	probe := newTrainer(t, base).Model
+	prog, err := probe.Program(10, true)
+	require.NoError(t, err)
+	_, err = prog.Run(nil)
+	require.NoError(t, err)
+	const limit = 0.6
+	free := uint64(limit * float64(base.BatchSize) * prog.BytesPerSample() / freeMemoryUse)
+	var calls atomic.Int64
+	headroom := []func() gpu.Headroom{
+		func() gpu.Headroom {
+			if calls.Add(1) > 3 { // from the third re-plan on
+				return gpu.Headroom{Slowdown: gpu.ThrottleHWSlowdown}
+			}
+			return gpu.Headroom{}
+		},
+		func() gpu.Headroom { return gpu.Headroom{FreeBytes: free} },
+	}
+	cfgs := []Config{base, base}
+	recs := []*balanceRecorder{{}, {}}
+	comms := ring(t, 2)
+	trs := make([]*Trainer, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range trs {
+		cfgs[r].Balance, cfgs[r].BalanceEvery, cfgs[r].DebugSlowRank = "adaptive", 3, "0:4"
+		trs[r] = newTrainer(t, cfgs[r], WithCommunicator(comms[r]), WithSink(recs[r]), WithHeadroom(headroom[r]))
+		wg.Add(1)
+		go func(r int) { defer wg.Done(); _, errs[r] = trs[r].Run(context.Background()) }(r)
+	}
+	wg.Wait()
+	require.NoError(t, errs[0])
+	require.NoError(t, errs[1])
+	require.NotEmpty(t, recs[0].bal)
+	var capped, throttled bool
+	for _, b := range recs[0].bal {
+		t.Logf("step %d shares %.3f: %s", b.Step, b.Shares, b.Reason)
+		require.LessOrEqual(t, b.Shares[1], limit+0.01, "rank 1's share fits its free memory")
+		capped = capped || strings.Contains(b.Reason, "rank 1 capped")
+		throttled = throttled || strings.Contains(b.Reason, "rank 0 throttled (hw_slowdown)")
+	}
+	require.True(t, capped, "the cap is named")
+	require.True(t, throttled, "the throttling is named")
+	require.Greater(t, recs[0].bal[len(recs[0].bal)-1].Shares[1], 0.5, "the fast rank still takes the larger share")
 	require.Less(t, maxAbsDiff(params(ref), params(trs[0])), 1e-5)
 	require.Equal(t, params(trs[0]), params(trs[1]))
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/gotrain/gotrain/gpu"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/checkpoint"
 	"github.com/gotrain/gotrain/trainer/data"
@@ -60,6 +61,7 @@ type Trainer struct {
 	dp          *ddp      // nil: one process
 	pp          *pipeline // nil: no pipeline stages
 	devices     func() []metrics.GPU
+	headroom    func() gpu.Headroom
 	fixedShares []float64
 }
 
@@ -75,6 +77,14 @@ func WithProgress(f func(Progress)) Option { return func(t *Trainer) { t.progres
 // WithDeviceStats makes every train record carry f's device statistics
 // (the latest NVML sample; see gpu.Sampler).
 func WithDeviceStats(f func() []metrics.GPU) Option { return func(t *Trainer) { t.devices = f } }
+
+// WithHeadroom tells the load balancer about the device this rank trains
+// on: f is called at every re-plan (and, for a device with a clock, after
+// every step) and its free memory bounds the rank's share, its clock
+// corrects the measured speed and its slowdown reasons make a re-plan take
+// the new speeds whole (see balance.Measurement). Without it the balancer
+// uses the measured speeds alone.
+func WithHeadroom(f func() gpu.Headroom) Option { return func(t *Trainer) { t.headroom = f } }
 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(t *Trainer) { t.log = l } }

@@ -21,6 +21,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -254,12 +255,21 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	errFile, _ := stderr.(*os.File)
 	var bar *metrics.Progress
 	var logger *slog.Logger
+	// The status line shows this rank's GPU once the job is joined (its
+	// LOCAL_RANK picks the device).
+	var gpuStatus atomic.Pointer[func() string]
+	status := metrics.WithStatus(func() string {
+		if f := gpuStatus.Load(); f != nil {
+			return (*f)()
+		}
+		return ""
+	})
 	if errFile != nil && metrics.IsTerminal(errFile) {
-		bar = metrics.NewProgress(errFile, total, metrics.WithEpochs(cfg.Epochs), metrics.WithUnit("samples"))
+		bar = metrics.NewProgress(errFile, total, metrics.WithEpochs(cfg.Epochs), metrics.WithUnit("samples"), status)
 		logger = slog.New(slog.NewTextHandler(bar, nil))
 	} else {
 		logger = slog.New(slog.NewTextHandler(stderr, nil))
-		bar = metrics.NewProgress(stderr, total, metrics.WithLogger(logger), metrics.WithEpochs(cfg.Epochs), metrics.WithUnit("samples"))
+		bar = metrics.NewProgress(stderr, total, metrics.WithLogger(logger), metrics.WithEpochs(cfg.Epochs), metrics.WithUnit("samples"), status)
 	}
 	logger.Info("gotrain", "version", trainer.Version, "blas", cblas.Backend())
 
@@ -268,10 +278,10 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer j.Close()
-	rank := 0
-	opts := []trainer.Option{trainer.WithData(train, test), trainer.WithLogger(logger)}
+	rank, local := 0, 0
+	opts := []trainer.Option{trainer.WithData(train, test), trainer.WithLogger(logger), trainer.WithHeadroom(rankHeadroom(logger))}
 	if j != nil {
-		rank = j.env.Rank
+		rank, local = j.env.Rank, j.env.LocalRank
 		opts = append(opts, trainer.WithCommunicator(j.comm))
 	}
 	sampler, stopDevices := devices(2*time.Second, logger)
@@ -281,12 +291,17 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 			stats, _ := sampler.Latest()
 			return gpuRecords(stats)
 		}))
+		f := func() string {
+			stats, _ := sampler.Latest()
+			return gpuLine(stats, local)
+		}
+		gpuStatus.Store(&f)
 	}
 	sinks := []metrics.Sink{metrics.NewSlogSink(logger)}
 	if df.metricsAddr != "" {
-		world, local := 1, 0
+		world := 1
 		if j != nil {
-			world, local = j.env.WorldSize, j.env.LocalRank
+			world = j.env.WorldSize
 		}
 		exp, addr, err := serveMetrics(df.metricsAddr, rank, world, local)
 		if err != nil {

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/gotrain/gotrain/gpu"
@@ -19,6 +23,49 @@ func devices(interval time.Duration, log *slog.Logger) (*gpu.Sampler, func()) {
 	}
 	s := gpu.NewSampler(nv, interval)
 	return s, func() { s.Stop(); nv.Close() }
+}
+
+// gpuLine is the progress line's view of GPU local (this rank's, by
+// LOCAL_RANK): "gpu0 87% 12.3/80.0GiB 61C", with what NVML could not read
+// left out; "" when there is no such GPU.
+func gpuLine(stats []gpu.DeviceStats, local int) string {
+	i := slices.IndexFunc(stats, func(d gpu.DeviceStats) bool { return d.Index == local })
+	if i < 0 {
+		return ""
+	}
+	d := stats[i]
+	has := func(f string) bool { return !slices.Contains(d.Missing, f) }
+	parts := []string{fmt.Sprintf("gpu%d", d.Index)}
+	if has(gpu.FieldUtilGPU) {
+		parts = append(parts, fmt.Sprintf("%d%%", d.UtilGPUPercent))
+	}
+	if has(gpu.FieldMemUsed) && has(gpu.FieldMemTotal) {
+		parts = append(parts, fmt.Sprintf("%.1f/%.1fGiB", float64(d.MemUsedBytes)/(1<<30), float64(d.MemTotalBytes)/(1<<30)))
+	}
+	if has(gpu.FieldTemperature) {
+		parts = append(parts, fmt.Sprintf("%dC", d.TemperatureC))
+	}
+	if slow := gpu.DecodeThrottle(d.ThrottleReasons & gpu.SlowdownReasons); len(slow) > 0 {
+		parts = append(parts, "throttled:"+strings.Join(slow, ","))
+	}
+	return strings.Join(parts, " ")
+}
+
+// rankHeadroom is the headroom of the device this rank trains on, for the
+// load balancer. In every build so far ranks train on the CPU, so it is
+// the CPU's: the free memory the system and the process's cgroup allow.
+// (A rank whose executor runs on a GPU takes gpu.DeviceHeadroom of its
+// device's NVML sample instead.) When the free memory cannot be read the
+// share is not bounded, and the reason is logged once.
+func rankHeadroom(log *slog.Logger) func() gpu.Headroom {
+	var once sync.Once
+	return func() gpu.Headroom {
+		h, err := gpu.CPUHeadroom()
+		if err != nil {
+			once.Do(func() { log.Warn("load balancing without a memory bound", "reason", err) })
+		}
+		return h
+	}
 }
 
 // gpuRecords converts a sample for the metrics file's train records.

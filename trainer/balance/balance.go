@@ -7,12 +7,19 @@
 // The global batch stays fixed. A [Planner] holds one weight per rank
 // (equal at the start); [Sizes] turns the weights into whole sample counts
 // that add up to the batch (largest remainder, deterministic). Every few
-// steps each rank reports how many seconds its computation took for how
-// many samples (all ranks see the same gathered numbers); [Planner.Replan]
-// moves the weights towards the ranks' speeds (samples per second) with
-// exponential smoothing, and changes them only when some rank's share would
-// move by more than the hysteresis, so that shares do not oscillate.
-// Optional caps bound a rank's share (what fits its free memory).
+// steps each rank reports a [Measurement]: how many seconds its computation
+// took for how many samples, and what its device says: the share of the
+// batch that fits its free memory (MaxShare), its clock now against its
+// mean over the period (ClockRatio), and its NVML slowdown reasons
+// (Slowdown: power cap, thermal, hardware slowdown). All ranks see the
+// same gathered list; [Planner.Plan] moves the weights towards the ranks'
+// clock-corrected speeds (samples per second) with exponential smoothing,
+// and changes them only when some rank's share would move by more than
+// the hysteresis, so that shares do not oscillate. A change in a device's
+// throttling makes the plan take the new speeds whole (the old ones no
+// longer hold). MaxShare caps a rank's share by water-filling: the capped
+// rank keeps its cap and the others share the rest by their speeds; a
+// share above its cap is always lowered, hysteresis or not.
 //
 // Because every rank runs the same deterministic planner on the same
 // numbers, they all agree on the shares without further communication.
@@ -28,13 +35,14 @@
 //	p, _ := balance.New(balance.Adaptive, 2)
 //	sizes := make([]int, 2)
 //	balance.Sizes(128, p.Weights(), nil, sizes) // [64 64]
-//	p.Replan([]float64{1.0, 2.0}, []float64{640, 640}, nil) // rank 1 is half as fast
-//	balance.Sizes(128, p.Weights(), nil, sizes) // moves towards [85 43]
+//	p.Plan([]balance.Measurement{{Seconds: 1, Samples: 640}, {Seconds: 2, Samples: 640}}) // rank 1 is half as fast
+//	balance.Sizes(128, p.Weights(), nil, sizes) // [85 43]
 //
 // # Errors
 //
-// New rejects unknown modes and fewer than one rank; Replan ignores ranks
-// that report no samples or no time (their weight stays).
+// New rejects unknown modes and fewer than one rank; Plan ignores ranks
+// that report no samples or no time (their weight stays) and a list of
+// the wrong length.
 package balance
 
 import (
@@ -42,6 +50,8 @@ import (
 	"math"
 	"slices"
 	"strings"
+
+	"github.com/gotrain/gotrain/gpu"
 )
 
 // Mode selects the balancing policy.
@@ -70,18 +80,21 @@ func ParseMode(s string) (Mode, error) {
 // Planner decides the ranks' weights.
 type Planner struct {
 	Mode Mode
-	// Smoothing is the weight of the new measurement (0..1]; default 0.5.
+	// Smoothing is the weight of a new measurement in each rank's speed
+	// estimate (0..1]; default 0.5.
 	Smoothing float64
-	// Hysteresis: the weights change only if some rank's share would move by
-	// more than this fraction of the batch; default 0.02.
+	// Hysteresis: the weights change only if the new ones would shorten
+	// the step, predicted from the speed estimates, by more than this
+	// fraction; default 0.01.
 	Hysteresis float64
 	// MinShare is the smallest share a rank keeps (so that it is still
 	// measured); default 0.02.
 	MinShare float64
 
-	weights []float64
-	frozen  bool // static mode after its one plan
-	planned bool // a measurement has been taken
+	weights  []float64
+	speed    []float64 // each rank's speed estimate (samples/s); NaN: none yet
+	frozen   bool      // static mode after its one plan
+	slowdown []uint64  // each rank's Slowdown at the last plan
 }
 
 // New returns a planner for ranks ranks, with equal weights.
@@ -96,7 +109,11 @@ func New(mode Mode, ranks int) (*Planner, error) {
 	for i := range w {
 		w[i] = 1 / float64(ranks)
 	}
-	return &Planner{Mode: mode, Smoothing: 0.5, Hysteresis: 0.02, MinShare: 0.02, weights: w}, nil
+	sp := make([]float64, ranks)
+	for i := range sp {
+		sp[i] = math.NaN()
+	}
+	return &Planner{Mode: mode, Smoothing: 0.5, Hysteresis: 0.01, MinShare: 0.02, weights: w, speed: sp, slowdown: make([]uint64, ranks)}, nil
 }
 
 // Weights are the current shares (they add up to 1).
@@ -120,75 +137,156 @@ func (p *Planner) SetWeights(w []float64) error {
 	return nil
 }
 
-// Freeze keeps the current weights: later Replan calls change nothing.
+// Freeze keeps the current weights: later Plan calls change nothing.
 func (p *Planner) Freeze() { p.frozen = true }
 
-// Replan takes each rank's compute seconds and samples over the last
-// period and, by the mode, moves the weights towards the ranks' speeds.
-// caps, if not nil, bounds each rank's weight (a fraction of the batch).
-// It returns whether the weights changed and why (for the log).
-func (p *Planner) Replan(seconds, samples, caps []float64) (bool, string) {
-	if p.Mode == Off || p.frozen || len(seconds) != len(p.weights) || len(samples) != len(p.weights) {
+// Measurement is one rank's report to a re-plan: what it computed over the
+// last period and what its device says about the next one. Every rank
+// contributes one; all ranks see the same gathered list.
+type Measurement struct {
+	// Seconds of computation (forward and backward, program compilation
+	// and communication excluded) for Samples samples.
+	Seconds, Samples float64
+	// MaxShare bounds the rank's share of the global batch (the samples
+	// that fit its free memory, as a fraction of the batch); 0: no bound.
+	MaxShare float64
+	// ClockRatio corrects the measured speed for a clock change: the
+	// device's compute clock now over its mean during the period (a GPU
+	// that began to throttle near the end of the period will be slower
+	// than measured). 0 means no correction (CPUs, or unknown).
+	ClockRatio float64
+	// Slowdown is the device's active slowdown reasons, NVML throttle bits
+	// within gpu.SlowdownReasons (power cap, thermal, hardware slowdown);
+	// 0 on CPUs. When it changes the planner takes the new measurement
+	// whole instead of smoothing it into the old speeds, since those no
+	// longer hold.
+	Slowdown uint64
+}
+
+// Speed is the measurement's samples per second, corrected by the clock
+// ratio; NaN when the rank reported no samples or no time.
+func (m Measurement) Speed() float64 {
+	if !(m.Seconds > 0) || !(m.Samples > 0) {
+		return math.NaN()
+	}
+	s := m.Samples / m.Seconds
+	if m.ClockRatio > 0 && !math.IsInf(m.ClockRatio, 0) {
+		s *= m.ClockRatio
+	}
+	return s
+}
+
+// Plan takes every rank's measurement over the last period and, by the
+// mode, moves the weights to the ranks' estimated speeds, bounded by their
+// MaxShare. Each rank's speed estimate is smoothed over the periods (the
+// first measurement, and the first after its device's throttling changed,
+// is taken whole); the new weights are proportional to the estimates, and
+// are adopted when they would shorten the step by more than the
+// hysteresis (the step takes as long as its slowest rank: the largest
+// weight over speed) or when a rank's share no longer fits its MaxShare.
+// It returns whether the weights changed and why (for the log and the
+// metrics file); when they did not change the reason is empty, unless a
+// device's throttling changed, which is always worth reporting.
+func (p *Planner) Plan(ms []Measurement) (bool, string) {
+	n := len(p.weights)
+	if p.Mode == Off || p.frozen || len(ms) != n {
 		return false, ""
 	}
-	n := len(p.weights)
-	speed := make([]float64, n)
-	var total float64
-	for i := range speed {
-		if seconds[i] > 0 && samples[i] > 0 {
-			speed[i] = samples[i] / seconds[i]
+	var caps []float64
+	var notes []string
+	measured := false
+	for i, m := range ms {
+		if m.MaxShare > 0 && m.MaxShare < 1 {
+			if caps == nil {
+				caps = make([]float64, n)
+			}
+			caps[i] = m.MaxShare
+		}
+		whole := math.IsNaN(p.speed[i])
+		if m.Slowdown != p.slowdown[i] {
+			whole = true
+			if m.Slowdown == 0 {
+				notes = append(notes, fmt.Sprintf("rank %d no longer throttled", i))
+			} else {
+				notes = append(notes, fmt.Sprintf("rank %d throttled (%s)", i, strings.Join(gpu.DecodeThrottle(m.Slowdown), ", ")))
+			}
+			p.slowdown[i] = m.Slowdown
+		}
+		s := m.Speed()
+		if math.IsNaN(s) || math.IsInf(s, 0) {
+			continue // keeps its estimate (and, without one, its weight)
+		}
+		measured = true
+		if whole {
+			p.speed[i] = s
 		} else {
-			speed[i] = math.NaN()
+			p.speed[i] = (1-p.Smoothing)*p.speed[i] + p.Smoothing*s
 		}
 	}
-	// Ranks without a measurement keep their share of the speed total.
+	throttling := len(notes) > 0
+	if !measured && !throttling {
+		return false, ""
+	}
+	// Ranks without an estimate keep their weight; the others share the
+	// rest of the batch in proportion to their speeds.
 	var known, knownW float64
-	for i, s := range speed {
+	for i, s := range p.speed {
 		if !math.IsNaN(s) {
 			known += s
 			knownW += p.weights[i]
 		}
 	}
-	if known == 0 {
-		return false, ""
-	}
-	target := make([]float64, n)
-	for i, s := range speed {
-		if math.IsNaN(s) {
-			target[i] = p.weights[i]
-		} else {
-			target[i] = s / known * knownW
-		}
-		total += target[i]
-	}
-	// The first plan takes the measurement as it is: the equal start is a
-	// guess, not an estimate worth averaging with.
-	alpha := p.Smoothing
-	if !p.planned {
-		alpha = 1
-	}
-	p.planned = true
 	next := make([]float64, n)
-	for i := range next {
-		next[i] = (1-alpha)*p.weights[i] + alpha*target[i]/total
+	for i, s := range p.speed {
+		if math.IsNaN(s) || known == 0 {
+			next[i] = p.weights[i]
+		} else {
+			next[i] = s / known * knownW
+		}
 	}
 	p.clamp(next, caps)
-	moved := 0.0
+	overCap := false
 	for i := range next {
-		moved = math.Max(moved, math.Abs(next[i]-p.weights[i]))
+		if caps != nil && caps[i] > 0 {
+			overCap = overCap || p.weights[i] > caps[i]+1e-12 // the current share no longer fits
+			if next[i] >= caps[i]-1e-9 {
+				notes = append(notes, fmt.Sprintf("rank %d capped at %.3f by free memory", i, caps[i]))
+			}
+		}
 	}
 	if p.Mode == Static {
 		p.frozen = true
 	}
-	if moved <= p.Hysteresis {
+	gain := p.stepTime(p.weights)/p.stepTime(next) - 1
+	if !(gain > p.Hysteresis) && !overCap {
+		if throttling { // worth a log line even though the shares stay
+			return false, strings.Join(notes, "; ") + "; shares unchanged"
+		}
 		return false, ""
 	}
 	parts := make([]string, n)
-	for i := range speed {
-		parts[i] = fmt.Sprintf("rank %d %.0f samples/s", i, speed[i])
+	for i := range ms {
+		parts[i] = fmt.Sprintf("rank %d %.0f samples/s", i, ms[i].Speed())
 	}
 	copy(p.weights, next)
-	return true, "measured " + strings.Join(parts, ", ")
+	reason := "measured " + strings.Join(parts, ", ")
+	if gain > 0 && !math.IsInf(gain, 0) {
+		reason += fmt.Sprintf("; predicted step %.1f%% shorter", 100*gain)
+	}
+	return true, strings.Join(append([]string{reason}, notes...), "; ")
+}
+
+// stepTime predicts the time of a step with weights w from the speed
+// estimates, in batches per second's reciprocal: the slowest rank's weight
+// over speed. Ranks without an estimate are left out.
+func (p *Planner) stepTime(w []float64) float64 {
+	t := 0.0
+	for i, s := range p.speed {
+		if s > 0 {
+			t = math.Max(t, w[i]/s)
+		}
+	}
+	return t
 }
 
 // clamp applies MinShare, then the caps by water-filling: capped ranks
@@ -266,31 +364,6 @@ func Sizes(n int, weights []float64, maxSizes []int, dst []int) {
 		}
 		dst[best]++
 		given++
-	}
-}
-
-// QuantizedSizes is Sizes in multiples of q samples (the remainder of n
-// goes to the rank with the largest weight), so that shares take few
-// distinct values; every rank gets at least one sample when n allows.
-func QuantizedSizes(n, q int, weights []float64, dst []int) {
-	if q <= 1 || n < q*len(weights) {
-		Sizes(n, weights, nil, dst)
-		return
-	}
-	Sizes(n/q, weights, nil, dst)
-	big, given := 0, 0
-	for i := range dst {
-		dst[i] *= q
-		given += dst[i]
-		if weights[i] > weights[big] {
-			big = i
-		}
-	}
-	dst[big] += n - given
-	for i := range dst { // nobody is starved by the rounding
-		if dst[i] == 0 && dst[big] > q {
-			dst[i], dst[big] = q, dst[big]-q
-		}
 	}
 }
 

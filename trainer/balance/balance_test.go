@@ -1,7 +1,10 @@
 package balance
 
 import (
+	"math"
 	"testing"
+
+	"github.com/gotrain/gotrain/gpu"
 
 	"github.com/stretchr/testify/require"
 )
@@ -45,33 +48,33 @@ func TestAdaptiveConvergesToSpeedsWithHysteresis(t *testing.T) {
 		w := p.Weights()
 		samples := []float64{1000 * w[0], 1000 * w[1]}
 		secs := []float64{samples[0] / 1000, samples[1] / 500}
-		p.Replan(secs, samples, nil)
+		p.Plan(meas(secs, samples, nil))
 	}
 	require.InDelta(t, 2.0/3, p.Weights()[0], 0.025, "within the hysteresis of the speeds' ratio")
 	// Converged: a further identical measurement changes nothing.
 	w := p.Weights()
-	changed, _ := p.Replan([]float64{w[0]}, []float64{w[0] * 1000}, nil) // wrong lengths: ignored
+	changed, _ := p.Plan(meas([]float64{w[0]}, []float64{w[0] * 1000}, nil)) // wrong lengths: ignored
 	require.False(t, changed)
 	samples := []float64{1000 * w[0], 1000 * w[1]}
-	changed, _ = p.Replan([]float64{samples[0] / 1000, samples[1] / 500}, samples, nil)
+	changed, _ = p.Plan(meas([]float64{samples[0] / 1000, samples[1] / 500}, samples, nil))
 	require.False(t, changed, "within the hysteresis the shares stay")
 	// Noise below the hysteresis does not move them either.
-	changed, _ = p.Replan([]float64{samples[0] / 1010, samples[1] / 495}, samples, nil)
+	changed, _ = p.Plan(meas([]float64{samples[0] / 1010, samples[1] / 495}, samples, nil))
 	require.False(t, changed)
 }
 
 func TestStaticPlansOnceAndOffNever(t *testing.T) {
 	p, _ := New(Static, 2)
-	changed, reason := p.Replan([]float64{1, 3}, []float64{100, 100}, nil)
+	changed, reason := p.Plan(meas([]float64{1, 3}, []float64{100, 100}, nil))
 	require.True(t, changed)
 	require.Contains(t, reason, "rank 1")
 	w := append([]float64(nil), p.Weights()...)
-	changed, _ = p.Replan([]float64{3, 1}, []float64{100, 100}, nil)
+	changed, _ = p.Plan(meas([]float64{3, 1}, []float64{100, 100}, nil))
 	require.False(t, changed)
 	require.Equal(t, w, p.Weights())
 
 	off, _ := New(Off, 2)
-	changed, _ = off.Replan([]float64{1, 3}, []float64{100, 100}, nil)
+	changed, _ = off.Plan(meas([]float64{1, 3}, []float64{100, 100}, nil))
 	require.False(t, changed)
 	require.True(t, Equal(off.Weights()))
 }
@@ -79,9 +82,9 @@ func TestStaticPlansOnceAndOffNever(t *testing.T) {
 func TestCapsAndMinShare(t *testing.T) {
 	p, _ := New(Adaptive, 2)
 	p.Smoothing = 1
-	p.Replan([]float64{1, 1000}, []float64{100, 100}, []float64{0.8, 1})
+	p.Plan(meas([]float64{1, 1000}, []float64{100, 100}, []float64{0.8, 1}))
 	require.InDelta(t, 0.8, p.Weights()[0], 0.03, "rank 0 is capped")
-	p.Replan([]float64{1, 1e9}, []float64{100, 100}, nil)
+	p.Plan(meas([]float64{1, 1e9}, []float64{100, 100}, nil))
 	require.GreaterOrEqual(t, p.Weights()[1], p.MinShare*0.95, "a very slow rank keeps a minimum share")
 }
 
@@ -95,23 +98,104 @@ func TestBadInput(t *testing.T) {
 	require.Error(t, p.SetWeights([]float64{1, 0}))
 	require.NoError(t, p.SetWeights([]float64{3, 1}))
 	require.Equal(t, []float64{0.75, 0.25}, p.Weights())
-	changed, _ := p.Replan([]float64{0, 0}, []float64{0, 0}, nil)
+	changed, _ := p.Plan(meas([]float64{0, 0}, []float64{0, 0}, nil))
 	require.False(t, changed, "no measurement, no change")
 }
 
-func TestQuantizedSizes(t *testing.T) {
-	dst := make([]int, 2)
-	for _, tc := range []struct {
-		n, q int
-		w    []float64
-		want []int
-	}{
-		{128, 8, []float64{0.7, 0.3}, []int{88, 40}},
-		{130, 8, []float64{0.3, 0.7}, []int{40, 90}},
-		{128, 8, []float64{0.99, 0.01}, []int{120, 8}},
-		{10, 8, []float64{0.5, 0.5}, []int{5, 5}},
-	} {
-		QuantizedSizes(tc.n, tc.q, tc.w, dst)
-		require.Equal(t, tc.want, dst, "%+v", tc)
+// meas makes the measurements of a plan from per-rank seconds, samples and
+// (optionally) share caps.
+func meas(secs, samples, caps []float64) []Measurement {
+	if len(secs) != len(samples) {
+		return nil
 	}
+	ms := make([]Measurement, len(secs))
+	for i := range ms {
+		ms[i] = Measurement{Seconds: secs[i], Samples: samples[i]}
+		if caps != nil {
+			ms[i].MaxShare = caps[i]
+		}
+	}
+	return ms
+}
+
+func TestDocExample(t *testing.T) {
+	p, _ := New(Adaptive, 2)
+	sizes := make([]int, 2)
+	Sizes(128, p.Weights(), nil, sizes)
+	require.Equal(t, []int{64, 64}, sizes)
+	changed, _ := p.Plan([]Measurement{{Seconds: 1, Samples: 640}, {Seconds: 2, Samples: 640}})
+	require.True(t, changed)
+	Sizes(128, p.Weights(), nil, sizes)
+	require.Equal(t, []int{85, 43}, sizes)
+}
+
+func TestClockRatioCorrectsTheSpeed(t *testing.T) {
+	// Equal measured speeds, but rank 1's clock dropped to half its mean at
+	// the end of the period: it will run at half speed.
+	p, _ := New(Adaptive, 2)
+	changed, _ := p.Plan([]Measurement{{Seconds: 1, Samples: 100, ClockRatio: 1}, {Seconds: 1, Samples: 100, ClockRatio: 0.5}})
+	require.True(t, changed)
+	require.InDelta(t, 2.0/3, p.Weights()[0], 1e-9)
+	require.True(t, math.IsNaN(Measurement{Samples: 5}.Speed()), "no time, no speed")
+	require.Equal(t, 50.0, Measurement{Seconds: 2, Samples: 100, ClockRatio: 0}.Speed(), "0: no correction")
+}
+
+func TestThrottlingTakesTheMeasurementWhole(t *testing.T) {
+	even := []Measurement{{Seconds: 1, Samples: 100}, {Seconds: 1, Samples: 100}}
+	slow := []Measurement{{Seconds: 1, Samples: 100}, {Seconds: 3, Samples: 100}}
+	// Without a throttling change the new speeds are smoothed in.
+	p, _ := New(Adaptive, 2)
+	p.Plan(even)
+	p.Plan(slow)
+	require.InDelta(t, 100/(100+(100+100.0/3)/2), p.Weights()[0], 1e-9, "rank 1's speed estimate is smoothed (0.5)")
+	// Rank 1's GPU starts to throttle: the plan jumps to the new speeds.
+	q, _ := New(Adaptive, 2)
+	q.Plan(even)
+	slow[1].Slowdown = gpu.ThrottleSWThermal | gpu.ThrottleSWPowerCap
+	changed, reason := q.Plan(slow)
+	require.True(t, changed)
+	require.InDelta(t, 0.75, q.Weights()[0], 1e-9)
+	require.Contains(t, reason, "rank 1 throttled (sw_power_cap, sw_thermal)")
+	// The same throttling again is no news; its end is.
+	_, reason = q.Plan(slow)
+	require.NotContains(t, reason, "throttled")
+	slow[1].Slowdown = 0
+	_, reason = q.Plan(even)
+	require.Contains(t, reason, "rank 1 no longer throttled")
+	require.InDelta(t, 0.5, q.Weights()[0], 1e-9, "taken whole again")
+}
+
+func TestACapBelowTheShareAlwaysApplies(t *testing.T) {
+	p, _ := New(Adaptive, 2)
+	changed, _ := p.Plan([]Measurement{{Seconds: 1, Samples: 60}, {Seconds: 1, Samples: 40}})
+	require.True(t, changed)
+	require.InDelta(t, 0.6, p.Weights()[0], 1e-9)
+	// Same speeds as the shares (no move wanted), but rank 0's free memory
+	// now holds only 0.59 of the batch: a move of 0.01, below the
+	// hysteresis, still happens.
+	changed, reason := p.Plan([]Measurement{{Seconds: 1, Samples: 60, MaxShare: 0.59}, {Seconds: 1, Samples: 40}})
+	require.True(t, changed)
+	require.InDelta(t, 0.59, p.Weights()[0], 1e-9)
+	require.Contains(t, reason, "rank 0 capped at 0.590 by free memory")
+}
+
+// TestSmallImbalancesAreCorrected: the hysteresis is on the predicted step
+// time, so a 7% longer step on one rank (a share move of under 2% of the
+// batch) is still corrected, while measurement noise of a fraction of a
+// percent is not.
+func TestSmallImbalancesAreCorrected(t *testing.T) {
+	p, _ := New(Adaptive, 2)
+	p.Smoothing = 1
+	require.NoError(t, p.SetWeights([]float64{2.0 / 3, 1.0 / 3}))
+	// At these shares rank 1's step takes 7% longer than rank 0's.
+	w := p.Weights()
+	ms := []Measurement{{Seconds: w[0] / 1000, Samples: w[0]}, {Seconds: 1.07 * w[0] / 1000, Samples: w[1]}}
+	changed, reason := p.Plan(ms)
+	require.True(t, changed, "a 7%% imbalance is worth a re-plan")
+	require.Contains(t, reason, "predicted step 4.7% shorter")
+	// Now balanced: predicted step times equal. Noise of 0.5% changes nothing.
+	w = p.Weights()
+	ms = []Measurement{{Seconds: w[0] / 1000, Samples: w[0]}, {Seconds: 1.005 * w[0] / 1000, Samples: w[1]}}
+	changed, _ = p.Plan(ms)
+	require.False(t, changed)
 }

@@ -91,6 +91,7 @@ type progressConfig struct {
 	barWidth    int
 	unit        string
 	smoothing   time.Duration
+	status      func() string
 }
 
 // ProgressOption configures [NewProgress].
@@ -162,6 +163,14 @@ func WithUnit(unit string) ProgressOption {
 // rate over the last interval.
 func WithSmoothing(tau time.Duration) ProgressOption {
 	return func(c *progressConfig) { c.smoothing = tau }
+}
+
+// WithStatus appends f's text to every status line (and, in plain mode,
+// logs it as "devices"): the GPU figures of the rank's device, for
+// example "gpu0 87% 12.3/80.0GiB 61C". f is called at every redraw and
+// log line and must be quick; "" adds nothing.
+func WithStatus(f func() string) ProgressOption {
+	return func(c *progressConfig) { c.status = f }
 }
 
 // NewProgress returns a Progress for a run of total units (samples or
@@ -463,6 +472,11 @@ func (p *Progress) render(cols int) string {
 		fmt.Fprintf(&post, "  %s %s/s", formatRate(s.rate), p.cfg.unit)
 	}
 	fmt.Fprintf(&post, "  loss %.4f", s.loss)
+	if p.cfg.status != nil {
+		if st := p.cfg.status(); st != "" {
+			post.WriteString("  " + st)
+		}
+	}
 	if p.total > 0 {
 		d, ok := p.eta()
 		fmt.Fprintf(&post, "  ETA %s", formatETA(d, ok))
@@ -538,6 +552,11 @@ func (p *Progress) logAttrs() []slog.Attr {
 		attrs = append(attrs, floatAttr("samples_per_sec", s.sps))
 	} else if s.rateKnown {
 		attrs = append(attrs, floatAttr(p.cfg.unit+"_per_sec", s.rate))
+	}
+	if p.cfg.status != nil {
+		if st := p.cfg.status(); st != "" {
+			attrs = append(attrs, slog.String("devices", st))
+		}
 	}
 	if p.total > 0 {
 		d, ok := p.eta()

@@ -85,6 +85,10 @@ func TestProgressTerminalLine(t *testing.T) {
 			[]string{"epoch 1/2 27000", "1000 it/s", "loss 0.2345"}, []string{"ETA", "[", "%"}},
 		{"narrow terminal drops the bar", 60000, 27000, 12345, []ProgressOption{WithWidth(60)},
 			[]string{"epoch 1/2  45% 27000/60000"}, []string{"["}},
+		{"device status", 60000, 27000, 12345, []ProgressOption{WithStatus(func() string { return "gpu0 87% 12.3/80.0GiB 61C" })},
+			[]string{"loss 0.2345  gpu0 87% 12.3/80.0GiB 61C  ETA 0:33"}, nil},
+		{"no device status", 60000, 27000, 12345, []ProgressOption{WithStatus(func() string { return "" })},
+			[]string{"loss 0.2345  ETA 0:33"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -441,4 +445,14 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+func TestProgressPlainLogsDeviceStatus(t *testing.T) {
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewJSONHandler(&buf, nil))
+	p := NewProgress(&buf, 100, WithTerminal(false), WithLogger(logger), WithStatus(func() string { return "gpu0 50% 1.0/80.0GiB 40C" }))
+	p.Update(1, 1, 10, 0.5, 100)
+	var rec map[string]any
+	require.NoError(t, json.Unmarshal(bytes.TrimSpace(buf.Bytes()), &rec))
+	require.Equal(t, "gpu0 50% 1.0/80.0GiB 40C", rec["devices"])
 }

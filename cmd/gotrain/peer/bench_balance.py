@@ -4,12 +4,21 @@
 Two ranks on this host train the CNN on synthetic data; rank 1 is made
 FACTOR times slower in a reproducible way (--debug-slow-rank 1:FACTOR: it
 sleeps (FACTOR-1) times its compute time every step). The script compares
-the time per epoch of --balance off and --balance adaptive, and the ideal:
-the epoch at the sum of the two ranks' speeds, each measured alone (one
-process as fast as rank 0, one as slow as rank 1). Runs alternate; medians
-of REPEATS are reported.
+the time per epoch of --balance off and --balance adaptive with the ideal:
+an epoch at the sum of the two ranks' speeds.
 
-Usage: bench_balance.py GOTRAIN_BIN [--repeats 3] [--factor 2.0]
+The ranks' speeds are measured side by side: two independent one-process
+runs started together, one as fast as rank 0 and one slowed like rank 1
+(with half the samples, so that both run for about the same time). That is
+each rank's speed under the conditions of the job: on a small host the two
+processes share caches and memory bandwidth, and a process alone runs
+faster than either of two together, so an ideal from solo runs would count
+speed that no pair of processes has here. With --solo the solo ideal is
+printed too, for comparison.
+
+Runs alternate; medians of REPEATS are reported.
+
+Usage: bench_balance.py GOTRAIN_BIN [--repeats 3] [--factor 2.0] [--solo]
 """
 import argparse
 import json
@@ -19,8 +28,9 @@ import subprocess
 import sys
 import tempfile
 
-COMMON = ["--model", "cnn", "--dataset", "synthetic", "--synthetic-size", "60000", "--epochs", "1",
-          "--batch-size", "128", "--threads", "1", "--balance-every", "10", "--eval-batch-size", "500"]
+SAMPLES = 60000
+COMMON = ["--model", "cnn", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "128", "--threads", "1",
+          "--balance-every", "10", "--eval-batch-size", "500"]
 
 
 def summary(path):
@@ -29,11 +39,20 @@ def summary(path):
     return next(r for r in recs if r["kind"] == "summary")
 
 
-def run(binary, args, tmp, name):
+def start(binary, args, tmp, name, samples=SAMPLES):
     m = os.path.join(tmp, name + ".jsonl")
-    subprocess.run([binary] + args + ["--metrics-file", m], check=True, capture_output=True, text=True)
-    s = summary(m)
-    return 60000 / s["train_samples_per_sec"]  # seconds per epoch of training
+    p = subprocess.Popen([binary] + args + COMMON + ["--synthetic-size", str(samples), "--metrics-file", m],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return p, m
+
+
+def speed(proc):
+    """Waits for a run; returns its training speed in samples/s."""
+    p, m = proc
+    out, err = p.communicate()
+    if p.returncode != 0:
+        sys.exit(f"gotrain failed ({p.returncode}):\n{err[-3000:]}")
+    return summary(m)["train_samples_per_sec"]
 
 
 def main():
@@ -41,30 +60,41 @@ def main():
     ap.add_argument("gotrain")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--factor", type=float, default=2.0)
+    ap.add_argument("--solo", action="store_true", help="also measure each rank's speed alone")
     a = ap.parse_args()
-    slow = f"1:{a.factor}"
-    res = {"off": [], "adaptive": [], "fast": [], "slow": []}
+    job = [a.gotrain, "launch", "--standalone", "--nproc-per-node", "2", "--", "train"]
+    slow = ["--debug-slow-rank", f"0:{a.factor}"]
+    res = {"off": [], "adaptive": [], "pair": [], "solo": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeats):
             for mode in ("off", "adaptive"):
-                res[mode].append(run(a.gotrain, ["launch", "--standalone", "--nproc-per-node", "2", "--", "train"] + COMMON +
-                                     ["--balance", mode, "--debug-slow-rank", slow], tmp, f"{mode}{i}"))
-            res["fast"].append(run(a.gotrain, ["train"] + COMMON, tmp, f"fast{i}"))
-            res["slow"].append(run(a.gotrain, ["train"] + COMMON + ["--debug-slow-rank", f"0:{a.factor}"], tmp, f"slow{i}"))
-            print({k: [round(x, 2) for x in v] for k, v in res.items()}, file=sys.stderr)
-    med = {k: statistics.median(v) for k, v in res.items()}
-    # Speeds in epochs per second add up: the ideal epoch time of the pair.
-    ideal = 1 / (1 / med["fast"] + 1 / med["slow"])
+                s = speed(start(job[0], job[1:] + ["--balance", mode, "--debug-slow-rank", f"1:{a.factor}"], tmp, f"{mode}{i}"))
+                res[mode].append(SAMPLES / s)
+            # Side by side: both processes start together; the slow one has
+            # 1/FACTOR of the samples so that they end together.
+            fast = start(a.gotrain, ["train"], tmp, f"pf{i}")
+            slowp = start(a.gotrain, ["train"] + slow, tmp, f"ps{i}", int(SAMPLES / a.factor))
+            res["pair"].append(SAMPLES / (speed(fast) + speed(slowp)))
+            if a.solo:
+                sf = speed(start(a.gotrain, ["train"], tmp, f"sf{i}"))
+                ss = speed(start(a.gotrain, ["train"] + slow, tmp, f"ss{i}", int(SAMPLES / a.factor)))
+                res["solo"].append(SAMPLES / (sf + ss))
+            print({k: [round(x, 2) for x in v] for k, v in res.items() if v}, file=sys.stderr, flush=True)
+    med = {k: statistics.median(v) for k, v in res.items() if v}
     cut = 1 - med["adaptive"] / med["off"]
-    print(f"CNN, synthetic 60000 samples (an MNIST-sized epoch), batch 128, 2 ranks on one host, rank 1 slowed {a.factor}x; median of {a.repeats}")
+    print(f"CNN, synthetic {SAMPLES} samples (an MNIST-sized epoch), batch 128, 2 ranks on one host, "
+          f"rank 1 slowed {a.factor}x; median of {a.repeats}")
     print()
     print("| run | seconds per epoch |")
     print("|---|---|")
     print(f"| --balance off | {med['off']:.2f} |")
     print(f"| --balance adaptive | {med['adaptive']:.2f} |")
-    print(f"| ideal (the two ranks' speeds added, each measured alone) | {ideal:.2f} |")
+    print(f"| ideal: the two ranks' speeds added, measured side by side | {med['pair']:.2f} |")
+    if "solo" in med:
+        print(f"| (for comparison: the speeds measured each alone) | {med['solo']:.2f} |")
     print()
-    print(f"adaptive cuts the epoch by {100 * cut:.1f}% against off; it is {100 * (med['adaptive'] / ideal - 1):.1f}% above the ideal")
+    print(f"adaptive cuts the epoch by {100 * cut:.1f}% against off; "
+          f"it is {100 * (med['adaptive'] / med['pair'] - 1):.1f}% above the ideal")
 
 
 if __name__ == "__main__":
