@@ -321,3 +321,24 @@ func TestProgramBytesGrowWithTheBatch(t *testing.T) {
 	}
 	require.InDelta(t, per[0], per[1], 0.01*per[1], "bytes per sample do not depend on the batch: %v", per)
 }
+
+func TestReleaseDropsOneProgram(t *testing.T) {
+	m, err := New(Spec{Kind: "mlp", Hidden: []int{8}}, 1)
+	require.NoError(t, err)
+	a, err := m.Program(4, true)
+	require.NoError(t, err)
+	_, err = m.Program(5, true)
+	require.NoError(t, err)
+	e, err := m.Program(4, false)
+	require.NoError(t, err)
+	m.Release(4, true)
+	m.Release(9, true) // not compiled: nothing happens
+	require.Len(t, m.progs, 2)
+	require.Len(t, m.used, 2)
+	again, err := m.Program(4, true)
+	require.NoError(t, err)
+	require.NotSame(t, a, again, "compiled anew")
+	same, err := m.Program(4, false)
+	require.NoError(t, err)
+	require.Same(t, e, same, "the eval program of that size stays")
+}

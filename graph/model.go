@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 
 	G "gorgonia.org/gorgonia"
@@ -312,7 +313,13 @@ type Program struct {
 	grads  []*G.Node // aligned with Model.Params; nil for eval programs
 	masks  []dropMask
 	params map[*G.Node]bool // the parameter nodes, whose values all programs share
+	runs   int
 }
+
+// Warm reports whether the program has run before. The first Run of a
+// program allocates its buffers and takes several times as long as the
+// next ones; timings that stand for the program's speed leave it out.
+func (p *Program) Warm() bool { return p.runs > 0 }
 
 // Bytes is the memory the program holds, parameters excluded (every
 // program of a model shares them): its node values (input, activations,
@@ -371,6 +378,21 @@ func (m *Model) Program(batch int, train bool) (*Program, error) {
 	m.progs[k] = p
 	m.used = append(m.used, k)
 	return p, nil
+}
+
+// Release drops the compiled program for this batch size and mode, if
+// there is one, so that its buffers can be freed: a load balancer that
+// moves a rank to another batch size releases the old one's, and the new
+// program's first run then reuses that memory (after a garbage
+// collection) instead of touching fresh pages, which is several times
+// slower. A later Program call compiles it anew.
+func (m *Model) Release(batch int, train bool) {
+	k := progKey{batch, train}
+	if _, ok := m.progs[k]; !ok {
+		return
+	}
+	delete(m.progs, k)
+	m.used = slices.DeleteFunc(m.used, func(u progKey) bool { return u == k })
 }
 
 // touch marks k as the most recently used program.
@@ -465,6 +487,7 @@ func (p *Program) Run(rng *rand.Rand) (float32, error) {
 		return 0, err
 	}
 	defer p.vm.Reset()
+	p.runs++
 	if err := p.vm.RunAll(); err != nil {
 		return 0, fmt.Errorf("graph: running %s program (batch %d): %w", map[bool]string{true: "train", false: "eval"}[p.Train], p.Batch, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -50,8 +51,10 @@ type ddp struct {
 	// this rank's compute over the current balancing window, and its
 	// device's clock summed over the window's steps (clocked devices only)
 	winSeconds, winSamples float64
+	winPerSample           []float64 // each step's seconds per sample
 	winClock, winClockN    float64
-	clocked                bool // the headroom reports a clock
+	switchSeconds          float64 // what the last change of share cost (first runs)
+	clocked                bool    // the headroom reports a clock
 	slowRank               int
 	slowFactor             float64
 	buckets                []gradBucket
@@ -127,14 +130,25 @@ func (t *Trainer) shareOf(lo, hi, r int) (int, int) {
 }
 
 // measureFields is how many numbers each rank contributes to a re-plan.
-const measureFields = 5
+const measureFields = 6
 
 // measurement is this rank's report to a re-plan (balance.Measurement),
 // flattened for the all-gather: its compute over the window and, with
 // WithHeadroom, its device's free memory as a share of the batch, clock
 // ratio and slowdown reasons.
 func (t *Trainer) measurement(dst []float64) {
-	m := balance.Measurement{Seconds: t.dp.winSeconds, Samples: t.dp.winSamples}
+	// The median step's time per sample stands for the window: a step that
+	// a noisy host stalled does not skew it.
+	secs := t.dp.winSeconds
+	if n := len(t.dp.winPerSample); n > 0 {
+		slices.Sort(t.dp.winPerSample)
+		med := t.dp.winPerSample[n/2]
+		if n%2 == 0 {
+			med = (med + t.dp.winPerSample[n/2-1]) / 2
+		}
+		secs = med * t.dp.winSamples
+	}
+	m := balance.Measurement{Seconds: secs, Samples: t.dp.winSamples, SwitchSeconds: t.dp.switchSeconds}
 	if t.headroom != nil {
 		h := t.headroom()
 		m.Slowdown = h.Slowdown
@@ -143,8 +157,12 @@ func (t *Trainer) measurement(dst []float64) {
 		}
 		m.MaxShare = t.maxShare(h.FreeBytes)
 	}
-	copy(dst, []float64{m.Seconds, m.Samples, m.MaxShare, m.ClockRatio, float64(m.Slowdown)})
+	copy(dst, []float64{m.Seconds, m.Samples, m.MaxShare, m.ClockRatio, float64(m.Slowdown), m.SwitchSeconds})
 }
+
+// planHorizon is how many balancing periods new shares have to pay for
+// the cost of switching to them.
+const planHorizon = 20
 
 // freeMemoryUse is the part of the free memory a larger share may take.
 const freeMemoryUse = 0.8
@@ -182,14 +200,27 @@ func (t *Trainer) rebalance(ctx context.Context) error {
 		return err
 	}
 	t.dp.winSeconds, t.dp.winSamples, t.dp.winClock, t.dp.winClockN = 0, 0, 0, 0
+	t.dp.winPerSample = t.dp.winPerSample[:0]
 	ms := make([]balance.Measurement, w)
 	for i := range ms {
 		f := all[measureFields*i:]
-		ms[i] = balance.Measurement{Seconds: f[0], Samples: f[1], MaxShare: f[2], ClockRatio: f[3], Slowdown: uint64(f[4])}
+		ms[i] = balance.Measurement{Seconds: f[0], Samples: f[1], MaxShare: f[2], ClockRatio: f[3], Slowdown: uint64(f[4]), SwitchSeconds: f[5]}
 	}
+	// New shares must pay for their switch within the rest of the run, at
+	// most planHorizon periods.
+	t.dp.bal.Batch = t.cfg.BatchSize
+	last := t.TotalSteps()
+	if t.cfg.MaxSteps > 0 {
+		last = min(last, t.cfg.MaxSteps)
+	}
+	t.dp.bal.Horizon = int(max(0, min(last-t.pos.step, planHorizon*t.cfg.BalanceEvery)))
+	r, old := t.rank(), t.dp.sizes[t.rank()]
 	changed, reason := t.dp.bal.Plan(ms)
 	if !changed && reason == "" {
 		return nil
+	}
+	if changed {
+		t.releaseShare(r, old)
 	}
 	shares := slices.Clone(t.dp.bal.Weights())
 	t.log.Info("rebalanced", "step", t.pos.step, "shares", shares, "reason", reason)
@@ -197,6 +228,24 @@ func (t *Trainer) rebalance(ctx context.Context) error {
 		bs.Balance(metrics.Balance{Step: t.pos.step, Shares: shares, Reason: reason, Rank: t.rank(), WorldSize: w})
 	}
 	return nil
+}
+
+// releaseShare drops the training programs of rank r's previous share of
+// old samples (its micro-batch sizes) when the new plan gives it another
+// size, and collects the garbage, so that the programs of the new size
+// reuse their memory.
+func (t *Trainer) releaseShare(r, old int) {
+	balance.Sizes(t.cfg.BatchSize, t.dp.bal.Weights(), nil, t.dp.sizes)
+	if t.dp.sizes[r] == old || old == 0 {
+		return
+	}
+	k := max(t.cfg.AccumSteps, 1)
+	for _, n := range []int{old / k, old/k + 1} {
+		if n > 0 {
+			t.Model.Release(n, true)
+		}
+	}
+	runtime.GC()
 }
 
 // setupBalance creates the planner for a job of several ranks.
@@ -282,6 +331,8 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 		n = float32(re - rs) // the mean over this rank's own samples
 	}
 	var compute time.Duration // this rank's computation, program compilation excluded
+	var cold time.Duration    // of which first runs of new programs
+	coldSamples := 0
 	// Micro-batches, each a training program run. Each one's gradients are
 	// folded into the buckets before the next run (programs are shared by
 	// batch size), except the last one's, which are copied bucket by bucket
@@ -305,22 +356,37 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 			return 0, false, err
 		}
 		t0 := time.Now()
+		warm := prog.Warm()
 		t.train.Batch(t.perm[ms:me], prog.X, prog.Y)
 		pcg.Seed(t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j))
 		loss, err := prog.Run(rng)
 		if err != nil {
 			return 0, false, err
 		}
-		compute += time.Since(t0)
+		d := time.Since(t0)
+		compute += d
+		if !warm {
+			cold += d
+			coldSamples += me - ms
+		}
 		lossSum += float64(loss) * float64(me-ms)
 		last, lastScale = prog, float32(me-ms)/n
 	}
 	if re > rs {
 		if r == t.dp.slowRank && t.dp.slowFactor > 1 {
 			compute += slowDown(compute, t.dp.slowFactor)
+			cold = time.Duration(float64(cold) * t.dp.slowFactor)
 		}
-		t.dp.winSeconds += compute.Seconds()
-		t.dp.winSamples += float64(re - rs)
+		// A new program's first run allocates its buffers: that is the
+		// cost of a change of share, not the rank's speed.
+		if cold > 0 {
+			t.dp.switchSeconds = cold.Seconds()
+		}
+		if n := re - rs - coldSamples; n > 0 {
+			t.dp.winSeconds += (compute - cold).Seconds()
+			t.dp.winSamples += float64(n)
+			t.dp.winPerSample = append(t.dp.winPerSample, (compute-cold).Seconds()/float64(n))
+		}
 		if t.dp.clocked {
 			if c := t.headroom().ClockMHz; c > 0 {
 				t.dp.winClock += c

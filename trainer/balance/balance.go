@@ -12,14 +12,18 @@
 // batch that fits its free memory (MaxShare), its clock now against its
 // mean over the period (ClockRatio), and its NVML slowdown reasons
 // (Slowdown: power cap, thermal, hardware slowdown). All ranks see the
-// same gathered list; [Planner.Plan] moves the weights towards the ranks'
-// clock-corrected speeds (samples per second) with exponential smoothing,
-// and changes them only when some rank's share would move by more than
-// the hysteresis, so that shares do not oscillate. A change in a device's
-// throttling makes the plan take the new speeds whole (the old ones no
-// longer hold). MaxShare caps a rank's share by water-filling: the capped
-// rank keeps its cap and the others share the rest by their speeds; a
-// share above its cap is always lowered, hysteresis or not.
+// same gathered list. [Planner.Plan] keeps a speed estimate per rank (the
+// clock-corrected samples per second, averaged over the periods), makes
+// the weights proportional to the estimates, and adopts them only when
+// they pay: the step they predict (the slowest rank's weight over speed)
+// must be shorter by more than the hysteresis, and the time saved over
+// the next Horizon steps must exceed what switching costs (SwitchSeconds:
+// a rank's first step at a new batch size allocates its buffers, several
+// times a usual step). So measurement noise does not make shares
+// oscillate. A change in a device's throttling starts its estimate afresh
+// (the old speeds no longer hold). MaxShare caps a rank's share by
+// water-filling: the capped rank keeps its cap and the others share the
+// rest by their speeds; a share above its cap is always lowered.
 //
 // Because every rank runs the same deterministic planner on the same
 // numbers, they all agree on the shares without further communication.
@@ -81,18 +85,28 @@ func ParseMode(s string) (Mode, error) {
 type Planner struct {
 	Mode Mode
 	// Smoothing is the weight of a new measurement in each rank's speed
-	// estimate (0..1]; default 0.5.
+	// estimate (0..1]: the estimate is the mean of the measurements until
+	// there are 1/Smoothing of them, then an exponential moving average
+	// with this weight; default 0.1.
 	Smoothing float64
 	// Hysteresis: the weights change only if the new ones would shorten
 	// the step, predicted from the speed estimates, by more than this
-	// fraction; default 0.01.
+	// fraction; default 0.02.
 	Hysteresis float64
 	// MinShare is the smallest share a rank keeps (so that it is still
 	// measured); default 0.02.
 	MinShare float64
+	// Batch is the global batch in samples, and Horizon the steps over
+	// which new shares must pay for themselves: adopting them costs the
+	// largest SwitchSeconds the ranks report (a rank's first step at a new
+	// batch size allocates its buffers), so they are adopted only when the
+	// predicted step time saved over Horizon steps exceeds that cost. 0
+	// (either): no cost test.
+	Batch, Horizon int
 
 	weights  []float64
 	speed    []float64 // each rank's speed estimate (samples/s); NaN: none yet
+	count    []int     // measurements in each rank's estimate
 	frozen   bool      // static mode after its one plan
 	slowdown []uint64  // each rank's Slowdown at the last plan
 }
@@ -113,7 +127,7 @@ func New(mode Mode, ranks int) (*Planner, error) {
 	for i := range sp {
 		sp[i] = math.NaN()
 	}
-	return &Planner{Mode: mode, Smoothing: 0.5, Hysteresis: 0.01, MinShare: 0.02, weights: w, speed: sp, slowdown: make([]uint64, ranks)}, nil
+	return &Planner{Mode: mode, Smoothing: 0.1, Hysteresis: 0.02, MinShare: 0.02, weights: w, speed: sp, count: make([]int, ranks), slowdown: make([]uint64, ranks)}, nil
 }
 
 // Weights are the current shares (they add up to 1).
@@ -161,6 +175,9 @@ type Measurement struct {
 	// whole instead of smoothing it into the old speeds, since those no
 	// longer hold.
 	Slowdown uint64
+	// SwitchSeconds is what the rank's last change of share cost beyond
+	// its usual step (the first run at a new batch size); 0: unknown.
+	SwitchSeconds float64
 }
 
 // Speed is the measurement's samples per second, corrected by the clock
@@ -178,12 +195,13 @@ func (m Measurement) Speed() float64 {
 
 // Plan takes every rank's measurement over the last period and, by the
 // mode, moves the weights to the ranks' estimated speeds, bounded by their
-// MaxShare. Each rank's speed estimate is smoothed over the periods (the
-// first measurement, and the first after its device's throttling changed,
-// is taken whole); the new weights are proportional to the estimates, and
+// MaxShare. Each rank's speed estimate is smoothed over the periods (see
+// Smoothing; it starts afresh when the device's throttling changes); the
+// new weights are proportional to the estimates, and
 // are adopted when they would shorten the step by more than the
 // hysteresis (the step takes as long as its slowest rank: the largest
-// weight over speed) or when a rank's share no longer fits its MaxShare.
+// weight over speed) and the time saved over Horizon steps exceeds the
+// cost of switching, or when a rank's share no longer fits its MaxShare.
 // It returns whether the weights changed and why (for the log and the
 // metrics file); when they did not change the reason is empty, unless a
 // device's throttling changed, which is always worth reporting.
@@ -195,16 +213,19 @@ func (p *Planner) Plan(ms []Measurement) (bool, string) {
 	var caps []float64
 	var notes []string
 	measured := false
+	switchCost := 0.0
 	for i, m := range ms {
+		if m.SwitchSeconds > switchCost && !math.IsInf(m.SwitchSeconds, 0) {
+			switchCost = m.SwitchSeconds
+		}
 		if m.MaxShare > 0 && m.MaxShare < 1 {
 			if caps == nil {
 				caps = make([]float64, n)
 			}
 			caps[i] = m.MaxShare
 		}
-		whole := math.IsNaN(p.speed[i])
 		if m.Slowdown != p.slowdown[i] {
-			whole = true
+			p.count[i] = 0 // a new regime: start the estimate afresh
 			if m.Slowdown == 0 {
 				notes = append(notes, fmt.Sprintf("rank %d no longer throttled", i))
 			} else {
@@ -217,10 +238,14 @@ func (p *Planner) Plan(ms []Measurement) (bool, string) {
 			continue // keeps its estimate (and, without one, its weight)
 		}
 		measured = true
-		if whole {
+		// The mean of the measurements so far, until there are 1/Smoothing
+		// of them; an exponential moving average from then on.
+		p.count[i]++
+		alpha := math.Max(1/float64(p.count[i]), p.Smoothing)
+		if alpha >= 1 || math.IsNaN(p.speed[i]) {
 			p.speed[i] = s
 		} else {
-			p.speed[i] = (1-p.Smoothing)*p.speed[i] + p.Smoothing*s
+			p.speed[i] = (1-alpha)*p.speed[i] + alpha*s
 		}
 	}
 	throttling := len(notes) > 0
@@ -257,8 +282,10 @@ func (p *Planner) Plan(ms []Measurement) (bool, string) {
 	if p.Mode == Static {
 		p.frozen = true
 	}
-	gain := p.stepTime(p.weights)/p.stepTime(next) - 1
-	if !(gain > p.Hysteresis) && !overCap {
+	cur, nt := p.stepTime(p.weights), p.stepTime(next)
+	gain := cur/nt - 1
+	pays := p.Batch <= 0 || p.Horizon <= 0 || (cur-nt)*float64(p.Batch)*float64(p.Horizon) > switchCost
+	if !(gain > p.Hysteresis && pays) && !overCap {
 		if throttling { // worth a log line even though the shares stay
 			return false, strings.Join(notes, "; ") + "; shares unchanged"
 		}
@@ -269,6 +296,12 @@ func (p *Planner) Plan(ms []Measurement) (bool, string) {
 		parts[i] = fmt.Sprintf("rank %d %.0f samples/s", i, ms[i].Speed())
 	}
 	copy(p.weights, next)
+	// A rank's speed depends somewhat on its share (batch-size efficiency,
+	// what it shares with the others): measurements at the old shares
+	// count for less from now on.
+	for i := range p.count {
+		p.count[i] = min(p.count[i], 2)
+	}
 	reason := "measured " + strings.Join(parts, ", ")
 	if gain > 0 && !math.IsInf(gain, 0) {
 		reason += fmt.Sprintf("; predicted step %.1f%% shorter", 100*gain)
