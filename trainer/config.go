@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -75,6 +76,10 @@ type Config struct {
 	// Load balancing: off, static or adaptive; re-planned every BalanceEvery steps.
 	Balance      string `json:"balance" yaml:"balance"`
 	BalanceEvery int64  `json:"balance_every" yaml:"balance_every"`
+	// Shares fixes each rank's share of the global batch (weights, one per
+	// rank, normalised) instead of measuring: for clusters whose speeds
+	// are known. It excludes Balance other than "off".
+	Shares []float64 `json:"shares,omitempty" yaml:"shares,omitempty"`
 	// DebugSlowRank "R:F" makes rank R F times slower (it sleeps (F-1)× its
 	// compute time each step): a reproducible straggler for tests and benchmarks.
 	DebugSlowRank string `json:"debug_slow_rank,omitempty" yaml:"debug_slow_rank,omitempty"`
@@ -155,6 +160,14 @@ func (c *Config) Validate() error {
 	}
 	if c.SyncPeriod < 1 {
 		return cfgErr("--sync-period %d must be at least 1", c.SyncPeriod)
+	}
+	for _, w := range c.Shares {
+		if !(w > 0) || math.IsInf(w, 0) {
+			return cfgErr("--shares %v: every share must be a positive number", c.Shares)
+		}
+	}
+	if len(c.Shares) > 0 && c.Balance != "off" {
+		return cfgErr("--shares fixes the shares and --balance %s measures them: use one of them", c.Balance)
 	}
 	if c.BalanceEvery < 1 {
 		return cfgErr("--balance-every %d must be at least 1", c.BalanceEvery)

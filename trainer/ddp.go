@@ -68,11 +68,6 @@ type gradBucket struct {
 	params []int // parameter indices, in bucket order
 }
 
-// WithShares fixes the ranks' shares of every global batch (weights,
-// normalised), instead of --balance: for tests and for clusters whose
-// speeds are known.
-func WithShares(w []float64) Option { return func(t *Trainer) { t.fixedShares = w } }
-
 // WithCommunicator makes the trainer one rank of a data-parallel job.
 func WithCommunicator(c dist.Communicator) Option { return func(t *Trainer) { t.dp = &ddp{comm: c} } }
 
@@ -254,14 +249,17 @@ func (t *Trainer) setupBalance() error {
 		return nil
 	}
 	t.dp.slowRank, t.dp.slowFactor, _ = t.cfg.slowRank()
-	if t.fixedShares != nil {
+	if shares := t.cfg.Shares; shares != nil {
+		if len(shares) != t.worldSize() {
+			return fmt.Errorf("%w: --shares has %d shares for a world of %d ranks: give one per rank", ErrConfig, len(shares), t.worldSize())
+		}
 		t.dp.sizes = make([]int, t.worldSize())
 		var err error
 		if t.dp.bal, err = balance.New(balance.Static, t.worldSize()); err != nil {
 			return err
 		}
 		t.dp.bal.Freeze()
-		return t.dp.bal.SetWeights(t.fixedShares)
+		return t.dp.bal.SetWeights(shares)
 	}
 	mode, err := balance.ParseMode(t.cfg.Balance)
 	if err != nil || mode == balance.Off {

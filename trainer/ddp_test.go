@@ -172,7 +172,9 @@ func TestUnequalSharesEqualOneProcess(t *testing.T) {
 		errs := make([]error, len(shares))
 		var wg sync.WaitGroup
 		for r := range trs {
-			trs[r] = newTrainer(t, base, WithCommunicator(comms[r]), WithShares(shares))
+			cfg := base
+			cfg.Shares = shares // as --shares gives them
+			trs[r] = newTrainer(t, cfg, WithCommunicator(comms[r]))
 			wg.Add(1)
 			go func(r int) { defer wg.Done(); _, errs[r] = trs[r].Run(context.Background()) }(r)
 		}
@@ -230,6 +232,25 @@ func TestAdaptiveBalancingFavoursTheFastRank(t *testing.T) {
 	}
 	require.Less(t, maxAbsDiff(params(ref), params(trs[0])), 1e-5)
 	require.Equal(t, params(trs[0]), params(trs[1]))
+}
+
+// TestSharesMustMatchTheWorld: --shares gives one share per rank.
+func TestSharesMustMatchTheWorld(t *testing.T) {
+	cfg := sgdConfig(t)
+	cfg.Shares = []float64{0.5, 0.3, 0.2}
+	comms := ring(t, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range comms {
+		tr := newTrainer(t, cfg, WithCommunicator(comms[r]))
+		wg.Add(1)
+		go func(r int) { defer wg.Done(); _, errs[r] = tr.Run(context.Background()); comms[r].Abort(errs[r]) }(r)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.ErrorIs(t, err, ErrConfig)
+		require.ErrorContains(t, err, "3 shares for a world of 2 ranks")
+	}
 }
 
 // TestDeviceHeadroomBoundsAndResetsTheShares: the fast rank's free memory

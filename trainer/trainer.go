@@ -62,7 +62,6 @@ type Trainer struct {
 	pp          *pipeline // nil: no pipeline stages
 	devices     func() []metrics.GPU
 	headroom    func() gpu.Headroom
-	fixedShares []float64
 }
 
 // Option configures a Trainer.

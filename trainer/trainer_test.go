@@ -252,6 +252,9 @@ func TestConfigValidation(t *testing.T) {
 		{func(c *Config) { c.Schedule = "linear" }, "--schedule"},
 		{func(c *Config) { c.Schedule = "step" }, "--schedule"},
 		{func(c *Config) { c.Dropout = 1.5 }, "--dropout"},
+		{func(c *Config) { c.Shares = []float64{0.7, 0} }, "--shares"},
+		{func(c *Config) { c.Shares = []float64{0.7, math.Inf(1)} }, "--shares"},
+		{func(c *Config) { c.Shares, c.Balance = []float64{0.7, 0.3}, "adaptive" }, "use one of them"},
 	} {
 		c := Default()
 		tc.mutate(&c)

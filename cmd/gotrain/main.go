@@ -175,6 +175,17 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
 	fs.IntVar(&cfg.MicroBatches, "micro-batches", cfg.MicroBatches, "pipeline: micro-batches per global batch")
 	fs.StringVar(&cfg.Balance, "balance", cfg.Balance, "per-rank batch shares: off (equal), static (measured once) or adaptive (re-planned from measured speed)")
 	fs.Int64Var(&cfg.BalanceEvery, "balance-every", cfg.BalanceEvery, "steps between re-plans of the batch shares")
+	fs.Func("shares", "fixed per-rank shares of the global batch, one weight per rank (e.g. 0.7,0.3), instead of --balance", func(v string) error {
+		cfg.Shares = nil
+		for _, f := range strings.Split(v, ",") {
+			w, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+			if err != nil {
+				return fmt.Errorf("%q is not a number", f)
+			}
+			cfg.Shares = append(cfg.Shares, w)
+		}
+		return nil
+	})
 	fs.StringVar(&cfg.DebugSlowRank, "debug-slow-rank", cfg.DebugSlowRank, "testing: RANK:FACTOR makes that rank FACTOR times slower (it sleeps), a reproducible straggler")
 	fs.StringVar(&df.backend, "backend", "auto", "communication backend: cpu (TCP/Unix-socket ring), nccl (libnccl.so.2, loaded at run time; NCCL_LIBRARY names another file) or auto (cpu in this build)")
 	fs.DurationVar(&df.rdzvTimeout, "rdzv-timeout", 5*time.Minute, "deadline for every rank to join")
