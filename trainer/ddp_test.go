@@ -45,15 +45,20 @@ func ring(t *testing.T, w int) []dist.Communicator {
 	return comms
 }
 
-// runRanks trains one Trainer per rank, concurrently, and returns them.
-func runRanks(t *testing.T, cfgs []Config) []*Trainer {
+// runRanks trains one Trainer per rank, concurrently, and returns them;
+// each rank also gets the options opts returns for it.
+func runRanks(t *testing.T, cfgs []Config, opts ...func(r int) Option) []*Trainer {
 	t.Helper()
 	comms := ring(t, len(cfgs))
 	trs := make([]*Trainer, len(cfgs))
 	errs := make([]error, len(cfgs))
 	var wg sync.WaitGroup
 	for r := range cfgs {
-		trs[r] = newTrainer(t, cfgs[r], WithCommunicator(comms[r]))
+		o := []Option{WithCommunicator(comms[r])}
+		for _, f := range opts {
+			o = append(o, f(r))
+		}
+		trs[r] = newTrainer(t, cfgs[r], o...)
 		wg.Add(1)
 		go func(r int) {
 			defer wg.Done()
@@ -167,21 +172,12 @@ func TestUnequalSharesEqualOneProcess(t *testing.T) {
 	_, err := ref.Run(context.Background())
 	require.NoError(t, err)
 	for _, shares := range [][]float64{{0.8, 0.2}, {0.5, 0.3, 0.2}} {
-		comms := ring(t, len(shares))
-		trs := make([]*Trainer, len(shares))
-		errs := make([]error, len(shares))
-		var wg sync.WaitGroup
-		for r := range trs {
-			cfg := base
-			cfg.Shares = shares // as --shares gives them
-			trs[r] = newTrainer(t, cfg, WithCommunicator(comms[r]))
-			wg.Add(1)
-			go func(r int) { defer wg.Done(); _, errs[r] = trs[r].Run(context.Background()) }(r)
+		cfgs := make([]Config, len(shares))
+		for r := range cfgs {
+			cfgs[r] = base
+			cfgs[r].Shares = shares // as --shares gives them
 		}
-		wg.Wait()
-		for r := range trs {
-			require.NoError(t, errs[r])
-		}
+		trs := runRanks(t, cfgs)
 		lo, hi := trs[0].shareOf(0, 50, 0)
 		require.InDelta(t, shares[0]*50, hi-lo, 1, "rank 0's share of a batch of 50")
 		d := maxAbsDiff(params(ref), params(trs[0]))
@@ -210,18 +206,7 @@ func TestAdaptiveBalancingFavoursTheFastRank(t *testing.T) {
 		cfgs[r].BalanceEvery = 3
 		cfgs[r].DebugSlowRank = "1:4"
 	}
-	comms := ring(t, 2)
-	trs := make([]*Trainer, 2)
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for r := range trs {
-		trs[r] = newTrainer(t, cfgs[r], WithCommunicator(comms[r]), WithSink(recs[r]))
-		wg.Add(1)
-		go func(r int) { defer wg.Done(); _, errs[r] = trs[r].Run(context.Background()) }(r)
-	}
-	wg.Wait()
-	require.NoError(t, errs[0])
-	require.NoError(t, errs[1])
+	trs := runRanks(t, cfgs, func(r int) Option { return WithSink(recs[r]) })
 	require.NotEmpty(t, recs[0].bal, "the balancer re-planned")
 	last := recs[0].bal[len(recs[0].bal)-1]
 	require.Greater(t, last.Shares[0], last.Shares[1], "the fast rank takes the larger share: %v", last.Shares)
@@ -283,19 +268,10 @@ func TestDeviceHeadroomBoundsAndResetsTheShares(t *testing.T) {
 	}
 	cfgs := []Config{base, base}
 	recs := []*balanceRecorder{{}, {}}
-	comms := ring(t, 2)
-	trs := make([]*Trainer, 2)
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for r := range trs {
+	for r := range cfgs {
 		cfgs[r].Balance, cfgs[r].BalanceEvery, cfgs[r].DebugSlowRank = "adaptive", 3, "0:4"
-		trs[r] = newTrainer(t, cfgs[r], WithCommunicator(comms[r]), WithSink(recs[r]), WithHeadroom(headroom[r]))
-		wg.Add(1)
-		go func(r int) { defer wg.Done(); _, errs[r] = trs[r].Run(context.Background()) }(r)
 	}
-	wg.Wait()
-	require.NoError(t, errs[0])
-	require.NoError(t, errs[1])
+	trs := runRanks(t, cfgs, func(r int) Option { return WithSink(recs[r]) }, func(r int) Option { return WithHeadroom(headroom[r]) })
 	require.NotEmpty(t, recs[0].bal)
 	var capped, throttled bool
 	for _, b := range recs[0].bal {
