@@ -68,6 +68,7 @@ fuzz:
 	$(GO) test ./trainer/dist/rendezvous -run '^$$' -fuzz '^FuzzExpandNodeList$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/dist/secure -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./gpu -run '^$$' -fuzz '^FuzzParseMemInfo$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./trainer/ps -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 
 # Throughput against PyTorch (Debian's python3-torch), side by side, median of
 # REPEATS alternating runs, same threads, model, batch and optimiser.

@@ -65,10 +65,17 @@ type Config struct {
 	BucketMB   float64       `json:"bucket_mb" yaml:"bucket_mb"`
 	Timeout    time.Duration `json:"timeout" yaml:"timeout"`
 	// Sync is how ranks combine their work: "allreduce" (the mean gradient
-	// every step) or "local-sgd" (each rank steps on its own share; the
-	// parameters are averaged every SyncPeriod steps).
+	// every step), "local-sgd" (each rank steps on its own share; the
+	// parameters are averaged every SyncPeriod steps) or "async" (rank 0
+	// serves the parameters; every rank pushes gradients of batches of
+	// BatchSize/world samples and never waits for the others, unless it is
+	// more than MaxStaleness updates ahead of the slowest; see trainer/ps).
 	Sync       string `json:"sync" yaml:"sync"`
 	SyncPeriod int64  `json:"sync_period" yaml:"sync_period"`
+	// MaxStaleness bounds async staleness (negative: no bound);
+	// DownWeightStale scales a gradient of staleness s by 1/(1+s).
+	MaxStaleness    int64 `json:"max_staleness" yaml:"max_staleness"`
+	DownWeightStale bool  `json:"downweight_stale,omitempty" yaml:"downweight_stale,omitempty"`
 	// Pipeline (model) parallelism: one stage per rank, each global batch
 	// cut into MicroBatches.
 	PipelineStages int `json:"pipeline_stages" yaml:"pipeline_stages"`
@@ -93,7 +100,7 @@ func Default() Config {
 		Epochs: 2, BatchSize: 64, EvalBatchSize: 250,
 		Optimizer: "adam", LR: 2e-3, Momentum: 0.9, Schedule: "cosine", Gamma: 0.1,
 		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0,
-		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute, Balance: "off", BalanceEvery: 20,
+		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute, Balance: "off", BalanceEvery: 20, MaxStaleness: 16,
 		Sync: "allreduce", SyncPeriod: 8, PipelineStages: 1, MicroBatches: 4,
 	}
 }
@@ -151,9 +158,18 @@ func (c *Config) Validate() error {
 	switch c.Sync {
 	case "allreduce", "local-sgd":
 	case "async":
-		return cfgErr("--sync async (parameter servers) is not built yet; use allreduce or local-sgd")
+		switch {
+		case c.PipelineStages > 1:
+			return cfgErr("--sync async and --pipeline-stages: pipeline stages run synchronously; use one of them")
+		case c.AccumSteps > 1:
+			return cfgErr("--sync async and --accum-steps: an async worker pushes every batch; use one of them")
+		case c.Balance != "off" || len(c.Shares) > 0:
+			return cfgErr("--sync async balances by itself (fast workers take more batches): drop --balance and --shares")
+		case c.CheckpointDir != "" || c.Resume != "" || c.CheckpointEvery > 0:
+			return cfgErr("--sync async does not write or resume checkpoints yet: drop --checkpoint-dir, --checkpoint-every and --resume (rank 0 saves the final weights with --out)")
+		}
 	default:
-		return cfgErr("--sync %q is not a mode (valid: allreduce, local-sgd)", c.Sync)
+		return cfgErr("--sync %q is not a mode (valid: allreduce, local-sgd, async)", c.Sync)
 	}
 	if c.PipelineStages < 1 || c.MicroBatches < 1 {
 		return cfgErr("--pipeline-stages and --micro-batches must be at least 1")

@@ -62,6 +62,7 @@ type Trainer struct {
 	pp          *pipeline // nil: no pipeline stages
 	devices     func() []metrics.GPU
 	headroom    func() gpu.Headroom
+	async       *AsyncTransport
 }
 
 // Option configures a Trainer.
@@ -210,6 +211,9 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 		if err := t.syncStart(cctx); err != nil {
 			return res, err
 		}
+	}
+	if cfg.Sync == "async" {
+		return t.runAsync(ctx, start)
 	}
 	if t.pipelined() {
 		if t.dp == nil || t.dp.comm == nil {

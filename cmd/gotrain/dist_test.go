@@ -382,8 +382,9 @@ func TestNCCLBackendMatchesCPU(t *testing.T) {
 	require.Contains(t, stderr, "NCCL_LIBRARY")
 }
 
-// TestLocalSGDOnMNIST: 2 ranks with --sync local-sgd reach test accuracy
-// within 1 percentage point of --sync allreduce (MLP, MNIST, 2 epochs).
+// TestLocalSGDOnMNIST: 2 ranks with --sync local-sgd and with --sync async
+// reach test accuracy within 1 percentage point of --sync allreduce (MLP,
+// MNIST, 2 epochs).
 func TestLocalSGDOnMNIST(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains on MNIST twice; skipped with -short")
@@ -392,14 +393,45 @@ func TestLocalSGDOnMNIST(t *testing.T) {
 		t.Skipf("MNIST is not available (%v): run 'make data'", err)
 	}
 	acc := map[string]float64{}
-	for _, sync := range []string{"allreduce", "local-sgd"} {
+	for _, sync := range []string{"allreduce", "local-sgd", "async"} {
 		mf := filepath.Join(t.TempDir(), "m.jsonl")
 		stdout, stderr, err := gotrain(t, "launch", "--standalone", "--nproc-per-node", "2", "--", "train", "--sync", sync, "--threads", "1", "--metrics-file", mf)
 		require.NoError(t, err, stderr+stdout)
 		acc[sync] = readRecords(t, mf)["summary"][0]["test_accuracy"].(float64)
 	}
-	t.Logf("test accuracy: allreduce %.4f, local-sgd %.4f", acc["allreduce"], acc["local-sgd"])
+	t.Logf("test accuracy: allreduce %.4f, local-sgd %.4f, async %.4f", acc["allreduce"], acc["local-sgd"], acc["async"])
 	require.InDelta(t, acc["allreduce"], acc["local-sgd"], 0.01)
+	require.InDelta(t, acc["allreduce"], acc["async"], 0.01)
+}
+
+// TestKilledAsyncWorkerLeavesTheOthersTraining: three ranks under --sync
+// async, started as a scheduler starts them (no launcher); rank 2 is
+// killed mid-run. Rank 0 (the parameter server and a worker) and rank 1
+// train to completion: every batch of the epoch is applied, rank 2's
+// unfinished batch by another rank, and rank 0 evaluates and saves.
+func TestKilledAsyncWorkerLeavesTheOthersTraining(t *testing.T) {
+	dir := t.TempDir()
+	mf, out := filepath.Join(dir, "m.jsonl"), filepath.Join(dir, "w.safetensors")
+	args := []string{"train", "--dataset", "synthetic", "--synthetic-size", "40000", "--epochs", "1", "--batch-size", "48",
+		"--threads", "1", "--sync", "async", "--metrics-file", mf, "--out", out}
+	cmds, errs := startRanks(t, 3, freePort(t), secure.NewSecret(), args)
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(errs[2].String(), "msg=training") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	require.NoError(t, cmds[2].Process.Kill())
+	for _, r := range []int{0, 1} {
+		require.NoError(t, cmds[r].Wait(), "rank %d carries on when rank 2 dies: %s", r, errs[r].String())
+	}
+	require.Contains(t, errs[0].String(), "the batch goes to another worker")
+	recs := readRecords(t, mf)
+	last := recs["async"][len(recs["async"])-1]
+	require.Equal(t, []any{2.0}, last["lost"], "rank 2 is reported lost")
+	require.Equal(t, float64((40000+15)/16), last["version"], "every batch of the epoch was applied (batches of 48/3)")
+	require.Len(t, recs["summary"], 1)
+	_, err := os.Stat(out)
+	require.NoError(t, err, "rank 0 saved the weights")
 }
 
 // TestPipelineStagesMatchOneProcess: 'gotrain launch' with 2 and 4 ranks,

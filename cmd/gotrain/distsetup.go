@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gotrain/gotrain/nccl"
+	"github.com/gotrain/gotrain/trainer"
 	"github.com/gotrain/gotrain/trainer/dist"
 	"github.com/gotrain/gotrain/trainer/dist/rendezvous"
 	"github.com/gotrain/gotrain/trainer/dist/secure"
@@ -27,10 +28,12 @@ type distFlags struct {
 
 // job is this process's place in a data-parallel job.
 type job struct {
-	env    rendezvous.Env
-	comm   dist.Communicator
-	store  *rendezvous.Client
-	server *rendezvous.Server
+	env              rendezvous.Env
+	comm             dist.Communicator
+	store            *rendezvous.Client
+	server           *rendezvous.Server
+	host             string         // this rank's address for its peers
+	srvOpts, cliOpts secure.Options // the job's handshakes
 }
 
 func (j *job) Close() {
@@ -99,7 +102,7 @@ func joinJob(ctx context.Context, f distFlags, log *slog.Logger) (*job, error) {
 		}
 		srvOpts.TLS, cliOpts.TLS = s, c
 	}
-	j := &job{env: env}
+	j := &job{env: env, srvOpts: srvOpts, cliOpts: cliOpts}
 	addr := net.JoinHostPort(env.MasterAddr, strconv.Itoa(env.MasterPort))
 	rctx, cancel := context.WithTimeout(ctx, f.rdzvTimeout)
 	defer cancel()
@@ -122,6 +125,7 @@ func joinJob(ctx context.Context, f distFlags, log *slog.Logger) (*job, error) {
 		return j, nil
 	}
 	host := listenHost(env.MasterAddr)
+	j.host = host
 	j.comm, err = dist.NewRing(rctx, dist.RingConfig{
 		Rank: env.Rank, Size: env.WorldSize, Store: j.store, Prefix: "ring/", ListenHost: host,
 		Upgrade: func(c net.Conn, server bool) (net.Conn, error) {
@@ -215,4 +219,39 @@ func serveMetrics(addr string, rank, world, localRank int) (*prom.Exporter, stri
 		return nil, "", err
 	}
 	return exp, actual, nil
+}
+
+// psAddrKey is where rank 0 publishes its parameter server's address.
+const psAddrKey = "ps/addr"
+
+// asyncTransport connects this rank to the parameter server of an
+// asynchronous job: rank 0 listens on its host (port chosen by the system)
+// and publishes the address in the rendezvous store; the other ranks read
+// it and connect. Every connection passes the job's handshake (secret,
+// TLS when set), like the ring's.
+func (j *job) asyncTransport(ctx context.Context) (trainer.AsyncTransport, func(), error) {
+	if j.env.Rank == 0 {
+		ln, err := net.Listen("tcp", net.JoinHostPort(j.host, "0"))
+		if err != nil {
+			return trainer.AsyncTransport{}, nil, fmt.Errorf("rank 0 cannot listen for the parameter server on %s: %w", j.host, err)
+		}
+		if err := j.store.Set(ctx, psAddrKey, []byte(ln.Addr().String())); err != nil {
+			ln.Close()
+			return trainer.AsyncTransport{}, nil, fmt.Errorf("rank 0: publishing the parameter server's address: %w", err)
+		}
+		return trainer.AsyncTransport{Listener: ln, Upgrade: func(c net.Conn) (net.Conn, error) { return secure.Server(c, j.srvOpts) }},
+			func() { ln.Close() }, nil
+	}
+	return trainer.AsyncTransport{Dial: func(ctx context.Context) (net.Conn, error) {
+		addr, err := j.store.Get(ctx, psAddrKey)
+		if err != nil {
+			return nil, fmt.Errorf("reading the parameter server's address: %w", err)
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", string(addr))
+		if err != nil {
+			return nil, err
+		}
+		return secure.Client(c, j.cliOpts)
+	}}, func() {}, nil
 }

@@ -169,7 +169,9 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
 	fs.Float64Var(&cfg.BucketMB, "bucket-mb", cfg.BucketMB, "gradient all-reduce bucket size, MiB")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "deadline of each collective; a rank that dies or stalls ends the job within it")
 	fs.StringVar(&df.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at HOST:PORT/metrics (each rank: port + local rank)")
-	fs.StringVar(&cfg.Sync, "sync", cfg.Sync, "how ranks combine work: allreduce (mean gradient every step) or local-sgd (local steps, parameters averaged every --sync-period steps)")
+	fs.StringVar(&cfg.Sync, "sync", cfg.Sync, "how ranks combine work: allreduce (mean gradient every step), local-sgd (local steps, parameters averaged every --sync-period steps) or async (rank 0 serves the parameters; ranks push gradients without waiting for each other)")
+	fs.Int64Var(&cfg.MaxStaleness, "max-staleness", cfg.MaxStaleness, "async: a rank waits when it is more than this many updates ahead of the slowest (negative: never)")
+	fs.BoolVar(&cfg.DownWeightStale, "downweight-stale", cfg.DownWeightStale, "async: scale a gradient that is s updates stale by 1/(1+s)")
 	fs.Int64Var(&cfg.SyncPeriod, "sync-period", cfg.SyncPeriod, "local-sgd: steps between parameter averages")
 	fs.IntVar(&cfg.PipelineStages, "pipeline-stages", cfg.PipelineStages, "model parallelism: split the model into this many stages, one per rank (the world size)")
 	fs.IntVar(&cfg.MicroBatches, "micro-batches", cfg.MicroBatches, "pipeline: micro-batches per global batch")
@@ -294,6 +296,14 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	if j != nil {
 		rank, local = j.env.Rank, j.env.LocalRank
 		opts = append(opts, trainer.WithCommunicator(j.comm))
+		if cfg.Sync == "async" {
+			tr, closeTr, err := j.asyncTransport(ctx)
+			if err != nil {
+				return err
+			}
+			defer closeTr()
+			opts = append(opts, trainer.WithAsync(tr))
+		}
 	}
 	sampler, stopDevices := devices(2*time.Second, logger)
 	defer stopDevices()
@@ -351,6 +361,11 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 		if err := jsonl.Close(); err != nil {
 			return fmt.Errorf("--metrics-file: %w", err)
 		}
+	}
+	if cfg.Sync == "async" && rank != 0 {
+		fmt.Fprintf(stdout, "async worker %d: %d batches; %.0f samples/s; %.1fs; rank 0 reports the test accuracy\n",
+			rank, res.Steps, res.TrainSamplesPerSec, res.WallSeconds)
+		return nil
 	}
 	fmt.Fprintf(stdout, "test accuracy %.2f%% (test loss %.4f) after %d steps; %.0f samples/s; %.1fs; peak RSS %d MB\n",
 		100*res.TestAccuracy, res.TestLoss, res.Steps, res.TrainSamplesPerSec, res.WallSeconds, res.PeakRSSBytes>>20)

@@ -132,6 +132,9 @@ func (j *JSONL) Eval(r Eval) { _ = j.Write(r) }
 // Summary writes r; see [JSONL.Write]. Errors are remembered for Err.
 func (j *JSONL) Summary(r Summary) { _ = j.Write(r) }
 
+// Async writes an asynchronous-training record.
+func (j *JSONL) Async(r Async) { _ = j.Write(r) }
+
 // Balance writes a load-balancing record.
 func (j *JSONL) Balance(r Balance) { _ = j.Write(r) }
 

@@ -127,3 +127,36 @@ func (r Balance) MarshalJSON() ([]byte, error) {
 	r.Kind = KindBalance
 	return marshalFinite(plain(r))
 }
+
+// KindAsync is the kind of an [Async] record.
+const KindAsync = "async"
+
+// Async is reported by the parameter server (rank 0) of an asynchronous
+// run (--sync async) every few updates: the staleness of the gradients it
+// applied and the time each worker was held by the staleness bound.
+type Async struct {
+	Kind string `json:"kind"`
+	// Version is the number of updates applied so far.
+	Version uint64 `json:"version"`
+	// StalenessMean and StalenessMax are over the updates since the
+	// previous record: how many updates a gradient's parameters were behind
+	// when it was applied.
+	StalenessMean float64 `json:"staleness_mean"`
+	StalenessMax  uint64  `json:"staleness_max"`
+	// WaitSeconds is each worker's total time held by --max-staleness,
+	// indexed by rank (0 for a rank that never waited or never joined).
+	WaitSeconds []float64 `json:"wait_seconds"`
+	// Workers is how many workers are connected; Lost lists the ranks that
+	// left before the end.
+	Workers   int   `json:"workers"`
+	Lost      []int `json:"lost,omitempty"`
+	Rank      int   `json:"rank"`
+	WorldSize int   `json:"world_size"`
+}
+
+// MarshalJSON encodes r with kind "async".
+func (r Async) MarshalJSON() ([]byte, error) {
+	type plain Async
+	r.Kind = KindAsync
+	return marshalFinite(plain(r))
+}

@@ -90,6 +90,15 @@ func (m multi) Balance(r Balance) {
 	}
 }
 
+// Async passes an asynchronous-training record to the sinks that take one.
+func (m multi) Async(r Async) {
+	for _, s := range m {
+		if b, ok := s.(interface{ Async(Async) }); ok {
+			b.Async(r)
+		}
+	}
+}
+
 func (m multi) Err() error {
 	var errs []error
 	for _, s := range m {
