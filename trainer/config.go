@@ -72,6 +72,13 @@ type Config struct {
 	// more than MaxStaleness updates ahead of the slowest; see trainer/ps).
 	Sync       string `json:"sync" yaml:"sync"`
 	SyncPeriod int64  `json:"sync_period" yaml:"sync_period"`
+	// OuterLR and OuterMomentum make local SGD's synchronisation an outer
+	// optimiser step (DiLoCo): the change since the last synchronisation,
+	// averaged over the ranks, is the outer gradient of a Nesterov SGD
+	// with this learning rate and momentum. 1 and 0 (the defaults) are
+	// plain averaging; DiLoCo uses 0.7 and 0.9.
+	OuterLR       float64 `json:"outer_lr" yaml:"outer_lr"`
+	OuterMomentum float64 `json:"outer_momentum" yaml:"outer_momentum"`
 	// MaxStaleness bounds async staleness (negative: no bound);
 	// DownWeightStale scales a gradient of staleness s by 1/(1+s).
 	MaxStaleness    int64 `json:"max_staleness" yaml:"max_staleness"`
@@ -100,7 +107,7 @@ func Default() Config {
 		Epochs: 2, BatchSize: 64, EvalBatchSize: 250,
 		Optimizer: "adam", LR: 2e-3, Momentum: 0.9, Schedule: "cosine", Gamma: 0.1,
 		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0,
-		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute, Balance: "off", BalanceEvery: 20, MaxStaleness: 16,
+		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute, Balance: "off", BalanceEvery: 20, MaxStaleness: 16, OuterLR: 1,
 		Sync: "allreduce", SyncPeriod: 8, PipelineStages: 1, MicroBatches: 4,
 	}
 }
@@ -170,6 +177,12 @@ func (c *Config) Validate() error {
 		}
 	default:
 		return cfgErr("--sync %q is not a mode (valid: allreduce, local-sgd, async)", c.Sync)
+	}
+	if !(c.OuterLR > 0) || math.IsInf(c.OuterLR, 0) || !(c.OuterMomentum >= 0 && c.OuterMomentum < 1) {
+		return cfgErr("--outer-lr %v must be positive and --outer-momentum %v in [0, 1)", c.OuterLR, c.OuterMomentum)
+	}
+	if c.outer() && c.Sync != "local-sgd" {
+		return cfgErr("--outer-lr and --outer-momentum shape local SGD's synchronisation: add --sync local-sgd")
 	}
 	if c.PipelineStages < 1 || c.MicroBatches < 1 {
 		return cfgErr("--pipeline-stages and --micro-batches must be at least 1")
@@ -243,6 +256,10 @@ func (c *Config) trajectory() string {
 	return fmt.Sprintf("model=%s hidden=%v activation=%s dropout=%v dataset=%s batch=%d optimizer=%s seed=%d",
 		c.Model, c.ModelSpec().Hidden, c.Activation, c.Dropout, c.Dataset, c.BatchSize, c.Optimizer, c.Seed)
 }
+
+// outer reports whether local SGD synchronises with an outer optimiser
+// rather than plain averaging.
+func (c *Config) outer() bool { return c.OuterLR != 1 || c.OuterMomentum != 0 }
 
 // slowRank parses DebugSlowRank ("R:F"); rank -1 when unset.
 func (c *Config) slowRank() (int, float64, error) {

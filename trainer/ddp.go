@@ -466,6 +466,22 @@ func (t *Trainer) averageParams(ctx context.Context, stopRequested bool) (stop b
 			return false, err
 		}
 	}
+	if o := t.outer; o != nil {
+		// The outer gradient is the averaged change since the last
+		// synchronisation; the outer step moves the anchor, which every
+		// rank then starts from. The same numbers on every rank: replicas
+		// stay bitwise identical.
+		for i, p := range t.Model.Params {
+			a, g := o.params[i].Data, o.params[i].Grad
+			for j, v := range p.Data {
+				g[j] = a[j] - v
+			}
+		}
+		o.opt.Step(o.params, t.cfg.OuterLR)
+		for i, p := range t.Model.Params {
+			copy(p.Data, o.params[i].Data)
+		}
+	}
 	flag := []float32{0}
 	if stopRequested {
 		flag[0] = 1
@@ -476,6 +492,63 @@ func (t *Trainer) averageParams(ctx context.Context, stopRequested bool) (stop b
 		return false, err
 	}
 	return flag[0] > 0, nil
+}
+
+// outerOpt is local SGD's outer optimiser: Data holds the anchor (the
+// parameters after the last synchronisation), Grad the outer gradient.
+type outerOpt struct {
+	opt    optim.Optimizer
+	params []optim.Param
+}
+
+// newOuter makes the outer optimiser anchored at the model's parameters.
+func newOuter(cfg Config, m *graph.Model) (*outerOpt, error) {
+	o := &outerOpt{params: make([]optim.Param, len(m.Params))}
+	for i, p := range m.Params {
+		o.params[i] = optim.Param{Name: p.Name, Data: slices.Clone(p.Data), Grad: make([]float32, len(p.Data))}
+	}
+	var err error
+	o.opt, err = optim.New(optim.Config{Name: "sgd", Momentum: cfg.OuterMomentum, Nesterov: cfg.OuterMomentum > 0}, o.params)
+	if err != nil {
+		return nil, fmt.Errorf("%w: outer optimiser: %v", ErrConfig, err)
+	}
+	return o, nil
+}
+
+// anchor sets the outer optimiser's anchor to the model's parameters.
+func (o *outerOpt) anchor(m *graph.Model) {
+	for i, p := range m.Params {
+		copy(o.params[i].Data, p.Data)
+	}
+}
+
+// broadcastOptState gives every rank rank 0's state of opt (which has
+// taken step steps on rank 0).
+func (t *Trainer) broadcastOptState(ctx context.Context, opt optim.Optimizer, step int64, what string) error {
+	c := t.dp.comm
+	st, _ := opt.State()
+	names := make([]string, 0, len(st))
+	for k := range st {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		if err := t.collective(ctx, "broadcast of "+what+k, func(ctx context.Context) error {
+			return c.Broadcast(ctx, st[k], 0)
+		}); err != nil {
+			return err
+		}
+	}
+	stepBuf := []float64{float64(step)}
+	if err := t.collective(ctx, "broadcast of "+what+"step", func(ctx context.Context) error {
+		return c.Broadcast(ctx, stepBuf, 0)
+	}); err != nil {
+		return err
+	}
+	if c.Rank() != 0 {
+		return opt.LoadState(st, int64(stepBuf[0]))
+	}
+	return nil
 }
 
 // localSGD reports whether ranks average parameters instead of gradients.
@@ -613,22 +686,16 @@ func (t *Trainer) syncStart(ctx context.Context) error {
 			return err
 		}
 	}
+	if t.outer != nil {
+		t.outer.anchor(t.Model) // rank 0's parameters, as synchronised
+	}
 	if pos[3] == 1 {
-		st, _ := t.opt.State()
-		names := make([]string, 0, len(st))
-		for k := range st {
-			names = append(names, k)
+		if err := t.broadcastOptState(ctx, t.opt, pos[4], "optimiser state "); err != nil {
+			return err
 		}
-		slices.Sort(names)
-		for _, k := range names {
-			if err := t.collective(ctx, "broadcast of optimiser state "+k, func(ctx context.Context) error {
-				return c.Broadcast(ctx, st[k], 0)
-			}); err != nil {
-				return err
-			}
-		}
-		if r != 0 {
-			if err := t.opt.LoadState(st, pos[4]); err != nil {
+		if t.outer != nil {
+			_, step := t.outer.opt.State()
+			if err := t.broadcastOptState(ctx, t.outer.opt, step, "outer optimiser state "); err != nil {
 				return err
 			}
 		}

@@ -24,9 +24,11 @@ const (
 	metaTrajectory = "gotrain.trajectory"
 	metaOptimizer  = "gotrain.optimizer"
 	metaOptStep    = "gotrain.optimizer_step"
+	metaOuterStep  = "gotrain.outer_optimizer_step"
 	metaRNG        = "gotrain.rng"
 	metaVersion    = "gotrain.version"
 	optPrefix      = "optimizer."
+	outerPrefix    = "outer_optimizer."
 	formatVersion  = "1"
 )
 
@@ -79,6 +81,18 @@ func (t *Trainer) snapshot() (*checkpoint.File, error) {
 			f.Tensors = append(f.Tensors, checkpoint.F32(optPrefix+k, []int{len(st[k])}, st[k]))
 		}
 	}
+	if t.outer != nil {
+		st, step := t.outer.opt.State()
+		f.Metadata[metaOuterStep] = strconv.FormatInt(step, 10)
+		names := make([]string, 0, len(st))
+		for k := range st {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		for _, k := range names {
+			f.Tensors = append(f.Tensors, checkpoint.F32(outerPrefix+k, []int{len(st[k])}, st[k]))
+		}
+	}
 	return f, nil
 }
 
@@ -109,7 +123,7 @@ func loadWeights(m *graph.Model, f *checkpoint.File, path string) error {
 		delete(byName, p.Name)
 	}
 	for name := range byName {
-		if !strings.HasPrefix(name, optPrefix) {
+		if !strings.HasPrefix(name, optPrefix) && !strings.HasPrefix(name, outerPrefix) {
 			return fmt.Errorf("%w: %s has tensor %q, which model %s does not have; check --model and --hidden", ErrCheckpoint, path, name, m.Spec.Kind)
 		}
 	}
@@ -172,8 +186,35 @@ func (t *Trainer) restore(pathOrDir string) error {
 	if err := probe.LoadState(st, optStep); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
 	}
+	var outer *outerOpt
+	if t.outer != nil {
+		ost := map[string][]float32{}
+		for _, ts := range f.Tensors {
+			if name, ok := strings.CutPrefix(ts.Name, outerPrefix); ok {
+				v, err := ts.Float32s()
+				if err != nil {
+					return fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
+				}
+				ost[name] = v
+			}
+		}
+		ostep, err := strconv.ParseInt(md[metaOuterStep], 10, 64)
+		if err != nil {
+			return fmt.Errorf("%w: %s has no outer optimiser state (%s), which --outer-lr/--outer-momentum need: it was saved by a run without them", ErrCheckpoint, path, metaOuterStep)
+		}
+		if outer, err = newOuter(t.cfg, t.Model); err != nil {
+			return err
+		}
+		if err := outer.opt.LoadState(ost, ostep); err != nil {
+			return fmt.Errorf("%w: %s: outer optimiser: %v", ErrCheckpoint, path, err)
+		}
+	}
 	if err := loadWeights(t.Model, f, path); err != nil {
 		return err
+	}
+	if outer != nil {
+		outer.anchor(t.Model) // checkpoints are taken right after a synchronisation
+		t.outer = outer
 	}
 	t.opt = probe
 	t.pos = pos

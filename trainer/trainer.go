@@ -63,6 +63,7 @@ type Trainer struct {
 	devices     func() []metrics.GPU
 	headroom    func() gpu.Headroom
 	async       *AsyncTransport
+	outer       *outerOpt // local SGD's outer optimiser; nil: plain averaging
 }
 
 // Option configures a Trainer.
@@ -126,6 +127,11 @@ func New(cfg Config, opts ...Option) (*Trainer, error) {
 	t.Model = m
 	if t.opt, err = newOptimizer(cfg, m); err != nil {
 		return nil, err
+	}
+	if cfg.outer() {
+		if t.outer, err = newOuter(cfg, m); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Resume != "" && t.rank() == 0 {
 		// Other ranks receive rank 0's state when the run starts.

@@ -170,6 +170,8 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "deadline of each collective; a rank that dies or stalls ends the job within it")
 	fs.StringVar(&df.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at HOST:PORT/metrics (each rank: port + local rank)")
 	fs.StringVar(&cfg.Sync, "sync", cfg.Sync, "how ranks combine work: allreduce (mean gradient every step), local-sgd (local steps, parameters averaged every --sync-period steps) or async (rank 0 serves the parameters; ranks push gradients without waiting for each other)")
+	fs.Float64Var(&cfg.OuterLR, "outer-lr", cfg.OuterLR, "local-sgd: learning rate of the outer (Nesterov SGD) step on the averaged change; 1 with --outer-momentum 0 is plain averaging (DiLoCo: 0.7)")
+	fs.Float64Var(&cfg.OuterMomentum, "outer-momentum", cfg.OuterMomentum, "local-sgd: momentum of the outer step (DiLoCo: 0.9)")
 	fs.Int64Var(&cfg.MaxStaleness, "max-staleness", cfg.MaxStaleness, "async: a rank waits when it is more than this many updates ahead of the slowest (negative: never)")
 	fs.BoolVar(&cfg.DownWeightStale, "downweight-stale", cfg.DownWeightStale, "async: scale a gradient that is s updates stale by 1/(1+s)")
 	fs.Int64Var(&cfg.SyncPeriod, "sync-period", cfg.SyncPeriod, "local-sgd: steps between parameter averages")
