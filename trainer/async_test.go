@@ -3,26 +3,10 @@ package trainer
 import (
 	"context"
 	"net"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/gotrain/gotrain/trainer/metrics"
 )
-
-// asyncRecorder keeps the async records.
-type asyncRecorder struct {
-	recorder
-	mu    sync.Mutex
-	async []metrics.Async
-}
-
-func (a *asyncRecorder) Async(r metrics.Async) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.async = append(a.async, r)
-}
 
 // asyncOptions gives each of w in-process ranks its transport to rank 0's
 // parameter server over loopback TCP.
@@ -57,7 +41,7 @@ func TestAsyncLearnsAndTheFastRankTakesMore(t *testing.T) {
 		cfgs[r].Sync = "async"
 		cfgs[r].DebugSlowRank = "2:3"
 	}
-	rec := &asyncRecorder{}
+	rec := &balanceRecorder{}
 	trs := runRanks(t, cfgs, asyncOptions(t), func(r int) Option {
 		if r == 0 {
 			return WithSink(rec)

@@ -150,10 +150,18 @@ func TestResumeAcrossRanks(t *testing.T) {
 }
 
 // balanceRecorder keeps the balancer's records.
+// balanceRecorder keeps the balance and async records besides the others.
 type balanceRecorder struct {
 	recorder
-	mu  sync.Mutex
-	bal []metrics.Balance
+	mu    sync.Mutex
+	bal   []metrics.Balance
+	async []metrics.Async
+}
+
+func (b *balanceRecorder) Async(r metrics.Async) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.async = append(b.async, r)
 }
 
 func (b *balanceRecorder) Balance(r metrics.Balance) {

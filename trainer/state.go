@@ -10,6 +10,7 @@ import (
 
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/checkpoint"
+	"github.com/gotrain/gotrain/trainer/optim"
 )
 
 // Checkpoint metadata keys. Weights are stored under their parameter names
@@ -69,31 +70,43 @@ func (t *Trainer) snapshot() (*checkpoint.File, error) {
 	}}
 	f.Tensors = weightTensors(t.Model)
 	if t.opt != nil {
-		st, step := t.opt.State()
 		f.Metadata[metaOptimizer] = t.opt.Name()
-		f.Metadata[metaOptStep] = strconv.FormatInt(step, 10)
-		names := make([]string, 0, len(st))
-		for k := range st {
-			names = append(names, k)
-		}
-		slices.Sort(names)
-		for _, k := range names {
-			f.Tensors = append(f.Tensors, checkpoint.F32(optPrefix+k, []int{len(st[k])}, st[k]))
-		}
+		f.Metadata[metaOptStep] = appendState(f, optPrefix, t.opt)
 	}
 	if t.outer != nil {
-		st, step := t.outer.opt.State()
-		f.Metadata[metaOuterStep] = strconv.FormatInt(step, 10)
-		names := make([]string, 0, len(st))
-		for k := range st {
-			names = append(names, k)
-		}
-		slices.Sort(names)
-		for _, k := range names {
-			f.Tensors = append(f.Tensors, checkpoint.F32(outerPrefix+k, []int{len(st[k])}, st[k]))
-		}
+		f.Metadata[metaOuterStep] = appendState(f, outerPrefix, t.outer.opt)
 	}
 	return f, nil
+}
+
+// appendState adds opt's state tensors to f under prefix, in name order,
+// and returns its step count for the metadata.
+func appendState(f *checkpoint.File, prefix string, opt optim.Optimizer) string {
+	st, step := opt.State()
+	names := make([]string, 0, len(st))
+	for k := range st {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		f.Tensors = append(f.Tensors, checkpoint.F32(prefix+k, []int{len(st[k])}, st[k]))
+	}
+	return strconv.FormatInt(step, 10)
+}
+
+// stateTensors collects the tensors saved under prefix, by name less prefix.
+func stateTensors(f *checkpoint.File, prefix, path string) (map[string][]float32, error) {
+	st := map[string][]float32{}
+	for _, ts := range f.Tensors {
+		if name, ok := strings.CutPrefix(ts.Name, prefix); ok {
+			v, err := ts.Float32s()
+			if err != nil {
+				return nil, fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
+			}
+			st[name] = v
+		}
+	}
+	return st, nil
 }
 
 func weightTensors(m *graph.Model) []checkpoint.Tensor {
@@ -167,15 +180,9 @@ func (t *Trainer) restore(pathOrDir string) error {
 	if err != nil || md[metaOptimizer] != t.opt.Name() {
 		return fmt.Errorf("%w: %s: optimiser state is for %q (step %q), this run uses %q", ErrCheckpoint, path, md[metaOptimizer], md[metaOptStep], t.opt.Name())
 	}
-	st := map[string][]float32{}
-	for _, ts := range f.Tensors {
-		if name, ok := strings.CutPrefix(ts.Name, optPrefix); ok {
-			v, err := ts.Float32s()
-			if err != nil {
-				return fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
-			}
-			st[name] = v
-		}
+	st, err := stateTensors(f, optPrefix, path)
+	if err != nil {
+		return err
 	}
 	// Check the optimiser state before touching the weights, so that a bad
 	// checkpoint leaves the model as it was.
@@ -188,15 +195,9 @@ func (t *Trainer) restore(pathOrDir string) error {
 	}
 	var outer *outerOpt
 	if t.outer != nil {
-		ost := map[string][]float32{}
-		for _, ts := range f.Tensors {
-			if name, ok := strings.CutPrefix(ts.Name, outerPrefix); ok {
-				v, err := ts.Float32s()
-				if err != nil {
-					return fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
-				}
-				ost[name] = v
-			}
+		ost, err := stateTensors(f, outerPrefix, path)
+		if err != nil {
+			return err
 		}
 		ostep, err := strconv.ParseInt(md[metaOuterStep], 10, 64)
 		if err != nil {

@@ -120,18 +120,25 @@ func startRanksOf(t *testing.T, n, world, port int, secret string, args []string
 	return cmds, errs
 }
 
+// killMidRun waits until log shows that training started (at most a
+// minute), lets it run a second, and SIGKILLs c.
+func killMidRun(t *testing.T, c *exec.Cmd, log *bytes.Buffer) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(log.String(), "msg=training") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	require.NoError(t, c.Process.Kill())
+}
+
 // TestKilledRankEndsTheJob: SIGKILL one worker mid-training; the others
 // exit non-zero well within the collective deadline, naming the lost rank.
 func TestKilledRankEndsTheJob(t *testing.T) {
 	args := []string{"train", "--dataset", "synthetic", "--synthetic-size", "300000", "--epochs", "1", "--batch-size", "32",
 		"--threads", "1", "--timeout", "30s"}
 	cmds, errs := startRanks(t, 3, freePort(t), secure.NewSecret(), args)
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(errs[0].String(), "msg=training") && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	time.Sleep(time.Second)
-	require.NoError(t, cmds[1].Process.Kill())
+	killMidRun(t, cmds[1], errs[0])
 	start := time.Now()
 	for _, r := range []int{0, 2} {
 		err := cmds[r].Wait()
@@ -415,12 +422,7 @@ func TestKilledAsyncWorkerLeavesTheOthersTraining(t *testing.T) {
 	args := []string{"train", "--dataset", "synthetic", "--synthetic-size", "40000", "--epochs", "1", "--batch-size", "48",
 		"--threads", "1", "--sync", "async", "--metrics-file", mf, "--out", out}
 	cmds, errs := startRanks(t, 3, freePort(t), secure.NewSecret(), args)
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(errs[2].String(), "msg=training") && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	time.Sleep(time.Second)
-	require.NoError(t, cmds[2].Process.Kill())
+	killMidRun(t, cmds[2], errs[2])
 	for _, r := range []int{0, 1} {
 		require.NoError(t, cmds[r].Wait(), "rank %d carries on when rank 2 dies: %s", r, errs[r].String())
 	}
