@@ -522,6 +522,78 @@ func (o *outerOpt) anchor(m *graph.Model) {
 	}
 }
 
+// gatherLocalStates collects every rank's optimiser state on rank 0 (local
+// SGD, where they differ); nil on the other ranks.
+func (t *Trainer) gatherLocalStates(ctx context.Context) ([]map[string][]float32, error) {
+	c, w := t.dp.comm, t.worldSize()
+	st, _ := t.opt.State()
+	names := make([]string, 0, len(st))
+	for k := range st {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	var out []map[string][]float32
+	if c.Rank() == 0 {
+		out = make([]map[string][]float32, w)
+		for r := range out {
+			out[r] = map[string][]float32{}
+		}
+	}
+	for _, k := range names {
+		all := make([]float32, w*len(st[k]))
+		if err := t.collective(ctx, "gathering optimiser state "+k, func(ctx context.Context) error {
+			return c.AllGather(ctx, st[k], all)
+		}); err != nil {
+			return nil, err
+		}
+		for r := range out {
+			out[r][k] = all[r*len(st[k]) : (r+1)*len(st[k])]
+		}
+	}
+	return out, nil
+}
+
+// scatterLocalStates gives ranks 1.. their own optimiser state from the
+// checkpoint rank 0 resumed (local SGD); every rank calls it with the
+// number of ranks the checkpoint holds states for.
+func (t *Trainer) scatterLocalStates(ctx context.Context, saved int) error {
+	c, w, r := t.dp.comm, t.worldSize(), t.rank()
+	if saved != w {
+		if r == 0 {
+			t.log.Warn("the checkpoint holds local SGD optimiser states of another world size; every rank starts from rank 0's", "saved", saved, "world_size", w)
+		}
+		return nil
+	}
+	st, step := t.opt.State()
+	names := make([]string, 0, len(st))
+	for k := range st {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for src := 1; src < w; src++ {
+		for _, k := range names {
+			buf := st[k]
+			if r == 0 {
+				buf = t.localStates[src][k]
+				if len(buf) != len(st[k]) {
+					return fmt.Errorf("%w: %s: rank %d's optimiser state %q has %d values, want %d", ErrCheckpoint, t.resumedFrom, src, k, len(buf), len(st[k]))
+				}
+			} else if r != src {
+				buf = make([]float32, len(st[k]))
+			}
+			if err := t.collective(ctx, "broadcast of rank "+fmt.Sprint(src)+"'s optimiser state "+k, func(ctx context.Context) error {
+				return c.Broadcast(ctx, buf, 0)
+			}); err != nil {
+				return err
+			}
+		}
+	}
+	if r != 0 {
+		return t.opt.LoadState(st, step)
+	}
+	return nil
+}
+
 // broadcastOptState gives every rank rank 0's state of opt (which has
 // taken step steps on rank 0).
 func (t *Trainer) broadcastOptState(ctx context.Context, opt optim.Optimizer, step int64, what string) error {
@@ -658,16 +730,16 @@ func (t *Trainer) syncStart(ctx context.Context) error {
 		return fmt.Errorf("%w: ranks %s run another configuration than rank 0; start every rank with the same flags", ErrReplicas, strings.Join(bad, ", "))
 	}
 	// 2. Rank 0's state.
-	var pos [5]int64
+	var pos [6]int64
 	resumed := t.resumedFrom != ""
 	if r == 0 {
-		pos = [5]int64{t.pos.step, int64(t.pos.epoch), int64(t.pos.batch), 0, 0}
+		pos = [6]int64{t.pos.step, int64(t.pos.epoch), int64(t.pos.batch), 0, 0, int64(len(t.localStates))}
 		if resumed {
 			pos[3] = 1
 			_, pos[4] = t.opt.State()
 		}
 	}
-	posBytes := make([]byte, 40)
+	posBytes := make([]byte, 8*len(pos))
 	for i, v := range pos {
 		binary.LittleEndian.PutUint64(posBytes[8*i:], uint64(v))
 	}
@@ -696,6 +768,11 @@ func (t *Trainer) syncStart(ctx context.Context) error {
 		if t.outer != nil {
 			_, step := t.outer.opt.State()
 			if err := t.broadcastOptState(ctx, t.outer.opt, step, "outer optimiser state "); err != nil {
+				return err
+			}
+		}
+		if pos[5] > 1 && t.localSGD() {
+			if err := t.scatterLocalStates(ctx, int(pos[5])); err != nil {
 				return err
 			}
 		}

@@ -370,9 +370,8 @@ func TestPipelineRanksEqualOneProcess(t *testing.T) {
 // replicas identical, differs from plain averaging, and resumes exactly:
 // a run stopped at step 16 and resumed on two ranks (rank 0 reads the
 // checkpoint, outer momentum included) ends bitwise where an unbroken run
-// ends. The inner optimiser is plain SGD here: with inner momentum each
-// rank's inner state differs and only rank 0's is checkpointed (a known
-// gap of local SGD's checkpoints).
+// ends: the checkpoint holds every rank's inner optimiser state (SGD with
+// momentum, which differs from rank to rank) and the outer momentum.
 func TestLocalSGDOuterOptimizer(t *testing.T) {
 	base := sgdConfig(t)
 	base.MaxSteps = 0
@@ -391,8 +390,6 @@ func TestLocalSGDOuterOptimizer(t *testing.T) {
 	t.Logf("test accuracy: plain averaging %.3f, outer optimiser %.3f", accPlain, accOuter)
 	require.Greater(t, accOuter, accPlain-0.05)
 
-	outer.Momentum = 0
-	straight = runRanks(t, []Config{outer, outer})
 	first := outer
 	first.MaxSteps = 16
 	first.CheckpointDir = t.TempDir()
@@ -405,4 +402,27 @@ func TestLocalSGDOuterOptimizer(t *testing.T) {
 	resumed := runRanks(t, cfgs)
 	require.Equal(t, params(straight[0]), params(resumed[0]), "resumed bitwise where the unbroken run ended")
 	require.Equal(t, params(straight[0]), params(resumed[1]))
+}
+
+// TestLocalSGDResumesExactly: plain local SGD with SGD momentum, stopped at
+// step 16 and resumed on two ranks, ends bitwise where an unbroken run
+// ends (each rank gets its own momentum back from the checkpoint).
+func TestLocalSGDResumesExactly(t *testing.T) {
+	base := sgdConfig(t)
+	base.MaxSteps = 0
+	base.Epochs = 2
+	base.Sync, base.SyncPeriod = "local-sgd", 4
+	straight := runRanks(t, []Config{base, base})
+	first := base
+	first.MaxSteps = 16
+	first.CheckpointDir = t.TempDir()
+	runRanks(t, []Config{first, first})
+	cfgs := []Config{base, base}
+	for r := range cfgs {
+		cfgs[r].Resume = first.CheckpointDir
+	}
+	cfgs[1].Resume = "/nonexistent" // only rank 0 reads the checkpoint
+	resumed := runRanks(t, cfgs)
+	require.Equal(t, params(straight[0]), params(resumed[0]))
+	require.Equal(t, params(straight[1]), params(resumed[1]))
 }

@@ -26,10 +26,12 @@ const (
 	metaOptimizer  = "gotrain.optimizer"
 	metaOptStep    = "gotrain.optimizer_step"
 	metaOuterStep  = "gotrain.outer_optimizer_step"
+	metaLocalRanks = "gotrain.local_optimizer_ranks"
 	metaRNG        = "gotrain.rng"
 	metaVersion    = "gotrain.version"
 	optPrefix      = "optimizer."
 	outerPrefix    = "outer_optimizer."
+	localPrefix    = "local_optimizer." // + rank + "." + state name: local SGD's ranks >= 1
 	formatVersion  = "1"
 )
 
@@ -136,7 +138,7 @@ func loadWeights(m *graph.Model, f *checkpoint.File, path string) error {
 		delete(byName, p.Name)
 	}
 	for name := range byName {
-		if !strings.HasPrefix(name, optPrefix) && !strings.HasPrefix(name, outerPrefix) {
+		if !strings.HasPrefix(name, optPrefix) && !strings.HasPrefix(name, outerPrefix) && !strings.HasPrefix(name, localPrefix) {
 			return fmt.Errorf("%w: %s has tensor %q, which model %s does not have; check --model and --hidden", ErrCheckpoint, path, name, m.Spec.Kind)
 		}
 	}
@@ -217,6 +219,14 @@ func (t *Trainer) restore(pathOrDir string) error {
 		outer.anchor(t.Model) // checkpoints are taken right after a synchronisation
 		t.outer = outer
 	}
+	if n, err := strconv.Atoi(md[metaLocalRanks]); err == nil && n > 1 {
+		t.localStates = make([]map[string][]float32, n)
+		for r := 1; r < n; r++ {
+			if t.localStates[r], err = stateTensors(f, fmt.Sprintf("%s%d.", localPrefix, r), path); err != nil {
+				return err
+			}
+		}
+	}
 	t.opt = probe
 	t.pos = pos
 	t.resumedFrom = path
@@ -267,4 +277,24 @@ func SaveWeights(path string, m *graph.Model, cfg Config) error {
 		Tensors:  weightTensors(m),
 		Metadata: map[string]string{metaConfig: string(cfgJSON), metaVersion: Version},
 	})
+}
+
+// addLocalStates adds local SGD's inner optimiser states of ranks 1.. to f
+// (rank 0's is the optimiser state already there).
+func addLocalStates(f *checkpoint.File, ranks []map[string][]float32) {
+	if len(ranks) < 2 {
+		return
+	}
+	f.Metadata[metaLocalRanks] = strconv.Itoa(len(ranks))
+	for r := 1; r < len(ranks); r++ {
+		names := make([]string, 0, len(ranks[r]))
+		for k := range ranks[r] {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		for _, k := range names {
+			v := ranks[r][k]
+			f.Tensors = append(f.Tensors, checkpoint.F32(fmt.Sprintf("%s%d.%s", localPrefix, r, k), []int{len(v)}, v))
+		}
+	}
 }

@@ -63,7 +63,8 @@ type Trainer struct {
 	devices     func() []metrics.GPU
 	headroom    func() gpu.Headroom
 	async       *AsyncTransport
-	outer       *outerOpt // local SGD's outer optimiser; nil: plain averaging
+	outer       *outerOpt              // local SGD's outer optimiser; nil: plain averaging
+	localStates []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
 }
 
 // Option configures a Trainer.
@@ -433,6 +434,15 @@ func (t *Trainer) save(ctx context.Context) error {
 		return err
 	}
 	t.savedStep = t.pos.step
+	// Local SGD: every rank's inner optimiser state is its own; rank 0
+	// gathers them all for the checkpoint.
+	var ranks []map[string][]float32
+	if t.localSGD() {
+		var err error
+		if ranks, err = t.gatherLocalStates(ctx); err != nil {
+			return err
+		}
+	}
 	if t.ckpt == nil {
 		return nil
 	}
@@ -440,6 +450,7 @@ func (t *Trainer) save(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	addLocalStates(f, ranks)
 	path, err := t.ckpt.Save(t.pos.step, f)
 	if err != nil {
 		return fmt.Errorf("saving checkpoint: %w", err)
