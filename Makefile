@@ -13,7 +13,7 @@ APT_RUN  := libopenblas0-pthread dataset-fashion-mnist
 APT_TEST := $(APT_RUN) python3-torch python3-numpy
 OUT     := out
 
-.PHONY: all build train test test-short race fuzz bench bench-allreduce bench-balance lint deps deps-test data clean FORCE
+.PHONY: image image-cpu all build train test test-short race fuzz bench bench-allreduce bench-balance lint deps deps-test data clean FORCE
 
 all: build
 
@@ -87,6 +87,16 @@ bench-allreduce: deps-test build
 # and against the ideal (the two ranks' speeds added).
 bench-balance: build
 	/usr/bin/python3 cmd/gotrain/peer/bench_balance.py ./$(BIN) --repeats $(or $(BALANCE_REPEATS),3)
+
+# Container images (needs a Docker engine): the gpu build on NVIDIA's CUDA 12
+# images, and the CPU build on Debian. The tests parse and lint both files
+# without an engine (go test ./docker).
+DOCKER ?= docker
+image:
+	$(DOCKER) build -f docker/Dockerfile --build-arg VERSION=$(VERSION) -t gotrain:gpu .
+
+image-cpu:
+	$(DOCKER) build -f docker/Dockerfile.cpu --build-arg VERSION=$(VERSION) -t gotrain:cpu .
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
