@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -464,4 +465,66 @@ func TestPipelineStagesMatchOneProcess(t *testing.T) {
 		"train", "--dataset", "synthetic", "--synthetic-size", "500", "--hidden", "32", "--pipeline-stages", "3")...)
 	require.Error(t, err)
 	require.Contains(t, stderr, "world size")
+}
+
+// childPIDs lists the direct children of pid (Linux).
+func childPIDs(t *testing.T, pid int) []int {
+	t.Helper()
+	// Any of the process's threads may have started a child.
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []int
+	for _, task := range tasks {
+		b, err := os.ReadFile(task)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			n, err := strconv.Atoi(f)
+			require.NoError(t, err)
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// TestLaunchRestartsAfterAWorkerDies: under 'gotrain launch --max-restarts
+// 2' a worker is SIGKILLed after the first checkpoint; the launcher stops
+// the other, starts the group again, the workers resume from the
+// checkpoint, and the job ends with exactly the weights of a run nobody
+// disturbed.
+func TestLaunchRestartsAfterAWorkerDies(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("finds the workers through /proc")
+	}
+	dir := t.TempDir()
+	args := func(out, ckpt string) []string {
+		return []string{"train", "--dataset", "synthetic", "--synthetic-size", "20000", "--epochs", "2", "--batch-size", "64",
+			"--optimizer", "sgd", "--threads", "1", "--checkpoint-dir", ckpt, "--checkpoint-every", "40", "--out", out}
+	}
+	clean := filepath.Join(dir, "clean.safetensors")
+	stdout, stderr, err := gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--"}, args(clean, filepath.Join(dir, "c1"))...)...)
+	require.NoError(t, err, stderr+stdout)
+
+	restarted := filepath.Join(dir, "restarted.safetensors")
+	ckpt := filepath.Join(dir, "c2")
+	cmd := exec.Command(bin, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--max-restarts", "2", "--"}, args(restarted, ckpt)...)...)
+	var errs bytes.Buffer
+	cmd.Stderr = &errs
+	require.NoError(t, cmd.Start())
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if ms, _ := filepath.Glob(filepath.Join(ckpt, "*.safetensors")); len(ms) > 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	kids := childPIDs(t, cmd.Process.Pid)
+	require.Len(t, kids, 2, "two workers are running: %s", errs.String())
+	require.NoError(t, syscall.Kill(kids[1], syscall.SIGKILL))
+	require.NoError(t, cmd.Wait(), errs.String())
+	log := errs.String()
+	require.Contains(t, log, "restarting the workers (restart 1 of 2)")
+	require.Contains(t, log, "killed by signal SIGKILL")
+	require.Contains(t, log, "restarted; resuming")
+	require.Equal(t, 0.0, maxDiff(t, clean, restarted), "the restarted job ends where the undisturbed one does")
 }

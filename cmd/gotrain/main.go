@@ -30,6 +30,7 @@ import (
 	"github.com/gotrain/gotrain/gpu"
 	"github.com/gotrain/gotrain/graph/cblas"
 	"github.com/gotrain/gotrain/trainer"
+	"github.com/gotrain/gotrain/trainer/checkpoint"
 	"github.com/gotrain/gotrain/trainer/metrics"
 )
 
@@ -287,6 +288,16 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 		bar = metrics.NewProgress(stderr, total, metrics.WithLogger(logger), metrics.WithEpochs(cfg.Epochs), metrics.WithUnit("samples"), status)
 	}
 	logger.Info("gotrain", "version", trainer.Version, "blas", cblas.Backend())
+	// Restarted by 'gotrain launch --max-restarts' (or torchrun): carry on
+	// from the newest checkpoint, if one was written before the failure.
+	if n, _ := strconv.Atoi(os.Getenv(launch.EnvRestartCount)); n > 0 && cfg.Resume == "" && cfg.CheckpointDir != "" {
+		if path, err := checkpoint.Resolve(cfg.CheckpointDir); err == nil {
+			cfg.Resume = cfg.CheckpointDir
+			logger.Info("restarted; resuming", "restart", n, "checkpoint", path)
+		} else {
+			logger.Info("restarted; no checkpoint to resume from yet, starting afresh", "restart", n, "checkpoint_dir", cfg.CheckpointDir)
+		}
+	}
 
 	j, err := joinJob(ctx, df, logger)
 	if err != nil {

@@ -33,6 +33,10 @@ const (
 	EnvMasterPort     = "MASTER_PORT"
 	EnvSecret         = "GOTRAIN_JOB_SECRET"
 	EnvSecretFile     = "GOTRAIN_JOB_SECRET_FILE"
+	// EnvRestartCount is torchrun's count of the group's restarts (0 for
+	// the first start); `gotrain train` resumes from its --checkpoint-dir
+	// when it is above 0.
+	EnvRestartCount = "TORCHELASTIC_RESTART_COUNT"
 )
 
 // Defaults.
@@ -74,6 +78,7 @@ type options struct {
 	masterPort int
 	secretFile string
 	grace      time.Duration
+	restarts   int // --max-restarts
 	command    []string
 
 	masterAddr string // resolved
@@ -155,6 +160,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.masterPort, "master-port", 0, "port of rank 0 (default: the port of --rdzv-endpoint, else 29500; with --standalone, a free one)")
 	fs.StringVar(&o.secretFile, "secret-file", "", "file holding the job secret shared by all nodes (default: $GOTRAIN_JOB_SECRET)")
 	fs.DurationVar(&o.grace, "grace", o.grace, "time between SIGTERM (or SIGINT) and SIGKILL when stopping the workers")
+	fs.IntVar(&o.restarts, "max-restarts", 0, "when a worker fails, stop the others and start the group again, up to this many times (the workers resume from their --checkpoint-dir)")
 
 	flagArgs := args
 	var command []string
@@ -186,6 +192,8 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("%w: --node-rank %d is out of range for --nnodes %d (want 0 to %d)", errUsage, o.nodeRank, o.nnodes, o.nnodes-1)
 	case o.grace < 0:
 		return nil, fmt.Errorf("%w: --grace must not be negative", errUsage)
+	case o.restarts < 0:
+		return nil, fmt.Errorf("%w: --max-restarts must not be negative", errUsage)
 	case set["master-port"] && (o.masterPort < 1 || o.masterPort > 65535):
 		return nil, fmt.Errorf("%w: --master-port %d is not a port (1 to 65535)", errUsage, o.masterPort)
 	case !sawDash || len(command) == 0:
@@ -361,6 +369,7 @@ type supervisor struct {
 	stderr      io.Writer
 	workers     []*worker
 	pumps       sync.WaitGroup
+	restart     int // restarts so far
 }
 
 // logf writes a launcher message to stderr, whole, between worker lines.
@@ -384,6 +393,7 @@ func (s *supervisor) env(local int) []string {
 		EnvMasterAddr+"="+o.masterAddr,
 		EnvMasterPort+"="+strconv.Itoa(o.port),
 		EnvSecret+"="+s.secret,
+		EnvRestartCount+"="+strconv.Itoa(s.restart),
 	)
 }
 
@@ -422,21 +432,52 @@ func (s *supervisor) start(i int) (*worker, error) {
 }
 
 func (s *supervisor) run(ctx context.Context) int {
-	o := s.opts
 	// Catch SIGINT and SIGTERM for the whole run, before any worker exists,
 	// so that none is orphaned by the launcher dying of one.
 	sigCh := make(chan os.Signal, 2)
 	signal.Notify(sigCh, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigCh)
+	var history []string
+	for {
+		code, failure := s.group(ctx, sigCh)
+		if failure == "" {
+			return code
+		}
+		history = append(history, fmt.Sprintf("start %d: %s", s.restart+1, failure))
+		if s.restart >= s.opts.restarts {
+			if s.opts.restarts > 0 {
+				s.logf("giving up after %d restart(s) (--max-restarts %d): %s", s.restart, s.opts.restarts, strings.Join(history, "; "))
+			}
+			return code
+		}
+		s.restart++
+		if s.opts.standalone {
+			// A new rendezvous round on a fresh port: the old one may linger.
+			port, err := freePort(s.opts.masterAddr)
+			if err != nil {
+				s.logf("restart %d: finding a free port: %v", s.restart, err)
+				return 1
+			}
+			s.opts.port = port
+		}
+		s.logf("restarting the workers (restart %d of %d); they resume from their checkpoints", s.restart, s.opts.restarts)
+		s.workers = nil
+	}
+}
 
+// group starts the worker group and supervises it until every worker has
+// exited. It returns the launcher's exit code and, when the group ended
+// because a worker failed (not because the launcher was stopped), what
+// happened.
+func (s *supervisor) group(ctx context.Context, sigCh chan os.Signal) (code int, failure string) {
+	o := s.opts
 	world := o.nnodes * o.nproc
 	first := o.nodeRank * o.nproc
 	s.logf("starting %d worker(s), ranks %d to %d of %d, master %s", o.nproc, first, first+o.nproc-1, world,
 		net.JoinHostPort(o.masterAddr, strconv.Itoa(o.port)))
 
 	exits := make(chan exitEvent, o.nproc)
-	code := 0
-	stopping := false
+	stopping, interrupted := false, false
 	var graceTimer *time.Timer
 	var graceC <-chan time.Time
 	running := 0
@@ -486,10 +527,12 @@ func (s *supervisor) run(ctx context.Context) int {
 			if ok, desc, wcode := describeExit(ev.w.cmd.ProcessState, ev.err); !ok && !stopping {
 				s.logf("rank %d (local %d, pid %d) %s; stopping the other workers", ev.w.rank, ev.w.local, ev.w.pid, desc)
 				code = wcode
+				failure = fmt.Sprintf("rank %d %s", ev.w.rank, desc)
 				stop(syscall.SIGTERM)
 			}
 		case <-ctxDone:
 			ctxDone = nil
+			interrupted = true
 			if !stopping {
 				sig := causeSignal(ctx)
 				s.logf("%s; stopping the workers (SIGKILL after %v)", reason(ctx, sig), o.grace)
@@ -498,6 +541,7 @@ func (s *supervisor) run(ctx context.Context) int {
 			}
 		case sv := <-sigCh:
 			signals++
+			interrupted = true
 			sig, _ := sv.(syscall.Signal)
 			switch {
 			case !stopping:
@@ -523,7 +567,10 @@ func (s *supervisor) run(ctx context.Context) int {
 		}
 	}
 	s.drain()
-	return code
+	if interrupted {
+		failure = "" // the launcher was stopped: no restart
+	}
+	return code, failure
 }
 
 // drain waits for the output pumps to reach end of file, or closes their
