@@ -78,10 +78,18 @@
 //
 // sends SIGTERM to the other workers (to their process groups), sends
 // SIGKILL to those still running --grace later, and exits with the failing
-// worker's status (1 when it was killed by a signal). There are no restarts:
-// a failed job is resumed from its checkpoints by running it again
-// (gotrain train --resume). A worker that cannot be started stops the others
-// the same way, and the launcher exits with 1.
+// worker's status (1 when it was killed by a signal). A worker that cannot
+// be started stops the others the same way, and the launcher exits with 1.
+//
+// With --max-restarts R the launcher then starts the group again, up to R
+// times: the same ranks, a fresh port under --standalone, and
+// TORCHELASTIC_RESTART_COUNT set to the number of restarts so far (as
+// torchrun sets it). gotrain train, restarted, resumes from the newest
+// checkpoint in its --checkpoint-dir (or starts afresh when none was
+// written yet). After the last restart fails the launcher prints what
+// happened at each start and exits with the failing worker's status.
+// Without restarts a failed job is resumed by running it again with
+// --resume.
 //
 // SIGINT or SIGTERM sent to the launcher is forwarded, as received, to every
 // worker; those still running --grace later get SIGKILL, and the launcher
