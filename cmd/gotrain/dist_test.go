@@ -528,3 +528,69 @@ func TestLaunchRestartsAfterAWorkerDies(t *testing.T) {
 	require.Contains(t, log, "restarted; resuming")
 	require.Equal(t, 0.0, maxDiff(t, clean, restarted), "the restarted job ends where the undisturbed one does")
 }
+
+// TestElasticJobLosesANode: three launchers (one worker each) form an
+// elastic job (--nnodes 2:3) through the first one's store; after the first
+// checkpoint one node dies whole (its launcher SIGKILLed, its worker with
+// it). The two left re-form the group, resume from the checkpoint with the
+// global batch unchanged, and finish with the parameters one process gets
+// (no sample lost or repeated), rank 0 of the new group writing --out.
+func TestElasticJobLosesANode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains three times; skipped with -short")
+	}
+	dir := t.TempDir()
+	train := func(out string) []string {
+		return []string{"train", "--dataset", "synthetic", "--synthetic-size", "30000", "--epochs", "2", "--batch-size", "96",
+			"--optimizer", "sgd", "--threads", "1", "--out", out}
+	}
+	ref := filepath.Join(dir, "ref.safetensors")
+	stdout, stderr, err := gotrain(t, train(ref)...)
+	require.NoError(t, err, stderr+stdout)
+
+	out, ckpt := filepath.Join(dir, "elastic.safetensors"), filepath.Join(dir, "ckpt")
+	args := append([]string{"launch", "--nnodes", "2:3", "--nproc-per-node", "1", "--rdzv-endpoint", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--max-restarts", "2", "--rdzv-settle", "1s", "--"}, append(train(out), "--checkpoint-dir", ckpt, "--checkpoint-every", "30")...)
+	secret := secure.NewSecret()
+	nodes := make([]*exec.Cmd, 3)
+	logs := make([]*bytes.Buffer, 3)
+	for i := range nodes {
+		nodes[i] = exec.Command(bin, args...)
+		nodes[i].Env = append(os.Environ(), "GOTRAIN_JOB_SECRET="+secret)
+		logs[i] = &bytes.Buffer{}
+		nodes[i].Stderr = logs[i]
+		require.NoError(t, nodes[i].Start())
+		if i == 0 { // the first serves the store
+			deadline := time.Now().Add(20 * time.Second)
+			for !strings.Contains(logs[0].String(), "serving the elastic rendezvous store") && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+	t.Cleanup(func() {
+		for _, c := range nodes {
+			if c.ProcessState == nil {
+				c.Process.Kill()
+				c.Wait()
+			}
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if ms, _ := filepath.Glob(filepath.Join(ckpt, "*.safetensors")); len(ms) > 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.NoError(t, nodes[2].Process.Kill(), "node 2 dies")
+	nodes[2].Wait()
+	for _, i := range []int{0, 1} {
+		require.NoError(t, nodes[i].Wait(), "node %d finishes: %s", i, logs[i].String())
+		require.Contains(t, logs[i].String(), "re-forming the group (restart 1 of 2)")
+		require.Contains(t, logs[i].String(), "of 2, master", "round 1 has two nodes")
+		require.Contains(t, logs[i].String(), "restarted; resuming")
+	}
+	d := maxDiff(t, ref, out)
+	t.Logf("3 nodes, one lost after the first checkpoint, 2 to the end: max |Δ| against one process %g", d)
+	require.Less(t, d, 1e-5)
+}

@@ -91,6 +91,12 @@
 // Without restarts a failed job is resumed by running it again with
 // --resume.
 //
+// With --nnodes MIN:MAX the job is elastic: the launchers form the group in
+// rounds through a store of their own at --rdzv-endpoint (served by the
+// launcher that owns that address), node ranks are assigned per round, and
+// a failed round is followed by one of the nodes still alive, at least MIN
+// (see elastic.go for the protocol).
+//
 // SIGINT or SIGTERM sent to the launcher is forwarded, as received, to every
 // worker; those still running --grace later get SIGKILL, and the launcher
 // exits with 128 plus the signal's number (130 for SIGINT, 143 for SIGTERM).

@@ -70,16 +70,20 @@ Flags:
 
 // options are the parsed launcher flags.
 type options struct {
-	nproc      int
-	nnodes     int
-	nodeRank   int
-	endpoint   string
-	standalone bool
-	masterPort int
-	secretFile string
-	grace      time.Duration
-	restarts   int // --max-restarts
-	command    []string
+	nproc  int
+	nnodes int
+	// elastic: --nnodes MIN:MAX; node ranks come from the rendezvous.
+	elastic            bool
+	minNodes, maxNodes int
+	settle             time.Duration
+	nodeRank           int
+	endpoint           string
+	standalone         bool
+	masterPort         int
+	secretFile         string
+	grace              time.Duration
+	restarts           int // --max-restarts
+	command            []string
 
 	masterAddr string // resolved
 	port       int    // resolved; 0 = pick a free one (--standalone)
@@ -138,6 +142,9 @@ func Run(ctx context.Context, exe string, args []string, stdout, stderr io.Write
 	}
 	s.out.mu = &s.mu
 	s.errOut = &lineWriter{w: stderr, mu: &s.mu}
+	if opts.elastic {
+		return s.runElastic(ctx)
+	}
 	return s.run(ctx)
 }
 
@@ -153,7 +160,9 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		fs.PrintDefaults()
 	}
 	fs.IntVar(&o.nproc, "nproc-per-node", 0, "workers to start on this node (required, at least 1)")
-	fs.IntVar(&o.nnodes, "nnodes", o.nnodes, "nodes in the job")
+	nnodes := "1"
+	fs.StringVar(&nnodes, "nnodes", nnodes, "nodes in the job: N, or MIN:MAX for an elastic job that re-forms with the nodes left when one fails")
+	fs.DurationVar(&o.settle, "rdzv-settle", 3*time.Second, "elastic: how long a rendezvous round waits for more nodes once MIN have joined")
 	fs.IntVar(&o.nodeRank, "node-rank", 0, "this node's rank, 0 to nnodes-1")
 	fs.StringVar(&o.endpoint, "rdzv-endpoint", "", "HOST[:PORT] of node 0, where rank 0 listens (default 127.0.0.1:29500 on one node; required with --nnodes > 1)")
 	fs.BoolVar(&o.standalone, "standalone", false, "single-node job on 127.0.0.1 and a free port picked by the launcher")
@@ -179,6 +188,23 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if lo, hi, ok := strings.Cut(nnodes, ":"); ok {
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := strconv.Atoi(hi)
+		if err1 != nil || err2 != nil || a < 1 || b < a {
+			return nil, fmt.Errorf("%w: --nnodes %q: want MIN:MAX with 1 <= MIN <= MAX", errUsage, nnodes)
+		}
+		if set["node-rank"] {
+			return nil, fmt.Errorf("%w: --nnodes %s is elastic: node ranks are assigned by the rendezvous; drop --node-rank", errUsage, nnodes)
+		}
+		o.elastic, o.minNodes, o.maxNodes, o.nnodes = true, a, b, b
+	} else {
+		n, err := strconv.Atoi(nnodes)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --nnodes %q is not a number of nodes (N or MIN:MAX)", errUsage, nnodes)
+		}
+		o.nnodes = n
+	}
 	switch {
 	case fs.NArg() > 0:
 		return nil, fmt.Errorf("%w: unexpected argument %q before \"--\"", errUsage, fs.Arg(0))
@@ -203,15 +229,15 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 
 	switch {
 	case o.standalone:
-		if o.nnodes != 1 {
-			return nil, fmt.Errorf("%w: --standalone is for one node, not --nnodes %d", errUsage, o.nnodes)
+		if o.nnodes != 1 || o.elastic {
+			return nil, fmt.Errorf("%w: --standalone is for one node, not --nnodes %s", errUsage, nnodes)
 		}
 		if o.endpoint != "" {
 			return nil, fmt.Errorf("%w: --standalone picks its own endpoint; drop --rdzv-endpoint", errUsage)
 		}
 		o.masterAddr, o.port = DefaultMasterAddr, o.masterPort // 0: a free port, picked later
 	case o.endpoint == "":
-		if o.nnodes > 1 {
+		if o.nnodes > 1 || o.elastic {
 			return nil, fmt.Errorf("%w: --nnodes %d needs --rdzv-endpoint HOST:PORT, the address of node 0 that every node can reach", errUsage, o.nnodes)
 		}
 		o.masterAddr, o.port = DefaultMasterAddr, DefaultMasterPort
@@ -370,6 +396,9 @@ type supervisor struct {
 	workers     []*worker
 	pumps       sync.WaitGroup
 	restart     int // restarts so far
+	// peerFail, when set, delivers another node's failure (elastic jobs):
+	// the group stops as if one of its own workers had failed.
+	peerFail <-chan string
 }
 
 // logf writes a launcher message to stderr, whole, between worker lines.
@@ -550,6 +579,13 @@ func (s *supervisor) group(ctx context.Context, sigCh chan os.Signal) (code int,
 				stop(sig)
 			case signals >= 2:
 				killAll("after a second signal")
+			}
+		case msg := <-s.peerFail:
+			s.peerFail = nil
+			if !stopping {
+				s.logf("%s; stopping the workers", msg)
+				code, failure = 1, msg
+				stop(syscall.SIGTERM)
 			}
 		case <-graceC:
 			graceC = nil

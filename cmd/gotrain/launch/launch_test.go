@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -510,4 +511,27 @@ func TestStartFailure(t *testing.T) {
 	code := Run(context.Background(), filepath.Join(t.TempDir(), "missing"), []string{"--nproc-per-node", "2", "--", "train"}, &bytes.Buffer{}, &stderr, nil)
 	require.Equal(t, 1, code)
 	require.Contains(t, stderr.String(), "starting rank 0 (local 0)")
+}
+
+func TestElasticFlags(t *testing.T) {
+	o, err := parseArgs([]string{"--nnodes", "2:4", "--nproc-per-node", "2", "--rdzv-endpoint", "node0:29400", "--", "train"}, io.Discard)
+	require.NoError(t, err)
+	require.True(t, o.elastic)
+	require.Equal(t, 2, o.minNodes)
+	require.Equal(t, 4, o.maxNodes)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--nnodes", "3:2", "--nproc-per-node", "1", "--rdzv-endpoint", "h:1", "--", "train"}, "MIN:MAX"},
+		{[]string{"--nnodes", "0:2", "--nproc-per-node", "1", "--rdzv-endpoint", "h:1", "--", "train"}, "MIN:MAX"},
+		{[]string{"--nnodes", "two", "--nproc-per-node", "1", "--", "train"}, "not a number of nodes"},
+		{[]string{"--nnodes", "1:2", "--node-rank", "1", "--nproc-per-node", "1", "--rdzv-endpoint", "h:1", "--", "train"}, "drop --node-rank"},
+		{[]string{"--nnodes", "1:2", "--nproc-per-node", "1", "--", "train"}, "needs --rdzv-endpoint"},
+		{[]string{"--nnodes", "1:2", "--standalone", "--nproc-per-node", "1", "--", "train"}, "--standalone is for one node"},
+		{[]string{"--max-restarts", "-1", "--nproc-per-node", "1", "--", "train"}, "--max-restarts"},
+	} {
+		_, err := parseArgs(tc.args, io.Discard)
+		require.ErrorContains(t, err, tc.want, "%v", tc.args)
+	}
 }

@@ -1,0 +1,229 @@
+package launch
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gotrain/gotrain/trainer/dist/rendezvous"
+	"github.com/gotrain/gotrain/trainer/dist/secure"
+)
+
+// Elastic jobs (--nnodes MIN:MAX)
+//
+// The launchers meet in a store of their own at --rdzv-endpoint: the
+// launcher that can listen on that address serves it (node 0's host), the
+// others connect. They form the group in numbered rounds. In round r each
+// launcher joins (an Add on elastic/r/joined gives its place); the first
+// one waits until MIN have joined, then --rdzv-settle more (or until MAX
+// have), and closes the round with its size. The launchers with places
+// below the size are its nodes, in place order (node rank = place); the
+// others wait for a later round. The round's node 0 picks the workers'
+// master port on its host and publishes it; every launcher then starts its
+// workers with ranks node·nproc+local of size·nproc and
+// TORCHELASTIC_RESTART_COUNT = the restarts so far, so that gotrain train
+// resumes from its checkpoints, with its per-rank batch recomputed for the
+// new world size (the global batch stays --batch-size).
+//
+// When a worker fails, its launcher stops its workers and marks the round
+// failed (elastic/r/failed); the other launchers see the mark and stop
+// theirs; every launcher still alive joins round r+1. A node that died
+// does not join, so the group re-forms with the nodes left (at least MIN);
+// a node that starts late joins the next round. After --max-restarts
+// failed rounds the launchers give up and print what happened. The store
+// lives in the launcher of the endpoint's host: if that node dies, the
+// job ends.
+
+// storeKey names an elastic key of round r.
+func storeKey(r int, name string) string { return fmt.Sprintf("elastic/%d/%s", r, name) }
+
+// joinStore serves the launchers' store when this host owns the endpoint
+// address, and connects to it.
+func (s *supervisor) joinStore(ctx context.Context, opt secure.Options) (*rendezvous.Client, func(), error) {
+	o := s.opts
+	addr := net.JoinHostPort(o.masterAddr, strconv.Itoa(o.port))
+	closeSrv := func() {}
+	if ln, err := net.Listen("tcp", addr); err == nil {
+		srv := rendezvous.Serve(ln, opt)
+		closeSrv = func() { srv.Close() }
+		s.logf("serving the elastic rendezvous store on %s", addr)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	c, err := rendezvous.Dial(dctx, addr, opt)
+	if err != nil {
+		closeSrv()
+		return nil, nil, fmt.Errorf("reaching the elastic rendezvous store on %s: %w", addr, err)
+	}
+	return c, func() { c.Close(); closeSrv() }, nil
+}
+
+// round is one formed group.
+type round struct {
+	n, size, node int
+	master        string // host:port of the workers' rank 0
+}
+
+// form joins rounds from r on until this launcher is a node of one.
+func (s *supervisor) form(ctx context.Context, st *rendezvous.Client, r int, endpointHost string) (round, error) {
+	for ; ; r++ {
+		n, err := st.Add(ctx, storeKey(r, "joined"), 1)
+		if err != nil {
+			return round{}, err
+		}
+		place := int(n - 1)
+		if place == 0 {
+			if err := s.closeRound(ctx, st, r); err != nil {
+				return round{}, err
+			}
+		}
+		b, err := st.Get(ctx, storeKey(r, "size"))
+		if err != nil {
+			return round{}, err
+		}
+		size, _ := strconv.Atoi(string(b))
+		if place >= size {
+			s.logf("round %d formed with %d node(s) without this one; waiting for the next round", r, size)
+			if err := st.Wait(ctx, storeKey(r, "failed")); err != nil {
+				return round{}, err
+			}
+			continue
+		}
+		rd := round{n: r, size: size, node: place}
+		if place == 0 {
+			host := hostFor(endpointHost)
+			port, err := freePort(host)
+			if err != nil {
+				return round{}, fmt.Errorf("round %d: a port for rank 0: %w", r, err)
+			}
+			if err := st.Set(ctx, storeKey(r, "master"), []byte(net.JoinHostPort(host, strconv.Itoa(port)))); err != nil {
+				return round{}, err
+			}
+		}
+		m, err := st.Get(ctx, storeKey(r, "master"))
+		if err != nil {
+			return round{}, err
+		}
+		rd.master = string(m)
+		return rd, nil
+	}
+}
+
+// closeRound (place 0 of round r) waits for MIN launchers, then for more
+// during the settle time or until MAX, and publishes the size.
+func (s *supervisor) closeRound(ctx context.Context, st *rendezvous.Client, r int) error {
+	o := s.opts
+	var settleEnd time.Time
+	for {
+		n, err := st.Add(ctx, storeKey(r, "joined"), 0)
+		if err != nil {
+			return err
+		}
+		switch {
+		case int(n) >= o.maxNodes:
+			return st.Set(ctx, storeKey(r, "size"), []byte(strconv.Itoa(o.maxNodes)))
+		case int(n) >= o.minNodes && settleEnd.IsZero():
+			settleEnd = time.Now().Add(o.settle)
+		case !settleEnd.IsZero() && time.Now().After(settleEnd):
+			return st.Set(ctx, storeKey(r, "size"), []byte(strconv.Itoa(min(int(n), o.maxNodes))))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// hostFor is this host's address as the others reach it: the local end of
+// a route towards the endpoint.
+func hostFor(endpoint string) string {
+	if ip := net.ParseIP(endpoint); ip != nil && ip.IsLoopback() || endpoint == "localhost" {
+		return "127.0.0.1"
+	}
+	c, err := net.Dial("udp", net.JoinHostPort(endpoint, "9"))
+	if err != nil {
+		return endpoint
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).IP.String()
+}
+
+// runElastic runs rounds until the workers of one finish (0), the
+// launcher is stopped, or --max-restarts rounds have failed.
+func (s *supervisor) runElastic(ctx context.Context) int {
+	o := s.opts
+	sigCh := make(chan os.Signal, 2)
+	signal.Notify(sigCh, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigCh)
+	secret, err := secure.SecretFromEnv(func(k string) string {
+		if k == secure.EnvSecret {
+			return s.secret
+		}
+		return ""
+	})
+	if err != nil {
+		s.logf("%v", err)
+		return 2
+	}
+	st, closeStore, err := s.joinStore(ctx, secure.Options{Secret: secret, Timeout: 30 * time.Second})
+	if err != nil {
+		s.logf("%v", err)
+		return 1
+	}
+	defer closeStore()
+	endpointHost := o.masterAddr
+	endpoint := net.JoinHostPort(o.masterAddr, strconv.Itoa(o.port))
+	var history []string
+	r := 0
+	for {
+		rd, err := s.form(ctx, st, r, endpointHost)
+		if err != nil {
+			if ctx.Err() != nil {
+				s.logf("stopped while forming round %d", r)
+				return 130
+			}
+			s.logf("round %d: %v (the store lives in the launcher at %s: if that node is gone, the job cannot go on)", r, err, endpoint)
+			return 1
+		}
+		r = rd.n
+		host, port, _ := net.SplitHostPort(rd.master)
+		o.nodeRank, o.nnodes, o.masterAddr = rd.node, rd.size, host
+		o.port, _ = strconv.Atoi(port)
+		s.restart = len(history)
+		s.logf("round %d: node %d of %d", r, rd.node, rd.size)
+		// Another node's failure stops this group.
+		wctx, cancelWatch := context.WithCancel(ctx)
+		peer := make(chan string, 1)
+		go func() {
+			if err := st.Wait(wctx, storeKey(r, "failed")); err == nil {
+				v, _ := st.Get(wctx, storeKey(r, "failed"))
+				peer <- "round " + strconv.Itoa(r) + " failed: " + string(v)
+			}
+		}()
+		s.peerFail = peer
+		s.workers = nil
+		code, failure := s.group(ctx, sigCh)
+		cancelWatch()
+		if failure == "" {
+			return code
+		}
+		if !strings.HasPrefix(failure, "round ") {
+			// This node's worker failed: tell the others.
+			_ = st.Set(context.WithoutCancel(ctx), storeKey(r, "failed"), []byte(fmt.Sprintf("node %d: %s", rd.node, failure)))
+		}
+		history = append(history, fmt.Sprintf("round %d (%d nodes): %s", r, rd.size, failure))
+		if len(history) > o.restarts {
+			s.logf("giving up after %d restart(s) (--max-restarts %d): %s", len(history)-1, o.restarts, strings.Join(history, "; "))
+			return code
+		}
+		s.logf("re-forming the group (restart %d of %d)", len(history), o.restarts)
+		r++
+	}
+}
