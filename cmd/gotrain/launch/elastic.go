@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gotrain/gotrain/trainer/dist/rendezvous"
+	"github.com/gotrain/gotrain/trainer/dist/rendezvous/etcdstore"
 	"github.com/gotrain/gotrain/trainer/dist/secure"
 )
 
@@ -40,13 +41,32 @@ import (
 // lives in the launcher of the endpoint's host: if that node dies, the
 // job ends.
 
+// elasticStore is where the launchers meet: the built-in store
+// (rendezvous.Client) or etcd (etcdstore.Store).
+type elasticStore interface {
+	Set(ctx context.Context, key string, value []byte) error
+	Get(ctx context.Context, key string) ([]byte, error)
+	Add(ctx context.Context, key string, delta int64) (int64, error)
+	Wait(ctx context.Context, keys ...string) error
+}
+
 // storeKey names an elastic key of round r.
 func storeKey(r int, name string) string { return fmt.Sprintf("elastic/%d/%s", r, name) }
 
 // joinStore serves the launchers' store when this host owns the endpoint
 // address, and connects to it.
-func (s *supervisor) joinStore(ctx context.Context, opt secure.Options) (*rendezvous.Client, func(), error) {
+func (s *supervisor) joinStore(ctx context.Context, opt secure.Options) (elasticStore, func(), error) {
 	o := s.opts
+	if o.backend == "etcd" {
+		dctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		st, err := etcdstore.Dial(dctx, o.etcd, o.rdzvID)
+		if err != nil {
+			return nil, nil, err
+		}
+		s.logf("elastic rendezvous in etcd at %s, job id %s", strings.Join(o.etcd, ","), o.rdzvID)
+		return st, func() { st.Close() }, nil
+	}
 	addr := net.JoinHostPort(o.masterAddr, strconv.Itoa(o.port))
 	closeSrv := func() {}
 	if ln, err := net.Listen("tcp", addr); err == nil {
@@ -71,7 +91,7 @@ type round struct {
 }
 
 // form joins rounds from r on until this launcher is a node of one.
-func (s *supervisor) form(ctx context.Context, st *rendezvous.Client, r int, endpointHost string) (round, error) {
+func (s *supervisor) form(ctx context.Context, st elasticStore, r int, endpointHost string) (round, error) {
 	for ; ; r++ {
 		n, err := st.Add(ctx, storeKey(r, "joined"), 1)
 		if err != nil {
@@ -117,7 +137,7 @@ func (s *supervisor) form(ctx context.Context, st *rendezvous.Client, r int, end
 
 // closeRound (place 0 of round r) waits for MIN launchers, then for more
 // during the settle time or until MAX, and publishes the size.
-func (s *supervisor) closeRound(ctx context.Context, st *rendezvous.Client, r int) error {
+func (s *supervisor) closeRound(ctx context.Context, st elasticStore, r int) error {
 	o := s.opts
 	var settleEnd time.Time
 	for {
@@ -189,7 +209,11 @@ func (s *supervisor) runElastic(ctx context.Context) int {
 				s.logf("stopped while forming round %d", r)
 				return 130
 			}
-			s.logf("round %d: %v (the store lives in the launcher at %s: if that node is gone, the job cannot go on)", r, err, endpoint)
+			where := fmt.Sprintf("the store lives in the launcher at %s: if that node is gone, the job cannot go on (--rdzv-backend etcd keeps it elsewhere)", endpoint)
+			if o.backend == "etcd" {
+				where = "is etcd reachable?"
+			}
+			s.logf("round %d: %v (%s)", r, err, where)
 			return 1
 		}
 		r = rd.n

@@ -76,6 +76,9 @@ type options struct {
 	elastic            bool
 	minNodes, maxNodes int
 	settle             time.Duration
+	backend            string   // --rdzv-backend: "store" or "etcd"
+	etcd               []string // etcd client endpoints
+	rdzvID             string
 	nodeRank           int
 	endpoint           string
 	standalone         bool
@@ -163,6 +166,8 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	nnodes := "1"
 	fs.StringVar(&nnodes, "nnodes", nnodes, "nodes in the job: N, or MIN:MAX for an elastic job that re-forms with the nodes left when one fails")
 	fs.DurationVar(&o.settle, "rdzv-settle", 3*time.Second, "elastic: how long a rendezvous round waits for more nodes once MIN have joined")
+	fs.StringVar(&o.backend, "rdzv-backend", "store", "elastic: where the launchers meet: store (served by the launcher that owns --rdzv-endpoint) or etcd (--rdzv-endpoint lists etcd client addresses, HOST:PORT[,HOST:PORT...])")
+	fs.StringVar(&o.rdzvID, "rdzv-id", "", "elastic with etcd: the job's id, new for every job (its keys live under /gotrain/ID/)")
 	fs.IntVar(&o.nodeRank, "node-rank", 0, "this node's rank, 0 to nnodes-1")
 	fs.StringVar(&o.endpoint, "rdzv-endpoint", "", "HOST[:PORT] of node 0, where rank 0 listens (default 127.0.0.1:29500 on one node; required with --nnodes > 1)")
 	fs.BoolVar(&o.standalone, "standalone", false, "single-node job on 127.0.0.1 and a free port picked by the launcher")
@@ -198,6 +203,20 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 			return nil, fmt.Errorf("%w: --nnodes %s is elastic: node ranks are assigned by the rendezvous; drop --node-rank", errUsage, nnodes)
 		}
 		o.elastic, o.minNodes, o.maxNodes, o.nnodes = true, a, b, b
+		switch o.backend {
+		case "store":
+		case "etcd":
+			if o.rdzvID == "" {
+				return nil, fmt.Errorf("%w: --rdzv-backend etcd needs --rdzv-id, new for every job (the rounds of an earlier job with the same id would be joined)", errUsage)
+			}
+			if o.endpoint == "" {
+				return nil, fmt.Errorf("%w: --rdzv-backend etcd needs --rdzv-endpoint, the etcd client address(es) HOST:PORT[,HOST:PORT...]", errUsage)
+			}
+			o.etcd = strings.Split(o.endpoint, ",")
+			o.endpoint = o.etcd[0] // its host tells which local address the others reach
+		default:
+			return nil, fmt.Errorf("%w: --rdzv-backend %q is not a backend (valid: store, etcd)", errUsage, o.backend)
+		}
 	} else {
 		n, err := strconv.Atoi(nnodes)
 		if err != nil {
