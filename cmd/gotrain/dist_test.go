@@ -196,39 +196,9 @@ func TestTwoNodes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("two-node test skipped with -short")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces (ip netns); not tested")
-	}
-	ip, err := exec.LookPath("ip")
-	if err != nil {
-		t.Skip("needs the ip command (Debian's iproute2) to create network namespaces; not tested")
-	}
-	sfx := strconv.Itoa(os.Getpid() % 10000)
-	nsA, nsB := "gtA"+sfx, "gtB"+sfx
-	run := func(args ...string) error {
-		out, err := exec.Command(ip, args...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	if err := run("netns", "add", nsA); err != nil {
-		t.Skipf("cannot create network namespaces here (%v); not tested", err)
-	}
-	t.Cleanup(func() { run("netns", "del", nsA); run("netns", "del", nsB) })
-	for _, args := range [][]string{
-		{"netns", "add", nsB},
-		{"link", "add", "va" + sfx, "type", "veth", "peer", "name", "vb" + sfx},
-		{"link", "set", "va" + sfx, "netns", nsA},
-		{"link", "set", "vb" + sfx, "netns", nsB},
-		{"-n", nsA, "addr", "add", "10.77.0.1/24", "dev", "va" + sfx},
-		{"-n", nsB, "addr", "add", "10.77.0.2/24", "dev", "vb" + sfx},
-		{"-n", nsA, "link", "set", "va" + sfx, "up"},
-		{"-n", nsB, "link", "set", "vb" + sfx, "up"},
-		{"-n", nsA, "link", "set", "lo", "up"},
-		{"-n", nsB, "link", "set", "lo", "up"},
-	} {
-		require.NoError(t, run(args...))
+	nodes, addrs, _, why := netnsNodes(t, 2)
+	if why != "" {
+		t.Skip(why)
 	}
 	dir := t.TempDir()
 	ref := filepath.Join(dir, "one.safetensors")
@@ -239,10 +209,10 @@ func TestTwoNodes(t *testing.T) {
 	out := filepath.Join(dir, "two-nodes.safetensors")
 	var cmds []*exec.Cmd
 	var outs []*bytes.Buffer
-	for node, ns := range []string{nsA, nsB} {
+	for node, ns := range nodes {
 		args := append([]string{"netns", "exec", ns, bin, "launch", "--nnodes", "2", "--node-rank", strconv.Itoa(node),
-			"--nproc-per-node", "1", "--rdzv-endpoint", "10.77.0.1:29511", "--"}, dpArgs(out)...)
-		c := exec.Command(ip, args...)
+			"--nproc-per-node", "1", "--rdzv-endpoint", addrs[0] + ":29511", "--"}, dpArgs(out)...)
+		c := exec.Command("ip", args...)
 		c.Env = append(os.Environ(), "GOTRAIN_JOB_SECRET="+secret)
 		b := &bytes.Buffer{}
 		c.Stdout, c.Stderr = b, b
@@ -253,10 +223,66 @@ func TestTwoNodes(t *testing.T) {
 	for i, c := range cmds {
 		require.NoError(t, c.Wait(), "node %d: %s", i, outs[i].String())
 	}
-	require.Contains(t, outs[1].String(), "listen=10.77.0.2", "node 1's rank advertised its own address")
+	require.Contains(t, outs[1].String(), "listen="+addrs[1], "node 1's rank advertised its own address")
 	d := maxDiff(t, ref, out)
 	t.Logf("two nodes: max |Δ| against one process %g", d)
 	require.Less(t, d, 1e-5)
+}
+
+// netnsNodes makes n network namespaces, the job's nodes, each with its
+// own address (10.77.0.1, .2, ...) on a bridge in a hub namespace, which
+// has 10.77.0.100. Where namespaces cannot be made (not root, no ip
+// command, no permission) it makes none and says why.
+func netnsNodes(t *testing.T, n int) (nodes, addrs []string, hub, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return nil, nil, "", "needs root to create network namespaces (ip netns)"
+	}
+	ip, err := exec.LookPath("ip")
+	if err != nil {
+		return nil, nil, "", "needs the ip command (Debian's iproute2) to create network namespaces"
+	}
+	run := func(args ...string) error {
+		out, err := exec.Command(ip, args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	sfx := strconv.Itoa(os.Getpid() % 10000)
+	hub = "gth" + sfx
+	if err := run("netns", "add", hub); err != nil {
+		return nil, nil, "", fmt.Sprintf("cannot create network namespaces here (%v)", err)
+	}
+	t.Cleanup(func() { run("netns", "del", hub) })
+	for _, args := range [][]string{
+		{"-n", hub, "link", "add", "br" + sfx, "type", "bridge"},
+		{"-n", hub, "addr", "add", "10.77.0.100/24", "dev", "br" + sfx},
+		{"-n", hub, "link", "set", "br" + sfx, "up"},
+		{"-n", hub, "link", "set", "lo", "up"},
+	} {
+		require.NoError(t, run(args...))
+	}
+	for i := 0; i < n; i++ {
+		ns, in, out := fmt.Sprintf("gt%d-%s", i, sfx), fmt.Sprintf("vn%d-%s", i, sfx), fmt.Sprintf("vh%d-%s", i, sfx)
+		addr := fmt.Sprintf("10.77.0.%d", i+1)
+		require.NoError(t, run("netns", "add", ns))
+		t.Cleanup(func() { run("netns", "del", ns) })
+		for _, args := range [][]string{
+			{"link", "add", in, "type", "veth", "peer", "name", out},
+			{"link", "set", in, "netns", ns},
+			{"link", "set", out, "netns", hub},
+			{"-n", hub, "link", "set", out, "master", "br" + sfx},
+			{"-n", hub, "link", "set", out, "up"},
+			{"-n", ns, "addr", "add", addr + "/24", "dev", in},
+			{"-n", ns, "link", "set", in, "up"},
+			{"-n", ns, "link", "set", "lo", "up"},
+		} {
+			require.NoError(t, run(args...))
+		}
+		nodes, addrs = append(nodes, ns), append(addrs, addr)
+	}
+	return nodes, addrs, hub, ""
 }
 
 // writeCerts writes a CA and one certificate signed by it (valid for
@@ -530,15 +556,16 @@ func TestLaunchRestartsAfterAWorkerDies(t *testing.T) {
 	require.Equal(t, 0.0, maxDiff(t, clean, restarted), "the restarted job ends where the undisturbed one does")
 }
 
-// TestElasticJobLosesANode: three launchers (one worker each) form an
-// elastic job (--nnodes 2:3); after the first checkpoint one node dies
-// whole (its launcher SIGKILLed, its worker with it). The two left re-form
-// the group, resume from the checkpoint with the global batch unchanged,
-// and finish with the parameters one process gets (no sample lost or
-// repeated), rank 0 of the new group writing --out. With the built-in
-// store (served by the first launcher) node 2 dies; with a real etcd
-// (Debian's etcd-server) node 0 dies, the one that would have served the
-// store.
+// TestElasticJobLosesANode: three nodes, each a network namespace with its
+// own address (on loopback where namespaces cannot be made), run a
+// launcher with one worker in an elastic job (--nnodes 2:3); after the
+// first checkpoint one node dies whole (its launcher SIGKILLed, its worker
+// with it). The two left re-form the group, resume from the checkpoint with
+// the global batch unchanged, and finish with the parameters one process
+// gets (no sample lost or repeated), rank 0 of the new group writing --out.
+// With the built-in store (served by node 0's launcher) node 2 dies; with a
+// real etcd (Debian's etcd-server, in the hub namespace) node 0 dies, the
+// one that serves the built-in store.
 func TestElasticJobLosesANode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains three times; skipped with -short")
@@ -553,11 +580,27 @@ func TestElasticJobLosesANode(t *testing.T) {
 	require.NoError(t, err, stderr+stdout)
 	for _, backend := range []string{"store", "etcd"} {
 		t.Run(backend, func(t *testing.T) {
+			if _, err := exec.LookPath("etcd"); err != nil && backend == "etcd" {
+				t.Skip("no etcd binary: install Debian's etcd-server (CI does) to test the etcd rendezvous")
+			}
+			ns, addrs, hub, why := netnsNodes(t, 3)
+			wrap := func(i int) []string { return []string{"ip", "netns", "exec", ns[i]} }
+			if why != "" {
+				t.Logf("on loopback: %s", why)
+				addrs = []string{"127.0.0.1", "127.0.0.1", "127.0.0.1"}
+				wrap = func(int) []string { return nil }
+			}
 			out, ckpt := filepath.Join(dir, backend+".safetensors"), filepath.Join(dir, backend+"-ckpt")
-			rdzv := []string{"--rdzv-endpoint", fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+			rdzv := []string{"--rdzv-endpoint", fmt.Sprintf("%s:%d", addrs[0], freePort(t))}
 			victim := 2
 			if backend == "etcd" {
-				rdzv = []string{"--rdzv-backend", "etcd", "--rdzv-id", "test-" + secure.NewSecret()[:8], "--rdzv-endpoint", etcdtest.StartEtcd(t)}
+				etcd := ""
+				if why == "" {
+					etcd = etcdtest.StartEtcdAt(t, "10.77.0.100", []string{"ip", "netns", "exec", hub})
+				} else {
+					etcd = etcdtest.StartEtcd(t)
+				}
+				rdzv = []string{"--rdzv-backend", "etcd", "--rdzv-id", "test-" + secure.NewSecret()[:8], "--rdzv-endpoint", etcd}
 				victim = 0
 			}
 			args := append(append([]string{"launch", "--nnodes", "2:3", "--nproc-per-node", "1", "--max-restarts", "2", "--rdzv-settle", "1s"}, rdzv...),
@@ -566,12 +609,13 @@ func TestElasticJobLosesANode(t *testing.T) {
 			nodes := make([]*exec.Cmd, 3)
 			logs := make([]*bytes.Buffer, 3)
 			for i := range nodes {
-				nodes[i] = exec.Command(bin, args...)
+				argv := append(append(wrap(i), bin), args...)
+				nodes[i] = exec.Command(argv[0], argv[1:]...)
 				nodes[i].Env = append(os.Environ(), "GOTRAIN_JOB_SECRET="+secret)
 				logs[i] = &bytes.Buffer{}
 				nodes[i].Stderr = logs[i]
 				require.NoError(t, nodes[i].Start())
-				if i == 0 && backend == "store" { // the first serves the store
+				if i == 0 && backend == "store" { // node 0 serves the store
 					deadline := time.Now().Add(20 * time.Second)
 					for !strings.Contains(logs[0].String(), "serving the elastic rendezvous store") && time.Now().Before(deadline) {
 						time.Sleep(20 * time.Millisecond)
@@ -603,6 +647,9 @@ func TestElasticJobLosesANode(t *testing.T) {
 				require.Contains(t, logs[i].String(), "re-forming the group (restart 1 of 2)")
 				require.Contains(t, logs[i].String(), "of 2, master", "round 1 has two nodes")
 				require.Contains(t, logs[i].String(), "restarted; resuming")
+			}
+			if why == "" {
+				require.Contains(t, logs[1].String(), "listen="+addrs[1], "node 1's rank advertised its own address")
 			}
 			d := maxDiff(t, ref, out)
 			t.Logf("%s: 3 nodes, node %d lost after the first checkpoint, 2 to the end: max |Δ| against one process %g", backend, victim, d)
