@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -604,7 +605,8 @@ func TestElasticJobLosesANode(t *testing.T) {
 				victim = 0
 			}
 			args := append(append([]string{"launch", "--nnodes", "2:3", "--nproc-per-node", "1", "--max-restarts", "2", "--rdzv-settle", "1s"}, rdzv...),
-				append(append([]string{"--"}, train(out)...), "--checkpoint-dir", ckpt, "--checkpoint-every", "30")...)
+				append(append([]string{"--"}, train(out)...), "--checkpoint-dir", ckpt, "--checkpoint-every", "30",
+					"--metrics-file", filepath.Join(dir, backend+".jsonl"), "--log-every", "10")...)
 			secret := secure.NewSecret()
 			nodes := make([]*exec.Cmd, 3)
 			logs := make([]*bytes.Buffer, 3)
@@ -651,6 +653,25 @@ func TestElasticJobLosesANode(t *testing.T) {
 			if why == "" {
 				require.Contains(t, logs[1].String(), "listen="+addrs[1], "node 1's rank advertised its own address")
 			}
+			// The loss curve continues: the records of the 3-node group,
+			// then those of the 2-node group from just after the checkpoint
+			// it resumed from (every 30 steps), up to the last step (2
+			// epochs of 313 batches, every 10th logged); at most one step
+			// logged twice (those after the checkpoint, done again).
+			var steps, worlds []float64
+			for _, r := range readRecords(t, filepath.Join(dir, backend+".jsonl"))["train"] {
+				steps, worlds = append(steps, r["step"].(float64)), append(worlds, r["world_size"].(float64))
+			}
+			first2 := slices.Index(worlds, 2)
+			require.Positive(t, first2, "records of 3 nodes, then of 2: %v %v", steps, worlds)
+			require.Equal(t, 0.0, math.Mod(steps[first2]-10, 30), "the 2-node group resumed at a checkpoint: %v", steps)
+			require.LessOrEqual(t, steps[first2], steps[first2-1]+10, "no step skipped: %v", steps)
+			for i := 1; i < len(steps); i++ {
+				if i != first2 {
+					require.Equal(t, steps[i-1]+10, steps[i], "the curve counts up: %v", steps)
+				}
+			}
+			require.Equal(t, 620.0, steps[len(steps)-1], "the last record of the run")
 			d := maxDiff(t, ref, out)
 			t.Logf("%s: 3 nodes, node %d lost after the first checkpoint, 2 to the end: max |Δ| against one process %g", backend, victim, d)
 			require.Less(t, d, 1e-5)
