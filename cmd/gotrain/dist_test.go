@@ -678,3 +678,70 @@ func TestElasticJobLosesANode(t *testing.T) {
 		})
 	}
 }
+
+// TestElasticAdmitsALateNodeAndGivesUp: two launchers form an elastic job
+// (--nnodes 2:3); a third that starts later waits, and is admitted when the
+// group re-forms after a worker of node 1 is killed: the job finishes on 3
+// nodes. A job whose workers keep failing gives up after --max-restarts,
+// listing what happened at each start.
+func TestElasticAdmitsALateNodeAndGivesUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains; skipped with -short")
+	}
+	dir := t.TempDir()
+	ckpt := filepath.Join(dir, "ckpt")
+	args := []string{"launch", "--nnodes", "2:3", "--nproc-per-node", "1", "--max-restarts", "1", "--rdzv-settle", "500ms",
+		"--rdzv-endpoint", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--",
+		"train", "--dataset", "synthetic", "--synthetic-size", "30000", "--epochs", "2", "--batch-size", "96", "--threads", "1",
+		"--checkpoint-dir", ckpt, "--checkpoint-every", "30"}
+	secret := secure.NewSecret()
+	nodes := make([]*exec.Cmd, 3)
+	logs := make([]*bytes.Buffer, 3)
+	start := func(i int) {
+		nodes[i] = exec.Command(bin, args...)
+		nodes[i].Env = append(os.Environ(), "GOTRAIN_JOB_SECRET="+secret)
+		logs[i] = &bytes.Buffer{}
+		nodes[i].Stderr = logs[i]
+		require.NoError(t, nodes[i].Start())
+	}
+	t.Cleanup(func() {
+		for _, c := range nodes {
+			if c != nil && c.ProcessState == nil {
+				c.Process.Kill()
+				c.Wait()
+			}
+		}
+	})
+	waitFor := func(i int, s string) {
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(logs[i].String(), s) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		require.Contains(t, logs[i].String(), s)
+	}
+	start(0)
+	waitFor(0, "serving the elastic rendezvous store")
+	start(1)
+	waitFor(0, "round 0: node 0 of 2")
+	start(2)
+	waitFor(2, "round 0 formed with 2 node(s) without this one; waiting for the next round")
+	waitFor(1, "msg=training")
+	kids := childPIDs(t, nodes[1].Process.Pid)
+	require.Len(t, kids, 1)
+	require.NoError(t, syscall.Kill(kids[0], syscall.SIGKILL))
+	for i, c := range nodes {
+		require.NoError(t, c.Wait(), "node %d: %s", i, logs[i].String())
+		require.Contains(t, logs[i].String(), "round 1: node", "node %d is in round 1", i)
+		require.Contains(t, logs[i].String(), "of 3\n", "round 1 has three nodes")
+	}
+
+	// Workers that always fail: one restart, then the history.
+	bad := []string{"launch", "--nnodes", "1:1", "--nproc-per-node", "1", "--max-restarts", "1", "--rdzv-settle", "100ms",
+		"--rdzv-endpoint", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--", "train", "--dataset", "no-such-dataset"}
+	c := exec.Command(bin, bad...)
+	c.Env = append(os.Environ(), "GOTRAIN_JOB_SECRET="+secret)
+	out, err := c.CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "giving up after 1 restart(s) (--max-restarts 1): round 0 (1 nodes): rank 0 exited with status")
+	require.Contains(t, string(out), "; round 1 (1 nodes): rank 0 exited with status")
+}
