@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"runtime"
@@ -527,11 +528,7 @@ func (o *outerOpt) anchor(m *graph.Model) {
 func (t *Trainer) gatherLocalStates(ctx context.Context) ([]map[string][]float32, error) {
 	c, w := t.dp.comm, t.worldSize()
 	st, _ := t.opt.State()
-	names := make([]string, 0, len(st))
-	for k := range st {
-		names = append(names, k)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(st))
 	var out []map[string][]float32
 	if c.Rank() == 0 {
 		out = make([]map[string][]float32, w)
@@ -565,11 +562,7 @@ func (t *Trainer) scatterLocalStates(ctx context.Context, saved int) error {
 		return nil
 	}
 	st, step := t.opt.State()
-	names := make([]string, 0, len(st))
-	for k := range st {
-		names = append(names, k)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(st))
 	for src := 1; src < w; src++ {
 		for _, k := range names {
 			buf := st[k]
@@ -599,11 +592,7 @@ func (t *Trainer) scatterLocalStates(ctx context.Context, saved int) error {
 func (t *Trainer) broadcastOptState(ctx context.Context, opt optim.Optimizer, step int64, what string) error {
 	c := t.dp.comm
 	st, _ := opt.State()
-	names := make([]string, 0, len(st))
-	for k := range st {
-		names = append(names, k)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(st))
 	for _, k := range names {
 		if err := t.collective(ctx, "broadcast of "+what+k, func(ctx context.Context) error {
 			return c.Broadcast(ctx, st[k], 0)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -85,11 +86,7 @@ func (t *Trainer) snapshot() (*checkpoint.File, error) {
 // and returns its step count for the metadata.
 func appendState(f *checkpoint.File, prefix string, opt optim.Optimizer) string {
 	st, step := opt.State()
-	names := make([]string, 0, len(st))
-	for k := range st {
-		names = append(names, k)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(st))
 	for _, k := range names {
 		f.Tensors = append(f.Tensors, checkpoint.F32(prefix+k, []int{len(st[k])}, st[k]))
 	}
@@ -287,11 +284,7 @@ func addLocalStates(f *checkpoint.File, ranks []map[string][]float32) {
 	}
 	f.Metadata[metaLocalRanks] = strconv.Itoa(len(ranks))
 	for r := 1; r < len(ranks); r++ {
-		names := make([]string, 0, len(ranks[r]))
-		for k := range ranks[r] {
-			names = append(names, k)
-		}
-		slices.Sort(names)
+		names := slices.Sorted(maps.Keys(ranks[r]))
 		for _, k := range names {
 			v := ranks[r][k]
 			f.Tensors = append(f.Tensors, checkpoint.F32(fmt.Sprintf("%s%d.%s", localPrefix, r, k), []int{len(v)}, v))
