@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"strings"
 
 	G "gorgonia.org/gorgonia"
@@ -409,7 +410,15 @@ func (m *Model) touch(k progKey) {
 	}
 }
 
+// compileMu serialises graph building across models: Gorgonia's Grad
+// shares constant nodes between graphs (their cached hash is written on
+// first use), so two models compiling at once in one process (in-process
+// ranks) would race. Compiling takes milliseconds and happens rarely.
+var compileMu sync.Mutex
+
 func (m *Model) compile(batch int, train bool) (*Program, error) {
+	compileMu.Lock()
+	defer compileMu.Unlock()
 	g := G.NewGraph()
 	b := &builder{m: m, g: g, batch: batch, train: train, nodes: map[*Param]*G.Node{}}
 	p := &Program{Batch: batch, Train: train, g: g}
