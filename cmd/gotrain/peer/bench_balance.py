@@ -18,7 +18,7 @@ printed too, for comparison.
 
 Runs alternate; medians of REPEATS are reported.
 
-Usage: bench_balance.py GOTRAIN_BIN [--repeats 3] [--factor 2.0] [--solo]
+Usage: bench_balance.py GOTRAIN_BIN [--repeats 3] [--factor 2.0] [--balance-every 10] [--solo]
 """
 import argparse
 import json
@@ -30,7 +30,7 @@ import tempfile
 
 SAMPLES = 60000
 COMMON = ["--model", "cnn", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "128", "--threads", "1",
-          "--balance-every", "10", "--eval-batch-size", "500"]
+          "--eval-batch-size", "500"]
 
 
 def summary(path):
@@ -61,7 +61,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--factor", type=float, default=2.0)
     ap.add_argument("--solo", action="store_true", help="also measure each rank's speed alone")
+    ap.add_argument("--balance-every", type=int, default=10, help="steps between re-plans")
     a = ap.parse_args()
+    COMMON.extend(["--balance-every", str(a.balance_every)])
     job = [a.gotrain, "launch", "--standalone", "--nproc-per-node", "2", "--", "train"]
     slow = ["--debug-slow-rank", f"0:{a.factor}"]
     res = {"off": [], "adaptive": [], "pair": [], "solo": []}
@@ -83,7 +85,7 @@ def main():
     med = {k: statistics.median(v) for k, v in res.items() if v}
     cut = 1 - med["adaptive"] / med["off"]
     print(f"CNN, synthetic {SAMPLES} samples (an MNIST-sized epoch), batch 128, 2 ranks on one host, "
-          f"rank 1 slowed {a.factor}x; median of {a.repeats}")
+          f"rank 1 slowed {a.factor}x, --balance-every {a.balance_every}; median of {a.repeats}")
     print()
     print("| run | seconds per epoch |")
     print("|---|---|")
