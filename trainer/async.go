@@ -168,7 +168,7 @@ func (t *Trainer) newParamServer(nb int, lr func(int64) float64) (*ps.Server, er
 			window.sum += p.Staleness
 			window.maxSt = max(window.maxSt, p.Staleness)
 			if t.cfg.LogEvery > 0 && int64(p.Version)%t.cfg.LogEvery == 0 {
-				t.emitAsyncWindow(p.Version, w, window.sum, window.maxSt, window.n)
+				t.emitAsyncWindow(p.Version, w, p.Workers, window.sum, window.maxSt, window.n)
 				window.n, window.sum, window.maxSt = 0, 0, 0
 			}
 		},
@@ -178,12 +178,12 @@ func (t *Trainer) newParamServer(nb int, lr func(int64) float64) (*ps.Server, er
 // emitAsyncWindow writes an async record for the pushes of a window (its
 // waits are filled in from the server's totals at the end only: the
 // server's lock is held here).
-func (t *Trainer) emitAsyncWindow(version uint64, w int, sum, maxSt uint64, n int64) {
+func (t *Trainer) emitAsyncWindow(version uint64, w, workers int, sum, maxSt uint64, n int64) {
 	as, ok := t.sink.(interface{ Async(metrics.Async) })
 	if !ok || n == 0 {
 		return
 	}
-	as.Async(metrics.Async{Version: version, StalenessMean: float64(sum) / float64(n), StalenessMax: maxSt, Rank: t.rank(), WorldSize: w})
+	as.Async(metrics.Async{Version: version, StalenessMean: float64(sum) / float64(n), StalenessMax: maxSt, Workers: workers, Rank: t.rank(), WorldSize: w})
 }
 
 // emitAsync writes the final async record: staleness over the whole run

@@ -3,9 +3,12 @@ package trainer
 import (
 	"context"
 	"net"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/trainer/metrics"
 )
 
 // asyncOptions gives each of w in-process ranks its transport to rank 0's
@@ -53,6 +56,7 @@ func TestAsyncLearnsAndTheFastRankTakesMore(t *testing.T) {
 	t.Logf("test accuracy: allreduce %.3f, async %.3f", accSync, accAsync)
 	require.Greater(t, accAsync, accSync-0.05)
 	require.NotEmpty(t, rec.async)
+	require.True(t, slices.ContainsFunc(rec.async, func(a metrics.Async) bool { return a.Workers == 3 }), "the window records count the connected workers")
 	last := rec.async[len(rec.async)-1]
 	// 930 samples, batches of 50/3 = 16: 59 batches an epoch, 3 epochs.
 	require.Equal(t, uint64(3*59), last.Version, "every batch of every epoch was applied once")

@@ -49,6 +49,7 @@ type PushInfo struct {
 	Samples   int
 	Epoch     int
 	Batch     int
+	Workers   int // connected now
 }
 
 // Stats are the server's running figures.
@@ -281,7 +282,7 @@ func (s *Server) apply(id int, ws *workerState, p Push) error {
 	s.stats.StalenessMax = max(s.stats.StalenessMax, stale)
 	s.stats.Version = s.version
 	if s.cfg.OnPush != nil {
-		s.cfg.OnPush(PushInfo{Worker: id, Version: s.version, Staleness: stale, Samples: int(p.Samples), Epoch: int(p.Epoch), Batch: int(p.Batch)})
+		s.cfg.OnPush(PushInfo{Worker: id, Version: s.version, Staleness: stale, Samples: int(p.Samples), Epoch: int(p.Epoch), Batch: int(p.Batch), Workers: s.stats.Workers})
 	}
 	s.checkDone()
 	s.cond.Broadcast()
