@@ -744,4 +744,26 @@ func TestElasticAdmitsALateNodeAndGivesUp(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, string(out), "giving up after 1 restart(s) (--max-restarts 1): round 0 (1 nodes): rank 0 exited with status")
 	require.Contains(t, string(out), "; round 1 (1 nodes): rank 0 exited with status")
+
+	// Too few nodes within --rdzv-join-timeout: a clear error, no hang.
+	c = exec.Command(bin, "launch", "--nnodes", "2:3", "--nproc-per-node", "1", "--rdzv-join-timeout", "1s",
+		"--rdzv-endpoint", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--", "train")
+	c.Env = append(os.Environ(), "GOTRAIN_JOB_SECRET="+secret)
+	out, err = c.CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "the group did not form: round 0: 1 node(s) joined, --nnodes needs at least 2 within --rdzv-join-timeout 1s")
+
+	// A late node whose job finishes without it stops too.
+	args = []string{"launch", "--nnodes", "2:3", "--nproc-per-node", "1", "--rdzv-settle", "300ms",
+		"--rdzv-endpoint", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--",
+		"train", "--dataset", "synthetic", "--synthetic-size", "6000", "--epochs", "1", "--threads", "1"}
+	start(0)
+	waitFor(0, "serving the elastic rendezvous store")
+	start(1)
+	waitFor(0, "round 0: node 0 of 2")
+	start(2)
+	for i, c := range nodes {
+		require.NoError(t, c.Wait(), "node %d: %s", i, logs[i].String())
+	}
+	require.Contains(t, logs[2].String(), "round 0: the job finished without this node")
 }

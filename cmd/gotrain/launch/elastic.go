@@ -2,6 +2,7 @@ package launch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -49,6 +50,15 @@ type elasticStore interface {
 	Add(ctx context.Context, key string, delta int64) (int64, error)
 	Wait(ctx context.Context, keys ...string) error
 }
+
+// A round's "end" key says how it ended: endDone, or why it failed.
+const endDone = "done"
+
+// errNotFormed: too few nodes joined a round in time.
+var errNotFormed = errors.New("the group did not form")
+
+// errJobDone: the job finished in a round this launcher was not part of.
+var errJobDone = errors.New("the job finished without this node")
 
 // storeKey names an elastic key of round r.
 func storeKey(r int, name string) string { return fmt.Sprintf("elastic/%d/%s", r, name) }
@@ -99,7 +109,13 @@ func (s *supervisor) form(ctx context.Context, st elasticStore, r int, endpointH
 		}
 		place := int(n - 1)
 		if place == 0 {
-			if err := s.closeRound(ctx, st, r); err != nil {
+			cctx, cancel := context.WithTimeout(ctx, s.opts.joinTimeout)
+			err := s.closeRound(cctx, st, r)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				// Too few nodes: the round does not form, for anyone.
+				_ = st.Set(ctx, storeKey(r, "size"), []byte("0"))
+			} else if err != nil {
 				return round{}, err
 			}
 		}
@@ -108,10 +124,18 @@ func (s *supervisor) form(ctx context.Context, st elasticStore, r int, endpointH
 			return round{}, err
 		}
 		size, _ := strconv.Atoi(string(b))
+		if size == 0 {
+			joined, _ := st.Add(ctx, storeKey(r, "joined"), 0)
+			return round{}, fmt.Errorf("%w: round %d: %d node(s) joined, --nnodes needs at least %d within --rdzv-join-timeout %v", errNotFormed, r, joined, s.opts.minNodes, s.opts.joinTimeout)
+		}
 		if place >= size {
 			s.logf("round %d formed with %d node(s) without this one; waiting for the next round", r, size)
-			if err := st.Wait(ctx, storeKey(r, "failed")); err != nil {
+			end, err := st.Get(ctx, storeKey(r, "end"))
+			if err != nil {
 				return round{}, err
+			}
+			if string(end) == endDone {
+				return round{}, errJobDone
 			}
 			continue
 		}
@@ -204,10 +228,18 @@ func (s *supervisor) runElastic(ctx context.Context) int {
 	r := 0
 	for {
 		rd, err := s.form(ctx, st, r, endpointHost)
+		if errors.Is(err, errJobDone) {
+			s.logf("round %d: %v", r, err)
+			return 0
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				s.logf("stopped while forming round %d", r)
 				return 130
+			}
+			if errors.Is(err, errNotFormed) {
+				s.logf("%v", err)
+				return 1
 			}
 			where := fmt.Sprintf("the store lives in the launcher at %s: if that node is gone, the job cannot go on (--rdzv-backend etcd keeps it elsewhere)", endpoint)
 			if o.backend == "etcd" {
@@ -236,11 +268,17 @@ func (s *supervisor) runElastic(ctx context.Context) int {
 		code, failure := s.group(ctx, sigCh)
 		cancelWatch()
 		if failure == "" {
+			if code == 0 {
+				// Launchers waiting for a later round can stop.
+				_ = st.Set(context.WithoutCancel(ctx), storeKey(r, "end"), []byte(endDone))
+			}
 			return code
 		}
 		if !strings.HasPrefix(failure, "round ") {
 			// This node's worker failed: tell the others.
-			_ = st.Set(context.WithoutCancel(ctx), storeKey(r, "failed"), []byte(fmt.Sprintf("node %d: %s", rd.node, failure)))
+			why := []byte(fmt.Sprintf("node %d: %s", rd.node, failure))
+			_ = st.Set(context.WithoutCancel(ctx), storeKey(r, "failed"), why)
+			_ = st.Set(context.WithoutCancel(ctx), storeKey(r, "end"), why)
 		}
 		history = append(history, fmt.Sprintf("round %d (%d nodes): %s", r, rd.size, failure))
 		if len(history) > o.restarts {

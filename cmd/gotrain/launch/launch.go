@@ -76,6 +76,7 @@ type options struct {
 	elastic            bool
 	minNodes, maxNodes int
 	settle             time.Duration
+	joinTimeout        time.Duration
 	backend            string   // --rdzv-backend: "store" or "etcd"
 	etcd               []string // etcd client endpoints
 	rdzvID             string
@@ -166,6 +167,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	nnodes := "1"
 	fs.StringVar(&nnodes, "nnodes", nnodes, "nodes in the job: N, or MIN:MAX for an elastic job that re-forms with the nodes left when one fails")
 	fs.DurationVar(&o.settle, "rdzv-settle", 3*time.Second, "elastic: how long a rendezvous round waits for more nodes once MIN have joined")
+	fs.DurationVar(&o.joinTimeout, "rdzv-join-timeout", 10*time.Minute, "elastic: how long a round waits for MIN nodes before the launcher gives up")
 	fs.StringVar(&o.backend, "rdzv-backend", "store", "elastic: where the launchers meet: store (served by the launcher that owns --rdzv-endpoint) or etcd (--rdzv-endpoint lists etcd client addresses, HOST:PORT[,HOST:PORT...])")
 	fs.StringVar(&o.rdzvID, "rdzv-id", "", "elastic with etcd: the job's id, new for every job (its keys live under /gotrain/ID/)")
 	fs.IntVar(&o.nodeRank, "node-rank", 0, "this node's rank, 0 to nnodes-1")
