@@ -390,16 +390,7 @@ func TestLocalSGDOuterOptimizer(t *testing.T) {
 	t.Logf("test accuracy: plain averaging %.3f, outer optimiser %.3f", accPlain, accOuter)
 	require.Greater(t, accOuter, accPlain-0.05)
 
-	first := outer
-	first.MaxSteps = 16
-	first.CheckpointDir = t.TempDir()
-	runRanks(t, []Config{first, first})
-	cfgs := []Config{outer, outer}
-	for r := range cfgs {
-		cfgs[r].Resume = first.CheckpointDir
-	}
-	cfgs[1].Resume = "/nonexistent" // only rank 0 reads the checkpoint
-	resumed := runRanks(t, cfgs)
+	resumed := stopAndResume(t, outer, 16)
 	require.Equal(t, params(straight[0]), params(resumed[0]), "resumed bitwise where the unbroken run ended")
 	require.Equal(t, params(straight[0]), params(resumed[1]))
 }
@@ -413,16 +404,24 @@ func TestLocalSGDResumesExactly(t *testing.T) {
 	base.Epochs = 2
 	base.Sync, base.SyncPeriod = "local-sgd", 4
 	straight := runRanks(t, []Config{base, base})
-	first := base
-	first.MaxSteps = 16
+	resumed := stopAndResume(t, base, 16)
+	require.Equal(t, params(straight[0]), params(resumed[0]))
+	require.Equal(t, params(straight[1]), params(resumed[1]))
+}
+
+// stopAndResume runs cfg on two ranks until step stop, with checkpoints,
+// then resumes it on two ranks to the end (only rank 0 reads the
+// checkpoint) and returns the resumed ranks.
+func stopAndResume(t *testing.T, cfg Config, stop int64) []*Trainer {
+	t.Helper()
+	first := cfg
+	first.MaxSteps = stop
 	first.CheckpointDir = t.TempDir()
 	runRanks(t, []Config{first, first})
-	cfgs := []Config{base, base}
+	cfgs := []Config{cfg, cfg}
 	for r := range cfgs {
 		cfgs[r].Resume = first.CheckpointDir
 	}
 	cfgs[1].Resume = "/nonexistent" // only rank 0 reads the checkpoint
-	resumed := runRanks(t, cfgs)
-	require.Equal(t, params(straight[0]), params(resumed[0]))
-	require.Equal(t, params(straight[1]), params(resumed[1]))
+	return runRanks(t, cfgs)
 }

@@ -53,7 +53,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"slices"
 )
 
 // Version is the protocol version in the hello frame.
@@ -262,7 +261,7 @@ func readReply(r io.Reader, params []float32, buf []byte) (Reply, error) {
 		if _, err := io.ReadFull(r, msg); err != nil {
 			return Reply{}, fmt.Errorf("%w: reading a refusal: %v", ErrProtocol, err)
 		}
-		rp.Message = string(slices.Clip(msg))
+		rp.Message = string(msg)
 	default:
 		return Reply{}, fmt.Errorf("%w: reply kind %d", ErrProtocol, rp.Kind)
 	}
