@@ -1272,8 +1272,13 @@ EXPORT ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *asyncEr
     *asyncError = (ncclResult_t)e;
     return ncclSuccess;
   }
-  if (atomic_load(&comm->local_abort) || (comm->hdr && atomic_load_explicit(&comm->hdr->aborted, memory_order_acquire))) {
-    *asyncError = ncclRemoteError;
+  /* An abort (this rank's or another's) also becomes this communicator's
+   * last error, naming the rank that aborted: otherwise ncclGetLastError
+   * would fall back to the process-wide text, which another communicator
+   * of the same process may have written. */
+  ncclResult_t a = check_aborted(comm, "ncclCommGetAsyncError");
+  if (a != ncclSuccess) {
+    *asyncError = a;
     return ncclSuccess;
   }
   *asyncError = ncclSuccess;
