@@ -220,7 +220,6 @@ func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr
 		return 0, 0, fmt.Errorf("rank %d: joining the parameter server: %w", r, err)
 	}
 	defer cl.Close()
-	slowRank, slowFactor, _ := cfg.slowRank()
 	grad := make([]float32, nparams)
 	permEpoch := -1
 	n := t.train.N
@@ -256,9 +255,7 @@ func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr
 		if err != nil {
 			return steps, samples, err
 		}
-		if r == slowRank && slowFactor > 1 {
-			slowDown(time.Since(t0), slowFactor)
-		}
+		t.straggler().delay(time.Since(t0))
 		if !finite(float64(loss)) {
 			return steps, samples, t.diverged(float64(loss))
 		}

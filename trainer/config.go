@@ -95,7 +95,8 @@ type Config struct {
 	// are known. It excludes Balance other than "off".
 	Shares []float64 `json:"shares,omitempty" yaml:"shares,omitempty"`
 	// DebugSlowRank "R:F" makes rank R F times slower (it sleeps (F-1)× its
-	// compute time each step): a reproducible straggler for tests and benchmarks.
+	// compute time each step, the sleeps' overshoot taken off the next
+	// ones): a reproducible straggler for tests and benchmarks.
 	DebugSlowRank string `json:"debug_slow_rank,omitempty" yaml:"debug_slow_rank,omitempty"`
 }
 

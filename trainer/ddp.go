@@ -56,8 +56,6 @@ type ddp struct {
 	winClock, winClockN    float64
 	switchSeconds          float64 // what the last change of share cost (first runs)
 	clocked                bool    // the headroom reports a clock
-	slowRank               int
-	slowFactor             float64
 	buckets                []gradBucket
 	views                  [][]float32   // per parameter: its gradient inside a bucket
 	params                 []optim.Param // Data: the model's parameters, Grad: views
@@ -103,12 +101,47 @@ func shard(lo, hi, r, w int) (int, int) {
 	return start, start + size
 }
 
-// slowDown sleeps (factor-1) times d, the --debug-slow-rank straggler, and
-// returns the time slept.
-func slowDown(d time.Duration, factor float64) time.Duration {
-	extra := time.Duration(float64(d) * (factor - 1))
-	time.Sleep(extra)
-	return extra
+// straggler is --debug-slow-rank's slow rank: after d of computation it
+// sleeps (factor-1)·d, so that it takes factor times as long. A sleep
+// overshoots (by milliseconds on a busy or virtual host, every time, so a
+// rank taking many short steps would be slowed by more than factor): the
+// overshoot is owed back and taken off the next sleeps, which keeps the
+// slowdown at factor over any few steps.
+type straggler struct {
+	factor float64
+	owed   time.Duration // sleep still due; negative: slept ahead
+}
+
+// delay sleeps for d's computation and returns the time slept.
+func (s *straggler) delay(d time.Duration) time.Duration {
+	if s == nil {
+		return 0
+	}
+	s.owed += time.Duration(float64(d) * (s.factor - 1))
+	if s.owed <= 0 {
+		return 0
+	}
+	t0 := time.Now()
+	time.Sleep(s.owed)
+	slept := time.Since(t0)
+	s.owed -= slept
+	return slept
+}
+
+// straggler returns this rank's --debug-slow-rank straggler, nil when it is
+// not the slow one.
+func (t *Trainer) straggler() *straggler {
+	if t.slow == nil {
+		r, f, _ := t.cfg.slowRank()
+		t.slow = &straggler{}
+		if r == t.rank() && f > 1 {
+			t.slow.factor = f
+		}
+	}
+	if t.slow.factor == 0 {
+		return nil
+	}
+	return t.slow
 }
 
 // shareOf is rank r's part of the global batch [lo,hi): equal shares, or
@@ -249,7 +282,6 @@ func (t *Trainer) setupBalance() error {
 	if t.dp == nil || t.dp.comm == nil || t.worldSize() < 2 {
 		return nil
 	}
-	t.dp.slowRank, t.dp.slowFactor, _ = t.cfg.slowRank()
 	if shares := t.cfg.Shares; shares != nil {
 		if len(shares) != t.worldSize() {
 			return fmt.Errorf("%w: --shares has %d shares for a world of %d ranks: give one per rank", ErrConfig, len(shares), t.worldSize())
@@ -271,6 +303,14 @@ func (t *Trainer) setupBalance() error {
 	}
 	t.dp.sizes = make([]int, t.worldSize())
 	t.dp.clocked = t.headroom != nil && t.headroom().ClockMHz > 0
+	// A resumed run goes on with the shares it had, so that it need not
+	// measure its way back to them; a job of another size starts equal.
+	if len(t.resumeShares) == t.worldSize() && t.dp.bal.SetWeights(t.resumeShares) == nil {
+		if mode == balance.Static && t.pos.step >= int64(min(4, t.cfg.BalanceEvery)) {
+			t.dp.bal.Freeze() // its one measurement is behind it
+		}
+		t.log.Info("resumed the balancer's shares", "shares", t.dp.bal.Weights())
+	}
 	return nil
 }
 
@@ -372,9 +412,9 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 		last, lastScale = prog, float32(me-ms)/n
 	}
 	if re > rs {
-		if r == t.dp.slowRank && t.dp.slowFactor > 1 {
-			compute += slowDown(compute, t.dp.slowFactor)
-			cold = time.Duration(float64(cold) * t.dp.slowFactor)
+		if s := t.straggler(); s != nil {
+			compute += s.delay(compute)
+			cold = time.Duration(float64(cold) * s.factor)
 		}
 		// A new program's first run allocates its buffers: that is the
 		// cost of a change of share, not the rank's speed.
@@ -719,10 +759,10 @@ func (t *Trainer) syncStart(ctx context.Context) error {
 		return fmt.Errorf("%w: ranks %s run another configuration than rank 0; start every rank with the same flags", ErrReplicas, strings.Join(bad, ", "))
 	}
 	// 2. Rank 0's state.
-	var pos [6]int64
+	var pos [7]int64
 	resumed := t.resumedFrom != ""
 	if r == 0 {
-		pos = [6]int64{t.pos.step, int64(t.pos.epoch), int64(t.pos.batch), 0, 0, int64(len(t.localStates))}
+		pos = [7]int64{t.pos.step, int64(t.pos.epoch), int64(t.pos.batch), 0, 0, int64(len(t.localStates)), int64(len(t.resumeShares))}
 		if resumed {
 			pos[3] = 1
 			_, pos[4] = t.opt.State()
@@ -764,6 +804,18 @@ func (t *Trainer) syncStart(ctx context.Context) error {
 			if err := t.scatterLocalStates(ctx, int(pos[5])); err != nil {
 				return err
 			}
+		}
+		if n := pos[6]; n > 0 && n <= 1<<16 {
+			shares := make([]float64, n)
+			if r == 0 {
+				copy(shares, t.resumeShares)
+			}
+			if err := t.collective(ctx, "broadcast of the balancer's shares", func(ctx context.Context) error {
+				return c.Broadcast(ctx, shares, 0)
+			}); err != nil {
+				return err
+			}
+			t.resumeShares = shares
 		}
 		t.pos = position{step: pos[0], epoch: int(pos[1]), batch: int(pos[2])}
 		t.savedStep = t.pos.step

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -227,6 +228,59 @@ func TestAdaptiveBalancingFavoursTheFastRank(t *testing.T) {
 	require.Equal(t, params(trs[0]), params(trs[1]))
 }
 
+// TestResumeKeepsTheShares: a checkpoint holds the balancer's shares; the
+// ranks that resume from it (rank 0 reads it) go on with them instead of
+// equal shares, and still end where one process ends. A job of another
+// size starts from equal shares.
+func TestResumeKeepsTheShares(t *testing.T) {
+	base := sgdConfig(t)
+	base.MaxSteps = 13
+	ref := newTrainer(t, base)
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+
+	dir := t.TempDir()
+	cfgs := make([]Config, 2)
+	recs := []*balanceRecorder{{}, {}}
+	for r := range cfgs {
+		cfgs[r] = base
+		cfgs[r].MaxSteps = 12
+		cfgs[r].Balance = "adaptive"
+		cfgs[r].BalanceEvery = 3
+		cfgs[r].DebugSlowRank = "1:4"
+		cfgs[r].CheckpointDir = dir
+	}
+	trs := runRanks(t, cfgs, func(r int) Option { return WithSink(recs[r]) })
+	require.NotEmpty(t, recs[0].bal)
+	saved := slices.Clone(trs[0].dp.bal.Weights())
+	require.Greater(t, saved[0], 0.55, "the fast rank took the larger share: %v", saved)
+
+	// One more step from the checkpoint: no re-plan falls on step 13, so
+	// the shares in use are the resumed ones.
+	for r := range cfgs {
+		cfgs[r].MaxSteps = 13
+		cfgs[r].Resume = dir
+	}
+	cfgs[1].Resume = "/nonexistent"
+	trs = runRanks(t, cfgs)
+	for r, tr := range trs {
+		require.Equal(t, saved, tr.dp.bal.Weights(), "rank %d resumed the shares", r)
+	}
+	require.Less(t, maxAbsDiff(params(ref), params(trs[0])), 1e-5)
+
+	three := make([]Config, 3)
+	for r := range three {
+		three[r] = cfgs[0]
+		three[r].MaxSteps = 14 // one step from the last checkpoint, no re-plan
+		three[r].DebugSlowRank = ""
+	}
+	trs = runRanks(t, three)
+	require.Equal(t, int64(14), trs[0].Step())
+	for _, w := range trs[0].dp.bal.Weights() {
+		require.InDelta(t, 1.0/3, w, 1e-12, "a job of 3 ranks starts from equal shares")
+	}
+}
+
 // TestSharesMustMatchTheWorld: --shares gives one share per rank.
 func TestSharesMustMatchTheWorld(t *testing.T) {
 	cfg := sgdConfig(t)
@@ -424,4 +478,24 @@ func stopAndResume(t *testing.T, cfg Config, stop int64) []*Trainer {
 	}
 	cfgs[1].Resume = "/nonexistent" // only rank 0 reads the checkpoint
 	return runRanks(t, cfgs)
+}
+
+// TestStragglerKeepsItsFactor: many short steps. Every sleep overshoots
+// (Linux's timer slack alone is 50µs), so sleeping (F-1)·d per step would
+// slow short steps by much more than F; the straggler takes the overshoot
+// off the next sleep and stays within one overshoot of F overall.
+func TestStragglerKeepsItsFactor(t *testing.T) {
+	s := &straggler{factor: 2}
+	const steps, d = 200, 200 * time.Microsecond
+	var slept time.Duration
+	for range steps {
+		slept += s.delay(d)
+	}
+	want := steps * d // (factor-1)·d per step
+	require.GreaterOrEqual(t, slept, want-time.Microsecond, "slept %v for %v of computation", slept, want)
+	require.Less(t, slept, want+5*time.Millisecond, "slept %v, want %v: the overshoot is not taken back", slept, want)
+	require.Equal(t, want, slept+s.owed)
+
+	var none *straggler
+	require.Zero(t, none.delay(time.Second), "a rank that is not slow never sleeps")
 }

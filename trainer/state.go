@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +29,7 @@ const (
 	metaOptStep    = "gotrain.optimizer_step"
 	metaOuterStep  = "gotrain.outer_optimizer_step"
 	metaLocalRanks = "gotrain.local_optimizer_ranks"
+	metaShares     = "gotrain.balance_shares" // the ranks' shares of the batch, comma-separated
 	metaRNG        = "gotrain.rng"
 	metaVersion    = "gotrain.version"
 	optPrefix      = "optimizer."
@@ -79,7 +81,35 @@ func (t *Trainer) snapshot() (*checkpoint.File, error) {
 	if t.outer != nil {
 		f.Metadata[metaOuterStep] = appendState(f, outerPrefix, t.outer.opt)
 	}
+	if t.dp != nil && t.dp.bal != nil {
+		parts := make([]string, 0, t.worldSize())
+		for _, w := range t.dp.bal.Weights() {
+			parts = append(parts, strconv.FormatFloat(w, 'g', -1, 64))
+		}
+		f.Metadata[metaShares] = strings.Join(parts, ",")
+	}
 	return f, nil
+}
+
+// parseShares reads the balancer's shares from a checkpoint's metadata
+// (nil when it has none).
+func parseShares(s string) ([]float64, error) {
+	if s == "" {
+		return nil, nil
+	}
+	parts := strings.Split(s, ",")
+	if len(parts) > 1<<16 {
+		return nil, fmt.Errorf("%d shares", len(parts))
+	}
+	w := make([]float64, len(parts))
+	for i, p := range parts {
+		v, err := strconv.ParseFloat(p, 64)
+		if err != nil || !(v > 0) || math.IsInf(v, 0) {
+			return nil, fmt.Errorf("share %q is not a positive number", p)
+		}
+		w[i] = v
+	}
+	return w, nil
 }
 
 // appendState adds opt's state tensors to f under prefix, in name order,
@@ -165,6 +195,10 @@ func (t *Trainer) restore(pathOrDir string) error {
 	if got, want := md[metaTrajectory], t.cfg.trajectory(); got != want {
 		return fmt.Errorf("%w: %s was trained with a different setup:\n  checkpoint: %s\n  this run:   %s\nuse the same flags to resume, or start a new run without --resume", ErrCheckpoint, path, got, want)
 	}
+	shares, err := parseShares(md[metaShares])
+	if err != nil {
+		return fmt.Errorf("%w: %s: bad %s: %v", ErrCheckpoint, path, metaShares, err)
+	}
 	var pos position
 	if pos.step, err = strconv.ParseInt(md[metaStep], 10, 64); err != nil || pos.step < 0 {
 		return fmt.Errorf("%w: %s: bad %s %q", ErrCheckpoint, path, metaStep, md[metaStep])
@@ -226,6 +260,7 @@ func (t *Trainer) restore(pathOrDir string) error {
 	}
 	t.opt = probe
 	t.pos = pos
+	t.resumeShares = shares
 	t.resumedFrom = path
 	t.savedStep = pos.step
 	return nil

@@ -54,17 +54,21 @@ type Trainer struct {
 
 	pos         position
 	resumedFrom string
-	lastCkpt    string
-	savedStep   int64 // step of lastCkpt
-	params      map[*graph.Program][]optim.Param
-	perm        []int
-	dp          *ddp      // nil: one process
-	pp          *pipeline // nil: no pipeline stages
-	devices     func() []metrics.GPU
-	headroom    func() gpu.Headroom
-	async       *AsyncTransport
-	outer       *outerOpt              // local SGD's outer optimiser; nil: plain averaging
-	localStates []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
+	// resumeShares: the balancer's shares of the batch in the checkpoint
+	// resumed from (rank 0 reads them; syncStart gives them to every rank)
+	resumeShares []float64
+	lastCkpt     string
+	savedStep    int64 // step of lastCkpt
+	params       map[*graph.Program][]optim.Param
+	perm         []int
+	dp           *ddp      // nil: one process
+	pp           *pipeline // nil: no pipeline stages
+	devices      func() []metrics.GPU
+	headroom     func() gpu.Headroom
+	slow         *straggler // --debug-slow-rank, made at first use
+	async        *AsyncTransport
+	outer        *outerOpt              // local SGD's outer optimiser; nil: plain averaging
+	localStates  []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
 }
 
 // Option configures a Trainer.
@@ -303,9 +307,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				if err != nil {
 					return res, err
 				}
-				if r, f, _ := cfg.slowRank(); r == 0 && f > 1 {
-					slowDown(time.Since(t0), f)
-				}
+				t.straggler().delay(time.Since(t0))
 				loss = float64(l)
 				ps = t.optParams(prog)
 				winLoss += loss * float64(hi-lo)

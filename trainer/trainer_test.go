@@ -235,6 +235,18 @@ func TestBadCheckpointsAreRefusedAndChangeNothing(t *testing.T) {
 	require.ErrorIs(t, err, ErrCheckpoint)
 	require.ErrorContains(t, err, `"fc1.weight" is F32[16 784]`)
 	require.Equal(t, before, params(fresh))
+
+	// The balancer's shares must be positive numbers.
+	for _, v := range []string{"0.7,x", "0.7,-0.3", "0.5,NaN", "0.5,,0.5"} {
+		f, err := checkpoint.ReadFile(good)
+		require.NoError(t, err)
+		f.Metadata[metaShares] = v
+		require.NoError(t, checkpoint.WriteFileAtomic(bad, f))
+		err = fresh.restore(bad)
+		require.ErrorIs(t, err, ErrCheckpoint, "shares %q", v)
+		require.ErrorContains(t, err, "bad gotrain.balance_shares")
+		require.Equal(t, before, params(fresh))
+	}
 }
 
 func TestConfigValidation(t *testing.T) {

@@ -304,7 +304,7 @@ func (p *Planner) Plan(ms []Measurement) (bool, string) {
 	}
 	reason := "measured " + strings.Join(parts, ", ")
 	if gain > 0 && !math.IsInf(gain, 0) {
-		reason += fmt.Sprintf("; predicted step %.1f%% shorter", 100*gain)
+		reason += fmt.Sprintf("; predicted step %.1f%% shorter", 100*(1-nt/cur))
 	}
 	return true, strings.Join(append([]string{reason}, notes...), "; ")
 }

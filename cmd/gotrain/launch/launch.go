@@ -87,10 +87,12 @@ type options struct {
 	secretFile         string
 	grace              time.Duration
 	restarts           int // --max-restarts
+	cpuBind            string
 	command            []string
 
-	masterAddr string // resolved
-	port       int    // resolved; 0 = pick a free one (--standalone)
+	masterAddr string  // resolved
+	port       int     // resolved; 0 = pick a free one (--standalone)
+	cpus       [][]int // resolved: each local worker's CPUs; nil: unbound
 }
 
 // Run parses the launcher flags in args (everything before "--"), then
@@ -127,6 +129,10 @@ func Run(ctx context.Context, exe string, args []string, stdout, stderr io.Write
 		fmt.Fprintf(stderr, "gotrain launch: %v\n", err)
 		return 2
 	}
+	if opts.cpus, err = resolveBinding(opts.cpuBind, opts.nproc); err != nil {
+		fmt.Fprintf(stderr, "gotrain launch: %v\n", err)
+		return 2
+	}
 	if opts.port == 0 {
 		if opts.port, err = freePort(opts.masterAddr); err != nil {
 			fmt.Fprintf(stderr, "gotrain launch: --standalone: finding a free port: %v\n", err)
@@ -146,6 +152,13 @@ func Run(ctx context.Context, exe string, args []string, stdout, stderr io.Write
 	}
 	s.out.mu = &s.mu
 	s.errOut = &lineWriter{w: stderr, mu: &s.mu}
+	if opts.cpus != nil {
+		parts := make([]string, len(opts.cpus))
+		for i, b := range opts.cpus {
+			parts[i] = fmt.Sprintf("local rank %d on CPU %s", i, formatCPUs(b))
+		}
+		s.logf("binding the workers (--cpu-bind %s): %s", opts.cpuBind, strings.Join(parts, ", "))
+	}
 	if opts.elastic {
 		return s.runElastic(ctx)
 	}
@@ -176,6 +189,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.masterPort, "master-port", 0, "port of rank 0 (default: the port of --rdzv-endpoint, else 29500; with --standalone, a free one)")
 	fs.StringVar(&o.secretFile, "secret-file", "", "file holding the job secret shared by all nodes (default: $GOTRAIN_JOB_SECRET)")
 	fs.DurationVar(&o.grace, "grace", o.grace, "time between SIGTERM (or SIGINT) and SIGKILL when stopping the workers")
+	fs.StringVar(&o.cpuBind, "cpu-bind", BindAuto, "bind each worker to its own block of this launcher's CPUs: cores, none, or auto (cores when there are at least 2 workers and a CPU for each)")
 	fs.IntVar(&o.restarts, "max-restarts", 0, "when a worker fails, stop the others and start the group again, up to this many times (the workers resume from their --checkpoint-dir)")
 
 	flagArgs := args
@@ -241,6 +255,8 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("%w: --grace must not be negative", errUsage)
 	case o.restarts < 0:
 		return nil, fmt.Errorf("%w: --max-restarts must not be negative", errUsage)
+	case o.cpuBind != BindAuto && o.cpuBind != BindNone && o.cpuBind != BindCores:
+		return nil, fmt.Errorf("%w: --cpu-bind %q is not a policy (valid: auto, none, cores)", errUsage, o.cpuBind)
 	case set["master-port"] && (o.masterPort < 1 || o.masterPort > 65535):
 		return nil, fmt.Errorf("%w: --master-port %d is not a port (1 to 65535)", errUsage, o.masterPort)
 	case !sawDash || len(command) == 0:
@@ -465,7 +481,11 @@ func (s *supervisor) start(i int) (*worker, error) {
 	cmd.Env = s.env(i)
 	cmd.Stdout, cmd.Stderr = outW, errW // *os.File: no copying goroutines in exec
 	cmd.SysProcAttr = sysProcAttr()
-	err = cmd.Start()
+	if o.cpus != nil {
+		err = startBound(cmd, o.cpus[i])
+	} else {
+		err = cmd.Start()
+	}
 	outW.Close()
 	errW.Close()
 	if err != nil {

@@ -88,6 +88,14 @@ func helperMain(args []string) int {
 		case <-time.After(60 * time.Second):
 			return 1
 		}
+	case "affinity": // print the CPUs this worker may run on
+		cpus, err := allowedCPUs()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Printf("cpus=%s\n", formatCPUs(cpus))
+		return 0
 	case "output": // many lines written in pieces, a long line, partial last lines
 		for i := range 200 {
 			os.Stdout.WriteString(fmt.Sprintf("w%d line %d ", rank, i))
@@ -215,6 +223,7 @@ func TestUsageErrors(t *testing.T) {
 		{"conflicting ports", []string{"--nproc-per-node", "2", "--rdzv-endpoint", "h:1234", "--master-port", "99", "--", "train"}, "contradicts"},
 		{"stray argument", []string{"--nproc-per-node", "2", "train", "--", "train"}, "unexpected argument"},
 		{"unknown flag", []string{"--nproc-per-node", "2", "--bogus", "--", "train"}, "flag provided but not defined"},
+		{"bad cpu-bind", []string{"--nproc-per-node", "1", "--cpu-bind", "sockets", "--", "train"}, `--cpu-bind "sockets" is not a policy`},
 		{"negative grace", []string{"--nproc-per-node", "1", "--grace", "-1s", "--", "train"}, "--grace"},
 		{"multi-node without secret", []string{"--nproc-per-node", "2", "--nnodes", "2", "--rdzv-endpoint", "h:1", "--", "train"}, "GOTRAIN_JOB_SECRET"},
 		{"missing secret file", []string{"--nproc-per-node", "1", "--secret-file", "/nonexistent/secret", "--", "train"}, "--secret-file"},

@@ -16,9 +16,15 @@ faster than either of two together, so an ideal from solo runs would count
 speed that no pair of processes has here. With --solo the solo ideal is
 printed too, for comparison.
 
+The job's workers are bound to CPUs as the launcher's --cpu-bind (default
+auto: one block of CPUs per rank) says. The side-by-side pair runs both
+unbound and bound like the job's ranks (the fast one on rank 0's block,
+the slow one on rank 1's); the ideal of a repeat is the faster of the two,
+so that binding cannot make the ideal look slower than it can be.
+
 Runs alternate; medians of REPEATS are reported.
 
-Usage: bench_balance.py GOTRAIN_BIN [--repeats 3] [--factor 2.0] [--balance-every 10] [--solo]
+Usage: bench_balance.py GOTRAIN_BIN [--repeats 3] [--factor 2.0] [--balance-every 10] [--cpu-bind auto] [--solo]
 """
 import argparse
 import json
@@ -39,11 +45,26 @@ def summary(path):
     return next(r for r in recs if r["kind"] == "summary")
 
 
-def start(binary, args, tmp, name, samples=SAMPLES):
+def start(binary, args, tmp, name, samples=SAMPLES, cpus=None):
     m = os.path.join(tmp, name + ".jsonl")
+    bind = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     p = subprocess.Popen([binary] + args + COMMON + ["--synthetic-size", str(samples), "--metrics-file", m],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=bind)
     return p, m
+
+
+def blocks(n):
+    """The launcher's --cpu-bind cores split of this process's CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < n:
+        return None
+    q, rem = divmod(len(cpus), n)
+    out, off = [], 0
+    for i in range(n):
+        size = q + (1 if i < rem else 0)
+        out.append(cpus[off:off + size])
+        off += size
+    return out
 
 
 def speed(proc):
@@ -62,11 +83,13 @@ def main():
     ap.add_argument("--factor", type=float, default=2.0)
     ap.add_argument("--solo", action="store_true", help="also measure each rank's speed alone")
     ap.add_argument("--balance-every", type=int, default=10, help="steps between re-plans")
+    ap.add_argument("--cpu-bind", default="auto", help="the launcher's --cpu-bind for the job")
     a = ap.parse_args()
     COMMON.extend(["--balance-every", str(a.balance_every)])
-    job = [a.gotrain, "launch", "--standalone", "--nproc-per-node", "2", "--", "train"]
+    job = [a.gotrain, "launch", "--standalone", "--nproc-per-node", "2", "--cpu-bind", a.cpu_bind, "--", "train"]
+    bound = blocks(2)
     slow = ["--debug-slow-rank", f"0:{a.factor}"]
-    res = {"off": [], "adaptive": [], "pair": [], "solo": []}
+    res = {"off": [], "adaptive": [], "pair": [], "pair-unbound": [], "pair-bound": [], "solo": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeats):
             for mode in ("off", "adaptive"):
@@ -74,9 +97,13 @@ def main():
                 res[mode].append(SAMPLES / s)
             # Side by side: both processes start together; the slow one has
             # 1/FACTOR of the samples so that they end together.
-            fast = start(a.gotrain, ["train"], tmp, f"pf{i}")
-            slowp = start(a.gotrain, ["train"] + slow, tmp, f"ps{i}", int(SAMPLES / a.factor))
-            res["pair"].append(SAMPLES / (speed(fast) + speed(slowp)))
+            for how, cpus in (("unbound", [None, None]), ("bound", bound)):
+                if cpus is None:
+                    continue
+                fast = start(a.gotrain, ["train"], tmp, f"pf{how}{i}", cpus=cpus[0])
+                slowp = start(a.gotrain, ["train"] + slow, tmp, f"ps{how}{i}", int(SAMPLES / a.factor), cpus=cpus[1])
+                res["pair-" + how].append(SAMPLES / (speed(fast) + speed(slowp)))
+            res["pair"].append(min(res["pair-unbound"][-1], *res["pair-bound"][-1:]))
             if a.solo:
                 sf = speed(start(a.gotrain, ["train"], tmp, f"sf{i}"))
                 ss = speed(start(a.gotrain, ["train"] + slow, tmp, f"ss{i}", int(SAMPLES / a.factor)))
@@ -85,13 +112,16 @@ def main():
     med = {k: statistics.median(v) for k, v in res.items() if v}
     cut = 1 - med["adaptive"] / med["off"]
     print(f"CNN, synthetic {SAMPLES} samples (an MNIST-sized epoch), batch 128, 2 ranks on one host, "
-          f"rank 1 slowed {a.factor}x, --balance-every {a.balance_every}; median of {a.repeats}")
+          f"rank 1 slowed {a.factor}x, --balance-every {a.balance_every}, --cpu-bind {a.cpu_bind}; median of {a.repeats}")
     print()
     print("| run | seconds per epoch |")
     print("|---|---|")
     print(f"| --balance off | {med['off']:.2f} |")
     print(f"| --balance adaptive | {med['adaptive']:.2f} |")
-    print(f"| ideal: the two ranks' speeds added, measured side by side | {med['pair']:.2f} |")
+    print(f"| ideal: the two ranks' speeds added, measured side by side (the faster of unbound and bound) | {med['pair']:.2f} |")
+    for how in ("unbound", "bound"):
+        if "pair-" + how in med:
+            print(f"| (side by side, {how} only) | {med['pair-' + how]:.2f} |")
     if "solo" in med:
         print(f"| (for comparison: the speeds measured each alone) | {med['solo']:.2f} |")
     print()
