@@ -1,0 +1,62 @@
+package csrc
+
+import (
+	"math"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestShimsCoverTheKernels: every kernel of kernels.cu has a host shim
+// taking as many arguments as its signature, and nothing else does.
+func TestShimsCoverTheKernels(t *testing.T) {
+	require.GreaterOrEqual(t, len(Kernels), 20)
+	require.Len(t, shimIndex, len(Kernels))
+	for _, k := range Kernels {
+		i, ok := shimIndex[k]
+		require.True(t, ok, "kernel %s has no shim", k)
+		sig, err := Signature(k)
+		require.NoError(t, err)
+		require.Equal(t, len(sig), int(shimArgs(i)), "kernel %s", k)
+	}
+	_, err := Signature("nope")
+	require.ErrorContains(t, err, `no kernel "nope"`)
+}
+
+func TestLaunchChecksArguments(t *testing.T) {
+	m := Alloc(40)
+	defer m.Free()
+	require.NoError(t, Launch("fill", m, float32(2.5), 10))
+	for _, v := range m.Float32s() {
+		require.Equal(t, float32(2.5), v)
+	}
+	require.ErrorContains(t, Launch("fill", m, 2.5, 10), "argument 1 is a float64, want a float")
+	require.ErrorContains(t, Launch("fill", m, float32(1)), "takes 3 arguments, got 2")
+	require.ErrorContains(t, Launch("fill", []float32{1}, float32(1), 1), "argument 0 is a []float32, want a pointer")
+	require.ErrorContains(t, Launch("fil", m, float32(1), 1), `no kernel "fil"`)
+}
+
+// TestDropoutMask: the counter-based RNG keeps about 1-p of the values,
+// scaled by 1/(1-p), and gives the same mask for the same seed and stream
+// and another one for another stream.
+func TestDropoutMask(t *testing.T) {
+	const n = 100000
+	a, b, c := Alloc(4*n), Alloc(4*n), Alloc(4*n)
+	defer a.Free()
+	defer b.Free()
+	defer c.Free()
+	require.NoError(t, Launch("dropout_mask", a, n, float32(0.25), uint64(7), uint64(3)))
+	require.NoError(t, Launch("dropout_mask", b, n, float32(0.25), uint64(7), uint64(3)))
+	require.NoError(t, Launch("dropout_mask", c, n, float32(0.25), uint64(7), uint64(4)))
+	require.Equal(t, a.Float32s(), b.Float32s())
+	require.NotEqual(t, a.Float32s(), c.Float32s())
+	kept := 0
+	for _, v := range a.Float32s() {
+		if v != 0 {
+			require.InDelta(t, 1/0.75, v, 1e-6)
+			kept++
+		}
+	}
+	// Binomial: standard deviation sqrt(n·0.25·0.75) ≈ 137.
+	require.InDelta(t, 0.75*n, float64(kept), 5*math.Sqrt(n*0.25*0.75))
+}

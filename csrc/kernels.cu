@@ -1,0 +1,283 @@
+// gotrain's CUDA kernels: one per op of graph/'s op set that cuBLAS does not
+// cover, plus the optimisers' fused updates and the dropout RNG.
+//
+// The same source is compiled twice:
+//   - for the device by NVRTC at first use (gpu build, package gpu/cuda);
+//   - for the host by the C compiler (package csrc/host), where every kernel
+//     runs as one thread of one block. The per-op tests run there against
+//     graph/'s CPU ops in every build, so the kernels' arithmetic and
+//     indexing are tested without a GPU.
+// That is why every kernel is a grid-stride loop over independent outputs:
+// no shared memory, no synchronisation, no atomics, written in the C subset
+// that both compilers accept. Reductions are one thread per output, summing
+// in a fixed order, so results are deterministic run to run.
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define KERNEL extern "C" __global__ void
+#define DEVICE __device__ static inline
+#else
+#include "emu.h"
+#endif
+
+// FOR runs i over [0, n) across the grid.
+#define FOR(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (long)(n); i += (long)blockDim.x * gridDim.x)
+
+// fma32 rounds a*b+c as trainer/optim does: the float32 product is exact in
+// float64, the sum is rounded to float64 and then to float32.
+DEVICE float fma32(float a, float b, float c) { return (float)((double)a * (double)b + (double)c); }
+
+KERNEL fill(float *y, float v, long n) {
+	FOR(i, n) y[i] = v;
+}
+
+KERNEL copy_f32(const float *x, float *y, long n) {
+	FOR(i, n) y[i] = x[i];
+}
+
+// ---- Linear: y = b broadcast over the rows, then cuBLAS adds X·Wᵀ ----
+KERNEL bias_rows(float *y, const float *b, long rows, long m) {
+	FOR(i, rows * m) y[i] = b[i % m];
+}
+
+// y[j] = Σ_i x[i,j]
+KERNEL sum_rows(const float *x, float *y, long n, long m) {
+	FOR(j, m) {
+		float s = 0;
+		for (long i = 0; i < n; i++) s += x[i * m + j];
+		y[j] = s;
+	}
+}
+
+// ---- activations ----
+KERNEL relu(const float *x, float *y, long n) {
+	FOR(i, n) y[i] = x[i] > 0 ? x[i] : 0;
+}
+KERNEL relu_grad(const float *y, const float *dy, float *dx, long n) {
+	FOR(i, n) dx[i] = y[i] > 0 ? dy[i] : 0;
+}
+KERNEL tanh_fwd(const float *x, float *y, long n) {
+	FOR(i, n) y[i] = (float)tanh((double)x[i]);
+}
+KERNEL tanh_grad(const float *y, const float *dy, float *dx, long n) {
+	FOR(i, n) dx[i] = dy[i] * (1 - y[i] * y[i]);
+}
+KERNEL sigmoid_fwd(const float *x, float *y, long n) {
+	FOR(i, n) y[i] = (float)(1 / (1 + exp(-(double)x[i])));
+}
+KERNEL sigmoid_grad(const float *y, const float *dy, float *dx, long n) {
+	FOR(i, n) dx[i] = dy[i] * y[i] * (1 - y[i]);
+}
+
+// y = x·m elementwise (dropout: m holds 0 or 1/(1-p))
+KERNEL mul(const float *x, const float *m, float *y, long n) {
+	FOR(i, n) y[i] = x[i] * m[i];
+}
+
+// ---- softmax cross-entropy over rows of k logits ----
+DEVICE double row_lse(const float *row, long k, float *mx) {
+	float m = row[0];
+	for (long j = 1; j < k; j++) if (row[j] > m) m = row[j];
+	double s = 0;
+	for (long j = 0; j < k; j++) s += exp((double)(row[j] - m));
+	*mx = m;
+	return log(s);
+}
+
+// loss[i] = log Σ exp(row) − row[label]; a label outside [0,k) gives NaN,
+// which the caller reports.
+KERNEL softmax_ce_rows(const float *logits, const float *labels, double *loss, long n, long k) {
+	FOR(i, n) {
+		const float *row = logits + i * k;
+		long c = (long)labels[i];
+		if (c < 0 || c >= k || (float)c != labels[i]) {
+			loss[i] = 0.0 / 0.0;
+			continue;
+		}
+		float mx;
+		double lse = row_lse(row, k, &mx);
+		loss[i] = lse + (double)mx - (double)row[c];
+	}
+}
+
+// out = mean of v[0..n) (float64 sum in order, as graph/ does)
+KERNEL mean_f64(const double *v, float *out, long n) {
+	FOR(t, 1) {
+		double s = 0;
+		for (long i = 0; i < n; i++) s += v[i];
+		out[0] = (float)(s / (double)n);
+	}
+}
+
+// dx = (softmax(logits) − onehot(labels))·g/n
+KERNEL softmax_ce_grad(const float *logits, const float *labels, const float *g, float *dx, long n, long k) {
+	FOR(i, n) {
+		const float *row = logits + i * k;
+		float *d = dx + i * k;
+		float scale = g[0] / (float)n;
+		float mx;
+		double lse = row_lse(row, k, &mx);
+		for (long j = 0; j < k; j++) d[j] = (float)exp((double)(row[j] - mx) - lse) * scale;
+		d[(long)labels[i]] -= scale;
+	}
+}
+
+// ---- Dot (a pipeline stage's cost): out = Σ x·g; its gradient dx = G·g ----
+KERNEL dot(const float *x, const float *g, float *out, long n) {
+	FOR(t, 1) {
+		double s = 0;
+		for (long i = 0; i < n; i++) s += (double)x[i] * (double)g[i];
+		out[0] = (float)s;
+	}
+}
+KERNEL scale_by(const float *x, const float *g, float *y, long n) {
+	FOR(i, n) y[i] = x[i] * g[0];
+}
+
+// ---- convolution as im2col + GEMM, graph/'s layouts ----
+// cols is [C·KH·KW, N·OH·OW]: row (c,i,j), column (n,oy,ox).
+KERNEL im2col(const float *x, float *cols, long N, long C, long H, long W, long KH, long KW,
+              long stride, long pad, long OH, long OW) {
+	long ncols = N * OH * OW;
+	FOR(idx, C * KH * KW * ncols) {
+		long col = idx % ncols, row = idx / ncols;
+		long ox = col % OW, oy = (col / OW) % OH, n = col / (OW * OH);
+		long j = row % KW, i = (row / KW) % KH, c = row / (KW * KH);
+		long iy = oy * stride - pad + i, ix = ox * stride - pad + j;
+		cols[idx] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[((n * C + c) * H + iy) * W + ix] : 0;
+	}
+}
+
+// dx[n,c,iy,ix] = Σ of the columns that read it (a gather: no atomics).
+KERNEL col2im(const float *cols, float *dx, long N, long C, long H, long W, long KH, long KW,
+              long stride, long pad, long OH, long OW) {
+	long ncols = N * OH * OW;
+	FOR(idx, N * C * H * W) {
+		long ix = idx % W, iy = (idx / W) % H, c = (idx / (W * H)) % C, n = idx / (W * H * C);
+		float s = 0;
+		for (long i = 0; i < KH; i++) {
+			long ty = iy + pad - i;
+			if (ty < 0 || ty % stride != 0 || ty / stride >= OH) continue;
+			for (long j = 0; j < KW; j++) {
+				long tx = ix + pad - j;
+				if (tx < 0 || tx % stride != 0 || tx / stride >= OW) continue;
+				s += cols[((c * KH + i) * KW + j) * ncols + n * OH * OW + (ty / stride) * OW + tx / stride];
+			}
+		}
+		dx[idx] = s;
+	}
+}
+
+// t[k,n,p] = y[n,k,p]
+KERNEL nchw_to_km(const float *y, float *t, long N, long K, long P) {
+	FOR(idx, N * K * P) {
+		long p = idx % P, n = (idx / P) % N, k = idx / (P * N);
+		t[idx] = y[(n * K + k) * P + p];
+	}
+}
+
+// y[n,k,p] = t[k,n,p] + b[k]
+KERNEL km_to_nchw_bias(const float *t, float *y, const float *b, long N, long K, long P) {
+	FOR(idx, N * K * P) {
+		long p = idx % P, k = (idx / P) % K, n = idx / (P * K);
+		y[idx] = t[(k * N + n) * P + p] + b[k];
+	}
+}
+
+// db[k] = Σ_{n,p} dy[n,k,p]
+KERNEL conv_grad_b(const float *dy, float *db, long N, long K, long P) {
+	FOR(k, K) {
+		float s = 0;
+		for (long n = 0; n < N; n++)
+			for (long p = 0; p < P; p++) s += dy[(n * K + k) * P + p];
+		db[k] = s;
+	}
+}
+
+// ---- max pooling over k×k windows, stride k, planes of H×W ----
+KERNEL maxpool(const float *x, float *y, long planes, long H, long W, long k) {
+	long OH = H / k, OW = W / k;
+	FOR(idx, planes * OH * OW) {
+		long ox = idx % OW, oy = (idx / OW) % OH, p = idx / (OW * OH);
+		const float *w = x + (p * H + oy * k) * W + ox * k;
+		float m = w[0];
+		for (long i = 0; i < k; i++)
+			for (long j = 0; j < k; j++) if (w[i * W + j] > m) m = w[i * W + j];
+		y[idx] = m;
+	}
+}
+
+// Each window's gradient goes to the first position (row-major) holding
+// its maximum, as graph/ and PyTorch do.
+KERNEL maxpool_grad(const float *x, const float *y, const float *dy, float *dx, long planes, long H, long W, long k) {
+	long OH = H / k, OW = W / k;
+	FOR(idx, planes * H * W) {
+		long ix = idx % W, iy = (idx / W) % H, p = idx / (W * H);
+		long oy = iy / k, ox = ix / k;
+		float g = 0;
+		if (oy < OH && ox < OW) {
+			long o = (p * OH + oy) * OW + ox;
+			const float *w = x + (p * H + oy * k) * W + ox * k;
+			long first = -1;
+			for (long i = 0; i < k && first < 0; i++)
+				for (long j = 0; j < k; j++)
+					if (w[i * W + j] == y[o]) { first = i * k + j; break; }
+			if (first == (iy - oy * k) * k + (ix - ox * k)) g = dy[o];
+		}
+		dx[idx] = g;
+	}
+}
+
+// ---- dropout: a counter-based RNG (SplitMix64 of seed, step and index) ----
+DEVICE unsigned long long mix64(unsigned long long z) {
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+// m[i] = 1/(1-p) with probability 1-p, else 0: the same mask for the same
+// (seed, stream, i) on every device and launch configuration.
+KERNEL dropout_mask(float *m, long n, float p, unsigned long long seed, unsigned long long stream) {
+	FOR(i, n) {
+		unsigned long long r = mix64(seed ^ mix64(stream + 0x9e3779b97f4a7c15ULL * (unsigned long long)(i + 1)));
+		double u = (double)(r >> 11) * (1.0 / 9007199254740992.0); // [0,1) from 53 bits
+		m[i] = u < (double)p ? 0 : (float)(1.0 / (1.0 - (double)p));
+	}
+}
+
+// ---- optimisers, fused, as trainer/optim computes them ----
+// SGD without momentum; wd = 0 skips the decay.
+KERNEL sgd(float *p, const float *g, long n, float neg_lr, float wd) {
+	FOR(i, n) {
+		float d = wd != 0 ? fma32(p[i], wd, g[i]) : g[i];
+		p[i] = fma32(d, neg_lr, p[i]);
+	}
+}
+
+// SGD with momentum (dampening as 1−dampening); first: the buffer starts as
+// the gradient, undamped, as in PyTorch.
+KERNEL sgd_momentum(float *p, const float *g, float *buf, long n, float neg_lr, float wd, float mom, float damp,
+                    int nesterov, int first) {
+	FOR(i, n) {
+		float d = wd != 0 ? fma32(p[i], wd, g[i]) : g[i];
+		float b = first ? d : fma32(d, damp, buf[i] * mom);
+		buf[i] = b;
+		d = nesterov ? fma32(b, mom, d) : b;
+		p[i] = fma32(d, neg_lr, p[i]);
+	}
+}
+
+// Adam and AdamW: decay != 1 is AdamW's decoupled decay, wd != 0 Adam's L2.
+KERNEL adam(float *p, const float *g, float *m, float *v, long n, float neg_step, float bc2_sqrt, float b1, float b2,
+            float c1, float c2, float eps, float wd, float decay) {
+	FOR(i, n) {
+		float pi = p[i];
+		if (decay != 1) pi *= decay;
+		float gi = wd != 0 ? fma32(pi, wd, g[i]) : g[i];
+		float mi = fma32(gi, c1, m[i] * b1);
+		float vi = fma32(c2 * gi, gi, v[i] * b2);
+		m[i] = mi;
+		v[i] = vi;
+		float den = (float)sqrt((double)vi) / bc2_sqrt + eps;
+		p[i] = pi + neg_step * mi / den;
+	}
+}

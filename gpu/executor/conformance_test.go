@@ -1,0 +1,168 @@
+package executor
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/graph"
+)
+
+// devices lists the devices of this build to test: the host always; the
+// gpu build's test files add a GPU where one is present.
+var devices = []func(t *testing.T) Device{func(*testing.T) Device { return Host{} }}
+
+type opCase struct {
+	name  string
+	kind  graph.Kind
+	attrs map[string]any
+	in    [][]int // nil: a scalar
+	out   []int
+	// labels: input i holds class indices below labels[i]
+	labels map[int]int
+	// ties: inputs drawn from a few values, so that windows hold equal maxima
+	ties bool
+}
+
+func opCases() []opCase {
+	conv := func(stride, pad int) map[string]any {
+		return map[string]any{"stride": stride, "pad": pad, "grad_x": true}
+	}
+	x, w := []int{3, 4, 9, 8}, []int{5, 4, 3, 3}
+	y1 := []int{3, 5, 9, 8} // stride 1, pad 1
+	y2 := []int{3, 5, 4, 3} // stride 2, pad 0
+	pool := map[string]any{"kernel": 2, "stride": 2}
+	cases := []opCase{
+		{name: "Linear", kind: graph.OpLinear, attrs: map[string]any{"grad_x": true}, in: [][]int{{6, 7}, {5, 7}, {5}}, out: []int{6, 5}},
+		{name: "SumRows", kind: graph.OpSumRows, in: [][]int{{9, 4}}, out: []int{4}},
+		{name: "Conv2D/s1p1", kind: graph.OpConv2D, attrs: conv(1, 1), in: [][]int{x, w, {5}}, out: y1},
+		{name: "Conv2D/s2p0", kind: graph.OpConv2D, attrs: conv(2, 0), in: [][]int{x, w, {5}}, out: y2},
+		{name: "Conv2DGradInput/s1p1", kind: graph.OpConv2DGradInput, attrs: conv(1, 1), in: [][]int{y1, w}, out: x},
+		{name: "Conv2DGradInput/s2p0", kind: graph.OpConv2DGradInput, attrs: conv(2, 0), in: [][]int{y2, w}, out: x},
+		{name: "Conv2DGradW/s1p1", kind: graph.OpConv2DGradW, attrs: conv(1, 1), in: [][]int{x, y1}, out: w},
+		{name: "Conv2DGradW/s2p0", kind: graph.OpConv2DGradW, attrs: conv(2, 0), in: [][]int{x, y2}, out: w},
+		{name: "Conv2DGradB", kind: graph.OpConv2DGradB, in: [][]int{y1}, out: []int{5}},
+		{name: "MaxPool2D", kind: graph.OpMaxPool2D, attrs: pool, in: [][]int{{2, 3, 6, 7}}, out: []int{2, 3, 3, 3}},
+		{name: "MaxPool2DGrad/ties", kind: graph.OpMaxPool2DGrad, attrs: pool, in: [][]int{{2, 3, 6, 6}, {2, 3, 3, 3}, {2, 3, 3, 3}}, out: []int{2, 3, 6, 6}, ties: true},
+		{name: "Mul", kind: graph.OpMul, in: [][]int{{4, 6}, {4, 6}}, out: []int{4, 6}},
+		{name: "Reshape", kind: graph.OpReshape, in: [][]int{{2, 3, 4}}, out: []int{2, 12}},
+		{name: "SoftmaxCrossEntropy", kind: graph.OpSoftmaxCE, in: [][]int{{7, 10}, {7}}, labels: map[int]int{1: 10}},
+		{name: "SoftmaxCrossEntropyGrad", kind: graph.OpSoftmaxCEGrad, in: [][]int{{7, 10}, {7}, nil}, out: []int{7, 10}, labels: map[int]int{1: 10}},
+		{name: "Dot", kind: graph.OpDot, in: [][]int{{3, 5}, {3, 5}}},
+		{name: "DotGrad", kind: graph.OpDotGrad, in: [][]int{{3, 5}, nil}, out: []int{3, 5}},
+	}
+	for _, ta := range []bool{false, true} {
+		for _, tb := range []bool{false, true} {
+			a, b := []int{4, 6}, []int{6, 5}
+			if ta {
+				a = []int{6, 4}
+			}
+			if tb {
+				b = []int{5, 6}
+			}
+			cases = append(cases, opCase{name: fmt.Sprintf("MatMul/ta=%v,tb=%v", ta, tb), kind: graph.OpMatMul,
+				attrs: map[string]any{"trans_a": ta, "trans_b": tb}, in: [][]int{a, b}, out: []int{4, 5}})
+		}
+	}
+	for _, k := range []graph.Kind{graph.OpReLU, graph.OpTanh, graph.OpSigmoid} {
+		cases = append(cases, opCase{name: string(k), kind: k, in: [][]int{{5, 8}}, out: []int{5, 8}})
+	}
+	for _, k := range []graph.Kind{graph.OpReLUGrad, graph.OpTanhGrad, graph.OpSigmoidGrad} {
+		cases = append(cases, opCase{name: string(k), kind: k, in: [][]int{{5, 8}, {5, 8}}, out: []int{5, 8}})
+	}
+	return cases
+}
+
+// TestOpsMatchTheCPU runs every op of graph/'s set on each device against
+// graph/'s CPU op, on fresh random inputs, three times, the output poisoned
+// with NaN before each run.
+func TestOpsMatchTheCPU(t *testing.T) {
+	covered := map[graph.Kind]bool{}
+	for _, mk := range devices {
+		dev := mk(t)
+		for _, tc := range opCases() {
+			covered[tc.kind] = true
+			t.Run(dev.Name()+"/"+tc.name, func(t *testing.T) {
+				op, err := NewOp(dev, tc.kind, tc.attrs, tc.in, tc.out)
+				require.NoError(t, err)
+				defer op.Free(dev)
+				ref, err := graph.NewOp(tc.kind, tc.attrs, tc.in, tc.out)
+				require.NoError(t, err)
+				rng := rand.New(rand.NewPCG(uint64(len(tc.name)), 7))
+				for run := range 3 {
+					ins := make([][]float32, len(tc.in))
+					dins := make([]Tensor, len(tc.in))
+					for i, s := range tc.in {
+						ins[i] = make([]float32, size(s))
+						for j := range ins[i] {
+							switch {
+							case tc.labels[i] > 0:
+								ins[i][j] = float32(rng.IntN(tc.labels[i]))
+							case tc.ties:
+								ins[i][j] = float32(rng.IntN(3))
+							default:
+								ins[i][j] = float32(rng.NormFloat64())
+							}
+						}
+						b, err := dev.Alloc(len(ins[i]))
+						require.NoError(t, err)
+						defer dev.Free(b)
+						require.NoError(t, dev.Write(b, ins[i]))
+						dins[i] = Tensor{Buf: b, Shape: s}
+					}
+					if tc.kind == graph.OpMaxPool2DGrad {
+						// Y is the pooled X, as in a program.
+						pool, err := graph.NewOp(graph.OpMaxPool2D, tc.attrs, tc.in[:1], tc.in[1])
+						require.NoError(t, err)
+						y, _, err := graph.Run(pool, ins[:1], tc.in[:1])
+						require.NoError(t, err)
+						ins[1] = append([]float32(nil), y...)
+						require.NoError(t, dev.Write(dins[1].Buf, ins[1]))
+					}
+					want, wantShape, err := graph.Run(ref, ins, tc.in)
+					require.NoError(t, err)
+					if tc.out != nil {
+						require.Equal(t, tc.out, wantShape)
+					}
+					want = append([]float32(nil), want...)
+					ob, err := dev.Alloc(len(want))
+					require.NoError(t, err)
+					defer dev.Free(ob)
+					poison := make([]float32, len(want))
+					for i := range poison {
+						poison[i] = float32(math.NaN())
+					}
+					require.NoError(t, dev.Write(ob, poison))
+					require.NoError(t, op.Run(dev, dins, Tensor{Buf: ob, Shape: tc.out}))
+					require.NoError(t, dev.Sync())
+					got := make([]float32, len(want))
+					require.NoError(t, dev.Read(got, ob))
+					for i := range want {
+						require.False(t, math.IsNaN(float64(got[i])), "run %d: value %d is NaN (never written?)", run, i)
+						d := math.Abs(float64(got[i] - want[i]))
+						require.LessOrEqual(t, d, 1e-4*math.Max(1, math.Abs(float64(want[i]))),
+							"run %d: value %d: device %g, CPU %g", run, i, got[i], want[i])
+					}
+				}
+			})
+		}
+	}
+	for _, k := range []graph.Kind{graph.OpLinear, graph.OpMatMul, graph.OpSumRows, graph.OpConv2D, graph.OpConv2DGradInput,
+		graph.OpConv2DGradW, graph.OpConv2DGradB, graph.OpMaxPool2D, graph.OpMaxPool2DGrad, graph.OpReLU, graph.OpReLUGrad,
+		graph.OpTanh, graph.OpTanhGrad, graph.OpSigmoid, graph.OpSigmoidGrad, graph.OpMul, graph.OpReshape, graph.OpSoftmaxCE,
+		graph.OpSoftmaxCEGrad, graph.OpDot, graph.OpDotGrad} {
+		require.True(t, covered[k], "no conformance case for %s", k)
+	}
+}
+
+func TestNewOpRefusesWhatItCannotRun(t *testing.T) {
+	_, err := NewOp(Host{}, "Softmax", nil, [][]int{{2, 3}}, []int{2, 3})
+	require.ErrorContains(t, err, `"Softmax" is not an op of graph/'s set`)
+	_, err = NewOp(Host{}, graph.OpLinear, nil, [][]int{{2, 3}}, []int{2, 3})
+	require.ErrorContains(t, err, "Linear takes 3 inputs")
+	_, err = NewOp(Host{}, graph.OpConv2D, map[string]any{"stride": 1}, [][]int{{1, 2, 3, 3}, {4, 3, 3, 3}, {4}}, nil)
+	require.ErrorContains(t, err, "does not fit")
+}

@@ -1,0 +1,185 @@
+// Package executor runs graph/'s programs on a device: memory that kernels
+// address, the kernels of csrc, and a matrix product.
+//
+// # Devices
+//
+// A [Device] is what the executor needs from hardware: float32 buffers,
+// copies in and out, kernel launches by name (the kernels of
+// csrc/kernels.cu, checked against their signatures) and GEMM. Two
+// implement it:
+//
+//   - [Host]: buffers on the C heap, kernels compiled for the host and run
+//     as one thread (see package csrc), GEMM through graph/cblas. It is the
+//     reference the conformance suite runs in every build, without a GPU.
+//   - the CUDA device of package gpu/cuda (the gpu build): buffers in
+//     device memory, kernels compiled by NVRTC, GEMM by cuBLAS, all on one
+//     stream.
+//
+// # Ops
+//
+// [NewOp] implements one op of graph/'s set on a device: the kernels and
+// GEMMs it runs, and the scratch memory it keeps (im2col columns, the
+// loss's per-row terms), allocated once. Every kind of the set is covered.
+// conformance_test.go runs each one against graph/'s CPU op on fresh
+// random inputs, with the output poisoned with NaN before every run, on
+// every device the build has: Host always, a GPU where one is present
+// (relative error at most 1e-4).
+package executor
+
+import (
+	"fmt"
+
+	"github.com/gotrain/gotrain/csrc"
+	"github.com/gotrain/gotrain/graph/cblas"
+)
+
+// Buffer is device memory holding Len float32 values.
+type Buffer interface {
+	Len() int
+}
+
+// Device is memory, kernels and GEMM on one device. Calls are ordered: a
+// launch sees the effect of every call made before it.
+type Device interface {
+	// Name says which device this is, e.g. "host" or "cuda:0 NVIDIA H100".
+	Name() string
+	// Alloc returns n zeroed float32s.
+	Alloc(n int) (Buffer, error)
+	// Free releases a buffer.
+	Free(Buffer)
+	// Write copies src into the start of dst; Read copies the start of src
+	// into dst.
+	Write(dst Buffer, src []float32) error
+	Read(dst []float32, src Buffer) error
+	// Launch runs a kernel of csrc over n independent outputs (n sizes the
+	// grid). Buffers are passed as Buffer, the other arguments as csrc.Pack
+	// takes them.
+	Launch(kernel string, n int, args ...any) error
+	// Gemm computes C = alpha·op(A)·op(B) + beta·C on row-major matrices:
+	// op(A) is m×k, op(B) k×n, C m×n, with leading dimensions lda, ldb, ldc.
+	Gemm(transA, transB bool, m, n, k int, alpha float32, a Buffer, lda int, b Buffer, ldb int, beta float32, c Buffer, ldc int) error
+	// Sync waits until all work is done and returns its first error.
+	Sync() error
+	// Close releases the device.
+	Close() error
+}
+
+// Host is the host device: the reference implementation (see the package
+// documentation).
+type Host struct{}
+
+type hostBuf struct {
+	mem *csrc.HostMem
+	n   int
+}
+
+func (b *hostBuf) Len() int { return b.n }
+
+// Name is "host".
+func (Host) Name() string { return "host" }
+
+// Alloc returns n zeroed float32s on the C heap.
+func (Host) Alloc(n int) (Buffer, error) {
+	if n < 0 {
+		return nil, fmt.Errorf("executor: allocating %d values", n)
+	}
+	return &hostBuf{mem: csrc.Alloc(4 * n), n: n}, nil
+}
+
+// Free releases b.
+func (Host) Free(b Buffer) {
+	if hb, ok := b.(*hostBuf); ok {
+		hb.mem.Free()
+	}
+}
+
+func (Host) buf(b Buffer) (*hostBuf, error) {
+	hb, ok := b.(*hostBuf)
+	if !ok || hb == nil {
+		return nil, fmt.Errorf("executor: %T is not a host buffer", b)
+	}
+	return hb, nil
+}
+
+// Write copies src into dst.
+func (h Host) Write(dst Buffer, src []float32) error {
+	d, err := h.buf(dst)
+	if err != nil {
+		return err
+	}
+	if len(src) > d.n {
+		return fmt.Errorf("executor: writing %d values into a buffer of %d", len(src), d.n)
+	}
+	copy(d.mem.Float32s(), src)
+	return nil
+}
+
+// Read copies src into dst.
+func (h Host) Read(dst []float32, src Buffer) error {
+	s, err := h.buf(src)
+	if err != nil {
+		return err
+	}
+	if len(dst) > s.n {
+		return fmt.Errorf("executor: reading %d values from a buffer of %d", len(dst), s.n)
+	}
+	copy(dst, s.mem.Float32s())
+	return nil
+}
+
+// Launch runs the kernel on the host.
+func (h Host) Launch(kernel string, n int, args ...any) error {
+	conv := make([]any, len(args))
+	for i, a := range args {
+		if b, ok := a.(Buffer); ok {
+			hb, err := h.buf(b)
+			if err != nil {
+				return fmt.Errorf("executor: kernel %s argument %d: %w", kernel, i, err)
+			}
+			conv[i] = hb.mem
+			continue
+		}
+		conv[i] = a
+	}
+	return csrc.Launch(kernel, conv...)
+}
+
+// Gemm runs through graph/cblas (OpenBLAS where present).
+func (h Host) Gemm(ta, tb bool, m, n, k int, alpha float32, a Buffer, lda int, b Buffer, ldb int, beta float32, c Buffer, ldc int) error {
+	ab, err := h.buf(a)
+	if err != nil {
+		return err
+	}
+	bb, err := h.buf(b)
+	if err != nil {
+		return err
+	}
+	cb, err := h.buf(c)
+	if err != nil {
+		return err
+	}
+	ar, ac := m, k
+	if ta {
+		ar, ac = k, m
+	}
+	br, bc := k, n
+	if tb {
+		br, bc = n, k
+	}
+	switch {
+	case ar*lda > ab.n || lda < ac:
+		return fmt.Errorf("executor: gemm: A is %dx%d (lda %d) in a buffer of %d", ar, ac, lda, ab.n)
+	case br*ldb > bb.n || ldb < bc:
+		return fmt.Errorf("executor: gemm: B is %dx%d (ldb %d) in a buffer of %d", br, bc, ldb, bb.n)
+	case m*ldc > cb.n || ldc < n:
+		return fmt.Errorf("executor: gemm: C is %dx%d (ldc %d) in a buffer of %d", m, n, ldc, cb.n)
+	}
+	cblas.Sgemm(ta, tb, m, n, k, alpha, ab.mem.Float32s(), lda, bb.mem.Float32s(), ldb, beta, cb.mem.Float32s(), ldc)
+	return nil
+}
+
+// Sync returns nil: host calls complete before they return.
+func (Host) Sync() error { return nil }
+
+// Close does nothing.
+func (Host) Close() error { return nil }

@@ -1,0 +1,310 @@
+package executor
+
+import (
+	"fmt"
+
+	"github.com/gotrain/gotrain/graph"
+)
+
+// Tensor is a device buffer with a shape; a scalar has a nil shape and
+// one value.
+type Tensor struct {
+	Buf   Buffer
+	Shape []int
+}
+
+// Size is the number of values.
+func (t Tensor) Size() int { return size(t.Shape) }
+
+func size(s []int) int {
+	n := 1
+	for _, d := range s {
+		n *= d
+	}
+	return n
+}
+
+// Op is one op of graph/'s set on a device.
+type Op struct {
+	Kind    graph.Kind
+	in      [][]int
+	out     []int
+	scratch []Buffer
+	run     func(dev Device, in []Tensor, out Tensor) error
+}
+
+// Run computes out from in. Shapes must be those the op was made for.
+func (o *Op) Run(dev Device, in []Tensor, out Tensor) error {
+	if len(in) != len(o.in) {
+		return fmt.Errorf("executor: %s takes %d inputs, got %d", o.Kind, len(o.in), len(in))
+	}
+	return o.run(dev, in, out)
+}
+
+// Free releases the op's scratch memory.
+func (o *Op) Free(dev Device) {
+	for _, b := range o.scratch {
+		dev.Free(b)
+	}
+	o.scratch = nil
+}
+
+// convGeom is a convolution's geometry, as graph/ lays it out.
+type convGeom struct{ N, C, H, W, K, KH, KW, OH, OW, stride, pad int }
+
+func newConvGeom(x, w []int, stride, pad int) (convGeom, error) {
+	if len(x) != 4 || len(w) != 4 || x[1] != w[1] || stride < 1 {
+		return convGeom{}, fmt.Errorf("executor: convolution of X %v with W %v (stride %d) does not fit", x, w, stride)
+	}
+	g := convGeom{N: x[0], C: x[1], H: x[2], W: x[3], K: w[0], KH: w[2], KW: w[3], stride: stride, pad: pad}
+	g.OH = (g.H+2*pad-g.KH)/stride + 1
+	g.OW = (g.W+2*pad-g.KW)/stride + 1
+	if g.OH < 1 || g.OW < 1 {
+		return convGeom{}, fmt.Errorf("executor: convolution of X %v with W %v leaves no output", x, w)
+	}
+	return g, nil
+}
+
+func (g convGeom) ckk() int   { return g.C * g.KH * g.KW }
+func (g convGeom) ncols() int { return g.N * g.OH * g.OW }
+func (g convGeom) args() []any {
+	return []any{g.N, g.C, g.H, g.W, g.KH, g.KW, g.stride, g.pad, g.OH, g.OW}
+}
+
+// NewOp makes op kind (with graph/'s attributes) for inputs of shapes in
+// and an output of shape out (nil: a scalar), with its scratch memory
+// allocated on dev.
+func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []int) (*Op, error) {
+	intAttr := func(k string) int { v, _ := attrs[k].(int); return v }
+	boolAttr := func(k string) bool { v, _ := attrs[k].(bool); return v }
+	o := &Op{Kind: kind, in: in, out: out}
+	alloc := func(n int) (Buffer, error) {
+		b, err := dev.Alloc(n)
+		if err == nil {
+			o.scratch = append(o.scratch, b)
+		}
+		return b, err
+	}
+	need := func(n int) error {
+		if len(in) != n {
+			return fmt.Errorf("executor: %s takes %d inputs, got shapes %v", kind, n, in)
+		}
+		return nil
+	}
+	elementwise := func(kernel string, inputs int) error {
+		if err := need(inputs); err != nil {
+			return err
+		}
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			args := make([]any, 0, inputs+2)
+			for _, t := range in {
+				args = append(args, t.Buf)
+			}
+			n := out.Size()
+			return dev.Launch(kernel, n, append(args, out.Buf, n)...)
+		}
+		return nil
+	}
+	var err error
+	switch kind {
+	case graph.OpLinear:
+		if err = need(3); err != nil {
+			return nil, err
+		}
+		n, k, m := in[0][0], in[0][1], in[1][0]
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			if err := dev.Launch("bias_rows", n*m, out.Buf, in[2].Buf, n, m); err != nil {
+				return err
+			}
+			return dev.Gemm(false, true, n, m, k, 1, in[0].Buf, k, in[1].Buf, k, 1, out.Buf, m)
+		}
+	case graph.OpMatMul:
+		if err = need(2); err != nil {
+			return nil, err
+		}
+		ta, tb := boolAttr("trans_a"), boolAttr("trans_b")
+		m, k := in[0][0], in[0][1]
+		if ta {
+			m, k = k, m
+		}
+		n := in[1][1]
+		if tb {
+			n = in[1][0]
+		}
+		lda, ldb := in[0][1], in[1][1]
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			return dev.Gemm(ta, tb, m, n, k, 1, in[0].Buf, lda, in[1].Buf, ldb, 0, out.Buf, n)
+		}
+	case graph.OpSumRows:
+		if err = need(1); err != nil {
+			return nil, err
+		}
+		n, m := in[0][0], in[0][1]
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			return dev.Launch("sum_rows", m, in[0].Buf, out.Buf, n, m)
+		}
+	case graph.OpConv2D:
+		if err = need(3); err != nil {
+			return nil, err
+		}
+		g, err := newConvGeom(in[0], in[1], intAttr("stride"), intAttr("pad"))
+		if err != nil {
+			return nil, err
+		}
+		cols, err := alloc(g.ckk() * g.ncols())
+		if err != nil {
+			return nil, err
+		}
+		tmp, err := alloc(g.K * g.ncols())
+		if err != nil {
+			return nil, err
+		}
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols}, g.args()...)...); err != nil {
+				return err
+			}
+			if err := dev.Gemm(false, false, g.K, g.ncols(), g.ckk(), 1, in[1].Buf, g.ckk(), cols, g.ncols(), 0, tmp, g.ncols()); err != nil {
+				return err
+			}
+			return dev.Launch("km_to_nchw_bias", out.Size(), tmp, out.Buf, in[2].Buf, g.N, g.K, g.OH*g.OW)
+		}
+	case graph.OpConv2DGradInput: // dY, W -> dX of shape out
+		if err = need(2); err != nil {
+			return nil, err
+		}
+		g, err := newConvGeom(out, in[1], intAttr("stride"), intAttr("pad"))
+		if err != nil {
+			return nil, err
+		}
+		dyKM, err := alloc(g.K * g.ncols())
+		if err != nil {
+			return nil, err
+		}
+		dcols, err := alloc(g.ckk() * g.ncols())
+		if err != nil {
+			return nil, err
+		}
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[0].Buf, dyKM, g.N, g.K, g.OH*g.OW); err != nil {
+				return err
+			}
+			if err := dev.Gemm(true, false, g.ckk(), g.ncols(), g.K, 1, in[1].Buf, g.ckk(), dyKM, g.ncols(), 0, dcols, g.ncols()); err != nil {
+				return err
+			}
+			return dev.Launch("col2im", out.Size(), append([]any{dcols, out.Buf}, g.args()...)...)
+		}
+	case graph.OpConv2DGradW: // X, dY -> dW of shape out
+		if err = need(2); err != nil {
+			return nil, err
+		}
+		g, err := newConvGeom(in[0], out, intAttr("stride"), intAttr("pad"))
+		if err != nil {
+			return nil, err
+		}
+		cols, err := alloc(g.ckk() * g.ncols())
+		if err != nil {
+			return nil, err
+		}
+		dyKM, err := alloc(g.K * g.ncols())
+		if err != nil {
+			return nil, err
+		}
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols}, g.args()...)...); err != nil {
+				return err
+			}
+			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[1].Buf, dyKM, g.N, g.K, g.OH*g.OW); err != nil {
+				return err
+			}
+			return dev.Gemm(false, true, g.K, g.ckk(), g.ncols(), 1, dyKM, g.ncols(), cols, g.ncols(), 0, out.Buf, g.ckk())
+		}
+	case graph.OpConv2DGradB:
+		if err = need(1); err != nil {
+			return nil, err
+		}
+		s := in[0]
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			return dev.Launch("conv_grad_b", s[1], in[0].Buf, out.Buf, s[0], s[1], s[2]*s[3])
+		}
+	case graph.OpMaxPool2D:
+		if err = need(1); err != nil {
+			return nil, err
+		}
+		s, k := in[0], intAttr("kernel")
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			return dev.Launch("maxpool", out.Size(), in[0].Buf, out.Buf, s[0]*s[1], s[2], s[3], k)
+		}
+	case graph.OpMaxPool2DGrad: // X, Y, dY -> dX
+		if err = need(3); err != nil {
+			return nil, err
+		}
+		s, k := in[0], intAttr("kernel")
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			return dev.Launch("maxpool_grad", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, out.Buf, s[0]*s[1], s[2], s[3], k)
+		}
+	case graph.OpReLU:
+		err = elementwise("relu", 1)
+	case graph.OpTanh:
+		err = elementwise("tanh_fwd", 1)
+	case graph.OpSigmoid:
+		err = elementwise("sigmoid_fwd", 1)
+	case graph.OpReLUGrad:
+		err = elementwise("relu_grad", 2)
+	case graph.OpTanhGrad:
+		err = elementwise("tanh_grad", 2)
+	case graph.OpSigmoidGrad:
+		err = elementwise("sigmoid_grad", 2)
+	case graph.OpMul:
+		err = elementwise("mul", 2)
+	case graph.OpReshape:
+		// Executors alias the output to the input; a copy when they do not.
+		if err = need(1); err != nil {
+			return nil, err
+		}
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			if in[0].Buf == out.Buf {
+				return nil
+			}
+			return dev.Launch("copy_f32", out.Size(), in[0].Buf, out.Buf, out.Size())
+		}
+	case graph.OpSoftmaxCE: // logits, labels -> mean loss
+		if err = need(2); err != nil {
+			return nil, err
+		}
+		n, k := in[0][0], in[0][1]
+		rows, err := alloc(2 * n) // float64 per row
+		if err != nil {
+			return nil, err
+		}
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			if err := dev.Launch("softmax_ce_rows", n, in[0].Buf, in[1].Buf, rows, n, k); err != nil {
+				return err
+			}
+			return dev.Launch("mean_f64", 1, rows, out.Buf, n)
+		}
+	case graph.OpSoftmaxCEGrad: // logits, labels, g -> dLogits
+		if err = need(3); err != nil {
+			return nil, err
+		}
+		n, k := in[0][0], in[0][1]
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			return dev.Launch("softmax_ce_grad", n, in[0].Buf, in[1].Buf, in[2].Buf, out.Buf, n, k)
+		}
+	case graph.OpDot:
+		if err = need(2); err != nil {
+			return nil, err
+		}
+		o.run = func(dev Device, in []Tensor, out Tensor) error {
+			return dev.Launch("dot", 1, in[0].Buf, in[1].Buf, out.Buf, in[0].Size())
+		}
+	case graph.OpDotGrad:
+		err = elementwise("scale_by", 2)
+	default:
+		return nil, fmt.Errorf("executor: %q is not an op of graph/'s set", kind)
+	}
+	if err != nil {
+		o.Free(dev)
+		return nil, err
+	}
+	return o, nil
+}
