@@ -256,7 +256,7 @@ func (l dropout) apply(b *builder, x *G.Node) (*G.Node, error) {
 	mask := make([]float32, x.Shape().TotalSize())
 	mv := tensor.New(tensor.WithShape(x.Shape()...), tensor.WithBacking(mask))
 	mn := G.NodeFromAny(b.g, mv, G.WithName(fmt.Sprintf("dropout%d.mask", len(b.masks))))
-	b.masks = append(b.masks, dropMask{data: mask, p: l.p})
+	b.masks = append(b.masks, dropMask{data: mask, p: l.p, node: mn})
 	return G.ApplyOp(newMul(x.Dims()), x, mn)
 }
 
@@ -297,6 +297,7 @@ func (b *builder) node(p *Param) *G.Node {
 type dropMask struct {
 	data []float32
 	p    float64
+	node *G.Node
 }
 
 // Program is the model compiled for one batch size, for training (forward,
@@ -314,6 +315,8 @@ type Program struct {
 	grads  []*G.Node // aligned with Model.Params; nil for eval programs
 	masks  []dropMask
 	params map[*G.Node]bool // the parameter nodes, whose values all programs share
+	paramI map[*G.Node]int  // their index in Model.Params
+	x, y   *G.Node
 	runs   int
 }
 
@@ -440,9 +443,16 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 		return nil, fmt.Errorf("graph: loss: %w", err)
 	}
 	p.masks = b.masks
+	p.x, p.y = x, y
 	p.params = make(map[*G.Node]bool, len(b.nodes))
 	for _, n := range b.nodes {
 		p.params[n] = true
+	}
+	p.paramI = make(map[*G.Node]int, len(b.nodes))
+	for i, prm := range m.Params {
+		if n, ok := b.nodes[prm]; ok {
+			p.paramI[n] = i
+		}
 	}
 	if train {
 		wrt := make(G.Nodes, len(m.Params))

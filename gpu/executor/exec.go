@@ -1,0 +1,317 @@
+package executor
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/trainer/optim"
+)
+
+// Params are a model's parameters on a device, shared by all its programs
+// (every batch size, training and evaluation).
+type Params struct {
+	dev Device
+	T   []Tensor // in Model.Params order
+}
+
+// UploadParams copies m's parameters to dev.
+func UploadParams(dev Device, m *graph.Model) (*Params, error) {
+	ps := &Params{dev: dev}
+	for _, p := range m.Params {
+		b, err := dev.Alloc(len(p.Data))
+		if err != nil {
+			ps.Free()
+			return nil, fmt.Errorf("executor: parameter %s: %w", p.Name, err)
+		}
+		ps.T = append(ps.T, Tensor{Buf: b, Shape: p.Shape})
+		if err := dev.Write(b, p.Data); err != nil {
+			ps.Free()
+			return nil, err
+		}
+	}
+	return ps, nil
+}
+
+// Download copies the parameters back into m (for checkpoints, evaluation
+// on the host, --out).
+func (ps *Params) Download(m *graph.Model) error {
+	if err := ps.dev.Sync(); err != nil {
+		return err
+	}
+	for i, p := range m.Params {
+		if err := ps.dev.Read(p.Data, ps.T[i].Buf); err != nil {
+			return fmt.Errorf("executor: parameter %s: %w", p.Name, err)
+		}
+	}
+	return nil
+}
+
+// Free releases the parameters' memory.
+func (ps *Params) Free() {
+	for _, t := range ps.T {
+		ps.dev.Free(t.Buf)
+	}
+	ps.T = nil
+}
+
+// Program is a graph.Program compiled for a device: one buffer per node
+// value, allocated once (a Reshape shares its input's), the ops with their
+// scratch memory, and the parameters shared with the other programs. A run
+// uploads the batch, draws the dropout masks on the device, runs every op
+// in order and reads back the loss.
+type Program struct {
+	Batch  int
+	Train  bool
+	dev    Device
+	layout *graph.Layout
+	vals   []Tensor
+	owned  []Buffer
+	ops    []*Op
+	x, y   int
+	masks  []int // node indices of the dropout masks
+}
+
+// Compile lays p out on dev; params are the model's parameters there.
+func Compile(dev Device, p *graph.Program, params *Params) (*Program, error) {
+	l, err := p.Layout()
+	if err != nil {
+		return nil, err
+	}
+	e := &Program{Batch: p.Batch, Train: p.Train, dev: dev, layout: l, vals: make([]Tensor, len(l.Nodes)),
+		ops: make([]*Op, len(l.Nodes)), x: -1, y: -1}
+	fail := func(err error) (*Program, error) {
+		e.Free()
+		return nil, err
+	}
+	alloc := func(i int, shape []int) error {
+		b, err := dev.Alloc(size(shape))
+		if err != nil {
+			return fmt.Errorf("executor: node %d %v: %w", i, shape, err)
+		}
+		e.owned = append(e.owned, b)
+		e.vals[i] = Tensor{Buf: b, Shape: shape}
+		return nil
+	}
+	for i, n := range l.Nodes {
+		switch n.Role {
+		case graph.RoleParam:
+			if n.Index >= len(params.T) {
+				return fail(fmt.Errorf("executor: the program has parameter %d, the device has %d", n.Index, len(params.T)))
+			}
+			e.vals[i] = params.T[n.Index]
+			continue
+		case graph.RoleInput:
+			e.x = i
+		case graph.RoleLabels:
+			e.y = i
+		case graph.RoleMask:
+			e.masks = append(e.masks, i)
+		case graph.RoleOp:
+			in := make([][]int, len(n.Inputs))
+			for j, k := range n.Inputs {
+				in[j] = l.Nodes[k].Shape
+			}
+			op, err := NewOp(dev, n.Op.Kind(), n.Op.Attrs(), in, n.Shape)
+			if err != nil {
+				return fail(fmt.Errorf("executor: node %d: %w", i, err))
+			}
+			e.ops[i] = op
+			if n.Op.Kind() == graph.OpReshape {
+				e.vals[i] = Tensor{Buf: e.vals[n.Inputs[0]].Buf, Shape: n.Shape}
+				continue
+			}
+		}
+		if err := alloc(i, n.Shape); err != nil {
+			return fail(err)
+		}
+		if n.Role == graph.RoleConst {
+			if err := dev.Write(e.vals[i].Buf, []float32{n.Value}); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if e.x < 0 || e.y < 0 {
+		return fail(errors.New("executor: the program has no input or no labels"))
+	}
+	return e, nil
+}
+
+// Run trains (or evaluates) on one batch: x is [Batch, features], y the
+// class indices. Dropout masks come from the device RNG, from seed and
+// stream (use the step: every step gets other masks). It returns the mean
+// loss.
+func (e *Program) Run(x, y []float32, seed, stream uint64) (float32, error) {
+	if len(y) != e.Batch || len(x) != e.vals[e.x].Size() {
+		return 0, fmt.Errorf("executor: a batch of %d inputs and %d labels for a program of batch %d and %d inputs",
+			len(x)/max(1, e.vals[e.x].Size()/e.Batch), len(y), e.Batch, e.vals[e.x].Size())
+	}
+	for i, v := range y {
+		if v < 0 || v != float32(math.Trunc(float64(v))) || int(v) >= e.vals[e.layout.Logits].Shape[1] {
+			return 0, fmt.Errorf("executor: label %v of sample %d is not a class of this model (0 to %d)", v, i, e.vals[e.layout.Logits].Shape[1]-1)
+		}
+	}
+	if err := e.dev.Write(e.vals[e.x].Buf, x); err != nil {
+		return 0, err
+	}
+	if err := e.dev.Write(e.vals[e.y].Buf, y); err != nil {
+		return 0, err
+	}
+	for j, i := range e.masks {
+		n := e.layout.Nodes[i]
+		size := e.vals[i].Size()
+		if err := e.dev.Launch("dropout_mask", size, e.vals[i].Buf, size, float32(n.DropP), seed, stream*uint64(len(e.masks))+uint64(j)); err != nil {
+			return 0, err
+		}
+	}
+	for i, op := range e.ops {
+		if op == nil {
+			continue
+		}
+		n := e.layout.Nodes[i]
+		in := make([]Tensor, len(n.Inputs))
+		for j, k := range n.Inputs {
+			in[j] = e.vals[k]
+		}
+		if err := op.Run(e.dev, in, e.vals[i]); err != nil {
+			return 0, fmt.Errorf("executor: %s: %w", n.Op.Kind(), err)
+		}
+	}
+	loss := []float32{0}
+	if err := e.dev.Read(loss, e.vals[e.layout.Loss].Buf); err != nil {
+		return 0, err
+	}
+	return loss[0], e.dev.Sync()
+}
+
+// Grad is parameter i's gradient from the last run (training programs).
+func (e *Program) Grad(i int) Tensor { return e.vals[e.layout.Grads[i]] }
+
+// Grads are all the parameters' gradients, in Model.Params order.
+func (e *Program) Grads() []Tensor {
+	g := make([]Tensor, len(e.layout.Grads))
+	for i := range g {
+		g[i] = e.Grad(i)
+	}
+	return g
+}
+
+// Logits copies the last run's logits into dst ([Batch, classes]).
+func (e *Program) Logits(dst []float32) error { return e.dev.Read(dst, e.vals[e.layout.Logits].Buf) }
+
+// Free releases the program's memory (not the parameters').
+func (e *Program) Free() {
+	for _, b := range e.owned {
+		e.dev.Free(b)
+	}
+	for _, op := range e.ops {
+		if op != nil {
+			op.Free(e.dev)
+		}
+	}
+	e.owned, e.ops = nil, nil
+}
+
+// Optimizer is trainer/optim's optimiser as fused kernels: the state lives
+// on the device, and each step computes what trainer/optim computes, in
+// the same order and roundings.
+type Optimizer struct {
+	dev   Device
+	name  string
+	cfg   optim.Config
+	state [][]Buffer // per parameter: momentum buffer, or Adam's m and v
+	step  int64
+}
+
+// NewOptimizer makes cfg's optimiser for params on dev.
+func NewOptimizer(dev Device, cfg optim.Config, params []Tensor) (*Optimizer, error) {
+	// trainer/optim validates the configuration and fills the defaults.
+	probe := make([]optim.Param, len(params))
+	for i, p := range params {
+		probe[i] = optim.Param{Name: fmt.Sprint(i), Data: make([]float32, 1), Grad: make([]float32, 1)}
+		_ = p
+	}
+	if _, err := optim.New(cfg, probe); err != nil {
+		return nil, err
+	}
+	o := &Optimizer{dev: dev, name: strings.ToLower(strings.TrimSpace(cfg.Name)), cfg: cfg}
+	if o.name != optim.SGD {
+		if o.cfg.Beta1 == 0 {
+			o.cfg.Beta1 = optim.DefaultBeta1
+		}
+		if o.cfg.Beta2 == 0 {
+			o.cfg.Beta2 = optim.DefaultBeta2
+		}
+		if o.cfg.Eps == 0 {
+			o.cfg.Eps = optim.DefaultEps
+		}
+	}
+	bufs := 0
+	switch {
+	case o.name == optim.SGD && cfg.Momentum != 0:
+		bufs = 1
+	case o.name != optim.SGD:
+		bufs = 2
+	}
+	for _, p := range params {
+		var st []Buffer
+		for range bufs {
+			b, err := dev.Alloc(p.Size())
+			if err != nil {
+				o.Free()
+				return nil, err
+			}
+			st = append(st, b)
+		}
+		o.state = append(o.state, st)
+	}
+	return o, nil
+}
+
+// Step updates params from grads with learning rate lr.
+func (o *Optimizer) Step(params, grads []Tensor, lr float64) error {
+	if len(params) != len(o.state) || len(grads) != len(params) {
+		return fmt.Errorf("executor: optimiser of %d parameters stepped with %d parameters and %d gradients", len(o.state), len(params), len(grads))
+	}
+	for i, p := range params {
+		n := p.Size()
+		var err error
+		switch {
+		case o.name == optim.SGD && o.cfg.Momentum == 0:
+			err = o.dev.Launch("sgd", n, p.Buf, grads[i].Buf, n, float32(-lr), float32(o.cfg.WeightDecay))
+		case o.name == optim.SGD:
+			err = o.dev.Launch("sgd_momentum", n, p.Buf, grads[i].Buf, o.state[i][0], n, float32(-lr), float32(o.cfg.WeightDecay),
+				float32(o.cfg.Momentum), float32(1-o.cfg.Dampening), o.cfg.Nesterov, o.step == 0)
+		default:
+			t := float64(o.step + 1)
+			bc1 := 1 - math.Pow(o.cfg.Beta1, t)
+			bc2 := 1 - math.Pow(o.cfg.Beta2, t)
+			var wd, decay float32 = 0, 1
+			if o.name == optim.AdamW {
+				decay = float32(1 - lr*o.cfg.WeightDecay)
+			} else {
+				wd = float32(o.cfg.WeightDecay)
+			}
+			err = o.dev.Launch("adam", n, p.Buf, grads[i].Buf, o.state[i][0], o.state[i][1], n, float32(-(lr / bc1)),
+				float32(math.Sqrt(bc2)), float32(o.cfg.Beta1), float32(o.cfg.Beta2), float32(1-o.cfg.Beta1), float32(1-o.cfg.Beta2),
+				float32(o.cfg.Eps), wd, decay)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	o.step++
+	return nil
+}
+
+// Free releases the optimiser's state.
+func (o *Optimizer) Free() {
+	for _, st := range o.state {
+		for _, b := range st {
+			o.dev.Free(b)
+		}
+	}
+	o.state = nil
+}

@@ -1,0 +1,144 @@
+package executor
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/trainer/optim"
+)
+
+func batch(rng *rand.Rand, n, features, classes int) (x, y []float32) {
+	x = make([]float32, n*features)
+	for i := range x {
+		x[i] = float32(rng.NormFloat64())
+	}
+	y = make([]float32, n)
+	for i := range y {
+		y[i] = float32(rng.IntN(classes))
+	}
+	return x, y
+}
+
+func maxRelDiff(a, b []float32) float64 {
+	d := 0.0
+	for i := range a {
+		d = math.Max(d, math.Abs(float64(a[i]-b[i]))/math.Max(1, math.Abs(float64(b[i]))))
+	}
+	return d
+}
+
+// TestTrainingMatchesTheCPU: the MLP and the CNN train for 8 steps on each
+// device (forward, backward and the fused optimiser on the device) and end
+// where graph/'s CPU programs with trainer/optim end; losses agree at every
+// step.
+func TestTrainingMatchesTheCPU(t *testing.T) {
+	specs := []graph.Spec{
+		{Kind: "mlp", InC: 1, InH: 8, InW: 8, Classes: 10, Hidden: []int{32, 16}, Activation: "tanh"},
+		{Kind: "cnn", InC: 1, InH: 16, InW: 16, Classes: 10, Hidden: []int{24}},
+	}
+	opts := []optim.Config{{Name: "sgd", Momentum: 0.9, Nesterov: true, WeightDecay: 1e-4}, {Name: "adamw", WeightDecay: 0.01}, {Name: "adam"}}
+	for _, mk := range devices {
+		dev := mk(t)
+		for _, spec := range specs {
+			for _, oc := range opts {
+				t.Run(dev.Name()+"/"+spec.Kind+"/"+oc.Name, func(t *testing.T) {
+					cpu, err := graph.New(spec, 3)
+					require.NoError(t, err)
+					gm, err := graph.New(spec, 3)
+					require.NoError(t, err)
+					params, err := UploadParams(dev, gm)
+					require.NoError(t, err)
+					defer params.Free()
+					const n = 12
+					cp, err := cpu.Program(n, true)
+					require.NoError(t, err)
+					prog, err := gm.Program(n, true)
+					require.NoError(t, err)
+					dp, err := Compile(dev, prog, params)
+					require.NoError(t, err)
+					defer dp.Free()
+					ops := make([]optim.Param, len(cpu.Params))
+					for i, p := range cpu.Params {
+						ops[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: make([]float32, len(p.Data))}
+					}
+					copt, err := optim.New(oc, ops)
+					require.NoError(t, err)
+					dopt, err := NewOptimizer(dev, oc, params.T)
+					require.NoError(t, err)
+					defer dopt.Free()
+					rng := rand.New(rand.NewPCG(1, 2))
+					for step := range 8 {
+						x, y := batch(rng, n, cpu.InputSize(), spec.Classes)
+						copy(cp.X, x)
+						copy(cp.Y, y)
+						want, err := cp.Run(nil)
+						require.NoError(t, err)
+						for i := range ops {
+							ops[i].Grad = cp.Grad(i)
+						}
+						copt.Step(ops, 0.01)
+						got, err := dp.Run(x, y, 1, uint64(step))
+						require.NoError(t, err)
+						require.InDelta(t, want, got, 1e-4*math.Max(1, math.Abs(float64(want))), "step %d loss", step)
+						require.NoError(t, dopt.Step(params.T, dp.Grads(), 0.01))
+					}
+					require.NoError(t, params.Download(gm))
+					for i, p := range cpu.Params {
+						d := maxRelDiff(gm.Params[i].Data, p.Data)
+						require.LessOrEqual(t, d, 1e-4, "%s after 8 steps", p.Name)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestDropoutOnTheDevice: masks come from the device RNG: the same stream
+// gives the same loss, another stream another one, and the masks drop
+// about p of the units.
+func TestDropoutOnTheDevice(t *testing.T) {
+	for _, mk := range devices {
+		dev := mk(t)
+		spec := graph.Spec{Kind: "mlp", InC: 1, InH: 8, InW: 8, Classes: 10, Hidden: []int{256}, Dropout: 0.5}
+		m, err := graph.New(spec, 1)
+		require.NoError(t, err)
+		params, err := UploadParams(dev, m)
+		require.NoError(t, err)
+		defer params.Free()
+		prog, err := m.Program(16, true)
+		require.NoError(t, err)
+		dp, err := Compile(dev, prog, params)
+		require.NoError(t, err)
+		defer dp.Free()
+		require.Len(t, dp.masks, 1)
+		x, y := batch(rand.New(rand.NewPCG(3, 4)), 16, m.InputSize(), 10)
+		a, err := dp.Run(x, y, 9, 1)
+		require.NoError(t, err)
+		b, err := dp.Run(x, y, 9, 1)
+		require.NoError(t, err)
+		c, err := dp.Run(x, y, 9, 2)
+		require.NoError(t, err)
+		require.Equal(t, a, b)
+		require.NotEqual(t, a, c)
+		mask := make([]float32, dp.vals[dp.masks[0]].Size())
+		require.NoError(t, dev.Read(mask, dp.vals[dp.masks[0]].Buf))
+		zeros := 0
+		for _, v := range mask {
+			if v == 0 {
+				zeros++
+			} else {
+				require.Equal(t, float32(2), v)
+			}
+		}
+		require.InDelta(t, 0.5, float64(zeros)/float64(len(mask)), 0.05)
+
+		// Bad labels are refused by name before anything runs.
+		y[3] = 10
+		_, err = dp.Run(x, y, 9, 3)
+		require.ErrorContains(t, err, "label 10 of sample 3 is not a class of this model (0 to 9)")
+	}
+}
