@@ -8,12 +8,13 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/graph"
 )
 
 // devices lists the devices of this build to test: the host always; the
 // gpu build's test files add a GPU where one is present.
-var devices = []func(t *testing.T) Device{func(*testing.T) Device { return Host{} }}
+var devices = []func(t *testing.T) device.Device{func(*testing.T) device.Device { return device.Host{} }}
 
 type opCase struct {
 	name  string
@@ -159,10 +160,10 @@ func TestOpsMatchTheCPU(t *testing.T) {
 }
 
 func TestNewOpRefusesWhatItCannotRun(t *testing.T) {
-	_, err := NewOp(Host{}, "Softmax", nil, [][]int{{2, 3}}, []int{2, 3})
+	_, err := NewOp(device.Host{}, "Softmax", nil, [][]int{{2, 3}}, []int{2, 3})
 	require.ErrorContains(t, err, `"Softmax" is not an op of graph/'s set`)
-	_, err = NewOp(Host{}, graph.OpLinear, nil, [][]int{{2, 3}}, []int{2, 3})
+	_, err = NewOp(device.Host{}, graph.OpLinear, nil, [][]int{{2, 3}}, []int{2, 3})
 	require.ErrorContains(t, err, "Linear takes 3 inputs")
-	_, err = NewOp(Host{}, graph.OpConv2D, map[string]any{"stride": 1}, [][]int{{1, 2, 3, 3}, {4, 3, 3, 3}, {4}}, nil)
+	_, err = NewOp(device.Host{}, graph.OpConv2D, map[string]any{"stride": 1}, [][]int{{1, 2, 3, 3}, {4, 3, 3, 3}, {4}}, nil)
 	require.ErrorContains(t, err, "does not fit")
 }

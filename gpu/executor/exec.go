@@ -6,6 +6,7 @@ import (
 	"math"
 	"strings"
 
+	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/optim"
 )
@@ -13,12 +14,12 @@ import (
 // Params are a model's parameters on a device, shared by all its programs
 // (every batch size, training and evaluation).
 type Params struct {
-	dev Device
+	dev device.Device
 	T   []Tensor // in Model.Params order
 }
 
 // UploadParams copies m's parameters to dev.
-func UploadParams(dev Device, m *graph.Model) (*Params, error) {
+func UploadParams(dev device.Device, m *graph.Model) (*Params, error) {
 	ps := &Params{dev: dev}
 	for _, p := range m.Params {
 		b, err := dev.Alloc(len(p.Data))
@@ -65,17 +66,17 @@ func (ps *Params) Free() {
 type Program struct {
 	Batch  int
 	Train  bool
-	dev    Device
+	dev    device.Device
 	layout *graph.Layout
 	vals   []Tensor
-	owned  []Buffer
+	owned  []device.Buffer
 	ops    []*Op
 	x, y   int
 	masks  []int // node indices of the dropout masks
 }
 
 // Compile lays p out on dev; params are the model's parameters there.
-func Compile(dev Device, p *graph.Program, params *Params) (*Program, error) {
+func Compile(dev device.Device, p *graph.Program, params *Params) (*Program, error) {
 	l, err := p.Layout()
 	if err != nil {
 		return nil, err
@@ -218,15 +219,15 @@ func (e *Program) Free() {
 // on the device, and each step computes what trainer/optim computes, in
 // the same order and roundings.
 type Optimizer struct {
-	dev   Device
+	dev   device.Device
 	name  string
 	cfg   optim.Config
-	state [][]Buffer // per parameter: momentum buffer, or Adam's m and v
+	state [][]device.Buffer // per parameter: momentum buffer, or Adam's m and v
 	step  int64
 }
 
 // NewOptimizer makes cfg's optimiser for params on dev.
-func NewOptimizer(dev Device, cfg optim.Config, params []Tensor) (*Optimizer, error) {
+func NewOptimizer(dev device.Device, cfg optim.Config, params []Tensor) (*Optimizer, error) {
 	// trainer/optim validates the configuration and fills the defaults.
 	probe := make([]optim.Param, len(params))
 	for i, p := range params {
@@ -256,7 +257,7 @@ func NewOptimizer(dev Device, cfg optim.Config, params []Tensor) (*Optimizer, er
 		bufs = 2
 	}
 	for _, p := range params {
-		var st []Buffer
+		var st []device.Buffer
 		for range bufs {
 			b, err := dev.Alloc(p.Size())
 			if err != nil {

@@ -3,13 +3,14 @@ package executor
 import (
 	"fmt"
 
+	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/graph"
 )
 
 // Tensor is a device buffer with a shape; a scalar has a nil shape and
 // one value.
 type Tensor struct {
-	Buf   Buffer
+	Buf   device.Buffer
 	Shape []int
 }
 
@@ -29,12 +30,12 @@ type Op struct {
 	Kind    graph.Kind
 	in      [][]int
 	out     []int
-	scratch []Buffer
-	run     func(dev Device, in []Tensor, out Tensor) error
+	scratch []device.Buffer
+	run     func(dev device.Device, in []Tensor, out Tensor) error
 }
 
 // Run computes out from in. Shapes must be those the op was made for.
-func (o *Op) Run(dev Device, in []Tensor, out Tensor) error {
+func (o *Op) Run(dev device.Device, in []Tensor, out Tensor) error {
 	if len(in) != len(o.in) {
 		return fmt.Errorf("executor: %s takes %d inputs, got %d", o.Kind, len(o.in), len(in))
 	}
@@ -42,7 +43,7 @@ func (o *Op) Run(dev Device, in []Tensor, out Tensor) error {
 }
 
 // Free releases the op's scratch memory.
-func (o *Op) Free(dev Device) {
+func (o *Op) Free(dev device.Device) {
 	for _, b := range o.scratch {
 		dev.Free(b)
 	}
@@ -74,11 +75,11 @@ func (g convGeom) args() []any {
 // NewOp makes op kind (with graph/'s attributes) for inputs of shapes in
 // and an output of shape out (nil: a scalar), with its scratch memory
 // allocated on dev.
-func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []int) (*Op, error) {
+func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int, out []int) (*Op, error) {
 	intAttr := func(k string) int { v, _ := attrs[k].(int); return v }
 	boolAttr := func(k string) bool { v, _ := attrs[k].(bool); return v }
 	o := &Op{Kind: kind, in: in, out: out}
-	alloc := func(n int) (Buffer, error) {
+	alloc := func(n int) (device.Buffer, error) {
 		b, err := dev.Alloc(n)
 		if err == nil {
 			o.scratch = append(o.scratch, b)
@@ -95,7 +96,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 		if err := need(inputs); err != nil {
 			return err
 		}
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			args := make([]any, 0, inputs+2)
 			for _, t := range in {
 				args = append(args, t.Buf)
@@ -112,7 +113,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 			return nil, err
 		}
 		n, k, m := in[0][0], in[0][1], in[1][0]
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("bias_rows", n*m, out.Buf, in[2].Buf, n, m); err != nil {
 				return err
 			}
@@ -132,7 +133,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 			n = in[1][0]
 		}
 		lda, ldb := in[0][1], in[1][1]
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return dev.Gemm(ta, tb, m, n, k, 1, in[0].Buf, lda, in[1].Buf, ldb, 0, out.Buf, n)
 		}
 	case graph.OpSumRows:
@@ -140,7 +141,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 			return nil, err
 		}
 		n, m := in[0][0], in[0][1]
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return dev.Launch("sum_rows", m, in[0].Buf, out.Buf, n, m)
 		}
 	case graph.OpConv2D:
@@ -159,7 +160,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 		if err != nil {
 			return nil, err
 		}
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols}, g.args()...)...); err != nil {
 				return err
 			}
@@ -184,7 +185,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 		if err != nil {
 			return nil, err
 		}
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[0].Buf, dyKM, g.N, g.K, g.OH*g.OW); err != nil {
 				return err
 			}
@@ -209,7 +210,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 		if err != nil {
 			return nil, err
 		}
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols}, g.args()...)...); err != nil {
 				return err
 			}
@@ -223,7 +224,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 			return nil, err
 		}
 		s := in[0]
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return dev.Launch("conv_grad_b", s[1], in[0].Buf, out.Buf, s[0], s[1], s[2]*s[3])
 		}
 	case graph.OpMaxPool2D:
@@ -231,7 +232,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 			return nil, err
 		}
 		s, k := in[0], intAttr("kernel")
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return dev.Launch("maxpool", out.Size(), in[0].Buf, out.Buf, s[0]*s[1], s[2], s[3], k)
 		}
 	case graph.OpMaxPool2DGrad: // X, Y, dY -> dX
@@ -239,7 +240,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 			return nil, err
 		}
 		s, k := in[0], intAttr("kernel")
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return dev.Launch("maxpool_grad", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, out.Buf, s[0]*s[1], s[2], s[3], k)
 		}
 	case graph.OpReLU:
@@ -261,7 +262,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 		if err = need(1); err != nil {
 			return nil, err
 		}
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if in[0].Buf == out.Buf {
 				return nil
 			}
@@ -276,7 +277,7 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 		if err != nil {
 			return nil, err
 		}
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("softmax_ce_rows", n, in[0].Buf, in[1].Buf, rows, n, k); err != nil {
 				return err
 			}
@@ -287,14 +288,14 @@ func NewOp(dev Device, kind graph.Kind, attrs map[string]any, in [][]int, out []
 			return nil, err
 		}
 		n, k := in[0][0], in[0][1]
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return dev.Launch("softmax_ce_grad", n, in[0].Buf, in[1].Buf, in[2].Buf, out.Buf, n, k)
 		}
 	case graph.OpDot:
 		if err = need(2); err != nil {
 			return nil, err
 		}
-		o.run = func(dev Device, in []Tensor, out Tensor) error {
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return dev.Launch("dot", 1, in[0].Buf, in[1].Buf, out.Buf, in[0].Size())
 		}
 	case graph.OpDotGrad:

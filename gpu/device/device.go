@@ -1,30 +1,16 @@
-// Package executor runs graph/'s programs on a device: memory that kernels
-// address, the kernels of csrc, and a matrix product.
+// Package device is what gotrain needs from a compute device: float32
+// buffers, copies in and out, launches of the kernels of csrc/kernels.cu
+// (by name, checked against their signatures) and GEMM.
 //
-// # Devices
+// Two implement [Device]:
 //
-// A [Device] is what the executor needs from hardware: float32 buffers,
-// copies in and out, kernel launches by name (the kernels of
-// csrc/kernels.cu, checked against their signatures) and GEMM. Two
-// implement it:
-//
-//   - [Host]: buffers on the C heap, kernels compiled for the host and run
-//     as one thread (see package csrc), GEMM through graph/cblas. It is the
-//     reference the conformance suite runs in every build, without a GPU.
-//   - the CUDA device of package gpu/cuda (the gpu build): buffers in
-//     device memory, kernels compiled by NVRTC, GEMM by cuBLAS, all on one
-//     stream.
-//
-// # Ops
-//
-// [NewOp] implements one op of graph/'s set on a device: the kernels and
-// GEMMs it runs, and the scratch memory it keeps (im2col columns, the
-// loss's per-row terms), allocated once. Every kind of the set is covered.
-// conformance_test.go runs each one against graph/'s CPU op on fresh
-// random inputs, with the output poisoned with NaN before every run, on
-// every device the build has: Host always, a GPU where one is present
-// (relative error at most 1e-4).
-package executor
+//   - [Host]: buffers on the C heap, the kernels compiled for the host and
+//     run as one thread (see package csrc), GEMM through graph/cblas. It is
+//     the reference that gpu/executor's conformance suite runs in every
+//     build, without a GPU.
+//   - gpu/cuda's device (the gpu build): buffers in device memory, the
+//     kernels compiled by NVRTC, GEMM by cuBLAS.
+package device
 
 import (
 	"fmt"
@@ -81,7 +67,7 @@ func (Host) Name() string { return "host" }
 // Alloc returns n zeroed float32s on the C heap.
 func (Host) Alloc(n int) (Buffer, error) {
 	if n < 0 {
-		return nil, fmt.Errorf("executor: allocating %d values", n)
+		return nil, fmt.Errorf("device: allocating %d values", n)
 	}
 	return &hostBuf{mem: csrc.Alloc(4 * n), n: n}, nil
 }
@@ -96,7 +82,7 @@ func (Host) Free(b Buffer) {
 func (Host) buf(b Buffer) (*hostBuf, error) {
 	hb, ok := b.(*hostBuf)
 	if !ok || hb == nil {
-		return nil, fmt.Errorf("executor: %T is not a host buffer", b)
+		return nil, fmt.Errorf("device: %T is not a host buffer", b)
 	}
 	return hb, nil
 }
@@ -108,7 +94,7 @@ func (h Host) Write(dst Buffer, src []float32) error {
 		return err
 	}
 	if len(src) > d.n {
-		return fmt.Errorf("executor: writing %d values into a buffer of %d", len(src), d.n)
+		return fmt.Errorf("device: writing %d values into a buffer of %d", len(src), d.n)
 	}
 	copy(d.mem.Float32s(), src)
 	return nil
@@ -121,7 +107,7 @@ func (h Host) Read(dst []float32, src Buffer) error {
 		return err
 	}
 	if len(dst) > s.n {
-		return fmt.Errorf("executor: reading %d values from a buffer of %d", len(dst), s.n)
+		return fmt.Errorf("device: reading %d values from a buffer of %d", len(dst), s.n)
 	}
 	copy(dst, s.mem.Float32s())
 	return nil
@@ -134,7 +120,7 @@ func (h Host) Launch(kernel string, n int, args ...any) error {
 		if b, ok := a.(Buffer); ok {
 			hb, err := h.buf(b)
 			if err != nil {
-				return fmt.Errorf("executor: kernel %s argument %d: %w", kernel, i, err)
+				return fmt.Errorf("device: kernel %s argument %d: %w", kernel, i, err)
 			}
 			conv[i] = hb.mem
 			continue
@@ -168,11 +154,11 @@ func (h Host) Gemm(ta, tb bool, m, n, k int, alpha float32, a Buffer, lda int, b
 	}
 	switch {
 	case ar*lda > ab.n || lda < ac:
-		return fmt.Errorf("executor: gemm: A is %dx%d (lda %d) in a buffer of %d", ar, ac, lda, ab.n)
+		return fmt.Errorf("device: gemm: A is %dx%d (lda %d) in a buffer of %d", ar, ac, lda, ab.n)
 	case br*ldb > bb.n || ldb < bc:
-		return fmt.Errorf("executor: gemm: B is %dx%d (ldb %d) in a buffer of %d", br, bc, ldb, bb.n)
+		return fmt.Errorf("device: gemm: B is %dx%d (ldb %d) in a buffer of %d", br, bc, ldb, bb.n)
 	case m*ldc > cb.n || ldc < n:
-		return fmt.Errorf("executor: gemm: C is %dx%d (ldc %d) in a buffer of %d", m, n, ldc, cb.n)
+		return fmt.Errorf("device: gemm: C is %dx%d (ldc %d) in a buffer of %d", m, n, ldc, cb.n)
 	}
 	cblas.Sgemm(ta, tb, m, n, k, alpha, ab.mem.Float32s(), lda, bb.mem.Float32s(), ldb, beta, cb.mem.Float32s(), ldc)
 	return nil

@@ -1,0 +1,24 @@
+// Package executor runs graph/'s programs on a device (package gpu/device).
+//
+// # Ops
+//
+// [NewOp] implements one op of graph/'s set on a device: the kernels and
+// GEMMs it runs, and the scratch memory it keeps (im2col columns, the
+// loss's per-row terms), allocated once. Every kind of the set is covered.
+// conformance_test.go runs each one against graph/'s CPU op on fresh
+// random inputs, with the output poisoned with NaN before every run, on
+// every device the build has: the host always, a GPU in the gpu build
+// where one is present (relative error at most 1e-4).
+//
+// # Programs
+//
+// [Compile] lays a graph.Program out on a device ([graph.Program.Layout]):
+// one buffer per node value, allocated once (a Reshape shares its input's),
+// the parameters shared by every program of the model ([Params]), and the
+// ops in order. [Program.Run] uploads a batch, draws the dropout masks
+// with the device's counter-based RNG, runs the ops and reads back the
+// loss; the gradients stay on the device for [Optimizer], trainer/optim's
+// optimisers as fused kernels with their state on the device. Training the
+// MLP and the CNN this way on the host device ends where graph/'s CPU
+// programs with trainer/optim end (exec_test.go).
+package executor
