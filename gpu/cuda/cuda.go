@@ -1,0 +1,300 @@
+//go:build gpu
+
+package cuda
+
+/*
+#cgo LDFLAGS: -lcublas
+#include <cublas_v2.h>
+
+static cublasStatus_t sgemm(cublasHandle_t h, int ta, int tb, int m, int n, int k, float alpha,
+                            unsigned long long a, int lda, unsigned long long b, int ldb, float beta,
+                            unsigned long long c, int ldc) {
+	return cublasSgemm(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
+	                   (const float *)a, lda, (const float *)b, ldb, &beta, (float *)c, ldc);
+}
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"gorgonia.org/cu"
+	"gorgonia.org/cu/nvrtc"
+
+	"github.com/gotrain/gotrain/csrc"
+	"github.com/gotrain/gotrain/gpu/device"
+)
+
+// Count is the number of CUDA devices.
+func Count() (int, error) { return cu.NumDevices() }
+
+type buf struct {
+	p cu.DevicePtr
+	n int
+}
+
+func (b *buf) Len() int { return b.n }
+
+// Device is one GPU.
+type Device struct {
+	ordinal int
+	dev     cu.Device
+	ctx     cu.CUContext
+	name    string
+	mod     cu.Module
+	fns     map[string]cu.Function
+	blas    C.cublasHandle_t
+	mu      sync.Mutex
+}
+
+var (
+	ptxMu sync.Mutex
+	ptx   = map[string]string{} // by compute capability
+)
+
+// compile returns the kernels' PTX for compute capability arch ("90").
+func compile(arch string) (string, error) {
+	ptxMu.Lock()
+	defer ptxMu.Unlock()
+	if p, ok := ptx[arch]; ok {
+		return p, nil
+	}
+	prog, err := nvrtc.CreateProgram(csrc.Source, "kernels.cu")
+	if err != nil {
+		return "", fmt.Errorf("cuda: NVRTC: %w", err)
+	}
+	defer prog.Destroy()
+	if err := prog.Compile("--gpu-architecture=compute_"+arch, "--std=c++11"); err != nil {
+		log, _ := prog.GetLog()
+		return "", fmt.Errorf("cuda: NVRTC could not compile csrc/kernels.cu for compute_%s: %w\n%s", arch, err, strings.TrimSpace(log))
+	}
+	p, err := prog.GetPTX()
+	if err != nil {
+		return "", fmt.Errorf("cuda: NVRTC: %w", err)
+	}
+	ptx[arch] = p
+	return p, nil
+}
+
+// Open opens GPU ordinal.
+func Open(ordinal int) (device.Device, error) {
+	n, err := cu.NumDevices()
+	if err != nil {
+		return nil, fmt.Errorf("cuda: counting devices: %w", err)
+	}
+	if ordinal < 0 || ordinal >= n {
+		return nil, fmt.Errorf("cuda: no GPU %d: this machine has %d (LOCAL_RANK picks the GPU; start at most %d workers per node)", ordinal, n, n)
+	}
+	d := &Device{ordinal: ordinal, fns: map[string]cu.Function{}}
+	if d.dev, err = cu.GetDevice(ordinal); err != nil {
+		return nil, fmt.Errorf("cuda: GPU %d: %w", ordinal, err)
+	}
+	if d.ctx, err = d.dev.RetainPrimaryCtx(); err != nil {
+		return nil, fmt.Errorf("cuda: GPU %d: primary context: %w", ordinal, err)
+	}
+	name, _ := d.dev.Name()
+	d.name = fmt.Sprintf("cuda:%d %s", ordinal, name)
+	major, minor, err := d.dev.ComputeCapability()
+	if err != nil {
+		return nil, fmt.Errorf("cuda: %s: compute capability: %w", d.name, err)
+	}
+	code, err := compile(fmt.Sprintf("%d%d", major, minor))
+	if err != nil {
+		return nil, err
+	}
+	err = d.do(func() error {
+		if d.mod, err = cu.LoadData(code); err != nil {
+			return fmt.Errorf("cuda: %s: loading the kernels: %w", d.name, err)
+		}
+		for _, k := range csrc.Kernels {
+			if d.fns[k], err = d.mod.Function(k); err != nil {
+				return fmt.Errorf("cuda: %s: kernel %s: %w", d.name, k, err)
+			}
+		}
+		if st := C.cublasCreate(&d.blas); st != C.CUBLAS_STATUS_SUCCESS {
+			return fmt.Errorf("cuda: %s: cublasCreate: status %d", d.name, int(st))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// do runs fn with the device's context current on this OS thread.
+func (d *Device) do(fn func() error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := cu.SetCurrentContext(d.ctx); err != nil {
+		return fmt.Errorf("cuda: %s: making the context current: %w", d.name, err)
+	}
+	return fn()
+}
+
+// Name is "cuda:N <product name>".
+func (d *Device) Name() string { return d.name }
+
+// Alloc returns n zeroed float32s of device memory.
+func (d *Device) Alloc(n int) (device.Buffer, error) {
+	b := &buf{n: n}
+	err := d.do(func() error {
+		var err error
+		if b.p, err = cu.MemAlloc(int64(4 * max(n, 1))); err != nil {
+			free, total, _ := cu.MemInfo()
+			return fmt.Errorf("cuda: %s: allocating %d bytes (%d of %d free): %w", d.name, 4*n, free, total, err)
+		}
+		return cu.MemsetD32(b.p, 0, int64(max(n, 1)))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (d *Device) buf(b device.Buffer) (*buf, error) {
+	db, ok := b.(*buf)
+	if !ok || db == nil || db.p == 0 {
+		return nil, fmt.Errorf("cuda: %T is not a live buffer of a CUDA device", b)
+	}
+	return db, nil
+}
+
+// Free releases b.
+func (d *Device) Free(b device.Buffer) {
+	if db, err := d.buf(b); err == nil {
+		_ = d.do(func() error { return cu.MemFree(db.p) })
+		db.p = 0
+	}
+}
+
+// Write copies src into dst.
+func (d *Device) Write(dst device.Buffer, src []float32) error {
+	b, err := d.buf(dst)
+	if err != nil {
+		return err
+	}
+	if len(src) > b.n {
+		return fmt.Errorf("cuda: writing %d values into a buffer of %d", len(src), b.n)
+	}
+	if len(src) == 0 {
+		return nil
+	}
+	return d.do(func() error { return cu.MemcpyHtoD(b.p, unsafe.Pointer(&src[0]), int64(4*len(src))) })
+}
+
+// Read copies src into dst.
+func (d *Device) Read(dst []float32, src device.Buffer) error {
+	b, err := d.buf(src)
+	if err != nil {
+		return err
+	}
+	if len(dst) > b.n {
+		return fmt.Errorf("cuda: reading %d values from a buffer of %d", len(dst), b.n)
+	}
+	if len(dst) == 0 {
+		return nil
+	}
+	return d.do(func() error { return cu.MemcpyDtoH(unsafe.Pointer(&dst[0]), b.p, int64(4*len(dst))) })
+}
+
+// Launch runs a kernel over n outputs: blocks of 256 threads, as many as
+// cover n (at most 65535; the kernels loop over the rest).
+func (d *Device) Launch(kernel string, n int, args ...any) error {
+	fn, ok := d.fns[kernel]
+	if !ok {
+		return fmt.Errorf("cuda: no kernel %q in csrc/kernels.cu", kernel)
+	}
+	slots := make([]uint64, len(args))
+	err := csrc.Pack(kernel, slots, func(a any) (uintptr, bool) {
+		b, ok := a.(device.Buffer)
+		if !ok {
+			return 0, false
+		}
+		db, err := d.buf(b)
+		if err != nil {
+			return 0, false
+		}
+		return uintptr(db.p), true
+	}, args...)
+	if err != nil {
+		return err
+	}
+	params := make([]unsafe.Pointer, len(slots))
+	for i := range slots {
+		params[i] = unsafe.Pointer(&slots[i])
+	}
+	grid := min(max((n+255)/256, 1), 65535)
+	return d.do(func() error {
+		if err := fn.Launch(grid, 1, 1, 256, 1, 1, 0, cu.Stream{}, params); err != nil {
+			return fmt.Errorf("cuda: %s: launching %s: %w", d.name, kernel, err)
+		}
+		return nil
+	})
+}
+
+// Gemm computes C = alpha·op(A)·op(B) + beta·C on row-major matrices with
+// cuBLAS (column-major) as Cᵀ = op(B)ᵀ·op(A)ᵀ.
+func (d *Device) Gemm(ta, tb bool, m, n, k int, alpha float32, a device.Buffer, lda int, b device.Buffer, ldb int, beta float32, c device.Buffer, ldc int) error {
+	ab, err := d.buf(a)
+	if err != nil {
+		return err
+	}
+	bb, err := d.buf(b)
+	if err != nil {
+		return err
+	}
+	cb, err := d.buf(c)
+	if err != nil {
+		return err
+	}
+	flag := func(t bool) C.int {
+		if t {
+			return 1
+		}
+		return 0
+	}
+	return d.do(func() error {
+		st := C.sgemm(d.blas, flag(tb), flag(ta), C.int(n), C.int(m), C.int(k), C.float(alpha),
+			C.ulonglong(bb.p), C.int(ldb), C.ulonglong(ab.p), C.int(lda), C.float(beta), C.ulonglong(cb.p), C.int(ldc))
+		if st != C.CUBLAS_STATUS_SUCCESS {
+			return fmt.Errorf("cuda: %s: cublasSgemm(%d×%d×%d): status %d", d.name, m, n, k, int(st))
+		}
+		return nil
+	})
+}
+
+// Sync waits for the device's work and returns its first error.
+func (d *Device) Sync() error {
+	return d.do(func() error {
+		if err := cu.Synchronize(); err != nil {
+			return fmt.Errorf("cuda: %s: %w", d.name, err)
+		}
+		return nil
+	})
+}
+
+// Close releases the cuBLAS handle, the module and the primary context.
+func (d *Device) Close() error {
+	var errs []error
+	_ = d.do(func() error {
+		if d.blas != nil {
+			if st := C.cublasDestroy(d.blas); st != C.CUBLAS_STATUS_SUCCESS {
+				errs = append(errs, fmt.Errorf("cublasDestroy: status %d", int(st)))
+			}
+			d.blas = nil
+		}
+		return nil
+	})
+	if err := d.dev.ReleasePrimaryCtx(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
