@@ -13,7 +13,7 @@ APT_RUN  := libopenblas0-pthread dataset-fashion-mnist
 APT_TEST := $(APT_RUN) python3-torch python3-numpy iproute2 etcd-server
 OUT     := out
 
-.PHONY: image image-cpu all build train test test-short race fuzz bench bench-allreduce bench-balance lint deps deps-test data clean FORCE
+.PHONY: image image-cpu all build build-gpu check-gpu gpu-test deps-cuda train test test-short race fuzz bench bench-allreduce bench-balance lint deps deps-test data clean FORCE
 
 all: build
 
@@ -50,6 +50,39 @@ train: deps data build
 test: data
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
+	@if [ -f $(CUDA_H) ]; then $(MAKE) --no-print-directory check-gpu; else \
+	  echo "make test: no CUDA headers at $(CUDA_H), so the gpu build was not compiled ('make deps-cuda' installs them; CI does)"; fi
+
+# The gpu build (go build -tags gpu): gorgonia.org/cu for the driver API and
+# NVRTC, cuBLAS through gpu/cuda's cgo, the kernels of csrc/. It compiles
+# against CUDA 11.8 or 12 headers (cu v0.9.6 does not compile against 13);
+# on Debian those come from the non-free component (deps-cuda).
+CUDA_H ?= /usr/include/cuda.h
+APT_CUDA := nvidia-cuda-dev libcuda1
+
+build-gpu:
+	$(GO) build -tags gpu -ldflags "$(LDFLAGS)" -o bin/gotrain-gpu ./cmd/gotrain
+
+# check-gpu compiles the whole gpu build and all its test binaries, without
+# running them: no GPU needed.
+check-gpu:
+	$(GO) vet -tags gpu ./...
+	$(GO) build -tags gpu ./...
+	@tmp=$$(mktemp -d) && $(GO) test -tags gpu -c -o $$tmp/ ./... >/dev/null && rm -rf $$tmp && echo "check-gpu: the gpu build and its test binaries compile"
+
+# gpu-test runs the kernel, op and training conformance tests on GPU 0
+# (every op against the CPU, MLP and CNN training against the CPU).
+gpu-test:
+	$(GO) test -count=1 -tags gpu -v ./gpu/executor/ ./csrc/
+
+# deps-cuda enables Debian's contrib and non-free components and installs
+# the CUDA 11.8 headers and libraries (about 1.5 GB).
+deps-cuda:
+	@if ! dpkg -s $(APT_CUDA) >/dev/null 2>&1; then \
+	  for f in /etc/apt/sources.list.d/*.sources; do \
+	    if [ -f $$f ] && grep -q deb.debian.org/debian $$f && ! grep -q non-free $$f; then \
+	      sed -i 's/^Components: main$$/Components: main contrib non-free/' $$f; fi; done; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_CUDA); fi
 
 test-short:
 	$(GO) test -short ./...

@@ -59,6 +59,11 @@ type Config struct {
 	Out             string `json:"out,omitempty" yaml:"out,omitempty"`
 	LogEvery        int64  `json:"log_every" yaml:"log_every"`
 	Threads         int    `json:"threads" yaml:"threads"`
+	// Device is where the model trains: cpu, gpu (the gpu build, GPU
+	// LOCAL_RANK), auto (gpu where the build and the machine have one) or
+	// host (the device executor on the CPU: what gpu runs, with the kernels
+	// compiled for the host; for tests).
+	Device string `json:"device,omitempty" yaml:"device,omitempty"`
 
 	// Data parallelism (with several ranks).
 	AccumSteps int           `json:"accum_steps" yaml:"accum_steps"`
@@ -107,7 +112,7 @@ func Default() Config {
 		Model: "mlp", Activation: "relu", Dataset: "mnist", SyntheticSize: 60000,
 		Epochs: 2, BatchSize: 64, EvalBatchSize: 250,
 		Optimizer: "adam", LR: 2e-3, Momentum: 0.9, Schedule: "cosine", Gamma: 0.1,
-		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0,
+		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0, Device: "auto",
 		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute, Balance: "off", BalanceEvery: 20, MaxStaleness: 16, OuterLR: 1,
 		Sync: "allreduce", SyncPeriod: 8, PipelineStages: 1, MicroBatches: 4,
 	}
@@ -158,6 +163,21 @@ func (c *Config) Validate() error {
 	for _, h := range c.Hidden {
 		if h <= 0 {
 			return cfgErr("--hidden widths must be positive, got %v", c.Hidden)
+		}
+	}
+	switch c.Device {
+	case "", "cpu", "gpu", "auto", "host":
+	default:
+		return cfgErr("--device %q is not a device (valid: cpu, gpu, auto)", c.Device)
+	}
+	if c.Device == "gpu" || c.Device == "host" {
+		switch {
+		case c.PipelineStages > 1:
+			return cfgErr("--device %s does not run pipeline stages yet: use --device cpu with --pipeline-stages", c.Device)
+		case c.Sync != "allreduce":
+			return cfgErr("--device %s runs --sync allreduce only so far: use --device cpu with --sync %s", c.Device, c.Sync)
+		case c.ClipGradNorm > 0:
+			return cfgErr("--device %s does not clip gradients yet: drop --clip-grad-norm or use --device cpu", c.Device)
 		}
 	}
 	if _, err := balance.ParseMode(c.Balance); err != nil {

@@ -272,6 +272,7 @@ func (t *Trainer) releaseShare(r, old int) {
 	for _, n := range []int{old / k, old/k + 1} {
 		if n > 0 {
 			t.Model.Release(n, true)
+			t.devRelease(n, true)
 		}
 	}
 	runtime.GC()
@@ -386,7 +387,9 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 		}
 		if last != nil {
 			for bi := range t.dp.buckets {
-				t.fillBucket(bi, last, lastScale, first)
+				if err := t.fillBucket(bi, last, lastScale, first); err != nil {
+					return 0, false, err
+				}
 			}
 			first = false
 		}
@@ -397,8 +400,13 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 		t0 := time.Now()
 		warm := prog.Warm()
 		t.train.Batch(t.perm[ms:me], prog.X, prog.Y)
-		pcg.Seed(t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j))
-		loss, err := prog.Run(rng)
+		var loss float32
+		if t.devr != nil {
+			_, loss, err = t.devRunProgram(prog, t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j))
+		} else {
+			pcg.Seed(t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j))
+			loss, err = prog.Run(rng)
+		}
 		if err != nil {
 			return 0, false, err
 		}
@@ -439,7 +447,9 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 	}
 	if t.dp.comm == nil || w == 1 || local {
 		for bi := range t.dp.buckets {
-			t.fillBucket(bi, last, lastScale, first)
+			if err := t.fillBucket(bi, last, lastScale, first); err != nil {
+				return 0, false, err
+			}
 		}
 		return lossSum, t.dp.stop[0] > 0, nil
 	}
@@ -461,20 +471,29 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 		}
 		done <- err
 	}()
+	var fillErr error
 	for bi := range t.dp.buckets {
-		t.fillBucket(bi, last, lastScale, first)
+		if fillErr = t.fillBucket(bi, last, lastScale, first); fillErr != nil {
+			break
+		}
 		jobs <- bi
 	}
 	close(jobs)
 	if err := <-done; err != nil {
 		return 0, false, err
 	}
+	if fillErr != nil {
+		// The other ranks wait in the all-reduce of the bucket not sent:
+		// abort so that they fail at once, naming this rank.
+		t.dp.comm.Abort(fillErr)
+		return 0, false, fillErr
+	}
 	return lossSum, t.dp.stop[0] > 0, nil
 }
 
 // fillBucket adds scale times prog's gradients of bucket bi's parameters
 // (or sets them, when first). prog nil (a rank with no samples) zeroes.
-func (t *Trainer) fillBucket(bi int, prog *graph.Program, scale float32, first bool) {
+func (t *Trainer) fillBucket(bi int, prog *graph.Program, scale float32, first bool) error {
 	for _, i := range t.dp.buckets[bi].params {
 		dst := t.dp.views[i]
 		if prog == nil {
@@ -483,7 +502,18 @@ func (t *Trainer) fillBucket(bi int, prog *graph.Program, scale float32, first b
 			}
 			continue
 		}
-		g := prog.Grad(i)[:len(dst)]
+		var g []float32
+		if t.devr != nil {
+			e, err := t.devProgram(prog)
+			if err != nil {
+				return err
+			}
+			if g, err = t.devGrad(e, i); err != nil {
+				return err
+			}
+		} else {
+			g = prog.Grad(i)[:len(dst)]
+		}
 		if first {
 			for j, v := range g {
 				dst[j] = v * scale
@@ -494,6 +524,7 @@ func (t *Trainer) fillBucket(bi int, prog *graph.Program, scale float32, first b
 			}
 		}
 	}
+	return nil
 }
 
 // averageParams is local SGD's synchronisation: every rank's parameters
@@ -671,7 +702,8 @@ func (t *Trainer) collective(ctx context.Context, what string, f func(ctx contex
 // shape the model, the data and the trajectory, and the world size.
 func (t *Trainer) fingerprint() []byte {
 	c := t.cfg
-	c.Resume, c.CheckpointDir, c.MetricsFile, c.Out, c.DataDir, c.Threads = "", "", "", "", "", 0
+	// Each rank may train on another kind of device (a mixed cluster).
+	c.Resume, c.CheckpointDir, c.MetricsFile, c.Out, c.DataDir, c.Threads, c.Device = "", "", "", "", "", 0, ""
 	b, _ := json.Marshal(struct {
 		Config    Config `json:"config"`
 		WorldSize int    `json:"world_size"`

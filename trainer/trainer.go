@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gotrain/gotrain/gpu"
+	"github.com/gotrain/gotrain/gpu/executor"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/checkpoint"
 	"github.com/gotrain/gotrain/trainer/data"
@@ -66,6 +67,7 @@ type Trainer struct {
 	devices      func() []metrics.GPU
 	headroom     func() gpu.Headroom
 	slow         *straggler // --debug-slow-rank, made at first use
+	devr         *devRun    // nil: the model trains on the CPU
 	async        *AsyncTransport
 	outer        *outerOpt              // local SGD's outer optimiser; nil: plain averaging
 	localStates  []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
@@ -239,6 +241,10 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			return res, err
 		}
 	}
+	if err := t.devStart(); err != nil {
+		return res, err
+	}
+	defer t.devClose()
 	sched := cfg.schedule(t.TotalSteps())
 	nb, n := t.batchesPerEpoch(), t.train.N
 	if len(t.perm) != n {
@@ -273,7 +279,8 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			lo := t.pos.batch * cfg.BatchSize
 			hi := min(lo+cfg.BatchSize, n)
 			var ps []optim.Param
-			var loss float64 // this rank's mean loss, for display
+			var devProg *executor.Program // the step's program on the device (one process)
+			var loss float64              // this rank's mean loss, for display
 			stop := false
 			if t.pipelined() {
 				lossSum, err := t.pipelineStep(cctx, lo, hi, pcg, rng)
@@ -302,14 +309,19 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				}
 				t0 := time.Now()
 				t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
-				pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
-				l, err := prog.Run(rng)
+				var l float32
+				if t.devr != nil {
+					devProg, l, err = t.devRunProgram(prog, cfg.Seed^0x5eedd70a, uint64(t.pos.step))
+				} else {
+					pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
+					l, err = prog.Run(rng)
+					ps = t.optParams(prog)
+				}
 				if err != nil {
 					return res, err
 				}
 				t.straggler().delay(time.Since(t0))
 				loss = float64(l)
-				ps = t.optParams(prog)
 				winLoss += loss * float64(hi-lo)
 			}
 			// The reduced gradients are the same on every rank, so every
@@ -321,9 +333,14 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				optim.ClipGradNorm(ps, cfg.ClipGradNorm)
 			}
 			lr := sched.LR(t.pos.step)
-			if t.pipelined() {
+			switch {
+			case t.pipelined():
 				t.pp.opt.Step(ps, lr)
-			} else {
+			case t.devr != nil:
+				if err := t.devStep(devProg, lr); err != nil {
+					return res, err
+				}
+			default:
 				t.opt.Step(ps, lr)
 			}
 			t.pos.step++
@@ -381,6 +398,9 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 		if t.pipelined() {
 			evaluate = t.evaluatePipeline
 		}
+		if err := t.hostSync(); err != nil {
+			return res, err
+		}
 		acc, loss, err := evaluate(cctx)
 		if err != nil {
 			return res, err
@@ -398,6 +418,9 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 }
 
 func (t *Trainer) finish(ctx context.Context, res Result, start time.Time, samples int64, trainTime time.Duration) (Result, error) {
+	if err := t.hostSync(); err != nil {
+		return res, err
+	}
 	if err := t.verifyReplicas(ctx, "at the end of the run"); err != nil {
 		return res, err
 	}
@@ -432,6 +455,9 @@ func (t *Trainer) finish(ctx context.Context, res Result, start time.Time, sampl
 // save checkpoints the run: every rank first verifies that the replicas
 // are identical, then rank 0 writes.
 func (t *Trainer) save(ctx context.Context) error {
+	if err := t.hostSync(); err != nil {
+		return err
+	}
 	if err := t.verifyReplicas(ctx, fmt.Sprintf("at the checkpoint of step %d", t.pos.step)); err != nil {
 		return err
 	}

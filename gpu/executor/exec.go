@@ -316,3 +316,60 @@ func (o *Optimizer) Free() {
 	}
 	o.state = nil
 }
+
+// stateNames are trainer/optim's names of parameter name's state tensors.
+func (o *Optimizer) stateNames(name string) []string {
+	switch {
+	case o.name == optim.SGD && o.cfg.Momentum == 0:
+		return nil
+	case o.name == optim.SGD:
+		return []string{name + ".momentum_buffer"}
+	default:
+		return []string{name + ".exp_avg", name + ".exp_avg_sq"}
+	}
+}
+
+// State downloads the optimiser's state under trainer/optim's names
+// (names: the parameters' names), with its step count: what a checkpoint
+// holds.
+func (o *Optimizer) State(names []string) (map[string][]float32, int64, error) {
+	if len(names) != len(o.state) {
+		return nil, 0, fmt.Errorf("executor: %d names for %d parameters", len(names), len(o.state))
+	}
+	st := map[string][]float32{}
+	for i, name := range names {
+		for j, sn := range o.stateNames(name) {
+			b := o.state[i][j]
+			v := make([]float32, b.Len())
+			if err := o.dev.Read(v, b); err != nil {
+				return nil, 0, err
+			}
+			st[sn] = v
+		}
+	}
+	return st, o.step, nil
+}
+
+// LoadState uploads state saved by trainer/optim or State. Every tensor is
+// checked before any is written.
+func (o *Optimizer) LoadState(names []string, st map[string][]float32, step int64) error {
+	if len(names) != len(o.state) {
+		return fmt.Errorf("executor: %d names for %d parameters", len(names), len(o.state))
+	}
+	for i, name := range names {
+		for j, sn := range o.stateNames(name) {
+			if v, ok := st[sn]; !ok || len(v) != o.state[i][j].Len() {
+				return fmt.Errorf("executor: optimiser state %q is missing or has %d values, want %d", sn, len(v), o.state[i][j].Len())
+			}
+		}
+	}
+	for i, name := range names {
+		for j, sn := range o.stateNames(name) {
+			if err := o.dev.Write(o.state[i][j], st[sn]); err != nil {
+				return err
+			}
+		}
+	}
+	o.step = step
+	return nil
+}

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/trainer/checkpoint"
+)
+
+// TestDeviceFlag: --device host trains the CNN through the device
+// executor (the GPU's kernels, compiled for the CPU) and writes the same
+// weights as --device cpu; --device gpu in a build without GPU support
+// says how to get one; a bad value is a usage error.
+func TestDeviceFlag(t *testing.T) {
+	dir := t.TempDir()
+	common := []string{"train", "--model", "cnn", "--dataset", "synthetic", "--synthetic-size", "300", "--hidden", "16",
+		"--batch-size", "50", "--epochs", "1", "--optimizer", "sgd", "--threads", "1"}
+	outs := map[string]string{}
+	for _, d := range []string{"cpu", "host"} {
+		outs[d] = filepath.Join(dir, d+".safetensors")
+		_, stderr, err := gotrain(t, append(common, "--device", d, "--out", outs[d])...)
+		require.NoError(t, err, stderr)
+		if d == "host" {
+			require.Contains(t, stderr, "training on a device")
+		}
+	}
+	a, err := checkpoint.ReadFile(outs["cpu"])
+	require.NoError(t, err)
+	b, err := checkpoint.ReadFile(outs["host"])
+	require.NoError(t, err)
+	for i := range a.Tensors {
+		require.InDeltaSlice(t, a.Tensors[i].Data, b.Tensors[i].Data, 1e-5, "tensor %s", a.Tensors[i].Name)
+	}
+
+	_, stderr, err := gotrain(t, append(common, "--device", "gpu")...)
+	require.Error(t, err)
+	require.Contains(t, stderr, "--device gpu: this gotrain was built without GPU support: build it with 'make build-gpu'")
+
+	_, stderr, err = gotrain(t, append(common, "--device", "tpu")...)
+	require.Error(t, err)
+	require.Contains(t, stderr, `--device "tpu" is not a device`)
+}

@@ -1,0 +1,209 @@
+package trainer
+
+import (
+	"fmt"
+
+	"github.com/gotrain/gotrain/gpu/device"
+	"github.com/gotrain/gotrain/gpu/executor"
+	"github.com/gotrain/gotrain/graph"
+)
+
+// Training on a device
+//
+// With WithDevice the model trains through gpu/executor: the parameters,
+// the optimiser's state and every program's activations and gradients live
+// on the device; each step uploads the batch and reads back the loss. In a
+// job of several ranks the gradients come back to the host buckets, are
+// all-reduced there like the CPU's, and go up again for the optimiser. The
+// host's copies of the parameters and the optimiser state are brought up to
+// date (hostSync) where the host needs them: evaluation, checkpoints, the
+// replica check and the end of the run. Dropout masks come from the
+// device's RNG, so a run with dropout follows another random sequence than
+// on the CPU; without dropout it follows the CPU's run to rounding.
+
+// devRun is the device state of a Trainer.
+type devRun struct {
+	dev    device.Device
+	params *executor.Params
+	opt    *executor.Optimizer
+	progs  map[progKey]devProg // by batch size and mode
+	grads  []executor.Tensor   // reduced gradients (jobs of several ranks)
+	host   [][]float32         // per parameter: its gradient downloaded
+	names  []string
+	stale  bool // the host's parameters and optimiser state are behind
+	runs   int  // programs run on the device
+	steps  int  // optimiser steps on the device
+}
+
+type progKey struct {
+	batch int
+	train bool
+}
+
+// devProg is a device program and the host program it was compiled from.
+type devProg struct {
+	from *graph.Program
+	e    *executor.Program
+}
+
+// WithDevice makes the trainer train on dev (see "Training on a device").
+func WithDevice(dev device.Device) Option { return func(t *Trainer) { t.devr = &devRun{dev: dev} } }
+
+// devStart puts the parameters and the optimiser state (restored or fresh)
+// on the device.
+func (t *Trainer) devStart() error {
+	d := t.devr
+	if d == nil || d.params != nil {
+		return nil
+	}
+	switch {
+	case t.pipelined():
+		return fmt.Errorf("%w: --device %s does not run pipeline stages yet", ErrConfig, d.dev.Name())
+	case t.cfg.Sync != "allreduce":
+		return fmt.Errorf("%w: --device %s runs --sync allreduce only so far", ErrConfig, d.dev.Name())
+	case t.cfg.ClipGradNorm > 0:
+		return fmt.Errorf("%w: --device %s does not clip gradients yet", ErrConfig, d.dev.Name())
+	}
+	var err error
+	if d.params, err = executor.UploadParams(d.dev, t.Model); err != nil {
+		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
+	if d.opt, err = executor.NewOptimizer(d.dev, t.cfg.optimizer(), d.params.T); err != nil {
+		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
+	for _, p := range t.Model.Params {
+		d.names = append(d.names, p.Name)
+		d.host = append(d.host, make([]float32, len(p.Data)))
+	}
+	st, step := t.opt.State()
+	if err := d.opt.LoadState(d.names, st, step); err != nil {
+		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
+	if t.distributed() {
+		for _, p := range d.params.T {
+			b, err := d.dev.Alloc(p.Size())
+			if err != nil {
+				return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+			}
+			d.grads = append(d.grads, executor.Tensor{Buf: b, Shape: p.Shape})
+		}
+	}
+	d.progs = map[progKey]devProg{}
+	t.log.Info("training on a device", "device", d.dev.Name())
+	return nil
+}
+
+// devProgram returns p compiled for the device.
+func (t *Trainer) devProgram(p *graph.Program) (*executor.Program, error) {
+	d := t.devr
+	k := progKey{p.Batch, p.Train}
+	if dp, ok := d.progs[k]; ok {
+		if dp.from == p {
+			return dp.e, nil
+		}
+		dp.e.Free() // the model compiled the program anew
+	}
+	e, err := executor.Compile(d.dev, p, d.params)
+	if err != nil {
+		return nil, fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
+	d.progs[k] = devProg{p, e}
+	return e, nil
+}
+
+// devRunProgram runs p's batch (already in p.X, p.Y) on the device.
+func (t *Trainer) devRunProgram(p *graph.Program, seed, stream uint64) (*executor.Program, float32, error) {
+	e, err := t.devProgram(p)
+	if err != nil {
+		return nil, 0, err
+	}
+	loss, err := e.Run(p.X, p.Y, seed, stream)
+	if err != nil {
+		return nil, 0, fmt.Errorf("device %s: %w", t.devr.dev.Name(), err)
+	}
+	t.devr.stale = true
+	t.devr.runs++
+	return e, loss, nil
+}
+
+// devGrad downloads parameter i's gradient from e's last run.
+func (t *Trainer) devGrad(e *executor.Program, i int) ([]float32, error) {
+	g := t.devr.host[i]
+	if err := t.devr.dev.Read(g, e.Grad(i).Buf); err != nil {
+		return nil, fmt.Errorf("device %s: gradient of %s: %w", t.devr.dev.Name(), t.Model.Params[i].Name, err)
+	}
+	return g, nil
+}
+
+// devStep applies the optimiser on the device: with e's gradients (one
+// process) or with the reduced gradients in the host buckets.
+func (t *Trainer) devStep(e *executor.Program, lr float64) error {
+	d := t.devr
+	grads := d.grads
+	if grads == nil {
+		grads = e.Grads()
+	} else {
+		for i, v := range t.dp.views {
+			if err := d.dev.Write(grads[i].Buf, v); err != nil {
+				return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+			}
+		}
+	}
+	if err := d.opt.Step(d.params.T, grads, lr); err != nil {
+		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
+	d.stale = true
+	d.steps++
+	return nil
+}
+
+// hostSync brings the host's parameters and optimiser state up to date
+// with the device's.
+func (t *Trainer) hostSync() error {
+	d := t.devr
+	if d == nil || !d.stale {
+		return nil
+	}
+	if err := d.params.Download(t.Model); err != nil {
+		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
+	st, step, err := d.opt.State(d.names)
+	if err != nil {
+		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
+	if err := t.opt.LoadState(st, step); err != nil {
+		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
+	d.stale = false
+	return nil
+}
+
+// devRelease frees the device program of this batch size and mode (the
+// balancer moved this rank's batch size away from it).
+func (t *Trainer) devRelease(batch int, train bool) {
+	if t.devr == nil || t.devr.progs == nil {
+		return
+	}
+	k := progKey{batch, train}
+	if dp, ok := t.devr.progs[k]; ok {
+		dp.e.Free()
+		delete(t.devr.progs, k)
+	}
+}
+
+// devClose frees everything on the device.
+func (t *Trainer) devClose() {
+	d := t.devr
+	if d == nil || d.params == nil {
+		return
+	}
+	for _, dp := range d.progs {
+		dp.e.Free()
+	}
+	for _, g := range d.grads {
+		d.dev.Free(g.Buf)
+	}
+	d.opt.Free()
+	d.params.Free()
+	d.progs, d.grads, d.params = nil, nil, nil
+}

@@ -1,0 +1,119 @@
+package trainer
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/gpu/device"
+)
+
+// deviceConfig is a run that the device path and the CPU follow alike
+// (no dropout: the device draws its masks from its own RNG).
+func deviceConfig(t *testing.T, opt string) Config {
+	cfg := sgdConfig(t)
+	cfg.Optimizer = opt
+	cfg.Momentum = 0.9
+	cfg.WeightDecay = 1e-4
+	cfg.LR = 0.01
+	cfg.MaxSteps = 25
+	return cfg
+}
+
+// TestDeviceTrainingMatchesTheCPU: one process trains through the device
+// executor (the host device: the same kernels a GPU runs, compiled for the
+// CPU) and ends where the CPU path ends, for SGD with momentum and AdamW,
+// with the epoch's evaluation and the final summary on the device's
+// parameters.
+func TestDeviceTrainingMatchesTheCPU(t *testing.T) {
+	for _, opt := range []string{"sgd", "adamw"} {
+		t.Run(opt, func(t *testing.T) {
+			cfg := deviceConfig(t, opt)
+			ref := newTrainer(t, cfg)
+			want, err := ref.Run(context.Background())
+			require.NoError(t, err)
+			dev := newTrainer(t, cfg, WithDevice(device.Host{}))
+			got, err := dev.Run(context.Background())
+			require.NoError(t, err)
+			require.Equal(t, int(cfg.MaxSteps), dev.devr.runs, "every step ran on the device")
+			require.Equal(t, int(cfg.MaxSteps), dev.devr.steps)
+			d := maxAbsDiff(params(ref), params(dev))
+			t.Logf("%s: max |Δ| against the CPU after %d steps: %g", opt, cfg.MaxSteps, d)
+			require.Less(t, d, 1e-5)
+			require.InDelta(t, want.TestLoss, got.TestLoss, 1e-4)
+			// The optimiser state came back to the host too.
+			ws, wstep := ref.opt.State()
+			gs, gstep := dev.opt.State()
+			require.Equal(t, wstep, gstep)
+			for k, v := range ws {
+				require.Less(t, maxAbsDiff([][]float32{v}, [][]float32{gs[k]}), 1e-5, "state %s", k)
+			}
+		})
+	}
+}
+
+// TestDeviceRanksMatchOneProcess: two ranks on devices, unequal shares;
+// the gradients go through the host's all-reduce. They end where one CPU
+// process ends, with identical replicas.
+func TestDeviceRanksMatchOneProcess(t *testing.T) {
+	base := deviceConfig(t, "sgd")
+	ref := newTrainer(t, base)
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	cfgs := []Config{base, base}
+	for r := range cfgs {
+		cfgs[r].Shares = []float64{0.7, 0.3}
+		cfgs[r].AccumSteps = 2
+	}
+	trs := runRanks(t, cfgs, func(int) Option { return WithDevice(device.Host{}) })
+	for _, tr := range trs {
+		require.Equal(t, 2*int(base.MaxSteps), tr.devr.runs, "two micro-batches per step on the device")
+		require.Equal(t, int(base.MaxSteps), tr.devr.steps)
+	}
+	d := maxAbsDiff(params(ref), params(trs[0]))
+	t.Logf("2 ranks on devices: max |Δ| against one CPU process: %g", d)
+	require.Less(t, d, 1e-5)
+	require.Equal(t, params(trs[0]), params(trs[1]))
+}
+
+// TestDeviceCheckpointResumesOnTheCPU: a device run checkpoints its
+// parameters and optimiser state (brought back from the device); a CPU
+// run resumes from it and ends where an uninterrupted CPU run ends.
+func TestDeviceCheckpointResumesOnTheCPU(t *testing.T) {
+	cfg := deviceConfig(t, "adam")
+	ref := newTrainer(t, cfg)
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+
+	first := cfg
+	first.MaxSteps = 11
+	first.CheckpointDir = t.TempDir()
+	_, err = newTrainer(t, first, WithDevice(device.Host{})).Run(context.Background())
+	require.NoError(t, err)
+	second := cfg
+	second.Resume = first.CheckpointDir
+	tr := newTrainer(t, second)
+	_, err = tr.Run(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, ref.Step(), tr.Step())
+	require.Less(t, maxAbsDiff(params(ref), params(tr)), 1e-5)
+}
+
+func TestDeviceRefusesWhatItCannotRunYet(t *testing.T) {
+	for _, tc := range []struct {
+		mut  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.ClipGradNorm = 1 }, "does not clip gradients yet"},
+		{func(c *Config) { c.Sync = "local-sgd" }, "runs --sync allreduce only"},
+	} {
+		cfg := deviceConfig(t, "sgd")
+		cfg.Device = "host"
+		tc.mut(&cfg)
+		require.ErrorContains(t, cfg.Validate(), tc.want)
+	}
+	cfg := deviceConfig(t, "sgd")
+	cfg.Device = "tpu"
+	require.ErrorContains(t, cfg.Validate(), `--device "tpu" is not a device (valid: cpu, gpu, auto)`)
+}
