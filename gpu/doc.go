@@ -1,7 +1,10 @@
-// Package gpu is gotrain's GPU package. Today it monitors devices; with the
-// gpu build tag it will also hold the CUDA executor.
+// Package gpu monitors gotrain's devices: GPUs through NVML, and the CPU.
+// The GPU build's compute lives in the packages below it: gpu/device (the
+// Device interface and the host reference device), gpu/executor (graph/'s
+// programs and the optimisers on a device), gpu/cuda (the CUDA device,
+// gpu build only) and gpu/cudacheck.
 //
-// # What it does now: monitoring
+// # Monitoring
 //
 // A Monitor lists the GPUs once (Devices: index, name, UUID, memory,
 // compute capability, driver and CUDA version) and reads them on demand
@@ -37,13 +40,7 @@
 // "no NVIDIA driver found: ...", followed by the CPU (logical CPUs and the
 // model named in /proc/cpuinfo).
 //
-// # What it will do: the executor of the gpu build
-//
-// Built with -tags gpu, the package will also provide the executor that
-// runs gotrain's Gorgonia graphs with CUDA (gorgonia.org/cu). Those files
-// will carry the gpu build constraint, so the default build keeps compiling
-// and testing without the CUDA toolkit. The monitoring described here has
-// no build tag and is in every build.
+// Monitoring has no build tag and is in every build.
 //
 // # Loading at run time
 //

@@ -105,8 +105,10 @@ func shard(lo, hi, r, w int) (int, int) {
 // sleeps (factor-1)·d, so that it takes factor times as long. A sleep
 // overshoots (by milliseconds on a busy or virtual host, every time, so a
 // rank taking many short steps would be slowed by more than factor): the
-// overshoot is owed back and taken off the next sleeps, which keeps the
-// slowdown at factor over any few steps.
+// overshoot is owed back and taken off the next sleeps, but never more
+// than half of a step's sleep, so that every step stays slowed (the
+// balancer measures the median step of a period) while the slowdown over
+// a few steps stays at factor.
 type straggler struct {
 	factor float64
 	owed   time.Duration // sleep still due; negative: slept ahead
@@ -117,14 +119,15 @@ func (s *straggler) delay(d time.Duration) time.Duration {
 	if s == nil {
 		return 0
 	}
-	s.owed += time.Duration(float64(d) * (s.factor - 1))
-	if s.owed <= 0 {
+	target := time.Duration(float64(d) * (s.factor - 1))
+	want := max(target+s.owed, target/2)
+	if want <= 0 {
 		return 0
 	}
 	t0 := time.Now()
-	time.Sleep(s.owed)
+	time.Sleep(want)
 	slept := time.Since(t0)
-	s.owed -= slept
+	s.owed += target - slept
 	return slept
 }
 
