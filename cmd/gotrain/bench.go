@@ -6,9 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"time"
 
+	"github.com/gotrain/gotrain/gpu/executor"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/graph/cblas"
 	"github.com/gotrain/gotrain/trainer"
@@ -37,6 +41,8 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Optimizer, "optimizer", cfg.Optimizer, "optimiser: sgd, adam or adamw")
 	fs.Float64Var(&cfg.LR, "lr", cfg.LR, "learning rate")
 	fs.IntVar(&cfg.Threads, "threads", 2, "threads for matrix products and kernels")
+	fs.StringVar(&cfg.Device, "device", "cpu", "cpu, gpu (GPU LOCAL_RANK, the gpu build) or host (the GPU code path on the CPU)")
+	peak := fs.Float64("peak-tflops", 0, "the device's peak TFLOP/s, to report model FLOP utilisation (e.g. 67 for an H100 SXM in FP32)")
 	steps := fs.Int("steps", 200, "timed steps")
 	warmup := fs.Int("warmup", 20, "untimed warm-up steps")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -62,31 +68,75 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	}
 	const nb = 16
 	ds := data.Synthetic(nb*cfg.BatchSize, 28, 28, 10, 1)
-	// The gradient buffers exist once the program has run.
-	if _, err := prog.Run(rand.New(rand.NewPCG(1, 1))); err != nil {
-		return err
-	}
-	ps := make([]optim.Param, len(m.Params))
-	for i, p := range m.Params {
-		ps[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: prog.Grad(i)}
-	}
-	opt, err := optim.New(optim.Config{Name: cfg.Optimizer, Momentum: 0.9}, ps)
+	layout, err := prog.Layout()
 	if err != nil {
 		return err
 	}
+	flops := executor.FLOPs(layout)
 	idx := make([]int, cfg.BatchSize)
-	rng := rand.New(rand.NewPCG(1, 2))
 	var loss float32
-	step := func(i int) error {
-		for j := range idx {
-			idx[j] = (i%nb)*cfg.BatchSize + j
-		}
-		ds.Batch(idx, prog.X, prog.Y)
-		if loss, err = prog.Run(rng); err != nil {
+	var step func(i int) error
+	devName := "cpu"
+	if cfg.Device != "cpu" {
+		dev, err := openDevice(cfg, localRank(), slog.New(slog.NewTextHandler(stderr, nil)))
+		if err != nil {
 			return err
 		}
-		opt.Step(ps, cfg.LR)
-		return nil
+		if dev == nil {
+			return fmt.Errorf("%w: --device %s: no device (auto found none)", errUsage, cfg.Device)
+		}
+		defer dev.Close()
+		devName = dev.Name()
+		params, err := executor.UploadParams(dev, m)
+		if err != nil {
+			return err
+		}
+		defer params.Free()
+		e, err := executor.Compile(dev, prog, params)
+		if err != nil {
+			return err
+		}
+		defer e.Free()
+		opt, err := executor.NewOptimizer(dev, optim.Config{Name: cfg.Optimizer, Momentum: 0.9}, params.T)
+		if err != nil {
+			return err
+		}
+		defer opt.Free()
+		step = func(i int) error {
+			for j := range idx {
+				idx[j] = (i%nb)*cfg.BatchSize + j
+			}
+			ds.Batch(idx, prog.X, prog.Y)
+			if loss, err = e.Run(prog.X, prog.Y, 1, uint64(i)); err != nil {
+				return err
+			}
+			return opt.Step(params.T, e.Grads(), cfg.LR)
+		}
+	} else {
+		// The gradient buffers exist once the program has run.
+		if _, err := prog.Run(rand.New(rand.NewPCG(1, 1))); err != nil {
+			return err
+		}
+		ps := make([]optim.Param, len(m.Params))
+		for i, p := range m.Params {
+			ps[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: prog.Grad(i)}
+		}
+		opt, err := optim.New(optim.Config{Name: cfg.Optimizer, Momentum: 0.9}, ps)
+		if err != nil {
+			return err
+		}
+		rng := rand.New(rand.NewPCG(1, 2))
+		step = func(i int) error {
+			for j := range idx {
+				idx[j] = (i%nb)*cfg.BatchSize + j
+			}
+			ds.Batch(idx, prog.X, prog.Y)
+			if loss, err = prog.Run(rng); err != nil {
+				return err
+			}
+			opt.Step(ps, cfg.LR)
+			return nil
+		}
 	}
 	for i := 0; i < *warmup; i++ {
 		if err := step(i); err != nil {
@@ -100,9 +150,21 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	dt := time.Since(t0).Seconds()
-	return json.NewEncoder(stdout).Encode(map[string]any{
-		"impl": "gotrain", "version": trainer.Version, "blas": cblas.Backend(), "model": cfg.Model,
-		"batch_size": cfg.BatchSize, "optimizer": cfg.Optimizer, "threads": cfg.Threads, "steps": *steps,
+	tflops := float64(flops) * float64(*steps) / dt / 1e12
+	rec := map[string]any{
+		"impl": "gotrain", "version": trainer.Version, "blas": cblas.Backend(), "model": cfg.Model, "hidden": cfg.ModelSpec().Hidden,
+		"batch_size": cfg.BatchSize, "optimizer": cfg.Optimizer, "threads": cfg.Threads, "steps": *steps, "device": devName,
 		"seconds": dt, "samples_per_sec": float64(*steps*cfg.BatchSize) / dt, "loss": loss,
-	})
+		"model_flops_per_step": flops, "tflops": tflops,
+	}
+	if *peak > 0 {
+		rec["mfu"] = tflops / *peak
+	}
+	return json.NewEncoder(stdout).Encode(rec)
+}
+
+// localRank is LOCAL_RANK, 0 when unset.
+func localRank() int {
+	r, _ := strconv.Atoi(os.Getenv("LOCAL_RANK"))
+	return max(r, 0)
 }

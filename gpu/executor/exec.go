@@ -373,3 +373,37 @@ func (o *Optimizer) LoadState(names []string, st map[string][]float32, step int6
 	o.step = step
 	return nil
 }
+
+// FLOPs is the number of floating-point operations of one run of the
+// program's matrix products (Linear, MatMul and the convolutions, counted
+// as 2·m·n·k each): the model FLOPs that utilisation figures divide by the
+// device's peak. Elementwise ops are left out, as is usual.
+func FLOPs(l *graph.Layout) int64 {
+	var f int64
+	for _, n := range l.Nodes {
+		if n.Role != graph.RoleOp {
+			continue
+		}
+		in := func(i int) []int { return l.Nodes[n.Inputs[i]].Shape }
+		switch n.Op.Kind() {
+		case graph.OpLinear: // X[N,in] W[out,in]
+			f += 2 * int64(in(0)[0]) * int64(in(0)[1]) * int64(in(1)[0])
+		case graph.OpMatMul: // out [m,n], inner k
+			a := in(0)
+			k := a[1]
+			if t, _ := n.Op.Attrs()["trans_a"].(bool); t {
+				k = a[0]
+			}
+			f += 2 * int64(n.Shape[0]) * int64(n.Shape[1]) * int64(k)
+		case graph.OpConv2D: // X[N,C,H,W] W[K,C,kh,kw] -> [N,K,OH,OW]
+			w := in(1)
+			f += 2 * int64(size(n.Shape)) * int64(w[1]*w[2]*w[3])
+		case graph.OpConv2DGradInput: // dY[N,K,OH,OW], W -> dX: the same products as the forward
+			w := in(1)
+			f += 2 * int64(size(in(0))) * int64(w[1]*w[2]*w[3])
+		case graph.OpConv2DGradW: // X, dY[N,K,OH,OW] -> dW[K,C,kh,kw]
+			f += 2 * int64(size(in(1))) * int64(n.Shape[1]*n.Shape[2]*n.Shape[3])
+		}
+	}
+	return f
+}

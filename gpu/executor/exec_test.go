@@ -142,3 +142,22 @@ func TestDropoutOnTheDevice(t *testing.T) {
 		require.ErrorContains(t, err, "label 10 of sample 3 is not a class of this model (0 to 9)")
 	}
 }
+
+// TestFLOPs: the MLP's training step is 3 products per layer (forward, the
+// input's gradient except at the first layer, the weight's gradient).
+func TestFLOPs(t *testing.T) {
+	m, err := graph.New(graph.Spec{Kind: "mlp", InC: 1, InH: 28, InW: 28, Classes: 10, Hidden: []int{256}}, 1)
+	require.NoError(t, err)
+	p, err := m.Program(64, true)
+	require.NoError(t, err)
+	l, err := p.Layout()
+	require.NoError(t, err)
+	mac := int64(64) * (784*256 + 256*10)
+	want := 2 * (2*mac + 64*256*10) // forward and weight gradients of both layers, input gradient of the second
+	require.Equal(t, want, FLOPs(l))
+	e, err := m.Program(64, false)
+	require.NoError(t, err)
+	el, err := e.Layout()
+	require.NoError(t, err)
+	require.Equal(t, 2*mac, FLOPs(el), "evaluation: the forward only")
+}

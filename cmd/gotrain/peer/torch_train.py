@@ -53,18 +53,29 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    ap.add_argument("--allow-tf32", action="store_true",
+                    help="let cuBLAS and cuDNN use TF32 (off: FP32 throughout, like gotrain's --precision fp32)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = a.allow_tf32
+        torch.backends.cudnn.allow_tf32 = a.allow_tf32
     torch.manual_seed(1)
     hidden = [int(h) for h in a.hidden.split(",") if h]
-    model = MLP(hidden or [256]) if a.model == "mlp" else CNN(*(hidden[:1] or [128]))
+    model = (MLP(hidden or [256]) if a.model == "mlp" else CNN(*(hidden[:1] or [128]))).to(dev)
     opt = {"sgd": lambda p: torch.optim.SGD(p, lr=a.lr, momentum=0.9),
            "adam": lambda p: torch.optim.Adam(p, lr=a.lr),
            "adamw": lambda p: torch.optim.AdamW(p, lr=a.lr)}[a.optimizer](model.parameters())
     nb = 16
-    xs = torch.rand(nb, a.batch_size, 1, 28, 28)
-    ys = torch.randint(0, 10, (nb, a.batch_size))
+    xs = torch.rand(nb, a.batch_size, 1, 28, 28, device=dev)
+    ys = torch.randint(0, 10, (nb, a.batch_size), device=dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     def step(i):
         x, y = xs[i % nb], ys[i % nb]
@@ -76,12 +87,14 @@ def main():
 
     for i in range(a.warmup):
         step(i)
+    sync()
     t0 = time.perf_counter()
     for i in range(a.steps):
         loss = step(i)
-    loss = float(loss)
+    loss = float(loss)  # waits for the device
     dt = time.perf_counter() - t0
-    print(json.dumps({"impl": "pytorch", "version": torch.__version__, "model": a.model,
+    print(json.dumps({"impl": "pytorch", "version": torch.__version__, "model": a.model, "device": str(dev),
+                      "tf32": a.allow_tf32 if dev.type == "cuda" else False,
                       "batch_size": a.batch_size, "optimizer": a.optimizer, "threads": a.threads,
                       "steps": a.steps, "seconds": dt, "samples_per_sec": a.steps * a.batch_size / dt,
                       "loss": loss}))
