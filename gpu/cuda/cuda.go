@@ -2,32 +2,18 @@
 
 package cuda
 
-/*
-#cgo LDFLAGS: -lcublas
-#include <cublas_v2.h>
-
-static cublasStatus_t sgemm(cublasHandle_t h, int ta, int tb, int m, int n, int k, float alpha,
-                            unsigned long long a, int lda, unsigned long long b, int ldb, float beta,
-                            unsigned long long c, int ldc) {
-	return cublasSgemm(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
-	                   (const float *)a, lda, (const float *)b, ldb, &beta, (float *)c, ldc);
-}
-*/
-import "C"
-
 import (
 	"errors"
 	"fmt"
 	"runtime"
-	"strings"
 	"sync"
 	"unsafe"
 
 	"gorgonia.org/cu"
-	"gorgonia.org/cu/nvrtc"
 
 	"github.com/gotrain/gotrain/csrc"
 	"github.com/gotrain/gotrain/gpu/device"
+	"github.com/gotrain/gotrain/gpu/nvrtc"
 )
 
 // Count is the number of CUDA devices.
@@ -48,7 +34,7 @@ type Device struct {
 	name    string
 	mod     cu.Module
 	fns     map[string]cu.Function
-	blas    C.cublasHandle_t
+	blas    blasHandle
 	mu      sync.Mutex
 }
 
@@ -64,18 +50,9 @@ func compile(arch string) (string, error) {
 	if p, ok := ptx[arch]; ok {
 		return p, nil
 	}
-	prog, err := nvrtc.CreateProgram(csrc.Source, "kernels.cu")
+	p, err := nvrtc.Compile(csrc.Source, arch, "--std=c++11")
 	if err != nil {
-		return "", fmt.Errorf("cuda: NVRTC: %w", err)
-	}
-	defer prog.Destroy()
-	if err := prog.Compile("--gpu-architecture=compute_"+arch, "--std=c++11"); err != nil {
-		log, _ := prog.GetLog()
-		return "", fmt.Errorf("cuda: NVRTC could not compile csrc/kernels.cu for compute_%s: %w\n%s", arch, err, strings.TrimSpace(log))
-	}
-	p, err := prog.GetPTX()
-	if err != nil {
-		return "", fmt.Errorf("cuda: NVRTC: %w", err)
+		return "", err
 	}
 	ptx[arch] = p
 	return p, nil
@@ -83,6 +60,9 @@ func compile(arch string) (string, error) {
 
 // Open opens GPU ordinal.
 func Open(ordinal int) (device.Device, error) {
+	if err := loadLibs(); err != nil {
+		return nil, err
+	}
 	n, err := cu.NumDevices()
 	if err != nil {
 		return nil, fmt.Errorf("cuda: counting devices: %w", err)
@@ -116,8 +96,8 @@ func Open(ordinal int) (device.Device, error) {
 				return fmt.Errorf("cuda: %s: kernel %s: %w", d.name, k, err)
 			}
 		}
-		if st := C.cublasCreate(&d.blas); st != C.CUBLAS_STATUS_SUCCESS {
-			return fmt.Errorf("cuda: %s: cublasCreate: status %d", d.name, int(st))
+		if st := blasCreate(&d.blas); st != 0 {
+			return fmt.Errorf("cuda: %s: cublasCreate: status %d", d.name, st)
 		}
 		return nil
 	})
@@ -255,17 +235,9 @@ func (d *Device) Gemm(ta, tb bool, m, n, k int, alpha float32, a device.Buffer, 
 	if err != nil {
 		return err
 	}
-	flag := func(t bool) C.int {
-		if t {
-			return 1
-		}
-		return 0
-	}
 	return d.do(func() error {
-		st := C.sgemm(d.blas, flag(tb), flag(ta), C.int(n), C.int(m), C.int(k), C.float(alpha),
-			C.ulonglong(bb.p), C.int(ldb), C.ulonglong(ab.p), C.int(lda), C.float(beta), C.ulonglong(cb.p), C.int(ldc))
-		if st != C.CUBLAS_STATUS_SUCCESS {
-			return fmt.Errorf("cuda: %s: cublasSgemm(%d×%d×%d): status %d", d.name, m, n, k, int(st))
+		if st := blasSgemm(d.blas, tb, ta, n, m, k, alpha, uintptr(bb.p), ldb, uintptr(ab.p), lda, beta, uintptr(cb.p), ldc); st != 0 {
+			return fmt.Errorf("cuda: %s: cublasSgemm(%d×%d×%d): status %d", d.name, m, n, k, st)
 		}
 		return nil
 	})
@@ -286,8 +258,8 @@ func (d *Device) Close() error {
 	var errs []error
 	_ = d.do(func() error {
 		if d.blas != nil {
-			if st := C.cublasDestroy(d.blas); st != C.CUBLAS_STATUS_SUCCESS {
-				errs = append(errs, fmt.Errorf("cublasDestroy: status %d", int(st)))
+			if st := blasDestroy(d.blas); st != 0 {
+				errs = append(errs, fmt.Errorf("cublasDestroy: status %d", st))
 			}
 			d.blas = nil
 		}
