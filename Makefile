@@ -13,7 +13,7 @@ APT_RUN  := libopenblas0-pthread dataset-fashion-mnist
 APT_TEST := $(APT_RUN) python3-torch python3-numpy iproute2 etcd-server
 OUT     := out
 
-.PHONY: image image-cpu all build build-gpu check-gpu gpu-test deps-cuda train test test-short race fuzz bench bench-allreduce bench-balance lint deps deps-test data clean FORCE
+.PHONY: image image-cpu all build build-gpu check-gpu gpu-test gpu-bundle deps-cuda train test test-short race fuzz bench bench-allreduce bench-balance lint deps deps-test data clean FORCE
 
 all: build
 
@@ -74,6 +74,17 @@ check-gpu:
 # (every op against the CPU, MLP and CNN training against the CPU).
 gpu-test:
 	$(GO) test -count=1 -tags gpu -v ./gpu/executor/ ./csrc/
+
+# gpu-bundle builds, here, what a GPU machine without Go runs
+# (gpu/cuda/run-on-gpu.sh): the gpu binary and the executor's gpu test
+# binary. They link only libcuda.so.1 and load cuBLAS and NVRTC of any CUDA
+# version at run time. On the device: carry bin/gpu and run
+#   bash gpu/cuda/run-on-gpu.sh
+gpu-bundle:
+	@mkdir -p bin/gpu
+	$(GO) build -tags gpu -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/gpu/gotrain-gpu ./cmd/gotrain
+	$(GO) test -tags gpu -trimpath -ldflags "-s -w" -c -o bin/gpu/executor.test ./gpu/executor
+	@du -ch bin/gpu/* | tail -1
 
 # deps-cuda enables Debian's contrib and non-free components and installs
 # the CUDA 11.8 headers and libraries (about 1.5 GB).

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU checks, on a machine with a GPU and no Go toolchain: it runs what
+# 'make gpu-bundle' built (carry bin/gpu along) from the repository's root.
+#   1. the conformance suite and the training tests of gpu/executor on GPU 0
+#      (every op against the CPU, fresh random inputs, outputs poisoned;
+#      MLP and CNN training against the CPU), next to the host device;
+#   2. the benchmark against PyTorch eager on the same card.
+# cuBLAS and NVRTC are found in the CUDA toolkit or in the Python wheels
+# (nvidia-cublas, nvidia-cuda-nvrtc) that PyTorch brings.
+set -uo pipefail
+B=${1:-bin/gpu}
+dirs=(/usr/local/cuda/lib64)
+for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
+  for f in "$sp"/nvidia/*/lib/libcublas.so.* "$sp"/nvidia/*/lib/libnvrtc.so.* "$sp"/nvidia/cu*/lib/libcublas.so.* "$sp"/nvidia/cu*/lib/libnvrtc.so.*; do
+    [ -e "$f" ] && dirs+=("$(dirname "$f")")
+  done
+done
+LD_LIBRARY_PATH=$(printf '%s:' "${dirs[@]}")${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH
+nvidia-smi -L || true
+echo "== conformance and training tests on the GPU"
+"$B/executor.test" -test.v -test.count=1 2>&1 | grep -E '^(---|===|ok|FAIL|PASS|panic)|Error|cuda' | grep -v '^=== RUN' | tail -80
+echo "== benchmark against PyTorch"
+python3 cmd/gotrain/peer/compare_gpu.py "$B/gotrain-gpu" --repeats "${REPEATS:-5}" --peak-tflops "${PEAK_TFLOPS:-67}"
