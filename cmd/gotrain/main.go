@@ -28,6 +28,7 @@ import (
 	"github.com/gotrain/gotrain/cmd/gotrain/launch"
 	"github.com/gotrain/gotrain/cmd/gotrain/plot"
 	"github.com/gotrain/gotrain/gpu"
+	"github.com/gotrain/gotrain/gpu/cuda"
 	"github.com/gotrain/gotrain/graph/cblas"
 	"github.com/gotrain/gotrain/trainer"
 	"github.com/gotrain/gotrain/trainer/checkpoint"
@@ -306,7 +307,7 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	}
 	defer j.Close()
 	rank, local := 0, 0
-	opts := []trainer.Option{trainer.WithData(train, test), trainer.WithLogger(logger), trainer.WithHeadroom(rankHeadroom(logger))}
+	opts := []trainer.Option{trainer.WithData(train, test), trainer.WithLogger(logger)}
 	if j != nil {
 		rank, local = j.env.Rank, j.env.LocalRank
 		opts = append(opts, trainer.WithCommunicator(j.comm))
@@ -329,6 +330,13 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	}
 	sampler, stopDevices := devices(2*time.Second, logger)
 	defer stopDevices()
+	// The balancer bounds a rank's share by its free memory: its GPU's
+	// (NVML) when it trains on one, else the machine's.
+	if cuda.IsGPU(dev) && sampler != nil {
+		opts = append(opts, trainer.WithHeadroom(gpuHeadroom(func() []gpu.DeviceStats { s, _ := sampler.Latest(); return s }, local)))
+	} else {
+		opts = append(opts, trainer.WithHeadroom(rankHeadroom(logger)))
+	}
 	if sampler != nil {
 		opts = append(opts, trainer.WithDeviceStats(func() []metrics.GPU {
 			stats, _ := sampler.Latest()

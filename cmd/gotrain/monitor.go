@@ -68,6 +68,20 @@ func rankHeadroom(log *slog.Logger) func() gpu.Headroom {
 	}
 }
 
+// gpuHeadroom is the headroom of the GPU a rank trains on (LOCAL_RANK
+// local), from the sampler's newest sample; a GPU missing from it reports
+// no bound.
+func gpuHeadroom(latest func() []gpu.DeviceStats, local int) func() gpu.Headroom {
+	return func() gpu.Headroom {
+		for _, d := range latest() {
+			if d.Index == local {
+				return gpu.DeviceHeadroom(d)
+			}
+		}
+		return gpu.Headroom{}
+	}
+}
+
 // gpuRecords converts a sample for the metrics file's train records.
 func gpuRecords(stats []gpu.DeviceStats) []metrics.GPU {
 	out := make([]metrics.GPU, len(stats))

@@ -21,3 +21,18 @@ func TestGPULine(t *testing.T) {
 	require.Equal(t, "", gpuLine(stats, 3), "a LOCAL_RANK without a GPU")
 	require.Equal(t, "", gpuLine(nil, 0))
 }
+
+// TestGPUHeadroomIsTheRanksGPU: a rank on GPU 1 is bounded by GPU 1's free
+// memory, clock and slowdown, not another's; a GPU missing from the sample
+// gives no bound.
+func TestGPUHeadroomIsTheRanksGPU(t *testing.T) {
+	stats := []gpu.DeviceStats{
+		{Index: 0, MemFreeBytes: 10 << 30, SMClockMHz: 1980},
+		{Index: 1, MemFreeBytes: 3 << 30, SMClockMHz: 1500, ThrottleReasons: gpu.ThrottleSWThermal | gpu.ThrottleIdle},
+	}
+	h := gpuHeadroom(func() []gpu.DeviceStats { return stats }, 1)()
+	require.Equal(t, uint64(3<<30), h.FreeBytes)
+	require.Equal(t, 1500.0, h.ClockMHz)
+	require.Equal(t, gpu.ThrottleSWThermal, h.Slowdown, "idle is not a slowdown")
+	require.Zero(t, gpuHeadroom(func() []gpu.DeviceStats { return stats }, 5)())
+}

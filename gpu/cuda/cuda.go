@@ -270,3 +270,9 @@ func (d *Device) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// IsGPU reports whether d is a CUDA device.
+func IsGPU(d device.Device) bool {
+	_, ok := d.(*Device)
+	return ok
+}

@@ -9,3 +9,6 @@ func Open(ordinal int) (device.Device, error) { return nil, ErrNotBuilt }
 
 // Count is 0 in a build without CUDA.
 func Count() (int, error) { return 0, ErrNotBuilt }
+
+// IsGPU is false: this build has no CUDA devices.
+func IsGPU(device.Device) bool { return false }
