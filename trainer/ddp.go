@@ -18,6 +18,7 @@ import (
 
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/balance"
+	"github.com/gotrain/gotrain/trainer/data"
 	"github.com/gotrain/gotrain/trainer/dist"
 	"github.com/gotrain/gotrain/trainer/metrics"
 	"github.com/gotrain/gotrain/trainer/optim"
@@ -902,7 +903,13 @@ func (t *Trainer) evaluateShard(ctx context.Context) (acc, loss float64, err err
 	var sums [2]float64
 	if hi > lo {
 		part := t.test.Slice(lo, hi)
-		a, l, err := Evaluate(t.Model, part, t.cfg.EvalBatchSize)
+		evaluate := Evaluate
+		if t.devr != nil && t.devr.params != nil {
+			evaluate = func(_ *graph.Model, ds *data.Dataset, batch int) (float64, float64, error) {
+				return t.devEvaluate(ds, batch)
+			}
+		}
+		a, l, err := evaluate(t.Model, part, t.cfg.EvalBatchSize)
 		if err != nil {
 			return 0, 0, err
 		}

@@ -1,11 +1,14 @@
 package trainer
 
 import (
+	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/gpu/executor"
 	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/trainer/data"
 )
 
 // Training on a device
@@ -16,8 +19,8 @@ import (
 // job of several ranks the gradients come back to the host buckets, are
 // all-reduced there like the CPU's, and go up again for the optimiser. The
 // host's copies of the parameters and the optimiser state are brought up to
-// date (hostSync) where the host needs them: evaluation, checkpoints, the
-// replica check and the end of the run. Dropout masks come from the
+// date (hostSync) where the host needs them: checkpoints, the replica
+// check and the end of the run. Evaluation runs on the device too. Dropout masks come from the
 // device's RNG, so a run with dropout follows another random sequence than
 // on the CPU; without dropout it follows the CPU's run to rounding.
 
@@ -33,6 +36,7 @@ type devRun struct {
 	stale  bool // the host's parameters and optimiser state are behind
 	runs   int  // programs run on the device
 	steps  int  // optimiser steps on the device
+	evals  int  // evaluation batches on the device
 }
 
 type progKey struct {
@@ -206,4 +210,56 @@ func (t *Trainer) devClose() {
 	d.opt.Free()
 	d.params.Free()
 	d.progs, d.grads, d.params = nil, nil, nil
+}
+
+// devEvaluate is Evaluate on the device: the evaluation programs run there
+// and only the losses and logits come back.
+func (t *Trainer) devEvaluate(ds *data.Dataset, batch int) (accuracy, loss float64, err error) {
+	if ds.N == 0 {
+		return 0, 0, errors.New("evaluate: empty dataset")
+	}
+	idx := make([]int, 0, batch)
+	var logits []float32
+	var correct int
+	var total float64
+	for lo := 0; lo < ds.N; lo += batch {
+		hi := min(lo+batch, ds.N)
+		prog, err := t.Model.Program(hi-lo, false)
+		if err != nil {
+			return 0, 0, err
+		}
+		idx = idx[:0]
+		for i := lo; i < hi; i++ {
+			idx = append(idx, i)
+		}
+		ds.Batch(idx, prog.X, prog.Y)
+		e, err := t.devProgram(prog)
+		if err != nil {
+			return 0, 0, err
+		}
+		l, err := e.Run(prog.X, prog.Y, 0, 0)
+		if err != nil {
+			return 0, 0, fmt.Errorf("device %s: evaluation: %w", t.devr.dev.Name(), err)
+		}
+		k := t.Model.Spec.Classes
+		logits = slices.Grow(logits[:0], (hi-lo)*k)[:(hi-lo)*k]
+		if err := e.Logits(logits); err != nil {
+			return 0, 0, err
+		}
+		for i := range hi - lo {
+			row := logits[i*k : (i+1)*k]
+			best := 0
+			for j, v := range row {
+				if v > row[best] {
+					best = j
+				}
+			}
+			if best == int(prog.Y[i]) {
+				correct++
+			}
+		}
+		total += float64(l) * float64(hi-lo)
+		t.devr.evals++
+	}
+	return float64(correct) / float64(ds.N), total / float64(ds.N), nil
 }

@@ -42,6 +42,8 @@ func TestDeviceTrainingMatchesTheCPU(t *testing.T) {
 			t.Logf("%s: max |Δ| against the CPU after %d steps: %g", opt, cfg.MaxSteps, d)
 			require.Less(t, d, 1e-5)
 			require.InDelta(t, want.TestLoss, got.TestLoss, 1e-4)
+			require.Equal(t, want.TestAccuracy, got.TestAccuracy)
+			require.Equal(t, 1, dev.devr.evals, "the evaluation (200 samples, batches of 250) ran on the device")
 			// The optimiser state came back to the host too.
 			ws, wstep := ref.opt.State()
 			gs, gstep := dev.opt.State()
