@@ -546,19 +546,21 @@ func (p *Program) Grad(i int) []float32 {
 }
 
 // Correct counts the rows of the last Run whose arg-max logit is the label.
-func (p *Program) Correct() int {
-	l := p.Logits()
-	k := len(l) / p.Batch
+func (p *Program) Correct() int { return CountCorrect(p.Logits(), p.Y, len(p.Logits())/p.Batch) }
+
+// CountCorrect counts the rows of logits ([n, k]) whose largest value (the
+// first, on ties) is at the row's label.
+func CountCorrect(logits, labels []float32, k int) int {
 	c := 0
-	for i := 0; i < p.Batch; i++ {
-		row := l[i*k : (i+1)*k]
+	for i := range labels {
+		row := logits[i*k : (i+1)*k]
 		best := 0
 		for j, v := range row {
 			if v > row[best] {
 				best = j
 			}
 		}
-		if best == int(p.Y[i]) {
+		if best == int(labels[i]) {
 			c++
 		}
 	}

@@ -198,16 +198,24 @@ func TestUnequalSharesEqualOneProcess(t *testing.T) {
 	}
 }
 
+// stragglerBase is the config of the balancing tests, on a model whose
+// steps take milliseconds, so that the straggler's sleeps dwarf the
+// timer's noise, and the reference: one process's run of it.
+func stragglerBase(t *testing.T, steps int64) (Config, *Trainer) {
+	base := sgdConfig(t)
+	base.MaxSteps = steps
+	base.Hidden = []int{256}
+	ref := newTrainer(t, base)
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	return base, ref
+}
+
 // TestAdaptiveBalancingFavoursTheFastRank: with a 4x straggler the
 // balancer re-plans, every rank takes the same decisions, the fast rank
 // gets the larger share, and the result still equals one process's.
 func TestAdaptiveBalancingFavoursTheFastRank(t *testing.T) {
-	base := sgdConfig(t)
-	base.MaxSteps = 30
-	base.Hidden = []int{256} // steps of milliseconds: the straggler's sleeps dwarf the timer's noise
-	ref := newTrainer(t, base)
-	_, err := ref.Run(context.Background())
-	require.NoError(t, err)
+	base, ref := stragglerBase(t, 30)
 	cfgs := make([]Config, 2)
 	recs := []*balanceRecorder{{}, {}}
 	for r := range cfgs {
@@ -234,12 +242,7 @@ func TestAdaptiveBalancingFavoursTheFastRank(t *testing.T) {
 // equal shares, and still end where one process ends. A job of another
 // size starts from equal shares.
 func TestResumeKeepsTheShares(t *testing.T) {
-	base := sgdConfig(t)
-	base.MaxSteps = 13
-	base.Hidden = []int{256} // steps of milliseconds: the straggler's sleeps dwarf the timer's noise
-	ref := newTrainer(t, base)
-	_, err := ref.Run(context.Background())
-	require.NoError(t, err)
+	base, ref := stragglerBase(t, 13)
 
 	dir := t.TempDir()
 	cfgs := make([]Config, 2)

@@ -1,7 +1,6 @@
 package trainer
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 
@@ -215,51 +214,22 @@ func (t *Trainer) devClose() {
 // devEvaluate is Evaluate on the device: the evaluation programs run there
 // and only the losses and logits come back.
 func (t *Trainer) devEvaluate(ds *data.Dataset, batch int) (accuracy, loss float64, err error) {
-	if ds.N == 0 {
-		return 0, 0, errors.New("evaluate: empty dataset")
-	}
-	idx := make([]int, 0, batch)
 	var logits []float32
-	var correct int
-	var total float64
-	for lo := 0; lo < ds.N; lo += batch {
-		hi := min(lo+batch, ds.N)
-		prog, err := t.Model.Program(hi-lo, false)
+	return evaluate(t.Model, ds, batch, func(p *graph.Program) (float32, int, error) {
+		e, err := t.devProgram(p)
 		if err != nil {
 			return 0, 0, err
 		}
-		idx = idx[:0]
-		for i := lo; i < hi; i++ {
-			idx = append(idx, i)
-		}
-		ds.Batch(idx, prog.X, prog.Y)
-		e, err := t.devProgram(prog)
-		if err != nil {
-			return 0, 0, err
-		}
-		l, err := e.Run(prog.X, prog.Y, 0, 0)
+		l, err := e.Run(p.X, p.Y, 0, 0)
 		if err != nil {
 			return 0, 0, fmt.Errorf("device %s: evaluation: %w", t.devr.dev.Name(), err)
 		}
 		k := t.Model.Spec.Classes
-		logits = slices.Grow(logits[:0], (hi-lo)*k)[:(hi-lo)*k]
+		logits = slices.Grow(logits[:0], p.Batch*k)[:p.Batch*k]
 		if err := e.Logits(logits); err != nil {
 			return 0, 0, err
 		}
-		for i := range hi - lo {
-			row := logits[i*k : (i+1)*k]
-			best := 0
-			for j, v := range row {
-				if v > row[best] {
-					best = j
-				}
-			}
-			if best == int(prog.Y[i]) {
-				correct++
-			}
-		}
-		total += float64(l) * float64(hi-lo)
 		t.devr.evals++
-	}
-	return float64(correct) / float64(ds.N), total / float64(ds.N), nil
+		return l, graph.CountCorrect(logits, p.Y, k), nil
+	})
 }

@@ -514,6 +514,21 @@ func (t *Trainer) diverged(loss float64) error {
 // Evaluate returns the accuracy and mean loss of m on every sample of ds,
 // in batches of at most batch samples.
 func Evaluate(m *graph.Model, ds *data.Dataset, batch int) (accuracy, loss float64, err error) {
+	return evaluate(m, ds, batch, func(p *graph.Program) (float32, int, error) {
+		l, err := p.Run(nil)
+		if err != nil {
+			return 0, 0, err
+		}
+		return l, p.Correct(), nil
+	})
+}
+
+// evaluate runs m's evaluation programs over ds in batches with run, which
+// returns a batch's mean loss and its correct predictions.
+func evaluate(m *graph.Model, ds *data.Dataset, batch int, run func(*graph.Program) (float32, int, error)) (accuracy, loss float64, err error) {
+	if ds.N == 0 {
+		return 0, 0, errors.New("evaluate: empty dataset")
+	}
 	idx := make([]int, 0, batch)
 	var correct int
 	var total float64
@@ -528,15 +543,12 @@ func Evaluate(m *graph.Model, ds *data.Dataset, batch int) (accuracy, loss float
 			idx = append(idx, i)
 		}
 		ds.Batch(idx, prog.X, prog.Y)
-		l, err := prog.Run(nil)
+		l, c, err := run(prog)
 		if err != nil {
 			return 0, 0, err
 		}
 		total += float64(l) * float64(hi-lo)
-		correct += prog.Correct()
-	}
-	if ds.N == 0 {
-		return 0, 0, errors.New("evaluate: empty dataset")
+		correct += c
 	}
 	return float64(correct) / float64(ds.N), total / float64(ds.N), nil
 }
