@@ -3,6 +3,7 @@ package csrc
 import (
 	"math"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 )
@@ -59,4 +60,44 @@ func TestDropoutMask(t *testing.T) {
 	}
 	// Binomial: standard deviation sqrt(n·0.25·0.75) ≈ 137.
 	require.InDelta(t, 0.75*n, float64(kept), 5*math.Sqrt(n*0.25*0.75))
+}
+
+// TestRoundMantissa: bfloat16 and TF32 rounding to nearest, ties to even,
+// with NaN and infinity unchanged; to_bf16 stores the upper half of the
+// rounded float.
+func TestRoundMantissa(t *testing.T) {
+	in := []float32{1, 1 + 1.0/256, 1 + 3.0/256, 1 + 1.0/2048, -2.5 - 1.0/256, 3.4e38, float32(math.Inf(-1)), float32(math.NaN()), 1e-40}
+	bf16 := []float32{1, 1, 1 + 4.0/256, 1, -2.5, float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN()), 0}
+	tf32 := []float32{1, 1 + 1.0/256, 1 + 3.0/256, 1, -2.5 - 1.0/256, 3.4e38, float32(math.Inf(-1)), float32(math.NaN()), 0}
+	n := len(in)
+	x, y, h := Alloc(4*n), Alloc(4*n), Alloc(2*n)
+	defer x.Free()
+	defer y.Free()
+	defer h.Free()
+	copy(x.Float32s(), in)
+	for _, tc := range []struct {
+		keep int32
+		want []float32
+	}{{7, bf16}, {10, tf32}} {
+		require.NoError(t, Launch("round_mantissa", x, y, n, tc.keep))
+		for i, w := range tc.want {
+			got := y.Float32s()[i]
+			switch {
+			case math.IsNaN(float64(w)):
+				require.True(t, math.IsNaN(float64(got)), "keep %d: %g", tc.keep, in[i])
+			case tc.keep == 10 && i == 5:
+				require.InEpsilon(t, w, got, 1e-3, "keep %d: %g", tc.keep, in[i])
+			case in[i] == 1e-40: // subnormal: rounds within its own scale
+				require.InDelta(t, 0, got, 1e-39)
+			default:
+				require.Equal(t, w, got, "keep %d: %g", tc.keep, in[i])
+			}
+		}
+	}
+	require.NoError(t, Launch("round_mantissa", x, y, n, int32(7)))
+	require.NoError(t, Launch("to_bf16", x, h, n))
+	halves := unsafe.Slice((*uint16)(unsafe.Pointer(h.Addr())), n)
+	for i, v := range y.Float32s() {
+		require.Equal(t, uint16(math.Float32bits(v)>>16), halves[i], "value %d", i)
+	}
 }

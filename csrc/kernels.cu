@@ -244,6 +244,33 @@ KERNEL dropout_mask(float *m, long n, float p, unsigned long long seed, unsigned
 	}
 }
 
+// ---- reduced precision for matrix products (--precision) ----
+// The bits of x rounded to its nearest value with `keep` mantissa bits
+// (ties to even); NaN and infinity pass unchanged.
+DEVICE unsigned int round_bits(float x, int keep) {
+	union { float f; unsigned int u; } v;
+	v.f = x;
+	if ((v.u & 0x7f800000u) == 0x7f800000u) return v.u;
+	int drop = 23 - keep;
+	unsigned int half = (1u << (drop - 1)) - 1 + ((v.u >> drop) & 1u);
+	return ((v.u + half) >> drop) << drop;
+}
+
+// y = x rounded to bfloat16 (keep = 7 stored mantissa bits) or TF32 (10), kept as float:
+// what the tensor cores multiply, for the host device's emulation.
+KERNEL round_mantissa(const float *x, float *y, long n, int keep) {
+	FOR(i, n) {
+		union { float f; unsigned int u; } v;
+		v.u = round_bits(x[i], keep);
+		y[i] = v.f;
+	}
+}
+
+// y = x as bfloat16 (the upper half of the rounded float32), for cuBLAS.
+KERNEL to_bf16(const float *x, unsigned short *y, long n) {
+	FOR(i, n) y[i] = (unsigned short)(round_bits(x[i], 7) >> 16);
+}
+
 // ---- optimisers, fused, as trainer/optim computes them ----
 // SGD without momentum; wd = 0 skips the decay.
 KERNEL sgd(float *p, const float *g, long n, float neg_lr, float wd) {

@@ -14,6 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/balance"
 	"github.com/gotrain/gotrain/trainer/optim"
@@ -64,6 +65,10 @@ type Config struct {
 	// host (the device executor on the CPU: what gpu runs, with the kernels
 	// compiled for the host; for tests).
 	Device string `json:"device,omitempty" yaml:"device,omitempty"`
+	// Precision of the matrix products on a device: fp32; tf32; bf16
+	// (inputs rounded to bfloat16 on the tensor cores, float32 sums, float32
+	// master weights and optimiser state). The CPU computes in fp32.
+	Precision string `json:"precision,omitempty" yaml:"precision,omitempty"`
 
 	// Data parallelism (with several ranks).
 	AccumSteps int           `json:"accum_steps" yaml:"accum_steps"`
@@ -112,7 +117,7 @@ func Default() Config {
 		Model: "mlp", Activation: "relu", Dataset: "mnist", SyntheticSize: 60000,
 		Epochs: 2, BatchSize: 64, EvalBatchSize: 250,
 		Optimizer: "adam", LR: 2e-3, Momentum: 0.9, Schedule: "cosine", Gamma: 0.1,
-		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0, Device: "auto",
+		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0, Device: "auto", Precision: "fp32",
 		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute, Balance: "off", BalanceEvery: 20, MaxStaleness: 16, OuterLR: 1,
 		Sync: "allreduce", SyncPeriod: 8, PipelineStages: 1, MicroBatches: 4,
 	}
@@ -169,6 +174,14 @@ func (c *Config) Validate() error {
 	case "", "cpu", "gpu", "auto", "host":
 	default:
 		return cfgErr("--device %q is not a device (valid: cpu, gpu, auto)", c.Device)
+	}
+	if c.Precision != "" && c.Precision != "fp32" {
+		if _, err := device.ParsePrecision(c.Precision); err != nil {
+			return cfgErr("--%v", err)
+		}
+		if c.Device == "cpu" {
+			return cfgErr("--precision %s runs on a device: use --device gpu (the CPU computes in fp32)", c.Precision)
+		}
 	}
 	if c.Device == "gpu" || c.Device == "host" {
 		switch {

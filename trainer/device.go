@@ -26,6 +26,7 @@ import (
 // devRun is the device state of a Trainer.
 type devRun struct {
 	dev    device.Device
+	prec   device.Precision // of the matrix products (--precision)
 	params *executor.Params
 	opt    *executor.Optimizer
 	progs  map[progKey]devProg // by batch size and mode
@@ -68,6 +69,11 @@ func (t *Trainer) devStart() error {
 		return fmt.Errorf("%w: --device %s does not clip gradients yet", ErrConfig, d.dev.Name())
 	}
 	var err error
+	if t.cfg.Precision != "" {
+		if d.prec, err = device.ParsePrecision(t.cfg.Precision); err != nil {
+			return fmt.Errorf("%w: --%v", ErrConfig, err)
+		}
+	}
 	if d.params, err = executor.UploadParams(d.dev, t.Model); err != nil {
 		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
 	}
@@ -92,7 +98,7 @@ func (t *Trainer) devStart() error {
 		}
 	}
 	d.progs = map[progKey]devProg{}
-	t.log.Info("training on a device", "device", d.dev.Name())
+	t.log.Info("training on a device", "device", d.dev.Name(), "precision", d.prec.String())
 	return nil
 }
 
@@ -106,7 +112,7 @@ func (t *Trainer) devProgram(p *graph.Program) (*executor.Program, error) {
 		}
 		dp.e.Free() // the model compiled the program anew
 	}
-	e, err := executor.Compile(d.dev, p, d.params)
+	e, err := executor.Compile(d.dev, p, d.params, d.prec)
 	if err != nil {
 		return nil, fmt.Errorf("device %s: %w", d.dev.Name(), err)
 	}

@@ -241,6 +241,9 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			return res, err
 		}
 	}
+	if t.devr == nil && cfg.Precision != "" && cfg.Precision != "fp32" {
+		return res, fmt.Errorf("%w: --precision %s runs on a device, and rank %d trains on the CPU (--device %s): use --device gpu on a machine with one", ErrConfig, cfg.Precision, t.rank(), cfg.Device)
+	}
 	if err := t.devStart(); err != nil {
 		return res, err
 	}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/gpu/executor"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/graph/cblas"
@@ -42,6 +43,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&cfg.LR, "lr", cfg.LR, "learning rate")
 	fs.IntVar(&cfg.Threads, "threads", 2, "threads for matrix products and kernels")
 	fs.StringVar(&cfg.Device, "device", "cpu", "cpu, gpu (GPU LOCAL_RANK, the gpu build) or host (the GPU code path on the CPU)")
+	precName := fs.String("precision", "fp32", "matrix products on a device: fp32, tf32 or bf16 (float32 sums, float32 weights)")
 	peak := fs.Float64("peak-tflops", 0, "the device's peak TFLOP/s, to report model FLOP utilisation (e.g. 67 for an H100 SXM in FP32)")
 	steps := fs.Int("steps", 200, "timed steps")
 	warmup := fs.Int("warmup", 20, "untimed warm-up steps")
@@ -50,6 +52,13 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	prec, err := device.ParsePrecision(*precName)
+	if err != nil {
+		return fmt.Errorf("%w: --%v", errUsage, err)
+	}
+	if prec != device.FP32 && cfg.Device == "cpu" {
+		return fmt.Errorf("%w: --precision %s runs on a device: add --device gpu (or host)", errUsage, prec)
 	}
 	if *steps <= 0 || *warmup < 0 {
 		return fmt.Errorf("%w: --steps must be positive and --warmup not negative", errUsage)
@@ -92,7 +101,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer params.Free()
-		e, err := executor.Compile(dev, prog, params)
+		e, err := executor.Compile(dev, prog, params, prec)
 		if err != nil {
 			return err
 		}
@@ -155,7 +164,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 		"impl": "gotrain", "version": trainer.Version, "blas": cblas.Backend(), "model": cfg.Model, "hidden": cfg.ModelSpec().Hidden,
 		"batch_size": cfg.BatchSize, "optimizer": cfg.Optimizer, "threads": cfg.Threads, "steps": *steps, "device": devName,
 		"seconds": dt, "samples_per_sec": float64(*steps*cfg.BatchSize) / dt, "loss": loss,
-		"model_flops_per_step": flops, "tflops": tflops,
+		"model_flops_per_step": flops, "tflops": tflops, "precision": prec.String(),
 	}
 	if *peak > 0 {
 		rec["mfu"] = tflops / *peak

@@ -34,7 +34,11 @@ func TestDeviceFlag(t *testing.T) {
 		require.InDeltaSlice(t, a.Tensors[i].Data, b.Tensors[i].Data, 1e-5, "tensor %s", a.Tensors[i].Name)
 	}
 
-	_, stderr, err := gotrain(t, append(common, "--device", "gpu")...)
+	_, stderr, err := gotrain(t, append(common, "--device", "host", "--precision", "bf16")...)
+	require.NoError(t, err, stderr)
+	require.Contains(t, stderr, "precision=bf16")
+
+	_, stderr, err = gotrain(t, append(common, "--device", "gpu")...)
 	require.Error(t, err)
 	require.Contains(t, stderr, "--device gpu: this gotrain was built without GPU support: build it with 'make build-gpu'")
 

@@ -36,6 +36,8 @@ type Device struct {
 	fns     map[string]cu.Function
 	blas    blasHandle
 	mu      sync.Mutex
+	// bfloat16 copies of a product's inputs (BF16), grown as needed
+	bfA, bfB *buf
 }
 
 var (
@@ -221,8 +223,10 @@ func (d *Device) Launch(kernel string, n int, args ...any) error {
 }
 
 // Gemm computes C = alpha·op(A)·op(B) + beta·C on row-major matrices with
-// cuBLAS (column-major) as Cᵀ = op(B)ᵀ·op(A)ᵀ.
-func (d *Device) Gemm(ta, tb bool, m, n, k int, alpha float32, a device.Buffer, lda int, b device.Buffer, ldb int, beta float32, c device.Buffer, ldc int) error {
+// cuBLAS (column-major) as Cᵀ = op(B)ᵀ·op(A)ᵀ: cublasSgemm at FP32,
+// cublasGemmEx with TF32 compute at TF32, and at BF16 cublasGemmEx on
+// bfloat16 copies of A and B (the to_bf16 kernel) with float32 sums.
+func (d *Device) Gemm(prec device.Precision, ta, tb bool, m, n, k int, alpha float32, a device.Buffer, lda int, b device.Buffer, ldb int, beta float32, c device.Buffer, ldc int) error {
 	ab, err := d.buf(a)
 	if err != nil {
 		return err
@@ -235,12 +239,47 @@ func (d *Device) Gemm(ta, tb bool, m, n, k int, alpha float32, a device.Buffer, 
 	if err != nil {
 		return err
 	}
+	pa, pb := uintptr(ab.p), uintptr(bb.p)
+	if prec == device.BF16 {
+		if pa, err = d.toBF16(&d.bfA, ab); err != nil {
+			return err
+		}
+		if pb, err = d.toBF16(&d.bfB, bb); err != nil {
+			return err
+		}
+	}
 	return d.do(func() error {
-		if st := blasSgemm(d.blas, tb, ta, n, m, k, alpha, uintptr(bb.p), ldb, uintptr(ab.p), lda, beta, uintptr(cb.p), ldc); st != 0 {
-			return fmt.Errorf("cuda: %s: cublasSgemm(%d×%d×%d): status %d", d.name, m, n, k, st)
+		var st int
+		if prec == device.FP32 {
+			st = blasSgemm(d.blas, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, uintptr(cb.p), ldc)
+		} else {
+			st = blasGemmEx(d.blas, tb, ta, n, m, k, alpha, pb, ldb, pa, lda, beta, uintptr(cb.p), ldc, prec == device.BF16)
+		}
+		if st != 0 {
+			return fmt.Errorf("cuda: %s: GEMM %d×%d×%d at %s: cuBLAS status %d", d.name, m, n, k, prec, st)
 		}
 		return nil
 	})
+}
+
+// toBF16 converts src into the scratch buffer *dst (grown to fit) and
+// returns the bfloat16 copy's address.
+func (d *Device) toBF16(dst **buf, src *buf) (uintptr, error) {
+	need := (src.n + 1) / 2 // two bfloat16 per float32 slot
+	if *dst == nil || (*dst).n < need {
+		if *dst != nil {
+			d.Free(*dst)
+		}
+		nb, err := d.Alloc(need)
+		if err != nil {
+			return 0, err
+		}
+		*dst = nb.(*buf)
+	}
+	if err := d.Launch("to_bf16", src.n, device.Buffer(src), device.Buffer(*dst), src.n); err != nil {
+		return 0, err
+	}
+	return uintptr((*dst).p), nil
 }
 
 // Sync waits for the device's work and returns its first error.
@@ -256,6 +295,11 @@ func (d *Device) Sync() error {
 // Close releases the cuBLAS handle, the module and the primary context.
 func (d *Device) Close() error {
 	var errs []error
+	for _, b := range []*buf{d.bfA, d.bfB} {
+		if b != nil {
+			d.Free(b)
+		}
+	}
 	_ = d.do(func() error {
 		if d.blas != nil {
 			if st := blasDestroy(d.blas); st != 0 {

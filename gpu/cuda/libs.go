@@ -20,6 +20,7 @@ static void *cublas_lib;
 static __typeof__(cublasCreate_v2) *p_cublasCreate;
 static __typeof__(cublasDestroy_v2) *p_cublasDestroy;
 static __typeof__(cublasSgemm_v2) *p_cublasSgemm;
+static __typeof__(cublasGemmEx) *p_cublasGemmEx;
 
 // open_lib tries each name; it returns the handle or NULL.
 static void *open_lib(const char *names[], int n) {
@@ -41,6 +42,7 @@ static const char *load_cublas(const char *override) {
 	SYM(cublas_lib, p_cublasCreate, "cublasCreate_v2");
 	SYM(cublas_lib, p_cublasDestroy, "cublasDestroy_v2");
 	SYM(cublas_lib, p_cublasSgemm, "cublasSgemm_v2");
+	SYM(cublas_lib, p_cublasGemmEx, "cublasGemmEx");
 	return NULL;
 }
 
@@ -53,6 +55,18 @@ static cublasStatus_t sgemm(cublasHandle_t h, int ta, int tb, int m, int n, int 
 	                     (const float *)a, lda, (const float *)b, ldb, &beta, (float *)c, ldc);
 }
 
+
+// gemm_ex: float32 C from A and B that are bfloat16 (bf16 != 0) or float32
+// multiplied as TF32.
+static cublasStatus_t gemm_ex(cublasHandle_t h, int ta, int tb, int m, int n, int k, float alpha,
+                              unsigned long long a, int lda, unsigned long long b, int ldb, float beta,
+                              unsigned long long c, int ldc, int bf16) {
+	cudaDataType in = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+	cublasComputeType_t compute = bf16 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+	return p_cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
+	                      (const void *)a, in, lda, (const void *)b, in, ldb, &beta, (void *)c, CUDA_R_32F, ldc,
+	                      compute, CUBLAS_GEMM_DEFAULT);
+}
 */
 import "C"
 
@@ -104,4 +118,15 @@ func blasSgemm(h blasHandle, ta, tb bool, m, n, k int, alpha float32, a uintptr,
 	}
 	return int(C.sgemm(h, flag(ta), flag(tb), C.int(m), C.int(n), C.int(k), C.float(alpha),
 		C.ulonglong(a), C.int(lda), C.ulonglong(b), C.int(ldb), C.float(beta), C.ulonglong(c), C.int(ldc)))
+}
+
+func blasGemmEx(h blasHandle, ta, tb bool, m, n, k int, alpha float32, a uintptr, lda int, b uintptr, ldb int, beta float32, c uintptr, ldc int, bf16 bool) int {
+	flag := func(t bool) C.int {
+		if t {
+			return 1
+		}
+		return 0
+	}
+	return int(C.gemm_ex(h, flag(ta), flag(tb), C.int(m), C.int(n), C.int(k), C.float(alpha),
+		C.ulonglong(a), C.int(lda), C.ulonglong(b), C.int(ldb), C.float(beta), C.ulonglong(c), C.int(ldc), flag(bf16)))
 }

@@ -19,6 +19,41 @@ import (
 	"github.com/gotrain/gotrain/graph/cblas"
 )
 
+// Precision is what a matrix product's inputs are rounded to before they
+// are multiplied; products accumulate in float32 whatever it is, and every
+// other op computes in float32.
+type Precision int
+
+// The precisions of --precision.
+const (
+	FP32 Precision = iota // float32 throughout
+	TF32                  // inputs rounded to TF32 (10 mantissa bits): Ampere's and Hopper's tensor cores on float32 data
+	BF16                  // inputs rounded to bfloat16 (7 mantissa bits): tensor cores; master weights stay float32
+)
+
+// Precisions are the names of the precisions, in order.
+var Precisions = []string{"fp32", "tf32", "bf16"}
+
+func (p Precision) String() string {
+	if p < 0 || int(p) >= len(Precisions) {
+		return fmt.Sprintf("Precision(%d)", int(p))
+	}
+	return Precisions[p]
+}
+
+// MantissaBits is the number of stored mantissa bits the precision keeps.
+func (p Precision) MantissaBits() int { return [...]int{23, 10, 7}[p] }
+
+// ParsePrecision reads fp32, tf32 or bf16.
+func ParsePrecision(s string) (Precision, error) {
+	for i, n := range Precisions {
+		if s == n {
+			return Precision(i), nil
+		}
+	}
+	return 0, fmt.Errorf("precision %q is not one of fp32, tf32, bf16", s)
+}
+
 // Buffer is device memory holding Len float32 values.
 type Buffer interface {
 	Len() int
@@ -42,8 +77,9 @@ type Device interface {
 	// takes them.
 	Launch(kernel string, n int, args ...any) error
 	// Gemm computes C = alpha·op(A)·op(B) + beta·C on row-major matrices:
-	// op(A) is m×k, op(B) k×n, C m×n, with leading dimensions lda, ldb, ldc.
-	Gemm(transA, transB bool, m, n, k int, alpha float32, a Buffer, lda int, b Buffer, ldb int, beta float32, c Buffer, ldc int) error
+	// op(A) is m×k, op(B) k×n, C m×n, with leading dimensions lda, ldb, ldc;
+	// A and B are taken at precision prec, the sums kept in float32.
+	Gemm(prec Precision, transA, transB bool, m, n, k int, alpha float32, a Buffer, lda int, b Buffer, ldb int, beta float32, c Buffer, ldc int) error
 	// Sync waits until all work is done and returns its first error.
 	Sync() error
 	// Close releases the device.
@@ -130,8 +166,11 @@ func (h Host) Launch(kernel string, n int, args ...any) error {
 	return csrc.Launch(kernel, conv...)
 }
 
-// Gemm runs through graph/cblas (OpenBLAS where present).
-func (h Host) Gemm(ta, tb bool, m, n, k int, alpha float32, a Buffer, lda int, b Buffer, ldb int, beta float32, c Buffer, ldc int) error {
+// Gemm runs through graph/cblas (OpenBLAS where present). At TF32 or BF16
+// it first rounds copies of A and B as the tensor cores take them (the
+// round_mantissa kernel) and multiplies those in float32, which is what
+// the tensor cores compute up to the order of the sums.
+func (h Host) Gemm(prec Precision, ta, tb bool, m, n, k int, alpha float32, a Buffer, lda int, b Buffer, ldb int, beta float32, c Buffer, ldc int) error {
 	ab, err := h.buf(a)
 	if err != nil {
 		return err
@@ -160,7 +199,20 @@ func (h Host) Gemm(ta, tb bool, m, n, k int, alpha float32, a Buffer, lda int, b
 	case m*ldc > cb.n || ldc < n:
 		return fmt.Errorf("device: gemm: C is %dx%d (ldc %d) in a buffer of %d", m, n, ldc, cb.n)
 	}
-	cblas.Sgemm(ta, tb, m, n, k, alpha, ab.mem.Float32s(), lda, bb.mem.Float32s(), ldb, beta, cb.mem.Float32s(), ldc)
+	av, bv := ab.mem.Float32s()[:ar*lda], bb.mem.Float32s()[:br*ldb]
+	if prec != FP32 {
+		ra, rb := csrc.Alloc(4*len(av)), csrc.Alloc(4*len(bv))
+		defer ra.Free()
+		defer rb.Free()
+		if err := csrc.Launch("round_mantissa", ab.mem, ra, len(av), int32(prec.MantissaBits())); err != nil {
+			return err
+		}
+		if err := csrc.Launch("round_mantissa", bb.mem, rb, len(bv), int32(prec.MantissaBits())); err != nil {
+			return err
+		}
+		av, bv = ra.Float32s(), rb.Float32s()
+	}
+	cblas.Sgemm(ta, tb, m, n, k, alpha, av, lda, bv, ldb, beta, cb.mem.Float32s(), ldc)
 	return nil
 }
 

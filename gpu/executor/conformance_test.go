@@ -77,6 +77,80 @@ func opCases() []opCase {
 	return cases
 }
 
+// roundTo rounds x to the precision's mantissa, to nearest, ties to even
+// (written here independently of the kernels).
+func roundTo(x float32, prec device.Precision) float32 {
+	drop := 23 - prec.MantissaBits()
+	if drop == 0 || math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+		return x
+	}
+	u := math.Float32bits(x)
+	half := uint32(1)<<(drop-1) - 1 + (u>>drop)&1
+	return math.Float32frombits((u + half) >> drop << drop)
+}
+
+// TestReducedPrecisionProducts: at TF32 and BF16 the matrix products take
+// their inputs rounded as the tensor cores do and sum in float32: each
+// equals graph/'s CPU op on inputs rounded here (to float32 rounding), and
+// differs from the unrounded product.
+func TestReducedPrecisionProducts(t *testing.T) {
+	for _, mk := range devices {
+		dev := mk(t)
+		for _, prec := range []device.Precision{device.TF32, device.BF16} {
+			for _, tc := range opCases() {
+				switch tc.kind {
+				case graph.OpLinear, graph.OpMatMul, graph.OpConv2D, graph.OpConv2DGradInput, graph.OpConv2DGradW:
+				default:
+					continue
+				}
+				t.Run(fmt.Sprintf("%s/%s/%s", dev.Name(), prec, tc.name), func(t *testing.T) {
+					op, err := NewOp(dev, tc.kind, tc.attrs, tc.in, tc.out, prec)
+					require.NoError(t, err)
+					defer op.Free(dev)
+					ref, err := graph.NewOp(tc.kind, tc.attrs, tc.in, tc.out)
+					require.NoError(t, err)
+					rng := rand.New(rand.NewPCG(5, uint64(prec)))
+					ins, rounded := make([][]float32, len(tc.in)), make([][]float32, len(tc.in))
+					dins := make([]Tensor, len(tc.in))
+					for i, s := range tc.in {
+						ins[i] = make([]float32, size(s))
+						rounded[i] = make([]float32, size(s))
+						for j := range ins[i] {
+							ins[i][j] = float32(rng.NormFloat64())
+							rounded[i][j] = ins[i][j]
+							if i < 2 { // the product's operands; a bias is added in float32
+								rounded[i][j] = roundTo(ins[i][j], prec)
+							}
+						}
+						b, err := dev.Alloc(len(ins[i]))
+						require.NoError(t, err)
+						defer dev.Free(b)
+						require.NoError(t, dev.Write(b, ins[i]))
+						dins[i] = Tensor{Buf: b, Shape: s}
+					}
+					want, _, err := graph.Run(ref, rounded, tc.in)
+					require.NoError(t, err)
+					want = append([]float32(nil), want...)
+					exact, _, err := graph.Run(ref, ins, tc.in)
+					require.NoError(t, err)
+					ob, err := dev.Alloc(len(want))
+					require.NoError(t, err)
+					defer dev.Free(ob)
+					require.NoError(t, op.Run(dev, dins, Tensor{Buf: ob, Shape: tc.out}))
+					got := make([]float32, len(want))
+					require.NoError(t, dev.Read(got, ob))
+					differs := false
+					for i := range want {
+						require.InDelta(t, want[i], got[i], 1e-4*math.Max(1, math.Abs(float64(want[i]))), "value %d", i)
+						differs = differs || math.Abs(float64(got[i]-exact[i])) > 1e-5*math.Max(1, math.Abs(float64(exact[i])))
+					}
+					require.True(t, differs, "the result equals the float32 product: the inputs were not rounded")
+				})
+			}
+		}
+	}
+}
+
 // TestOpsMatchTheCPU runs every op of graph/'s set on each device against
 // graph/'s CPU op, on fresh random inputs, three times, the output poisoned
 // with NaN before each run.
@@ -87,7 +161,7 @@ func TestOpsMatchTheCPU(t *testing.T) {
 		for _, tc := range opCases() {
 			covered[tc.kind] = true
 			t.Run(dev.Name()+"/"+tc.name, func(t *testing.T) {
-				op, err := NewOp(dev, tc.kind, tc.attrs, tc.in, tc.out)
+				op, err := NewOp(dev, tc.kind, tc.attrs, tc.in, tc.out, device.FP32)
 				require.NoError(t, err)
 				defer op.Free(dev)
 				ref, err := graph.NewOp(tc.kind, tc.attrs, tc.in, tc.out)
@@ -160,10 +234,10 @@ func TestOpsMatchTheCPU(t *testing.T) {
 }
 
 func TestNewOpRefusesWhatItCannotRun(t *testing.T) {
-	_, err := NewOp(device.Host{}, "Softmax", nil, [][]int{{2, 3}}, []int{2, 3})
+	_, err := NewOp(device.Host{}, "Softmax", nil, [][]int{{2, 3}}, []int{2, 3}, device.FP32)
 	require.ErrorContains(t, err, `"Softmax" is not an op of graph/'s set`)
-	_, err = NewOp(device.Host{}, graph.OpLinear, nil, [][]int{{2, 3}}, []int{2, 3})
+	_, err = NewOp(device.Host{}, graph.OpLinear, nil, [][]int{{2, 3}}, []int{2, 3}, device.FP32)
 	require.ErrorContains(t, err, "Linear takes 3 inputs")
-	_, err = NewOp(device.Host{}, graph.OpConv2D, map[string]any{"stride": 1}, [][]int{{1, 2, 3, 3}, {4, 3, 3, 3}, {4}}, nil)
+	_, err = NewOp(device.Host{}, graph.OpConv2D, map[string]any{"stride": 1}, [][]int{{1, 2, 3, 3}, {4, 3, 3, 3}, {4}}, nil, device.FP32)
 	require.ErrorContains(t, err, "does not fit")
 }

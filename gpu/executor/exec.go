@@ -75,8 +75,9 @@ type Program struct {
 	masks  []int // node indices of the dropout masks
 }
 
-// Compile lays p out on dev; params are the model's parameters there.
-func Compile(dev device.Device, p *graph.Program, params *Params) (*Program, error) {
+// Compile lays p out on dev; params are the model's parameters there, prec
+// the precision of its matrix products.
+func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Precision) (*Program, error) {
 	l, err := p.Layout()
 	if err != nil {
 		return nil, err
@@ -115,7 +116,7 @@ func Compile(dev device.Device, p *graph.Program, params *Params) (*Program, err
 			for j, k := range n.Inputs {
 				in[j] = l.Nodes[k].Shape
 			}
-			op, err := NewOp(dev, n.Op.Kind(), n.Op.Attrs(), in, n.Shape)
+			op, err := NewOp(dev, n.Op.Kind(), n.Op.Attrs(), in, n.Shape, prec)
 			if err != nil {
 				return fail(fmt.Errorf("executor: node %d: %w", i, err))
 			}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/optim"
 )
@@ -58,7 +59,7 @@ func TestTrainingMatchesTheCPU(t *testing.T) {
 					require.NoError(t, err)
 					prog, err := gm.Program(n, true)
 					require.NoError(t, err)
-					dp, err := Compile(dev, prog, params)
+					dp, err := Compile(dev, prog, params, device.FP32)
 					require.NoError(t, err)
 					defer dp.Free()
 					ops := make([]optim.Param, len(cpu.Params))
@@ -111,7 +112,7 @@ func TestDropoutOnTheDevice(t *testing.T) {
 		defer params.Free()
 		prog, err := m.Program(16, true)
 		require.NoError(t, err)
-		dp, err := Compile(dev, prog, params)
+		dp, err := Compile(dev, prog, params, device.FP32)
 		require.NoError(t, err)
 		defer dp.Free()
 		require.Len(t, dp.masks, 1)

@@ -75,7 +75,9 @@ func (g convGeom) args() []any {
 // NewOp makes op kind (with graph/'s attributes) for inputs of shapes in
 // and an output of shape out (nil: a scalar), with its scratch memory
 // allocated on dev.
-func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int, out []int) (*Op, error) {
+//
+// prec is the precision of its matrix products (see device.Precision).
+func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision) (*Op, error) {
 	intAttr := func(k string) int { v, _ := attrs[k].(int); return v }
 	boolAttr := func(k string) bool { v, _ := attrs[k].(bool); return v }
 	o := &Op{Kind: kind, in: in, out: out}
@@ -117,7 +119,7 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 			if err := dev.Launch("bias_rows", n*m, out.Buf, in[2].Buf, n, m); err != nil {
 				return err
 			}
-			return dev.Gemm(false, true, n, m, k, 1, in[0].Buf, k, in[1].Buf, k, 1, out.Buf, m)
+			return dev.Gemm(prec, false, true, n, m, k, 1, in[0].Buf, k, in[1].Buf, k, 1, out.Buf, m)
 		}
 	case graph.OpMatMul:
 		if err = need(2); err != nil {
@@ -134,7 +136,7 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 		}
 		lda, ldb := in[0][1], in[1][1]
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			return dev.Gemm(ta, tb, m, n, k, 1, in[0].Buf, lda, in[1].Buf, ldb, 0, out.Buf, n)
+			return dev.Gemm(prec, ta, tb, m, n, k, 1, in[0].Buf, lda, in[1].Buf, ldb, 0, out.Buf, n)
 		}
 	case graph.OpSumRows:
 		if err = need(1); err != nil {
@@ -164,7 +166,7 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols}, g.args()...)...); err != nil {
 				return err
 			}
-			if err := dev.Gemm(false, false, g.K, g.ncols(), g.ckk(), 1, in[1].Buf, g.ckk(), cols, g.ncols(), 0, tmp, g.ncols()); err != nil {
+			if err := dev.Gemm(prec, false, false, g.K, g.ncols(), g.ckk(), 1, in[1].Buf, g.ckk(), cols, g.ncols(), 0, tmp, g.ncols()); err != nil {
 				return err
 			}
 			return dev.Launch("km_to_nchw_bias", out.Size(), tmp, out.Buf, in[2].Buf, g.N, g.K, g.OH*g.OW)
@@ -189,7 +191,7 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[0].Buf, dyKM, g.N, g.K, g.OH*g.OW); err != nil {
 				return err
 			}
-			if err := dev.Gemm(true, false, g.ckk(), g.ncols(), g.K, 1, in[1].Buf, g.ckk(), dyKM, g.ncols(), 0, dcols, g.ncols()); err != nil {
+			if err := dev.Gemm(prec, true, false, g.ckk(), g.ncols(), g.K, 1, in[1].Buf, g.ckk(), dyKM, g.ncols(), 0, dcols, g.ncols()); err != nil {
 				return err
 			}
 			return dev.Launch("col2im", out.Size(), append([]any{dcols, out.Buf}, g.args()...)...)
@@ -217,7 +219,7 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[1].Buf, dyKM, g.N, g.K, g.OH*g.OW); err != nil {
 				return err
 			}
-			return dev.Gemm(false, true, g.K, g.ckk(), g.ncols(), 1, dyKM, g.ncols(), cols, g.ncols(), 0, out.Buf, g.ckk())
+			return dev.Gemm(prec, false, true, g.K, g.ckk(), g.ncols(), 1, dyKM, g.ncols(), cols, g.ncols(), 0, out.Buf, g.ckk())
 		}
 	case graph.OpConv2DGradB:
 		if err = need(1); err != nil {
