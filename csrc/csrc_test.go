@@ -3,7 +3,6 @@ package csrc
 import (
 	"math"
 	"testing"
-	"unsafe"
 
 	"github.com/stretchr/testify/require"
 )
@@ -96,7 +95,7 @@ func TestRoundMantissa(t *testing.T) {
 	}
 	require.NoError(t, Launch("round_mantissa", x, y, n, int32(7)))
 	require.NoError(t, Launch("to_bf16", x, h, n))
-	halves := unsafe.Slice((*uint16)(unsafe.Pointer(h.Addr())), n)
+	halves := h.Uint16s()
 	for i, v := range y.Float32s() {
 		require.Equal(t, uint16(math.Float32bits(v)>>16), halves[i], "value %d", i)
 	}

@@ -253,6 +253,9 @@ func (m *HostMem) Bytes() int { return m.bytes }
 // Float32s views the memory as float32s.
 func (m *HostMem) Float32s() []float32 { return unsafe.Slice((*float32)(m.p), m.bytes/4) }
 
+// Uint16s views the memory as uint16s (bfloat16 values).
+func (m *HostMem) Uint16s() []uint16 { return unsafe.Slice((*uint16)(m.p), m.bytes/2) }
+
 // Float64s views the memory as float64s.
 func (m *HostMem) Float64s() []float64 { return unsafe.Slice((*float64)(m.p), m.bytes/8) }
 
