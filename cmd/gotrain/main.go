@@ -78,7 +78,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "plot":
 		return plot.Run(args[1:], stdout, stderr)
 	case "devices":
-		err = gpu.DescribeSystem(stdout)
+		if err = gpu.DescribeSystem(stdout); err == nil {
+			_, err = fmt.Fprintln(stdout, cuda.Describe())
+		}
 	case "eval":
 		err = cmdEval(args[1:], stdout, stderr)
 	case "bench":

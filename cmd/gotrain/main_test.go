@@ -268,6 +268,7 @@ func TestMonitoringCommands(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, out, "CPU:")
 	require.True(t, strings.Contains(out, "no NVIDIA driver found") || strings.Contains(out, "GPU"), out)
+	require.Contains(t, out, "compute: the CPU build")
 
 	png := filepath.Join(dir, "curves.png")
 	_, stderr, err := gotrain(t, "plot", mf, "-o", png)

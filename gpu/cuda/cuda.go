@@ -320,3 +320,17 @@ func IsGPU(d device.Device) bool {
 	_, ok := d.(*Device)
 	return ok
 }
+
+// Describe says what this gpu build finds: the devices, and the NVRTC it
+// loads (cuBLAS is loaded when a device opens).
+func Describe() string {
+	n, err := cu.NumDevices()
+	if err != nil {
+		return fmt.Sprintf("compute: the gpu build; CUDA devices cannot be counted: %v", err)
+	}
+	lib := nvrtc.Library()
+	if lib == "" {
+		lib = fmt.Sprint(nvrtc.Load())
+	}
+	return fmt.Sprintf("compute: the gpu build, %d CUDA device(s); NVRTC %s", n, lib)
+}

@@ -12,3 +12,8 @@ func Count() (int, error) { return 0, ErrNotBuilt }
 
 // IsGPU is false: this build has no CUDA devices.
 func IsGPU(device.Device) bool { return false }
+
+// Describe says that this build trains on the CPU only.
+func Describe() string {
+	return "compute: the CPU build (GPU support: 'make build-gpu', go build -tags gpu)"
+}
