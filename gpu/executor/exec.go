@@ -58,9 +58,10 @@ func (ps *Params) Free() {
 	ps.T = nil
 }
 
-// Program is a graph.Program compiled for a device: one buffer per node
-// value, allocated once (a Reshape shares its input's), the ops with their
-// scratch memory, and the parameters shared with the other programs. A run
+// Program is a graph.Program compiled for a device: buffers planned once
+// (an op's output takes the buffer of a value no longer read when one
+// fits, a Reshape shares its input's), the ops with one workspace for all
+// their scratch, and the parameters shared with the other programs. A run
 // uploads the batch, draws the dropout masks on the device, runs every op
 // in order and reads back the loss.
 type Program struct {
@@ -88,13 +89,57 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 		e.Free()
 		return nil, err
 	}
-	alloc := func(i int, shape []int) error {
-		b, err := dev.Alloc(size(shape))
+	// Liveness: the last node that reads each value. A value whose buffer
+	// a Reshape shares lives as long as the Reshape's readers. The loss,
+	// the logits and the gradients are read after the run: they live on.
+	root := make([]int, len(l.Nodes)) // whose buffer a node's value is in
+	last := make([]int, len(l.Nodes))
+	for i, n := range l.Nodes {
+		root[i] = i
+		if n.Role == graph.RoleOp && n.Op.Kind() == graph.OpReshape {
+			root[i] = root[n.Inputs[0]]
+		}
+		for _, k := range n.Inputs {
+			last[root[k]] = max(last[root[k]], i)
+		}
+	}
+	forever := len(l.Nodes)
+	for _, k := range append([]int{l.Loss, l.Logits}, l.Grads...) {
+		last[root[k]] = forever
+	}
+	// Buffers of values no longer read go back to a pool and are handed to
+	// later values that fit: activations of the forward pass become the
+	// backward pass's. Op outputs only: inputs, masks and constants are
+	// written outside the ops and keep their own.
+	type pooled struct {
+		b    device.Buffer
+		free int // the node after which it is free
+	}
+	var pool []pooled
+	alloc := func(i int, shape []int, shared bool) error {
+		need := size(shape)
+		if shared {
+			best := -1
+			for j, p := range pool {
+				if p.free < i && p.b.Len() >= need && (best < 0 || p.b.Len() < pool[best].b.Len()) {
+					best = j
+				}
+			}
+			if best >= 0 {
+				e.vals[i] = Tensor{Buf: pool[best].b, Shape: shape}
+				pool[best].free = last[i]
+				return nil
+			}
+		}
+		b, err := dev.Alloc(need)
 		if err != nil {
 			return fmt.Errorf("executor: node %d %v: %w", i, shape, err)
 		}
 		e.owned = append(e.owned, b)
 		e.vals[i] = Tensor{Buf: b, Shape: shape}
+		if shared {
+			pool = append(pool, pooled{b, last[i]})
+		}
 		return nil
 	}
 	for i, n := range l.Nodes {
@@ -116,7 +161,7 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 			for j, k := range n.Inputs {
 				in[j] = l.Nodes[k].Shape
 			}
-			op, err := NewOp(dev, n.Op.Kind(), n.Op.Attrs(), in, n.Shape, prec)
+			op, err := newOp(n.Op.Kind(), n.Op.Attrs(), in, n.Shape, prec)
 			if err != nil {
 				return fail(fmt.Errorf("executor: node %d: %w", i, err))
 			}
@@ -126,7 +171,7 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 				continue
 			}
 		}
-		if err := alloc(i, n.Shape); err != nil {
+		if err := alloc(i, n.Shape, n.Role == graph.RoleOp); err != nil {
 			return fail(err)
 		}
 		if n.Role == graph.RoleConst {
@@ -137,6 +182,34 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 	}
 	if e.x < 0 || e.y < 0 {
 		return fail(errors.New("executor: the program has no input or no labels"))
+	}
+	// One workspace for every op's scratch: ops run one at a time, so
+	// slot j only needs the largest scratch j of any op.
+	var ws []device.Buffer
+	var sizes []int
+	for _, op := range e.ops {
+		if op == nil {
+			continue
+		}
+		for j, n := range op.need {
+			if j == len(sizes) {
+				sizes = append(sizes, 0)
+			}
+			sizes[j] = max(sizes[j], n)
+		}
+	}
+	for _, n := range sizes {
+		b, err := dev.Alloc(n)
+		if err != nil {
+			return fail(fmt.Errorf("executor: workspace of %d values: %w", n, err))
+		}
+		e.owned = append(e.owned, b)
+		ws = append(ws, b)
+	}
+	for _, op := range e.ops {
+		if op != nil {
+			op.scratch = ws[:len(op.need)]
+		}
 	}
 	return e, nil
 }
@@ -202,6 +275,16 @@ func (e *Program) Grads() []Tensor {
 
 // Logits copies the last run's logits into dst ([Batch, classes]).
 func (e *Program) Logits(dst []float32) error { return e.dev.Read(dst, e.vals[e.layout.Logits].Buf) }
+
+// Bytes is the device memory the program holds: its values' buffers and
+// the ops' shared workspace (the parameters are the model's).
+func (e *Program) Bytes() int64 {
+	var n int64
+	for _, b := range e.owned {
+		n += 4 * int64(b.Len())
+	}
+	return n
+}
 
 // Free releases the program's memory (not the parameters').
 func (e *Program) Free() {

@@ -162,3 +162,41 @@ func TestFLOPs(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 2*mac, FLOPs(el), "evaluation: the forward only")
 }
+
+// TestBuffersAreShared: values no longer read hand their buffers to later
+// ones, and the ops share one workspace, so the CNN's training program
+// holds much less than a buffer per value and per op's scratch
+// (TrainingMatchesTheCPU shows the results are unchanged).
+func TestBuffersAreShared(t *testing.T) {
+	m, err := graph.New(graph.Spec{Kind: "cnn", InC: 1, InH: 28, InW: 28, Classes: 10}, 1)
+	require.NoError(t, err)
+	params, err := UploadParams(device.Host{}, m)
+	require.NoError(t, err)
+	defer params.Free()
+	p, err := m.Program(32, true)
+	require.NoError(t, err)
+	e, err := Compile(device.Host{}, p, params, device.FP32)
+	require.NoError(t, err)
+	defer e.Free()
+	var naive int64
+	for i, n := range e.layout.Nodes {
+		if n.Role != graph.RoleParam && (n.Role != graph.RoleOp || n.Op.Kind() != graph.OpReshape) {
+			naive += 4 * int64(size(n.Shape))
+		}
+		if op := e.ops[i]; op != nil {
+			for _, n := range op.need {
+				naive += 4 * int64(n)
+			}
+		}
+	}
+	t.Logf("CNN, batch 32, training: %d bytes planned, %d with a buffer per value", e.Bytes(), naive)
+	require.Less(t, e.Bytes(), naive*60/100)
+	// The values read after a run keep buffers of their own.
+	seen := map[device.Buffer]int{}
+	for _, k := range append([]int{e.layout.Loss, e.layout.Logits}, e.layout.Grads...) {
+		seen[e.vals[k].Buf]++
+	}
+	for b, n := range seen {
+		require.Equal(t, 1, n, "buffer %p holds two of the run's results", b)
+	}
+}

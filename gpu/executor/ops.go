@@ -30,7 +30,9 @@ type Op struct {
 	Kind    graph.Kind
 	in      [][]int
 	out     []int
-	scratch []device.Buffer
+	need    []int           // the scratch buffers' sizes
+	scratch []device.Buffer // the scratch buffers: the op's own, or a program's shared workspace
+	own     bool            // the op allocated scratch itself
 	run     func(dev device.Device, in []Tensor, out Tensor) error
 }
 
@@ -42,10 +44,12 @@ func (o *Op) Run(dev device.Device, in []Tensor, out Tensor) error {
 	return o.run(dev, in, out)
 }
 
-// Free releases the op's scratch memory.
+// Free releases the op's scratch memory, when it is its own.
 func (o *Op) Free(dev device.Device) {
-	for _, b := range o.scratch {
-		dev.Free(b)
+	if o.own {
+		for _, b := range o.scratch {
+			dev.Free(b)
+		}
 	}
 	o.scratch = nil
 }
@@ -78,15 +82,34 @@ func (g convGeom) args() []any {
 //
 // prec is the precision of its matrix products (see device.Precision).
 func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision) (*Op, error) {
+	o, err := newOp(kind, attrs, in, out, prec)
+	if err != nil {
+		return nil, err
+	}
+	o.own = true
+	for _, n := range o.need {
+		b, err := dev.Alloc(n)
+		if err != nil {
+			o.Free(dev)
+			return nil, err
+		}
+		o.scratch = append(o.scratch, b)
+	}
+	return o, nil
+}
+
+// newOp makes the op without its scratch memory (o.need says what it
+// takes).
+func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision) (*Op, error) {
 	intAttr := func(k string) int { v, _ := attrs[k].(int); return v }
 	boolAttr := func(k string) bool { v, _ := attrs[k].(bool); return v }
 	o := &Op{Kind: kind, in: in, out: out}
-	alloc := func(n int) (device.Buffer, error) {
-		b, err := dev.Alloc(n)
-		if err == nil {
-			o.scratch = append(o.scratch, b)
-		}
-		return b, err
+	// alloc reserves scratch of n values: slot k of o.scratch, which is
+	// the op's own (NewOp) or a workspace shared by a program's ops.
+	alloc := func(n int) func() device.Buffer {
+		k := len(o.need)
+		o.need = append(o.need, n)
+		return func() device.Buffer { return o.scratch[k] }
 	}
 	need := func(n int) error {
 		if len(in) != n {
@@ -154,22 +177,15 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 		if err != nil {
 			return nil, err
 		}
-		cols, err := alloc(g.ckk() * g.ncols())
-		if err != nil {
-			return nil, err
-		}
-		tmp, err := alloc(g.K * g.ncols())
-		if err != nil {
-			return nil, err
-		}
+		cols, tmp := alloc(g.ckk()*g.ncols()), alloc(g.K*g.ncols())
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols}, g.args()...)...); err != nil {
+			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols()}, g.args()...)...); err != nil {
 				return err
 			}
-			if err := dev.Gemm(prec, false, false, g.K, g.ncols(), g.ckk(), 1, in[1].Buf, g.ckk(), cols, g.ncols(), 0, tmp, g.ncols()); err != nil {
+			if err := dev.Gemm(prec, false, false, g.K, g.ncols(), g.ckk(), 1, in[1].Buf, g.ckk(), cols(), g.ncols(), 0, tmp(), g.ncols()); err != nil {
 				return err
 			}
-			return dev.Launch("km_to_nchw_bias", out.Size(), tmp, out.Buf, in[2].Buf, g.N, g.K, g.OH*g.OW)
+			return dev.Launch("km_to_nchw_bias", out.Size(), tmp(), out.Buf, in[2].Buf, g.N, g.K, g.OH*g.OW)
 		}
 	case graph.OpConv2DGradInput: // dY, W -> dX of shape out
 		if err = need(2); err != nil {
@@ -179,22 +195,15 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 		if err != nil {
 			return nil, err
 		}
-		dyKM, err := alloc(g.K * g.ncols())
-		if err != nil {
-			return nil, err
-		}
-		dcols, err := alloc(g.ckk() * g.ncols())
-		if err != nil {
-			return nil, err
-		}
+		dyKM, dcols := alloc(g.K*g.ncols()), alloc(g.ckk()*g.ncols())
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[0].Buf, dyKM, g.N, g.K, g.OH*g.OW); err != nil {
+			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[0].Buf, dyKM(), g.N, g.K, g.OH*g.OW); err != nil {
 				return err
 			}
-			if err := dev.Gemm(prec, true, false, g.ckk(), g.ncols(), g.K, 1, in[1].Buf, g.ckk(), dyKM, g.ncols(), 0, dcols, g.ncols()); err != nil {
+			if err := dev.Gemm(prec, true, false, g.ckk(), g.ncols(), g.K, 1, in[1].Buf, g.ckk(), dyKM(), g.ncols(), 0, dcols(), g.ncols()); err != nil {
 				return err
 			}
-			return dev.Launch("col2im", out.Size(), append([]any{dcols, out.Buf}, g.args()...)...)
+			return dev.Launch("col2im", out.Size(), append([]any{dcols(), out.Buf}, g.args()...)...)
 		}
 	case graph.OpConv2DGradW: // X, dY -> dW of shape out
 		if err = need(2); err != nil {
@@ -204,22 +213,15 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 		if err != nil {
 			return nil, err
 		}
-		cols, err := alloc(g.ckk() * g.ncols())
-		if err != nil {
-			return nil, err
-		}
-		dyKM, err := alloc(g.K * g.ncols())
-		if err != nil {
-			return nil, err
-		}
+		cols, dyKM := alloc(g.ckk()*g.ncols()), alloc(g.K*g.ncols())
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols}, g.args()...)...); err != nil {
+			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols()}, g.args()...)...); err != nil {
 				return err
 			}
-			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[1].Buf, dyKM, g.N, g.K, g.OH*g.OW); err != nil {
+			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[1].Buf, dyKM(), g.N, g.K, g.OH*g.OW); err != nil {
 				return err
 			}
-			return dev.Gemm(prec, false, true, g.K, g.ckk(), g.ncols(), 1, dyKM, g.ncols(), cols, g.ncols(), 0, out.Buf, g.ckk())
+			return dev.Gemm(prec, false, true, g.K, g.ckk(), g.ncols(), 1, dyKM(), g.ncols(), cols(), g.ncols(), 0, out.Buf, g.ckk())
 		}
 	case graph.OpConv2DGradB:
 		if err = need(1); err != nil {
@@ -275,15 +277,12 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 			return nil, err
 		}
 		n, k := in[0][0], in[0][1]
-		rows, err := alloc(2 * n) // float64 per row
-		if err != nil {
-			return nil, err
-		}
+		rows := alloc(2 * n) // float64 per row
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			if err := dev.Launch("softmax_ce_rows", n, in[0].Buf, in[1].Buf, rows, n, k); err != nil {
+			if err := dev.Launch("softmax_ce_rows", n, in[0].Buf, in[1].Buf, rows(), n, k); err != nil {
 				return err
 			}
-			return dev.Launch("mean_f64", 1, rows, out.Buf, n)
+			return dev.Launch("mean_f64", 1, rows(), out.Buf, n)
 		}
 	case graph.OpSoftmaxCEGrad: // logits, labels, g -> dLogits
 		if err = need(3); err != nil {
@@ -306,7 +305,6 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 		return nil, fmt.Errorf("executor: %q is not an op of graph/'s set", kind)
 	}
 	if err != nil {
-		o.Free(dev)
 		return nil, err
 	}
 	return o, nil
