@@ -108,6 +108,7 @@ fuzz:
 	$(GO) test ./trainer/data -run '^$$' -fuzz '^FuzzDecodeLabels$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/checkpoint -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/dist -run '^$$' -fuzz '^FuzzFrameDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./trainer -run '^$$' -fuzz '^FuzzParseShares$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/dist/rendezvous -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/dist/rendezvous -run '^$$' -fuzz '^FuzzExpandNodeList$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/dist/secure -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME)
