@@ -81,7 +81,8 @@ func TestDeviceRanksMatchOneProcess(t *testing.T) {
 
 // TestDeviceCheckpointResumesOnTheCPU: a device run checkpoints its
 // parameters and optimiser state (brought back from the device); a CPU
-// run resumes from it and ends where an uninterrupted CPU run ends.
+// run resumes from it and ends where an uninterrupted CPU run ends, and
+// so does a device run resumed from a CPU checkpoint.
 func TestDeviceCheckpointResumesOnTheCPU(t *testing.T) {
 	cfg := deviceConfig(t, "adam")
 	ref := newTrainer(t, cfg)
@@ -100,6 +101,19 @@ func TestDeviceCheckpointResumesOnTheCPU(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, ref.Step(), tr.Step())
 	require.Less(t, maxAbsDiff(params(ref), params(tr)), 1e-5)
+
+	// And the other way: a CPU checkpoint resumes on a device, the
+	// optimiser state going up with the parameters.
+	cpuFirst := first
+	cpuFirst.CheckpointDir = t.TempDir()
+	_, err = newTrainer(t, cpuFirst).Run(context.Background())
+	require.NoError(t, err)
+	second.Resume = cpuFirst.CheckpointDir
+	onDev := newTrainer(t, second, WithDevice(device.Host{}))
+	_, err = onDev.Run(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, ref.Step(), onDev.Step())
+	require.Less(t, maxAbsDiff(params(ref), params(onDev)), 1e-5)
 }
 
 func TestDeviceRefusesWhatItCannotRunYet(t *testing.T) {
