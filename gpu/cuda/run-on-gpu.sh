@@ -22,3 +22,5 @@ echo "== conformance and training tests on the GPU"
 "$B/executor.test" -test.v -test.count=1 2>&1 | grep -E '^(---|===|ok|FAIL|PASS|panic)|Error|cuda' | grep -v '^=== RUN' | tail -80
 echo "== benchmark against PyTorch"
 python3 cmd/gotrain/peer/compare_gpu.py "$B/gotrain-gpu" --repeats "${REPEATS:-5}" --peak-tflops "${PEAK_TFLOPS:-67}"
+echo "== bf16 against PyTorch's autocast"
+python3 cmd/gotrain/peer/compare_gpu.py "$B/gotrain-gpu" --repeats "${REPEATS:-3}" --precision bf16 --peak-tflops "${PEAK_BF16_TFLOPS:-989}"

@@ -8,7 +8,11 @@ warm-up. Runs alternate; medians of REPEATS are reported with the ratio and
 the model FLOP utilisation against --peak-tflops (an H100 or H200 SXM:
 67 TFLOP/s FP32 without tensor cores).
 
-Usage: python3 compare_gpu.py GOTRAIN_GPU_BIN [--repeats 5] [--peak-tflops 67]
+With --precision bf16, gotrain runs --precision bf16 and PyTorch
+torch.autocast(bfloat16); give --peak-tflops the card's dense BF16 tensor
+peak (989 for an H100 SXM) for the utilisation.
+
+Usage: python3 compare_gpu.py GOTRAIN_GPU_BIN [--repeats 5] [--peak-tflops 67] [--precision fp32|bf16]
 """
 import argparse
 import json
@@ -39,25 +43,30 @@ def main():
     ap.add_argument("--peak-tflops", type=float, default=67.0)
     ap.add_argument("--optimizer", default="adam")
     ap.add_argument("--allow-tf32", action="store_true")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: gotrain --precision bf16 against PyTorch's torch.autocast(bfloat16)")
     a = ap.parse_args()
     common = ["--optimizer", a.optimizer, "--steps", str(a.steps), "--warmup", "10"]
     rows = []
     for name, args in CASES:
         g, t, flops = [], [], 0
         for _ in range(a.repeats):
-            rec = run([a.gotrain, "bench", "train", "--device", "gpu", "--peak-tflops", str(a.peak_tflops)] + args + common)
+            rec = run([a.gotrain, "bench", "train", "--device", "gpu", "--precision", a.precision,
+                       "--peak-tflops", str(a.peak_tflops)] + args + common)
             g.append(rec["samples_per_sec"])
             flops = rec["model_flops_per_step"]
             cmd = [sys.executable, os.path.join(HERE, "torch_train.py"), "--device", "cuda"] + args + common
             if a.allow_tf32:
                 cmd.append("--allow-tf32")
+            if a.precision == "bf16":
+                cmd += ["--autocast", "bf16"]
             t.append(run(cmd)["samples_per_sec"])
             print(name, round(g[-1]), round(t[-1]), file=sys.stderr, flush=True)
         gm, tm = statistics.median(g), statistics.median(t)
         batch = int(args[args.index("--batch-size") + 1])
         tfl = lambda s: flops / batch * s / 1e12
         rows.append((name, gm, tm, gm / tm, tfl(gm), tfl(tm)))
-    print(f"median of {a.repeats}; {a.steps} timed steps; optimizer {a.optimizer}; "
+    print(f"median of {a.repeats}; {a.steps} timed steps; optimizer {a.optimizer}; precision {a.precision}; "
           f"MFU against {a.peak_tflops} TFLOP/s; PyTorch TF32 {'on' if a.allow_tf32 else 'off'}")
     print()
     print("| model | gotrain samples/s | PyTorch samples/s | ratio | gotrain TFLOP/s (MFU) | PyTorch TFLOP/s (MFU) |")

@@ -54,6 +54,8 @@ def main():
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    ap.add_argument("--autocast", default="", choices=["", "bf16"],
+                    help="bf16: torch.autocast to bfloat16 (what gotrain's --precision bf16 compares with)")
     ap.add_argument("--allow-tf32", action="store_true",
                     help="let cuBLAS and cuDNN use TF32 (off: FP32 throughout, like gotrain's --precision fp32)")
     a = ap.parse_args()
@@ -77,10 +79,16 @@ def main():
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    def forward(x, y):
+        if a.autocast:
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+                return F.cross_entropy(model(x), y)
+        return F.cross_entropy(model(x), y)
+
     def step(i):
         x, y = xs[i % nb], ys[i % nb]
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        loss = forward(x, y)
         loss.backward()
         opt.step()
         return loss
@@ -94,7 +102,7 @@ def main():
     loss = float(loss)  # waits for the device
     dt = time.perf_counter() - t0
     print(json.dumps({"impl": "pytorch", "version": torch.__version__, "model": a.model, "device": str(dev),
-                      "tf32": a.allow_tf32 if dev.type == "cuda" else False,
+                      "tf32": a.allow_tf32 if dev.type == "cuda" else False, "autocast": a.autocast,
                       "batch_size": a.batch_size, "optimizer": a.optimizer, "threads": a.threads,
                       "steps": a.steps, "seconds": dt, "samples_per_sec": a.steps * a.batch_size / dt,
                       "loss": loss}))
