@@ -34,6 +34,22 @@ KERNEL copy_f32(const float *x, float *y, long n) {
 	FOR(i, n) y[i] = x[i];
 }
 
+// ---- gradient buckets: parameters' gradients packed into one buffer ----
+// y[yoff+i] = scale·x[i], or += when accumulate
+KERNEL axpy_at(const float *x, float *y, long n, long yoff, float scale, int accumulate) {
+	FOR(i, n) y[yoff + i] = accumulate ? y[yoff + i] + x[i] * scale : x[i] * scale;
+}
+
+// y[yoff+i] = x[xoff+i]
+KERNEL copy_at(const float *x, long xoff, float *y, long yoff, long n) {
+	FOR(i, n) y[yoff + i] = x[xoff + i];
+}
+
+// y[yoff+i] = v
+KERNEL fill_at(float *y, long yoff, long n, float v) {
+	FOR(i, n) y[yoff + i] = v;
+}
+
 // ---- Linear: y = b broadcast over the rows, then cuBLAS adds X·Wᵀ ----
 KERNEL bias_rows(float *y, const float *b, long rows, long m) {
 	FOR(i, rows * m) y[i] = b[i % m];

@@ -16,6 +16,9 @@ package csrc
 
 static void call_fill(void **a) { fill(A(float *, 0), A(float, 1), A(long, 2)); }
 static void call_copy_f32(void **a) { copy_f32(A(const float *, 0), A(float *, 1), A(long, 2)); }
+static void call_axpy_at(void **a) { axpy_at(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(float, 4), A(int, 5)); }
+static void call_copy_at(void **a) { copy_at(A(const float *, 0), A(long, 1), A(float *, 2), A(long, 3), A(long, 4)); }
+static void call_fill_at(void **a) { fill_at(A(float *, 0), A(long, 1), A(long, 2), A(float, 3)); }
 static void call_bias_rows(void **a) { bias_rows(A(float *, 0), A(const float *, 1), A(long, 2), A(long, 3)); }
 static void call_sum_rows(void **a) { sum_rows(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3)); }
 static void call_relu(void **a) { relu(A(const float *, 0), A(float *, 1), A(long, 2)); }
@@ -53,6 +56,9 @@ typedef struct {
 static const shim shims[] = {
 	{"fill", call_fill, 3},
 	{"copy_f32", call_copy_f32, 3},
+	{"axpy_at", call_axpy_at, 6},
+	{"copy_at", call_copy_at, 5},
+	{"fill_at", call_fill_at, 4},
 	{"bias_rows", call_bias_rows, 4},
 	{"sum_rows", call_sum_rows, 4},
 	{"relu", call_relu, 3},

@@ -449,6 +449,10 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 	if stopRequested {
 		t.dp.stop[0] = 1
 	}
+	if t.devr != nil && t.devr.reduce != nil {
+		stop, err := t.devAllReduce(ctx, last, lastScale, first, stopRequested)
+		return lossSum, stop, err
+	}
 	if t.dp.comm == nil || w == 1 || local {
 		for bi := range t.dp.buckets {
 			if err := t.fillBucket(bi, last, lastScale, first); err != nil {
@@ -498,6 +502,9 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 // fillBucket adds scale times prog's gradients of bucket bi's parameters
 // (or sets them, when first). prog nil (a rank with no samples) zeroes.
 func (t *Trainer) fillBucket(bi int, prog *graph.Program, scale float32, first bool) error {
+	if t.devr != nil && t.devr.reduce != nil {
+		return t.devFillBucket(bi, prog, scale, first)
+	}
 	for _, i := range t.dp.buckets[bi].params {
 		dst := t.dp.views[i]
 		if prog == nil {

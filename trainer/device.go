@@ -1,6 +1,7 @@
 package trainer
 
 import (
+	"context"
 	"fmt"
 	"slices"
 
@@ -8,6 +9,7 @@ import (
 	"github.com/gotrain/gotrain/gpu/executor"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/data"
+	"github.com/gotrain/gotrain/trainer/dist"
 )
 
 // Training on a device
@@ -32,11 +34,18 @@ type devRun struct {
 	progs  map[progKey]devProg // by batch size and mode
 	grads  []executor.Tensor   // reduced gradients (jobs of several ranks)
 	host   [][]float32         // per parameter: its gradient downloaded
-	names  []string
-	stale  bool // the host's parameters and optimiser state are behind
-	runs   int  // programs run on the device
-	steps  int  // optimiser steps on the device
-	evals  int  // evaluation batches on the device
+	// With a backend that all-reduces device memory (NCCL), the gradient
+	// buckets live on the device too: offsets[i] is parameter i's place in
+	// its bucket (t.dp.buckets' layout), one is a one-value scratch.
+	reduce  dist.DeviceAllReducer
+	buckets []device.Buffer
+	offsets []int
+	one     device.Buffer
+	names   []string
+	stale   bool // the host's parameters and optimiser state are behind
+	runs    int  // programs run on the device
+	steps   int  // optimiser steps on the device
+	evals   int  // evaluation batches on the device
 }
 
 type progKey struct {
@@ -96,6 +105,9 @@ func (t *Trainer) devStart() error {
 			}
 			d.grads = append(d.grads, executor.Tensor{Buf: b, Shape: p.Shape})
 		}
+		if err := t.devBuckets(); err != nil {
+			return err
+		}
 	}
 	d.progs = map[progKey]devProg{}
 	t.log.Info("training on a device", "device", d.dev.Name(), "precision", d.prec.String())
@@ -149,9 +161,11 @@ func (t *Trainer) devGrad(e *executor.Program, i int) ([]float32, error) {
 func (t *Trainer) devStep(e *executor.Program, lr float64) error {
 	d := t.devr
 	grads := d.grads
-	if grads == nil {
+	switch {
+	case grads == nil:
 		grads = e.Grads()
-	} else {
+	case d.reduce != nil: // the reduced gradients are on the device already
+	default:
 		for i, v := range t.dp.views {
 			if err := d.dev.Write(grads[i].Buf, v); err != nil {
 				return fmt.Errorf("device %s: %w", d.dev.Name(), err)
@@ -212,6 +226,12 @@ func (t *Trainer) devClose() {
 	for _, g := range d.grads {
 		d.dev.Free(g.Buf)
 	}
+	for _, b := range d.buckets {
+		d.dev.Free(b)
+	}
+	if d.one != nil {
+		d.dev.Free(d.one)
+	}
 	d.opt.Free()
 	d.params.Free()
 	d.progs, d.grads, d.params = nil, nil, nil
@@ -238,4 +258,111 @@ func (t *Trainer) devEvaluate(ds *data.Dataset, batch int) (accuracy, loss float
 		t.devr.evals++
 		return l, graph.CountCorrect(logits, p.Y, k), nil
 	})
+}
+
+// devBuckets puts the gradient buckets on the device when the backend
+// all-reduces device memory and the device's buffers have addresses.
+func (t *Trainer) devBuckets() error {
+	d := t.devr
+	red, ok := t.dp.comm.(dist.DeviceAllReducer)
+	if !ok || t.worldSize() < 2 {
+		return nil
+	}
+	d.offsets = make([]int, len(t.Model.Params))
+	for _, b := range t.dp.buckets {
+		off := 0
+		for _, i := range b.params {
+			d.offsets[i] = off
+			off += t.Model.Params[i].Size()
+		}
+		buf, err := d.dev.Alloc(len(b.buf))
+		if err != nil {
+			return fmt.Errorf("device %s: gradient bucket: %w", d.dev.Name(), err)
+		}
+		d.buckets = append(d.buckets, buf)
+		if _, ok := buf.(device.Addresser); !ok {
+			return nil // the backend cannot reach this device's memory: the host buckets serve
+		}
+	}
+	var err error
+	if d.one, err = d.dev.Alloc(1); err != nil {
+		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
+	d.reduce = red
+	t.log.Info("gradient buckets on the device", "device", d.dev.Name(), "buckets", len(d.buckets))
+	return nil
+}
+
+// devFillBucket adds scale times e's gradients of bucket bi's parameters
+// into the device bucket (or sets them, when first); e nil (no samples)
+// zeroes them. The same arithmetic as fillBucket's on the host.
+func (t *Trainer) devFillBucket(bi int, prog *graph.Program, scale float32, first bool) error {
+	d := t.devr
+	var e *executor.Program
+	if prog != nil {
+		var err error
+		if e, err = t.devProgram(prog); err != nil {
+			return err
+		}
+	}
+	for _, i := range t.dp.buckets[bi].params {
+		n := t.Model.Params[i].Size()
+		var err error
+		switch {
+		case e != nil:
+			err = d.dev.Launch("axpy_at", n, e.Grad(i).Buf, d.buckets[bi], n, d.offsets[i], scale, !first)
+		case first:
+			err = d.dev.Launch("fill_at", n, d.buckets[bi], d.offsets[i], n, float32(0))
+		}
+		if err != nil {
+			return fmt.Errorf("device %s: gradient bucket %d: %w", d.dev.Name(), bi, err)
+		}
+	}
+	return nil
+}
+
+// devAllReduce ends a step whose gradient buckets are on the device: the
+// last micro-batch's gradients and the stop flag go into the buckets, the
+// backend all-reduces them in device memory, and the reduced gradients go
+// to the optimiser's buffers. It returns whether any rank asked to stop.
+func (t *Trainer) devAllReduce(ctx context.Context, last *graph.Program, scale float32, first, stopRequested bool) (bool, error) {
+	d, r := t.devr, t.rank()
+	flag := float32(0)
+	if stopRequested {
+		flag = 1
+	}
+	for bi := range t.dp.buckets {
+		if err := t.devFillBucket(bi, last, scale, first); err != nil {
+			return false, err
+		}
+	}
+	lb := len(d.buckets) - 1
+	stopAt := len(t.dp.buckets[lb].buf) - 1
+	if err := d.dev.Launch("fill_at", 1, d.buckets[lb], stopAt, 1, flag); err != nil {
+		return false, err
+	}
+	for bi, b := range d.buckets {
+		cctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
+		err := d.reduce.AllReduceDevice(cctx, b.(device.Addresser).Addr(), b.Len(), dist.Sum)
+		cancel()
+		if err != nil {
+			return false, fmt.Errorf("rank %d: all-reduce of gradient bucket %d on the device: %w", r, bi, err)
+		}
+	}
+	for bi, b := range t.dp.buckets {
+		for _, i := range b.params {
+			n := t.Model.Params[i].Size()
+			if err := d.dev.Launch("copy_at", n, d.buckets[bi], d.offsets[i], d.grads[i].Buf, 0, n); err != nil {
+				return false, err
+			}
+		}
+	}
+	if err := d.dev.Launch("copy_at", 1, d.buckets[lb], stopAt, d.one, 0, 1); err != nil {
+		return false, err
+	}
+	v := []float32{0}
+	if err := d.dev.Read(v, d.one); err != nil {
+		return false, err
+	}
+	return v[0] > 0, nil
 }

@@ -2,11 +2,15 @@ package trainer
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/gotrain/gotrain/gpu/device"
+	"github.com/gotrain/gotrain/trainer/dist"
 )
 
 // deviceConfig is a run that the device path and the CPU follow alike
@@ -163,4 +167,57 @@ func TestBF16TrainsLikeFP32(t *testing.T) {
 	require.ErrorContains(t, cpu.Validate(), "--precision bf16 runs on a device: use --device gpu")
 	cpu.Device, cpu.Precision = "gpu", "fp16"
 	require.ErrorContains(t, cpu.Validate(), `precision "fp16" is not one of fp32, tf32, bf16`)
+}
+
+// hostPtrComm is a ring communicator that also all-reduces "device"
+// memory: the host device's buffers are C memory at real addresses, which
+// it reduces through the ring (NCCL does this with GPU memory; the CPU
+// build's NCCL stand-in with host memory: go test ./cmd/gotrain -run
+// NCCLDevice). It counts those calls.
+type hostPtrComm struct {
+	dist.Communicator
+	calls atomic.Int64
+}
+
+func (c *hostPtrComm) AllReduceDevice(ctx context.Context, ptr uintptr, count int, op dist.Op) error {
+	c.calls.Add(1)
+	p := *(*unsafe.Pointer)(unsafe.Pointer(&ptr)) // the host device's C memory, not Go's
+	v := unsafe.Slice((*float32)(p), count)
+	return c.AllReduce(ctx, v, v, op)
+}
+
+// TestDeviceBucketsMatchOneProcess: with a backend that reduces device
+// memory the gradient buckets stay on the device (2 ranks, shares 0.7/0.3,
+// 2 micro-batches): every step all-reduces there, and the result equals
+// one CPU process's, the replicas bitwise equal.
+func TestDeviceBucketsMatchOneProcess(t *testing.T) {
+	base := deviceConfig(t, "sgd")
+	ref := newTrainer(t, base)
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	rings := ring(t, 2)
+	comms := []*hostPtrComm{{Communicator: rings[0]}, {Communicator: rings[1]}}
+	trs := make([]*Trainer, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range trs {
+		cfg := base
+		cfg.Shares = []float64{0.7, 0.3}
+		cfg.AccumSteps = 2
+		trs[r] = newTrainer(t, cfg, WithCommunicator(comms[r]), WithDevice(device.Host{}))
+		wg.Go(func() {
+			if _, errs[r] = trs[r].Run(context.Background()); errs[r] != nil {
+				rings[r].Abort(errs[r])
+			}
+		})
+	}
+	wg.Wait()
+	for r, err := range errs {
+		require.NoError(t, err, "rank %d", r)
+		require.Equal(t, base.MaxSteps, comms[r].calls.Load(), "rank %d: one device all-reduce per step (one bucket)", r)
+	}
+	d := maxAbsDiff(params(ref), params(trs[0]))
+	t.Logf("2 ranks, buckets on the device: max |Δ| against one CPU process: %g", d)
+	require.Less(t, d, 1e-5)
+	require.Equal(t, params(trs[0]), params(trs[1]))
 }

@@ -300,6 +300,9 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				}
 				stop = st
 				ps = t.dp.params
+				if t.devr != nil && t.devr.reduce != nil {
+					ps = nil // the reduced gradients never came to the host
+				}
 				rs, re := t.shareOf(lo, hi, t.rank())
 				if re > rs {
 					loss = lossSum / float64(re-rs)

@@ -411,6 +411,16 @@ func TestNCCLBackendMatchesCPU(t *testing.T) {
 	require.Less(t, d, 1e-5)
 	require.Less(t, maxDiff(t, ref, outs["nccl"]), 1e-5)
 
+	// On devices (the host device: the GPU path's kernels on the CPU), NCCL
+	// all-reduces the gradient buckets in the devices' memory.
+	onDev := filepath.Join(dir, "nccl-device.safetensors")
+	stdout, stderr, err := gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--"}, dpArgs(onDev, "--backend", "nccl", "--device", "host")...)...)
+	require.NoError(t, err, stderr+stdout)
+	require.Contains(t, stderr, "gradient buckets on the device")
+	dd := maxDiff(t, outs["cpu"], onDev)
+	t.Logf("2 processes on devices, NCCL on device buckets vs CPU backend: max |Δ| %g", dd)
+	require.Less(t, dd, 1e-5)
+
 	// No library: a clear error, exit status 1, no crash.
 	t.Setenv("NCCL_LIBRARY", filepath.Join(dir, "missing-libnccl.so.2"))
 	_, stderr, err = gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--"}, dpArgs(filepath.Join(dir, "x"), "--backend", "nccl")...)...)

@@ -26,6 +26,9 @@ type buf struct {
 
 func (b *buf) Len() int { return b.n }
 
+// Addr is the buffer's device address (for NCCL).
+func (b *buf) Addr() uintptr { return uintptr(b.p) }
+
 // Device is one GPU.
 type Device struct {
 	ordinal int

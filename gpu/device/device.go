@@ -59,6 +59,13 @@ type Buffer interface {
 	Len() int
 }
 
+// Addresser is a buffer whose address can be handed to a library that
+// works in the device's memory (NCCL): CUDA device memory, or the host
+// device's C heap.
+type Addresser interface {
+	Addr() uintptr
+}
+
 // Device is memory, kernels and GEMM on one device. Calls are ordered: a
 // launch sees the effect of every call made before it.
 type Device interface {
@@ -96,6 +103,10 @@ type hostBuf struct {
 }
 
 func (b *hostBuf) Len() int { return b.n }
+
+// Addr is the buffer's address, which a collective library takes (see
+// Addresser).
+func (b *hostBuf) Addr() uintptr { return b.mem.Addr() }
 
 // Name is "host".
 func (Host) Name() string { return "host" }

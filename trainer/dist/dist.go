@@ -221,3 +221,10 @@ func (s *memStore) Get(ctx context.Context, key string) ([]byte, error) {
 		}
 	}
 }
+
+// DeviceAllReducer is a Communicator that can also all-reduce memory of a
+// compute device in place (NCCL): ptr holds count float32 values. The
+// trainer keeps its gradient buckets on the device with such a backend.
+type DeviceAllReducer interface {
+	AllReduceDevice(ctx context.Context, ptr uintptr, count int, op Op) error
+}
