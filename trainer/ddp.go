@@ -384,6 +384,12 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 	var last *graph.Program
 	var lastScale float32
 	first := true
+	lastJ := -1 // the last micro-batch with samples
+	for j := k - 1; j >= 0 && lastJ < 0; j-- {
+		if ms, me := shard(rs, re, j, k); me > ms {
+			lastJ = j
+		}
+	}
 	for j := 0; j < k; j++ {
 		ms, me := shard(rs, re, j, k)
 		if me == ms {
@@ -406,7 +412,15 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 		t.train.Batch(t.perm[ms:me], prog.X, prog.Y)
 		var loss float32
 		if t.devr != nil {
-			_, loss, err = t.devRunProgram(prog, t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j))
+			var watch func(int) error
+			if j == lastJ && t.devr.reduce != nil && w > 1 {
+				// The buckets are reduced as the backward pass fills them.
+				if watch, err = t.startReducer(ctx, prog, float32(me-ms)/n, first, stopRequested); err != nil {
+					return 0, false, err
+				}
+			}
+			warm = t.devWarm(prog)
+			_, loss, err = t.devRunProgram(prog, t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j), watch)
 		} else {
 			pcg.Seed(t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j))
 			loss, err = prog.Run(rng)

@@ -37,15 +37,17 @@ type devRun struct {
 	// With a backend that all-reduces device memory (NCCL), the gradient
 	// buckets live on the device too: offsets[i] is parameter i's place in
 	// its bucket (t.dp.buckets' layout), one is a one-value scratch.
-	reduce  dist.DeviceAllReducer
-	buckets []device.Buffer
-	offsets []int
-	one     device.Buffer
-	names   []string
-	stale   bool // the host's parameters and optimiser state are behind
-	runs    int  // programs run on the device
-	steps   int  // optimiser steps on the device
-	evals   int  // evaluation batches on the device
+	reduce   dist.DeviceAllReducer
+	buckets  []device.Buffer
+	offsets  []int
+	bucketOf []int // per parameter: its bucket
+	one      device.Buffer
+	red      *bucketReducer // the step's reductions in flight, if started during the backward pass
+	names    []string
+	stale    bool // the host's parameters and optimiser state are behind
+	runs     int  // programs run on the device
+	steps    int  // optimiser steps on the device
+	evals    int  // evaluation batches on the device
 }
 
 type progKey struct {
@@ -132,13 +134,20 @@ func (t *Trainer) devProgram(p *graph.Program) (*executor.Program, error) {
 	return e, nil
 }
 
-// devRunProgram runs p's batch (already in p.X, p.Y) on the device.
-func (t *Trainer) devRunProgram(p *graph.Program, seed, stream uint64) (*executor.Program, float32, error) {
+// devWarm reports whether p has run on the device before.
+func (t *Trainer) devWarm(p *graph.Program) bool {
+	dp, ok := t.devr.progs[progKey{p.Batch, p.Train}]
+	return ok && dp.from == p && dp.e.Warm()
+}
+
+// devRunProgram runs p's batch (already in p.X, p.Y) on the device;
+// watch, when not nil, hears of each gradient as it is issued.
+func (t *Trainer) devRunProgram(p *graph.Program, seed, stream uint64, watch func(param int) error) (*executor.Program, float32, error) {
 	e, err := t.devProgram(p)
 	if err != nil {
 		return nil, 0, err
 	}
-	loss, err := e.Run(p.X, p.Y, seed, stream)
+	loss, err := e.RunWatched(p.X, p.Y, seed, stream, watch)
 	if err != nil {
 		return nil, 0, fmt.Errorf("device %s: %w", t.devr.dev.Name(), err)
 	}
@@ -269,10 +278,12 @@ func (t *Trainer) devBuckets() error {
 		return nil
 	}
 	d.offsets = make([]int, len(t.Model.Params))
-	for _, b := range t.dp.buckets {
+	d.bucketOf = make([]int, len(t.Model.Params))
+	for bi, b := range t.dp.buckets {
 		off := 0
 		for _, i := range b.params {
 			d.offsets[i] = off
+			d.bucketOf[i] = bi
 			off += t.Model.Params[i].Size()
 		}
 		buf, err := d.dev.Alloc(len(b.buf))
@@ -297,7 +308,6 @@ func (t *Trainer) devBuckets() error {
 // into the device bucket (or sets them, when first); e nil (no samples)
 // zeroes them. The same arithmetic as fillBucket's on the host.
 func (t *Trainer) devFillBucket(bi int, prog *graph.Program, scale float32, first bool) error {
-	d := t.devr
 	var e *executor.Program
 	if prog != nil {
 		var err error
@@ -305,6 +315,12 @@ func (t *Trainer) devFillBucket(bi int, prog *graph.Program, scale float32, firs
 			return err
 		}
 	}
+	return t.devPackBucket(bi, e, scale, first)
+}
+
+// devPackBucket is devFillBucket with the device program at hand.
+func (t *Trainer) devPackBucket(bi int, e *executor.Program, scale float32, first bool) error {
+	d := t.devr
 	for _, i := range t.dp.buckets[bi].params {
 		n := t.Model.Params[i].Size()
 		var err error
@@ -321,36 +337,118 @@ func (t *Trainer) devFillBucket(bi int, prog *graph.Program, scale float32, firs
 	return nil
 }
 
-// devAllReduce ends a step whose gradient buckets are on the device: the
-// last micro-batch's gradients and the stop flag go into the buckets, the
-// backend all-reduces them in device memory, and the reduced gradients go
-// to the optimiser's buffers. It returns whether any rank asked to stop.
-func (t *Trainer) devAllReduce(ctx context.Context, last *graph.Program, scale float32, first, stopRequested bool) (bool, error) {
-	d, r := t.devr, t.rank()
-	flag := float32(0)
+// bucketReducer all-reduces the device buckets in a goroutine, each as
+// soon as it is packed, so that the backward pass goes on meanwhile.
+type bucketReducer struct {
+	t         *Trainer
+	e         *executor.Program // the last micro-batch's program; nil: no samples
+	scale     float32
+	first     bool
+	stop      float32
+	remaining []int // per bucket: gradients still to come
+	jobs      chan int
+	done      chan error
+}
+
+// startReducer starts the reductions of this step and returns the hook
+// that packs each bucket once prog's run has issued its last gradient.
+func (t *Trainer) startReducer(ctx context.Context, prog *graph.Program, scale float32, first, stopRequested bool) (func(int) error, error) {
+	d := t.devr
+	b := &bucketReducer{t: t, scale: scale, first: first, jobs: make(chan int, len(d.buckets)), done: make(chan error, 1)}
 	if stopRequested {
-		flag = 1
+		b.stop = 1
 	}
-	for bi := range t.dp.buckets {
-		if err := t.devFillBucket(bi, last, scale, first); err != nil {
+	if prog != nil {
+		var err error
+		if b.e, err = t.devProgram(prog); err != nil {
+			return nil, err
+		}
+	}
+	for _, bk := range t.dp.buckets {
+		b.remaining = append(b.remaining, len(bk.params))
+	}
+	r := t.rank()
+	go func() {
+		var err error
+		for bi := range b.jobs {
+			if err != nil {
+				continue
+			}
+			buf := d.buckets[bi]
+			cctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
+			err = d.reduce.AllReduceDevice(cctx, buf.(device.Addresser).Addr(), buf.Len(), dist.Sum)
+			cancel()
+			if err != nil {
+				err = fmt.Errorf("rank %d: all-reduce of gradient bucket %d on the device: %w", r, bi, err)
+			}
+		}
+		b.done <- err
+	}()
+	d.red = b
+	return func(param int) error {
+		bi := d.bucketOf[param]
+		if b.remaining[bi]--; b.remaining[bi] == 0 {
+			return b.pack(bi)
+		}
+		return nil
+	}, nil
+}
+
+// pack writes bucket bi (and, in the last bucket, the stop flag) and hands
+// it to the reducing goroutine.
+func (b *bucketReducer) pack(bi int) error {
+	t, d := b.t, b.t.devr
+	if err := t.devPackBucket(bi, b.e, b.scale, b.first); err != nil {
+		return err
+	}
+	if lb := len(d.buckets) - 1; bi == lb {
+		if err := d.dev.Launch("fill_at", 1, d.buckets[lb], len(t.dp.buckets[lb].buf)-1, 1, b.stop); err != nil {
+			return err
+		}
+	}
+	b.jobs <- bi
+	return nil
+}
+
+// finish waits for the reductions.
+func (b *bucketReducer) finish() error {
+	close(b.jobs)
+	return <-b.done
+}
+
+// devAllReduce ends a step whose gradient buckets are on the device: the
+// buckets (packed and being reduced since the backward pass, or packed
+// now) are all-reduced by the backend in device memory, and the reduced
+// gradients go to the optimiser's buffers. It returns whether any rank
+// asked to stop.
+func (t *Trainer) devAllReduce(ctx context.Context, last *graph.Program, scale float32, first, stopRequested bool) (bool, error) {
+	d := t.devr
+	b := d.red
+	d.red = nil
+	if b == nil {
+		// No samples on this rank, or no run reported its gradients: pack
+		// and reduce every bucket now.
+		if _, err := t.startReducer(ctx, last, scale, first, stopRequested); err != nil {
 			return false, err
 		}
+		b, d.red = d.red, nil
+		for bi := range d.buckets {
+			if err := b.pack(bi); err != nil {
+				b.finish()
+				return false, err
+			}
+		}
+	} else if slices.ContainsFunc(b.remaining, func(n int) bool { return n > 0 }) {
+		b.finish()
+		return false, fmt.Errorf("device %s: the run did not report every gradient (%v still due per bucket)", d.dev.Name(), b.remaining)
+	}
+	if err := b.finish(); err != nil {
+		return false, err
 	}
 	lb := len(d.buckets) - 1
 	stopAt := len(t.dp.buckets[lb].buf) - 1
-	if err := d.dev.Launch("fill_at", 1, d.buckets[lb], stopAt, 1, flag); err != nil {
-		return false, err
-	}
-	for bi, b := range d.buckets {
-		cctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
-		err := d.reduce.AllReduceDevice(cctx, b.(device.Addresser).Addr(), b.Len(), dist.Sum)
-		cancel()
-		if err != nil {
-			return false, fmt.Errorf("rank %d: all-reduce of gradient bucket %d on the device: %w", r, bi, err)
-		}
-	}
-	for bi, b := range t.dp.buckets {
-		for _, i := range b.params {
+	for bi, bk := range t.dp.buckets {
+		for _, i := range bk.params {
 			n := t.Model.Params[i].Size()
 			if err := d.dev.Launch("copy_at", n, d.buckets[bi], d.offsets[i], d.grads[i].Buf, 0, n); err != nil {
 				return false, err

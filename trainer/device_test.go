@@ -187,37 +187,53 @@ func (c *hostPtrComm) AllReduceDevice(ctx context.Context, ptr uintptr, count in
 }
 
 // TestDeviceBucketsMatchOneProcess: with a backend that reduces device
-// memory the gradient buckets stay on the device (2 ranks, shares 0.7/0.3,
-// 2 micro-batches): every step all-reduces there, and the result equals
-// one CPU process's, the replicas bitwise equal.
+// memory the gradient buckets stay on the device (2 ranks, unequal shares,
+// 2 micro-batches): every step all-reduces every bucket there, as the
+// backward pass fills them, and the result equals one CPU process's, the
+// replicas bitwise equal.
 func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 	base := deviceConfig(t, "sgd")
 	ref := newTrainer(t, base)
 	_, err := ref.Run(context.Background())
 	require.NoError(t, err)
-	rings := ring(t, 2)
-	comms := []*hostPtrComm{{Communicator: rings[0]}, {Communicator: rings[1]}}
-	trs := make([]*Trainer, 2)
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for r := range trs {
-		cfg := base
-		cfg.Shares = []float64{0.7, 0.3}
-		cfg.AccumSteps = 2
-		trs[r] = newTrainer(t, cfg, WithCommunicator(comms[r]), WithDevice(device.Host{}))
-		wg.Go(func() {
-			if _, errs[r] = trs[r].Run(context.Background()); errs[r] != nil {
-				rings[r].Abort(errs[r])
+	for _, tc := range []struct {
+		name     string
+		bucketMB float64
+		shares   []float64
+	}{
+		{"one bucket", 25, []float64{0.7, 0.3}},
+		// Buckets of 4 KiB: each is reduced while the backward pass fills
+		// the next; rank 1's single sample leaves one micro-batch empty.
+		{"many buckets", 4.0 / 1024, []float64{0.98, 0.02}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rings := ring(t, 2)
+			comms := []*hostPtrComm{{Communicator: rings[0]}, {Communicator: rings[1]}}
+			trs := make([]*Trainer, 2)
+			errs := make([]error, 2)
+			var wg sync.WaitGroup
+			for r := range trs {
+				cfg := base
+				cfg.Shares = tc.shares
+				cfg.AccumSteps = 2
+				cfg.BucketMB = tc.bucketMB
+				trs[r] = newTrainer(t, cfg, WithCommunicator(comms[r]), WithDevice(device.Host{}))
+				wg.Go(func() {
+					if _, errs[r] = trs[r].Run(context.Background()); errs[r] != nil {
+						rings[r].Abort(errs[r])
+					}
+				})
 			}
+			wg.Wait()
+			buckets := int64(len(trs[0].dp.buckets))
+			for r, err := range errs {
+				require.NoError(t, err, "rank %d", r)
+				require.Equal(t, base.MaxSteps*buckets, comms[r].calls.Load(), "rank %d: every bucket reduced on the device every step", r)
+			}
+			d := maxAbsDiff(params(ref), params(trs[0]))
+			t.Logf("2 ranks, %d bucket(s) on the device: max |Δ| against one CPU process: %g", buckets, d)
+			require.Less(t, d, 1e-5)
+			require.Equal(t, params(trs[0]), params(trs[1]))
 		})
 	}
-	wg.Wait()
-	for r, err := range errs {
-		require.NoError(t, err, "rank %d", r)
-		require.Equal(t, base.MaxSteps, comms[r].calls.Load(), "rank %d: one device all-reduce per step (one bucket)", r)
-	}
-	d := maxAbsDiff(params(ref), params(trs[0]))
-	t.Logf("2 ranks, buckets on the device: max |Δ| against one CPU process: %g", d)
-	require.Less(t, d, 1e-5)
-	require.Equal(t, params(trs[0]), params(trs[1]))
 }

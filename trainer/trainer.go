@@ -317,7 +317,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
 				var l float32
 				if t.devr != nil {
-					devProg, l, err = t.devRunProgram(prog, cfg.Seed^0x5eedd70a, uint64(t.pos.step))
+					devProg, l, err = t.devRunProgram(prog, cfg.Seed^0x5eedd70a, uint64(t.pos.step), nil)
 				} else {
 					pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
 					l, err = prog.Run(rng)

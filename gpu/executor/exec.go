@@ -73,8 +73,14 @@ type Program struct {
 	owned  []device.Buffer
 	ops    []*Op
 	x, y   int
-	masks  []int // node indices of the dropout masks
+	masks  []int       // node indices of the dropout masks
+	gradOf map[int]int // node index of a gradient -> its parameter
+	runs   int
 }
+
+// Warm reports whether the program has run before (the first run of a
+// program is slower: timings that stand for its speed leave it out).
+func (e *Program) Warm() bool { return e.runs > 0 }
 
 // Compile lays p out on dev; params are the model's parameters there, prec
 // the precision of its matrix products.
@@ -183,6 +189,10 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 	if e.x < 0 || e.y < 0 {
 		return fail(errors.New("executor: the program has no input or no labels"))
 	}
+	e.gradOf = make(map[int]int, len(l.Grads))
+	for pi, k := range l.Grads {
+		e.gradOf[k] = pi
+	}
 	// One workspace for every op's scratch: ops run one at a time, so
 	// slot j only needs the largest scratch j of any op.
 	var ws []device.Buffer
@@ -219,6 +229,15 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 // stream (use the step: every step gets other masks). It returns the mean
 // loss.
 func (e *Program) Run(x, y []float32, seed, stream uint64) (float32, error) {
+	return e.RunWatched(x, y, seed, stream, nil)
+}
+
+// RunWatched is Run that calls gradReady with a parameter's index as soon
+// as the op computing its gradient has been issued (in the order the
+// backward pass produces them), so that a caller can start reducing a
+// bucket of gradients while the rest of the backward pass runs. An error
+// from gradReady ends the run.
+func (e *Program) RunWatched(x, y []float32, seed, stream uint64, gradReady func(param int) error) (float32, error) {
 	if len(y) != e.Batch || len(x) != e.vals[e.x].Size() {
 		return 0, fmt.Errorf("executor: a batch of %d inputs and %d labels for a program of batch %d and %d inputs",
 			len(x)/max(1, e.vals[e.x].Size()/e.Batch), len(y), e.Batch, e.vals[e.x].Size())
@@ -253,7 +272,13 @@ func (e *Program) Run(x, y []float32, seed, stream uint64) (float32, error) {
 		if err := op.Run(e.dev, in, e.vals[i]); err != nil {
 			return 0, fmt.Errorf("executor: %s: %w", n.Op.Kind(), err)
 		}
+		if pi, ok := e.gradOf[i]; ok && gradReady != nil {
+			if err := gradReady(pi); err != nil {
+				return 0, err
+			}
+		}
 	}
+	e.runs++
 	loss := []float32{0}
 	if err := e.dev.Read(loss, e.vals[e.layout.Loss].Buf); err != nil {
 		return 0, err
