@@ -237,3 +237,22 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 		})
 	}
 }
+
+// TestDeviceRanksAreBalanced: ranks on devices feed the balancer too (the
+// device programs' first runs are left out as on the CPU): with a 4x
+// straggler the fast rank ends with the larger share.
+func TestDeviceRanksAreBalanced(t *testing.T) {
+	base, ref := stragglerBase(t, 30)
+	cfgs := make([]Config, 2)
+	recs := []*balanceRecorder{{}, {}}
+	for r := range cfgs {
+		cfgs[r] = base
+		cfgs[r].Balance, cfgs[r].BalanceEvery, cfgs[r].DebugSlowRank = "adaptive", 3, "1:4"
+	}
+	trs := runRanks(t, cfgs, func(r int) Option { return WithSink(recs[r]) }, func(int) Option { return WithDevice(device.Host{}) })
+	require.NotEmpty(t, recs[0].bal, "the balancer re-planned")
+	last := recs[0].bal[len(recs[0].bal)-1]
+	require.Greater(t, last.Shares[0], last.Shares[1], "the fast rank takes the larger share: %v", last.Shares)
+	require.Less(t, maxAbsDiff(params(ref), params(trs[0])), 1e-5)
+	require.Equal(t, params(trs[0]), params(trs[1]))
+}
