@@ -51,12 +51,11 @@ func gpuLine(stats []gpu.DeviceStats, local int) string {
 	return strings.Join(parts, " ")
 }
 
-// rankHeadroom is the headroom of the device this rank trains on, for the
-// load balancer. In every build so far ranks train on the CPU, so it is
-// the CPU's: the free memory the system and the process's cgroup allow.
-// (A rank whose executor runs on a GPU takes gpu.DeviceHeadroom of its
-// device's NVML sample instead.) When the free memory cannot be read the
-// share is not bounded, and the reason is logged once.
+// rankHeadroom is the headroom of a rank that trains on the CPU, for the
+// load balancer: the free memory the system and the process's cgroup
+// allow. (A rank on a GPU takes gpuHeadroom, from its GPU's NVML sample.)
+// When the free memory cannot be read the share is not bounded, and the
+// reason is logged once.
 func rankHeadroom(log *slog.Logger) func() gpu.Headroom {
 	var once sync.Once
 	return func() gpu.Headroom {
