@@ -99,4 +99,11 @@ func TestRoundMantissa(t *testing.T) {
 	for i, v := range y.Float32s() {
 		require.Equal(t, uint16(math.Float32bits(v)>>16), halves[i], "value %d", i)
 	}
+	// And back: widening is exact.
+	back := Alloc(4 * n)
+	defer back.Free()
+	require.NoError(t, Launch("from_bf16", h, back, n))
+	for i, v := range y.Float32s() {
+		require.Equal(t, math.Float32bits(v), math.Float32bits(back.Float32s()[i]), "value %d", i)
+	}
 }

@@ -287,6 +287,15 @@ KERNEL to_bf16(const float *x, unsigned short *y, long n) {
 	FOR(i, n) y[i] = (unsigned short)(round_bits(x[i], 7) >> 16);
 }
 
+// y = x widened from bfloat16 to float32 (exact)
+KERNEL from_bf16(const unsigned short *x, float *y, long n) {
+	FOR(i, n) {
+		union { float f; unsigned int u; } v;
+		v.u = (unsigned int)x[i] << 16;
+		y[i] = v.f;
+	}
+}
+
 // ---- optimisers, fused, as trainer/optim computes them ----
 // SGD without momentum; wd = 0 skips the decay.
 KERNEL sgd(float *p, const float *g, long n, float neg_lr, float wd) {

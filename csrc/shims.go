@@ -43,6 +43,7 @@ static void call_maxpool_grad(void **a) { maxpool_grad(A(const float *, 0), A(co
 static void call_dropout_mask(void **a) { dropout_mask(A(float *, 0), A(long, 1), A(float, 2), A(unsigned long long, 3), A(unsigned long long, 4)); }
 static void call_round_mantissa(void **a) { round_mantissa(A(const float *, 0), A(float *, 1), A(long, 2), A(int, 3)); }
 static void call_to_bf16(void **a) { to_bf16(A(const float *, 0), A(unsigned short *, 1), A(long, 2)); }
+static void call_from_bf16(void **a) { from_bf16(A(const unsigned short *, 0), A(float *, 1), A(long, 2)); }
 static void call_sgd(void **a) { sgd(A(float *, 0), A(const float *, 1), A(long, 2), A(float, 3), A(float, 4)); }
 static void call_sgd_momentum(void **a) { sgd_momentum(A(float *, 0), A(const float *, 1), A(float *, 2), A(long, 3), A(float, 4), A(float, 5), A(float, 6), A(float, 7), A(int, 8), A(int, 9)); }
 static void call_adam(void **a) { adam(A(float *, 0), A(const float *, 1), A(float *, 2), A(float *, 3), A(long, 4), A(float, 5), A(float, 6), A(float, 7), A(float, 8), A(float, 9), A(float, 10), A(float, 11), A(float, 12), A(float, 13)); }
@@ -83,6 +84,7 @@ static const shim shims[] = {
 	{"dropout_mask", call_dropout_mask, 5},
 	{"round_mantissa", call_round_mantissa, 4},
 	{"to_bf16", call_to_bf16, 3},
+	{"from_bf16", call_from_bf16, 3},
 	{"sgd", call_sgd, 5},
 	{"sgd_momentum", call_sgd_momentum, 10},
 	{"adam", call_adam, 14},

@@ -189,12 +189,12 @@ func (c *Communicator) AllReduce(ctx context.Context, send, recv any, op dist.Op
 	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(sp, rp, n, dt, nop, 0) }, send, recv)
 }
 
-// AllReduceDevice all-reduces count float32 values in place at ptr, memory
+// AllReduceDevice all-reduces count float32 (bf16: bfloat16) values in place at ptr, memory
 // of the device this rank's NCCL communicator was created for (with the
 // CPU build's stand-in, host memory): gradient buckets that never leave
 // the device. It runs on the default stream, after the work already queued
 // there, under the same deadline and watchdog as AllReduce.
-func (c *Communicator) AllReduceDevice(ctx context.Context, ptr uintptr, count int, op dist.Op) error {
+func (c *Communicator) AllReduceDevice(ctx context.Context, ptr uintptr, count int, bf16 bool, op dist.Op) error {
 	nop, ok := redOp(op)
 	if !ok {
 		return c.opErr("AllReduce", dist.ErrInvalidArg, nil, fmt.Errorf("op %v", op))
@@ -205,7 +205,11 @@ func (c *Communicator) AllReduceDevice(ctx context.Context, ptr uintptr, count i
 	if count == 0 {
 		return c.enter(ctx, "AllReduce")
 	}
-	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(DevicePtr(ptr), DevicePtr(ptr), count, Float32, nop, 0) })
+	dt := Float32
+	if bf16 {
+		dt = Bfloat16
+	}
+	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(DevicePtr(ptr), DevicePtr(ptr), count, dt, nop, 0) })
 }
 
 // Broadcast copies root's buf to every rank's buf.

@@ -69,6 +69,9 @@ type Config struct {
 	// (inputs rounded to bfloat16 on the tensor cores, float32 sums, float32
 	// master weights and optimiser state). The CPU computes in fp32.
 	Precision string `json:"precision,omitempty" yaml:"precision,omitempty"`
+	// ReducePrecision is what gradients travel in between ranks: fp32, or
+	// bf16 (half the bytes; the buckets on the device, --backend nccl).
+	ReducePrecision string `json:"reduce_precision,omitempty" yaml:"reduce_precision,omitempty"`
 
 	// Data parallelism (with several ranks).
 	AccumSteps int           `json:"accum_steps" yaml:"accum_steps"`
@@ -182,6 +185,15 @@ func (c *Config) Validate() error {
 		if c.Device == "cpu" {
 			return cfgErr("--precision %s runs on a device: use --device gpu (the CPU computes in fp32)", c.Precision)
 		}
+	}
+	switch c.ReducePrecision {
+	case "", "fp32":
+	case "bf16":
+		if c.Device == "cpu" {
+			return cfgErr("--reduce-precision bf16 all-reduces gradient buckets on a device: use --device gpu with --backend nccl")
+		}
+	default:
+		return cfgErr("--reduce-precision %q is not one of fp32, bf16", c.ReducePrecision)
 	}
 	if c.Device == "gpu" || c.Device == "host" {
 		switch {

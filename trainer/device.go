@@ -40,7 +40,8 @@ type devRun struct {
 	reduce   dist.DeviceAllReducer
 	buckets  []device.Buffer
 	offsets  []int
-	bucketOf []int // per parameter: its bucket
+	bucketOf []int           // per parameter: its bucket
+	bf16     []device.Buffer // --reduce-precision bf16: each bucket's bfloat16 copy, which travels
 	one      device.Buffer
 	red      *bucketReducer // the step's reductions in flight, if started during the backward pass
 	names    []string
@@ -235,7 +236,7 @@ func (t *Trainer) devClose() {
 	for _, g := range d.grads {
 		d.dev.Free(g.Buf)
 	}
-	for _, b := range d.buckets {
+	for _, b := range append(d.buckets, d.bf16...) {
 		d.dev.Free(b)
 	}
 	if d.one != nil {
@@ -274,7 +275,11 @@ func (t *Trainer) devEvaluate(ds *data.Dataset, batch int) (accuracy, loss float
 func (t *Trainer) devBuckets() error {
 	d := t.devr
 	red, ok := t.dp.comm.(dist.DeviceAllReducer)
+	wantBF16 := t.cfg.ReducePrecision == "bf16"
 	if !ok || t.worldSize() < 2 {
+		if wantBF16 && t.worldSize() > 1 {
+			return fmt.Errorf("%w: --reduce-precision bf16 all-reduces the gradient buckets on the device, which this backend cannot: use --backend nccl", ErrConfig)
+		}
 		return nil
 	}
 	d.offsets = make([]int, len(t.Model.Params))
@@ -292,7 +297,17 @@ func (t *Trainer) devBuckets() error {
 		}
 		d.buckets = append(d.buckets, buf)
 		if _, ok := buf.(device.Addresser); !ok {
+			if wantBF16 {
+				return fmt.Errorf("%w: --reduce-precision bf16: the backend cannot reach %s's memory", ErrConfig, d.dev.Name())
+			}
 			return nil // the backend cannot reach this device's memory: the host buckets serve
+		}
+		if wantBF16 {
+			half, err := d.dev.Alloc((len(b.buf) + 1) / 2)
+			if err != nil {
+				return fmt.Errorf("device %s: gradient bucket: %w", d.dev.Name(), err)
+			}
+			d.bf16 = append(d.bf16, half)
 		}
 	}
 	var err error
@@ -300,7 +315,7 @@ func (t *Trainer) devBuckets() error {
 		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
 	}
 	d.reduce = red
-	t.log.Info("gradient buckets on the device", "device", d.dev.Name(), "buckets", len(d.buckets))
+	t.log.Info("gradient buckets on the device", "device", d.dev.Name(), "buckets", len(d.buckets), "reduce_precision", map[bool]string{false: "fp32", true: "bf16"}[wantBF16])
 	return nil
 }
 
@@ -374,9 +389,12 @@ func (t *Trainer) startReducer(ctx context.Context, prog *graph.Program, scale f
 			if err != nil {
 				continue
 			}
-			buf := d.buckets[bi]
+			buf, n, bf16 := d.buckets[bi], d.buckets[bi].Len(), d.bf16 != nil
+			if bf16 {
+				buf = d.bf16[bi] // packed by pack(), widened by devAllReduce
+			}
 			cctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
-			err = d.reduce.AllReduceDevice(cctx, buf.(device.Addresser).Addr(), buf.Len(), dist.Sum)
+			err = d.reduce.AllReduceDevice(cctx, buf.(device.Addresser).Addr(), n, bf16, dist.Sum)
 			cancel()
 			if err != nil {
 				err = fmt.Errorf("rank %d: all-reduce of gradient bucket %d on the device: %w", r, bi, err)
@@ -403,6 +421,12 @@ func (b *bucketReducer) pack(bi int) error {
 	}
 	if lb := len(d.buckets) - 1; bi == lb {
 		if err := d.dev.Launch("fill_at", 1, d.buckets[lb], len(t.dp.buckets[lb].buf)-1, 1, b.stop); err != nil {
+			return err
+		}
+	}
+	if d.bf16 != nil {
+		n := d.buckets[bi].Len()
+		if err := d.dev.Launch("to_bf16", n, d.buckets[bi], d.bf16[bi], n); err != nil {
 			return err
 		}
 	}
@@ -444,6 +468,12 @@ func (t *Trainer) devAllReduce(ctx context.Context, last *graph.Program, scale f
 	}
 	if err := b.finish(); err != nil {
 		return false, err
+	}
+	for bi := range d.bf16 {
+		n := d.buckets[bi].Len()
+		if err := d.dev.Launch("from_bf16", n, d.bf16[bi], d.buckets[bi], n); err != nil {
+			return false, err
+		}
 	}
 	lb := len(d.buckets) - 1
 	stopAt := len(t.dp.buckets[lb].buf) - 1

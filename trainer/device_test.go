@@ -2,6 +2,7 @@ package trainer
 
 import (
 	"context"
+	"math"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -136,6 +137,10 @@ func TestDeviceRefusesWhatItCannotRunYet(t *testing.T) {
 	cfg := deviceConfig(t, "sgd")
 	cfg.Device = "tpu"
 	require.ErrorContains(t, cfg.Validate(), `--device "tpu" is not a device (valid: cpu, gpu, auto)`)
+	cfg.Device, cfg.ReducePrecision = "cpu", "bf16"
+	require.ErrorContains(t, cfg.Validate(), "--reduce-precision bf16 all-reduces gradient buckets on a device")
+	cfg.Device, cfg.ReducePrecision = "gpu", "fp16"
+	require.ErrorContains(t, cfg.Validate(), `--reduce-precision "fp16" is not one of fp32, bf16`)
 }
 
 // TestBF16TrainsLikeFP32: bf16 matrix products (inputs rounded to
@@ -176,14 +181,31 @@ func TestBF16TrainsLikeFP32(t *testing.T) {
 // NCCLDevice). It counts those calls.
 type hostPtrComm struct {
 	dist.Communicator
-	calls atomic.Int64
+	calls, bf16 atomic.Int64
 }
 
-func (c *hostPtrComm) AllReduceDevice(ctx context.Context, ptr uintptr, count int, op dist.Op) error {
+func (c *hostPtrComm) AllReduceDevice(ctx context.Context, ptr uintptr, count int, bf16 bool, op dist.Op) error {
 	c.calls.Add(1)
 	p := *(*unsafe.Pointer)(unsafe.Pointer(&ptr)) // the host device's C memory, not Go's
-	v := unsafe.Slice((*float32)(p), count)
-	return c.AllReduce(ctx, v, v, op)
+	if !bf16 {
+		v := unsafe.Slice((*float32)(p), count)
+		return c.AllReduce(ctx, v, v, op)
+	}
+	// bfloat16: summed in float32 through the ring, rounded back once.
+	c.bf16.Add(1)
+	h := unsafe.Slice((*uint16)(p), count)
+	v := make([]float32, count)
+	for i, x := range h {
+		v[i] = math.Float32frombits(uint32(x) << 16)
+	}
+	if err := c.AllReduce(ctx, v, v, op); err != nil {
+		return err
+	}
+	for i, x := range v {
+		u := math.Float32bits(x)
+		h[i] = uint16((u + 0x7fff + (u>>16)&1) >> 16)
+	}
+	return nil
 }
 
 // TestDeviceBucketsMatchOneProcess: with a backend that reduces device
@@ -200,11 +222,14 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 		name     string
 		bucketMB float64
 		shares   []float64
+		bf16     bool
 	}{
-		{"one bucket", 25, []float64{0.7, 0.3}},
+		{"one bucket", 25, []float64{0.7, 0.3}, false},
 		// Buckets of 4 KiB: each is reduced while the backward pass fills
 		// the next; rank 1's single sample leaves one micro-batch empty.
-		{"many buckets", 4.0 / 1024, []float64{0.98, 0.02}},
+		{"many buckets", 4.0 / 1024, []float64{0.98, 0.02}, false},
+		// --reduce-precision bf16: the buckets travel as bfloat16.
+		{"bf16", 4.0 / 1024, []float64{0.7, 0.3}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rings := ring(t, 2)
@@ -217,6 +242,9 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 				cfg.Shares = tc.shares
 				cfg.AccumSteps = 2
 				cfg.BucketMB = tc.bucketMB
+				if tc.bf16 {
+					cfg.ReducePrecision = "bf16"
+				}
 				trs[r] = newTrainer(t, cfg, WithCommunicator(comms[r]), WithDevice(device.Host{}))
 				wg.Go(func() {
 					if _, errs[r] = trs[r].Run(context.Background()); errs[r] != nil {
@@ -229,10 +257,20 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 			for r, err := range errs {
 				require.NoError(t, err, "rank %d", r)
 				require.Equal(t, base.MaxSteps*buckets, comms[r].calls.Load(), "rank %d: every bucket reduced on the device every step", r)
+				if tc.bf16 {
+					require.Equal(t, comms[r].calls.Load(), comms[r].bf16.Load(), "rank %d: every reduction in bfloat16", r)
+				} else {
+					require.Zero(t, comms[r].bf16.Load())
+				}
 			}
 			d := maxAbsDiff(params(ref), params(trs[0]))
-			t.Logf("2 ranks, %d bucket(s) on the device: max |Δ| against one CPU process: %g", buckets, d)
-			require.Less(t, d, 1e-5)
+			t.Logf("2 ranks, %d bucket(s) on the device, bf16 %v: max |Δ| against one CPU process: %g", buckets, tc.bf16, d)
+			if tc.bf16 {
+				require.Less(t, d, 2e-3, "bfloat16 gradients stay close")
+				require.Greater(t, d, 1e-6, "and show their rounding")
+			} else {
+				require.Less(t, d, 1e-5)
+			}
 			require.Equal(t, params(trs[0]), params(trs[1]))
 		})
 	}

@@ -421,6 +421,28 @@ func TestNCCLBackendMatchesCPU(t *testing.T) {
 	t.Logf("2 processes on devices, NCCL on device buckets vs CPU backend: max |Δ| %g", dd)
 	require.Less(t, dd, 1e-5)
 
+	// --reduce-precision bf16: the buckets travel as NCCL bfloat16. Over 10
+	// steps the rounding moves the weights by about 2e-4 (by 1e-5 after
+	// one step; the trajectories drift apart from there, as with bf16
+	// matrix products).
+	full, half := filepath.Join(dir, "nccl-10.safetensors"), filepath.Join(dir, "nccl-bf16.safetensors")
+	for out, extra := range map[string][]string{full: nil, half: {"--device", "host", "--reduce-precision", "bf16"}} {
+		stdout, stderr, err = gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--"},
+			dpArgs(out, append([]string{"--backend", "nccl", "--max-steps", "10"}, extra...)...)...)...)
+		require.NoError(t, err, stderr+stdout)
+		if out == half {
+			require.Contains(t, stderr, "reduce_precision=bf16")
+		}
+	}
+	dh := maxDiff(t, full, half)
+	t.Logf("2 processes, 10 steps, NCCL bfloat16 buckets on devices vs float32: max |Δ| %g", dh)
+	require.Less(t, dh, 2e-3)
+	require.Greater(t, dh, 1e-7, "bfloat16 rounding shows")
+	// The CPU ring cannot carry bfloat16 buckets: refused by name.
+	_, stderr, err = gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--"}, dpArgs(filepath.Join(dir, "y"), "--device", "host", "--reduce-precision", "bf16")...)...)
+	require.Error(t, err)
+	require.Contains(t, stderr, "--reduce-precision bf16 all-reduces the gradient buckets on the device, which this backend cannot: use --backend nccl")
+
 	// No library: a clear error, exit status 1, no crash.
 	t.Setenv("NCCL_LIBRARY", filepath.Join(dir, "missing-libnccl.so.2"))
 	_, stderr, err = gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--"}, dpArgs(filepath.Join(dir, "x"), "--backend", "nccl")...)...)

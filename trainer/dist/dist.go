@@ -223,8 +223,9 @@ func (s *memStore) Get(ctx context.Context, key string) ([]byte, error) {
 }
 
 // DeviceAllReducer is a Communicator that can also all-reduce memory of a
-// compute device in place (NCCL): ptr holds count float32 values. The
-// trainer keeps its gradient buckets on the device with such a backend.
+// compute device in place (NCCL): ptr holds count float32 values, or
+// bfloat16 values when bf16. The trainer keeps its gradient buckets on the
+// device with such a backend.
 type DeviceAllReducer interface {
-	AllReduceDevice(ctx context.Context, ptr uintptr, count int, op Op) error
+	AllReduceDevice(ctx context.Context, ptr uintptr, count int, bf16 bool, op Op) error
 }
