@@ -404,10 +404,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 		if t.pipelined() {
 			evaluate = t.evaluatePipeline
 		}
-		if err := t.hostSync(); err != nil {
-			return res, err
-		}
-		acc, loss, err := evaluate(cctx)
+		acc, loss, err := evaluate(cctx) // on the device, when the model trains on one
 		if err != nil {
 			return res, err
 		}
