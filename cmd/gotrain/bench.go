@@ -85,6 +85,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	idx := make([]int, cfg.BatchSize)
 	var loss float32
 	var step func(i int) error
+	var lossOf func() (float32, error) // waits for the device's last step
 	devName := "cpu"
 	if cfg.Device != "cpu" {
 		dev, err := openDevice(cfg, localRank(), slog.New(slog.NewTextHandler(stderr, nil)))
@@ -116,11 +117,14 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 				idx[j] = (i%nb)*cfg.BatchSize + j
 			}
 			ds.Batch(idx, prog.X, prog.Y)
-			if loss, err = e.Run(prog.X, prog.Y, 1, uint64(i)); err != nil {
+			// No read-back per step: the device runs ahead, as PyTorch's
+			// does until the peer reads its loss after the last step.
+			if err := e.Launch(prog.X, prog.Y, 1, uint64(i)); err != nil {
 				return err
 			}
 			return opt.Step(params.T, e.Grads(), cfg.LR)
 		}
+		lossOf = e.Loss
 	} else {
 		// The gradient buffers exist once the program has run.
 		if _, err := prog.Run(rand.New(rand.NewPCG(1, 1))); err != nil {
@@ -155,6 +159,11 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	t0 := time.Now()
 	for i := 0; i < *steps; i++ {
 		if err := step(i); err != nil {
+			return err
+		}
+	}
+	if lossOf != nil {
+		if loss, err = lossOf(); err != nil {
 			return err
 		}
 	}

@@ -238,26 +238,49 @@ func (e *Program) Run(x, y []float32, seed, stream uint64) (float32, error) {
 // bucket of gradients while the rest of the backward pass runs. An error
 // from gradReady ends the run.
 func (e *Program) RunWatched(x, y []float32, seed, stream uint64, gradReady func(param int) error) (float32, error) {
+	if err := e.launch(x, y, seed, stream, gradReady); err != nil {
+		return 0, err
+	}
+	return e.Loss()
+}
+
+// Launch issues a run and returns without waiting for the device or
+// reading the loss: a device queues the work, and the caller may prepare
+// the next batch meanwhile. Loss waits for it.
+func (e *Program) Launch(x, y []float32, seed, stream uint64) error {
+	return e.launch(x, y, seed, stream, nil)
+}
+
+// Loss waits for the last run and returns its mean loss.
+func (e *Program) Loss() (float32, error) {
+	loss := []float32{0}
+	if err := e.dev.Read(loss, e.vals[e.layout.Loss].Buf); err != nil {
+		return 0, err
+	}
+	return loss[0], e.dev.Sync()
+}
+
+func (e *Program) launch(x, y []float32, seed, stream uint64, gradReady func(param int) error) error {
 	if len(y) != e.Batch || len(x) != e.vals[e.x].Size() {
-		return 0, fmt.Errorf("executor: a batch of %d inputs and %d labels for a program of batch %d and %d inputs",
+		return fmt.Errorf("executor: a batch of %d inputs and %d labels for a program of batch %d and %d inputs",
 			len(x)/max(1, e.vals[e.x].Size()/e.Batch), len(y), e.Batch, e.vals[e.x].Size())
 	}
 	for i, v := range y {
 		if v < 0 || v != float32(math.Trunc(float64(v))) || int(v) >= e.vals[e.layout.Logits].Shape[1] {
-			return 0, fmt.Errorf("executor: label %v of sample %d is not a class of this model (0 to %d)", v, i, e.vals[e.layout.Logits].Shape[1]-1)
+			return fmt.Errorf("executor: label %v of sample %d is not a class of this model (0 to %d)", v, i, e.vals[e.layout.Logits].Shape[1]-1)
 		}
 	}
 	if err := e.dev.Write(e.vals[e.x].Buf, x); err != nil {
-		return 0, err
+		return err
 	}
 	if err := e.dev.Write(e.vals[e.y].Buf, y); err != nil {
-		return 0, err
+		return err
 	}
 	for j, i := range e.masks {
 		n := e.layout.Nodes[i]
 		size := e.vals[i].Size()
 		if err := e.dev.Launch("dropout_mask", size, e.vals[i].Buf, size, float32(n.DropP), seed, stream*uint64(len(e.masks))+uint64(j)); err != nil {
-			return 0, err
+			return err
 		}
 	}
 	for i, op := range e.ops {
@@ -270,20 +293,16 @@ func (e *Program) RunWatched(x, y []float32, seed, stream uint64, gradReady func
 			in[j] = e.vals[k]
 		}
 		if err := op.Run(e.dev, in, e.vals[i]); err != nil {
-			return 0, fmt.Errorf("executor: %s: %w", n.Op.Kind(), err)
+			return fmt.Errorf("executor: %s: %w", n.Op.Kind(), err)
 		}
 		if pi, ok := e.gradOf[i]; ok && gradReady != nil {
 			if err := gradReady(pi); err != nil {
-				return 0, err
+				return err
 			}
 		}
 	}
 	e.runs++
-	loss := []float32{0}
-	if err := e.dev.Read(loss, e.vals[e.layout.Loss].Buf); err != nil {
-		return 0, err
-	}
-	return loss[0], e.dev.Sync()
+	return nil
 }
 
 // Grad is parameter i's gradient from the last run (training programs).

@@ -125,6 +125,11 @@ func TestDropoutOnTheDevice(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, a, b)
 		require.NotEqual(t, a, c)
+		// Launch queues the same run without reading back; Loss waits.
+		require.NoError(t, dp.Launch(x, y, 9, 1))
+		l, err := dp.Loss()
+		require.NoError(t, err)
+		require.Equal(t, a, l)
 		mask := make([]float32, dp.vals[dp.masks[0]].Size())
 		require.NoError(t, dev.Read(mask, dp.vals[dp.masks[0]].Buf))
 		zeros := 0
