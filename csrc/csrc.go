@@ -29,26 +29,12 @@
 // no GPU.
 package csrc
 
-import (
-	_ "embed"
-	"regexp"
-)
+import _ "embed"
 
 // Source is the CUDA source of the kernels (kernels.cu).
 //
 //go:embed kernels.cu
 var Source string
 
-// Emu is emu.h, which kernels.cu includes when compiled for the host.
-//
-//go:embed emu.h
-var Emu string
-
 // Kernels are the names of the kernels in Source, in source order.
-var Kernels = func() []string {
-	var names []string
-	for _, m := range regexp.MustCompile(`(?m)^KERNEL ([a-z_0-9]+)\(`).FindAllStringSubmatch(Source, -1) {
-		names = append(names, m[1])
-	}
-	return names
-}()
+var Kernels = kernels.names

@@ -101,7 +101,6 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
 	"unsafe"
 )
 
@@ -121,46 +120,54 @@ func (k ArgKind) String() string {
 	return [...]string{"pointer", "long", "int", "float", "unsigned long long"}[k]
 }
 
-var (
-	sigOnce sync.Once
-	sigs    map[string][]ArgKind
-	sigErr  error
-)
+// kernels is Source's kernels, parsed once: their names in order and
+// their parameter types.
+var kernels = parseKernels(Source)
+
+type kernelSet struct {
+	names []string
+	sigs  map[string][]ArgKind
+	err   error // a parameter type the launchers do not pass
+}
+
+func parseKernels(src string) kernelSet {
+	ks := kernelSet{sigs: map[string][]ArgKind{}}
+	re := regexp.MustCompile(`(?ms)^KERNEL ([a-z_0-9]+)\((.*?)\)\s*\{`)
+	for _, m := range re.FindAllStringSubmatch(src, -1) {
+		var kinds []ArgKind
+		for _, p := range strings.Split(m[2], ",") {
+			p = strings.Join(strings.Fields(p), " ")
+			var k ArgKind
+			switch {
+			case strings.Contains(p, "*"):
+				k = ArgPtr
+			case strings.HasPrefix(p, "unsigned long long "):
+				k = ArgU64
+			case strings.HasPrefix(p, "long "):
+				k = ArgLong
+			case strings.HasPrefix(p, "int "):
+				k = ArgInt
+			case strings.HasPrefix(p, "float "):
+				k = ArgFloat
+			default:
+				if ks.err == nil {
+					ks.err = fmt.Errorf("csrc: kernel %s: parameter %q has a type the launchers do not pass", m[1], p)
+				}
+			}
+			kinds = append(kinds, k)
+		}
+		ks.names = append(ks.names, m[1])
+		ks.sigs[m[1]] = kinds
+	}
+	return ks
+}
 
 // Signature returns the parameter types of a kernel, parsed from Source.
 func Signature(name string) ([]ArgKind, error) {
-	sigOnce.Do(func() {
-		sigs = map[string][]ArgKind{}
-		re := regexp.MustCompile(`(?ms)^KERNEL ([a-z_0-9]+)\((.*?)\)\s*\{`)
-		for _, m := range re.FindAllStringSubmatch(Source, -1) {
-			var kinds []ArgKind
-			for _, p := range strings.Split(m[2], ",") {
-				p = strings.Join(strings.Fields(p), " ")
-				var k ArgKind
-				switch {
-				case strings.Contains(p, "*"):
-					k = ArgPtr
-				case strings.HasPrefix(p, "unsigned long long "):
-					k = ArgU64
-				case strings.HasPrefix(p, "long "):
-					k = ArgLong
-				case strings.HasPrefix(p, "int "):
-					k = ArgInt
-				case strings.HasPrefix(p, "float "):
-					k = ArgFloat
-				default:
-					sigErr = fmt.Errorf("csrc: kernel %s: parameter %q has a type the launchers do not pass", m[1], p)
-					return
-				}
-				kinds = append(kinds, k)
-			}
-			sigs[m[1]] = kinds
-		}
-	})
-	if sigErr != nil {
-		return nil, sigErr
+	if kernels.err != nil {
+		return nil, kernels.err
 	}
-	s, ok := sigs[name]
+	s, ok := kernels.sigs[name]
 	if !ok {
 		return nil, fmt.Errorf("csrc: no kernel %q in kernels.cu", name)
 	}

@@ -196,13 +196,8 @@ func (c *Config) Validate() error {
 		return cfgErr("--reduce-precision %q is not one of fp32, bf16", c.ReducePrecision)
 	}
 	if c.Device == "gpu" || c.Device == "host" {
-		switch {
-		case c.PipelineStages > 1:
-			return cfgErr("--device %s does not run pipeline stages yet: use --device cpu with --pipeline-stages", c.Device)
-		case c.Sync != "allreduce":
-			return cfgErr("--device %s runs --sync allreduce only so far: use --device cpu with --sync %s", c.Device, c.Sync)
-		case c.ClipGradNorm > 0:
-			return cfgErr("--device %s does not clip gradients yet: drop --clip-grad-norm or use --device cpu", c.Device)
+		if err := c.DeviceRuns(c.Device); err != nil {
+			return err
 		}
 	}
 	if _, err := balance.ParseMode(c.Balance); err != nil {
@@ -252,6 +247,21 @@ func (c *Config) Validate() error {
 	}
 	if err := c.schedule(1000).Validate(); err != nil {
 		return cfgErr("--schedule: %v", err)
+	}
+	return nil
+}
+
+// DeviceRuns says whether the device path (gpu/executor) trains this
+// configuration; the error names what it does not run yet. dev names the
+// device in the message.
+func (c *Config) DeviceRuns(dev string) error {
+	switch {
+	case c.PipelineStages > 1:
+		return cfgErr("--device %s does not run pipeline stages yet: use --device cpu with --pipeline-stages", dev)
+	case c.Sync != "allreduce":
+		return cfgErr("--device %s runs --sync allreduce only so far: use --device cpu with --sync %s", dev, c.Sync)
+	case c.ClipGradNorm > 0:
+		return cfgErr("--device %s does not clip gradients yet: drop --clip-grad-norm or use --device cpu", dev)
 	}
 	return nil
 }

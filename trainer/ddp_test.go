@@ -198,13 +198,15 @@ func TestUnequalSharesEqualOneProcess(t *testing.T) {
 	}
 }
 
-// stragglerBase is the config of the balancing tests, on a model whose
-// steps take milliseconds, so that the straggler's sleeps dwarf the
-// timer's noise, and the reference: one process's run of it.
+// stragglerBase is the config of the balancing tests, adaptive balancing
+// every 3 steps with rank 1 slowed 4x, on a model whose steps take
+// milliseconds, so that the straggler's sleeps dwarf the timer's noise; and
+// the reference: one process's run of it (where neither setting acts).
 func stragglerBase(t *testing.T, steps int64) (Config, *Trainer) {
 	base := sgdConfig(t)
 	base.MaxSteps = steps
 	base.Hidden = []int{256}
+	base.Balance, base.BalanceEvery, base.DebugSlowRank = "adaptive", 3, "1:4"
 	ref := newTrainer(t, base)
 	_, err := ref.Run(context.Background())
 	require.NoError(t, err)
@@ -216,14 +218,8 @@ func stragglerBase(t *testing.T, steps int64) (Config, *Trainer) {
 // gets the larger share, and the result still equals one process's.
 func TestAdaptiveBalancingFavoursTheFastRank(t *testing.T) {
 	base, ref := stragglerBase(t, 30)
-	cfgs := make([]Config, 2)
+	cfgs := []Config{base, base}
 	recs := []*balanceRecorder{{}, {}}
-	for r := range cfgs {
-		cfgs[r] = base
-		cfgs[r].Balance = "adaptive"
-		cfgs[r].BalanceEvery = 3
-		cfgs[r].DebugSlowRank = "1:4"
-	}
 	trs := runRanks(t, cfgs, func(r int) Option { return WithSink(recs[r]) })
 	require.NotEmpty(t, recs[0].bal, "the balancer re-planned")
 	last := recs[0].bal[len(recs[0].bal)-1]
@@ -250,9 +246,6 @@ func TestResumeKeepsTheShares(t *testing.T) {
 	for r := range cfgs {
 		cfgs[r] = base
 		cfgs[r].MaxSteps = 12
-		cfgs[r].Balance = "adaptive"
-		cfgs[r].BalanceEvery = 3
-		cfgs[r].DebugSlowRank = "1:4"
 		cfgs[r].CheckpointDir = dir
 	}
 	trs := runRanks(t, cfgs, func(r int) Option { return WithSink(recs[r]) })

@@ -72,13 +72,8 @@ func (t *Trainer) devStart() error {
 	if d == nil || d.params != nil {
 		return nil
 	}
-	switch {
-	case t.pipelined():
-		return fmt.Errorf("%w: --device %s does not run pipeline stages yet", ErrConfig, d.dev.Name())
-	case t.cfg.Sync != "allreduce":
-		return fmt.Errorf("%w: --device %s runs --sync allreduce only so far", ErrConfig, d.dev.Name())
-	case t.cfg.ClipGradNorm > 0:
-		return fmt.Errorf("%w: --device %s does not clip gradients yet", ErrConfig, d.dev.Name())
+	if err := t.cfg.DeviceRuns(d.dev.Name()); err != nil {
+		return err
 	}
 	var err error
 	if t.cfg.Precision != "" {

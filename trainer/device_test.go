@@ -281,12 +281,8 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 // straggler the fast rank ends with the larger share.
 func TestDeviceRanksAreBalanced(t *testing.T) {
 	base, ref := stragglerBase(t, 30)
-	cfgs := make([]Config, 2)
+	cfgs := []Config{base, base}
 	recs := []*balanceRecorder{{}, {}}
-	for r := range cfgs {
-		cfgs[r] = base
-		cfgs[r].Balance, cfgs[r].BalanceEvery, cfgs[r].DebugSlowRank = "adaptive", 3, "1:4"
-	}
 	trs := runRanks(t, cfgs, func(r int) Option { return WithSink(recs[r]) }, func(int) Option { return WithDevice(device.Host{}) })
 	require.NotEmpty(t, recs[0].bal, "the balancer re-planned")
 	last := recs[0].bal[len(recs[0].bal)-1]

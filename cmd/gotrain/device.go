@@ -34,8 +34,6 @@ func openDevice(cfg trainer.Config, local int, log *slog.Logger) (device.Device,
 		return d, nil
 	}
 	// auto
-	probe := cfg
-	probe.Device = "gpu"
 	n, err := cuda.Count()
 	switch {
 	case errors.Is(err, cuda.ErrNotBuilt):
@@ -47,7 +45,7 @@ func openDevice(cfg trainer.Config, local int, log *slog.Logger) (device.Device,
 		log.Warn("training on the CPU: this node has fewer GPUs than local ranks", "local_rank", local, "gpus", n)
 		return nil, nil
 	}
-	if err := probe.Validate(); err != nil {
+	if err := cfg.DeviceRuns("gpu"); err != nil {
 		log.Info("training on the CPU: the GPU path does not run this configuration yet", "why", err)
 		return nil, nil
 	}

@@ -72,6 +72,7 @@ type Program struct {
 	vals   []Tensor
 	owned  []device.Buffer
 	ops    []*Op
+	ins    [][]Tensor // per op node: its inputs, bound once
 	x, y   int
 	masks  []int       // node indices of the dropout masks
 	gradOf map[int]int // node index of a gradient -> its parameter
@@ -189,6 +190,14 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 	if e.x < 0 || e.y < 0 {
 		return fail(errors.New("executor: the program has no input or no labels"))
 	}
+	e.ins = make([][]Tensor, len(l.Nodes))
+	for i, op := range e.ops {
+		if op != nil {
+			for _, k := range l.Nodes[i].Inputs {
+				e.ins[i] = append(e.ins[i], e.vals[k])
+			}
+		}
+	}
 	e.gradOf = make(map[int]int, len(l.Grads))
 	for pi, k := range l.Grads {
 		e.gradOf[k] = pi
@@ -287,13 +296,8 @@ func (e *Program) launch(x, y []float32, seed, stream uint64, gradReady func(par
 		if op == nil {
 			continue
 		}
-		n := e.layout.Nodes[i]
-		in := make([]Tensor, len(n.Inputs))
-		for j, k := range n.Inputs {
-			in[j] = e.vals[k]
-		}
-		if err := op.Run(e.dev, in, e.vals[i]); err != nil {
-			return fmt.Errorf("executor: %s: %w", n.Op.Kind(), err)
+		if err := op.Run(e.dev, e.ins[i], e.vals[i]); err != nil {
+			return fmt.Errorf("executor: %s: %w", op.Kind, err)
 		}
 		if pi, ok := e.gradOf[i]; ok && gradReady != nil {
 			if err := gradReady(pi); err != nil {
