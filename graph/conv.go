@@ -156,13 +156,6 @@ func kmToNCHW(g convGeom, t, y []float32, bias []float32) {
 	})
 }
 
-func grow(buf []float32, n int) []float32 {
-	if cap(buf) >= n {
-		return buf[:n]
-	}
-	return make([]float32, n)
-}
-
 // ---- Conv2D: Y[N,K,OH,OW] = W ⊛ X + b ----
 
 type conv2dOp struct {
@@ -175,11 +168,32 @@ type conv2dOp struct {
 
 // workspaceBytes is the memory of the ops' scratch buffers (see
 // Program.Bytes).
-func (o *conv2dOp) workspaceBytes() int64 { return 4 * int64(cap(o.cols)+cap(o.tmp)) }
+func (o *conv2dOp) workspaceBytes() int64 { return 4 * int64(len(o.cols)+len(o.tmp)) }
 func (o *conv2dGradInputOp) workspaceBytes() int64 {
-	return 4 * int64(cap(o.dcols)+cap(o.dyKM))
+	return 4 * int64(len(o.dcols)+len(o.dyKM))
 }
-func (o *conv2dGradWOp) workspaceBytes() int64 { return 4 * int64(cap(o.cols)+cap(o.dyKM)) }
+func (o *conv2dGradWOp) workspaceBytes() int64 { return 4 * int64(len(o.cols)+len(o.dyKM)) }
+
+func (o *conv2dOp) releaseTo(p *bufPool) {
+	o.base.releaseTo(p)
+	p.put(o.cols)
+	p.put(o.tmp)
+	o.cols, o.tmp, o.colsOf = nil, nil, nil
+}
+
+func (o *conv2dGradInputOp) releaseTo(p *bufPool) {
+	o.base.releaseTo(p)
+	p.put(o.dcols)
+	p.put(o.dyKM)
+	o.dcols, o.dyKM = nil, nil
+}
+
+func (o *conv2dGradWOp) releaseTo(p *bufPool) {
+	o.base.releaseTo(p)
+	p.put(o.cols)
+	p.put(o.dyKM)
+	o.cols, o.dyKM = nil, nil
+}
 
 func newConv2D(stride, pad int, needX bool) *conv2dOp {
 	return &conv2dOp{base: newBase(OpConv2D, map[string]any{"stride": stride, "pad": pad, "grad_x": needX}, tt(4), tt(4), tt(4), tt(1)), stride: stride, pad: pad, needX: needX}
@@ -204,8 +218,8 @@ func (o *conv2dOp) Do(in ...G.Value) (G.Value, error) {
 	x := f32(in[0])
 	out := o.output(g.N, g.K, g.OH, g.OW)
 	ncols := g.N * g.ohw()
-	o.cols = grow(o.cols, g.ckk()*ncols)
-	o.tmp = grow(o.tmp, g.K*ncols)
+	o.cols = grow(o.pool, o.cols, g.ckk()*ncols)
+	o.tmp = grow(o.pool, o.tmp, g.K*ncols)
 	im2col(g, x, o.cols)
 	o.colsOf = &x[0]
 	cblas.Sgemm(false, false, g.K, ncols, g.ckk(), 1, f32(in[1]), g.ckk(), o.cols, ncols, 0, o.tmp, ncols)
@@ -253,8 +267,8 @@ func (o *conv2dGradInputOp) Do(in ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	ncols := g.N * g.ohw()
-	o.dyKM = grow(o.dyKM, g.K*ncols)
-	o.dcols = grow(o.dcols, g.ckk()*ncols)
+	o.dyKM = grow(o.pool, o.dyKM, g.K*ncols)
+	o.dcols = grow(o.pool, o.dcols, g.ckk()*ncols)
 	nchwToKM(g, f32(in[0]), o.dyKM)
 	cblas.Sgemm(true, false, g.ckk(), ncols, g.K, 1, f32(in[1]), g.ckk(), o.dyKM, ncols, 0, o.dcols, ncols)
 	out := o.output(o.xShape...)
@@ -290,11 +304,11 @@ func (o *conv2dGradWOp) Do(in ...G.Value) (G.Value, error) {
 	cols := o.fwd.cols
 	if o.fwd.colsOf != &x[0] || len(cols) != g.ckk()*ncols {
 		// The forward op's im2col is of another input: recompute.
-		o.cols = grow(o.cols, g.ckk()*ncols)
+		o.cols = grow(o.pool, o.cols, g.ckk()*ncols)
 		im2col(g, x, o.cols)
 		cols = o.cols
 	}
-	o.dyKM = grow(o.dyKM, g.K*ncols)
+	o.dyKM = grow(o.pool, o.dyKM, g.K*ncols)
 	nchwToKM(g, f32(in[1]), o.dyKM)
 	out := o.output(o.wShape...)
 	cblas.Sgemm(false, true, g.K, g.ckk(), ncols, 1, o.dyKM, ncols, cols, ncols, 0, f32(out), g.ckk())

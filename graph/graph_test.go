@@ -342,3 +342,49 @@ func TestReleaseDropsOneProgram(t *testing.T) {
 	require.NoError(t, err)
 	require.Same(t, e, same, "the eval program of that size stays")
 }
+
+// A program compiled after Release reuses the released one's buffers (no
+// fresh memory for a batch a little larger or smaller, as the load
+// balancer asks), computes exactly what a program with fresh buffers
+// computes, and the released program refuses to run.
+func TestReleasedBuffersServeTheNextProgram(t *testing.T) {
+	spec := Spec{Kind: "cnn", Dropout: 0.25}
+	m, err := New(spec, 1)
+	require.NoError(t, err)
+	ref, err := New(spec, 1) // fresh buffers only
+	require.NoError(t, err)
+	run := func(m *Model, b int) (*Program, float32, [][]float32) {
+		p, err := m.Program(b, true)
+		require.NoError(t, err)
+		r := rand.New(rand.NewPCG(uint64(b), 1))
+		fill(r, p.X, 1)
+		for i := range p.Y {
+			p.Y[i] = float32(i % 10)
+		}
+		loss, err := p.Run(rand.New(rand.NewPCG(9, uint64(b))))
+		require.NoError(t, err)
+		grads := make([][]float32, len(m.Params))
+		for i := range grads {
+			grads[i] = slices.Clone(p.Grad(i))
+		}
+		return p, loss, grads
+	}
+	old, _, _ := run(m, 85)
+	for _, b := range []int{86, 84, 43, 44} {
+		before := m.pool.fresh
+		m.Release(old.Batch, true)
+		require.Positive(t, m.pool.freeBytes(), "the released buffers wait in the pool")
+		var loss float32
+		var grads [][]float32
+		old, loss, grads = run(m, b)
+		require.Equal(t, before, m.pool.fresh, "batch %d after release: no fresh buffers", b)
+		require.Zero(t, m.pool.freeBytes(), "what the first run did not take is dropped")
+		_, want, wantGrads := run(ref, b)
+		require.Equal(t, want, loss, "batch %d: the loss with reused buffers", b)
+		require.Equal(t, wantGrads, grads, "batch %d: the gradients with reused buffers", b)
+	}
+	gone := old
+	m.Release(gone.Batch, true)
+	_, err = gone.Run(nil)
+	require.ErrorContains(t, err, "released")
+}

@@ -83,6 +83,7 @@ type Model struct {
 	layers []layer
 	progs  map[progKey]*Program
 	used   []progKey // least recently used first
+	pool   bufPool   // the programs' buffers (see mem.go)
 }
 
 // MaxPrograms is how many compiled programs a model keeps; the least
@@ -253,7 +254,7 @@ func (l dropout) apply(b *builder, x *G.Node) (*G.Node, error) {
 	if !b.train {
 		return x, nil
 	}
-	mask := make([]float32, x.Shape().TotalSize())
+	mask := b.m.pool.get(x.Shape().TotalSize())
 	mv := tensor.New(tensor.WithShape(x.Shape()...), tensor.WithBacking(mask))
 	mn := G.NodeFromAny(b.g, mv, G.WithName(fmt.Sprintf("dropout%d.mask", len(b.masks))))
 	b.masks = append(b.masks, dropMask{data: mask, p: l.p, node: mn})
@@ -318,6 +319,7 @@ type Program struct {
 	paramI map[*G.Node]int  // their index in Model.Params
 	x, y   *G.Node
 	runs   int
+	pool   *bufPool // the model's
 }
 
 // Warm reports whether the program has run before. The first Run of a
@@ -385,16 +387,18 @@ func (m *Model) Program(batch int, train bool) (*Program, error) {
 }
 
 // Release drops the compiled program for this batch size and mode, if
-// there is one, so that its buffers can be freed: a load balancer that
-// moves a rank to another batch size releases the old one's, and the new
-// program's first run then reuses that memory (after a garbage
-// collection) instead of touching fresh pages, which is several times
-// slower. A later Program call compiles it anew.
+// there is one, and keeps its buffers for the next program's first run: a
+// load balancer that moves a rank to another batch size releases the old
+// one's, and the new program then reuses that memory instead of touching
+// fresh pages, which is several times slower (see mem.go). The released
+// program must not be run again; a later Program call compiles it anew.
 func (m *Model) Release(batch int, train bool) {
 	k := progKey{batch, train}
-	if _, ok := m.progs[k]; !ok {
+	p, ok := m.progs[k]
+	if !ok {
 		return
 	}
+	p.release()
 	delete(m.progs, k)
 	m.used = slices.DeleteFunc(m.used, func(u progKey) bool { return u == k })
 }
@@ -467,7 +471,28 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 		return nil, err
 	}
 	p.vm = G.NewTapeMachine(g)
+	p.pool = &m.pool
+	for _, n := range g.AllNodes() {
+		if o, ok := n.Op().(pooled); ok {
+			o.setPool(p.pool)
+		}
+	}
 	return p, nil
+}
+
+// release gives the program's buffers back to its pool, for the next
+// program's first run; the program must not run again.
+func (p *Program) release() {
+	for _, n := range p.g.AllNodes() {
+		if o, ok := n.Op().(pooled); ok {
+			o.releaseTo(p.pool)
+		}
+	}
+	for _, mk := range p.masks {
+		p.pool.put(mk.data)
+	}
+	p.masks = nil
+	p.vm = nil
 }
 
 // checkClosed verifies that every op in the graph belongs to the op set.
@@ -505,9 +530,18 @@ func (p *Program) Run(rng *rand.Rand) (float32, error) {
 	if err := drawMasks(p.masks, rng); err != nil {
 		return 0, err
 	}
+	if p.vm == nil {
+		return 0, fmt.Errorf("graph: the %s program of batch %d was released; get a new one from Model.Program", map[bool]string{true: "train", false: "eval"}[p.Train], p.Batch)
+	}
 	defer p.vm.Reset()
 	p.runs++
-	if err := p.vm.RunAll(); err != nil {
+	err := p.vm.RunAll()
+	if p.runs == 1 {
+		// The first run took what it could reuse of released programs'
+		// buffers; the rest goes to the garbage collector.
+		p.pool.trim()
+	}
+	if err != nil {
 		return 0, fmt.Errorf("graph: running %s program (batch %d): %w", map[bool]string{true: "train", false: "eval"}[p.Train], p.Batch, err)
 	}
 	return scalarOf(p.loss.Value()), nil

@@ -55,6 +55,8 @@ type base struct {
 	typ   hm.Type
 	arity int
 	out   *tensor.Dense
+	buf   []float32 // out's backing, with its whole capacity
+	pool  *bufPool  // where buf comes from (nil: the heap)
 }
 
 func newBase(k Kind, attrs map[string]any, ret hm.Type, args ...hm.Type) base {
@@ -89,8 +91,18 @@ func (b *base) output(shape ...int) *tensor.Dense {
 	for _, s := range shape {
 		n *= s
 	}
-	b.out = tensor.New(tensor.WithShape(shape...), tensor.WithBacking(make([]float32, n)))
+	b.pool.put(b.buf)
+	b.buf = b.pool.get(n)
+	b.out = tensor.New(tensor.WithShape(shape...), tensor.WithBacking(b.buf))
 	return b.out
+}
+
+func (b *base) setPool(p *bufPool) { b.pool = p }
+
+// releaseTo gives the output buffer back to p; the next run allocates anew.
+func (b *base) releaseTo(p *bufPool) {
+	p.put(b.buf)
+	b.out, b.buf = nil, nil
 }
 
 // tt is the gorgonia type of a float32 tensor with d dimensions.

@@ -11,7 +11,6 @@ import (
 	"maps"
 	"math"
 	"math/rand/v2"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -170,16 +169,9 @@ const measureFields = 6
 // WithHeadroom, its device's free memory as a share of the batch, clock
 // ratio and slowdown reasons.
 func (t *Trainer) measurement(dst []float64) {
-	// The median step's time per sample stands for the window: a step that
-	// a noisy host stalled does not skew it.
 	secs := t.dp.winSeconds
-	if n := len(t.dp.winPerSample); n > 0 {
-		slices.Sort(t.dp.winPerSample)
-		med := t.dp.winPerSample[n/2]
-		if n%2 == 0 {
-			med = (med + t.dp.winPerSample[n/2-1]) / 2
-		}
-		secs = med * t.dp.winSamples
+	if len(t.dp.winPerSample) > 0 {
+		secs = interquartileMean(t.dp.winPerSample) * t.dp.winSamples
 	}
 	m := balance.Measurement{Seconds: secs, Samples: t.dp.winSamples, SwitchSeconds: t.dp.switchSeconds}
 	if t.headroom != nil {
@@ -191,6 +183,26 @@ func (t *Trainer) measurement(dst []float64) {
 		m.MaxShare = t.maxShare(h.FreeBytes)
 	}
 	copy(dst, []float64{m.Seconds, m.Samples, m.MaxShare, m.ClockRatio, float64(m.Slowdown), m.SwitchSeconds})
+}
+
+// interquartileMean is the mean of the middle of xs (sorted in place):
+// about half of them, the median of three or four. It stands for a
+// balancing window's time per sample: a step that a noisy host stalled,
+// or a first run at a new share, does not skew it, and a rank whose steps
+// alternate between two speeds (sharing a core's caches with a neighbour
+// part of the time) is measured at their mix, which a median would miss.
+func interquartileMean(xs []float64) float64 {
+	slices.Sort(xs)
+	n := len(xs)
+	cut := (n + 3) / 4
+	if n < 3 {
+		cut = 0
+	}
+	var sum float64
+	for _, v := range xs[cut : n-cut] {
+		sum += v
+	}
+	return sum / float64(n-2*cut)
 }
 
 // planHorizon is how many balancing periods new shares have to pay for
@@ -265,8 +277,7 @@ func (t *Trainer) rebalance(ctx context.Context) error {
 
 // releaseShare drops the training programs of rank r's previous share of
 // old samples (its micro-batch sizes) when the new plan gives it another
-// size, and collects the garbage, so that the programs of the new size
-// reuse their memory.
+// size, so that the programs of the new size reuse their memory.
 func (t *Trainer) releaseShare(r, old int) {
 	balance.Sizes(t.cfg.BatchSize, t.dp.bal.Weights(), nil, t.dp.sizes)
 	if t.dp.sizes[r] == old || old == 0 {
@@ -279,7 +290,6 @@ func (t *Trainer) releaseShare(r, old int) {
 			t.devRelease(n, true)
 		}
 	}
-	runtime.GC()
 }
 
 // setupBalance creates the planner for a job of several ranks.

@@ -500,3 +500,19 @@ func TestStragglerKeepsItsFactor(t *testing.T) {
 	var none *straggler
 	require.Zero(t, none.delay(time.Second), "a rank that is not slow never sleeps")
 }
+
+// A balancing window's time per sample: stalls and slow first runs are
+// left out, and steps that alternate between two speeds count at their
+// mix (the median would pick one of them).
+func TestInterquartileMean(t *testing.T) {
+	require.Equal(t, 2.0, interquartileMean([]float64{2}))
+	require.Equal(t, 3.0, interquartileMean([]float64{2, 4}))
+	require.Equal(t, 3.0, interquartileMean([]float64{3, 9, 2}), "three: the median")
+	stalled := []float64{1, 1, 1, 1, 1, 1, 1, 1, 1, 40}
+	require.Equal(t, 1.0, interquartileMean(stalled))
+	// Half the steps fast, half slow, one stall: the mix, not either mode.
+	mixed := []float64{1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 30}
+	got := interquartileMean(mixed)
+	require.Greater(t, got, 1.2)
+	require.Less(t, got, 1.8)
+}

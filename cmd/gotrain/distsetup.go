@@ -24,6 +24,7 @@ type distFlags struct {
 	backend                string
 	rdzvTimeout            time.Duration
 	tlsCert, tlsKey, tlsCA string
+	cpuProfile             string
 }
 
 // job is this process's place in a data-parallel job.

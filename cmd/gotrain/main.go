@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -203,6 +204,7 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
 	fs.StringVar(&df.tlsCert, "tls-cert", "", "PEM certificate of this process: encrypts the job's connections with TLS")
 	fs.StringVar(&df.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	fs.StringVar(&df.tlsCA, "tls-ca", "", "PEM CA that signs every rank's certificate: mutual TLS")
+	fs.StringVar(&df.cpuProfile, "cpu-profile", "", "write a CPU profile of the run to this file (each rank of a job of several: FILE.rankN), for 'go tool pprof'")
 	return configPath
 }
 
@@ -258,6 +260,27 @@ func setThreads(n int) {
 	cblas.SetThreads(n)
 }
 
+// startCPUProfile profiles the process into path (path.rankN for rank N
+// of a job of several ranks, from the torchrun environment) until the
+// returned function is called.
+func startCPUProfile(path string) (func(), error) {
+	if ws, _ := strconv.Atoi(os.Getenv("WORLD_SIZE")); ws > 1 {
+		path += ".rank" + os.Getenv("RANK")
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpu-profile %s: %w", path, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
 func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	var df distFlags
 	cfg, err := parseTrain("train", args, stderr, &df)
@@ -265,6 +288,13 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	setThreads(cfg.Threads)
+	if df.cpuProfile != "" {
+		stopProfile, err := startCPUProfile(df.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stopProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	train, test, err := trainer.LoadData(cfg)

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"image/png"
@@ -155,6 +156,28 @@ func TestTrainEvalResumeEndToEnd(t *testing.T) {
 		require.Equal(t, a.Tensors[i].Name, b.Tensors[i].Name)
 		require.Equal(t, a.Tensors[i].Data, b.Tensors[i].Data, "tensor %s differs after resume", a.Tensors[i].Name)
 	}
+}
+
+// --cpu-profile writes a gzipped pprof CPU profile; a path that cannot be
+// written is an error naming the flag.
+func TestCPUProfile(t *testing.T) {
+	dir := t.TempDir()
+	prof := filepath.Join(dir, "cpu.pprof")
+	_, stderr, err := gotrain(t, "train", "--dataset", "synthetic", "--synthetic-size", "2000", "--hidden", "32", "--epochs", "1", "--threads", "1", "--cpu-profile", prof)
+	require.NoError(t, err, stderr)
+	f, err := os.Open(prof)
+	require.NoError(t, err)
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	require.NoError(t, err, "a pprof profile is gzipped")
+	raw, err := io.ReadAll(z)
+	require.NoError(t, err)
+	for _, s := range []string{"samples", "cpu", "nanoseconds"} {
+		require.Contains(t, string(raw), s, "the profile's sample types")
+	}
+	_, stderr, err = gotrain(t, "train", "--dataset", "synthetic", "--synthetic-size", "200", "--epochs", "1", "--cpu-profile", filepath.Join(dir, "no", "such", "dir", "p"))
+	require.Error(t, err)
+	require.Contains(t, stderr, "--cpu-profile")
 }
 
 func TestCorruptCheckpointIsAClearError(t *testing.T) {

@@ -90,8 +90,8 @@ type Planner struct {
 	// with this weight; default 0.1.
 	Smoothing float64
 	// Hysteresis: the weights change only if the new ones would shorten
-	// the step, predicted from the speed estimates, by more than this
-	// fraction; default 0.02.
+	// the step, predicted from the speed estimates (and, with Batch, the
+	// whole sample counts), by more than this fraction; default 0.02.
 	Hysteresis float64
 	// MinShare is the smallest share a rank keeps (so that it is still
 	// measured); default 0.02.
@@ -109,6 +109,7 @@ type Planner struct {
 	count    []int     // measurements in each rank's estimate
 	frozen   bool      // static mode after its one plan
 	slowdown []uint64  // each rank's Slowdown at the last plan
+	sizes    []int     // stepTime's scratch
 }
 
 // New returns a planner for ranks ranks, with equal weights.
@@ -310,13 +311,28 @@ func (p *Planner) Plan(ms []Measurement) (bool, string) {
 }
 
 // stepTime predicts the time of a step with weights w from the speed
-// estimates, in batches per second's reciprocal: the slowest rank's weight
-// over speed. Ranks without an estimate are left out.
+// estimates, in seconds per sample of the global batch: the slowest rank's
+// share over its speed. With Batch set the shares are the whole sample
+// counts the ranks will run (Sizes), so that a move of one sample, which
+// can shorten the slowest rank's step by a few percent, is predicted as
+// such, and weights that round to the same counts predict no gain. Ranks
+// without an estimate are left out.
 func (p *Planner) stepTime(w []float64) float64 {
+	share := w
+	if p.Batch > 0 {
+		if len(p.sizes) != len(w) {
+			p.sizes = make([]int, len(w))
+		}
+		Sizes(p.Batch, w, nil, p.sizes)
+		share = make([]float64, len(w))
+		for i, n := range p.sizes {
+			share[i] = float64(n) / float64(p.Batch)
+		}
+	}
 	t := 0.0
 	for i, s := range p.speed {
 		if s > 0 {
-			t = math.Max(t, w[i]/s)
+			t = math.Max(t, share[i]/s)
 		}
 	}
 	return t

@@ -222,3 +222,35 @@ func TestSwitchingMustPayForItself(t *testing.T) {
 		require.Equal(t, tc.want, changed, "switch cost %v s", tc.cost)
 	}
 }
+
+// With Batch set the planner predicts the step from the whole sample
+// counts the ranks will run: weights that round to the same counts are no
+// gain, however far the weights move, and a one-sample move that shortens
+// the slowest rank's step beyond the hysteresis is taken.
+func TestPredictionUsesWholeSamples(t *testing.T) {
+	p, _ := New(Adaptive, 2)
+	p.Smoothing = 1
+	p.Batch, p.Horizon = 8, 100
+	// Rank 0 is 15% faster: weights 0.535/0.465, still 4 and 4 samples.
+	changed, reason := p.Plan(meas([]float64{4 / 1.15, 4}, []float64{4, 4}, nil))
+	require.False(t, changed, "same counts, no change: %s", reason)
+	require.Equal(t, []float64{0.5, 0.5}, p.Weights())
+	p.Batch = 0 // without the counts the weights' 7% gain would be taken
+	changed, _ = p.Plan(meas([]float64{4 / 1.15, 4}, []float64{4, 4}, nil))
+	require.True(t, changed)
+
+	q, _ := New(Adaptive, 2)
+	q.Smoothing = 1
+	q.Batch = 128
+	require.NoError(t, q.SetWeights([]float64{83.1, 44.9}))
+	sizes := make([]int, 2)
+	Sizes(128, q.Weights(), nil, sizes)
+	require.Equal(t, []int{83, 45}, sizes)
+	// Rank 1's 45 samples take 34.9 s, rank 0's 83 take 33.2 s: 84 and 44
+	// make the step 2.2% shorter.
+	changed, reason = q.Plan(meas([]float64{33.2, 34.9}, []float64{83, 45}, nil))
+	require.True(t, changed)
+	require.Contains(t, reason, "predicted step 2.2% shorter")
+	Sizes(128, q.Weights(), nil, sizes)
+	require.Equal(t, []int{84, 44}, sizes)
+}

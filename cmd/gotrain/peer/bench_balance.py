@@ -22,7 +22,11 @@ unbound and bound like the job's ranks (the fast one on rank 0's block,
 the slow one on rank 1's); the ideal of a repeat is the faster of the two,
 so that binding cannot make the ideal look slower than it can be.
 
-Runs alternate; medians of REPEATS are reported.
+Runs alternate; medians of REPEATS are reported. The host's speed drifts
+by tens of percent over minutes (a virtual machine's neighbours), which
+moves the medians of off and adaptive apart by chance; each repeat's off
+and adaptive run back to back, so the median of the repeats' own cuts is
+reported too.
 
 Usage: bench_balance.py GOTRAIN_BIN [--repeats 3] [--factor 2.0] [--balance-every 10] [--cpu-bind auto] [--solo]
 """
@@ -111,6 +115,8 @@ def main():
             print({k: [round(x, 2) for x in v] for k, v in res.items() if v}, file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in res.items() if v}
     cut = 1 - med["adaptive"] / med["off"]
+    paired = statistics.median(1 - a / o for a, o in zip(res["adaptive"], res["off"]))
+    above = statistics.median(a / p - 1 for a, p in zip(res["adaptive"], res["pair"]))
     print(f"CNN, synthetic {SAMPLES} samples (an MNIST-sized epoch), batch 128, 2 ranks on one host, "
           f"rank 1 slowed {a.factor}x, --balance-every {a.balance_every}, --cpu-bind {a.cpu_bind}; median of {a.repeats}")
     print()
@@ -127,6 +133,7 @@ def main():
     print()
     print(f"adaptive cuts the epoch by {100 * cut:.1f}% against off; "
           f"it is {100 * (med['adaptive'] / med['pair'] - 1):.1f}% above the ideal")
+    print(f"median of the repeats' own figures: cut {100 * paired:.1f}%, {100 * above:.1f}% above the ideal")
 
 
 if __name__ == "__main__":
