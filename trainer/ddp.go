@@ -462,6 +462,8 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 			t.dp.switchSeconds = cold.Seconds()
 		}
 		if n := re - rs - coldSamples; n > 0 {
+			t.computeSecs += (compute - cold).Seconds()
+			t.computeSamples += float64(n)
 			t.dp.winSeconds += (compute - cold).Seconds()
 			t.dp.winSamples += float64(n)
 			t.dp.winPerSample = append(t.dp.winPerSample, (compute-cold).Seconds()/float64(n))

@@ -231,6 +231,16 @@ func TestAdaptiveBalancingFavoursTheFastRank(t *testing.T) {
 	}
 	require.Less(t, maxAbsDiff(params(ref), params(trs[0])), 1e-5)
 	require.Equal(t, params(trs[0]), params(trs[1]))
+	// Both ranks report both ranks' computation speeds, the same list; the
+	// 4x straggler's is the lower by at least most of its factor (more:
+	// its tiny share pays a program run's fixed cost on few samples).
+	require.Len(t, recs[0].sum, 1)
+	speeds := recs[0].sum[0].RankComputeSamplesPerSec
+	require.Len(t, speeds, 2)
+	require.Equal(t, speeds, recs[1].sum[0].RankComputeSamplesPerSec)
+	require.Positive(t, speeds[1])
+	ratio := speeds[0] / speeds[1]
+	require.Greater(t, ratio, 3.0, "speeds %v: rank 1 sleeps 3x its computation", speeds)
 }
 
 // TestResumeKeepsTheShares: a checkpoint holds the balancer's shares; the

@@ -32,12 +32,13 @@ type Progress struct {
 
 // Result is what a finished run measured.
 type Result struct {
-	TestAccuracy, TestLoss float64
-	Steps                  int64
-	TrainSamplesPerSec     float64
-	WallSeconds            float64
-	PeakRSSBytes           int64
-	Checkpoint             string // the last checkpoint written, if any
+	TestAccuracy, TestLoss   float64
+	Steps                    int64
+	TrainSamplesPerSec       float64
+	RankComputeSamplesPerSec []float64 // see metrics.Summary
+	WallSeconds              float64
+	PeakRSSBytes             int64
+	Checkpoint               string // the last checkpoint written, if any
 }
 
 // Trainer runs the training loop of one Config. Its clock, data, metrics
@@ -67,10 +68,14 @@ type Trainer struct {
 	devices      func() []metrics.GPU
 	headroom     func() gpu.Headroom
 	slow         *straggler // --debug-slow-rank, made at first use
-	devr         *devRun    // nil: the model trains on the CPU
-	async        *AsyncTransport
-	outer        *outerOpt              // local SGD's outer optimiser; nil: plain averaging
-	localStates  []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
+	// this rank's computation over the run (forward and backward, with
+	// --debug-slow-rank's sleeps; first runs of programs left out):
+	// seconds and samples
+	computeSecs, computeSamples float64
+	devr                        *devRun // nil: the model trains on the CPU
+	async                       *AsyncTransport
+	outer                       *outerOpt              // local SGD's outer optimiser; nil: plain averaging
+	localStates                 []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
 }
 
 // Option configures a Trainer.
@@ -314,6 +319,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 					return res, err
 				}
 				t0 := time.Now()
+				warm := prog.Warm()
 				t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
 				var l float32
 				if t.devr != nil {
@@ -326,7 +332,12 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				if err != nil {
 					return res, err
 				}
-				t.straggler().delay(time.Since(t0))
+				d := time.Since(t0)
+				d += t.straggler().delay(d)
+				if warm {
+					t.computeSecs += d.Seconds()
+					t.computeSamples += float64(hi - lo)
+				}
 				loss = float64(l)
 				winLoss += loss * float64(hi-lo)
 			}
@@ -447,12 +458,34 @@ func (t *Trainer) finish(ctx context.Context, res Result, start time.Time, sampl
 	if trainTime > 0 {
 		res.TrainSamplesPerSec = float64(samples) / trainTime.Seconds()
 	}
+	var err error
+	if res.RankComputeSamplesPerSec, err = t.computeSpeeds(ctx); err != nil {
+		return res, err
+	}
 	res.WallSeconds = t.now().Sub(start).Seconds()
 	res.PeakRSSBytes = metrics.PeakRSSBytes()
 	res.Checkpoint = t.lastCkpt
 	t.sink.Summary(metrics.Summary{TestAccuracy: res.TestAccuracy, TrainSamplesPerSec: res.TrainSamplesPerSec,
-		WallSeconds: res.WallSeconds, PeakRSSBytes: res.PeakRSSBytes, Rank: t.rank(), WorldSize: t.worldSize()})
+		WallSeconds: res.WallSeconds, PeakRSSBytes: res.PeakRSSBytes, RankComputeSamplesPerSec: res.RankComputeSamplesPerSec,
+		Rank: t.rank(), WorldSize: t.worldSize()})
 	return res, nil
+}
+
+// computeSpeeds gathers every rank's computation speed over the run (see
+// metrics.Summary); this rank's alone where the ranks do not all compute
+// the same model on shares of one batch (one process, pipeline stages,
+// asynchronous workers).
+func (t *Trainer) computeSpeeds(ctx context.Context) ([]float64, error) {
+	mine := []float64{0}
+	if t.computeSecs > 0 {
+		mine[0] = t.computeSamples / t.computeSecs
+	}
+	if !t.distributed() || t.worldSize() < 2 || t.pipelined() || t.cfg.Sync == "async" {
+		return mine, nil
+	}
+	all := make([]float64, t.worldSize())
+	err := t.collective(ctx, "the ranks' speeds", func(ctx context.Context) error { return t.dp.comm.AllGather(ctx, mine, all) })
+	return all, err
 }
 
 // save checkpoints the run: every rank first verifies that the replicas

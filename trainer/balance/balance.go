@@ -135,6 +135,8 @@ func New(mode Mode, ranks int) (*Planner, error) {
 func (p *Planner) Weights() []float64 { return p.weights }
 
 // SetWeights replaces the weights (normalised), e.g. from a checkpoint.
+// Weights that already add up to 1 within rounding are kept bit for bit,
+// so that a resumed run splits its batches exactly as before.
 func (p *Planner) SetWeights(w []float64) error {
 	if len(w) != len(p.weights) {
 		return fmt.Errorf("balance: %d weights for %d ranks", len(w), len(p.weights))
@@ -145,6 +147,9 @@ func (p *Planner) SetWeights(w []float64) error {
 			return fmt.Errorf("balance: weight %v is not positive", v)
 		}
 		sum += v
+	}
+	if math.Abs(sum-1) < 1e-12 {
+		sum = 1
 	}
 	for i, v := range w {
 		p.weights[i] = v / sum

@@ -27,6 +27,16 @@
 //	  wall_seconds           float  wall-clock duration of the run, seconds
 //	  peak_rss_bytes         int    peak resident memory of the process,
 //	                                bytes (PeakRSSBytes); 0 if unknown
+//	  rank_compute_samples_per_sec  [float]  each rank's computation
+//	                                speed: the samples it computed over
+//	                                the seconds of its forward and
+//	                                backward passes (waits for other
+//	                                ranks, communication, the optimiser
+//	                                step and programs' first runs left
+//	                                out), in rank
+//	                                order; their sum is what the job
+//	                                would train at with no overhead of
+//	                                synchronisation and perfect shares
 //
 // Every field is always present (none is omitted when zero). Programs
 // reading the records should select them by "kind" and ignore fields they

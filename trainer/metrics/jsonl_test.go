@@ -61,7 +61,7 @@ func TestRecordsFieldNamesAndKind(t *testing.T) {
 		{"eval zero", Eval{},
 			"eval", []string{"epoch", "kind", "rank", "test_accuracy", "test_loss", "world_size"}},
 		{"summary", Summary{TestAccuracy: 0.98, TrainSamplesPerSec: 5e4, WallSeconds: 12.5, PeakRSSBytes: 1 << 30},
-			"summary", []string{"kind", "peak_rss_bytes", "rank", "test_accuracy", "train_samples_per_sec", "wall_seconds", "world_size"}},
+			"summary", []string{"kind", "peak_rss_bytes", "rank", "rank_compute_samples_per_sec", "test_accuracy", "train_samples_per_sec", "wall_seconds", "world_size"}},
 	}
 	path := filepath.Join(t.TempDir(), "m.jsonl")
 	j, err := CreateJSONL(path)

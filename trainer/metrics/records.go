@@ -78,6 +78,14 @@ type Summary struct {
 	// PeakRSSBytes is the peak resident set size of the process, in
 	// bytes (see [PeakRSSBytes]); 0 where the platform does not report it.
 	PeakRSSBytes int64 `json:"peak_rss_bytes"`
+	// RankComputeSamplesPerSec is each rank's computation speed, in rank
+	// order: the samples it computed over the seconds of its forward and
+	// backward passes (waits for other ranks, communication, the
+	// optimiser step and the first run of each program, which allocates
+	// its buffers, left out). Their sum is the job's ideal throughput:
+	// every rank busy all the time, no synchronisation. One element in a
+	// run of one process.
+	RankComputeSamplesPerSec []float64 `json:"rank_compute_samples_per_sec"`
 	// Rank and WorldSize: see [Train].
 	Rank      int `json:"rank"`
 	WorldSize int `json:"world_size"`

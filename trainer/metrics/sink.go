@@ -184,6 +184,7 @@ func (s *SlogSink) Summary(r Summary) {
 		floatAttr("train_samples_per_sec", r.TrainSamplesPerSec),
 		floatAttr("wall_seconds", r.WallSeconds),
 		slog.Int64("peak_rss_bytes", r.PeakRSSBytes),
+		slog.Any("rank_compute_samples_per_sec", r.RankComputeSamplesPerSec),
 	)
 }
 

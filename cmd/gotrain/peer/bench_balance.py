@@ -22,13 +22,20 @@ unbound and bound like the job's ranks (the fast one on rank 0's block,
 the slow one on rank 1's); the ideal of a repeat is the faster of the two,
 so that binding cannot make the ideal look slower than it can be.
 
+The job also measures its ranks' speeds itself, at the same time as it
+trains: each rank's samples over the seconds of its forward and backward
+passes (the summary's rank_compute_samples_per_sec). Their sum is the
+ideal under exactly the job's conditions; on a virtual machine whose CPUs
+slow down for minutes at a time (a neighbour on the host), it is the
+ideal that a side-by-side pair run at another moment cannot give.
+
 Runs alternate; medians of REPEATS are reported. The host's speed drifts
 by tens of percent over minutes (a virtual machine's neighbours), which
 moves the medians of off and adaptive apart by chance; each repeat's off
 and adaptive run back to back, so the median of the repeats' own cuts is
 reported too.
 
-Usage: bench_balance.py GOTRAIN_BIN [--repeats 3] [--factor 2.0] [--balance-every 10] [--cpu-bind auto] [--solo]
+Usage: bench_balance.py GOTRAIN_BIN [--repeats 3] [--factor 2.0] [--batch-size 128] [--balance-every 10] [--cpu-bind auto] [--solo]
 """
 import argparse
 import json
@@ -39,8 +46,7 @@ import sys
 import tempfile
 
 SAMPLES = 60000
-COMMON = ["--model", "cnn", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "128", "--threads", "1",
-          "--eval-batch-size", "500"]
+COMMON = ["--model", "cnn", "--dataset", "synthetic", "--epochs", "1", "--threads", "1", "--eval-batch-size", "500"]
 
 
 def summary(path):
@@ -71,13 +77,17 @@ def blocks(n):
     return out
 
 
-def speed(proc):
-    """Waits for a run; returns its training speed in samples/s."""
+def speed(proc, ranks=None):
+    """Waits for a run; returns its training speed in samples/s. ranks, a
+    list, gets the sum of the ranks' computation speeds."""
     p, m = proc
     out, err = p.communicate()
     if p.returncode != 0:
         sys.exit(f"gotrain failed ({p.returncode}):\n{err[-3000:]}")
-    return summary(m)["train_samples_per_sec"]
+    s = summary(m)
+    if ranks is not None:
+        ranks.append(sum(s["rank_compute_samples_per_sec"]))
+    return s["train_samples_per_sec"]
 
 
 def main():
@@ -88,17 +98,21 @@ def main():
     ap.add_argument("--solo", action="store_true", help="also measure each rank's speed alone")
     ap.add_argument("--balance-every", type=int, default=10, help="steps between re-plans")
     ap.add_argument("--cpu-bind", default="auto", help="the launcher's --cpu-bind for the job")
+    ap.add_argument("--batch-size", type=int, default=128, help="the global batch")
     a = ap.parse_args()
-    COMMON.extend(["--balance-every", str(a.balance_every)])
+    COMMON.extend(["--balance-every", str(a.balance_every), "--batch-size", str(a.batch_size)])
     job = [a.gotrain, "launch", "--standalone", "--nproc-per-node", "2", "--cpu-bind", a.cpu_bind, "--", "train"]
     bound = blocks(2)
     slow = ["--debug-slow-rank", f"0:{a.factor}"]
-    res = {"off": [], "adaptive": [], "pair": [], "pair-unbound": [], "pair-bound": [], "solo": []}
+    res = {"off": [], "adaptive": [], "pair": [], "pair-unbound": [], "pair-bound": [], "solo": [], "in-job": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeats):
             for mode in ("off", "adaptive"):
-                s = speed(start(job[0], job[1:] + ["--balance", mode, "--debug-slow-rank", f"1:{a.factor}"], tmp, f"{mode}{i}"))
+                ranks = []
+                s = speed(start(job[0], job[1:] + ["--balance", mode, "--debug-slow-rank", f"1:{a.factor}"], tmp, f"{mode}{i}"), ranks)
                 res[mode].append(SAMPLES / s)
+                if mode == "adaptive":
+                    res["in-job"].append(SAMPLES / ranks[0])
             # Side by side: both processes start together; the slow one has
             # 1/FACTOR of the samples so that they end together.
             for how, cpus in (("unbound", [None, None]), ("bound", bound)):
@@ -117,7 +131,7 @@ def main():
     cut = 1 - med["adaptive"] / med["off"]
     paired = statistics.median(1 - a / o for a, o in zip(res["adaptive"], res["off"]))
     above = statistics.median(a / p - 1 for a, p in zip(res["adaptive"], res["pair"]))
-    print(f"CNN, synthetic {SAMPLES} samples (an MNIST-sized epoch), batch 128, 2 ranks on one host, "
+    print(f"CNN, synthetic {SAMPLES} samples (an MNIST-sized epoch), batch {a.batch_size}, 2 ranks on one host, "
           f"rank 1 slowed {a.factor}x, --balance-every {a.balance_every}, --cpu-bind {a.cpu_bind}; median of {a.repeats}")
     print()
     print("| run | seconds per epoch |")
@@ -130,10 +144,13 @@ def main():
             print(f"| (side by side, {how} only) | {med['pair-' + how]:.2f} |")
     if "solo" in med:
         print(f"| (for comparison: the speeds measured each alone) | {med['solo']:.2f} |")
+    print(f"| ideal measured inside the adaptive job: its ranks' computation speeds added | {med['in-job']:.2f} |")
     print()
     print(f"adaptive cuts the epoch by {100 * cut:.1f}% against off; "
           f"it is {100 * (med['adaptive'] / med['pair'] - 1):.1f}% above the ideal")
     print(f"median of the repeats' own figures: cut {100 * paired:.1f}%, {100 * above:.1f}% above the ideal")
+    injob = statistics.median(a / j - 1 for a, j in zip(res["adaptive"], res["in-job"]))
+    print(f"adaptive is {100 * injob:.1f}% above the ideal measured inside the same run (median of the repeats)")
 
 
 if __name__ == "__main__":
