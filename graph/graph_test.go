@@ -388,3 +388,31 @@ func TestReleasedBuffersServeTheNextProgram(t *testing.T) {
 	_, err = gone.Run(nil)
 	require.ErrorContains(t, err, "released")
 }
+
+// Reserve makes a program's buffers hold room for a larger batch: after
+// Release, a program of up to that batch takes them and allocates
+// nothing; without the reserve it allocates afresh.
+func TestReserveMakesRoomForALargerShare(t *testing.T) {
+	for _, reserve := range []float64{0, 1.5} {
+		m, err := New(Spec{Kind: "cnn"}, 1)
+		require.NoError(t, err)
+		if reserve > 0 {
+			m.Reserve(reserve)
+		}
+		p, err := m.Program(64, true)
+		require.NoError(t, err)
+		_, err = p.Run(nil)
+		require.NoError(t, err)
+		before := m.pool.fresh
+		m.Release(64, true)
+		p, err = m.Program(85, true)
+		require.NoError(t, err)
+		_, err = p.Run(nil)
+		require.NoError(t, err)
+		if reserve > 0 {
+			require.Equal(t, before, m.pool.fresh, "64 -> 85 within the reserve: no fresh buffers")
+		} else {
+			require.Greater(t, m.pool.fresh, before, "64 -> 85 without a reserve outgrows the buffers")
+		}
+	}
+}

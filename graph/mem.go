@@ -17,8 +17,13 @@ import "sync"
 //   - Model.Release gives a program's buffers back to the pool, and the
 //     next program's first run takes them (best fit: the smallest free
 //     buffer that is large enough), so that a change of share touches no
-//     fresh memory. Large buffers are made with some slack (bufSlack) so
-//     that a slightly larger batch still fits them.
+//     fresh memory. Fresh buffers are made with some slack (bufSlack) so
+//     that a slightly larger batch still fits them, or with the room that
+//     Model.Reserve asks for: a rank whose share may grow to 1.5 times its
+//     first batch reserves that much, and its first change of share then
+//     touches only the pages of the samples it gained. Capacity that is
+//     never written costs address space, not memory: fresh pages are
+//     backed when first touched.
 //   - What the pool still holds after a program's first run is dropped to
 //     the garbage collector: the pool never keeps more than one released
 //     program's worth of memory for longer than a step.
@@ -28,8 +33,8 @@ import "sync"
 // run: 30 ms). Transparent huge pages for fresh buffers were tried and
 // made no difference.
 
-// bufSlack is the extra capacity of fresh buffers, as a fraction; at
-// least bufSlackMin elements.
+// bufSlack is the least extra capacity of fresh buffers, as a fraction;
+// at least bufSlackMin elements.
 const (
 	bufSlack    = 1.0 / 16
 	bufSlackMin = 64
@@ -41,6 +46,7 @@ type bufPool struct {
 	mu    sync.Mutex
 	free  [][]float32 // released buffers, any order
 	fresh int64       // elements allocated afresh, ever
+	slack float64     // extra capacity of fresh buffers (Reserve); 0: bufSlack
 }
 
 // get returns a zeroed buffer of length n: the smallest free one with room
@@ -64,7 +70,7 @@ func (p *bufPool) get(n int) []float32 {
 		clear(b)
 		return b
 	}
-	c := n + max(int(float64(n)*bufSlack), bufSlackMin)
+	c := n + max(int(float64(n)*max(bufSlack, p.slack)), bufSlackMin)
 	p.fresh += int64(c)
 	p.mu.Unlock()
 	return make([]float32, n, c)

@@ -403,6 +403,18 @@ func (m *Model) Release(batch int, train bool) {
 	m.used = slices.DeleteFunc(m.used, func(u progKey) bool { return u == k })
 }
 
+// Reserve makes the buffers of programs compiled from now on hold room
+// for factor times their batch (at least 1): a load balancer that may
+// move a rank from its first batch size to a larger one reserves the room
+// up front, so that the move reuses the buffers and writes only the new
+// samples' pages (see mem.go). Room that is never used costs address
+// space, not memory.
+func (m *Model) Reserve(factor float64) {
+	m.pool.mu.Lock()
+	m.pool.slack = max(factor, 1) - 1
+	m.pool.mu.Unlock()
+}
+
 // touch marks k as the most recently used program.
 func (m *Model) touch(k progKey) {
 	if m.used[len(m.used)-1] == k {

@@ -209,6 +209,11 @@ func interquartileMean(xs []float64) float64 {
 // the cost of switching to them.
 const planHorizon = 20
 
+// balanceReserve is the room, as a multiple of a rank's first batch,
+// that its programs' buffers hold when the balancer may move its share:
+// 1.5 covers a rank of a pair three times as fast as the other.
+const balanceReserve = 1.5
+
 // freeMemoryUse is the part of the free memory a larger share may take.
 const freeMemoryUse = 0.8
 
@@ -316,6 +321,9 @@ func (t *Trainer) setupBalance() error {
 	if t.dp.bal, err = balance.New(mode, t.worldSize()); err != nil {
 		return err
 	}
+	// The first re-plan grows the fast ranks' batches: room reserved now
+	// makes that a reuse of their buffers.
+	t.Model.Reserve(balanceReserve)
 	t.dp.sizes = make([]int, t.worldSize())
 	t.dp.clocked = t.headroom != nil && t.headroom().ClockMHz > 0
 	// A resumed run goes on with the shares it had, so that it need not
