@@ -318,6 +318,28 @@ KERNEL sgd_momentum(float *p, const float *g, float *buf, long n, float neg_lr, 
 	}
 }
 
+// ---- gradient clipping by the global L2 norm (trainer/optim.ClipGradNorm) ----
+// partial[t] = Σ x[i]² over i ≡ t (mod parts), in float64: parts threads
+// read adjacent elements, and the sum's order does not depend on the grid.
+KERNEL sum_squares_parts(const float *x, double *partial, long n, long parts) {
+	FOR(t, parts) {
+		double s = 0;
+		for (long i = t; i < n; i += parts) s += (double)x[i] * (double)x[i];
+		partial[t] = s;
+	}
+}
+// out[k] = Σ partial[0..parts), in order
+KERNEL sum_f64_at(const double *partial, double *out, long parts, long k) {
+	FOR(t, 1) {
+		double s = 0;
+		for (long i = 0; i < parts; i++) s += partial[i];
+		out[k] = s;
+	}
+}
+KERNEL scale_f32(float *x, long n, float c) {
+	FOR(i, n) x[i] *= c;
+}
+
 // Adam and AdamW: decay != 1 is AdamW's decoupled decay, wd != 0 Adam's L2.
 KERNEL adam(float *p, const float *g, float *m, float *v, long n, float neg_step, float bc2_sqrt, float b1, float b2,
             float c1, float c2, float eps, float wd, float decay) {

@@ -46,6 +46,9 @@ static void call_to_bf16(void **a) { to_bf16(A(const float *, 0), A(unsigned sho
 static void call_from_bf16(void **a) { from_bf16(A(const unsigned short *, 0), A(float *, 1), A(long, 2)); }
 static void call_sgd(void **a) { sgd(A(float *, 0), A(const float *, 1), A(long, 2), A(float, 3), A(float, 4)); }
 static void call_sgd_momentum(void **a) { sgd_momentum(A(float *, 0), A(const float *, 1), A(float *, 2), A(long, 3), A(float, 4), A(float, 5), A(float, 6), A(float, 7), A(int, 8), A(int, 9)); }
+static void call_sum_squares_parts(void **a) { sum_squares_parts(A(const float *, 0), A(double *, 1), A(long, 2), A(long, 3)); }
+static void call_sum_f64_at(void **a) { sum_f64_at(A(const double *, 0), A(double *, 1), A(long, 2), A(long, 3)); }
+static void call_scale_f32(void **a) { scale_f32(A(float *, 0), A(long, 1), A(float, 2)); }
 static void call_adam(void **a) { adam(A(float *, 0), A(const float *, 1), A(float *, 2), A(float *, 3), A(long, 4), A(float, 5), A(float, 6), A(float, 7), A(float, 8), A(float, 9), A(float, 10), A(float, 11), A(float, 12), A(float, 13)); }
 
 typedef struct {
@@ -83,6 +86,9 @@ static const shim shims[] = {
 	{"maxpool_grad", call_maxpool_grad, 8},
 	{"dropout_mask", call_dropout_mask, 5},
 	{"round_mantissa", call_round_mantissa, 4},
+	{"sum_squares_parts", call_sum_squares_parts, 4},
+	{"sum_f64_at", call_sum_f64_at, 4},
+	{"scale_f32", call_scale_f32, 3},
 	{"to_bf16", call_to_bf16, 3},
 	{"from_bf16", call_from_bf16, 3},
 	{"sgd", call_sgd, 5},

@@ -260,8 +260,6 @@ func (c *Config) DeviceRuns(dev string) error {
 		return cfgErr("--device %s does not run pipeline stages yet: use --device cpu with --pipeline-stages", dev)
 	case c.Sync != "allreduce":
 		return cfgErr("--device %s runs --sync allreduce only so far: use --device cpu with --sync %s", dev, c.Sync)
-	case c.ClipGradNorm > 0:
-		return cfgErr("--device %s does not clip gradients yet: drop --clip-grad-norm or use --device cpu", dev)
 	}
 	return nil
 }

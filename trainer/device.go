@@ -43,6 +43,7 @@ type devRun struct {
 	bucketOf []int           // per parameter: its bucket
 	bf16     []device.Buffer // --reduce-precision bf16: each bucket's bfloat16 copy, which travels
 	one      device.Buffer
+	clip     *executor.Clipper // --clip-grad-norm, made at first use
 	red      *bucketReducer // the step's reductions in flight, if started during the backward pass
 	names    []string
 	stale    bool // the host's parameters and optimiser state are behind
@@ -163,7 +164,7 @@ func (t *Trainer) devGrad(e *executor.Program, i int) ([]float32, error) {
 
 // devStep applies the optimiser on the device: with e's gradients (one
 // process) or with the reduced gradients in the host buckets.
-func (t *Trainer) devStep(e *executor.Program, lr float64) error {
+func (t *Trainer) devStep(e *executor.Program, lr, loss float64) error {
 	d := t.devr
 	grads := d.grads
 	switch {
@@ -175,6 +176,21 @@ func (t *Trainer) devStep(e *executor.Program, lr float64) error {
 			if err := d.dev.Write(grads[i].Buf, v); err != nil {
 				return fmt.Errorf("device %s: %w", d.dev.Name(), err)
 			}
+		}
+	}
+	if t.cfg.ClipGradNorm > 0 {
+		if d.clip == nil {
+			var err error
+			if d.clip, err = executor.NewClipper(d.dev, len(grads)); err != nil {
+				return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+			}
+		}
+		norm, err := d.clip.Clip(grads, t.cfg.ClipGradNorm)
+		if err != nil {
+			return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		}
+		if !finite(norm) {
+			return t.diverged(loss)
 		}
 	}
 	if err := d.opt.Step(d.params.T, grads, lr); err != nil {
@@ -236,6 +252,9 @@ func (t *Trainer) devClose() {
 	}
 	if d.one != nil {
 		d.dev.Free(d.one)
+	}
+	if d.clip != nil {
+		d.clip.Free()
 	}
 	d.opt.Free()
 	d.params.Free()

@@ -126,7 +126,6 @@ func TestDeviceRefusesWhatItCannotRunYet(t *testing.T) {
 		mut  func(*Config)
 		want string
 	}{
-		{func(c *Config) { c.ClipGradNorm = 1 }, "does not clip gradients yet"},
 		{func(c *Config) { c.Sync = "local-sgd" }, "runs --sync allreduce only"},
 	} {
 		cfg := deviceConfig(t, "sgd")
@@ -141,6 +140,40 @@ func TestDeviceRefusesWhatItCannotRunYet(t *testing.T) {
 	require.ErrorContains(t, cfg.Validate(), "--reduce-precision bf16 all-reduces gradient buckets on a device")
 	cfg.Device, cfg.ReducePrecision = "gpu", "fp16"
 	require.ErrorContains(t, cfg.Validate(), `--reduce-precision "fp16" is not one of fp32, bf16`)
+}
+
+// TestDeviceClipsLikeTheCPU: --clip-grad-norm on the device (the norm
+// summed there, the gradients scaled there) ends where the CPU ends, in one
+// process and with two ranks whose reduced gradients come from the host's
+// buckets (against two CPU ranks: the same sums in the same order); and
+// the clipping bites (without it the run ends elsewhere).
+func TestDeviceClipsLikeTheCPU(t *testing.T) {
+	cfg := deviceConfig(t, "adamw")
+	cfg.ClipGradNorm = 0.05
+	ref := newTrainer(t, cfg)
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	unclipped := cfg
+	unclipped.ClipGradNorm = 0
+	free := newTrainer(t, unclipped)
+	_, err = free.Run(context.Background())
+	require.NoError(t, err)
+	require.Greater(t, maxAbsDiff(params(ref), params(free)), 1e-3, "the limit clips these gradients")
+
+	dev := newTrainer(t, cfg, WithDevice(device.Host{}))
+	_, err = dev.Run(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, int(cfg.MaxSteps), dev.devr.steps)
+	require.Less(t, maxAbsDiff(params(ref), params(dev)), 1e-5, "one process")
+
+	cfgs := []Config{cfg, cfg}
+	for r := range cfgs {
+		cfgs[r].Shares = []float64{0.7, 0.3}
+	}
+	cpu := runRanks(t, cfgs)
+	trs := runRanks(t, cfgs, func(int) Option { return WithDevice(device.Host{}) })
+	require.Less(t, maxAbsDiff(params(cpu[0]), params(trs[0])), 1e-6, "two ranks")
+	require.Equal(t, params(trs[0]), params(trs[1]))
 }
 
 // TestBF16TrainsLikeFP32: bf16 matrix products (inputs rounded to

@@ -346,7 +346,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			if !finite(loss) || !optim.GradsFinite(ps) {
 				return res, t.diverged(loss)
 			}
-			if cfg.ClipGradNorm > 0 {
+			if cfg.ClipGradNorm > 0 && t.devr == nil { // a device clips in devStep
 				optim.ClipGradNorm(ps, cfg.ClipGradNorm)
 			}
 			lr := sched.LR(t.pos.step)
@@ -354,7 +354,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			case t.pipelined():
 				t.pp.opt.Step(ps, lr)
 			case t.devr != nil:
-				if err := t.devStep(devProg, lr); err != nil {
+				if err := t.devStep(devProg, lr, loss); err != nil {
 					return res, err
 				}
 			default:

@@ -21,4 +21,13 @@
 // optimisers as fused kernels with their state on the device. Training the
 // MLP and the CNN this way on the host device ends where graph/'s CPU
 // programs with trainer/optim end (exec_test.go).
+//
+// # Clipping
+//
+// [Clipper] clips gradients by their global L2 norm on the device, as
+// trainer/optim.ClipGradNorm does on the host: each gradient's squares are
+// summed in float64 by a fixed number of threads and then in order, one
+// float64 per gradient comes back, and the factor is optim.ClipCoef's. The
+// clipped gradients equal the host's (clip_test.go); a NaN or an infinity
+// shows in the norm and leaves them untouched.
 package executor

@@ -22,12 +22,7 @@ func ClipGradNorm(params []Param, maxNorm float64) (totalNorm float64) {
 		sum += sumSquares(params[i].Grad)
 	}
 	totalNorm = math.Sqrt(sum)
-	if !(maxNorm > 0) || math.IsNaN(totalNorm) || math.IsInf(totalNorm, 0) {
-		return totalNorm
-	}
-	coef := maxNorm / (totalNorm + clipEps)
-	if coef < 1 {
-		c := float32(coef)
+	if c, ok := ClipCoef(totalNorm, maxNorm); ok {
 		for i := range params {
 			g := params[i].Grad
 			for j := range g {
@@ -36,6 +31,21 @@ func ClipGradNorm(params []Param, maxNorm float64) (totalNorm float64) {
 		}
 	}
 	return totalNorm
+}
+
+// ClipCoef is the factor ClipGradNorm scales the gradients by, rounded
+// to float32, for a global norm and maxNorm; ok is false when they stay as
+// they are (maxNorm <= 0, a norm that is not finite, or within maxNorm).
+// A device that clips computes the norm itself and takes the factor here.
+func ClipCoef(norm, maxNorm float64) (c float32, ok bool) {
+	if !(maxNorm > 0) || math.IsNaN(norm) || math.IsInf(norm, 0) {
+		return 1, false
+	}
+	coef := maxNorm / (norm + clipEps)
+	if coef >= 1 {
+		return 1, false
+	}
+	return float32(coef), true
 }
 
 // sumSquares returns the sum of x[i]^2 in float64, with four accumulators.
