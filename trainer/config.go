@@ -192,6 +192,9 @@ func (c *Config) Validate() error {
 		if c.Device == "cpu" {
 			return cfgErr("--reduce-precision bf16 all-reduces gradient buckets on a device: use --device gpu with --backend nccl")
 		}
+		if c.Sync != "allreduce" {
+			return cfgErr("--reduce-precision bf16 is for all-reduced gradients, and --sync %s all-reduces none: drop it", c.Sync)
+		}
 	default:
 		return cfgErr("--reduce-precision %q is not one of fp32, bf16", c.ReducePrecision)
 	}
@@ -258,8 +261,8 @@ func (c *Config) DeviceRuns(dev string) error {
 	switch {
 	case c.PipelineStages > 1:
 		return cfgErr("--device %s does not run pipeline stages yet: use --device cpu with --pipeline-stages", dev)
-	case c.Sync != "allreduce":
-		return cfgErr("--device %s runs --sync allreduce only so far: use --device cpu with --sync %s", dev, c.Sync)
+	case c.Sync == "async":
+		return cfgErr("--device %s runs --sync allreduce and local-sgd so far: use --device cpu with --sync async", dev)
 	}
 	return nil
 }

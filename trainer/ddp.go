@@ -580,6 +580,20 @@ func (t *Trainer) fillBucket(bi int, prog *graph.Program, scale float32, first b
 // become their mean (bitwise the same on every rank). It also carries the
 // ranks' stop requests, so that all stop at the same step.
 func (t *Trainer) averageParams(ctx context.Context, stopRequested bool) (stop bool, err error) {
+	// On a device the parameters come to the host to be averaged and go
+	// back after: a sync period's steps between two round trips.
+	if err := t.hostSync(); err != nil {
+		return false, err
+	}
+	if d := t.devr; d != nil && d.params != nil {
+		defer func() {
+			if err == nil {
+				if err = d.params.Upload(t.Model); err != nil {
+					err = fmt.Errorf("device %s: %w", d.dev.Name(), err)
+				}
+			}
+		}()
+	}
 	for _, p := range t.Model.Params {
 		if err := t.collective(ctx, "parameter averaging of "+p.Name, func(ctx context.Context) error {
 			return t.dp.comm.AllReduce(ctx, p.Data, p.Data, dist.Avg)

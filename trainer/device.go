@@ -290,7 +290,9 @@ func (t *Trainer) devBuckets() error {
 	d := t.devr
 	red, ok := t.dp.comm.(dist.DeviceAllReducer)
 	wantBF16 := t.cfg.ReducePrecision == "bf16"
-	if !ok || t.worldSize() < 2 {
+	// Local SGD reduces no gradients: its ranks average their parameters
+	// through the host every --sync-period steps (averageParams).
+	if !ok || t.worldSize() < 2 || t.cfg.Sync == "local-sgd" {
 		if wantBF16 && t.worldSize() > 1 {
 			return fmt.Errorf("%w: --reduce-precision bf16 all-reduces the gradient buckets on the device, which this backend cannot: use --backend nccl", ErrConfig)
 		}

@@ -126,7 +126,8 @@ func TestDeviceRefusesWhatItCannotRunYet(t *testing.T) {
 		mut  func(*Config)
 		want string
 	}{
-		{func(c *Config) { c.Sync = "local-sgd" }, "runs --sync allreduce only"},
+		{func(c *Config) { c.Sync = "async" }, "runs --sync allreduce and local-sgd so far"},
+		{func(c *Config) { c.Sync, c.ReducePrecision = "local-sgd", "bf16" }, "all-reduces none"},
 	} {
 		cfg := deviceConfig(t, "sgd")
 		cfg.Device = "host"
@@ -174,6 +175,24 @@ func TestDeviceClipsLikeTheCPU(t *testing.T) {
 	trs := runRanks(t, cfgs, func(int) Option { return WithDevice(device.Host{}) })
 	require.Less(t, maxAbsDiff(params(cpu[0]), params(trs[0])), 1e-6, "two ranks")
 	require.Equal(t, params(trs[0]), params(trs[1]))
+}
+
+// TestDeviceLocalSGDMatchesTheCPU: two ranks of local SGD on devices
+// (local steps there, the parameters averaged through the host every
+// period, with DiLoCo's outer Nesterov step) end where two CPU ranks end,
+// with identical replicas.
+func TestDeviceLocalSGDMatchesTheCPU(t *testing.T) {
+	cfg := deviceConfig(t, "adamw")
+	cfg.Sync, cfg.SyncPeriod, cfg.OuterLR, cfg.OuterMomentum = "local-sgd", 4, 0.7, 0.9
+	cfgs := []Config{cfg, cfg}
+	cpu := runRanks(t, cfgs)
+	trs := runRanks(t, cfgs, func(int) Option { return WithDevice(device.Host{}) })
+	for _, tr := range trs {
+		require.Equal(t, int(cfg.MaxSteps), tr.devr.steps, "every step on the device")
+	}
+	require.Less(t, maxAbsDiff(params(cpu[0]), params(trs[0])), 1e-6)
+	require.Equal(t, params(trs[0]), params(trs[1]), "the last average makes the replicas equal")
+	require.Greater(t, maxAbsDiff(params(cpu[0]), params(newTrainer(t, cfg))), 1e-3, "the run trained")
 }
 
 // TestBF16TrainsLikeFP32: bf16 matrix products (inputs rounded to

@@ -50,6 +50,17 @@ func (ps *Params) Download(m *graph.Model) error {
 	return nil
 }
 
+// Upload copies m's parameters into the device's (local SGD's averaged
+// parameters, after the host averaged them).
+func (ps *Params) Upload(m *graph.Model) error {
+	for i, p := range m.Params {
+		if err := ps.dev.Write(ps.T[i].Buf, p.Data); err != nil {
+			return fmt.Errorf("executor: parameter %s: %w", p.Name, err)
+		}
+	}
+	return nil
+}
+
 // Free releases the parameters' memory.
 func (ps *Params) Free() {
 	for _, t := range ps.T {
