@@ -62,6 +62,12 @@ func (t *Trainer) runAsync(ctx context.Context, start time.Time) (Result, error)
 	}
 	nb := (n + lb - 1) / lb
 	sched := cfg.schedule(int64(cfg.Epochs) * int64(nb))
+	// On a device each worker computes its gradients there; the server
+	// keeps the parameters and the optimiser on rank 0's host.
+	if err := t.devStart(); err != nil {
+		return res, err
+	}
+	defer t.devClose()
 	var srv *ps.Server
 	trainStart := t.now()
 	var conn net.Conn
@@ -250,18 +256,25 @@ func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr
 		}
 		t0 := time.Now()
 		t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
-		pcg.Seed(cfg.Seed^0xa5c, uint64(wk.Epoch)*uint64(nb)+uint64(wk.Batch))
-		loss, err := prog.Run(rng)
+		stream := uint64(wk.Epoch)*uint64(nb) + uint64(wk.Batch)
+		var loss float32
+		if t.devr != nil {
+			loss, err = t.devAsyncGrad(prog, cfg.Seed^0xa5c, stream, grad)
+		} else {
+			pcg.Seed(cfg.Seed^0xa5c, stream)
+			if loss, err = prog.Run(rng); err == nil {
+				off = 0
+				for i := range t.Model.Params {
+					off += copy(grad[off:], prog.Grad(i))
+				}
+			}
+		}
 		if err != nil {
 			return steps, samples, err
 		}
 		t.straggler().delay(time.Since(t0))
 		if !finite(float64(loss)) {
 			return steps, samples, t.diverged(float64(loss))
-		}
-		off = 0
-		for i := range t.Model.Params {
-			off += copy(grad[off:], prog.Grad(i))
 		}
 		epoch, version := wk.Epoch, wk.Version
 		if wk, err = cl.Push(ctx, wk, hi-lo, grad); err != nil {

@@ -258,11 +258,8 @@ func (c *Config) Validate() error {
 // configuration; the error names what it does not run yet. dev names the
 // device in the message.
 func (c *Config) DeviceRuns(dev string) error {
-	switch {
-	case c.PipelineStages > 1:
+	if c.PipelineStages > 1 {
 		return cfgErr("--device %s does not run pipeline stages yet: use --device cpu with --pipeline-stages", dev)
-	case c.Sync == "async":
-		return cfgErr("--device %s runs --sync allreduce and local-sgd so far: use --device cpu with --sync async", dev)
 	}
 	return nil
 }

@@ -96,7 +96,7 @@ func (t *Trainer) devStart() error {
 	if err := d.opt.LoadState(d.names, st, step); err != nil {
 		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
 	}
-	if t.distributed() {
+	if t.distributed() && t.cfg.Sync != "async" {
 		for _, p := range d.params.T {
 			b, err := d.dev.Alloc(p.Size())
 			if err != nil {
@@ -151,6 +151,30 @@ func (t *Trainer) devRunProgram(p *graph.Program, seed, stream uint64, watch fun
 	t.devr.stale = true
 	t.devr.runs++
 	return e, loss, nil
+}
+
+// devAsyncGrad is an asynchronous worker's computation on the device: the
+// server's parameters (in the host model) go up, p runs there, and its
+// gradients come down into grad, concatenated in parameter order.
+func (t *Trainer) devAsyncGrad(p *graph.Program, seed, stream uint64, grad []float32) (float32, error) {
+	d := t.devr
+	if err := d.params.Upload(t.Model); err != nil {
+		return 0, fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
+	e, loss, err := t.devRunProgram(p, seed, stream, nil)
+	if err != nil {
+		return 0, err
+	}
+	d.stale = false // the device holds the server's parameters; its optimiser is not used
+	off := 0
+	for i := range t.Model.Params {
+		g, err := t.devGrad(e, i)
+		if err != nil {
+			return 0, err
+		}
+		off += copy(grad[off:], g)
+	}
+	return loss, nil
 }
 
 // devGrad downloads parameter i's gradient from e's last run.

@@ -126,7 +126,7 @@ func TestDeviceRefusesWhatItCannotRunYet(t *testing.T) {
 		mut  func(*Config)
 		want string
 	}{
-		{func(c *Config) { c.Sync = "async" }, "runs --sync allreduce and local-sgd so far"},
+		{func(c *Config) { c.PipelineStages = 2 }, "does not run pipeline stages yet"},
 		{func(c *Config) { c.Sync, c.ReducePrecision = "local-sgd", "bf16" }, "all-reduces none"},
 	} {
 		cfg := deviceConfig(t, "sgd")
@@ -193,6 +193,37 @@ func TestDeviceLocalSGDMatchesTheCPU(t *testing.T) {
 	require.Less(t, maxAbsDiff(params(cpu[0]), params(trs[0])), 1e-6)
 	require.Equal(t, params(trs[0]), params(trs[1]), "the last average makes the replicas equal")
 	require.Greater(t, maxAbsDiff(params(cpu[0]), params(newTrainer(t, cfg))), 1e-3, "the run trained")
+}
+
+// TestDeviceAsyncWorkers: three asynchronous ranks compute their gradients
+// on devices (the server's parameters go up for every batch, the gradients
+// come down), every batch is applied once, and they learn the planted
+// pattern as well as the same ranks on the CPU.
+func TestDeviceAsyncWorkers(t *testing.T) {
+	base := sgdConfig(t)
+	base.MaxSteps, base.Epochs, base.Sync = 0, 3, "async"
+	cfgs := []Config{base, base, base}
+	cpu := runRanks(t, cfgs, asyncOptions(t))
+	accCPU, _, err := Evaluate(cpu[0].Model, learnable(200, 2), 100)
+	require.NoError(t, err)
+	rec := &balanceRecorder{}
+	trs := runRanks(t, cfgs, asyncOptions(t), func(int) Option { return WithDevice(device.Host{}) }, func(r int) Option {
+		if r == 0 {
+			return WithSink(rec)
+		}
+		return WithSink(&recorder{})
+	})
+	acc, _, err := Evaluate(trs[0].Model, learnable(200, 2), 100)
+	require.NoError(t, err)
+	t.Logf("test accuracy: CPU workers %.3f, device workers %.3f", accCPU, acc)
+	require.Greater(t, acc, accCPU-0.05)
+	runs := 0
+	for _, tr := range trs {
+		runs += tr.devr.runs
+	}
+	require.Equal(t, 3*59, runs, "every batch of every epoch computed once on the devices")
+	last := rec.async[len(rec.async)-1]
+	require.Equal(t, uint64(3*59), last.Version, "and applied once")
 }
 
 // TestBF16TrainsLikeFP32: bf16 matrix products (inputs rounded to
