@@ -29,6 +29,17 @@ func asyncOptions(t *testing.T) func(r int) Option {
 	}
 }
 
+// rank0Sink gives rank 0 the sink rec and the other ranks one each of
+// their own.
+func rank0Sink(rec *balanceRecorder) func(r int) Option {
+	return func(r int) Option {
+		if r == 0 {
+			return WithSink(rec)
+		}
+		return WithSink(&recorder{})
+	}
+}
+
 // TestAsyncLearnsAndTheFastRankTakesMore: three async ranks, rank 2 slowed
 // 3×, learn the planted pattern as well as synchronous training, and the
 // slow rank computes fewer batches.
@@ -45,12 +56,7 @@ func TestAsyncLearnsAndTheFastRankTakesMore(t *testing.T) {
 		cfgs[r].DebugSlowRank = "2:3"
 	}
 	rec := &balanceRecorder{}
-	trs := runRanks(t, cfgs, asyncOptions(t), func(r int) Option {
-		if r == 0 {
-			return WithSink(rec)
-		}
-		return WithSink(&recorder{})
-	})
+	trs := runRanks(t, cfgs, asyncOptions(t), rank0Sink(rec))
 	accAsync, _, err := Evaluate(trs[0].Model, learnable(200, 2), 100)
 	require.NoError(t, err)
 	t.Logf("test accuracy: allreduce %.3f, async %.3f", accSync, accAsync)

@@ -207,12 +207,7 @@ func TestDeviceAsyncWorkers(t *testing.T) {
 	accCPU, _, err := Evaluate(cpu[0].Model, learnable(200, 2), 100)
 	require.NoError(t, err)
 	rec := &balanceRecorder{}
-	trs := runRanks(t, cfgs, asyncOptions(t), func(int) Option { return WithDevice(device.Host{}) }, func(r int) Option {
-		if r == 0 {
-			return WithSink(rec)
-		}
-		return WithSink(&recorder{})
-	})
+	trs := runRanks(t, cfgs, asyncOptions(t), func(int) Option { return WithDevice(device.Host{}) }, rank0Sink(rec))
 	acc, _, err := Evaluate(trs[0].Model, learnable(200, 2), 100)
 	require.NoError(t, err)
 	t.Logf("test accuracy: CPU workers %.3f, device workers %.3f", accCPU, acc)
