@@ -112,6 +112,9 @@ func shard(lo, hi, r, w int) (int, int) {
 type straggler struct {
 	factor float64
 	owed   time.Duration // sleep still due; negative: slept ahead
+	// sleep sleeps for about d and returns how long it slept; nil: the
+	// real clock (tests inject one that overshoots by a known amount)
+	sleep func(d time.Duration) time.Duration
 }
 
 // delay sleeps for d's computation and returns the time slept.
@@ -124,9 +127,14 @@ func (s *straggler) delay(d time.Duration) time.Duration {
 	if want <= 0 {
 		return 0
 	}
-	t0 := time.Now()
-	time.Sleep(want)
-	slept := time.Since(t0)
+	var slept time.Duration
+	if s.sleep != nil {
+		slept = s.sleep(want)
+	} else {
+		t0 := time.Now()
+		time.Sleep(want)
+		slept = time.Since(t0)
+	}
 	s.owed += target - slept
 	return slept
 }

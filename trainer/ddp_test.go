@@ -494,7 +494,14 @@ func stopAndResume(t *testing.T, cfg Config, stop int64) []*Trainer {
 // off the next sleeps and stays close to F overall, and every step sleeps
 // at least half its share.
 func TestStragglerKeepsItsFactor(t *testing.T) {
-	s := &straggler{factor: 2}
+	// A clock whose every sleep overshoots by 1 ms (a busy host's can be
+	// several).
+	const over = time.Millisecond
+	var asked []time.Duration
+	s := &straggler{factor: 2, sleep: func(d time.Duration) time.Duration {
+		asked = append(asked, d)
+		return d + over
+	}}
 	const steps, d = 50, 4 * time.Millisecond
 	var slept time.Duration
 	for range steps {
@@ -504,8 +511,21 @@ func TestStragglerKeepsItsFactor(t *testing.T) {
 	}
 	want := steps * d // (factor-1)·d per step
 	require.Equal(t, want, slept+s.owed)
-	// What is left owed is one sleep's overshoot, not fifty.
-	require.Less(t, slept, want+5*time.Millisecond, "slept %v, want %v: the overshoot is not taken back", slept, want)
+	// Each sleep after the first asks for its share less the last one's
+	// overshoot, so what is left over after fifty is one overshoot.
+	require.Equal(t, d, asked[0])
+	for _, a := range asked[1:] {
+		require.Equal(t, d-over, a)
+	}
+	require.Equal(t, want+over, slept, "the overshoot is taken back")
+
+	// The real clock: the same accounting.
+	wall := &straggler{factor: 2}
+	var total time.Duration
+	for range 5 {
+		total += wall.delay(time.Millisecond)
+	}
+	require.Equal(t, 5*time.Millisecond, total+wall.owed)
 
 	var none *straggler
 	require.Zero(t, none.delay(time.Second), "a rank that is not slow never sleeps")
