@@ -44,7 +44,7 @@ type devRun struct {
 	bf16     []device.Buffer // --reduce-precision bf16: each bucket's bfloat16 copy, which travels
 	one      device.Buffer
 	clip     *executor.Clipper // --clip-grad-norm, made at first use
-	red      *bucketReducer // the step's reductions in flight, if started during the backward pass
+	red      *bucketReducer    // the step's reductions in flight, if started during the backward pass
 	names    []string
 	stale    bool // the host's parameters and optimiser state are behind
 	runs     int  // programs run on the device
