@@ -416,3 +416,14 @@ func TestReserveMakesRoomForALargerShare(t *testing.T) {
 		}
 	}
 }
+
+// freeBytes is the memory the pool holds.
+func (p *bufPool) freeBytes() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var n int64
+	for _, b := range p.free {
+		n += 4 * int64(cap(b))
+	}
+	return n
+}

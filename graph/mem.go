@@ -7,11 +7,10 @@ import "sync"
 // A program's first run allocates its buffers (node values, ops' scratch,
 // dropout masks): tens of megabytes for the CNN. Fresh memory is paid for
 // page by page when first written, and dearly on a virtual machine whose
-// host backs guest memory on first touch: the first run of a CNN program
-// at batch 85 took ten times a usual run here (250 ms against 25 ms). A load balancer that
-// moves a rank from batch 85 to 86 pays that at every change of share,
-// because every buffer of the new program is a little larger than the
-// one it replaces and the Go heap cannot hand the old ones out again.
+// host backs guest memory on first touch. A load balancer that moves a
+// rank from batch 85 to 86 pays that at every change of share, because
+// every buffer of the new program is a little larger than the one it
+// replaces and the Go heap cannot hand the old ones out again.
 //
 // So a model's programs draw their buffers from the model's bufPool:
 //   - Model.Release gives a program's buffers back to the pool, and the
@@ -95,20 +94,6 @@ func (p *bufPool) trim() {
 	clear(p.free)
 	p.free = p.free[:0]
 	p.mu.Unlock()
-}
-
-// freeBytes is the memory the pool holds.
-func (p *bufPool) freeBytes() int64 {
-	if p == nil {
-		return 0
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var n int64
-	for _, b := range p.free {
-		n += 4 * int64(cap(b))
-	}
-	return n
 }
 
 // pooled is implemented by the ops that hold buffers: setPool makes them

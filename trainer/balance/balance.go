@@ -323,21 +323,20 @@ func (p *Planner) Plan(ms []Measurement) (bool, string) {
 // such, and weights that round to the same counts predict no gain. Ranks
 // without an estimate are left out.
 func (p *Planner) stepTime(w []float64) float64 {
-	share := w
 	if p.Batch > 0 {
 		if len(p.sizes) != len(w) {
 			p.sizes = make([]int, len(w))
 		}
 		Sizes(p.Batch, w, nil, p.sizes)
-		share = make([]float64, len(w))
-		for i, n := range p.sizes {
-			share[i] = float64(n) / float64(p.Batch)
-		}
 	}
 	t := 0.0
 	for i, s := range p.speed {
+		share := w[i]
+		if p.Batch > 0 {
+			share = float64(p.sizes[i]) / float64(p.Batch)
+		}
 		if s > 0 {
-			t = math.Max(t, share[i]/s)
+			t = math.Max(t, share/s)
 		}
 	}
 	return t
