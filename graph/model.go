@@ -295,6 +295,18 @@ func (b *builder) node(p *Param) *G.Node {
 	return n
 }
 
+// paramIndex maps the parameter nodes built so far to their index in
+// Model.Params.
+func (b *builder) paramIndex() map[*G.Node]int {
+	idx := make(map[*G.Node]int, len(b.nodes))
+	for i, prm := range b.m.Params {
+		if n, ok := b.nodes[prm]; ok {
+			idx[n] = i
+		}
+	}
+	return idx
+}
+
 type dropMask struct {
 	data []float32
 	p    float64
@@ -315,8 +327,7 @@ type Program struct {
 	loss   *G.Node
 	grads  []*G.Node // aligned with Model.Params; nil for eval programs
 	masks  []dropMask
-	params map[*G.Node]bool // the parameter nodes, whose values all programs share
-	paramI map[*G.Node]int  // their index in Model.Params
+	paramI map[*G.Node]int // the parameter nodes, whose values all programs share: their index in Model.Params
 	x, y   *G.Node
 	runs   int
 	pool   *bufPool // the model's
@@ -336,7 +347,7 @@ func (p *Program) Warm() bool { return p.runs > 0 }
 func (p *Program) Bytes() int64 {
 	var n int64
 	for _, nd := range p.g.AllNodes() {
-		if p.params[nd] {
+		if _, ok := p.paramI[nd]; ok {
 			continue
 		}
 		if v := nd.Value(); v != nil {
@@ -460,16 +471,7 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 	}
 	p.masks = b.masks
 	p.x, p.y = x, y
-	p.params = make(map[*G.Node]bool, len(b.nodes))
-	for _, n := range b.nodes {
-		p.params[n] = true
-	}
-	p.paramI = make(map[*G.Node]int, len(b.nodes))
-	for i, prm := range m.Params {
-		if n, ok := b.nodes[prm]; ok {
-			p.paramI[n] = i
-		}
-	}
+	p.paramI = b.paramIndex()
 	if train {
 		wrt := make(G.Nodes, len(m.Params))
 		for i, prm := range m.Params {

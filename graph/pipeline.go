@@ -123,9 +123,14 @@ type StageProgram struct {
 	Batch   int
 	Train   bool
 	X, Y, G []float32
+	g       *G.ExprGraph
+	x, y    *G.Node
+	up      *G.Node // G's node (training, not the last stage)
 	out     *G.Node
-	loss    *G.Node
+	loss    *G.Node   // the last stage's
 	grads   []*G.Node // stage params, then X when stage > 0
+	hasDX   bool      // grads ends with X's
+	paramI  map[*G.Node]int
 	masks   []dropMask
 	vm      G.VM
 }
@@ -137,12 +142,13 @@ func (s *Stage) Program(batch int, train bool) (*StageProgram, error) {
 	m := s.Model
 	g := G.NewGraph()
 	b := &builder{m: m, g: g, batch: batch, train: train, nodes: map[*Param]*G.Node{}, needX: s.Index > 0}
-	p := &StageProgram{Batch: batch, Train: train}
+	p := &StageProgram{Batch: batch, Train: train, g: g}
 	inShape := append([]int{batch}, s.InShape...)
 	n := tensor.Shape(inShape).TotalSize()
 	p.X = make([]float32, n)
 	x := G.NewTensor(g, tensor.Float32, len(inShape), G.WithShape(inShape...), G.WithName("x"),
 		G.WithValue(tensor.New(tensor.WithShape(inShape...), tensor.WithBacking(p.X))))
+	p.x = x
 	h := x
 	var err error
 	for i := s.first; i < s.last; i++ {
@@ -159,7 +165,7 @@ func (s *Stage) Program(batch int, train bool) (*StageProgram, error) {
 		if cost, err = G.ApplyOp(newSoftmaxCE(), h, y); err != nil {
 			return nil, err
 		}
-		p.loss = cost
+		p.y, p.loss = y, cost
 	} else if train {
 		p.G = make([]float32, h.Shape().TotalSize())
 		gn := G.NewTensor(g, tensor.Float32, h.Dims(), G.WithShape(h.Shape()...), G.WithName("upstream"),
@@ -167,8 +173,10 @@ func (s *Stage) Program(batch int, train bool) (*StageProgram, error) {
 		if cost, err = G.ApplyOp(newDot(h.Dims()), h, gn); err != nil {
 			return nil, err
 		}
+		p.up = gn
 	}
 	p.masks = b.masks
+	p.paramI = b.paramIndex()
 	if train {
 		var wrt G.Nodes
 		for _, i := range s.Params {
@@ -176,6 +184,7 @@ func (s *Stage) Program(batch int, train bool) (*StageProgram, error) {
 		}
 		if s.Index > 0 {
 			wrt = append(wrt, x)
+			p.hasDX = true
 		}
 		if p.grads, err = G.Grad(cost, wrt...); err != nil {
 			return nil, fmt.Errorf("graph: stage %d gradients: %w", s.Index, err)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/gotrain/gotrain/gpu/device"
@@ -20,8 +21,19 @@ type Params struct {
 
 // UploadParams copies m's parameters to dev.
 func UploadParams(dev device.Device, m *graph.Model) (*Params, error) {
+	return UploadParamsOf(dev, m, nil)
+}
+
+// UploadParamsOf copies the parameters of m listed in only (indices into
+// m.Params; nil: all) to dev: a pipeline stage's. The others' tensors stay
+// empty, and a program that uses one does not compile.
+func UploadParamsOf(dev device.Device, m *graph.Model, only []int) (*Params, error) {
 	ps := &Params{dev: dev}
-	for _, p := range m.Params {
+	for i, p := range m.Params {
+		if only != nil && !slices.Contains(only, i) {
+			ps.T = append(ps.T, Tensor{Shape: p.Shape})
+			continue
+		}
 		b, err := dev.Alloc(len(p.Data))
 		if err != nil {
 			ps.Free()
@@ -43,6 +55,9 @@ func (ps *Params) Download(m *graph.Model) error {
 		return err
 	}
 	for i, p := range m.Params {
+		if ps.T[i].Buf == nil {
+			continue
+		}
 		if err := ps.dev.Read(p.Data, ps.T[i].Buf); err != nil {
 			return fmt.Errorf("executor: parameter %s: %w", p.Name, err)
 		}
@@ -54,6 +69,9 @@ func (ps *Params) Download(m *graph.Model) error {
 // parameters, after the host averaged them).
 func (ps *Params) Upload(m *graph.Model) error {
 	for i, p := range m.Params {
+		if ps.T[i].Buf == nil {
+			continue
+		}
 		if err := ps.dev.Write(ps.T[i].Buf, p.Data); err != nil {
 			return fmt.Errorf("executor: parameter %s: %w", p.Name, err)
 		}
@@ -64,12 +82,15 @@ func (ps *Params) Upload(m *graph.Model) error {
 // Free releases the parameters' memory.
 func (ps *Params) Free() {
 	for _, t := range ps.T {
-		ps.dev.Free(t.Buf)
+		if t.Buf != nil {
+			ps.dev.Free(t.Buf)
+		}
 	}
 	ps.T = nil
 }
 
-// Program is a graph.Program compiled for a device: buffers planned once
+// Program is a graph.Program (or a pipeline stage's graph.StageProgram)
+// compiled for a device: buffers planned once
 // (an op's output takes the buffer of a value no longer read when one
 // fits, a Reshape shares its input's), the ops with one workspace for all
 // their scratch, and the parameters shared with the other programs. A run
@@ -84,7 +105,8 @@ type Program struct {
 	owned  []device.Buffer
 	ops    []*Op
 	ins    [][]Tensor // per op node: its inputs, bound once
-	x, y   int
+	x, y   int         // y: -1 without labels (a stage before the last)
+	up     int         // a stage's upstream gradient G; -1 without
 	masks  []int       // node indices of the dropout masks
 	gradOf map[int]int // node index of a gradient -> its parameter
 	runs   int
@@ -101,15 +123,32 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 	if err != nil {
 		return nil, err
 	}
-	e := &Program{Batch: p.Batch, Train: p.Train, dev: dev, layout: l, vals: make([]Tensor, len(l.Nodes)),
-		ops: make([]*Op, len(l.Nodes)), x: -1, y: -1}
+	if l.Loss < 0 {
+		return nil, errors.New("executor: the program has no loss")
+	}
+	return compile(dev, l, p.Batch, p.Train, params, prec)
+}
+
+// CompileStage lays a pipeline stage's program out on dev: params need
+// hold only the stage's parameters (UploadParamsOf). Run it with RunStage.
+func CompileStage(dev device.Device, p *graph.StageProgram, params *Params, prec device.Precision) (*Program, error) {
+	l, err := p.Layout()
+	if err != nil {
+		return nil, err
+	}
+	return compile(dev, l, p.Batch, p.Train, params, prec)
+}
+
+func compile(dev device.Device, l *graph.Layout, batch int, train bool, params *Params, prec device.Precision) (*Program, error) {
+	e := &Program{Batch: batch, Train: train, dev: dev, layout: l, vals: make([]Tensor, len(l.Nodes)),
+		ops: make([]*Op, len(l.Nodes)), x: -1, y: -1, up: -1}
 	fail := func(err error) (*Program, error) {
 		e.Free()
 		return nil, err
 	}
 	// Liveness: the last node that reads each value. A value whose buffer
 	// a Reshape shares lives as long as the Reshape's readers. The loss,
-	// the logits and the gradients are read after the run: they live on.
+	// the output and the gradients are read after the run: they live on.
 	root := make([]int, len(l.Nodes)) // whose buffer a node's value is in
 	last := make([]int, len(l.Nodes))
 	for i, n := range l.Nodes {
@@ -122,8 +161,10 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 		}
 	}
 	forever := len(l.Nodes)
-	for _, k := range append([]int{l.Loss, l.Logits}, l.Grads...) {
-		last[root[k]] = forever
+	for _, k := range append([]int{l.Loss, l.Out, l.DX}, l.Grads...) {
+		if k >= 0 {
+			last[root[k]] = forever
+		}
 	}
 	// Buffers of values no longer read go back to a pool and are handed to
 	// later values that fit: activations of the forward pass become the
@@ -163,8 +204,8 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 	for i, n := range l.Nodes {
 		switch n.Role {
 		case graph.RoleParam:
-			if n.Index >= len(params.T) {
-				return fail(fmt.Errorf("executor: the program has parameter %d, the device has %d", n.Index, len(params.T)))
+			if n.Index >= len(params.T) || params.T[n.Index].Buf == nil {
+				return fail(fmt.Errorf("executor: the program uses parameter %d, which is not on the device (%d parameters, this stage's only if a stage's)", n.Index, len(params.T)))
 			}
 			e.vals[i] = params.T[n.Index]
 			continue
@@ -172,6 +213,8 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 			e.x = i
 		case graph.RoleLabels:
 			e.y = i
+		case graph.RoleUpstream:
+			e.up = i
 		case graph.RoleMask:
 			e.masks = append(e.masks, i)
 		case graph.RoleOp:
@@ -198,8 +241,8 @@ func Compile(dev device.Device, p *graph.Program, params *Params, prec device.Pr
 			}
 		}
 	}
-	if e.x < 0 || e.y < 0 {
-		return fail(errors.New("executor: the program has no input or no labels"))
+	if e.x < 0 || (e.y < 0) == (l.Loss >= 0) {
+		return fail(errors.New("executor: the program has no input, or a loss without labels"))
 	}
 	e.ins = make([][]Tensor, len(l.Nodes))
 	for i, op := range e.ops {
@@ -258,7 +301,19 @@ func (e *Program) Run(x, y []float32, seed, stream uint64) (float32, error) {
 // bucket of gradients while the rest of the backward pass runs. An error
 // from gradReady ends the run.
 func (e *Program) RunWatched(x, y []float32, seed, stream uint64, gradReady func(param int) error) (float32, error) {
-	if err := e.launch(x, y, seed, stream, gradReady); err != nil {
+	if err := e.launch(x, y, nil, seed, stream, gradReady); err != nil {
+		return 0, err
+	}
+	return e.Loss()
+}
+
+// RunStage runs a pipeline stage's program: x is the stage's input (the
+// data, or the previous stage's output), y the labels (the last stage
+// only), g the gradient of the output (training, other stages). It
+// returns the last stage's mean loss, 0 on the others. Out, DX and Grad
+// hold the results.
+func (e *Program) RunStage(x, y, g []float32, seed, stream uint64) (float32, error) {
+	if err := e.launch(x, y, g, seed, stream, nil); err != nil {
 		return 0, err
 	}
 	return e.Loss()
@@ -268,11 +323,15 @@ func (e *Program) RunWatched(x, y []float32, seed, stream uint64, gradReady func
 // reading the loss: a device queues the work, and the caller may prepare
 // the next batch meanwhile. Loss waits for it.
 func (e *Program) Launch(x, y []float32, seed, stream uint64) error {
-	return e.launch(x, y, seed, stream, nil)
+	return e.launch(x, y, nil, seed, stream, nil)
 }
 
-// Loss waits for the last run and returns its mean loss.
+// Loss waits for the last run and returns its mean loss (0 for a stage
+// without labels).
 func (e *Program) Loss() (float32, error) {
+	if e.layout.Loss < 0 {
+		return 0, e.dev.Sync()
+	}
 	loss := []float32{0}
 	if err := e.dev.Read(loss, e.vals[e.layout.Loss].Buf); err != nil {
 		return 0, err
@@ -280,21 +339,40 @@ func (e *Program) Loss() (float32, error) {
 	return loss[0], e.dev.Sync()
 }
 
-func (e *Program) launch(x, y []float32, seed, stream uint64, gradReady func(param int) error) error {
-	if len(y) != e.Batch || len(x) != e.vals[e.x].Size() {
-		return fmt.Errorf("executor: a batch of %d inputs and %d labels for a program of batch %d and %d inputs",
-			len(x)/max(1, e.vals[e.x].Size()/e.Batch), len(y), e.Batch, e.vals[e.x].Size())
+func (e *Program) launch(x, y, g []float32, seed, stream uint64, gradReady func(param int) error) error {
+	wantY := 0
+	if e.y >= 0 {
+		wantY = e.Batch
 	}
+	if len(y) != wantY || len(x) != e.vals[e.x].Size() {
+		return fmt.Errorf("executor: %d inputs and %d labels for a program of batch %d that takes %d inputs and %d labels",
+			len(x), len(y), e.Batch, e.vals[e.x].Size(), wantY)
+	}
+	wantG := 0
+	if e.up >= 0 {
+		wantG = e.vals[e.up].Size()
+	}
+	if len(g) != wantG {
+		return fmt.Errorf("executor: an output gradient of %d values for a program that takes %d", len(g), wantG)
+	}
+	classes := e.vals[e.layout.Out].Shape
 	for i, v := range y {
-		if v < 0 || v != float32(math.Trunc(float64(v))) || int(v) >= e.vals[e.layout.Logits].Shape[1] {
-			return fmt.Errorf("executor: label %v of sample %d is not a class of this model (0 to %d)", v, i, e.vals[e.layout.Logits].Shape[1]-1)
+		if v < 0 || v != float32(math.Trunc(float64(v))) || int(v) >= classes[len(classes)-1] {
+			return fmt.Errorf("executor: label %v of sample %d is not a class of this model (0 to %d)", v, i, classes[len(classes)-1]-1)
 		}
 	}
 	if err := e.dev.Write(e.vals[e.x].Buf, x); err != nil {
 		return err
 	}
-	if err := e.dev.Write(e.vals[e.y].Buf, y); err != nil {
-		return err
+	if e.y >= 0 {
+		if err := e.dev.Write(e.vals[e.y].Buf, y); err != nil {
+			return err
+		}
+	}
+	if e.up >= 0 {
+		if err := e.dev.Write(e.vals[e.up].Buf, g); err != nil {
+			return err
+		}
 	}
 	for j, i := range e.masks {
 		n := e.layout.Nodes[i]
@@ -333,7 +411,20 @@ func (e *Program) Grads() []Tensor {
 }
 
 // Logits copies the last run's logits into dst ([Batch, classes]).
-func (e *Program) Logits(dst []float32) error { return e.dev.Read(dst, e.vals[e.layout.Logits].Buf) }
+func (e *Program) Logits(dst []float32) error { return e.dev.Read(dst, e.Out().Buf) }
+
+// Out is the last run's output: the logits, or a stage's activations.
+func (e *Program) Out() Tensor { return e.vals[e.layout.Out] }
+
+// DX is the gradient of the input from the last run of a training program
+// of a stage after the first; the zero Tensor elsewhere.
+func (e *Program) DX() Tensor {
+	if e.layout.DX < 0 {
+		return Tensor{}
+	}
+	return e.vals[e.layout.DX]
+}
+
 
 // Bytes is the device memory the program holds: its values' buffers and
 // the ops' shared workspace (the parameters are the model's).

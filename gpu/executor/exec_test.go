@@ -198,7 +198,7 @@ func TestBuffersAreShared(t *testing.T) {
 	require.Less(t, e.Bytes(), naive*60/100)
 	// The values read after a run keep buffers of their own.
 	seen := map[device.Buffer]int{}
-	for _, k := range append([]int{e.layout.Loss, e.layout.Logits}, e.layout.Grads...) {
+	for _, k := range append([]int{e.layout.Loss, e.layout.Out}, e.layout.Grads...) {
 		seen[e.vals[k].Buf]++
 	}
 	for b, n := range seen {
