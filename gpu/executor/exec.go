@@ -104,7 +104,7 @@ type Program struct {
 	vals   []Tensor
 	owned  []device.Buffer
 	ops    []*Op
-	ins    [][]Tensor // per op node: its inputs, bound once
+	ins    [][]Tensor  // per op node: its inputs, bound once
 	x, y   int         // y: -1 without labels (a stage before the last)
 	up     int         // a stage's upstream gradient G; -1 without
 	masks  []int       // node indices of the dropout masks
@@ -424,7 +424,6 @@ func (e *Program) DX() Tensor {
 	}
 	return e.vals[e.layout.DX]
 }
-
 
 // Bytes is the device memory the program holds: its values' buffers and
 // the ops' shared workspace (the parameters are the model's).
