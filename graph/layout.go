@@ -72,7 +72,7 @@ func (p *Program) Layout() (*Layout, error) {
 // parameter nodes' Index is their place in Model.Params.
 func (p *StageProgram) Layout() (*Layout, error) {
 	l := layoutOf{g: p.g, x: p.x, y: p.y, up: p.up, paramI: p.paramI, masks: p.masks, loss: p.loss, out: p.out}
-	if p.Train {
+	if p.grads != nil {
 		l.grads = p.grads
 		if p.hasDX {
 			l.grads, l.dx = p.grads[:len(p.grads)-1], p.grads[len(p.grads)-1]

@@ -21,6 +21,13 @@ type Stage struct {
 	Params      []int // indices into Model.Params
 	InShape     []int // per-sample input shape; stage 0: the data
 	OutShape    []int // per-sample output shape
+	progs       map[stageKey]*StageProgram
+}
+
+// stageKey is a stage program's batch size and what it computes.
+type stageKey struct {
+	batch          int
+	dropout, grads bool
 }
 
 // ErrTooFewLayers is returned by Stages when the model has fewer layers
@@ -135,13 +142,55 @@ type StageProgram struct {
 	vm      G.VM
 }
 
-// Program compiles the stage for batch samples. A training program of a
-// stage that is not the last computes the gradients of
+// Program returns the stage's program for batch samples, compiled at first
+// use: for training (dropout active, gradients) or evaluation. A training
+// program of a stage that is not the last computes the gradients of
 // cost = Σ output·G, whose gradient is exactly the upstream one.
 func (s *Stage) Program(batch int, train bool) (*StageProgram, error) {
+	return s.program(stageKey{batch, train, train})
+}
+
+// ForwardProgram returns the training forward pass of a stage that is not
+// the last: the output with dropout active and no gradients. A pipeline
+// runs it to send the activations on, and later the training program on
+// the same input to back-propagate; drawn from the same random state,
+// their dropout masks are the same, so the gradient is that of the
+// activations that were sent.
+func (s *Stage) ForwardProgram(batch int) (*StageProgram, error) {
+	return s.program(stageKey{batch, true, false})
+}
+
+// MaxStagePrograms bounds the programs a stage keeps: a pipeline step uses
+// at most two micro-batch sizes in each of three modes, and the last batch
+// of an epoch two more. When a new one would pass the bound, the stage
+// drops the ones it has.
+const MaxStagePrograms = 12
+
+func (s *Stage) program(k stageKey) (*StageProgram, error) {
+	if k.batch <= 0 {
+		return nil, fmt.Errorf("graph: batch size %d must be positive", k.batch)
+	}
+	if p, ok := s.progs[k]; ok {
+		return p, nil
+	}
+	p, err := s.compile(k)
+	if err != nil {
+		return nil, err
+	}
+	if s.progs == nil || len(s.progs) >= MaxStagePrograms {
+		s.progs = map[stageKey]*StageProgram{}
+	}
+	s.progs[k] = p
+	return p, nil
+}
+
+func (s *Stage) compile(k stageKey) (*StageProgram, error) {
+	compileMu.Lock() // see compileMu
+	defer compileMu.Unlock()
+	batch, train := k.batch, k.grads
 	m := s.Model
 	g := G.NewGraph()
-	b := &builder{m: m, g: g, batch: batch, train: train, nodes: map[*Param]*G.Node{}, needX: s.Index > 0}
+	b := &builder{m: m, g: g, batch: batch, train: k.dropout, nodes: map[*Param]*G.Node{}, needX: s.Index > 0}
 	p := &StageProgram{Batch: batch, Train: train, g: g}
 	inShape := append([]int{batch}, s.InShape...)
 	n := tensor.Shape(inShape).TotalSize()

@@ -137,3 +137,49 @@ func TestStagesRefuseTooMany(t *testing.T) {
 	_, err = m.Stages(0)
 	require.Error(t, err)
 }
+
+// TestStageForwardKeepsTheMasks: a stage's training forward pass
+// (ForwardProgram) applies dropout, and its masks, drawn from the same
+// random state as the training program's, are the training program's: the
+// activations a pipeline sends on are those it back-propagates through.
+// Programs are compiled once per batch size and mode.
+func TestStageForwardKeepsTheMasks(t *testing.T) {
+	m, err := New(Spec{Kind: "mlp", Hidden: []int{64, 32}, InH: 4, InW: 4, Dropout: 0.5}, 3)
+	require.NoError(t, err)
+	stages, err := m.Stages(2)
+	require.NoError(t, err)
+	s := stages[0]
+	fp, err := s.ForwardProgram(8)
+	require.NoError(t, err)
+	tp, err := s.Program(8, true)
+	require.NoError(t, err)
+	ep, err := s.Program(8, false)
+	require.NoError(t, err)
+	again, err := s.ForwardProgram(8)
+	require.NoError(t, err)
+	require.Same(t, fp, again, "compiled once")
+	require.NotSame(t, fp, ep)
+	r := rand.New(rand.NewPCG(1, 2))
+	fill(r, fp.X, 1)
+	copy(tp.X, fp.X)
+	copy(ep.X, fp.X)
+	pcg := rand.NewPCG(0, 0)
+	rng := rand.New(pcg)
+	pcg.Seed(9, 4)
+	_, err = fp.Run(rng)
+	require.NoError(t, err)
+	pcg.Seed(9, 4)
+	_, err = tp.Run(rng)
+	require.NoError(t, err)
+	_, err = ep.Run(nil)
+	require.NoError(t, err)
+	require.Equal(t, tp.Out(), fp.Out(), "the same masks")
+	require.NotEqual(t, ep.Out(), fp.Out(), "dropout is active in the forward pass")
+	zeros := 0
+	for _, v := range fp.Out() {
+		if v == 0 {
+			zeros++
+		}
+	}
+	require.Greater(t, zeros, len(fp.Out())/4, "about half of the units dropped")
+}

@@ -198,11 +198,6 @@ func (c *Config) Validate() error {
 	default:
 		return cfgErr("--reduce-precision %q is not one of fp32, bf16", c.ReducePrecision)
 	}
-	if c.Device == "gpu" || c.Device == "host" {
-		if err := c.DeviceRuns(c.Device); err != nil {
-			return err
-		}
-	}
 	if _, err := balance.ParseMode(c.Balance); err != nil {
 		return cfgErr("%v", err)
 	}
@@ -250,16 +245,6 @@ func (c *Config) Validate() error {
 	}
 	if err := c.schedule(1000).Validate(); err != nil {
 		return cfgErr("--schedule: %v", err)
-	}
-	return nil
-}
-
-// DeviceRuns says whether the device path (gpu/executor) trains this
-// configuration; the error names what it does not run yet. dev names the
-// device in the message.
-func (c *Config) DeviceRuns(dev string) error {
-	if c.PipelineStages > 1 {
-		return cfgErr("--device %s does not run pipeline stages yet: use --device cpu with --pipeline-stages", dev)
 	}
 	return nil
 }

@@ -50,8 +50,16 @@ func ring(t *testing.T, w int) []dist.Communicator {
 // each rank also gets the options opts returns for it.
 func runRanks(t *testing.T, cfgs []Config, opts ...func(r int) Option) []*Trainer {
 	t.Helper()
+	trs, _ := runRanksResults(t, cfgs, opts...)
+	return trs
+}
+
+// runRanksResults is runRanks that returns the ranks' results too.
+func runRanksResults(t *testing.T, cfgs []Config, opts ...func(r int) Option) ([]*Trainer, []Result) {
+	t.Helper()
 	comms := ring(t, len(cfgs))
 	trs := make([]*Trainer, len(cfgs))
+	res := make([]Result, len(cfgs))
 	errs := make([]error, len(cfgs))
 	var wg sync.WaitGroup
 	for r := range cfgs {
@@ -63,7 +71,7 @@ func runRanks(t *testing.T, cfgs []Config, opts ...func(r int) Option) []*Traine
 		wg.Add(1)
 		go func(r int) {
 			defer wg.Done()
-			_, errs[r] = trs[r].Run(context.Background())
+			res[r], errs[r] = trs[r].Run(context.Background())
 			if errs[r] != nil {
 				comms[r].Abort(errs[r])
 			}
@@ -73,7 +81,7 @@ func runRanks(t *testing.T, cfgs []Config, opts ...func(r int) Option) []*Traine
 	for r, err := range errs {
 		require.NoError(t, err, "rank %d", r)
 	}
-	return trs
+	return trs, res
 }
 
 // TestDataParallelEqualsOneProcess: W ranks with global batch B end where
@@ -400,20 +408,9 @@ func TestPipelineRanksEqualOneProcess(t *testing.T) {
 			cfgs[r].PipelineStages = tc.stages
 			cfgs[r].MicroBatches = 3
 		}
-		comms := ring(t, n)
-		trs := make([]*Trainer, n)
-		res := make([]Result, n)
-		errs := make([]error, n)
-		var wg sync.WaitGroup
-		for r := range trs {
-			trs[r] = newTrainer(t, cfgs[r], WithCommunicator(comms[r]))
-			wg.Add(1)
-			go func(r int) { defer wg.Done(); res[r], errs[r] = trs[r].Run(context.Background()) }(r)
-		}
-		wg.Wait()
+		trs, res := runRanksResults(t, cfgs)
 		d := 0.0
 		for r := range trs {
-			require.NoError(t, errs[r], "rank %d", r)
 			for _, i := range trs[r].pp.stage.Params {
 				for e, v := range trs[r].Model.Params[i].Data {
 					d = math.Max(d, math.Abs(float64(v-ref.Model.Params[i].Data[e])))

@@ -45,6 +45,12 @@ type devRun struct {
 	one      device.Buffer
 	clip     *executor.Clipper // --clip-grad-norm, made at first use
 	red      *bucketReducer    // the step's reductions in flight, if started during the backward pass
+	// Pipeline stages: the stage's programs on the device (by the host
+	// program they were compiled from), its summed gradients (per
+	// Stage.Params), and a host buffer for what goes to a neighbour.
+	stageProgs map[*graph.StageProgram]*executor.Program
+	acc        []executor.Tensor
+	out        []float32
 	names    []string
 	stale    bool // the host's parameters and optimiser state are behind
 	runs     int  // programs run on the device
@@ -73,30 +79,47 @@ func (t *Trainer) devStart() error {
 	if d == nil || d.params != nil {
 		return nil
 	}
-	if err := t.cfg.DeviceRuns(d.dev.Name()); err != nil {
-		return err
-	}
 	var err error
 	if t.cfg.Precision != "" {
 		if d.prec, err = device.ParsePrecision(t.cfg.Precision); err != nil {
 			return fmt.Errorf("%w: --%v", ErrConfig, err)
 		}
 	}
-	if d.params, err = executor.UploadParams(d.dev, t.Model); err != nil {
+	// A pipeline stage keeps only its own parameters on the device.
+	var only []int
+	var ps []executor.Tensor // the parameters the optimiser updates
+	st, step := t.opt.State()
+	if t.pp != nil {
+		only = t.pp.stage.Params
+		st, step = t.pp.opt.State()
+	}
+	if d.params, err = executor.UploadParamsOf(d.dev, t.Model, only); err != nil {
 		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
 	}
-	if d.opt, err = executor.NewOptimizer(d.dev, t.cfg.optimizer(), d.params.T); err != nil {
-		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
-	}
-	for _, p := range t.Model.Params {
-		d.names = append(d.names, p.Name)
+	for i, p := range t.Model.Params {
+		if only == nil || slices.Contains(only, i) {
+			d.names = append(d.names, p.Name)
+			ps = append(ps, d.params.T[i])
+		}
 		d.host = append(d.host, make([]float32, len(p.Data)))
 	}
-	st, step := t.opt.State()
+	if d.opt, err = executor.NewOptimizer(d.dev, t.cfg.optimizer(), ps); err != nil {
+		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
 	if err := d.opt.LoadState(d.names, st, step); err != nil {
 		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
 	}
-	if t.distributed() && t.cfg.Sync != "async" {
+	if t.pp != nil {
+		for _, pi := range only {
+			b, err := d.dev.Alloc(t.Model.Params[pi].Size())
+			if err != nil {
+				return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+			}
+			d.acc = append(d.acc, executor.Tensor{Buf: b, Shape: t.Model.Params[pi].Shape})
+		}
+		d.stageProgs = map[*graph.StageProgram]*executor.Program{}
+	}
+	if t.distributed() && t.cfg.Sync != "async" && t.pp == nil {
 		for _, p := range d.params.T {
 			b, err := d.dev.Alloc(p.Size())
 			if err != nil {
@@ -239,7 +262,11 @@ func (t *Trainer) hostSync() error {
 	if err != nil {
 		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
 	}
-	if err := t.opt.LoadState(st, step); err != nil {
+	opt := t.opt
+	if t.pp != nil {
+		opt = t.pp.opt
+	}
+	if err := opt.LoadState(st, step); err != nil {
 		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
 	}
 	d.stale = false
@@ -268,7 +295,10 @@ func (t *Trainer) devClose() {
 	for _, dp := range d.progs {
 		dp.e.Free()
 	}
-	for _, g := range d.grads {
+	for _, e := range d.stageProgs {
+		e.Free()
+	}
+	for _, g := range append(d.grads, d.acc...) {
 		d.dev.Free(g.Buf)
 	}
 	for _, b := range append(d.buckets, d.bf16...) {
@@ -282,8 +312,44 @@ func (t *Trainer) devClose() {
 	}
 	d.opt.Free()
 	d.params.Free()
-	d.progs, d.grads, d.params = nil, nil, nil
+	d.progs, d.grads, d.params, d.stageProgs, d.acc = nil, nil, nil, nil, nil
 }
+
+// devStage returns a pipeline stage's program compiled for the device.
+func (t *Trainer) devStage(p *graph.StageProgram) (*executor.Program, error) {
+	d := t.devr
+	if e, ok := d.stageProgs[p]; ok {
+		return e, nil
+	}
+	if len(d.stageProgs) >= 2*graph.MaxStagePrograms {
+		// The stage compiled programs anew (it keeps a bounded number):
+		// start over rather than keep the old ones' memory.
+		for _, e := range d.stageProgs {
+			e.Free()
+		}
+		clear(d.stageProgs)
+	}
+	e, err := executor.CompileStage(d.dev, p, d.params, d.prec)
+	if err != nil {
+		return nil, t.devErr(err)
+	}
+	d.stageProgs[p] = e
+	return e, nil
+}
+
+// devRead downloads a device tensor into the host buffer for neighbours,
+// valid until the next devRead.
+func (t *Trainer) devRead(v executor.Tensor) ([]float32, error) {
+	d := t.devr
+	d.out = slices.Grow(d.out[:0], v.Size())[:v.Size()]
+	if err := d.dev.Read(d.out, v.Buf); err != nil {
+		return nil, t.devErr(err)
+	}
+	return d.out, nil
+}
+
+// devErr names the device in an error from it.
+func (t *Trainer) devErr(err error) error { return fmt.Errorf("device %s: %w", t.devr.dev.Name(), err) }
 
 // devEvaluate is Evaluate on the device: the evaluation programs run there
 // and only the losses and logits come back.

@@ -126,7 +126,6 @@ func TestDeviceRefusesWhatItCannotRunYet(t *testing.T) {
 		mut  func(*Config)
 		want string
 	}{
-		{func(c *Config) { c.PipelineStages = 2 }, "does not run pipeline stages yet"},
 		{func(c *Config) { c.Sync, c.ReducePrecision = "local-sgd", "bf16" }, "all-reduces none"},
 	} {
 		cfg := deviceConfig(t, "sgd")
@@ -367,4 +366,62 @@ func TestDeviceRanksAreBalanced(t *testing.T) {
 	require.Greater(t, last.Shares[0], last.Shares[1], "the fast rank takes the larger share: %v", last.Shares)
 	require.Less(t, maxAbsDiff(params(ref), params(trs[0])), 1e-5)
 	require.Equal(t, params(trs[0]), params(trs[1]))
+}
+
+// TestDevicePipelineMatchesTheCPU: pipeline stages on devices (2 ranks of
+// one stage each, and 2 replicas of 2 stages), with micro-batches, SGD
+// with momentum and weight decay, and gradient clipping by the global
+// norm, end where one CPU process ends; so do the same stages on the CPU,
+// whose clipping took the norm over every stage (a norm per stage would
+// end elsewhere). Each stage's programs ran on its device, and the
+// evaluation too.
+func TestDevicePipelineMatchesTheCPU(t *testing.T) {
+	base := deviceConfig(t, "sgd")
+	base.Hidden = []int{32, 24, 16}
+	base.LR = 0.05
+	base.ClipGradNorm = 0.3
+	ref := newTrainer(t, base)
+	want, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	unclipped := base
+	unclipped.ClipGradNorm = 0
+	free := newTrainer(t, unclipped)
+	_, err = free.Run(context.Background())
+	require.NoError(t, err)
+	require.Greater(t, maxAbsDiff(params(ref), params(free)), 1e-3, "the limit clips")
+	for _, tc := range []struct {
+		world, stages int
+		dev           bool
+	}{{2, 2, true}, {4, 2, true}, {2, 2, false}} {
+		cfgs := make([]Config, tc.world)
+		for r := range cfgs {
+			cfgs[r] = base
+			cfgs[r].PipelineStages = tc.stages
+			cfgs[r].MicroBatches = 3
+		}
+		var opts []func(int) Option
+		if tc.dev {
+			opts = append(opts, func(int) Option { return WithDevice(device.Host{}) })
+		}
+		trs, res := runRanksResults(t, cfgs, opts...)
+		d := 0.0
+		for r, tr := range trs {
+			for _, i := range tr.pp.stage.Params {
+				d = math.Max(d, maxAbsDiff([][]float32{ref.Model.Params[i].Data}, [][]float32{tr.Model.Params[i].Data}))
+			}
+			if tc.dev {
+				require.Equal(t, int(base.MaxSteps), tr.devr.steps, "every update on the device")
+				require.GreaterOrEqual(t, tr.devr.runs, int(base.MaxSteps)*3, "every micro-batch's backward pass on the device")
+				if tr.pp.replica == 0 { // the first replica evaluates
+					require.Positive(t, tr.devr.evals, "the evaluation ran on the device")
+				}
+			}
+			require.Equal(t, res[0].TestAccuracy, res[r].TestAccuracy, "every rank has the pipeline's evaluation")
+		}
+		t.Logf("%d ranks, %d stages, devices %v: max |Δ| against one CPU process %g; test accuracy %.3f, loss %.5f (one process %.3f, %.5f)",
+			tc.world, tc.stages, tc.dev, d, res[0].TestAccuracy, res[0].TestLoss, want.TestAccuracy, want.TestLoss)
+		require.Less(t, d, 1e-5)
+		require.Equal(t, want.TestAccuracy, res[0].TestAccuracy)
+		require.InDelta(t, want.TestLoss, res[0].TestLoss, 1e-4)
+	}
 }

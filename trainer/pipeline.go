@@ -3,9 +3,11 @@ package trainer
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 
+	"github.com/gotrain/gotrain/gpu/executor"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/dist"
 	"github.com/gotrain/gotrain/trainer/optim"
@@ -22,6 +24,17 @@ import (
 // back, and each stage recomputes its forward from the input it kept and
 // back-propagates. A micro-batch of m samples adds m/B times its mean
 // gradient, so each stage's update is one process's with the global batch.
+// The forward pass applies dropout with the masks that the recomputation
+// draws again (the same random stream), so the gradient is that of the
+// activations that were sent on. Every step the ranks add up the loss and
+// the stages' sums of squared gradients: each rank then knows the global
+// norm, clips by it as one process would, and takes the same decision when
+// the step diverged.
+//
+// On a device (WithDevice) each stage's programs run there, with only the
+// stage's parameters, its optimiser state and its summed gradients on the
+// device; activations and input gradients travel through the host, and
+// the replicas' sum of gradients too.
 
 type pipeline struct {
 	stage             *graph.Stage
@@ -71,8 +84,12 @@ func (t *Trainer) setupPipeline() error {
 }
 
 // pipelineStep computes this stage's gradient of the global batch
-// perm[lo:hi] and returns the last stage's summed loss (0 elsewhere).
-func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, rng *rand.Rand) (float64, error) {
+// perm[lo:hi]. It returns this rank's summed loss (the last stage's; 0
+// elsewhere), and, the same on every rank, the global batch's mean loss
+// and the global norm of the gradient (over every stage's parameters): so
+// every rank decides alike whether the step diverged, and clipping is that
+// of one process.
+func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, rng *rand.Rand) (lossSum, loss, norm float64, err error) {
 	pp, s := t.pp, t.pp.stage
 	k, n := s.Index, s.Of
 	c := t.dp.comm
@@ -80,44 +97,51 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 	B := hi - lo
 	lo, hi = shard(lo, hi, pp.replica, pp.replicas) // this replica's share
 	micro := max(t.cfg.MicroBatches, 1)
-	for _, g := range pp.grads {
-		clear(g)
-	}
 	if cap(pp.inputs) < micro {
 		pp.inputs = make([][]float32, micro)
 	}
-	var lossSum float64
+	in := 1
+	for _, d := range s.InShape {
+		in *= d
+	}
+	// Dropout masks: a stream per micro-batch, the same in the forward
+	// pass and in the backward pass's recomputation.
+	seed := t.cfg.Seed ^ 0x5eedd70a ^ uint64(k)<<40
+	stream := func(j int) uint64 { return uint64(t.pos.step)*uint64(micro) + uint64(j) }
 	// Forward: every micro-batch through this stage.
 	for j := 0; j < micro; j++ {
 		ms, me := shard(lo, hi, j, micro)
 		if me == ms {
 			continue
 		}
-		fp, err := s.Program(me-ms, false)
-		if err != nil {
-			return 0, err
-		}
+		x := slices.Grow(pp.inputs[j][:0], (me-ms)*in)[:(me-ms)*in]
+		pp.inputs[j] = x
 		if k == 0 {
-			t.train.Batch(t.perm[ms:me], fp.X, nil)
+			t.train.Batch(t.perm[ms:me], x, nil)
 		} else if err := t.collective(ctx, "pipeline receive of activations", func(ctx context.Context) error {
-			return c.Recv(ctx, fp.X, prev)
+			return c.Recv(ctx, x, prev)
 		}); err != nil {
-			return 0, err
+			return 0, 0, 0, err
 		}
-		pp.inputs[j] = append(pp.inputs[j][:0], fp.X...)
 		if k == n-1 {
 			continue // the last stage runs forward and backward together below
 		}
-		if _, err := fp.Run(nil); err != nil {
-			return 0, err
+		fp, err := s.ForwardProgram(me - ms)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		out, err := t.stageForward(fp, x, seed, stream(j), pcg, rng)
+		if err != nil {
+			return 0, 0, 0, err
 		}
 		if err := t.collective(ctx, "pipeline send of activations", func(ctx context.Context) error {
-			return c.Send(ctx, fp.Out(), next)
+			return c.Send(ctx, out, next)
 		}); err != nil {
-			return 0, err
+			return 0, 0, 0, err
 		}
 	}
 	// Backward, micro-batch by micro-batch, recomputing the forward.
+	first := true
 	for j := 0; j < micro; j++ {
 		ms, me := shard(lo, hi, j, micro)
 		if me == ms {
@@ -125,41 +149,40 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 		}
 		tp, err := s.Program(me-ms, true)
 		if err != nil {
-			return 0, err
+			return 0, 0, 0, err
 		}
-		copy(tp.X, pp.inputs[j])
 		if k == n-1 {
 			t.train.Batch(t.perm[ms:me], nil, tp.Y)
 		} else if err := t.collective(ctx, "pipeline receive of gradients", func(ctx context.Context) error {
 			return c.Recv(ctx, tp.G, next)
 		}); err != nil {
-			return 0, err
+			return 0, 0, 0, err
 		}
-		pcg.Seed(t.cfg.Seed^0x5eedd70a^uint64(k)<<40, uint64(t.pos.step)*uint64(micro)+uint64(j))
-		loss, err := tp.Run(rng)
+		l, dx, err := t.stageBackward(tp, pp.inputs[j], seed, stream(j), float32(me-ms)/float32(B), first, pcg, rng)
 		if err != nil {
-			return 0, err
+			return 0, 0, 0, err
 		}
-		lossSum += float64(loss) * float64(me-ms)
-		scale := float32(me-ms) / float32(B)
-		for i := range pp.grads {
-			for e, v := range tp.Grad(i) {
-				pp.grads[i][e] += scale * v
-			}
-		}
+		first = false
+		lossSum += float64(l) * float64(me-ms)
 		if k > 0 {
-			// Send returns once the bytes are written, so the op's own
-			// buffer can be sent without a copy.
+			// Send returns once the bytes are written, so the buffer can
+			// be sent without a copy.
 			if err := t.collective(ctx, "pipeline send of gradients", func(ctx context.Context) error {
-				return c.Send(ctx, tp.DX(), prev)
+				return c.Send(ctx, dx, prev)
 			}); err != nil {
-				return 0, err
+				return 0, 0, 0, err
 			}
 		}
+	}
+	if err := t.stageGradsDone(first); err != nil {
+		return 0, 0, 0, err
 	}
 	if pp.replicas > 1 {
 		// Sum each stage's gradient over the replicas: every rank takes
 		// part for every parameter, with zeros for those it does not own.
+		if err := t.stageGradsToHost(); err != nil {
+			return 0, 0, 0, err
+		}
 		owned := 0
 		for i := range t.Model.Params {
 			buf := pp.zeros[i]
@@ -172,11 +195,189 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 			if err := t.collective(ctx, "replica gradient sum", func(ctx context.Context) error {
 				return c.AllReduce(ctx, buf, buf, dist.Sum)
 			}); err != nil {
-				return 0, err
+				return 0, 0, 0, err
+			}
+		}
+		if err := t.stageGradsFromHost(); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	// The stages' sums of squares add up to the global one; every replica
+	// holds the same gradients, so the sum over all ranks counts each
+	// replicas times.
+	sq, err := t.stageSumSquares()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	sums := []float64{lossSum, sq}
+	if err := t.allSum(ctx, "pipeline loss and gradient norm", sums); err != nil {
+		return 0, 0, 0, err
+	}
+	return lossSum, sums[0] / float64(B), math.Sqrt(sums[1] / float64(pp.replicas)), nil
+}
+
+// stageForward runs the training forward pass of a stage on its input x
+// and returns the output to send on.
+func (t *Trainer) stageForward(fp *graph.StageProgram, x []float32, seed, stream uint64, pcg *rand.PCG, rng *rand.Rand) ([]float32, error) {
+	if t.devr != nil {
+		e, err := t.devStage(fp)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := e.RunStage(x, nil, nil, seed, stream); err != nil {
+			return nil, t.devErr(err)
+		}
+		t.devr.runs++
+		return t.devRead(e.Out())
+	}
+	copy(fp.X, x)
+	pcg.Seed(seed, stream)
+	if _, err := fp.Run(rng); err != nil {
+		return nil, err
+	}
+	return fp.Out(), nil
+}
+
+// stageBackward runs a stage's training program on input x (with tp.Y on
+// the last stage, tp.G on the others), adds scale times its parameter
+// gradients into the stage's (sets them when first), and returns the mean
+// loss (last stage) and the gradient of x to send back (other stages).
+func (t *Trainer) stageBackward(tp *graph.StageProgram, x []float32, seed, stream uint64, scale float32, first bool, pcg *rand.PCG, rng *rand.Rand) (float32, []float32, error) {
+	pp := t.pp
+	if d := t.devr; d != nil {
+		e, err := t.devStage(tp)
+		if err != nil {
+			return 0, nil, err
+		}
+		l, err := e.RunStage(x, tp.Y, tp.G, seed, stream)
+		if err != nil {
+			return 0, nil, t.devErr(err)
+		}
+		d.runs++
+		d.stale = true
+		for i := range pp.stage.Params {
+			n := e.Grad(i).Size()
+			if err := d.dev.Launch("axpy_at", n, e.Grad(i).Buf, d.acc[i].Buf, n, 0, scale, !first); err != nil {
+				return 0, nil, t.devErr(err)
+			}
+		}
+		if pp.stage.Index == 0 {
+			return l, nil, nil
+		}
+		dx, err := t.devRead(e.DX())
+		return l, dx, err
+	}
+	copy(tp.X, x)
+	pcg.Seed(seed, stream)
+	l, err := tp.Run(rng)
+	if err != nil {
+		return 0, nil, err
+	}
+	for i, g := range pp.grads {
+		for e, v := range tp.Grad(i) {
+			if first {
+				g[e] = scale * v
+			} else {
+				g[e] += scale * v
 			}
 		}
 	}
-	return lossSum, nil
+	if pp.stage.Index == 0 {
+		return l, nil, nil
+	}
+	return l, tp.DX(), nil
+}
+
+// stageGradsDone ends the micro-batches: when none had samples (first is
+// still true), the stage's gradients are zero.
+func (t *Trainer) stageGradsDone(first bool) error {
+	if !first {
+		return nil
+	}
+	if d := t.devr; d != nil {
+		for _, a := range d.acc {
+			if err := d.dev.Launch("fill", a.Size(), a.Buf, float32(0), a.Size()); err != nil {
+				return t.devErr(err)
+			}
+		}
+		return nil
+	}
+	for _, g := range t.pp.grads {
+		clear(g)
+	}
+	return nil
+}
+
+// stageGradsToHost brings a device stage's gradients into pp.grads (for
+// the replicas' sum through the host); stageGradsFromHost takes them back.
+func (t *Trainer) stageGradsToHost() error {
+	if d := t.devr; d != nil {
+		for i, a := range d.acc {
+			if err := d.dev.Read(t.pp.grads[i], a.Buf); err != nil {
+				return t.devErr(err)
+			}
+		}
+	}
+	return nil
+}
+
+func (t *Trainer) stageGradsFromHost() error {
+	if d := t.devr; d != nil {
+		for i, a := range d.acc {
+			if err := d.dev.Write(a.Buf, t.pp.grads[i]); err != nil {
+				return t.devErr(err)
+			}
+		}
+	}
+	return nil
+}
+
+// stageSumSquares is the sum of the squares of the stage's gradients.
+func (t *Trainer) stageSumSquares() (float64, error) {
+	d := t.devr
+	if d == nil {
+		return optim.SumSquares(t.pp.params), nil
+	}
+	if d.clip == nil {
+		var err error
+		if d.clip, err = executor.NewClipper(d.dev, len(d.acc)); err != nil {
+			return 0, t.devErr(err)
+		}
+	}
+	sq, err := d.clip.SumSquares(d.acc)
+	if err != nil {
+		return 0, t.devErr(err)
+	}
+	return sq, nil
+}
+
+// pipelineUpdate clips the stage's gradients by the global norm (see
+// pipelineStep) and applies the stage's optimiser.
+func (t *Trainer) pipelineUpdate(norm, lr float64) error {
+	pp, d := t.pp, t.devr
+	c, clip := optim.ClipCoef(norm, t.cfg.ClipGradNorm)
+	if d == nil {
+		if clip {
+			optim.Scale(pp.params, c)
+		}
+		pp.opt.Step(pp.params, lr)
+		return nil
+	}
+	if clip {
+		if err := d.clip.Scale(d.acc, c); err != nil {
+			return t.devErr(err)
+		}
+	}
+	ts := make([]executor.Tensor, len(pp.stage.Params))
+	for i, pi := range pp.stage.Params {
+		ts[i] = d.params.T[pi]
+	}
+	if err := d.opt.Step(ts, d.acc, lr); err != nil {
+		return t.devErr(err)
+	}
+	d.stale = true
+	d.steps++
+	return nil
 }
 
 // evaluatePipeline runs the test set through the stages; the last stage
@@ -205,17 +406,16 @@ func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err 
 		if k == n-1 {
 			t.test.Batch(idx, nil, fp.Y)
 		}
-		l, err := fp.Run(nil)
+		l, out, err := t.stageEval(fp)
 		if err != nil {
 			return 0, 0, err
 		}
 		if k < n-1 {
-			if err := t.collective(ctx, "pipeline evaluation", func(ctx context.Context) error { return c.Send(ctx, fp.Out(), t.rank()+1) }); err != nil {
+			if err := t.collective(ctx, "pipeline evaluation", func(ctx context.Context) error { return c.Send(ctx, out, t.rank()+1) }); err != nil {
 				return 0, 0, err
 			}
 			continue
 		}
-		out := fp.Out()
 		classes := len(out) / (hi - lo)
 		for i := 0; i < hi-lo; i++ {
 			row := out[i*classes : (i+1)*classes]
@@ -231,6 +431,26 @@ func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err 
 		return 0, 0, err
 	}
 	return sums[0] / float64(t.test.N), sums[1] / float64(t.test.N), nil
+}
+
+// stageEval runs a stage's evaluation program on fp.X (and fp.Y on the
+// last stage) and returns the mean loss (last stage) and the output.
+func (t *Trainer) stageEval(fp *graph.StageProgram) (float32, []float32, error) {
+	if t.devr == nil {
+		l, err := fp.Run(nil)
+		return l, fp.Out(), err
+	}
+	e, err := t.devStage(fp)
+	if err != nil {
+		return 0, nil, err
+	}
+	l, err := e.RunStage(fp.X, fp.Y, nil, 0, 0)
+	if err != nil {
+		return 0, nil, t.devErr(err)
+	}
+	t.devr.evals++
+	out, err := t.devRead(e.Out())
+	return l, out, err
 }
 
 func argmax(row []float32) int {

@@ -289,14 +289,17 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			var ps []optim.Param
 			var devProg *executor.Program // the step's program on the device (one process)
 			var loss float64              // this rank's mean loss, for display
+			var norm float64              // pipeline stages: the global gradient norm
 			stop := false
 			if t.pipelined() {
-				lossSum, err := t.pipelineStep(cctx, lo, hi, pcg, rng)
-				if err != nil {
+				var lossSum float64
+				var err error
+				if lossSum, loss, norm, err = t.pipelineStep(cctx, lo, hi, pcg, rng); err != nil {
 					return res, err
 				}
-				ps = t.pp.params
-				loss = lossSum / float64(hi-lo)
+				if !finite(norm) {
+					return res, t.diverged(loss)
+				}
 				winLoss += lossSum
 			} else if t.distributed() {
 				lossSum, st, err := t.ddpStep(cctx, ctx.Err() != nil, lo, hi, pcg, rng)
@@ -352,7 +355,9 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			lr := sched.LR(t.pos.step)
 			switch {
 			case t.pipelined():
-				t.pp.opt.Step(ps, lr)
+				if err := t.pipelineUpdate(norm, lr); err != nil {
+					return res, err
+				}
 			case t.devr != nil:
 				if err := t.devStep(devProg, lr, loss); err != nil {
 					return res, err

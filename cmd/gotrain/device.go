@@ -45,10 +45,6 @@ func openDevice(cfg trainer.Config, local int, log *slog.Logger) (device.Device,
 		log.Warn("training on the CPU: this node has fewer GPUs than local ranks", "local_rank", local, "gpus", n)
 		return nil, nil
 	}
-	if err := cfg.DeviceRuns("gpu"); err != nil {
-		log.Info("training on the CPU: the GPU path does not run this configuration yet", "why", err)
-		return nil, nil
-	}
 	d, err := cuda.Open(local)
 	if err != nil {
 		return nil, fmt.Errorf("--device auto: %w", err)

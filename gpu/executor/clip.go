@@ -43,6 +43,13 @@ func NewClipper(dev device.Device, grads int) (*Clipper, error) {
 // Norm returns the global L2 norm of grads: NaN or +Inf exactly when one of
 // them holds a NaN or an infinity.
 func (c *Clipper) Norm(grads []Tensor) (float64, error) {
+	sum, err := c.SumSquares(grads)
+	return math.Sqrt(sum), err
+}
+
+// SumSquares is the sum of the squares of grads: Norm squared, which
+// gradients split over processes (pipeline stages) add up before the root.
+func (c *Clipper) SumSquares(grads []Tensor) (float64, error) {
 	if 2*len(grads) > len(c.host) {
 		return 0, fmt.Errorf("executor: %d gradients for a clipper of %d", len(grads), len(c.host)/2)
 	}
@@ -72,7 +79,7 @@ func (c *Clipper) Norm(grads []Tensor) (float64, error) {
 		lo, hi := math.Float32bits(host[2*k]), math.Float32bits(host[2*k+1])
 		sum += math.Float64frombits(uint64(lo) | uint64(hi)<<32)
 	}
-	return math.Sqrt(sum), nil
+	return sum, nil
 }
 
 // Clip scales grads in place so that their global norm is at most maxNorm
@@ -84,15 +91,23 @@ func (c *Clipper) Clip(grads []Tensor, maxNorm float64) (float64, error) {
 		return 0, err
 	}
 	if f, ok := optim.ClipCoef(norm, maxNorm); ok {
-		for _, g := range grads {
-			if n := g.Size(); n > 0 {
-				if err := c.dev.Launch("scale_f32", n, g.Buf, n, f); err != nil {
-					return 0, err
-				}
-			}
+		if err := c.Scale(grads, f); err != nil {
+			return 0, err
 		}
 	}
 	return norm, nil
+}
+
+// Scale multiplies grads by f (optim.ClipCoef's factor).
+func (c *Clipper) Scale(grads []Tensor, f float32) error {
+	for _, g := range grads {
+		if n := g.Size(); n > 0 {
+			if err := c.dev.Launch("scale_f32", n, g.Buf, n, f); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Free releases the clipper's buffers.

@@ -155,3 +155,45 @@ func read(t *testing.T, dev device.Device, v Tensor) []float32 {
 	require.NoError(t, dev.Read(out, v.Buf))
 	return out
 }
+
+// TestStageForwardKeepsTheMasks: on a device, a stage's training forward
+// pass (graph.Stage.ForwardProgram) and its training program draw the same
+// dropout masks from the same seed and stream, so the output sent on is
+// the one back-propagated through; another stream drops other units.
+func TestStageForwardKeepsTheMasks(t *testing.T) {
+	for _, mk := range devices {
+		dev := mk(t)
+		m, err := graph.New(graph.Spec{Kind: "mlp", InC: 1, InH: 4, InW: 4, Classes: 4, Hidden: []int{64, 32}, Dropout: 0.5}, 2)
+		require.NoError(t, err)
+		stages, err := m.Stages(2)
+		require.NoError(t, err)
+		params, err := UploadParamsOf(dev, m, stages[0].Params)
+		require.NoError(t, err)
+		defer params.Free()
+		fp, err := stages[0].ForwardProgram(8)
+		require.NoError(t, err)
+		tp, err := stages[0].Program(8, true)
+		require.NoError(t, err)
+		fe, err := CompileStage(dev, fp, params, device.FP32)
+		require.NoError(t, err)
+		defer fe.Free()
+		te, err := CompileStage(dev, tp, params, device.FP32)
+		require.NoError(t, err)
+		defer te.Free()
+		require.NotEmpty(t, fe.masks, "the stage has dropout")
+		x := make([]float32, len(fp.X))
+		for i := range x {
+			x[i] = float32(i%7) - 3
+		}
+		g := make([]float32, len(tp.G))
+		_, err = fe.RunStage(x, nil, nil, 5, 11)
+		require.NoError(t, err)
+		fwd := read(t, dev, fe.Out())
+		_, err = te.RunStage(x, nil, g, 5, 11)
+		require.NoError(t, err)
+		require.Equal(t, fwd, read(t, dev, te.Out()), "the same masks")
+		_, err = fe.RunStage(x, nil, nil, 5, 12)
+		require.NoError(t, err)
+		require.NotEqual(t, fwd, read(t, dev, fe.Out()), "another stream, other masks")
+	}
+}

@@ -17,20 +17,32 @@ const clipEps = 1e-6
 // PyTorch, which would multiply them by NaN or 0), so that the caller can
 // skip the step.
 func ClipGradNorm(params []Param, maxNorm float64) (totalNorm float64) {
+	totalNorm = math.Sqrt(SumSquares(params))
+	if c, ok := ClipCoef(totalNorm, maxNorm); ok {
+		Scale(params, c)
+	}
+	return totalNorm
+}
+
+// SumSquares is the sum of the squares of all gradients, in float64: the
+// square of their global norm. Gradients split over processes (pipeline
+// stages) add their sums before the root is taken.
+func SumSquares(params []Param) float64 {
 	var sum float64
 	for i := range params {
 		sum += sumSquares(params[i].Grad)
 	}
-	totalNorm = math.Sqrt(sum)
-	if c, ok := ClipCoef(totalNorm, maxNorm); ok {
-		for i := range params {
-			g := params[i].Grad
-			for j := range g {
-				g[j] *= c
-			}
+	return sum
+}
+
+// Scale multiplies every gradient by c (ClipCoef's factor).
+func Scale(params []Param, c float32) {
+	for i := range params {
+		g := params[i].Grad
+		for j := range g {
+			g[j] *= c
 		}
 	}
-	return totalNorm
 }
 
 // ClipCoef is the factor ClipGradNorm scales the gradients by, rounded
