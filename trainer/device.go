@@ -51,11 +51,11 @@ type devRun struct {
 	stageProgs map[*graph.StageProgram]*executor.Program
 	acc        []executor.Tensor
 	out        []float32
-	names    []string
-	stale    bool // the host's parameters and optimiser state are behind
-	runs     int  // programs run on the device
-	steps    int  // optimiser steps on the device
-	evals    int  // evaluation batches on the device
+	names      []string
+	stale      bool // the host's parameters and optimiser state are behind
+	runs       int  // programs run on the device
+	steps      int  // optimiser steps on the device
+	evals      int  // evaluation batches on the device
 }
 
 type progKey struct {
