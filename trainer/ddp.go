@@ -446,7 +446,7 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 				}
 			}
 			warm = t.devWarm(prog)
-			_, loss, err = t.devRunProgram(prog, t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j), watch)
+			_, loss, err = t.devRunProgram(prog, prog.X, prog.Y, t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j), watch)
 			if err != nil && t.devr.red != nil {
 				t.devr.red.finish() // ends the reducing goroutine
 				t.devr.red = nil

@@ -51,6 +51,7 @@ type devRun struct {
 	stageProgs map[*graph.StageProgram]*executor.Program
 	acc        []executor.Tensor
 	out        []float32
+	pf         *prefetcher // one process: the batches, decoded ahead
 	names      []string
 	stale      bool // the host's parameters and optimiser state are behind
 	runs       int  // programs run on the device
@@ -131,6 +132,11 @@ func (t *Trainer) devStart() error {
 			return err
 		}
 	}
+	if !t.distributed() && t.cfg.Sync != "async" {
+		if d.pf, err = newPrefetcher(d.dev, t.cfg.BatchSize, t.Model.InputSize()); err != nil {
+			return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		}
+	}
 	d.progs = map[progKey]devProg{}
 	t.log.Info("training on a device", "device", d.dev.Name(), "precision", d.prec.String())
 	return nil
@@ -160,14 +166,15 @@ func (t *Trainer) devWarm(p *graph.Program) bool {
 	return ok && dp.from == p && dp.e.Warm()
 }
 
-// devRunProgram runs p's batch (already in p.X, p.Y) on the device;
-// watch, when not nil, hears of each gradient as it is issued.
-func (t *Trainer) devRunProgram(p *graph.Program, seed, stream uint64, watch func(param int) error) (*executor.Program, float32, error) {
+// devRunProgram runs p on the device on the batch x, y (p.X, p.Y, or a
+// prefetched batch); watch, when not nil, hears of each gradient as it is
+// issued.
+func (t *Trainer) devRunProgram(p *graph.Program, x, y []float32, seed, stream uint64, watch func(param int) error) (*executor.Program, float32, error) {
 	e, err := t.devProgram(p)
 	if err != nil {
 		return nil, 0, err
 	}
-	loss, err := e.RunWatched(p.X, p.Y, seed, stream, watch)
+	loss, err := e.RunWatched(x, y, seed, stream, watch)
 	if err != nil {
 		return nil, 0, fmt.Errorf("device %s: %w", t.devr.dev.Name(), err)
 	}
@@ -184,7 +191,7 @@ func (t *Trainer) devAsyncGrad(p *graph.Program, seed, stream uint64, grad []flo
 	if err := d.params.Upload(t.Model); err != nil {
 		return 0, fmt.Errorf("device %s: %w", d.dev.Name(), err)
 	}
-	e, loss, err := t.devRunProgram(p, seed, stream, nil)
+	e, loss, err := t.devRunProgram(p, p.X, p.Y, seed, stream, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -309,6 +316,10 @@ func (t *Trainer) devClose() {
 	}
 	if d.clip != nil {
 		d.clip.Free()
+	}
+	if d.pf != nil {
+		d.pf.close()
+		d.pf = nil
 	}
 	d.opt.Free()
 	d.params.Free()

@@ -275,6 +275,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 	for t.pos.epoch < cfg.Epochs {
 		epoch := t.pos.epoch
 		data.PermutationInto(t.perm, cfg.Seed, epoch)
+		pf := t.startPrefetch(nb, n)
 		epochStart := t.now()
 		for t.pos.batch < nb {
 			if !t.distributed() && ctx.Err() != nil {
@@ -323,11 +324,16 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				}
 				t0 := time.Now()
 				warm := prog.Warm()
-				t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
 				var l float32
-				if t.devr != nil {
-					devProg, l, err = t.devRunProgram(prog, cfg.Seed^0x5eedd70a, uint64(t.pos.step), nil)
+				if pf != nil { // on a device
+					var b batchSlot
+					if b, err = pf.next(lo, hi); err != nil {
+						return res, err
+					}
+					devProg, l, err = t.devRunProgram(prog, b.x, b.y, cfg.Seed^0x5eedd70a, uint64(t.pos.step), nil)
+					pf.release(b) // the loss is read: the device is done with the slot
 				} else {
+					t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
 					pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
 					l, err = prog.Run(rng)
 					ps = t.optParams(prog)
@@ -414,6 +420,9 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			}
 		}
 		trainTime += t.now().Sub(epochStart)
+		if pf != nil {
+			pf.stop()
+		}
 		t.pos.epoch++
 		t.pos.batch = 0
 		evaluate := t.evaluateShard

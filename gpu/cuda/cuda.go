@@ -41,6 +41,7 @@ type Device struct {
 	mu      sync.Mutex
 	// bfloat16 copies of a product's inputs (BF16), grown as needed
 	bfA, bfB *buf
+	pinned   []pinnedMem // page-locked host memory from AllocHost
 }
 
 var (
@@ -298,6 +299,7 @@ func (d *Device) Sync() error {
 // Close releases the cuBLAS handle, the module and the primary context.
 func (d *Device) Close() error {
 	var errs []error
+	d.freePinned()
 	for _, b := range []*buf{d.bfA, d.bfB} {
 		if b != nil {
 			d.Free(b)

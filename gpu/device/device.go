@@ -93,6 +93,42 @@ type Device interface {
 	Close() error
 }
 
+// Pinner is a device that copies from page-locked ("pinned") host memory
+// asynchronously: a CUDA device (cuMemHostAlloc, cuMemcpyHtoDAsync on the
+// stream its kernels run on). Input batches prepared there go up while
+// the host prepares the next one.
+type Pinner interface {
+	// AllocHost returns n float32s of page-locked host memory.
+	AllocHost(n int) ([]float32, error)
+	// FreeHost releases memory from AllocHost.
+	FreeHost([]float32)
+	// WriteAsync is Write that may return before the copy is made, when
+	// src lies in memory from AllocHost: the copy is ordered with the
+	// device's other work, and src must not change until the device's
+	// next Read or Sync returns. From other memory it copies as Write.
+	WriteAsync(dst Buffer, src []float32) error
+}
+
+// WriteAsync copies src into dst through dev's WriteAsync when it has one
+// (see Pinner), else through Write.
+func WriteAsync(dev Device, dst Buffer, src []float32) error {
+	if p, ok := dev.(Pinner); ok {
+		return p.WriteAsync(dst, src)
+	}
+	return dev.Write(dst, src)
+}
+
+// AllocHost returns n float32s of dev's page-locked host memory when it has
+// some (see Pinner), else ordinary memory; pinned says whether dev's
+// FreeHost must release it.
+func AllocHost(dev Device, n int) (mem []float32, pinned bool, err error) {
+	if p, ok := dev.(Pinner); ok {
+		mem, err = p.AllocHost(n)
+		return mem, err == nil, err
+	}
+	return make([]float32, n), false, nil
+}
+
 // Host is the host device: the reference implementation (see the package
 // documentation).
 type Host struct{}

@@ -321,7 +321,9 @@ func (e *Program) RunStage(x, y, g []float32, seed, stream uint64) (float32, err
 
 // Launch issues a run and returns without waiting for the device or
 // reading the loss: a device queues the work, and the caller may prepare
-// the next batch meanwhile. Loss waits for it.
+// the next batch meanwhile. Loss waits for it. x and y, when in the
+// device's page-locked memory (device.Pinner), must stay as they are
+// until then: their copies may still be queued.
 func (e *Program) Launch(x, y []float32, seed, stream uint64) error {
 	return e.launch(x, y, nil, seed, stream, nil)
 }
@@ -361,16 +363,18 @@ func (e *Program) launch(x, y, g []float32, seed, stream uint64, gradReady func(
 			return fmt.Errorf("executor: label %v of sample %d is not a class of this model (0 to %d)", v, i, classes[len(classes)-1]-1)
 		}
 	}
-	if err := e.dev.Write(e.vals[e.x].Buf, x); err != nil {
+	// From page-locked memory (device.Pinner) the copies are queued with
+	// the kernels, and the host goes on at once.
+	if err := device.WriteAsync(e.dev, e.vals[e.x].Buf, x); err != nil {
 		return err
 	}
 	if e.y >= 0 {
-		if err := e.dev.Write(e.vals[e.y].Buf, y); err != nil {
+		if err := device.WriteAsync(e.dev, e.vals[e.y].Buf, y); err != nil {
 			return err
 		}
 	}
 	if e.up >= 0 {
-		if err := e.dev.Write(e.vals[e.up].Buf, g); err != nil {
+		if err := device.WriteAsync(e.dev, e.vals[e.up].Buf, g); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,137 @@
+package trainer
+
+import (
+	"fmt"
+
+	"github.com/gotrain/gotrain/gpu/device"
+)
+
+// Prefetching batches for a device
+//
+// One process training on a device takes its batches from a prefetcher: a
+// goroutine that decodes batch i+1 (bytes to normalised float32) while the
+// device runs step i, into page-locked host memory where the device has
+// some (device.Pinner), from which the upload is queued with the kernels
+// instead of waited for. There are two slots: a step takes one, and gives
+// it back once it has read its loss, which waits for the device and so
+// for the upload from the slot; the goroutine fills the other meanwhile.
+// The batches are those the loop would decode itself, in the same order,
+// so the run is the same with and without it.
+
+// batchSlot is a prefetched batch: rows perm[lo:hi] decoded into x and y.
+type batchSlot struct {
+	slot   int
+	lo, hi int
+	x, y   []float32
+}
+
+type prefetcher struct {
+	dev      device.Device
+	features int
+	x, y     [2][]float32
+	pinned   bool // x and y are the device's page-locked memory
+	free     chan int
+	ready    chan batchSlot
+	quit     chan struct{}
+	done     chan struct{} // closed when the epoch's goroutine has ended
+}
+
+// newPrefetcher makes the two slots, each for batch samples of features
+// values.
+func newPrefetcher(dev device.Device, batch, features int) (*prefetcher, error) {
+	p := &prefetcher{dev: dev, features: features}
+	for i := range 2 {
+		var err error
+		if p.x[i], p.pinned, err = device.AllocHost(dev, batch*features); err == nil {
+			p.y[i], _, err = device.AllocHost(dev, batch)
+		}
+		if err != nil {
+			p.close()
+			return nil, fmt.Errorf("prefetch: page-locked memory for a batch of %d: %w", batch, err)
+		}
+	}
+	return p, nil
+}
+
+// start prepares the batches [lo, hi) of spans in order, fill decoding
+// each into a slot; it must not overlap another epoch's (stop first).
+func (p *prefetcher) start(spans [][2]int, fill func(lo, hi int, x, y []float32)) {
+	p.free = make(chan int, 2)
+	p.free <- 0
+	p.free <- 1
+	p.ready = make(chan batchSlot, 2)
+	p.quit = make(chan struct{})
+	p.done = make(chan struct{})
+	go func() {
+		defer close(p.done)
+		for _, sp := range spans {
+			var s int
+			select {
+			case s = <-p.free:
+			case <-p.quit:
+				return
+			}
+			n := sp[1] - sp[0]
+			b := batchSlot{slot: s, lo: sp[0], hi: sp[1], x: p.x[s][:n*p.features], y: p.y[s][:n]}
+			fill(b.lo, b.hi, b.x, b.y)
+			select {
+			case p.ready <- b:
+			case <-p.quit:
+				return
+			}
+		}
+	}()
+}
+
+// next returns the next prepared batch, which must be rows [lo, hi).
+func (p *prefetcher) next(lo, hi int) (batchSlot, error) {
+	b, ok := <-p.ready
+	if !ok || b.lo != lo || b.hi != hi {
+		return b, fmt.Errorf("prefetch: the loop wants rows [%d, %d), the prefetcher prepared [%d, %d)", lo, hi, b.lo, b.hi)
+	}
+	return b, nil
+}
+
+// release gives a slot back once the device is done with it.
+func (p *prefetcher) release(b batchSlot) { p.free <- b.slot }
+
+// stop ends the epoch's goroutine and waits for it.
+func (p *prefetcher) stop() {
+	if p.quit == nil {
+		return
+	}
+	close(p.quit)
+	<-p.done
+	p.quit = nil
+}
+
+// close stops and frees the slots.
+func (p *prefetcher) close() {
+	p.stop()
+	if !p.pinned {
+		return
+	}
+	for i := range 2 {
+		for _, m := range [][]float32{p.x[i], p.y[i]} {
+			if m != nil {
+				p.dev.(device.Pinner).FreeHost(m)
+			}
+		}
+	}
+}
+
+// startPrefetch starts decoding this epoch's batches from t.pos.batch on,
+// when one process trains on a device; it returns nil otherwise. nb is the
+// number of batches in the epoch, n the number of samples.
+func (t *Trainer) startPrefetch(nb, n int) *prefetcher {
+	if t.devr == nil || t.devr.pf == nil {
+		return nil
+	}
+	var spans [][2]int
+	for b := t.pos.batch; b < nb; b++ {
+		lo := b * t.cfg.BatchSize
+		spans = append(spans, [2]int{lo, min(lo+t.cfg.BatchSize, n)})
+	}
+	t.devr.pf.start(spans, func(lo, hi int, x, y []float32) { t.train.Batch(t.perm[lo:hi], x, y) })
+	return t.devr.pf
+}

@@ -1,0 +1,146 @@
+package trainer
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/gpu/device"
+)
+
+// lazyHost is the host device with page-locked memory whose asynchronous
+// copies are made as late as a GPU may make them: not when WriteAsync is
+// called, but when the device next does anything else. A caller that
+// changes the source before the device's next Read or Sync (what Pinner
+// forbids) uploads the changed values, as it would on a GPU.
+type lazyHost struct {
+	device.Host
+	pending []func() error
+	async   int // copies from page-locked memory
+}
+
+func (h *lazyHost) AllocHost(n int) ([]float32, error) { return make([]float32, n), nil }
+func (h *lazyHost) FreeHost([]float32)                 {}
+
+func (h *lazyHost) WriteAsync(dst device.Buffer, src []float32) error {
+	h.async++
+	h.pending = append(h.pending, func() error { return h.Host.Write(dst, src) })
+	return nil
+}
+
+// flush makes the queued copies, in order.
+func (h *lazyHost) flush() error {
+	for _, f := range h.pending {
+		if err := f(); err != nil {
+			return err
+		}
+	}
+	h.pending = h.pending[:0]
+	return nil
+}
+
+func (h *lazyHost) Write(dst device.Buffer, src []float32) error {
+	if err := h.flush(); err != nil {
+		return err
+	}
+	return h.Host.Write(dst, src)
+}
+
+func (h *lazyHost) Read(dst []float32, src device.Buffer) error {
+	if err := h.flush(); err != nil {
+		return err
+	}
+	return h.Host.Read(dst, src)
+}
+
+func (h *lazyHost) Launch(kernel string, n int, args ...any) error {
+	if err := h.flush(); err != nil {
+		return err
+	}
+	return h.Host.Launch(kernel, n, args...)
+}
+
+func (h *lazyHost) Gemm(prec device.Precision, ta, tb bool, m, n, k int, alpha float32, a device.Buffer, lda int, b device.Buffer, ldb int, beta float32, c device.Buffer, ldc int) error {
+	if err := h.flush(); err != nil {
+		return err
+	}
+	return h.Host.Gemm(prec, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+func (h *lazyHost) Sync() error { return h.flush() }
+
+// TestDevicePrefetchMatchesTheCPU: one process on a device with page-locked
+// memory and copies made late takes its batches from the prefetcher (two
+// epochs, the last batch of each partial, evaluation between them) and
+// ends where the CPU ends: every batch went up from a slot the prefetcher
+// did not touch until the device was done with it.
+func TestDevicePrefetchMatchesTheCPU(t *testing.T) {
+	cfg := deviceConfig(t, "adamw")
+	cfg.MaxSteps = 0
+	cfg.Epochs = 2
+	cfg.BatchSize = 48
+	ref := newTrainer(t, cfg)
+	want, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	dev := &lazyHost{}
+	tr := newTrainer(t, cfg, WithDevice(dev))
+	got, err := tr.Run(context.Background())
+	require.NoError(t, err)
+	steps := int(tr.Step())
+	require.Equal(t, 2*tr.batchesPerEpoch(), steps)
+	require.NotZero(t, tr.train.N%cfg.BatchSize, "the epoch ends on a partial batch")
+	require.Equal(t, steps, tr.devr.runs)
+	require.GreaterOrEqual(t, dev.async, 2*steps, "each batch's inputs and labels went up from page-locked memory")
+	d := maxAbsDiff(params(ref), params(tr))
+	t.Logf("%d steps with prefetched batches: max |Δ| against the CPU %g; test accuracy %.3f (CPU %.3f)", steps, d, got.TestAccuracy, want.TestAccuracy)
+	require.Less(t, d, 1e-5)
+	require.Equal(t, want.TestAccuracy, got.TestAccuracy)
+}
+
+// TestPrefetcherRunsAhead: while the loop holds batch i, the prefetcher
+// decodes batch i+1 into the other slot, and never a third batch before a
+// slot comes back.
+func TestPrefetcherRunsAhead(t *testing.T) {
+	p, err := newPrefetcher(device.Host{}, 4, 3)
+	require.NoError(t, err)
+	defer p.close()
+	filled := make(chan int, 8)
+	spans := [][2]int{{0, 4}, {4, 8}, {8, 10}}
+	p.start(spans, func(lo, hi int, x, y []float32) {
+		for i := range y {
+			y[i] = float32(lo + i)
+		}
+		require.Len(t, x, 3*(hi-lo))
+		filled <- lo
+	})
+	b0, err := p.next(0, 4)
+	require.NoError(t, err)
+	require.Equal(t, []float32{0, 1, 2, 3}, b0.y)
+	select {
+	case lo := <-filled:
+		require.Equal(t, 0, lo)
+	case <-time.After(10 * time.Second):
+		t.Fatal("batch 0 was never filled")
+	}
+	select {
+	case lo := <-filled:
+		require.Equal(t, 4, lo, "batch 1 decoded while the loop holds batch 0")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the prefetcher did not run ahead")
+	}
+	select {
+	case lo := <-filled:
+		t.Fatalf("batch from %d decoded with both slots taken", lo)
+	case <-time.After(50 * time.Millisecond):
+	}
+	p.release(b0)
+	b1, err := p.next(4, 8)
+	require.NoError(t, err)
+	require.Equal(t, []float32{4, 5, 6, 7}, b1.y)
+	p.release(b1)
+	_, err = p.next(9, 10)
+	require.ErrorContains(t, err, "the loop wants rows [9, 10), the prefetcher prepared [8, 10)")
+	p.stop()
+}
