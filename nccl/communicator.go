@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/gotrain/gotrain/trainer/dist"
@@ -98,7 +99,13 @@ func (c *Communicator) run(ctx context.Context, op string, f func() error, keep 
 	if err := c.enter(ctx, op); err != nil {
 		return err
 	}
-	err := c.comm.Run(ctx, f, nil)
+	return c.failed(op, c.comm.Run(ctx, f, nil))
+}
+
+// failed turns an error of the NCCL call op into the dist error a caller
+// expects (nil stays nil), aborting the communicator where the ranks are
+// out of step.
+func (c *Communicator) failed(op string, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -192,9 +199,11 @@ func (c *Communicator) AllReduce(ctx context.Context, send, recv any, op dist.Op
 // AllReduceDevice all-reduces count float32 (bf16: bfloat16) values in place at ptr, memory
 // of the device this rank's NCCL communicator was created for (with the
 // CPU build's stand-in, host memory): gradient buckets that never leave
-// the device. It runs on the default stream, after the work already queued
-// there, under the same deadline and watchdog as AllReduce.
-func (c *Communicator) AllReduceDevice(ctx context.Context, ptr uintptr, count int, bf16 bool, op dist.Op) error {
+// the device. It is queued on stream (a CUstream; 0: the default stream,
+// after the work already queued there) under the same deadline and
+// watchdog as AllReduce, and may return before the device has run it:
+// WaitDevice waits for it.
+func (c *Communicator) AllReduceDevice(ctx context.Context, ptr uintptr, count int, bf16 bool, op dist.Op, stream uintptr) error {
 	nop, ok := redOp(op)
 	if !ok {
 		return c.opErr("AllReduce", dist.ErrInvalidArg, nil, fmt.Errorf("op %v", op))
@@ -209,7 +218,23 @@ func (c *Communicator) AllReduceDevice(ctx context.Context, ptr uintptr, count i
 	if bf16 {
 		dt = Bfloat16
 	}
-	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(DevicePtr(ptr), DevicePtr(ptr), count, dt, nop, 0) })
+	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(DevicePtr(ptr), DevicePtr(ptr), count, dt, nop, Stream(stream)) })
+}
+
+// devicePoll is how often WaitDevice asks whether the device is done: the
+// host waits there at the end of every step, so finely.
+const devicePoll = 20 * time.Microsecond
+
+// WaitDevice waits until done (a query of the stream AllReduceDevice
+// queued on) reports the device's work finished, checking NCCL's
+// asynchronous errors meanwhile. When ctx ends first, or NCCL reports an
+// error, the communicator is aborted (which releases the device's
+// collectives) and the error names what happened, as for a collective.
+func (c *Communicator) WaitDevice(ctx context.Context, done func() (bool, error)) error {
+	if err := c.enter(ctx, "AllReduce"); err != nil {
+		return err
+	}
+	return c.failed("AllReduce", c.comm.Watch(ctx, done, devicePoll))
 }
 
 // Broadcast copies root's buf to every rank's buf.

@@ -470,23 +470,37 @@ func (t *Trainer) devPackBucket(bi int, e *executor.Program, scale float32, firs
 }
 
 // bucketReducer all-reduces the device buckets in a goroutine, each as
-// soon as it is packed, so that the backward pass goes on meanwhile.
+// soon as it is packed, so that the backward pass goes on meanwhile. On a
+// device with a communication stream (device.Streamer) the collectives
+// are queued there, each behind the event that follows its bucket's
+// packing, and the compute stream goes on with the backward pass's
+// kernels while they run; elsewhere they queue behind the kernels issued
+// before them.
 type bucketReducer struct {
 	t         *Trainer
 	e         *executor.Program // the last micro-batch's program; nil: no samples
 	scale     float32
 	first     bool
 	stop      float32
-	remaining []int // per bucket: gradients still to come
-	jobs      chan int
+	remaining []int           // per bucket: gradients still to come
+	streams   device.Streamer // nil: the device has no communication stream
+	jobs      chan reduceJob
 	done      chan error
+}
+
+// reduceJob is a packed bucket to all-reduce, and the event after its
+// packing (with a communication stream).
+type reduceJob struct {
+	bucket int
+	packed device.Event
 }
 
 // startReducer starts the reductions of this step and returns the hook
 // that packs each bucket once prog's run has issued its last gradient.
 func (t *Trainer) startReducer(ctx context.Context, prog *graph.Program, scale float32, first, stopRequested bool) (func(int) error, error) {
 	d := t.devr
-	b := &bucketReducer{t: t, scale: scale, first: first, jobs: make(chan int, len(d.buckets)), done: make(chan error, 1)}
+	b := &bucketReducer{t: t, scale: scale, first: first, jobs: make(chan reduceJob, len(d.buckets)), done: make(chan error, 1)}
+	b.streams, _ = d.dev.(device.Streamer)
 	if stopRequested {
 		b.stop = 1
 	}
@@ -502,16 +516,24 @@ func (t *Trainer) startReducer(ctx context.Context, prog *graph.Program, scale f
 	r := t.rank()
 	go func() {
 		var err error
-		for bi := range b.jobs {
+		for job := range b.jobs {
 			if err != nil {
 				continue
 			}
+			bi := job.bucket
 			buf, n, bf16 := d.buckets[bi], d.buckets[bi].Len(), d.bf16 != nil
 			if bf16 {
 				buf = d.bf16[bi] // packed by pack(), widened by devAllReduce
 			}
+			addr := buf.(device.Addresser).Addr()
 			cctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
-			err = d.reduce.AllReduceDevice(cctx, buf.(device.Addresser).Addr(), n, bf16, dist.Sum)
+			if b.streams != nil {
+				err = b.streams.OnComm(job.packed, func(stream uintptr) error {
+					return d.reduce.AllReduceDevice(cctx, addr, n, bf16, dist.Sum, stream)
+				})
+			} else {
+				err = d.reduce.AllReduceDevice(cctx, addr, n, bf16, dist.Sum, 0)
+			}
 			cancel()
 			if err != nil {
 				err = fmt.Errorf("rank %d: all-reduce of gradient bucket %d on the device: %w", r, bi, err)
@@ -547,7 +569,14 @@ func (b *bucketReducer) pack(bi int) error {
 			return err
 		}
 	}
-	b.jobs <- bi
+	job := reduceJob{bucket: bi}
+	if b.streams != nil {
+		var err error
+		if job.packed, err = b.streams.Mark(); err != nil {
+			return err
+		}
+	}
+	b.jobs <- job
 	return nil
 }
 
@@ -585,6 +614,21 @@ func (t *Trainer) devAllReduce(ctx context.Context, last *graph.Program, scale f
 	}
 	if err := b.finish(); err != nil {
 		return false, err
+	}
+	if b.streams != nil {
+		// The compute stream reads the reduced buckets next: it waits for
+		// the communication stream, and the host for both, under the
+		// watchdog (a Read would block for good on a peer that never
+		// joins).
+		if err := b.streams.JoinComm(); err != nil {
+			return false, t.devErr(err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
+		err := d.reduce.WaitDevice(cctx, b.streams.CommDone)
+		cancel()
+		if err != nil {
+			return false, fmt.Errorf("rank %d: all-reduce of the gradient buckets on the device: %w", t.rank(), err)
+		}
 	}
 	for bi := range d.bf16 {
 		n := d.buckets[bi].Len()

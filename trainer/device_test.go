@@ -2,6 +2,7 @@ package trainer
 
 import (
 	"context"
+	"errors"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -258,11 +259,24 @@ func TestBF16TrainsLikeFP32(t *testing.T) {
 // NCCLDevice). It counts those calls.
 type hostPtrComm struct {
 	dist.Communicator
-	calls, bf16 atomic.Int64
+	calls, bf16, waits atomic.Int64
+	stream             atomic.Uint64 // of the last call
 }
 
-func (c *hostPtrComm) AllReduceDevice(ctx context.Context, ptr uintptr, count int, bf16 bool, op dist.Op) error {
+// WaitDevice returns at once: the host device's work is done when a call
+// returns.
+func (c *hostPtrComm) WaitDevice(_ context.Context, done func() (bool, error)) error {
+	c.waits.Add(1)
+	ok, err := done()
+	if err == nil && !ok {
+		err = errors.New("hostPtrComm: the host device is never busy")
+	}
+	return err
+}
+
+func (c *hostPtrComm) AllReduceDevice(ctx context.Context, ptr uintptr, count int, bf16 bool, op dist.Op, stream uintptr) error {
 	c.calls.Add(1)
+	c.stream.Store(uint64(stream))
 	p := *(*unsafe.Pointer)(unsafe.Pointer(&ptr)) // the host device's C memory, not Go's
 	if !bf16 {
 		v := unsafe.Slice((*float32)(p), count)
@@ -300,19 +314,28 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 		bucketMB float64
 		shares   []float64
 		bf16     bool
+		streams  bool // a device run as late as a GPU, with a communication stream (lazyHost)
 	}{
-		{"one bucket", 25, []float64{0.7, 0.3}, false},
+		{"one bucket", 25, []float64{0.7, 0.3}, false, false},
 		// Buckets of 4 KiB: each is reduced while the backward pass fills
 		// the next; rank 1's single sample leaves one micro-batch empty.
-		{"many buckets", 4.0 / 1024, []float64{0.98, 0.02}, false},
+		{"many buckets", 4.0 / 1024, []float64{0.98, 0.02}, false, false},
 		// --reduce-precision bf16: the buckets travel as bfloat16.
-		{"bf16", 4.0 / 1024, []float64{0.7, 0.3}, true},
+		{"bf16", 4.0 / 1024, []float64{0.7, 0.3}, true, false},
+		// The collectives on a communication stream, each behind its
+		// bucket's packing only; the kernels run late.
+		{"communication stream", 4.0 / 1024, []float64{0.7, 0.3}, false, true},
+		{"communication stream, bf16", 4.0 / 1024, []float64{0.98, 0.02}, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rings := ring(t, 2)
 			comms := []*hostPtrComm{{Communicator: rings[0]}, {Communicator: rings[1]}}
 			trs := make([]*Trainer, 2)
 			errs := make([]error, 2)
+			devs := []device.Device{device.Host{}, device.Host{}}
+			if tc.streams {
+				devs = []device.Device{&lazyHost{}, &lazyHost{}}
+			}
 			var wg sync.WaitGroup
 			for r := range trs {
 				cfg := base
@@ -322,7 +345,7 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 				if tc.bf16 {
 					cfg.ReducePrecision = "bf16"
 				}
-				trs[r] = newTrainer(t, cfg, WithCommunicator(comms[r]), WithDevice(device.Host{}))
+				trs[r] = newTrainer(t, cfg, WithCommunicator(comms[r]), WithDevice(devs[r]))
 				wg.Go(func() {
 					if _, errs[r] = trs[r].Run(context.Background()); errs[r] != nil {
 						rings[r].Abort(errs[r])
@@ -338,6 +361,16 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 					require.Equal(t, comms[r].calls.Load(), comms[r].bf16.Load(), "rank %d: every reduction in bfloat16", r)
 				} else {
 					require.Zero(t, comms[r].bf16.Load())
+				}
+				if lh, ok := devs[r].(*lazyHost); ok {
+					require.Equal(t, comms[r].calls.Load(), int64(lh.comms), "rank %d: every collective on the communication stream", r)
+					require.Equal(t, uint64(1), comms[r].stream.Load(), "rank %d: NCCL got the stream's handle", r)
+					require.Equal(t, int(base.MaxSteps), lh.joins, "rank %d: the compute stream waited for the collectives every step", r)
+					require.Equal(t, base.MaxSteps, comms[r].waits.Load(), "rank %d: the host waited under the watchdog every step", r)
+					t.Logf("rank %d: %d of %d collectives started with later kernels still queued", r, lh.overlap, lh.comms)
+				} else {
+					require.Zero(t, comms[r].stream.Load(), "the default stream")
+					require.Zero(t, comms[r].waits.Load())
 				}
 			}
 			d := maxAbsDiff(params(ref), params(trs[0]))

@@ -10,67 +10,6 @@ import (
 	"github.com/gotrain/gotrain/gpu/device"
 )
 
-// lazyHost is the host device with page-locked memory whose asynchronous
-// copies are made as late as a GPU may make them: not when WriteAsync is
-// called, but when the device next does anything else. A caller that
-// changes the source before the device's next Read or Sync (what Pinner
-// forbids) uploads the changed values, as it would on a GPU.
-type lazyHost struct {
-	device.Host
-	pending []func() error
-	async   int // copies from page-locked memory
-}
-
-func (h *lazyHost) AllocHost(n int) ([]float32, error) { return make([]float32, n), nil }
-func (h *lazyHost) FreeHost([]float32)                 {}
-
-func (h *lazyHost) WriteAsync(dst device.Buffer, src []float32) error {
-	h.async++
-	h.pending = append(h.pending, func() error { return h.Host.Write(dst, src) })
-	return nil
-}
-
-// flush makes the queued copies, in order.
-func (h *lazyHost) flush() error {
-	for _, f := range h.pending {
-		if err := f(); err != nil {
-			return err
-		}
-	}
-	h.pending = h.pending[:0]
-	return nil
-}
-
-func (h *lazyHost) Write(dst device.Buffer, src []float32) error {
-	if err := h.flush(); err != nil {
-		return err
-	}
-	return h.Host.Write(dst, src)
-}
-
-func (h *lazyHost) Read(dst []float32, src device.Buffer) error {
-	if err := h.flush(); err != nil {
-		return err
-	}
-	return h.Host.Read(dst, src)
-}
-
-func (h *lazyHost) Launch(kernel string, n int, args ...any) error {
-	if err := h.flush(); err != nil {
-		return err
-	}
-	return h.Host.Launch(kernel, n, args...)
-}
-
-func (h *lazyHost) Gemm(prec device.Precision, ta, tb bool, m, n, k int, alpha float32, a device.Buffer, lda int, b device.Buffer, ldb int, beta float32, c device.Buffer, ldc int) error {
-	if err := h.flush(); err != nil {
-		return err
-	}
-	return h.Host.Gemm(prec, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-}
-
-func (h *lazyHost) Sync() error { return h.flush() }
-
 // TestDevicePrefetchMatchesTheCPU: one process on a device with page-locked
 // memory and copies made late takes its batches from the prefetcher (two
 // epochs, the last batch of each partial, evaluation between them) and

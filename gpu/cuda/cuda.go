@@ -42,6 +42,7 @@ type Device struct {
 	// bfloat16 copies of a product's inputs (BF16), grown as needed
 	bfA, bfB *buf
 	pinned   []pinnedMem // page-locked host memory from AllocHost
+	comm     commHandle  // the communication stream (streams.go); nil until used
 }
 
 var (
@@ -299,6 +300,8 @@ func (d *Device) Sync() error {
 // Close releases the cuBLAS handle, the module and the primary context.
 func (d *Device) Close() error {
 	var errs []error
+	_ = d.Sync()
+	d.freeComm()
 	d.freePinned()
 	for _, b := range []*buf{d.bfA, d.bfB} {
 		if b != nil {

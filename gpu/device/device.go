@@ -268,3 +268,29 @@ func (Host) Sync() error { return nil }
 
 // Close does nothing.
 func (Host) Close() error { return nil }
+
+// Event marks a point in a device's compute stream (see Streamer).
+type Event any
+
+// Streamer is a device with a communication stream beside the one its
+// kernels and copies run on (CUDA: a stream of its own that does not wait
+// for the default one), so that a collective library (NCCL) reduces the
+// gradient buckets while the backward pass's kernels go on.
+//
+// A bucket is handed over with an event: Mark after the kernels that pack
+// it, then OnComm queues the all-reduce behind that mark only. Before the
+// compute stream reads what the collectives wrote, JoinComm makes it wait
+// for them.
+type Streamer interface {
+	// Mark returns an event at the current end of the compute stream.
+	Mark() (Event, error)
+	// OnComm makes the communication stream wait for ev, then calls
+	// enqueue with the stream's handle (a CUstream) to queue work on it.
+	// ev is used up.
+	OnComm(ev Event, enqueue func(stream uintptr) error) error
+	// CommDone reports whether the communication stream's work is done.
+	CommDone() (bool, error)
+	// JoinComm makes the compute stream's later work wait for the
+	// communication stream's work queued so far.
+	JoinComm() error
+}

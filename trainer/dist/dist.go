@@ -227,5 +227,13 @@ func (s *memStore) Get(ctx context.Context, key string) ([]byte, error) {
 // bfloat16 values when bf16. The trainer keeps its gradient buckets on the
 // device with such a backend.
 type DeviceAllReducer interface {
-	AllReduceDevice(ctx context.Context, ptr uintptr, count int, bf16 bool, op Op) error
+	// AllReduceDevice queues the all-reduce on the device stream (a
+	// CUstream; 0: the default stream, after the work queued there). It
+	// may return before the device has done it: WaitDevice waits.
+	AllReduceDevice(ctx context.Context, ptr uintptr, count int, bf16 bool, op Op, stream uintptr) error
+	// WaitDevice waits until done reports that the device's work is done
+	// (a query of the stream the collectives were queued on), under the
+	// same deadline and watchdog as the collectives: a peer that never
+	// joins is an error, not a hang.
+	WaitDevice(ctx context.Context, done func() (bool, error)) error
 }
