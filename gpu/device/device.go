@@ -10,6 +10,14 @@
 //     build, without a GPU.
 //   - gpu/cuda's device (the gpu build): buffers in device memory, the
 //     kernels compiled by NVRTC, GEMM by cuBLAS.
+//
+// Two optional interfaces say what a GPU has beyond that, and the host
+// device has no need of: [Pinner], page-locked host memory from which
+// uploads are queued instead of waited for, and [Streamer], a second
+// stream on which collectives run beside the kernels, ordered with them by
+// events. gpu/cuda's device implements both; the trainer's tests run them
+// on a host device that queues its work as late as a GPU may
+// (trainer/lazyhost_test.go).
 package device
 
 import (
