@@ -26,6 +26,7 @@ import (
 type Communicator struct {
 	comm       *Comm
 	rank, size int
+	stage      Staging // nil: NCCL reads the host buffers themselves
 
 	mu    sync.Mutex
 	cause error // set by Abort, Close or a failed call
@@ -55,6 +56,30 @@ func (c *Communicator) Size() int { return c.size }
 // Comm is the underlying NCCL communicator.
 func (c *Communicator) Comm() *Comm { return c.comm }
 
+// Staging carries host buffers through device memory, for an NCCL that
+// reads only device memory (on a GPU, every NCCL; the CPU build's stand-in
+// reads host memory and needs none). Slots 0 and 1 are two device
+// buffers, grown as needed and kept; the staged collective runs on the
+// device's default stream, after Put's copy and before Get's.
+type Staging interface {
+	// Reserve returns slot's device address with room for bytes.
+	Reserve(slot, bytes int) (uintptr, error)
+	// Put copies bytes of host memory at src into slot, queued before the
+	// default stream's later work, and returns the slot's address.
+	Put(slot int, src unsafe.Pointer, bytes int) (uintptr, error)
+	// Get copies bytes of slot into host memory at dst, after the default
+	// stream's earlier work.
+	Get(dst unsafe.Pointer, slot, bytes int) error
+	// Idle reports whether the default stream's work is done: the
+	// watchdog waits for it before Get, so a peer that never joins is an
+	// error, not a copy that never returns.
+	Idle() (bool, error)
+}
+
+// UseStaging makes the collectives on host buffers go through s (see
+// Staging). Call it before the first collective.
+func (c *Communicator) UseStaging(s Staging) { c.stage = s }
+
 // hostBuf returns the address, element count and NCCL type of a slice.
 func hostBuf(b any) (DevicePtr, int, DataType, bool) {
 	switch s := b.(type) {
@@ -69,6 +94,19 @@ func hostBuf(b any) (DevicePtr, int, DataType, bool) {
 }
 
 func ptr[T any](p *T) DevicePtr { return DevicePtr(uintptr(unsafe.Pointer(p))) }
+
+// hostPtr is the address of a host buffer's first element (nil for nil).
+func hostPtr(b any) unsafe.Pointer {
+	switch s := b.(type) {
+	case []float32:
+		return unsafe.Pointer(unsafe.SliceData(s))
+	case []float64:
+		return unsafe.Pointer(unsafe.SliceData(s))
+	case []byte:
+		return unsafe.Pointer(unsafe.SliceData(s))
+	}
+	return nil
+}
 
 func (c *Communicator) opErr(op string, kind error, peers []int, err error) error {
 	return &dist.OpError{Rank: c.rank, Op: op, Peers: peers, Kind: kind, Err: err}
@@ -89,6 +127,64 @@ func (c *Communicator) enter(ctx context.Context, op string) error {
 }
 
 var rankInText = regexp.MustCompile(`rank (\d+)`)
+
+// hostCall runs an NCCL call on host buffers: in is read by it (nil: none),
+// out written (nil: none; the same slice as in: in place). f gets the
+// addresses NCCL takes: the host buffers', or with staging the device
+// slots' they were copied to, and out is copied back once the device is
+// done.
+func (c *Communicator) hostCall(ctx context.Context, op string, in, out any, f func(send, recv DevicePtr) error) error {
+	ip, _, _, _ := hostBuf(in)
+	outp, _, _, _ := hostBuf(out)
+	if c.stage == nil {
+		return c.run(ctx, op, func() error { return f(ip, outp) }, in, out)
+	}
+	defer runtime.KeepAlive(in)
+	defer runtime.KeepAlive(out)
+	if err := c.enter(ctx, op); err != nil {
+		return err
+	}
+	inBytes, outBytes := byteLen(in), byteLen(out)
+	var dIn, dOut uintptr
+	var err error
+	if in != nil {
+		if dIn, err = c.stage.Put(0, hostPtr(in), inBytes); err != nil {
+			return c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("staging %d bytes on the device: %w", inBytes, err))
+		}
+	}
+	slot := 1
+	switch {
+	case out == nil:
+	case in != nil && ip == outp && inBytes == outBytes:
+		dOut, slot = dIn, 0 // in place
+	default:
+		if dOut, err = c.stage.Reserve(1, outBytes); err != nil {
+			return c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("staging %d bytes on the device: %w", outBytes, err))
+		}
+	}
+	if err := c.failed(op, c.comm.Run(ctx, func() error { return f(DevicePtr(dIn), DevicePtr(dOut)) }, c.stage.Idle)); err != nil {
+		return err
+	}
+	if out != nil {
+		if err := c.stage.Get(hostPtr(out), slot, outBytes); err != nil {
+			return c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("copying %d bytes back from the device: %w", outBytes, err))
+		}
+	}
+	return nil
+}
+
+// byteLen is the size in bytes of a host buffer (0 for nil).
+func byteLen(b any) int {
+	switch s := b.(type) {
+	case []float32:
+		return 4 * len(s)
+	case []float64:
+		return 8 * len(s)
+	case []byte:
+		return len(s)
+	}
+	return 0
+}
 
 // run calls f under the watchdog and translates its errors. keep holds the
 // Go buffers whose addresses f passes to C as integers: they must stay
@@ -151,16 +247,18 @@ func (c *Communicator) fail(err error) {
 	_ = c.comm.Abort()
 }
 
-func (c *Communicator) pair(op string, send, recv any, mult int) (DevicePtr, DevicePtr, int, DataType, error) {
-	sp, sn, sdt, ok1 := hostBuf(send)
-	rp, rn, rdt, ok2 := hostBuf(recv)
+// pair checks a collective's send and recv buffers and returns send's
+// element count and type.
+func (c *Communicator) pair(op string, send, recv any, mult int) (int, DataType, error) {
+	_, sn, sdt, ok1 := hostBuf(send)
+	_, rn, rdt, ok2 := hostBuf(recv)
 	if !ok1 || !ok2 || sdt != rdt {
-		return 0, 0, 0, 0, c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("buffers %T and %T: want two slices of the same type ([]float32, []float64 or []byte)", send, recv))
+		return 0, 0, c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("buffers %T and %T: want two slices of the same type ([]float32, []float64 or []byte)", send, recv))
 	}
 	if sn*mult != rn {
-		return 0, 0, 0, 0, c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("send has %d elements, recv %d: want recv = %d × send", sn, rn, mult))
+		return 0, 0, c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("send has %d elements, recv %d: want recv = %d × send", sn, rn, mult))
 	}
-	return sp, rp, sn, sdt, nil
+	return sn, sdt, nil
 }
 
 func redOp(op dist.Op) (RedOp, bool) {
@@ -179,7 +277,7 @@ func redOp(op dist.Op) (RedOp, bool) {
 
 // AllReduce reduces send over the ranks into recv (send may equal recv).
 func (c *Communicator) AllReduce(ctx context.Context, send, recv any, op dist.Op) error {
-	sp, rp, n, dt, err := c.pair("AllReduce", send, recv, 1)
+	n, dt, err := c.pair("AllReduce", send, recv, 1)
 	if err != nil {
 		return err
 	}
@@ -193,7 +291,7 @@ func (c *Communicator) AllReduce(ctx context.Context, send, recv any, op dist.Op
 	if n == 0 {
 		return c.enter(ctx, "AllReduce")
 	}
-	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(sp, rp, n, dt, nop, 0) }, send, recv)
+	return c.hostCall(ctx, "AllReduce", send, recv, func(s, r DevicePtr) error { return c.comm.AllReduce(s, r, n, dt, nop, 0) })
 }
 
 // AllReduceDevice all-reduces count float32 (bf16: bfloat16) values in place at ptr, memory
@@ -239,7 +337,7 @@ func (c *Communicator) WaitDevice(ctx context.Context, done func() (bool, error)
 
 // Broadcast copies root's buf to every rank's buf.
 func (c *Communicator) Broadcast(ctx context.Context, buf any, root int) error {
-	p, n, dt, ok := hostBuf(buf)
+	_, n, dt, ok := hostBuf(buf)
 	if !ok {
 		return c.opErr("Broadcast", dist.ErrBadBuffer, nil, fmt.Errorf("buffer %T", buf))
 	}
@@ -249,24 +347,24 @@ func (c *Communicator) Broadcast(ctx context.Context, buf any, root int) error {
 	if n == 0 {
 		return c.enter(ctx, "Broadcast")
 	}
-	return c.run(ctx, "Broadcast", func() error { return c.comm.Broadcast(p, p, n, dt, root, 0) }, buf)
+	return c.hostCall(ctx, "Broadcast", buf, buf, func(s, r DevicePtr) error { return c.comm.Broadcast(s, r, n, dt, root, 0) })
 }
 
 // AllGather concatenates every rank's send, in rank order, into recv.
 func (c *Communicator) AllGather(ctx context.Context, send, recv any) error {
-	sp, rp, n, dt, err := c.pair("AllGather", send, recv, c.size)
+	n, dt, err := c.pair("AllGather", send, recv, c.size)
 	if err != nil {
 		return err
 	}
 	if n == 0 {
 		return c.enter(ctx, "AllGather")
 	}
-	return c.run(ctx, "AllGather", func() error { return c.comm.AllGather(sp, rp, n, dt, 0) }, send, recv)
+	return c.hostCall(ctx, "AllGather", send, recv, func(s, r DevicePtr) error { return c.comm.AllGather(s, r, n, dt, 0) })
 }
 
 // ReduceScatter reduces send (Size() blocks) and leaves block Rank() in recv.
 func (c *Communicator) ReduceScatter(ctx context.Context, send, recv any, op dist.Op) error {
-	rp0, sp0, n, dt, err := c.pair("ReduceScatter", recv, send, c.size)
+	n, dt, err := c.pair("ReduceScatter", recv, send, c.size)
 	if err != nil {
 		return err
 	}
@@ -280,7 +378,7 @@ func (c *Communicator) ReduceScatter(ctx context.Context, send, recv any, op dis
 	if n == 0 {
 		return c.enter(ctx, "ReduceScatter")
 	}
-	return c.run(ctx, "ReduceScatter", func() error { return c.comm.ReduceScatter(sp0, rp0, n, dt, nop, 0) }, send, recv)
+	return c.hostCall(ctx, "ReduceScatter", send, recv, func(s, r DevicePtr) error { return c.comm.ReduceScatter(s, r, n, dt, nop, 0) })
 }
 
 // Barrier returns once every rank has entered it (an all-reduce of one
@@ -290,21 +388,21 @@ func (c *Communicator) Barrier(ctx context.Context) error {
 	if err := c.enter(ctx, "Barrier"); err != nil {
 		return err
 	}
-	return c.run(ctx, "Barrier", func() error { return c.comm.AllReduce(ptr(&one[0]), ptr(&one[0]), 1, Float32, Sum, 0) }, one)
+	return c.hostCall(ctx, "Barrier", one, one, func(s, r DevicePtr) error { return c.comm.AllReduce(s, r, 1, Float32, Sum, 0) })
 }
 
 // Send sends buf to peer, which must Recv the same type and length.
 func (c *Communicator) Send(ctx context.Context, buf any, peer int) error {
-	return c.p2p(ctx, "Send", buf, peer, c.comm.Send)
+	return c.p2p(ctx, "Send", buf, peer, true, c.comm.Send)
 }
 
 // Recv receives buf from peer.
 func (c *Communicator) Recv(ctx context.Context, buf any, peer int) error {
-	return c.p2p(ctx, "Recv", buf, peer, c.comm.Recv)
+	return c.p2p(ctx, "Recv", buf, peer, false, c.comm.Recv)
 }
 
-func (c *Communicator) p2p(ctx context.Context, op string, buf any, peer int, f func(DevicePtr, int, DataType, int, Stream) error) error {
-	p, n, dt, ok := hostBuf(buf)
+func (c *Communicator) p2p(ctx context.Context, op string, buf any, peer int, send bool, f func(DevicePtr, int, DataType, int, Stream) error) error {
+	_, n, dt, ok := hostBuf(buf)
 	if !ok {
 		return c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("buffer %T", buf))
 	}
@@ -314,7 +412,10 @@ func (c *Communicator) p2p(ctx context.Context, op string, buf any, peer int, f 
 	if n == 0 {
 		return c.enter(ctx, op)
 	}
-	return c.run(ctx, op, func() error { return f(p, n, dt, peer, 0) }, buf)
+	if send {
+		return c.hostCall(ctx, op, buf, nil, func(s, _ DevicePtr) error { return f(s, n, dt, peer, 0) })
+	}
+	return c.hostCall(ctx, op, nil, buf, func(_, r DevicePtr) error { return f(r, n, dt, peer, 0) })
 }
 
 // Close destroys the NCCL communicator (its peers learn it at their next

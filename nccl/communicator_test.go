@@ -3,11 +3,14 @@ package nccl_test
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/nccl"
 	"github.com/gotrain/gotrain/nccl/ncclstandin"
 	"github.com/gotrain/gotrain/trainer/dist"
@@ -17,7 +20,11 @@ import (
 // standinGroup builds size ranks in this process, one NCCL communicator
 // each, through the stand-in libnccl.so.2 (host memory, shared between the
 // ranks like NCCL's transports share GPU memory).
-func standinGroup(lib *nccl.Library) disttest.NewGroup {
+func standinGroup(lib *nccl.Library) disttest.NewGroup { return stagedGroup(lib, nil) }
+
+// stagedGroup is standinGroup whose ranks stage their host buffers through
+// stage(rank) (nil: no staging).
+func stagedGroup(lib *nccl.Library, stage func(rank int) nccl.Staging) disttest.NewGroup {
 	return func(t *testing.T, size int) []dist.Communicator {
 		t.Helper()
 		id, err := lib.GetUniqueID()
@@ -34,7 +41,11 @@ func standinGroup(lib *nccl.Library) disttest.NewGroup {
 					errs[r] = err
 					return
 				}
-				comms[r], errs[r] = nccl.NewCommunicator(c)
+				nc, err := nccl.NewCommunicator(c)
+				if err == nil && stage != nil {
+					nc.UseStaging(stage(r))
+				}
+				comms[r], errs[r] = nc, err
 			}(r)
 		}
 		wg.Wait()
@@ -58,6 +69,73 @@ func TestConformanceThroughStandin(t *testing.T) {
 	lib, err := nccl.Load(ncclstandin.Build(t))
 	require.NoError(t, err)
 	disttest.Run(t, standinGroup(lib))
+}
+
+// countingStaging is device.Staging over the host device, counting the
+// bytes that went through it.
+type countingStaging struct {
+	*device.Staging
+	in, out atomic.Int64
+}
+
+func (s *countingStaging) Put(slot int, src unsafe.Pointer, bytes int) (uintptr, error) {
+	s.in.Add(int64(bytes))
+	return s.Staging.Put(slot, src, bytes)
+}
+
+func (s *countingStaging) Get(dst unsafe.Pointer, slot, bytes int) error {
+	s.out.Add(int64(bytes))
+	return s.Staging.Get(dst, slot, bytes)
+}
+
+// TestConformanceStaged runs the conformance suite with every host buffer
+// staged through device memory (the host device's, which the stand-in
+// reads as NCCL reads a GPU's): what a GPU rank does with the collectives
+// on host buffers. Odd byte counts and unaligned slices go through a
+// scratch copy.
+func TestConformanceStaged(t *testing.T) {
+	t.Setenv("NCCL_STANDIN_TIMEOUT_MS", "20000")
+	lib, err := nccl.Load(ncclstandin.Build(t))
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var stages []*countingStaging
+	disttest.Run(t, stagedGroup(lib, func(int) nccl.Staging {
+		s := &countingStaging{Staging: device.NewStaging(device.Host{})}
+		mu.Lock()
+		stages = append(stages, s)
+		mu.Unlock()
+		return s
+	}))
+	var in, out int64
+	for _, s := range stages {
+		in += s.in.Load()
+		out += s.out.Load()
+	}
+	t.Logf("%d ranks staged %d bytes in and %d out", len(stages), in, out)
+	require.Positive(t, in)
+	require.Positive(t, out)
+
+	// Odd sizes and an unaligned slice, in place and not.
+	comms := stagedGroup(lib, func(int) nccl.Staging { return device.NewStaging(device.Host{}) })(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	got := make([][]byte, 2)
+	for r, c := range comms {
+		wg.Go(func() {
+			raw := make([]byte, 8)
+			send := raw[1:4] // 3 bytes at an odd address
+			for i := range send {
+				send[i] = byte(10*r + i)
+			}
+			got[r] = make([]byte, 6)
+			require.NoError(t, c.AllGather(ctx, send, got[r]))
+		})
+	}
+	wg.Wait()
+	for r := range got {
+		require.Equal(t, []byte{0, 1, 2, 10, 11, 12}, got[r], "rank %d", r)
+	}
 }
 
 func TestNCCLCommunicatorRejectsBadBuffers(t *testing.T) {

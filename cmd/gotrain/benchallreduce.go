@@ -141,7 +141,7 @@ func spawnBench(args []string, nproc int, stdout, stderr io.Writer) error {
 func benchWorker(f allreduceFlags, stdout, stderr io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx := context.Background()
-	j, err := joinJob(ctx, f.df, logger)
+	j, err := joinJob(ctx, f.df, logger, nil)
 	if err != nil {
 		return err
 	}

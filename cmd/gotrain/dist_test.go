@@ -412,11 +412,14 @@ func TestNCCLBackendMatchesCPU(t *testing.T) {
 	require.Less(t, maxDiff(t, ref, outs["nccl"]), 1e-5)
 
 	// On devices (the host device: the GPU path's kernels on the CPU), NCCL
-	// all-reduces the gradient buckets in the devices' memory.
+	// all-reduces the gradient buckets in the devices' memory, and the
+	// collectives on host buffers go through staging buffers there, as on
+	// a GPU.
 	onDev := filepath.Join(dir, "nccl-device.safetensors")
 	stdout, stderr, err := gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", "2", "--"}, dpArgs(onDev, "--backend", "nccl", "--device", "host")...)...)
 	require.NoError(t, err, stderr+stdout)
 	require.Contains(t, stderr, "gradient buckets on the device")
+	require.Contains(t, stderr, "host buffers staged through the device")
 	dd := maxDiff(t, outs["cpu"], onDev)
 	t.Logf("2 processes on devices, NCCL on device buckets vs CPU backend: max |Δ| %g", dd)
 	require.Less(t, dd, 1e-5)

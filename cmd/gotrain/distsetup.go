@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/nccl"
 	"github.com/gotrain/gotrain/trainer"
 	"github.com/gotrain/gotrain/trainer/dist"
@@ -72,8 +73,9 @@ func listenHost(master string) string {
 // joinJob reads the job's environment (torchrun, Slurm or Kubernetes
 // conventions); with more than one rank it starts or reaches the
 // rendezvous store (rank 0 serves it at MASTER_ADDR:MASTER_PORT) and
-// connects the CPU ring. With one rank it returns nil.
-func joinJob(ctx context.Context, f distFlags, log *slog.Logger) (*job, error) {
+// connects the CPU ring, or NCCL on dev (nil: host memory, which only the
+// test stand-in serves). With one rank it returns nil.
+func joinJob(ctx context.Context, f distFlags, log *slog.Logger, dev device.Device) (*job, error) {
 	env, err := rendezvous.FromEnv(os.Getenv)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
@@ -119,7 +121,7 @@ func joinJob(ctx context.Context, f distFlags, log *slog.Logger) (*job, error) {
 		return nil, fmt.Errorf("rank %d: rendezvous with %s: %w", env.Rank, addr, err)
 	}
 	if f.backend == "nccl" {
-		if j.comm, err = joinNCCL(rctx, env, j.store, log); err != nil {
+		if j.comm, err = joinNCCL(rctx, env, j.store, log, dev); err != nil {
 			j.Close()
 			return nil, err
 		}
@@ -160,11 +162,16 @@ func listenAddrFor(master string) string {
 
 // joinNCCL makes the job's NCCL communicator: rank 0 creates the unique ID
 // and publishes it in the rendezvous store, every rank reads it and calls
-// ncclCommInitRank. NCCL's own environment (NCCL_DEBUG, NCCL_SOCKET_IFNAME,
-// NCCL_IB_HCA, ...) reaches the library untouched. In the CPU build the
-// buffers are host memory, which only the test stand-in library serves;
-// the gpu build hands NCCL device buffers.
-func joinNCCL(ctx context.Context, env rendezvous.Env, store *rendezvous.Client, log *slog.Logger) (dist.Communicator, error) {
+// ncclCommInitRank, on a GPU with that GPU's context current (NCCL takes
+// the current device as the communicator's). NCCL's own environment
+// (NCCL_DEBUG, NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...) reaches the library
+// untouched. With a device, the collectives on host buffers (the
+// parameters' broadcast, loss and evaluation sums, pipeline activations)
+// go through two staging buffers on it (device.Staging), since NCCL on a
+// GPU reads device memory only; the gradient buckets are device memory
+// already. Without one the buffers are host memory, which only the test
+// stand-in library serves.
+func joinNCCL(ctx context.Context, env rendezvous.Env, store *rendezvous.Client, log *slog.Logger, dev device.Device) (dist.Communicator, error) {
 	lib, err := nccl.Load("")
 	if err != nil {
 		return nil, fmt.Errorf("--backend nccl: %w", err)
@@ -193,12 +200,32 @@ func joinNCCL(ctx context.Context, env rendezvous.Env, store *rendezvous.Client,
 			return nil, err
 		}
 	}
-	comm, err := lib.InitRank(env.WorldSize, id, env.Rank)
+	var comm *nccl.Comm
+	initRank := func() error {
+		var err error
+		comm, err = lib.InitRank(env.WorldSize, id, env.Rank)
+		return err
+	}
+	if d, ok := dev.(interface{ Do(func() error) error }); ok {
+		err = d.Do(initRank) // the GPU's context current on this thread
+	} else {
+		err = initRank()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("rank %d: ncclCommInitRank: %w", env.Rank, err)
 	}
-	return nccl.NewCommunicator(comm)
+	c, err := nccl.NewCommunicator(comm)
+	if err != nil {
+		return nil, err
+	}
+	if dev != nil {
+		c.UseStaging(device.NewStaging(dev))
+		log.Info("nccl: host buffers staged through the device", "device", dev.Name())
+	}
+	return c, nil
 }
+
+var _ nccl.Staging = (*device.Staging)(nil)
 
 // serveMetrics starts the Prometheus endpoint of this rank: ranks on one
 // host serve on consecutive ports (the given port plus the local rank).

@@ -33,6 +33,7 @@ import (
 	"github.com/gotrain/gotrain/graph/cblas"
 	"github.com/gotrain/gotrain/trainer"
 	"github.com/gotrain/gotrain/trainer/checkpoint"
+	"github.com/gotrain/gotrain/trainer/dist/rendezvous"
 	"github.com/gotrain/gotrain/trainer/metrics"
 )
 
@@ -335,15 +336,27 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
-	j, err := joinJob(ctx, df, logger)
+	// The device first: NCCL's communicator is made on it.
+	local := 0
+	if env, err := rendezvous.FromEnv(os.Getenv); err == nil {
+		local = env.LocalRank
+	}
+	dev, err := openDevice(cfg, local, logger)
+	if err != nil {
+		return err
+	}
+	if dev != nil {
+		defer dev.Close()
+	}
+	j, err := joinJob(ctx, df, logger, dev)
 	if err != nil {
 		return err
 	}
 	defer j.Close()
-	rank, local := 0, 0
+	rank := 0
 	opts := []trainer.Option{trainer.WithData(train, test), trainer.WithLogger(logger)}
 	if j != nil {
-		rank, local = j.env.Rank, j.env.LocalRank
+		rank = j.env.Rank
 		opts = append(opts, trainer.WithCommunicator(j.comm))
 		if cfg.Sync == "async" {
 			tr, closeTr, err := j.asyncTransport(ctx)
@@ -354,12 +367,7 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 			opts = append(opts, trainer.WithAsync(tr))
 		}
 	}
-	dev, err := openDevice(cfg, local, logger)
-	if err != nil {
-		return err
-	}
 	if dev != nil {
-		defer dev.Close()
 		opts = append(opts, trainer.WithDevice(dev))
 	}
 	sampler, stopDevices := devices(2*time.Second, logger)

@@ -154,3 +154,25 @@ func (d *Device) freeComm() {
 
 // commHandle is a CUstream.
 type commHandle = C.CUstream
+
+// Idle reports whether the default stream's work is done (cuStreamQuery),
+// without waiting: the NCCL watchdog's completion check for collectives
+// staged there (device.Staging).
+func (d *Device) Idle() (bool, error) {
+	done := true
+	err := d.do(func() error {
+		switch r := C.stream_query(nil); r {
+		case C.CUDA_SUCCESS:
+		case C.CUDA_ERROR_NOT_READY:
+			done = false
+		default:
+			return d.cuErr("cuStreamQuery", r)
+		}
+		return nil
+	})
+	return done, err
+}
+
+// Do runs f with the device's context current on the calling OS thread:
+// NCCL's ncclCommInitRank takes the current device as the communicator's.
+func (d *Device) Do(f func() error) error { return d.do(f) }

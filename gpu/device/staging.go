@@ -1,0 +1,114 @@
+package device
+
+import (
+	"fmt"
+	"unsafe"
+)
+
+// Idler is a device that can say, without waiting, whether the work queued
+// on its default stream is done (CUDA: cuStreamQuery).
+type Idler interface {
+	Idle() (bool, error)
+}
+
+// Staging carries host buffers through two buffers of a device, for a
+// collective library that reads only device memory: it implements
+// nccl.Staging over any Device whose buffers have addresses (Addresser).
+// The copies are the device's Write and Read, ordered with its other work
+// on the default stream.
+type Staging struct {
+	dev  Device
+	slot [2]Buffer
+	tmp  []float32 // for buffers whose length or address is not a float32's
+}
+
+// NewStaging stages through dev's memory.
+func NewStaging(dev Device) *Staging { return &Staging{dev: dev} }
+
+// Reserve returns slot's address with room for bytes, growing it.
+func (s *Staging) Reserve(slot, bytes int) (uintptr, error) {
+	if slot < 0 || slot >= len(s.slot) {
+		return 0, fmt.Errorf("device: staging slot %d (0 or 1)", slot)
+	}
+	n := max((bytes+3)/4, 1)
+	if b := s.slot[slot]; b == nil || b.Len() < n {
+		if b != nil {
+			s.dev.Free(b)
+			s.slot[slot] = nil
+		}
+		nb, err := s.dev.Alloc(n)
+		if err != nil {
+			return 0, err
+		}
+		s.slot[slot] = nb
+	}
+	a, ok := s.slot[slot].(Addresser)
+	if !ok {
+		return 0, fmt.Errorf("device: %s's buffers have no address a library can take", s.dev.Name())
+	}
+	return a.Addr(), nil
+}
+
+// words is the float32 view of bytes of host memory at p when its length
+// and address allow one (ok), else a scratch slice of the words' length.
+func (s *Staging) words(p unsafe.Pointer, bytes int) (w []float32, ok bool) {
+	n := (bytes + 3) / 4
+	if bytes%4 == 0 && uintptr(p)%4 == 0 {
+		return unsafe.Slice((*float32)(p), n), true
+	}
+	if cap(s.tmp) < n {
+		s.tmp = make([]float32, n)
+	}
+	return s.tmp[:n], false
+}
+
+// Put copies bytes of host memory at src into slot.
+func (s *Staging) Put(slot int, src unsafe.Pointer, bytes int) (uintptr, error) {
+	addr, err := s.Reserve(slot, bytes)
+	if err != nil || bytes == 0 {
+		return addr, err
+	}
+	w, ok := s.words(src, bytes)
+	if !ok {
+		clear(w)
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(w))), bytes), unsafe.Slice((*byte)(src), bytes))
+	}
+	return addr, s.dev.Write(s.slot[slot], w)
+}
+
+// Get copies bytes of slot into host memory at dst.
+func (s *Staging) Get(dst unsafe.Pointer, slot, bytes int) error {
+	if slot < 0 || slot >= len(s.slot) || s.slot[slot] == nil {
+		return fmt.Errorf("device: staging slot %d holds nothing", slot)
+	}
+	if bytes == 0 {
+		return nil
+	}
+	w, ok := s.words(dst, bytes)
+	if err := s.dev.Read(w, s.slot[slot]); err != nil {
+		return err
+	}
+	if !ok {
+		copy(unsafe.Slice((*byte)(dst), bytes), unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(w))), bytes))
+	}
+	return nil
+}
+
+// Idle reports whether the device's default stream is done (always, for a
+// device without an Idler: its calls complete before they return).
+func (s *Staging) Idle() (bool, error) {
+	if i, ok := s.dev.(Idler); ok {
+		return i.Idle()
+	}
+	return true, nil
+}
+
+// Free releases the slots.
+func (s *Staging) Free() {
+	for i, b := range s.slot {
+		if b != nil {
+			s.dev.Free(b)
+			s.slot[i] = nil
+		}
+	}
+}
