@@ -302,12 +302,18 @@ func (c *Communicator) AllReduce(ctx context.Context, send, recv any, op dist.Op
 // watchdog as AllReduce, and may return before the device has run it:
 // WaitDevice waits for it.
 func (c *Communicator) AllReduceDevice(ctx context.Context, ptr uintptr, count int, bf16 bool, op dist.Op, stream uintptr) error {
+	return c.AllReduceDeviceTo(ctx, ptr, ptr, count, bf16, op, stream)
+}
+
+// AllReduceDeviceTo is AllReduceDevice from device memory at send into
+// device memory at recv (the same address: in place).
+func (c *Communicator) AllReduceDeviceTo(ctx context.Context, send, recv uintptr, count int, bf16 bool, op dist.Op, stream uintptr) error {
 	nop, ok := redOp(op)
 	if !ok {
 		return c.opErr("AllReduce", dist.ErrInvalidArg, nil, fmt.Errorf("op %v", op))
 	}
-	if ptr == 0 || count < 0 {
-		return c.opErr("AllReduce", dist.ErrBadBuffer, nil, fmt.Errorf("device buffer %#x of %d values", ptr, count))
+	if send == 0 || recv == 0 || count < 0 {
+		return c.opErr("AllReduce", dist.ErrBadBuffer, nil, fmt.Errorf("device buffers %#x and %#x of %d values", send, recv, count))
 	}
 	if count == 0 {
 		return c.enter(ctx, "AllReduce")
@@ -316,7 +322,7 @@ func (c *Communicator) AllReduceDevice(ctx context.Context, ptr uintptr, count i
 	if bf16 {
 		dt = Bfloat16
 	}
-	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(DevicePtr(ptr), DevicePtr(ptr), count, dt, nop, Stream(stream)) })
+	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(DevicePtr(send), DevicePtr(recv), count, dt, nop, Stream(stream)) })
 }
 
 // devicePoll is how often WaitDevice asks whether the device is done: the

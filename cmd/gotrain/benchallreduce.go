@@ -17,6 +17,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gotrain/gotrain/gpu/cuda"
+	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/trainer/dist"
 )
 
@@ -47,6 +49,7 @@ type allreduceFlags struct {
 	factor        int
 	iters, warmup int
 	check         bool
+	device        string // cpu: host buffers; gpu, host: device buffers (NCCL)
 	df            distFlags
 }
 
@@ -68,7 +71,8 @@ func cmdBenchAllReduce(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&f.iters, "iters", 10, "timed iterations per size")
 	fs.IntVar(&f.warmup, "warmup", 3, "untimed iterations per size")
 	fs.BoolVar(&f.check, "check", true, "verify every result")
-	fs.StringVar(&f.df.backend, "backend", "cpu", "backend: cpu")
+	fs.StringVar(&f.df.backend, "backend", "cpu", "backend: cpu or nccl")
+	fs.StringVar(&f.device, "device", "cpu", "where the buffers are: cpu (host memory), gpu (GPU LOCAL_RANK; --backend nccl), host (the host device's memory, for tests; --backend nccl)")
 	fs.DurationVar(&f.df.rdzvTimeout, "rdzv-timeout", time.Minute, "deadline for every rank to join")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -85,6 +89,15 @@ func cmdBenchAllReduce(args []string, stdout, stderr io.Writer) error {
 	}
 	if f.minB > f.maxB || f.factor < 2 || f.iters < 1 || f.warmup < 0 || f.nproc < 1 {
 		return fmt.Errorf("%w: want --min-bytes <= --max-bytes, --step-factor >= 2, --iters >= 1, --nproc >= 1", errUsage)
+	}
+	switch f.device {
+	case "cpu":
+	case "gpu", "host":
+		if f.df.backend != "nccl" {
+			return fmt.Errorf("%w: --device %s all-reduces device memory, which --backend %s cannot: use --backend nccl", errUsage, f.device, f.df.backend)
+		}
+	default:
+		return fmt.Errorf("%w: --device %q is not one of cpu, gpu, host", errUsage, f.device)
 	}
 	if os.Getenv("WORLD_SIZE") == "" {
 		return spawnBench(args, f.nproc, stdout, stderr)
@@ -141,7 +154,19 @@ func spawnBench(args []string, nproc int, stdout, stderr io.Writer) error {
 func benchWorker(f allreduceFlags, stdout, stderr io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx := context.Background()
-	j, err := joinJob(ctx, f.df, logger, nil)
+	var dev device.Device
+	switch f.device {
+	case "host":
+		dev = device.Host{}
+	case "gpu":
+		d, err := cuda.Open(localRank())
+		if err != nil {
+			return fmt.Errorf("--device gpu: %w", err)
+		}
+		defer d.Close()
+		dev = d
+	}
+	j, err := joinJob(ctx, f.df, logger, dev)
 	if err != nil {
 		return err
 	}
@@ -153,15 +178,22 @@ func benchWorker(f allreduceFlags, stdout, stderr io.Writer) error {
 	n, r := c.Size(), c.Rank()
 	w := bufio.NewWriter(stdout)
 	if r == 0 {
-		fmt.Fprintf(w, "# gotrain bench allreduce: %d ranks, backend %s, float32 sum\n", n, f.df.backend)
+		where := "host memory"
+		if dev != nil {
+			where = dev.Name() + " memory"
+		}
+		fmt.Fprintf(w, "# gotrain bench allreduce: %d ranks, backend %s, float32 sum, buffers in %s\n", n, f.df.backend, where)
 		fmt.Fprintf(w, "#%67s%40s\n", "out-of-place", "in-place")
 		fmt.Fprintf(w, "#%12s %12s %8s %6s %8s %8s %8s %6s %8s %8s %8s %6s\n", "size", "count", "type", "redop", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong")
 		fmt.Fprintf(w, "#%12s %12s %8s %6s %8s %8s %8s %6s %8s %8s %8s %6s\n", "(B)", "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "")
 		w.Flush()
 	}
 	maxCount := int(f.maxB / 4)
-	send := make([]float32, maxCount)
-	recv := make([]float32, maxCount)
+	bufs, err := newBenchBuffers(c, dev, maxCount)
+	if err != nil {
+		return err
+	}
+	defer bufs.free()
 	var totalBus float64
 	var rows int
 	for size := f.minB; size <= f.maxB; size *= int64(f.factor) {
@@ -171,17 +203,14 @@ func benchWorker(f allreduceFlags, stdout, stderr io.Writer) error {
 			wrong        int
 		}
 		for mode := 0; mode < 2; mode++ {
-			in, out := send[:count], recv[:count]
-			if mode == 1 {
-				out = in
-			}
+			inPlace := mode == 1
 			run := func() error {
-				for i := range in {
-					in[i] = float32(r + 1 + i%7)
+				if err := bufs.fill(count, r); err != nil {
+					return err
 				}
 				cctx, cancel := context.WithTimeout(ctx, time.Minute)
 				defer cancel()
-				return c.AllReduce(cctx, in, out, dist.Sum)
+				return bufs.reduce(cctx, count, inPlace)
 			}
 			for i := 0; i < f.warmup; i++ {
 				if err := run(); err != nil {
@@ -193,12 +222,12 @@ func benchWorker(f allreduceFlags, stdout, stderr io.Writer) error {
 			}
 			var elapsed time.Duration
 			for i := 0; i < f.iters; i++ {
-				for k := range in {
-					in[k] = float32(r + 1 + k%7)
+				if err := bufs.fill(count, r); err != nil {
+					return err
 				}
 				t0 := time.Now()
 				cctx, cancel := context.WithTimeout(ctx, time.Minute)
-				err := c.AllReduce(cctx, in, out, dist.Sum)
+				err := bufs.reduce(cctx, count, inPlace)
 				cancel()
 				elapsed += time.Since(t0)
 				if err != nil {
@@ -206,6 +235,10 @@ func benchWorker(f allreduceFlags, stdout, stderr io.Writer) error {
 				}
 			}
 			if f.check {
+				out, err := bufs.result(count, inPlace)
+				if err != nil {
+					return err
+				}
 				want := func(i int) float32 { return float32(n*(n+1)/2 + n*(i%7)) }
 				for i, v := range out {
 					if v != want(i) {
@@ -238,4 +271,101 @@ func benchWorker(f allreduceFlags, stdout, stderr io.Writer) error {
 		w.Flush()
 	}
 	return c.Barrier(ctx)
+}
+
+// benchBuffers are the all-reduce benchmark's send and receive buffers:
+// host slices through the communicator's AllReduce, or device memory
+// through NCCL's device all-reduce, timed until the device is done.
+type benchBuffers struct {
+	c          dist.Communicator
+	send, recv []float32 // host buffers, or the host side of the device's
+	dev        device.Device
+	dsend      device.Buffer
+	drecv      device.Buffer
+	devRed     interface {
+		AllReduceDeviceTo(ctx context.Context, send, recv uintptr, count int, bf16 bool, op dist.Op, stream uintptr) error
+		WaitDevice(ctx context.Context, done func() (bool, error)) error
+	}
+}
+
+func newBenchBuffers(c dist.Communicator, dev device.Device, n int) (*benchBuffers, error) {
+	b := &benchBuffers{c: c, dev: dev, send: make([]float32, n), recv: make([]float32, n)}
+	if dev == nil {
+		return b, nil
+	}
+	var ok bool
+	if b.devRed, ok = c.(interface {
+		AllReduceDeviceTo(ctx context.Context, send, recv uintptr, count int, bf16 bool, op dist.Op, stream uintptr) error
+		WaitDevice(ctx context.Context, done func() (bool, error)) error
+	}); !ok {
+		return nil, fmt.Errorf("%w: device buffers need --backend nccl", errUsage)
+	}
+	var err error
+	if b.dsend, err = dev.Alloc(max(n, 1)); err != nil {
+		return nil, err
+	}
+	if b.drecv, err = dev.Alloc(max(n, 1)); err != nil {
+		dev.Free(b.dsend)
+		return nil, err
+	}
+	if _, ok := b.dsend.(device.Addresser); !ok {
+		b.free()
+		return nil, fmt.Errorf("%s's buffers have no address NCCL can take", dev.Name())
+	}
+	return b, nil
+}
+
+// fill writes rank r's values into the first count of send (and of recv,
+// for the in-place run).
+func (b *benchBuffers) fill(count, r int) error {
+	in := b.send[:count]
+	for i := range in {
+		in[i] = float32(r + 1 + i%7)
+	}
+	if b.dev == nil {
+		return nil
+	}
+	if err := b.dev.Write(b.dsend, in); err != nil {
+		return err
+	}
+	return b.dev.Write(b.drecv, in)
+}
+
+// reduce all-reduces count values, in place or from send into recv, and
+// returns once the result is there.
+func (b *benchBuffers) reduce(ctx context.Context, count int, inPlace bool) error {
+	if b.dev == nil {
+		in, out := b.send[:count], b.recv[:count]
+		if inPlace {
+			out = in
+		}
+		return b.c.AllReduce(ctx, in, out, dist.Sum)
+	}
+	send, recv := b.dsend.(device.Addresser).Addr(), b.drecv.(device.Addresser).Addr()
+	if inPlace {
+		send = recv
+	}
+	if err := b.devRed.AllReduceDeviceTo(ctx, send, recv, count, false, dist.Sum, 0); err != nil {
+		return err
+	}
+	return b.devRed.WaitDevice(ctx, func() (bool, error) { return device.IdleOf(b.dev) })
+}
+
+// result is the last reduction's output.
+func (b *benchBuffers) result(count int, inPlace bool) ([]float32, error) {
+	if b.dev == nil {
+		if inPlace {
+			return b.send[:count], nil
+		}
+		return b.recv[:count], nil
+	}
+	out := b.recv[:count]
+	return out, b.dev.Read(out, b.drecv)
+}
+
+func (b *benchBuffers) free() {
+	if b.dev != nil {
+		b.dev.Free(b.dsend)
+		b.dev.Free(b.drecv)
+	}
 }

@@ -809,3 +809,30 @@ func TestElasticAdmitsALateNodeAndGivesUp(t *testing.T) {
 	}
 	require.Contains(t, logs[2].String(), "round 0: the job finished without this node")
 }
+
+// TestBenchAllReduceTable: 'gotrain bench allreduce' prints nccl-tests'
+// table, every result checked, over the CPU ring with host buffers and
+// through NCCL (the stand-in) with the buffers in the host device's
+// memory, as on GPUs; device buffers need NCCL.
+func TestBenchAllReduceTable(t *testing.T) {
+	t.Setenv("NCCL_LIBRARY", ncclstandin.Build(t))
+	for _, extra := range [][]string{{"--backend", "cpu"}, {"--backend", "nccl", "--device", "host"}} {
+		stdout, stderr, err := gotrain(t, append([]string{"bench", "allreduce", "--nproc", "2", "--min-bytes", "4K", "--max-bytes", "64K", "--iters", "3", "--warmup", "1"}, extra...)...)
+		require.NoError(t, err, stderr)
+		var rows int
+		for _, line := range strings.Split(stdout, "\n") {
+			f := strings.Fields(line)
+			if len(f) == 12 && !strings.HasPrefix(line, "#") {
+				rows++
+				require.Equal(t, "0", f[7], "out-of-place results wrong: %s", line)
+				require.Equal(t, "0", f[11], "in-place results wrong: %s", line)
+			}
+		}
+		require.Equal(t, 5, rows, "4K to 64K by 2: %s", stdout)
+		require.Contains(t, stdout, "# Avg bus bandwidth")
+		t.Logf("%v:\n%s", extra, stdout)
+	}
+	_, stderr, err := gotrain(t, "bench", "allreduce", "--nproc", "2", "--device", "host")
+	require.Error(t, err)
+	require.Contains(t, stderr, "use --backend nccl")
+}

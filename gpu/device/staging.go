@@ -94,10 +94,14 @@ func (s *Staging) Get(dst unsafe.Pointer, slot, bytes int) error {
 	return nil
 }
 
-// Idle reports whether the device's default stream is done (always, for a
-// device without an Idler: its calls complete before they return).
-func (s *Staging) Idle() (bool, error) {
-	if i, ok := s.dev.(Idler); ok {
+// Idle reports whether the device's default stream is done (see IdleOf).
+func (s *Staging) Idle() (bool, error) { return IdleOf(s.dev) }
+
+// IdleOf reports whether dev's default stream is done, without waiting:
+// its Idle, or true for a device without one (its calls complete before
+// they return).
+func IdleOf(dev Device) (bool, error) {
+	if i, ok := dev.(Idler); ok {
 		return i.Idle()
 	}
 	return true, nil
