@@ -322,7 +322,9 @@ func (c *Communicator) AllReduceDeviceTo(ctx context.Context, send, recv uintptr
 	if bf16 {
 		dt = Bfloat16
 	}
-	return c.run(ctx, "AllReduce", func() error { return c.comm.AllReduce(DevicePtr(send), DevicePtr(recv), count, dt, nop, Stream(stream)) })
+	return c.run(ctx, "AllReduce", func() error {
+		return c.comm.AllReduce(DevicePtr(send), DevicePtr(recv), count, dt, nop, Stream(stream))
+	})
 }
 
 // devicePoll is how often WaitDevice asks whether the device is done: the
