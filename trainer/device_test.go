@@ -151,18 +151,9 @@ func TestDeviceRefusesWhatItCannotRunYet(t *testing.T) {
 func TestDeviceClipsLikeTheCPU(t *testing.T) {
 	cfg := deviceConfig(t, "adamw")
 	cfg.ClipGradNorm = 0.05
-	ref := newTrainer(t, cfg)
-	_, err := ref.Run(context.Background())
-	require.NoError(t, err)
-	unclipped := cfg
-	unclipped.ClipGradNorm = 0
-	free := newTrainer(t, unclipped)
-	_, err = free.Run(context.Background())
-	require.NoError(t, err)
-	require.Greater(t, maxAbsDiff(params(ref), params(free)), 1e-3, "the limit clips these gradients")
-
+	ref, _ := clippedReference(t, cfg)
 	dev := newTrainer(t, cfg, WithDevice(device.Host{}))
-	_, err = dev.Run(context.Background())
+	_, err := dev.Run(context.Background())
 	require.NoError(t, err)
 	require.Equal(t, int(cfg.MaxSteps), dev.devr.steps)
 	require.Less(t, maxAbsDiff(params(ref), params(dev)), 1e-5, "one process")
@@ -413,15 +404,7 @@ func TestDevicePipelineMatchesTheCPU(t *testing.T) {
 	base.Hidden = []int{32, 24, 16}
 	base.LR = 0.05
 	base.ClipGradNorm = 0.3
-	ref := newTrainer(t, base)
-	want, err := ref.Run(context.Background())
-	require.NoError(t, err)
-	unclipped := base
-	unclipped.ClipGradNorm = 0
-	free := newTrainer(t, unclipped)
-	_, err = free.Run(context.Background())
-	require.NoError(t, err)
-	require.Greater(t, maxAbsDiff(params(ref), params(free)), 1e-3, "the limit clips")
+	ref, want := clippedReference(t, base)
 	for _, tc := range []struct {
 		world, stages int
 		dev           bool
@@ -457,4 +440,21 @@ func TestDevicePipelineMatchesTheCPU(t *testing.T) {
 		require.Equal(t, want.TestAccuracy, res[0].TestAccuracy)
 		require.InDelta(t, want.TestLoss, res[0].TestLoss, 1e-4)
 	}
+}
+
+// clippedReference runs cfg (with --clip-grad-norm) in one CPU process,
+// checks that the clipping bites (the run without it ends elsewhere), and
+// returns the trainer and its result.
+func clippedReference(t *testing.T, cfg Config) (*Trainer, Result) {
+	t.Helper()
+	ref := newTrainer(t, cfg)
+	res, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	unclipped := cfg
+	unclipped.ClipGradNorm = 0
+	free := newTrainer(t, unclipped)
+	_, err = free.Run(context.Background())
+	require.NoError(t, err)
+	require.Greater(t, maxAbsDiff(params(ref), params(free)), 1e-3, "the limit clips these gradients")
+	return ref, res
 }

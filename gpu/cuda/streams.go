@@ -105,13 +105,19 @@ func (d *Device) OnComm(ev device.Event, enqueue func(stream uintptr) error) err
 }
 
 // CommDone reports whether the communication stream is idle.
-func (d *Device) CommDone() (bool, error) {
+func (d *Device) CommDone() (bool, error) { return d.query(func() C.CUstream { return d.comm }, true) }
+
+// query reports whether stream() (read with the context current) has
+// finished its work (cuStreamQuery); a nil stream counts as the default
+// one, unless noneIsIdle.
+func (d *Device) query(stream func() C.CUstream, noneIsIdle bool) (bool, error) {
 	done := true
 	err := d.do(func() error {
-		if d.comm == nil {
+		s := stream()
+		if s == nil && noneIsIdle {
 			return nil
 		}
-		switch r := C.stream_query(d.comm); r {
+		switch r := C.stream_query(s); r {
 		case C.CUDA_SUCCESS:
 		case C.CUDA_ERROR_NOT_READY:
 			done = false
@@ -158,20 +164,7 @@ type commHandle = C.CUstream
 // Idle reports whether the default stream's work is done (cuStreamQuery),
 // without waiting: the NCCL watchdog's completion check for collectives
 // staged there (device.Staging).
-func (d *Device) Idle() (bool, error) {
-	done := true
-	err := d.do(func() error {
-		switch r := C.stream_query(nil); r {
-		case C.CUDA_SUCCESS:
-		case C.CUDA_ERROR_NOT_READY:
-			done = false
-		default:
-			return d.cuErr("cuStreamQuery", r)
-		}
-		return nil
-	})
-	return done, err
-}
+func (d *Device) Idle() (bool, error) { return d.query(func() C.CUstream { return nil }, false) }
 
 // Do runs f with the device's context current on the calling OS thread:
 // NCCL's ncclCommInitRank takes the current device as the communicator's.
