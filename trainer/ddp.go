@@ -435,7 +435,16 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 		}
 		t0 := time.Now()
 		warm := prog.Warm()
-		t.train.Batch(t.perm[ms:me], prog.X, prog.Y)
+		x, y := prog.X, prog.Y
+		var slot batchSlot
+		if pf := t.devr.prefetch(); pf != nil {
+			if slot, err = pf.next(ms, me); err != nil {
+				return 0, false, err
+			}
+			x, y = slot.x, slot.y
+		} else {
+			t.train.Batch(t.perm[ms:me], x, y)
+		}
 		var loss float32
 		if t.devr != nil {
 			var watch func(int) error
@@ -446,7 +455,10 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 				}
 			}
 			warm = t.devWarm(prog)
-			_, loss, err = t.devRunProgram(prog, prog.X, prog.Y, t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j), watch)
+			_, loss, err = t.devRunProgram(prog, x, y, t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j), watch)
+			if slot.x != nil {
+				t.devr.pf.release(slot) // the loss is read: the device is done with it
+			}
 			if err != nil && t.devr.red != nil {
 				t.devr.red.finish() // ends the reducing goroutine
 				t.devr.red = nil

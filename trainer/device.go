@@ -132,7 +132,7 @@ func (t *Trainer) devStart() error {
 			return err
 		}
 	}
-	if !t.distributed() && t.cfg.Sync != "async" {
+	if t.cfg.Sync != "async" && t.pp == nil {
 		if d.pf, err = newPrefetcher(d.dev, t.cfg.BatchSize, t.Model.InputSize()); err != nil {
 			return fmt.Errorf("device %s: %w", d.dev.Name(), err)
 		}

@@ -379,13 +379,20 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 
 // TestDeviceRanksAreBalanced: ranks on devices feed the balancer too (the
 // device programs' first runs are left out as on the CPU): with a 4x
-// straggler the fast rank ends with the larger share.
+// straggler the fast rank ends with the larger share. Each rank's
+// micro-batches come from its prefetcher, started anew at every re-plan
+// (it would name the mismatch if it prefetched by old shares), through
+// page-locked memory on devices that run late.
 func TestDeviceRanksAreBalanced(t *testing.T) {
 	base, ref := stragglerBase(t, 30)
 	cfgs := []Config{base, base}
 	recs := []*balanceRecorder{{}, {}}
-	trs := runRanks(t, cfgs, func(r int) Option { return WithSink(recs[r]) }, func(int) Option { return WithDevice(device.Host{}) })
+	devs := []*lazyHost{{}, {}}
+	trs := runRanks(t, cfgs, func(r int) Option { return WithSink(recs[r]) }, func(r int) Option { return WithDevice(devs[r]) })
 	require.NotEmpty(t, recs[0].bal, "the balancer re-planned")
+	for r, tr := range trs {
+		require.GreaterOrEqual(t, devs[r].async, 2*tr.devr.runs, "rank %d: every micro-batch went up from the prefetcher's page-locked slots", r)
+	}
 	last := recs[0].bal[len(recs[0].bal)-1]
 	require.Greater(t, last.Shares[0], last.Shares[1], "the fast rank takes the larger share: %v", last.Shares)
 	require.Less(t, maxAbsDiff(params(ref), params(trs[0])), 1e-5)

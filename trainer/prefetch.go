@@ -8,9 +8,11 @@ import (
 
 // Prefetching batches for a device
 //
-// One process training on a device takes its batches from a prefetcher: a
-// goroutine that decodes batch i+1 (bytes to normalised float32) while the
-// device runs step i, into page-locked host memory where the device has
+// Training on a device takes its batches from a prefetcher: a goroutine
+// that decodes batch i+1 (bytes to normalised float32) while the device
+// runs step i (in a job of several ranks, this rank's micro-batches of its
+// share, prefetched anew whenever the balancer moves the shares), into
+// page-locked host memory where the device has
 // some (device.Pinner), from which the upload is queued with the kernels
 // instead of waited for. There are two slots: a step takes one, and gives
 // it back once it has read its loss, which waits for the device and so
@@ -95,6 +97,9 @@ func (p *prefetcher) next(lo, hi int) (batchSlot, error) {
 // release gives a slot back once the device is done with it.
 func (p *prefetcher) release(b batchSlot) { p.free <- b.slot }
 
+// active reports whether an epoch's batches are being prefetched.
+func (p *prefetcher) active() bool { return p != nil && p.quit != nil }
+
 // stop ends the epoch's goroutine and waits for it.
 func (p *prefetcher) stop() {
 	if p.quit == nil {
@@ -121,17 +126,39 @@ func (p *prefetcher) close() {
 }
 
 // startPrefetch starts decoding this epoch's batches from t.pos.batch on,
-// when one process trains on a device; it returns nil otherwise. nb is the
-// number of batches in the epoch, n the number of samples.
+// when the model trains on a device: one process's batches, or this
+// rank's micro-batches of its share, by the shares of now. It returns nil
+// otherwise. nb is the number of batches in the epoch, n the number of
+// samples.
 func (t *Trainer) startPrefetch(nb, n int) *prefetcher {
 	if t.devr == nil || t.devr.pf == nil {
 		return nil
 	}
 	var spans [][2]int
+	k := max(t.cfg.AccumSteps, 1)
 	for b := t.pos.batch; b < nb; b++ {
 		lo := b * t.cfg.BatchSize
-		spans = append(spans, [2]int{lo, min(lo+t.cfg.BatchSize, n)})
+		hi := min(lo+t.cfg.BatchSize, n)
+		if !t.distributed() {
+			spans = append(spans, [2]int{lo, hi})
+			continue
+		}
+		rs, re := t.shareOf(lo, hi, t.rank())
+		for j := range k {
+			if ms, me := shard(rs, re, j, k); me > ms {
+				spans = append(spans, [2]int{ms, me})
+			}
+		}
 	}
 	t.devr.pf.start(spans, func(lo, hi int, x, y []float32) { t.train.Batch(t.perm[lo:hi], x, y) })
 	return t.devr.pf
+}
+
+// prefetch is the device run's prefetcher when it is prefetching this
+// epoch's batches; nil otherwise (no device, or the CPU path).
+func (d *devRun) prefetch() *prefetcher {
+	if d == nil || !d.pf.active() {
+		return nil
+	}
+	return d.pf
 }

@@ -325,7 +325,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				t0 := time.Now()
 				warm := prog.Warm()
 				var l float32
-				if pf != nil { // on a device
+				if pf != nil { // one process on a device
 					var b batchSlot
 					if b, err = pf.next(lo, hi); err != nil {
 						return res, err
@@ -411,6 +411,10 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			if t.dp != nil && t.dp.bal != nil && (t.pos.step%cfg.BalanceEvery == 0 || t.pos.step == min(4, cfg.BalanceEvery)) {
 				if err := t.rebalance(cctx); err != nil {
 					return res, err
+				}
+				if pf != nil { // the shares may have moved: prefetch by the new ones
+					pf.stop()
+					pf = t.startPrefetch(nb, n)
 				}
 			}
 			if cfg.CheckpointEvery > 0 && t.pos.step%cfg.CheckpointEvery == 0 {
