@@ -232,20 +232,21 @@ func (t *Trainer) devStep(e *executor.Program, lr, loss float64) error {
 			}
 		}
 	}
-	if t.cfg.ClipGradNorm > 0 {
-		if d.clip == nil {
-			var err error
-			if d.clip, err = executor.NewClipper(d.dev, len(grads)); err != nil {
-				return fmt.Errorf("device %s: %w", d.dev.Name(), err)
-			}
-		}
-		norm, err := d.clip.Clip(grads, t.cfg.ClipGradNorm)
-		if err != nil {
+	// The global norm, clipped by or not: a NaN or an infinity in any
+	// gradient shows in it, and the step stops before the parameters
+	// move, as on the CPU.
+	if d.clip == nil {
+		var err error
+		if d.clip, err = executor.NewClipper(d.dev, len(grads)); err != nil {
 			return fmt.Errorf("device %s: %w", d.dev.Name(), err)
 		}
-		if !finite(norm) {
-			return t.diverged(loss)
-		}
+	}
+	norm, err := d.clip.Clip(grads, t.cfg.ClipGradNorm)
+	if err != nil {
+		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+	}
+	if !finite(norm) {
+		return t.diverged(loss)
 	}
 	if err := d.opt.Step(d.params.T, grads, lr); err != nil {
 		return fmt.Errorf("device %s: %w", d.dev.Name(), err)

@@ -465,3 +465,58 @@ func clippedReference(t *testing.T, cfg Config) (*Trainer, Result) {
 	require.Greater(t, maxAbsDiff(params(ref), params(free)), 1e-3, "the limit clips these gradients")
 	return ref, res
 }
+
+// nanHost is the host device that, from its after-th launch of kernel on,
+// leaves a NaN in that launch's output argument (argument out): a gradient
+// that is not finite while the loss is.
+type nanHost struct {
+	device.Host
+	kernel     string
+	out, after int
+	seen       int
+}
+
+func (h *nanHost) Launch(kernel string, n int, args ...any) error {
+	if err := h.Host.Launch(kernel, n, args...); err != nil || kernel != h.kernel {
+		return err
+	}
+	if h.seen++; h.seen < h.after {
+		return nil
+	}
+	return h.Host.Write(args[h.out].(device.Buffer), []float32{float32(math.NaN())})
+}
+
+// TestDeviceStopsOnANaNGradient: a gradient that turns NaN while the loss
+// stays finite stops the run on a device with the divergence error, before
+// the parameters move (they stay finite), without --clip-grad-norm; two
+// ranks with their buckets on the devices stop alike.
+func TestDeviceStopsOnANaNGradient(t *testing.T) {
+	cfg := deviceConfig(t, "sgd")
+	// sum_rows computes the bias gradients: the 7th is in step 4.
+	tr := newTrainer(t, cfg, WithDevice(&nanHost{kernel: "sum_rows", out: 1, after: 7}))
+	_, err := tr.Run(context.Background())
+	require.ErrorIs(t, err, ErrNonFinite)
+	require.Less(t, tr.Step(), cfg.MaxSteps)
+	t.Logf("one process: %v", err)
+	require.Regexp(t, `loss [0-9.]+ or a gradient is not finite`, err.Error(), "the loss itself is finite")
+	for _, p := range tr.Model.Params {
+		for _, v := range p.Data {
+			require.False(t, math.IsNaN(float64(v)) || math.IsInf(float64(v), 0), "%s stays finite", p.Name)
+		}
+	}
+
+	rings := ring(t, 2)
+	comms := []*hostPtrComm{{Communicator: rings[0]}, {Communicator: rings[1]}}
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		c := cfg
+		c.BucketMB = 4.0 / 1024
+		rt := newTrainer(t, c, WithCommunicator(comms[r]), WithDevice(&nanHost{kernel: "sum_rows", out: 1, after: 7 + 5*r}))
+		wg.Go(func() { _, errs[r] = rt.Run(context.Background()) })
+	}
+	wg.Wait()
+	for r, err := range errs {
+		require.ErrorIs(t, err, ErrNonFinite, "rank %d", r)
+	}
+}

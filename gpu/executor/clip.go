@@ -84,7 +84,8 @@ func (c *Clipper) SumSquares(grads []Tensor) (float64, error) {
 
 // Clip scales grads in place so that their global norm is at most maxNorm
 // (see optim.ClipGradNorm) and returns the norm before clipping; grads
-// whose norm is not finite are left as they are.
+// whose norm is not finite are left as they are. maxNorm <= 0 only
+// computes the norm.
 func (c *Clipper) Clip(grads []Tensor, maxNorm float64) (float64, error) {
 	norm, err := c.Norm(grads)
 	if err != nil {
