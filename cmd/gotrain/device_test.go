@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -45,4 +47,25 @@ func TestDeviceFlag(t *testing.T) {
 	_, stderr, err = gotrain(t, append(common, "--device", "tpu")...)
 	require.Error(t, err)
 	require.Contains(t, stderr, `--device "tpu" is not a device`)
+}
+
+// TestBenchTrainOnADevice: 'bench train --device host' (batches decoded
+// once, uploaded each step) trains on the same batches as the CPU's bench
+// and ends with its loss; the record names the device.
+func TestBenchTrainOnADevice(t *testing.T) {
+	losses := map[string]float64{}
+	for _, d := range []string{"cpu", "host"} {
+		stdout, stderr, err := gotrain(t, "bench", "train", "--device", d, "--steps", "40", "--warmup", "3", "--optimizer", "sgd", "--threads", "1")
+		require.NoError(t, err, stderr)
+		lines := strings.Split(strings.TrimSpace(stdout), "\n")
+		var rec struct {
+			Device string  `json:"device"`
+			Loss   float64 `json:"loss"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &rec))
+		require.Equal(t, d, rec.Device)
+		losses[d] = rec.Loss
+	}
+	t.Logf("loss after 43 steps: cpu %v, host device %v", losses["cpu"], losses["host"])
+	require.InDelta(t, losses["cpu"], losses["host"], 1e-4)
 }
