@@ -10,7 +10,15 @@
 // wrapper sets no stream and has no mixed-precision GEMM), row-major by
 // computing the transposed product. Every call makes the context current
 // on its OS thread first, so the device can be used from any goroutine.
-// All work goes to the default stream, in call order.
+// Kernels, GEMMs and copies go to the default stream, in call order.
+//
+// Beyond device.Device it is a device.Pinner (page-locked host memory from
+// cuMemHostAlloc, from which WriteAsync queues cuMemcpyHtoDAsync on the
+// default stream and returns), a device.Streamer (a non-blocking stream
+// for collectives, ordered with the default stream by events only:
+// streams.go), and a device.Idler (cuStreamQuery on the default stream,
+// the NCCL watchdog's completion check for staged collectives). Do runs a
+// function with the context current, for ncclCommInitRank.
 //
 // The driver API and the module loader come from gorgonia.org/cu v0.9.6,
 // which compiles against CUDA 11.8 or 12 headers and links libcuda.so.1.
