@@ -34,6 +34,7 @@ type lazyHost struct {
 	async   int            // copies from page-locked memory
 	comms   int            // collectives queued on the communication stream
 	joins   int            // JoinComm calls
+	syncs   int            // Sync calls: waits for the whole device, the communication stream included
 	overlap int            // collectives queued while later compute work was still queued
 }
 
@@ -117,7 +118,12 @@ func (h *lazyHost) Free(b device.Buffer) {
 	h.Host.Free(b)
 }
 
-func (h *lazyHost) Sync() error { return h.runTo(-1) }
+func (h *lazyHost) Sync() error {
+	h.mu.Lock()
+	h.syncs++
+	h.mu.Unlock()
+	return h.runTo(-1)
+}
 
 func (h *lazyHost) init() {
 	if h.handed == nil {
