@@ -12,6 +12,11 @@ package cuda
 
 /*
 #cgo LDFLAGS: -ldl
+// Debian's nvidia-cuda-dev puts the headers in /usr/include; NVIDIA's
+// images and installers in /usr/local/cuda (a directory that is not there
+// is skipped). These flags hold for every file of the package.
+#cgo linux CFLAGS: -I/usr/local/cuda/include
+#cgo linux LDFLAGS: -L/usr/local/cuda/lib64 -L/usr/local/cuda/lib64/stubs
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <cublas_v2.h>
