@@ -138,11 +138,30 @@ KERNEL softmax_ce_grad(const float *logits, const float *labels, const float *g,
 }
 
 // ---- Dot (a pipeline stage's cost): out = Σ x·g; its gradient dx = G·g ----
-KERNEL dot(const float *x, const float *g, float *out, long n) {
-	FOR(t, 1) {
+// In two passes, as the norm's sum of squares: partial[t] = Σ x[i]·g[i]
+// over i ≡ t (mod parts) in float64, then sum_f64_to_f32 adds the parts in
+// a fixed order. One thread over a stage's whole output would take
+// milliseconds on a GPU.
+KERNEL dot_parts(const float *x, const float *g, double *partial, long n, long parts) {
+	FOR(t, parts) {
 		double s = 0;
-		for (long i = 0; i < n; i++) s += (double)x[i] * (double)g[i];
-		out[0] = (float)s;
+		for (long i = t; i < n; i += parts) s += (double)x[i] * (double)g[i];
+		partial[t] = s;
+	}
+}
+// out[0] = Σ partial[0..parts), rounded to float32; the order is sum_f64_at's
+KERNEL sum_f64_to_f32(const double *partial, float *out, long parts) {
+	FOR(t, 1) {
+		double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+		long i = 0;
+		for (; i + 4 <= parts; i += 4) {
+			s0 += partial[i];
+			s1 += partial[i + 1];
+			s2 += partial[i + 2];
+			s3 += partial[i + 3];
+		}
+		for (; i < parts; i++) s0 += partial[i];
+		out[0] = (float)((s0 + s1) + (s2 + s3));
 	}
 }
 KERNEL scale_by(const float *x, const float *g, float *y, long n) {
@@ -199,13 +218,28 @@ KERNEL km_to_nchw_bias(const float *t, float *y, const float *b, long N, long K,
 	}
 }
 
-// db[k] = Σ_{n,p} dy[n,k,p]
-KERNEL conv_grad_b(const float *dy, float *db, long N, long K, long P) {
-	FOR(k, K) {
+// db[k] = Σ_{n,p} dy[n,k,p] takes two passes, so that K·parts threads
+// share the work (K alone, a few dozen channels, would leave a GPU idle
+// while each thread summed N·P values). First part[k,c] sums the positions
+// j = n·P+p with j ≡ c (mod parts), adjacent threads reading adjacent
+// values; then sum_parts adds each channel's parts in order. parts comes
+// from the shape, so the order of the sums, and the result, do not depend
+// on the launch.
+KERNEL conv_grad_b_parts(const float *dy, float *part, long N, long K, long P, long parts) {
+	FOR(t, K * parts) {
+		long k = t / parts, c = t % parts;
 		float s = 0;
-		for (long n = 0; n < N; n++)
-			for (long p = 0; p < P; p++) s += dy[(n * K + k) * P + p];
-		db[k] = s;
+		for (long j = c; j < N * P; j += parts) s += dy[((j / P) * K + k) * P + j % P];
+		part[t] = s;
+	}
+}
+
+// y[k] = Σ_c part[k,c], c in [0, parts), in order
+KERNEL sum_parts(const float *part, float *y, long m, long parts) {
+	FOR(k, m) {
+		float s = 0;
+		for (long c = 0; c < parts; c++) s += part[k * parts + c];
+		y[k] = s;
 	}
 }
 
@@ -328,12 +362,20 @@ KERNEL sum_squares_parts(const float *x, double *partial, long n, long parts) {
 		partial[t] = s;
 	}
 }
-// out[k] = Σ partial[0..parts), in order
+// out[k] = Σ partial[0..parts), in a fixed order: four interleaved sums,
+// so that one thread keeps four loads in flight.
 KERNEL sum_f64_at(const double *partial, double *out, long parts, long k) {
 	FOR(t, 1) {
-		double s = 0;
-		for (long i = 0; i < parts; i++) s += partial[i];
-		out[k] = s;
+		double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+		long i = 0;
+		for (; i + 4 <= parts; i += 4) {
+			s0 += partial[i];
+			s1 += partial[i + 1];
+			s2 += partial[i + 2];
+			s3 += partial[i + 3];
+		}
+		for (; i < parts; i++) s0 += partial[i];
+		out[k] = (s0 + s1) + (s2 + s3);
 	}
 }
 KERNEL scale_f32(float *x, long n, float c) {

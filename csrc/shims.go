@@ -31,13 +31,15 @@ static void call_mul(void **a) { mul(A(const float *, 0), A(const float *, 1), A
 static void call_softmax_ce_rows(void **a) { softmax_ce_rows(A(const float *, 0), A(const float *, 1), A(double *, 2), A(long, 3), A(long, 4)); }
 static void call_mean_f64(void **a) { mean_f64(A(const double *, 0), A(float *, 1), A(long, 2)); }
 static void call_softmax_ce_grad(void **a) { softmax_ce_grad(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(float *, 3), A(long, 4), A(long, 5)); }
-static void call_dot(void **a) { dot(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
+static void call_dot_parts(void **a) { dot_parts(A(const float *, 0), A(const float *, 1), A(double *, 2), A(long, 3), A(long, 4)); }
+static void call_sum_f64_to_f32(void **a) { sum_f64_to_f32(A(const double *, 0), A(float *, 1), A(long, 2)); }
 static void call_scale_by(void **a) { scale_by(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
 static void call_im2col(void **a) { im2col(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7), A(long, 8), A(long, 9), A(long, 10), A(long, 11)); }
 static void call_col2im(void **a) { col2im(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7), A(long, 8), A(long, 9), A(long, 10), A(long, 11)); }
 static void call_nchw_to_km(void **a) { nchw_to_km(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4)); }
 static void call_km_to_nchw_bias(void **a) { km_to_nchw_bias(A(const float *, 0), A(float *, 1), A(const float *, 2), A(long, 3), A(long, 4), A(long, 5)); }
-static void call_conv_grad_b(void **a) { conv_grad_b(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4)); }
+static void call_conv_grad_b_parts(void **a) { conv_grad_b_parts(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5)); }
+static void call_sum_parts(void **a) { sum_parts(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3)); }
 static void call_maxpool(void **a) { maxpool(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5)); }
 static void call_maxpool_grad(void **a) { maxpool_grad(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(float *, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7)); }
 static void call_dropout_mask(void **a) { dropout_mask(A(float *, 0), A(long, 1), A(float, 2), A(unsigned long long, 3), A(unsigned long long, 4)); }
@@ -75,13 +77,15 @@ static const shim shims[] = {
 	{"softmax_ce_rows", call_softmax_ce_rows, 5},
 	{"mean_f64", call_mean_f64, 3},
 	{"softmax_ce_grad", call_softmax_ce_grad, 6},
-	{"dot", call_dot, 4},
+	{"dot_parts", call_dot_parts, 5},
+	{"sum_f64_to_f32", call_sum_f64_to_f32, 3},
 	{"scale_by", call_scale_by, 4},
 	{"im2col", call_im2col, 12},
 	{"col2im", call_col2im, 12},
 	{"nchw_to_km", call_nchw_to_km, 5},
 	{"km_to_nchw_bias", call_km_to_nchw_bias, 6},
-	{"conv_grad_b", call_conv_grad_b, 5},
+	{"conv_grad_b_parts", call_conv_grad_b_parts, 6},
+	{"sum_parts", call_sum_parts, 4},
 	{"maxpool", call_maxpool, 6},
 	{"maxpool_grad", call_maxpool_grad, 8},
 	{"dropout_mask", call_dropout_mask, 5},

@@ -46,6 +46,9 @@ func opCases() []opCase {
 		{name: "Conv2DGradW/s1p1", kind: graph.OpConv2DGradW, attrs: conv(1, 1), in: [][]int{x, y1}, out: w},
 		{name: "Conv2DGradW/s2p0", kind: graph.OpConv2DGradW, attrs: conv(2, 0), in: [][]int{x, y2}, out: w},
 		{name: "Conv2DGradB", kind: graph.OpConv2DGradB, in: [][]int{y1}, out: []int{5}},
+		// More positions than convBiasParts: parts of several values,
+		// across images.
+		{name: "Conv2DGradB/parts", kind: graph.OpConv2DGradB, in: [][]int{{5, 3, 17, 13}}, out: []int{3}},
 		{name: "MaxPool2D", kind: graph.OpMaxPool2D, attrs: pool, in: [][]int{{2, 3, 6, 7}}, out: []int{2, 3, 3, 3}},
 		{name: "MaxPool2DGrad/ties", kind: graph.OpMaxPool2DGrad, attrs: pool, in: [][]int{{2, 3, 6, 6}, {2, 3, 3, 3}, {2, 3, 3, 3}}, out: []int{2, 3, 6, 6}, ties: true},
 		{name: "Mul", kind: graph.OpMul, in: [][]int{{4, 6}, {4, 6}}, out: []int{4, 6}},
@@ -53,6 +56,7 @@ func opCases() []opCase {
 		{name: "SoftmaxCrossEntropy", kind: graph.OpSoftmaxCE, in: [][]int{{7, 10}, {7}}, labels: map[int]int{1: 10}},
 		{name: "SoftmaxCrossEntropyGrad", kind: graph.OpSoftmaxCEGrad, in: [][]int{{7, 10}, {7}, nil}, out: []int{7, 10}, labels: map[int]int{1: 10}},
 		{name: "Dot", kind: graph.OpDot, in: [][]int{{3, 5}, {3, 5}}},
+		{name: "Dot/parts", kind: graph.OpDot, in: [][]int{{64, 100}, {64, 100}}}, // more values than dotParts
 		{name: "DotGrad", kind: graph.OpDotGrad, in: [][]int{{3, 5}, nil}, out: []int{3, 5}},
 	}
 	for _, ta := range []bool{false, true} {

@@ -54,6 +54,14 @@ func (o *Op) Free(dev device.Device) {
 	o.scratch = nil
 }
 
+// dotParts is how many partial sums a Dot takes (see dot_parts in
+// csrc/kernels.cu).
+const dotParts = 4096
+
+// convBiasParts is how many partial sums a convolution's bias gradient
+// takes per channel (see conv_grad_b_parts in csrc/kernels.cu).
+const convBiasParts = 1024
+
 // convGeom is a convolution's geometry, as graph/ lays it out.
 type convGeom struct{ N, C, H, W, K, KH, KW, OH, OW, stride, pad int }
 
@@ -228,8 +236,14 @@ func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec de
 			return nil, err
 		}
 		s := in[0]
+		n, k, p := s[0], s[1], s[2]*s[3]
+		parts := min(n*p, convBiasParts)
+		part := alloc(k * parts)
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			return dev.Launch("conv_grad_b", s[1], in[0].Buf, out.Buf, s[0], s[1], s[2]*s[3])
+			if err := dev.Launch("conv_grad_b_parts", k*parts, in[0].Buf, part(), n, k, p, parts); err != nil {
+				return err
+			}
+			return dev.Launch("sum_parts", k, part(), out.Buf, k, parts)
 		}
 	case graph.OpMaxPool2D:
 		if err = need(1); err != nil {
@@ -296,8 +310,14 @@ func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec de
 		if err = need(2); err != nil {
 			return nil, err
 		}
+		n := size(in[0])
+		parts := max(min(n, dotParts), 1)
+		partial := alloc(2 * parts) // float64s
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			return dev.Launch("dot", 1, in[0].Buf, in[1].Buf, out.Buf, in[0].Size())
+			if err := dev.Launch("dot_parts", parts, in[0].Buf, in[1].Buf, partial(), n, parts); err != nil {
+				return err
+			}
+			return dev.Launch("sum_f64_to_f32", 1, partial(), out.Buf, parts)
 		}
 	case graph.OpDotGrad:
 		err = elementwise("scale_by", 2)
