@@ -10,7 +10,10 @@
 // That is why every kernel is a grid-stride loop over independent outputs:
 // no shared memory, no synchronisation, no atomics, written in the C subset
 // that both compilers accept. Reductions are one thread per output, summing
-// in a fixed order, so results are deterministic run to run.
+// in a fixed order, so results are deterministic run to run; where the
+// outputs are few and the sums long (a convolution's bias gradient, Dot,
+// the norm's sums of squares) they take two passes: fixed partial sums
+// over many threads, then the parts added in order.
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define KERNEL extern "C" __global__ void
