@@ -26,7 +26,8 @@ import (
 type Communicator struct {
 	comm       *Comm
 	rank, size int
-	stage      Staging // nil: NCCL reads the host buffers themselves
+	stage      Staging       // nil: NCCL reads the host buffers themselves
+	slots      [2]sync.Mutex // held by the staged call using each slot
 
 	mu    sync.Mutex
 	cause error // set by Abort, Close or a failed call
@@ -144,6 +145,17 @@ func (c *Communicator) hostCall(ctx context.Context, op string, in, out any, f f
 	if err := c.enter(ctx, op); err != nil {
 		return err
 	}
+	// A Send (slot 0) may run beside a Recv (slot 1), as a ring step's
+	// do; calls on the same slot take turns.
+	inPlace := in != nil && out != nil && ip == outp && byteLen(in) == byteLen(out)
+	if in != nil {
+		c.slots[0].Lock()
+		defer c.slots[0].Unlock()
+	}
+	if out != nil && !inPlace {
+		c.slots[1].Lock()
+		defer c.slots[1].Unlock()
+	}
 	inBytes, outBytes := byteLen(in), byteLen(out)
 	var dIn, dOut uintptr
 	var err error
@@ -155,8 +167,8 @@ func (c *Communicator) hostCall(ctx context.Context, op string, in, out any, f f
 	slot := 1
 	switch {
 	case out == nil:
-	case in != nil && ip == outp && inBytes == outBytes:
-		dOut, slot = dIn, 0 // in place
+	case inPlace:
+		dOut, slot = dIn, 0
 	default:
 		if dOut, err = c.stage.Reserve(1, outBytes); err != nil {
 			return c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("staging %d bytes on the device: %w", outBytes, err))

@@ -16,10 +16,14 @@ type Idler interface {
 // nccl.Staging over any Device whose buffers have addresses (Addresser).
 // The copies are the device's Write and Read, ordered with its other work
 // on the default stream.
+//
+// A collective that sends from slot 0 may run beside one that receives
+// into slot 1 (a Send beside a Recv); two at once on the same slot may
+// not.
 type Staging struct {
 	dev  Device
 	slot [2]Buffer
-	tmp  []float32 // for buffers whose length or address is not a float32's
+	tmp  [2][]float32 // per slot, for buffers whose length or address is not a float32's
 }
 
 // NewStaging stages through dev's memory.
@@ -50,16 +54,17 @@ func (s *Staging) Reserve(slot, bytes int) (uintptr, error) {
 }
 
 // words is the float32 view of bytes of host memory at p when its length
-// and address allow one (ok), else a scratch slice of the words' length.
-func (s *Staging) words(p unsafe.Pointer, bytes int) (w []float32, ok bool) {
+// and address allow one (ok), else slot's scratch slice of the words'
+// length.
+func (s *Staging) words(slot int, p unsafe.Pointer, bytes int) (w []float32, ok bool) {
 	n := (bytes + 3) / 4
 	if bytes%4 == 0 && uintptr(p)%4 == 0 {
 		return unsafe.Slice((*float32)(p), n), true
 	}
-	if cap(s.tmp) < n {
-		s.tmp = make([]float32, n)
+	if cap(s.tmp[slot]) < n {
+		s.tmp[slot] = make([]float32, n)
 	}
-	return s.tmp[:n], false
+	return s.tmp[slot][:n], false
 }
 
 // Put copies bytes of host memory at src into slot.
@@ -68,7 +73,7 @@ func (s *Staging) Put(slot int, src unsafe.Pointer, bytes int) (uintptr, error) 
 	if err != nil || bytes == 0 {
 		return addr, err
 	}
-	w, ok := s.words(src, bytes)
+	w, ok := s.words(slot, src, bytes)
 	if !ok {
 		clear(w)
 		copy(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(w))), bytes), unsafe.Slice((*byte)(src), bytes))
@@ -84,7 +89,7 @@ func (s *Staging) Get(dst unsafe.Pointer, slot, bytes int) error {
 	if bytes == 0 {
 		return nil
 	}
-	w, ok := s.words(dst, bytes)
+	w, ok := s.words(slot, dst, bytes)
 	if err := s.dev.Read(w, s.slot[slot]); err != nil {
 		return err
 	}
