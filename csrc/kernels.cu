@@ -25,6 +25,21 @@
 // FOR runs i over [0, n) across the grid.
 #define FOR(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (long)(n); i += (long)blockDim.x * gridDim.x)
 
+// sum_f64 is Σ p[0..n) in a fixed order: four interleaved sums, so that
+// the one thread that takes it keeps four loads in flight.
+DEVICE double sum_f64(const double *p, long n) {
+	double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	long i = 0;
+	for (; i + 4 <= n; i += 4) {
+		s0 += p[i];
+		s1 += p[i + 1];
+		s2 += p[i + 2];
+		s3 += p[i + 3];
+	}
+	for (; i < n; i++) s0 += p[i];
+	return (s0 + s1) + (s2 + s3);
+}
+
 // fma32 rounds a*b+c as trainer/optim does: the float32 product is exact in
 // float64, the sum is rounded to float64 and then to float32.
 DEVICE float fma32(float a, float b, float c) { return (float)((double)a * (double)b + (double)c); }
@@ -152,20 +167,9 @@ KERNEL dot_parts(const float *x, const float *g, double *partial, long n, long p
 		partial[t] = s;
 	}
 }
-// out[0] = Σ partial[0..parts), rounded to float32; the order is sum_f64_at's
+// out[0] = Σ partial[0..parts), rounded to float32
 KERNEL sum_f64_to_f32(const double *partial, float *out, long parts) {
-	FOR(t, 1) {
-		double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-		long i = 0;
-		for (; i + 4 <= parts; i += 4) {
-			s0 += partial[i];
-			s1 += partial[i + 1];
-			s2 += partial[i + 2];
-			s3 += partial[i + 3];
-		}
-		for (; i < parts; i++) s0 += partial[i];
-		out[0] = (float)((s0 + s1) + (s2 + s3));
-	}
+	FOR(t, 1) out[0] = (float)sum_f64(partial, parts);
 }
 KERNEL scale_by(const float *x, const float *g, float *y, long n) {
 	FOR(i, n) y[i] = x[i] * g[0];
@@ -365,21 +369,9 @@ KERNEL sum_squares_parts(const float *x, double *partial, long n, long parts) {
 		partial[t] = s;
 	}
 }
-// out[k] = Σ partial[0..parts), in a fixed order: four interleaved sums,
-// so that one thread keeps four loads in flight.
+// out[k] = Σ partial[0..parts)
 KERNEL sum_f64_at(const double *partial, double *out, long parts, long k) {
-	FOR(t, 1) {
-		double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-		long i = 0;
-		for (; i + 4 <= parts; i += 4) {
-			s0 += partial[i];
-			s1 += partial[i + 1];
-			s2 += partial[i + 2];
-			s3 += partial[i + 3];
-		}
-		for (; i < parts; i++) s0 += partial[i];
-		out[k] = (s0 + s1) + (s2 + s3);
-	}
+	FOR(t, 1) out[k] = sum_f64(partial, parts);
 }
 KERNEL scale_f32(float *x, long n, float c) {
 	FOR(i, n) x[i] *= c;

@@ -48,15 +48,16 @@ type devRun struct {
 	// Pipeline stages: the stage's programs on the device (by the host
 	// program they were compiled from), its summed gradients (per
 	// Stage.Params), and a host buffer for what goes to a neighbour.
-	stageProgs map[*graph.StageProgram]*executor.Program
-	acc        []executor.Tensor
-	out        []float32
-	pf         *prefetcher // one process: the batches, decoded ahead
-	names      []string
-	stale      bool // the host's parameters and optimiser state are behind
-	runs       int  // programs run on the device
-	steps      int  // optimiser steps on the device
-	evals      int  // evaluation batches on the device
+	stageProgs  map[*graph.StageProgram]*executor.Program
+	acc         []executor.Tensor
+	stageParams []executor.Tensor // the stage's parameters on the device, in Stage.Params order
+	out         []float32
+	pf          *prefetcher // one process: the batches, decoded ahead
+	names       []string
+	stale       bool // the host's parameters and optimiser state are behind
+	runs        int  // programs run on the device
+	steps       int  // optimiser steps on the device
+	evals       int  // evaluation batches on the device
 }
 
 type progKey struct {
@@ -111,6 +112,7 @@ func (t *Trainer) devStart() error {
 		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
 	}
 	if t.pp != nil {
+		d.stageParams = ps
 		for _, pi := range only {
 			b, err := d.dev.Alloc(t.Model.Params[pi].Size())
 			if err != nil {

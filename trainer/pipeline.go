@@ -368,11 +368,7 @@ func (t *Trainer) pipelineUpdate(norm, lr float64) error {
 			return t.devErr(err)
 		}
 	}
-	ts := make([]executor.Tensor, len(pp.stage.Params))
-	for i, pi := range pp.stage.Params {
-		ts[i] = d.params.T[pi]
-	}
-	if err := d.opt.Step(ts, d.acc, lr); err != nil {
+	if err := d.opt.Step(d.stageParams, d.acc, lr); err != nil {
 		return t.devErr(err)
 	}
 	d.stale = true
