@@ -339,6 +339,32 @@ func (c *Communicator) AllReduceDeviceTo(ctx context.Context, send, recv uintptr
 	})
 }
 
+// SendDevice sends count float32 values of device memory at ptr to peer,
+// queued on stream like AllReduceDevice; the peer receives them with
+// RecvDevice (or Recv).
+func (c *Communicator) SendDevice(ctx context.Context, ptr uintptr, count, peer int, stream uintptr) error {
+	return c.p2pDevice(ctx, "Send", ptr, count, peer, stream, c.comm.Send)
+}
+
+// RecvDevice receives count float32 values from peer into device memory at
+// ptr, queued on stream.
+func (c *Communicator) RecvDevice(ctx context.Context, ptr uintptr, count, peer int, stream uintptr) error {
+	return c.p2pDevice(ctx, "Recv", ptr, count, peer, stream, c.comm.Recv)
+}
+
+func (c *Communicator) p2pDevice(ctx context.Context, op string, ptr uintptr, count, peer int, stream uintptr, f func(DevicePtr, int, DataType, int, Stream) error) error {
+	if ptr == 0 || count < 0 {
+		return c.opErr(op, dist.ErrBadBuffer, nil, fmt.Errorf("device buffer %#x of %d values", ptr, count))
+	}
+	if peer < 0 || peer >= c.size || peer == c.rank {
+		return c.opErr(op, dist.ErrInvalidArg, nil, fmt.Errorf("peer %d (rank %d of %d)", peer, c.rank, c.size))
+	}
+	if count == 0 {
+		return c.enter(ctx, op)
+	}
+	return c.run(ctx, op, func() error { return f(DevicePtr(ptr), count, Float32, peer, Stream(stream)) })
+}
+
 // devicePoll is how often WaitDevice asks whether the device is done: the
 // host waits there at the end of every step, so finely.
 const devicePoll = 20 * time.Microsecond

@@ -52,6 +52,12 @@ type devRun struct {
 	acc         []executor.Tensor
 	stageParams []executor.Tensor // the stage's parameters on the device, in Stage.Params order
 	out         []float32
+	// With a backend that sends device memory (NCCL), stages pass their
+	// activations and input gradients device to device: p2p is set, and
+	// stageIn holds each micro-batch's input as received, for the
+	// backward pass's recomputation.
+	p2p     dist.DeviceSendRecver
+	stageIn []device.Buffer
 	pf          *prefetcher // one process: the batches, decoded ahead
 	names       []string
 	stale       bool // the host's parameters and optimiser state are behind
@@ -121,6 +127,12 @@ func (t *Trainer) devStart() error {
 			d.acc = append(d.acc, executor.Tensor{Buf: b, Shape: t.Model.Params[pi].Shape})
 		}
 		d.stageProgs = map[*graph.StageProgram]*executor.Program{}
+		if r, ok := t.dp.comm.(dist.DeviceSendRecver); ok && len(d.acc) > 0 {
+			if _, ok := d.acc[0].Buf.(device.Addresser); ok {
+				d.p2p = r
+				t.log.Info("pipeline stages pass activations device to device", "device", d.dev.Name())
+			}
+		}
 	}
 	if t.distributed() && t.cfg.Sync != "async" && t.pp == nil {
 		for _, p := range d.params.T {
@@ -311,6 +323,11 @@ func (t *Trainer) devClose() {
 	for _, g := range append(d.grads, d.acc...) {
 		d.dev.Free(g.Buf)
 	}
+	for _, b := range d.stageIn {
+		if b != nil {
+			d.dev.Free(b)
+		}
+	}
 	for _, b := range append(d.buckets, d.bf16...) {
 		d.dev.Free(b)
 	}
@@ -326,7 +343,7 @@ func (t *Trainer) devClose() {
 	}
 	d.opt.Free()
 	d.params.Free()
-	d.progs, d.grads, d.params, d.stageProgs, d.acc = nil, nil, nil, nil, nil
+	d.progs, d.grads, d.params, d.stageProgs, d.acc, d.stageIn = nil, nil, nil, nil, nil, nil
 }
 
 // devStage returns a pipeline stage's program compiled for the device.

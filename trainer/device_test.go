@@ -251,7 +251,24 @@ func TestBF16TrainsLikeFP32(t *testing.T) {
 type hostPtrComm struct {
 	dist.Communicator
 	calls, bf16, waits atomic.Int64
+	sends, recvs       atomic.Int64  // device Send and Recv calls
 	stream             atomic.Uint64 // of the last call
+}
+
+// hostFloats is the host device's C memory at ptr as count float32s.
+func hostFloats(ptr uintptr, count int) []float32 {
+	p := *(*unsafe.Pointer)(unsafe.Pointer(&ptr)) // the host device's C memory, not Go's
+	return unsafe.Slice((*float32)(p), count)
+}
+
+func (c *hostPtrComm) SendDevice(ctx context.Context, ptr uintptr, count, peer int, _ uintptr) error {
+	c.sends.Add(1)
+	return c.Send(ctx, hostFloats(ptr, count), peer)
+}
+
+func (c *hostPtrComm) RecvDevice(ctx context.Context, ptr uintptr, count, peer int, _ uintptr) error {
+	c.recvs.Add(1)
+	return c.Recv(ctx, hostFloats(ptr, count), peer)
 }
 
 // WaitDevice returns at once: the host device's work is done when a call
@@ -522,5 +539,52 @@ func TestDeviceStopsOnANaNGradient(t *testing.T) {
 	wg.Wait()
 	for r, err := range errs {
 		require.ErrorIs(t, err, ErrNonFinite, "rank %d", r)
+	}
+}
+
+// TestDevicePipelineDeviceToDevice: with a backend that sends device
+// memory, pipeline stages on devices pass their activations and input
+// gradients device to device (2 stages, and 4 ranks of 2 stages × 2
+// replicas) and end where one CPU process ends, as through the host.
+func TestDevicePipelineDeviceToDevice(t *testing.T) {
+	base := deviceConfig(t, "sgd")
+	base.Hidden = []int{32, 24, 16}
+	base.LR = 0.05
+	base.ClipGradNorm = 0.3
+	ref, want := clippedReference(t, base)
+	for _, world := range []int{2, 4} {
+		rings := ring(t, world)
+		comms := make([]*hostPtrComm, world)
+		trs := make([]*Trainer, world)
+		res := make([]Result, world)
+		errs := make([]error, world)
+		var wg sync.WaitGroup
+		for r := range world {
+			comms[r] = &hostPtrComm{Communicator: rings[r]}
+			cfg := base
+			cfg.PipelineStages, cfg.MicroBatches = 2, 3
+			trs[r] = newTrainer(t, cfg, WithCommunicator(comms[r]), WithDevice(device.Host{}))
+			wg.Go(func() {
+				if res[r], errs[r] = trs[r].Run(context.Background()); errs[r] != nil {
+					rings[r].Abort(errs[r])
+				}
+			})
+		}
+		wg.Wait()
+		d := 0.0
+		for r, tr := range trs {
+			require.NoError(t, errs[r], "rank %d", r)
+			// Per step, 3 micro-batches: stage 0 sends 3 activations and
+			// receives 3 gradients, stage 1 the other way round.
+			require.Equal(t, 3*base.MaxSteps, comms[r].sends.Load(), "rank %d: device sends", r)
+			require.Equal(t, 3*base.MaxSteps, comms[r].recvs.Load(), "rank %d: device receives", r)
+			for _, i := range tr.pp.stage.Params {
+				d = math.Max(d, maxAbsDiff([][]float32{ref.Model.Params[i].Data}, [][]float32{tr.Model.Params[i].Data}))
+			}
+			require.Equal(t, res[0].TestAccuracy, res[r].TestAccuracy)
+		}
+		t.Logf("%d ranks, 2 stages, device to device: max |Δ| against one CPU process %g", world, d)
+		require.Less(t, d, 1e-5)
+		require.Equal(t, want.TestAccuracy, res[0].TestAccuracy)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 
+	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/gpu/executor"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/dist"
@@ -116,11 +117,18 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 		}
 		x := slices.Grow(pp.inputs[j][:0], (me-ms)*in)[:(me-ms)*in]
 		pp.inputs[j] = x
-		if k == 0 {
+		var err error
+		switch {
+		case k == 0:
 			t.train.Batch(t.perm[ms:me], x, nil)
-		} else if err := t.collective(ctx, "pipeline receive of activations", func(ctx context.Context) error {
-			return c.Recv(ctx, x, prev)
-		}); err != nil {
+		case t.devDirect():
+			err = t.devRecvInput(ctx, j, len(x), prev)
+		default:
+			err = t.collective(ctx, "pipeline receive of activations", func(ctx context.Context) error {
+				return c.Recv(ctx, x, prev)
+			})
+		}
+		if err != nil {
 			return 0, 0, 0, err
 		}
 		if k == n-1 {
@@ -130,13 +138,18 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 		if err != nil {
 			return 0, 0, 0, err
 		}
-		out, err := t.stageForward(fp, x, seed, stream(j), pcg, rng)
+		out, err := t.stageForward(fp, x, j, seed, stream(j), pcg, rng)
 		if err != nil {
 			return 0, 0, 0, err
 		}
-		if err := t.collective(ctx, "pipeline send of activations", func(ctx context.Context) error {
-			return c.Send(ctx, out, next)
-		}); err != nil {
+		if t.devDirect() {
+			err = t.devSend(ctx, "pipeline send of activations", out, next)
+		} else {
+			err = t.collective(ctx, "pipeline send of activations", func(ctx context.Context) error {
+				return c.Send(ctx, out.host, next)
+			})
+		}
+		if err != nil {
 			return 0, 0, 0, err
 		}
 	}
@@ -151,25 +164,36 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 		if err != nil {
 			return 0, 0, 0, err
 		}
-		if k == n-1 {
+		switch {
+		case k == n-1:
 			t.train.Batch(t.perm[ms:me], nil, tp.Y)
-		} else if err := t.collective(ctx, "pipeline receive of gradients", func(ctx context.Context) error {
-			return c.Recv(ctx, tp.G, next)
-		}); err != nil {
+		case t.devDirect():
+			err = t.devRecvUpstream(ctx, tp, next)
+		default:
+			err = t.collective(ctx, "pipeline receive of gradients", func(ctx context.Context) error {
+				return c.Recv(ctx, tp.G, next)
+			})
+		}
+		if err != nil {
 			return 0, 0, 0, err
 		}
-		l, dx, err := t.stageBackward(tp, pp.inputs[j], seed, stream(j), float32(me-ms)/float32(B), first, pcg, rng)
+		l, dx, err := t.stageBackward(tp, pp.inputs[j], j, seed, stream(j), float32(me-ms)/float32(B), first, pcg, rng)
 		if err != nil {
 			return 0, 0, 0, err
 		}
 		first = false
 		lossSum += float64(l) * float64(me-ms)
 		if k > 0 {
-			// Send returns once the bytes are written, so the buffer can
-			// be sent without a copy.
-			if err := t.collective(ctx, "pipeline send of gradients", func(ctx context.Context) error {
-				return c.Send(ctx, dx, prev)
-			}); err != nil {
+			if t.devDirect() {
+				err = t.devSend(ctx, "pipeline send of gradients", dx, prev)
+			} else {
+				// Send returns once the bytes are written, so the buffer
+				// can be sent without a copy.
+				err = t.collective(ctx, "pipeline send of gradients", func(ctx context.Context) error {
+					return c.Send(ctx, dx.host, prev)
+				})
+			}
+			if err != nil {
 				return 0, 0, 0, err
 			}
 		}
@@ -216,62 +240,91 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 	return lossSum, sums[0] / float64(B), math.Sqrt(sums[1] / float64(pp.replicas)), nil
 }
 
-// stageForward runs the training forward pass of a stage on its input x
-// and returns the output to send on.
-func (t *Trainer) stageForward(fp *graph.StageProgram, x []float32, seed, stream uint64, pcg *rand.PCG, rng *rand.Rand) ([]float32, error) {
+// stageData is what a stage sends to a neighbour: host values, or with
+// direct device transfers (devDirect) a device tensor.
+type stageData struct {
+	host []float32
+	dev  executor.Tensor
+}
+
+// stageForward runs the training forward pass of a stage on micro-batch
+// j's input (x on the host; with direct device transfers, after the first
+// stage, the device copy devRecvInput received) and returns the output to
+// send on.
+func (t *Trainer) stageForward(fp *graph.StageProgram, x []float32, j int, seed, stream uint64, pcg *rand.PCG, rng *rand.Rand) (stageData, error) {
 	if t.devr != nil {
 		e, err := t.devStage(fp)
 		if err != nil {
-			return nil, err
+			return stageData{}, err
 		}
-		if _, err := e.RunStage(x, nil, nil, seed, stream); err != nil {
-			return nil, t.devErr(err)
+		if err := t.devLoadInput(e, x, j); err != nil {
+			return stageData{}, err
+		}
+		if _, err := e.RunStageLoaded(nil, seed, stream); err != nil {
+			return stageData{}, t.devErr(err)
 		}
 		t.devr.runs++
-		return t.devRead(e.Out())
+		if t.devDirect() {
+			return stageData{dev: e.Out()}, nil
+		}
+		out, err := t.devRead(e.Out())
+		return stageData{host: out}, err
 	}
 	copy(fp.X, x)
 	pcg.Seed(seed, stream)
 	if _, err := fp.Run(rng); err != nil {
-		return nil, err
+		return stageData{}, err
 	}
-	return fp.Out(), nil
+	return stageData{host: fp.Out()}, nil
 }
 
-// stageBackward runs a stage's training program on input x (with tp.Y on
-// the last stage, tp.G on the others), adds scale times its parameter
-// gradients into the stage's (sets them when first), and returns the mean
-// loss (last stage) and the gradient of x to send back (other stages).
-func (t *Trainer) stageBackward(tp *graph.StageProgram, x []float32, seed, stream uint64, scale float32, first bool, pcg *rand.PCG, rng *rand.Rand) (float32, []float32, error) {
+// stageBackward runs a stage's training program on micro-batch j's input
+// (x, as stageForward) with tp.Y on the last stage, tp.G on the others
+// (with direct device transfers already in the program's Upstream), adds
+// scale times its parameter gradients into the stage's (sets them when
+// first), and returns the mean loss (last stage) and the gradient of the
+// input to send back (other stages).
+func (t *Trainer) stageBackward(tp *graph.StageProgram, x []float32, j int, seed, stream uint64, scale float32, first bool, pcg *rand.PCG, rng *rand.Rand) (float32, stageData, error) {
 	pp := t.pp
 	if d := t.devr; d != nil {
 		e, err := t.devStage(tp)
 		if err != nil {
-			return 0, nil, err
+			return 0, stageData{}, err
 		}
-		l, err := e.RunStage(x, tp.Y, tp.G, seed, stream)
+		if err := t.devLoadInput(e, x, j); err != nil {
+			return 0, stageData{}, err
+		}
+		if tp.G != nil && !t.devDirect() {
+			if err := device.WriteAsync(d.dev, e.Upstream().Buf, tp.G); err != nil {
+				return 0, stageData{}, t.devErr(err)
+			}
+		}
+		l, err := e.RunStageLoaded(tp.Y, seed, stream)
 		if err != nil {
-			return 0, nil, t.devErr(err)
+			return 0, stageData{}, t.devErr(err)
 		}
 		d.runs++
 		d.stale = true
 		for i := range pp.stage.Params {
 			n := e.Grad(i).Size()
 			if err := d.dev.Launch("axpy_at", n, e.Grad(i).Buf, d.acc[i].Buf, n, 0, scale, !first); err != nil {
-				return 0, nil, t.devErr(err)
+				return 0, stageData{}, t.devErr(err)
 			}
 		}
-		if pp.stage.Index == 0 {
-			return l, nil, nil
+		switch {
+		case pp.stage.Index == 0:
+			return l, stageData{}, nil
+		case t.devDirect():
+			return l, stageData{dev: e.DX()}, nil
 		}
 		dx, err := t.devRead(e.DX())
-		return l, dx, err
+		return l, stageData{host: dx}, err
 	}
 	copy(tp.X, x)
 	pcg.Seed(seed, stream)
 	l, err := tp.Run(rng)
 	if err != nil {
-		return 0, nil, err
+		return 0, stageData{}, err
 	}
 	for i, g := range pp.grads {
 		for e, v := range tp.Grad(i) {
@@ -283,9 +336,9 @@ func (t *Trainer) stageBackward(tp *graph.StageProgram, x []float32, seed, strea
 		}
 	}
 	if pp.stage.Index == 0 {
-		return l, nil, nil
+		return l, stageData{}, nil
 	}
-	return l, tp.DX(), nil
+	return l, stageData{host: tp.DX()}, nil
 }
 
 // stageGradsDone ends the micro-batches: when none had samples (first is
@@ -480,6 +533,87 @@ func (t *Trainer) gatherStages(ctx context.Context) error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// devDirect reports whether this stage passes its activations and input
+// gradients device to device (see devRun.p2p).
+func (t *Trainer) devDirect() bool { return t.devr != nil && t.devr.p2p != nil }
+
+// devP2P runs a device Send or Recv (f) under the job's deadline and then
+// waits for the device, under NCCL's watchdog, so that a neighbour that
+// never comes is an error naming what, not a hang.
+func (t *Trainer) devP2P(ctx context.Context, what string, f func(ctx context.Context) error) error {
+	d := t.devr
+	return t.collective(ctx, what, func(ctx context.Context) error {
+		if err := f(ctx); err != nil {
+			return err
+		}
+		return d.p2p.WaitDevice(ctx, func() (bool, error) { return device.IdleOf(d.dev) })
+	})
+}
+
+// devRecvInput receives micro-batch j's input (n values) from peer into
+// the stage's device buffer for it.
+func (t *Trainer) devRecvInput(ctx context.Context, j, n, peer int) error {
+	d := t.devr
+	for len(d.stageIn) <= j {
+		d.stageIn = append(d.stageIn, nil)
+	}
+	if b := d.stageIn[j]; b == nil || b.Len() < n {
+		if b != nil {
+			d.dev.Free(b)
+			d.stageIn[j] = nil
+		}
+		b, err := d.dev.Alloc(n)
+		if err != nil {
+			return t.devErr(err)
+		}
+		d.stageIn[j] = b
+	}
+	addr := d.stageIn[j].(device.Addresser).Addr()
+	return t.devP2P(ctx, "pipeline receive of activations", func(ctx context.Context) error {
+		return d.p2p.RecvDevice(ctx, addr, n, peer, 0)
+	})
+}
+
+// devRecvUpstream receives the gradient of tp's output from peer into its
+// device program's Upstream buffer.
+func (t *Trainer) devRecvUpstream(ctx context.Context, tp *graph.StageProgram, peer int) error {
+	e, err := t.devStage(tp)
+	if err != nil {
+		return err
+	}
+	up := e.Upstream()
+	addr := up.Buf.(device.Addresser).Addr()
+	return t.devP2P(ctx, "pipeline receive of gradients", func(ctx context.Context) error {
+		return t.devr.p2p.RecvDevice(ctx, addr, up.Size(), peer, 0)
+	})
+}
+
+// devSend sends a device tensor to peer.
+func (t *Trainer) devSend(ctx context.Context, what string, v stageData, peer int) error {
+	addr := v.dev.Buf.(device.Addresser).Addr()
+	return t.devP2P(ctx, what, func(ctx context.Context) error {
+		return t.devr.p2p.SendDevice(ctx, addr, v.dev.Size(), peer, 0)
+	})
+}
+
+// devLoadInput puts micro-batch j's input into e's input buffer: x from
+// the host on the first stage or without direct transfers, else the
+// device copy devRecvInput received.
+func (t *Trainer) devLoadInput(e *executor.Program, x []float32, j int) error {
+	d := t.devr
+	if !t.devDirect() || t.pp.stage.Index == 0 {
+		if err := device.WriteAsync(d.dev, e.Input().Buf, x); err != nil {
+			return t.devErr(err)
+		}
+		return nil
+	}
+	n := e.Input().Size()
+	if err := d.dev.Launch("copy_f32", n, d.stageIn[j], e.Input().Buf, n); err != nil {
+		return t.devErr(err)
 	}
 	return nil
 }

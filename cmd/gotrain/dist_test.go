@@ -503,7 +503,8 @@ func TestKilledAsyncWorkerLeavesTheOthersTraining(t *testing.T) {
 // TestPipelineStagesMatchOneProcess: 'gotrain launch' with 2 and 4 ranks,
 // one pipeline stage each (--pipeline-stages), ends 50 SGD steps with the
 // weights of one process (rank 0 gathers the stages for --out), on the CPU
-// and with the stages on the host device.
+// and with the stages on the host device, where NCCL (the stand-in) passes
+// the activations device to device.
 func TestPipelineStagesMatchOneProcess(t *testing.T) {
 	dir := t.TempDir()
 	args := func(out string, extra ...string) []string {
@@ -515,19 +516,23 @@ func TestPipelineStagesMatchOneProcess(t *testing.T) {
 	ref := filepath.Join(dir, "one.safetensors")
 	_, stderr, err := gotrain(t, args(ref)...)
 	require.NoError(t, err, stderr)
+	t.Setenv("NCCL_LIBRARY", ncclstandin.Build(t))
 	for _, tc := range []struct {
-		procs, stages int
-		device        string
-	}{{2, 2, "cpu"}, {4, 4, "cpu"}, {4, 2, "cpu"}, {2, 2, "host"}} {
-		out := filepath.Join(dir, fmt.Sprintf("pipe%d-%d-%s.safetensors", tc.procs, tc.stages, tc.device))
+		procs, stages    int
+		device, backend string
+	}{{2, 2, "cpu", "cpu"}, {4, 4, "cpu", "cpu"}, {4, 2, "cpu", "cpu"}, {2, 2, "host", "cpu"}, {4, 2, "host", "nccl"}} {
+		out := filepath.Join(dir, fmt.Sprintf("pipe%d-%d-%s-%s.safetensors", tc.procs, tc.stages, tc.device, tc.backend))
 		stdout, stderr, err := gotrain(t, append([]string{"launch", "--standalone", "--nproc-per-node", strconv.Itoa(tc.procs), "--"},
-			args(out, "--pipeline-stages", strconv.Itoa(tc.stages), "--micro-batches", "4", "--device", tc.device)...)...)
+			args(out, "--pipeline-stages", strconv.Itoa(tc.stages), "--micro-batches", "4", "--device", tc.device, "--backend", tc.backend)...)...)
 		require.NoError(t, err, stderr+stdout)
 		if tc.device != "cpu" {
 			require.Contains(t, stderr, "training on a device", "the stages ran on the host device")
 		}
+		if tc.backend == "nccl" {
+			require.Contains(t, stderr, "pipeline stages pass activations device to device")
+		}
 		d := maxDiff(t, ref, out)
-		t.Logf("%d processes, %d stages (%d replicas), --device %s: max |Δ| against one process %g", tc.procs, tc.stages, tc.procs/tc.stages, tc.device, d)
+		t.Logf("%d processes, %d stages (%d replicas), --device %s, --backend %s: max |Δ| against one process %g", tc.procs, tc.stages, tc.procs/tc.stages, tc.device, tc.backend, d)
 		require.Less(t, d, 1e-5)
 	}
 	// More stages than layers with parameters: a clear error.

@@ -346,14 +346,37 @@ func (e *Program) Loss() (float32, error) {
 	return loss[0], nil
 }
 
-func (e *Program) launch(x, y, g []float32, seed, stream uint64, gradReady func(param int) error) error {
-	wantY := 0
-	if e.y >= 0 {
-		wantY = e.Batch
+// RunStageLoaded is RunStage with the input and the output's gradient
+// already in the program's buffers (Input, Upstream), put there on the
+// device: received from the neighbouring stages, or copied.
+func (e *Program) RunStageLoaded(y []float32, seed, stream uint64) (float32, error) {
+	if err := e.checkLabels(y); err != nil {
+		return 0, err
 	}
-	if len(y) != wantY || len(x) != e.vals[e.x].Size() {
-		return fmt.Errorf("executor: %d inputs and %d labels for a program of batch %d that takes %d inputs and %d labels",
-			len(x), len(y), e.Batch, e.vals[e.x].Size(), wantY)
+	if err := e.writeLabels(y); err != nil {
+		return 0, err
+	}
+	if err := e.exec(seed, stream, nil); err != nil {
+		return 0, err
+	}
+	return e.Loss()
+}
+
+// Input is the program's input buffer ([Batch, features]).
+func (e *Program) Input() Tensor { return e.vals[e.x] }
+
+// Upstream is the buffer of a stage's output gradient G (training, not the
+// last stage); the zero Tensor elsewhere.
+func (e *Program) Upstream() Tensor {
+	if e.up < 0 {
+		return Tensor{}
+	}
+	return e.vals[e.up]
+}
+
+func (e *Program) launch(x, y, g []float32, seed, stream uint64, gradReady func(param int) error) error {
+	if len(x) != e.vals[e.x].Size() {
+		return fmt.Errorf("executor: %d inputs for a program of batch %d that takes %d", len(x), e.Batch, e.vals[e.x].Size())
 	}
 	wantG := 0
 	if e.up >= 0 {
@@ -362,27 +385,54 @@ func (e *Program) launch(x, y, g []float32, seed, stream uint64, gradReady func(
 	if len(g) != wantG {
 		return fmt.Errorf("executor: an output gradient of %d values for a program that takes %d", len(g), wantG)
 	}
-	classes := e.vals[e.layout.Out].Shape
-	for i, v := range y {
-		if v < 0 || v != float32(math.Trunc(float64(v))) || int(v) >= classes[len(classes)-1] {
-			return fmt.Errorf("executor: label %v of sample %d is not a class of this model (0 to %d)", v, i, classes[len(classes)-1]-1)
-		}
+	if err := e.checkLabels(y); err != nil {
+		return err
 	}
 	// From page-locked memory (device.Pinner) the copies are queued with
 	// the kernels, and the host goes on at once.
 	if err := device.WriteAsync(e.dev, e.vals[e.x].Buf, x); err != nil {
 		return err
 	}
-	if e.y >= 0 {
-		if err := device.WriteAsync(e.dev, e.vals[e.y].Buf, y); err != nil {
-			return err
-		}
-	}
 	if e.up >= 0 {
 		if err := device.WriteAsync(e.dev, e.vals[e.up].Buf, g); err != nil {
 			return err
 		}
 	}
+	if err := e.writeLabels(y); err != nil {
+		return err
+	}
+	return e.exec(seed, stream, gradReady)
+}
+
+// writeLabels queues the upload of y, checked (programs with labels).
+func (e *Program) writeLabels(y []float32) error {
+	if e.y < 0 {
+		return nil
+	}
+	return device.WriteAsync(e.dev, e.vals[e.y].Buf, y)
+}
+
+// checkLabels checks that y holds a class index per sample, or is empty
+// for a program without labels.
+func (e *Program) checkLabels(y []float32) error {
+	wantY := 0
+	if e.y >= 0 {
+		wantY = e.Batch
+	}
+	if len(y) != wantY {
+		return fmt.Errorf("executor: %d labels for a program of batch %d that takes %d", len(y), e.Batch, wantY)
+	}
+	classes := e.vals[e.layout.Out].Shape
+	for i, v := range y {
+		if v < 0 || v != float32(math.Trunc(float64(v))) || int(v) >= classes[len(classes)-1] {
+			return fmt.Errorf("executor: label %v of sample %d is not a class of this model (0 to %d)", v, i, classes[len(classes)-1]-1)
+		}
+	}
+	return nil
+}
+
+// exec draws the dropout masks and runs the ops.
+func (e *Program) exec(seed, stream uint64, gradReady func(param int) error) error {
 	for j, i := range e.masks {
 		n := e.layout.Nodes[i]
 		size := e.vals[i].Size()

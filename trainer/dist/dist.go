@@ -237,3 +237,14 @@ type DeviceAllReducer interface {
 	// joins is an error, not a hang.
 	WaitDevice(ctx context.Context, done func() (bool, error)) error
 }
+
+// DeviceSendRecver is a DeviceAllReducer that also sends and receives
+// device memory between two ranks (NCCL's Send and Recv): pipeline stages
+// on GPUs pass their activations and input gradients that way, without a
+// copy through the host. count float32 values at ptr, queued on stream;
+// WaitDevice waits for them.
+type DeviceSendRecver interface {
+	DeviceAllReducer
+	SendDevice(ctx context.Context, ptr uintptr, count, peer int, stream uintptr) error
+	RecvDevice(ctx context.Context, ptr uintptr, count, peer int, stream uintptr) error
+}
