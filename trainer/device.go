@@ -58,12 +58,12 @@ type devRun struct {
 	// backward pass's recomputation.
 	p2p     dist.DeviceSendRecver
 	stageIn []device.Buffer
-	pf          *prefetcher // one process: the batches, decoded ahead
-	names       []string
-	stale       bool // the host's parameters and optimiser state are behind
-	runs        int  // programs run on the device
-	steps       int  // optimiser steps on the device
-	evals       int  // evaluation batches on the device
+	pf      *prefetcher // one process: the batches, decoded ahead
+	names   []string
+	stale   bool // the host's parameters and optimiser state are behind
+	runs    int  // programs run on the device
+	steps   int  // optimiser steps on the device
+	evals   int  // evaluation batches on the device
 }
 
 type progKey struct {

@@ -518,7 +518,7 @@ func TestPipelineStagesMatchOneProcess(t *testing.T) {
 	require.NoError(t, err, stderr)
 	t.Setenv("NCCL_LIBRARY", ncclstandin.Build(t))
 	for _, tc := range []struct {
-		procs, stages    int
+		procs, stages   int
 		device, backend string
 	}{{2, 2, "cpu", "cpu"}, {4, 4, "cpu", "cpu"}, {4, 2, "cpu", "cpu"}, {2, 2, "host", "cpu"}, {4, 2, "host", "nccl"}} {
 		out := filepath.Join(dir, fmt.Sprintf("pipe%d-%d-%s-%s.safetensors", tc.procs, tc.stages, tc.device, tc.backend))
