@@ -428,10 +428,7 @@ func TestDeviceRanksAreBalanced(t *testing.T) {
 // end elsewhere). Each stage's programs ran on its device, and the
 // evaluation too.
 func TestDevicePipelineMatchesTheCPU(t *testing.T) {
-	base := deviceConfig(t, "sgd")
-	base.Hidden = []int{32, 24, 16}
-	base.LR = 0.05
-	base.ClipGradNorm = 0.3
+	base := pipelineDeviceConfig(t)
 	ref, want := clippedReference(t, base)
 	for _, tc := range []struct {
 		world, stages int
@@ -547,10 +544,7 @@ func TestDeviceStopsOnANaNGradient(t *testing.T) {
 // gradients device to device (2 stages, and 4 ranks of 2 stages × 2
 // replicas) and end where one CPU process ends, as through the host.
 func TestDevicePipelineDeviceToDevice(t *testing.T) {
-	base := deviceConfig(t, "sgd")
-	base.Hidden = []int{32, 24, 16}
-	base.LR = 0.05
-	base.ClipGradNorm = 0.3
+	base := pipelineDeviceConfig(t)
 	ref, want := clippedReference(t, base)
 	for _, world := range []int{2, 4} {
 		rings := ring(t, world)
@@ -587,4 +581,14 @@ func TestDevicePipelineDeviceToDevice(t *testing.T) {
 		require.Less(t, d, 1e-5)
 		require.Equal(t, want.TestAccuracy, res[0].TestAccuracy)
 	}
+}
+
+// pipelineDeviceConfig is the pipeline device tests' run: 3 layers to cut
+// into stages, SGD with momentum and weight decay, clipping that bites.
+func pipelineDeviceConfig(t *testing.T) Config {
+	cfg := deviceConfig(t, "sgd")
+	cfg.Hidden = []int{32, 24, 16}
+	cfg.LR = 0.05
+	cfg.ClipGradNorm = 0.3
+	return cfg
 }

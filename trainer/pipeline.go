@@ -561,16 +561,8 @@ func (t *Trainer) devRecvInput(ctx context.Context, j, n, peer int) error {
 	for len(d.stageIn) <= j {
 		d.stageIn = append(d.stageIn, nil)
 	}
-	if b := d.stageIn[j]; b == nil || b.Len() < n {
-		if b != nil {
-			d.dev.Free(b)
-			d.stageIn[j] = nil
-		}
-		b, err := d.dev.Alloc(n)
-		if err != nil {
-			return t.devErr(err)
-		}
-		d.stageIn[j] = b
+	if err := device.Grow(d.dev, &d.stageIn[j], n); err != nil {
+		return t.devErr(err)
 	}
 	addr := d.stageIn[j].(device.Addresser).Addr()
 	return t.devP2P(ctx, "pipeline receive of activations", func(ctx context.Context) error {

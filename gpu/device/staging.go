@@ -34,17 +34,8 @@ func (s *Staging) Reserve(slot, bytes int) (uintptr, error) {
 	if slot < 0 || slot >= len(s.slot) {
 		return 0, fmt.Errorf("device: staging slot %d (0 or 1)", slot)
 	}
-	n := max((bytes+3)/4, 1)
-	if b := s.slot[slot]; b == nil || b.Len() < n {
-		if b != nil {
-			s.dev.Free(b)
-			s.slot[slot] = nil
-		}
-		nb, err := s.dev.Alloc(n)
-		if err != nil {
-			return 0, err
-		}
-		s.slot[slot] = nb
+	if err := Grow(s.dev, &s.slot[slot], max((bytes+3)/4, 1)); err != nil {
+		return 0, err
 	}
 	a, ok := s.slot[slot].(Addresser)
 	if !ok {
@@ -120,4 +111,23 @@ func (s *Staging) Free() {
 			s.slot[i] = nil
 		}
 	}
+}
+
+// Grow makes *b a buffer of dev holding at least n values: it stays when
+// large enough, else it is freed and a new one allocated (its contents are
+// not kept). On an error *b is nil.
+func Grow(dev Device, b *Buffer, n int) error {
+	if *b != nil && (*b).Len() >= n {
+		return nil
+	}
+	if *b != nil {
+		dev.Free(*b)
+		*b = nil
+	}
+	nb, err := dev.Alloc(n)
+	if err != nil {
+		return err
+	}
+	*b = nb
+	return nil
 }
