@@ -10,15 +10,15 @@ import (
 //
 // Training on a device takes its batches from a prefetcher: a goroutine
 // that decodes batch i+1 (bytes to normalised float32) while the device
-// runs step i (in a job of several ranks, this rank's micro-batches of its
-// share, prefetched anew whenever the balancer moves the shares), into
-// page-locked host memory where the device has
-// some (device.Pinner), from which the upload is queued with the kernels
-// instead of waited for. There are two slots: a step takes one, and gives
-// it back once it has read its loss, which waits for the device and so
-// for the upload from the slot; the goroutine fills the other meanwhile.
-// The batches are those the loop would decode itself, in the same order,
-// so the run is the same with and without it.
+// runs step i. In a job of several ranks it decodes this rank's
+// micro-batches of its share, and starts anew whenever the balancer moves
+// the shares. The batches go into page-locked host memory where the
+// device has some (device.Pinner), from which the upload is queued with
+// the kernels instead of waited for. There are two slots: a step takes
+// one, and gives it back once it has read its loss, which waits for the
+// device and so for the upload from the slot; the goroutine fills the
+// other meanwhile. The batches are those the loop would decode itself, in
+// the same order, so the run is the same with and without it.
 
 // batchSlot is a prefetched batch: rows perm[lo:hi] decoded into x and y.
 type batchSlot struct {
@@ -66,6 +66,7 @@ func (p *prefetcher) start(spans [][2]int, fill func(lo, hi int, x, y []float32)
 	p.done = make(chan struct{})
 	go func() {
 		defer close(p.done)
+		defer close(p.ready) // no more batches this epoch
 		for _, sp := range spans {
 			var s int
 			select {
@@ -88,7 +89,10 @@ func (p *prefetcher) start(spans [][2]int, fill func(lo, hi int, x, y []float32)
 // next returns the next prepared batch, which must be rows [lo, hi).
 func (p *prefetcher) next(lo, hi int) (batchSlot, error) {
 	b, ok := <-p.ready
-	if !ok || b.lo != lo || b.hi != hi {
+	switch {
+	case !ok:
+		return b, fmt.Errorf("prefetch: the loop wants rows [%d, %d), and the prefetcher has prepared every batch of the epoch", lo, hi)
+	case b.lo != lo || b.hi != hi:
 		return b, fmt.Errorf("prefetch: the loop wants rows [%d, %d), the prefetcher prepared [%d, %d)", lo, hi, b.lo, b.hi)
 	}
 	return b, nil

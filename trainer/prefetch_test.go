@@ -81,5 +81,7 @@ func TestPrefetcherRunsAhead(t *testing.T) {
 	p.release(b1)
 	_, err = p.next(9, 10)
 	require.ErrorContains(t, err, "the loop wants rows [9, 10), the prefetcher prepared [8, 10)")
+	_, err = p.next(10, 12)
+	require.ErrorContains(t, err, "has prepared every batch of the epoch", "an error, not a wait for ever")
 	p.stop()
 }
