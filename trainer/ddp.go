@@ -609,7 +609,7 @@ func (t *Trainer) averageParams(ctx context.Context, stopRequested bool) (stop b
 		defer func() {
 			if err == nil {
 				if err = d.params.Upload(t.Model); err != nil {
-					err = fmt.Errorf("device %s: %w", d.dev.Name(), err)
+					err = t.devErr(err)
 				}
 			}
 		}()

@@ -102,7 +102,7 @@ func (t *Trainer) devStart() error {
 		st, step = t.pp.opt.State()
 	}
 	if d.params, err = executor.UploadParamsOf(d.dev, t.Model, only); err != nil {
-		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		return t.devErr(err)
 	}
 	for i, p := range t.Model.Params {
 		if only == nil || slices.Contains(only, i) {
@@ -112,17 +112,17 @@ func (t *Trainer) devStart() error {
 		d.host = append(d.host, make([]float32, len(p.Data)))
 	}
 	if d.opt, err = executor.NewOptimizer(d.dev, t.cfg.optimizer(), ps); err != nil {
-		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		return t.devErr(err)
 	}
 	if err := d.opt.LoadState(d.names, st, step); err != nil {
-		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		return t.devErr(err)
 	}
 	if t.pp != nil {
 		d.stageParams = ps
 		for _, pi := range only {
 			b, err := d.dev.Alloc(t.Model.Params[pi].Size())
 			if err != nil {
-				return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+				return t.devErr(err)
 			}
 			d.acc = append(d.acc, executor.Tensor{Buf: b, Shape: t.Model.Params[pi].Shape})
 		}
@@ -138,7 +138,7 @@ func (t *Trainer) devStart() error {
 		for _, p := range d.params.T {
 			b, err := d.dev.Alloc(p.Size())
 			if err != nil {
-				return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+				return t.devErr(err)
 			}
 			d.grads = append(d.grads, executor.Tensor{Buf: b, Shape: p.Shape})
 		}
@@ -148,7 +148,7 @@ func (t *Trainer) devStart() error {
 	}
 	if t.cfg.Sync != "async" && t.pp == nil {
 		if d.pf, err = newPrefetcher(d.dev, t.cfg.BatchSize, t.Model.InputSize()); err != nil {
-			return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+			return t.devErr(err)
 		}
 	}
 	d.progs = map[progKey]devProg{}
@@ -168,7 +168,7 @@ func (t *Trainer) devProgram(p *graph.Program) (*executor.Program, error) {
 	}
 	e, err := executor.Compile(d.dev, p, d.params, d.prec)
 	if err != nil {
-		return nil, fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		return nil, t.devErr(err)
 	}
 	d.progs[k] = devProg{p, e}
 	return e, nil
@@ -190,7 +190,7 @@ func (t *Trainer) devRunProgram(p *graph.Program, x, y []float32, seed, stream u
 	}
 	loss, err := e.RunWatched(x, y, seed, stream, watch)
 	if err != nil {
-		return nil, 0, fmt.Errorf("device %s: %w", t.devr.dev.Name(), err)
+		return nil, 0, t.devErr(err)
 	}
 	t.devr.stale = true
 	t.devr.runs++
@@ -203,7 +203,7 @@ func (t *Trainer) devRunProgram(p *graph.Program, x, y []float32, seed, stream u
 func (t *Trainer) devAsyncGrad(p *graph.Program, seed, stream uint64, grad []float32) (float32, error) {
 	d := t.devr
 	if err := d.params.Upload(t.Model); err != nil {
-		return 0, fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		return 0, t.devErr(err)
 	}
 	e, loss, err := t.devRunProgram(p, p.X, p.Y, seed, stream, nil)
 	if err != nil {
@@ -242,7 +242,7 @@ func (t *Trainer) devStep(e *executor.Program, lr, loss float64) error {
 	default:
 		for i, v := range t.dp.views {
 			if err := d.dev.Write(grads[i].Buf, v); err != nil {
-				return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+				return t.devErr(err)
 			}
 		}
 	}
@@ -252,18 +252,18 @@ func (t *Trainer) devStep(e *executor.Program, lr, loss float64) error {
 	if d.clip == nil {
 		var err error
 		if d.clip, err = executor.NewClipper(d.dev, len(grads)); err != nil {
-			return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+			return t.devErr(err)
 		}
 	}
 	norm, err := d.clip.Clip(grads, t.cfg.ClipGradNorm)
 	if err != nil {
-		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		return t.devErr(err)
 	}
 	if !finite(norm) {
 		return t.diverged(loss)
 	}
 	if err := d.opt.Step(d.params.T, grads, lr); err != nil {
-		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		return t.devErr(err)
 	}
 	d.stale = true
 	d.steps++
@@ -278,18 +278,18 @@ func (t *Trainer) hostSync() error {
 		return nil
 	}
 	if err := d.params.Download(t.Model); err != nil {
-		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		return t.devErr(err)
 	}
 	st, step, err := d.opt.State(d.names)
 	if err != nil {
-		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		return t.devErr(err)
 	}
 	opt := t.opt
 	if t.pp != nil {
 		opt = t.pp.opt
 	}
 	if err := opt.LoadState(st, step); err != nil {
-		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		return t.devErr(err)
 	}
 	d.stale = false
 	return nil
@@ -380,7 +380,7 @@ func (t *Trainer) devRead(v executor.Tensor) ([]float32, error) {
 }
 
 // devErr names the device in an error from it.
-func (t *Trainer) devErr(err error) error { return fmt.Errorf("device %s: %w", t.devr.dev.Name(), err) }
+func (t *Trainer) devErr(err error) error { return t.devErr(err) }
 
 // devEvaluate is Evaluate on the device: the evaluation programs run there
 // and only the losses and logits come back.
@@ -449,7 +449,7 @@ func (t *Trainer) devBuckets() error {
 	}
 	var err error
 	if d.one, err = d.dev.Alloc(1); err != nil {
-		return fmt.Errorf("device %s: %w", d.dev.Name(), err)
+		return t.devErr(err)
 	}
 	d.reduce = red
 	t.log.Info("gradient buckets on the device", "device", d.dev.Name(), "buckets", len(d.buckets), "reduce_precision", map[bool]string{false: "fp32", true: "bf16"}[wantBF16])
