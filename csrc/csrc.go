@@ -20,13 +20,23 @@
 // # On the host
 //
 // The same source also compiles here, with emu.h standing for CUDA's
-// built-ins: each kernel runs as the only thread of a one-block grid, so
-// its loop visits every index in order. [Launch] runs a kernel that way,
-// on memory from [Alloc]. Because the grid-stride loops have no
-// cross-thread effects, a kernel gives the same results on the host as on
-// a device (the per-op conformance tests in gpu/executor compare both with
-// graph/'s CPU ops). This is how the kernels are tested in CI, which has
-// no GPU.
+// built-ins, twice:
+//
+//   - [Launch] runs a kernel as the only thread of a one-block grid, so
+//     its loop visits every index in order: the host device (package
+//     gpu/device), fast enough to train on.
+//   - [LaunchGrid] runs it as a GPU does: once for every thread of the
+//     grid a launch gets ([Geometry], which gpu/cuda uses too), each with
+//     its own blockIdx and threadIdx, in a scattered order. It counts the
+//     iterations of each thread's loop, so a launch whose grid is smaller
+//     than its loop shows.
+//
+// Because the grid-stride loops have no cross-thread effects, a kernel
+// gives the same results either way, bit for bit, and so on a device:
+// gpu/executor's conformance suite runs every op and training step on
+// both (gpu/device's Host and HostGrid) against graph/'s CPU ops, and
+// checks that the two agree to the bit. This is how the kernels are tested
+// in CI, which has no GPU.
 package csrc
 
 import _ "embed"

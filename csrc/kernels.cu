@@ -3,10 +3,12 @@
 //
 // The same source is compiled twice:
 //   - for the device by NVRTC at first use (gpu build, package gpu/cuda);
-//   - for the host by the C compiler (package csrc/host), where every kernel
-//     runs as one thread of one block. The per-op tests run there against
-//     graph/'s CPU ops in every build, so the kernels' arithmetic and
-//     indexing are tested without a GPU.
+//   - for the host by the C compiler (package csrc), where every kernel
+//     runs as one thread of one block, and again where it runs thread by
+//     thread over a GPU's grid in a scattered order (emu.h). The per-op
+//     tests run there against graph/'s CPU ops in every build, so the
+//     kernels' arithmetic, indexing and independence from the threads'
+//     order are tested without a GPU.
 // That is why every kernel is a grid-stride loop over independent outputs:
 // no shared memory, no synchronisation, no atomics, written in the C subset
 // that both compilers accept. Reductions are one thread per output, summing
@@ -22,8 +24,11 @@
 #include "emu.h"
 #endif
 
-// FOR runs i over [0, n) across the grid.
+// FOR runs i over [0, n) across the grid (emu.h's grid mode brings its
+// own, which counts the iterations).
+#ifndef FOR
 #define FOR(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (long)(n); i += (long)blockDim.x * gridDim.x)
+#endif
 
 // sum_f64 is Σ p[0..n) in a fixed order: four interleaved sums, so that
 // the one thread that takes it keeps four loads in flight.

@@ -27,6 +27,17 @@ func deviceConfig(t *testing.T, opt string) Config {
 	return cfg
 }
 
+// gridDevice is the host device with the kernels run over the grid a GPU
+// launch gets, thread by thread in scattered orders; at the end of the
+// test it checks that no launch's grid was smaller than its loop.
+func gridDevice(t *testing.T) *device.HostGrid {
+	d := &device.HostGrid{}
+	t.Cleanup(func() {
+		require.Empty(t, d.Underfilled(), "launches whose grid was smaller than their loop")
+	})
+	return d
+}
+
 // TestDeviceTrainingMatchesTheCPU: one process trains through the device
 // executor (the host device: the same kernels a GPU runs, compiled for the
 // CPU) and ends where the CPU path ends, for SGD with momentum and AdamW,
@@ -323,17 +334,19 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 		shares   []float64
 		bf16     bool
 		streams  bool // a device run as late as a GPU, with a communication stream (lazyHost)
+		grid     bool // the kernels over a GPU's grid (gridDevice)
 	}{
-		{"one bucket", 25, []float64{0.7, 0.3}, false, false},
+		{"one bucket", 25, []float64{0.7, 0.3}, false, false, false},
 		// Buckets of 4 KiB: each is reduced while the backward pass fills
 		// the next; rank 1's single sample leaves one micro-batch empty.
-		{"many buckets", 4.0 / 1024, []float64{0.98, 0.02}, false, false},
+		// The packing kernels run over a GPU's grid.
+		{"many buckets", 4.0 / 1024, []float64{0.98, 0.02}, false, false, true},
 		// --reduce-precision bf16: the buckets travel as bfloat16.
-		{"bf16", 4.0 / 1024, []float64{0.7, 0.3}, true, false},
+		{"bf16", 4.0 / 1024, []float64{0.7, 0.3}, true, false, true},
 		// The collectives on a communication stream, each behind its
 		// bucket's packing only; the kernels run late.
-		{"communication stream", 4.0 / 1024, []float64{0.7, 0.3}, false, true},
-		{"communication stream, bf16", 4.0 / 1024, []float64{0.98, 0.02}, true, true},
+		{"communication stream", 4.0 / 1024, []float64{0.7, 0.3}, false, true, false},
+		{"communication stream, bf16", 4.0 / 1024, []float64{0.98, 0.02}, true, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rings := ring(t, 2)
@@ -341,8 +354,11 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 			trs := make([]*Trainer, 2)
 			errs := make([]error, 2)
 			devs := []device.Device{device.Host{}, device.Host{}}
-			if tc.streams {
+			switch {
+			case tc.streams:
 				devs = []device.Device{&lazyHost{}, &lazyHost{}}
+			case tc.grid:
+				devs = []device.Device{gridDevice(t), gridDevice(t)}
 			}
 			var wg sync.WaitGroup
 			for r := range trs {
@@ -441,7 +457,10 @@ func TestDevicePipelineMatchesTheCPU(t *testing.T) {
 			cfgs[r].MicroBatches = 3
 		}
 		var opts []func(int) Option
-		if tc.dev {
+		switch {
+		case tc.dev && tc.world == 4: // the stages' kernels over a GPU's grid
+			opts = append(opts, func(int) Option { return WithDevice(gridDevice(t)) })
+		case tc.dev:
 			opts = append(opts, func(int) Option { return WithDevice(device.Host{}) })
 		}
 		trs, res := runRanksResults(t, cfgs, opts...)

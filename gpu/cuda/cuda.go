@@ -192,8 +192,9 @@ func (d *Device) Read(dst []float32, src device.Buffer) error {
 	return d.do(func() error { return cu.MemcpyDtoH(unsafe.Pointer(&dst[0]), b.p, int64(4*len(dst))) })
 }
 
-// Launch runs a kernel over n outputs: blocks of 256 threads, as many as
-// cover n (at most 65535; the kernels loop over the rest).
+// Launch runs a kernel over n outputs with csrc.Geometry's grid: blocks of
+// 256 threads, as many as cover n (at most 65535; the kernels loop over the
+// rest).
 func (d *Device) Launch(kernel string, n int, args ...any) error {
 	fn, ok := d.fns[kernel]
 	if !ok {
@@ -218,9 +219,9 @@ func (d *Device) Launch(kernel string, n int, args ...any) error {
 	for i := range slots {
 		params[i] = unsafe.Pointer(&slots[i])
 	}
-	grid := min(max((n+255)/256, 1), 65535)
+	blocks, threads := csrc.Geometry(n)
 	return d.do(func() error {
-		if err := fn.Launch(grid, 1, 1, 256, 1, 1, 0, cu.Stream{}, params); err != nil {
+		if err := fn.Launch(blocks, 1, 1, threads, 1, 1, 0, cu.Stream{}, params); err != nil {
 			return fmt.Errorf("cuda: %s: launching %s: %w", d.name, kernel, err)
 		}
 		return nil

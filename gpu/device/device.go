@@ -2,12 +2,16 @@
 // buffers, copies in and out, launches of the kernels of csrc/kernels.cu
 // (by name, checked against their signatures) and GEMM.
 //
-// Two implement [Device]:
+// Three implement [Device]:
 //
 //   - [Host]: buffers on the C heap, the kernels compiled for the host and
 //     run as one thread (see package csrc), GEMM through graph/cblas. It is
 //     the reference that gpu/executor's conformance suite runs in every
 //     build, without a GPU.
+//   - [HostGrid]: the host device with every kernel run thread by thread
+//     over the grid a GPU launch gets, in a scattered order: the test
+//     device that finds kernels that depend on the threads' order, and
+//     launches whose grid is too small for their loop.
 //   - gpu/cuda's device (the gpu build): buffers in device memory, the
 //     kernels compiled by NVRTC, GEMM by cuBLAS.
 //
@@ -22,6 +26,8 @@ package device
 
 import (
 	"fmt"
+	"sort"
+	"sync"
 
 	"github.com/gotrain/gotrain/csrc"
 	"github.com/gotrain/gotrain/graph/cblas"
@@ -204,21 +210,91 @@ func (h Host) Read(dst []float32, src Buffer) error {
 	return nil
 }
 
-// Launch runs the kernel on the host.
+// Launch runs the kernel on the host, as one thread.
 func (h Host) Launch(kernel string, n int, args ...any) error {
+	conv, err := h.args(kernel, args)
+	if err != nil {
+		return err
+	}
+	return csrc.Launch(kernel, conv...)
+}
+
+// args replaces the buffers among a kernel's arguments by their memory.
+func (h Host) args(kernel string, args []any) ([]any, error) {
 	conv := make([]any, len(args))
 	for i, a := range args {
 		if b, ok := a.(Buffer); ok {
 			hb, err := h.buf(b)
 			if err != nil {
-				return fmt.Errorf("device: kernel %s argument %d: %w", kernel, i, err)
+				return nil, fmt.Errorf("device: kernel %s argument %d: %w", kernel, i, err)
 			}
 			conv[i] = hb.mem
 			continue
 		}
 		conv[i] = a
 	}
-	return csrc.Launch(kernel, conv...)
+	return conv, nil
+}
+
+// HostGrid is the host device with its kernels run as a GPU runs them:
+// each launch over n outputs takes the grid gpu/cuda gives it
+// (csrc.Geometry) and runs every thread of it, in a scattered order that
+// changes from launch to launch (csrc.LaunchGrid). A kernel whose result
+// depends on the threads' order or on the grid's size gives other results
+// here than on Host. It also keeps the launches that would leave a GPU's
+// threads looping (see Underfilled). It is slower than Host: a test
+// device. Memory, copies and GEMM are Host's.
+type HostGrid struct {
+	Host
+	mu       sync.Mutex
+	launches uint64
+	under    map[string]string
+}
+
+// Name is "host-grid".
+func (*HostGrid) Name() string { return "host-grid" }
+
+// Launch runs the kernel with a GPU's grid for n outputs.
+func (h *HostGrid) Launch(kernel string, n int, args ...any) error {
+	conv, err := h.args(kernel, args)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.launches++
+	order := h.launches * 0x9e3779b97f4a7c15
+	h.mu.Unlock()
+	blocks, threads := csrc.Geometry(n)
+	iters, err := csrc.LaunchGrid(kernel, blocks, threads, order, conv...)
+	if err != nil {
+		return err
+	}
+	if iters > 1 && blocks < csrc.MaxBlocks {
+		h.mu.Lock()
+		if h.under == nil {
+			h.under = map[string]string{}
+		}
+		if _, seen := h.under[kernel]; !seen {
+			h.under[kernel] = fmt.Sprintf("%s launched over %d outputs (%d blocks of %d threads) ran %d iterations in one thread", kernel, n, blocks, threads, iters)
+		}
+		h.mu.Unlock()
+	}
+	return nil
+}
+
+// Underfilled describes the launches, one per kernel, whose grid was
+// smaller than the loop it ran while it could have been larger: the n
+// given to Launch was below the kernel's number of outputs, so on a GPU
+// some threads would have done the work of several and the rest none.
+func (h *HostGrid) Underfilled() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, s := range h.under {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Gemm runs through graph/cblas (OpenBLAS where present). At TF32 or BF16

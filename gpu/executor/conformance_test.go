@@ -12,9 +12,23 @@ import (
 	"github.com/gotrain/gotrain/graph"
 )
 
-// devices lists the devices of this build to test: the host always; the
-// gpu build's test files add a GPU where one is present.
-var devices = []func(t *testing.T) device.Device{func(*testing.T) device.Device { return device.Host{} }}
+// devices lists the devices of this build to test: the host, and the host
+// running each kernel over a GPU's grid in a scattered thread order, which
+// also checks at the end of each test that no launch left a GPU's threads
+// looping over outputs its grid should have covered; the gpu build's test
+// files add a GPU where one is present.
+var devices = []func(t *testing.T) device.Device{
+	func(*testing.T) device.Device { return device.Host{} },
+	hostGrid,
+}
+
+func hostGrid(t *testing.T) device.Device {
+	d := &device.HostGrid{}
+	t.Cleanup(func() {
+		require.Empty(t, d.Underfilled(), "launches whose grid was smaller than their loop")
+	})
+	return d
+}
 
 type opCase struct {
 	name  string
