@@ -9,6 +9,11 @@
 // wherever the library is installed (CI installs Debian's CUDA 11.8), and
 // skips, saying so, where it is not.
 //
+// [Assemble] goes one step further, to machine code for one GPU
+// generation, and returns ptxas's report of each kernel's registers, stack
+// and spills: what the driver would make of the PTX, read without a GPU.
+// A test holds every kernel to no spills and at most 64 registers.
+//
 // gpu/cuda compiles the kernels with it when it opens a device.
 package nvrtc
 
@@ -61,20 +66,26 @@ static const char *lib_path(void) {
 
 static const char *errstr(int r) { return p_errstr(r); }
 
-// compile returns the PTX (malloc'd) or NULL with *res and *log (malloc'd).
-static char *compile(const char *src, const char *const *opts, int nopts, char **log, int *res) {
+// compile returns the PTX (malloc'd) when want_ptx, else src itself, or
+// NULL on failure, with *res; *log (malloc'd) is the compiler's log either
+// way.
+static char *compile(const char *src, const char *const *opts, int nopts, int want_ptx, char **log, int *res) {
 	nvrtcProgram prog;
 	*log = NULL;
 	if ((*res = p_create(&prog, src, "kernels.cu", 0, NULL, NULL)) != 0) return NULL;
 	*res = p_compile(prog, nopts, opts);
 	size_t n = 0;
+	if (p_log_size(prog, &n) == 0 && n > 0) {
+		*log = malloc(n);
+		p_log(prog, *log);
+	}
 	if (*res != 0) {
-		if (p_log_size(prog, &n) == 0 && n > 0) {
-			*log = malloc(n);
-			p_log(prog, *log);
-		}
 		p_destroy(&prog);
 		return NULL;
+	}
+	if (!want_ptx) {
+		p_destroy(&prog);
+		return (char *)src;
 	}
 	char *ptx = NULL;
 	if ((*res = p_ptx_size(prog, &n)) == 0) {
@@ -95,6 +106,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"unsafe"
@@ -136,12 +149,75 @@ func Library() string {
 // Compile compiles CUDA C source (named name in messages) to PTX for
 // compute capability arch, e.g. "90", with extra options.
 func Compile(source, arch string, options ...string) (string, error) {
+	ptx, _, err := compile(source, "compute_"+arch, true, options)
+	return ptx, err
+}
+
+// Resources is what ptxas reports for one kernel: the registers each
+// thread uses, and the bytes of its stack frame and of the spills to local
+// memory (device memory behind the caches) that too few registers cost.
+type Resources struct {
+	Registers, StackBytes, SpillStoreBytes, SpillLoadBytes int
+}
+
+// Assemble compiles CUDA C source to machine code for sm_arch, e.g. "90",
+// as the driver does with the PTX at load time, and returns ptxas's
+// resource report for each kernel, by name. It needs no GPU.
+func Assemble(source, arch string, options ...string) (map[string]Resources, error) {
+	_, log, err := compile(source, "sm_"+arch, false, append(options, "-Xptxas", "-v"))
+	if err != nil {
+		return nil, err
+	}
+	return parseResources(log)
+}
+
+var (
+	entryRe = regexp.MustCompile(`Compiling entry function '([^']+)'`)
+	frameRe = regexp.MustCompile(`(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads`)
+	regsRe  = regexp.MustCompile(`Used (\d+) registers`)
+)
+
+// parseResources reads ptxas's verbose report: for each kernel a
+// "Compiling entry function" line, then its stack frame and spills, then
+// its registers.
+func parseResources(log string) (map[string]Resources, error) {
+	out := map[string]Resources{}
+	cur := ""
+	for _, line := range strings.Split(log, "\n") {
+		if m := entryRe.FindStringSubmatch(line); m != nil {
+			cur = m[1]
+			out[cur] = Resources{}
+			continue
+		}
+		if cur == "" {
+			continue
+		}
+		r := out[cur]
+		if m := frameRe.FindStringSubmatch(line); m != nil {
+			r.StackBytes, _ = strconv.Atoi(m[1])
+			r.SpillStoreBytes, _ = strconv.Atoi(m[2])
+			r.SpillLoadBytes, _ = strconv.Atoi(m[3])
+		}
+		if m := regsRe.FindStringSubmatch(line); m != nil {
+			r.Registers, _ = strconv.Atoi(m[1])
+		}
+		out[cur] = r
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("nvrtc: no resource report in the compiler's log (does this libnvrtc take -Xptxas -v?):\n%s", log)
+	}
+	return out, nil
+}
+
+// compile runs NVRTC for --gpu-architecture=arch; it returns the PTX when
+// wantPTX, and the compiler's log.
+func compile(source, arch string, wantPTX bool, options []string) (ptx, log string, err error) {
 	if err := Load(); err != nil {
-		return "", err
+		return "", "", err
 	}
 	mu.Lock() // one compilation at a time: cheap, and nothing depends on NVRTC's thread safety
 	defer mu.Unlock()
-	opts := append([]string{"--gpu-architecture=compute_" + arch}, options...)
+	opts := append([]string{"--gpu-architecture=" + arch}, options...)
 	copts := C.malloc(C.size_t(len(opts)) * C.size_t(unsafe.Sizeof(uintptr(0))))
 	defer C.free(copts)
 	ptrs := unsafe.Slice((**C.char)(copts), len(opts))
@@ -151,17 +227,23 @@ func Compile(source, arch string, options ...string) (string, error) {
 	}
 	src := C.CString(source)
 	defer C.free(unsafe.Pointer(src))
-	var log *C.char
+	var clog *C.char
 	var res C.int
-	ptx := C.compile(src, (**C.char)(copts), C.int(len(opts)), &log, &res)
-	if ptx == nil {
-		msg := ""
-		if log != nil {
-			msg = strings.TrimSpace(C.GoString(log))
-			C.free(unsafe.Pointer(log))
-		}
-		return "", fmt.Errorf("nvrtc: compiling for compute_%s: %s (%d)\n%s", arch, C.GoString(C.errstr(res)), int(res), msg)
+	want := C.int(0)
+	if wantPTX {
+		want = 1
 	}
-	defer C.free(unsafe.Pointer(ptx))
-	return C.GoString(ptx), nil
+	out := C.compile(src, (**C.char)(copts), C.int(len(opts)), want, &clog, &res)
+	if clog != nil {
+		log = strings.TrimSpace(C.GoString(clog))
+		C.free(unsafe.Pointer(clog))
+	}
+	if out == nil {
+		return "", log, fmt.Errorf("nvrtc: compiling for %s: %s (%d)\n%s", arch, C.GoString(C.errstr(res)), int(res), log)
+	}
+	if wantPTX {
+		defer C.free(unsafe.Pointer(out))
+		ptx = C.GoString(out)
+	}
+	return ptx, log, nil
 }
