@@ -60,7 +60,7 @@ func TestDeviceTrainingMatchesTheCPU(t *testing.T) {
 			require.Less(t, d, 1e-5)
 			require.InDelta(t, want.TestLoss, got.TestLoss, 1e-4)
 			require.Equal(t, want.TestAccuracy, got.TestAccuracy)
-			require.Equal(t, 1, dev.devr.evals, "the evaluation (200 samples, batches of 250) ran on the device")
+			require.Equal(t, 2, dev.devr.evals, "the evaluations (200 samples, batches of 250: at the end of epoch 1 and at step 25) ran on the device")
 			// The optimiser state came back to the host too.
 			ws, wstep := ref.opt.State()
 			gs, gstep := dev.opt.State()

@@ -260,6 +260,26 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 	}
 	pcg := rand.NewPCG(0, 0)
 	rng := rand.New(pcg)
+	// evalNow evaluates the test split (on the device, when the model
+	// trains on one) into res and the metrics, once per step reached.
+	evalStep := int64(-1)
+	evalNow := func(epoch int) error {
+		if evalStep == t.pos.step {
+			return nil
+		}
+		evaluate := t.evaluateShard
+		if t.pipelined() {
+			evaluate = t.evaluatePipeline
+		}
+		acc, loss, err := evaluate(cctx)
+		if err != nil {
+			return err
+		}
+		evalStep = t.pos.step
+		res.TestAccuracy, res.TestLoss = acc, loss
+		t.sink.Eval(metrics.Eval{Epoch: epoch + 1, TestLoss: loss, TestAccuracy: acc, Rank: t.rank(), WorldSize: t.worldSize()})
+		return nil
+	}
 	var trainSamples int64
 	var trainTime time.Duration
 	var winLoss float64
@@ -283,6 +303,15 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 			}
 			if cfg.MaxSteps > 0 && t.pos.step >= cfg.MaxSteps {
 				trainTime += t.now().Sub(epochStart)
+				if pf != nil {
+					pf.stop()
+				}
+				// Stopped inside an epoch: the result is the test set on
+				// the parameters trained, not on those of the last epoch's
+				// end (or none).
+				if err := evalNow(epoch); err != nil {
+					return res, err
+				}
 				return t.finish(cctx, res, start, trainSamples, trainTime)
 			}
 			lo := t.pos.batch * cfg.BatchSize
@@ -429,16 +458,9 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 		}
 		t.pos.epoch++
 		t.pos.batch = 0
-		evaluate := t.evaluateShard
-		if t.pipelined() {
-			evaluate = t.evaluatePipeline
-		}
-		acc, loss, err := evaluate(cctx) // on the device, when the model trains on one
-		if err != nil {
+		if err := evalNow(epoch); err != nil {
 			return res, err
 		}
-		res.TestAccuracy, res.TestLoss = acc, loss
-		t.sink.Eval(metrics.Eval{Epoch: epoch + 1, TestLoss: loss, TestAccuracy: acc, Rank: t.rank(), WorldSize: t.worldSize()})
 		if cfg.CheckpointDir != "" {
 			if err := t.save(cctx); err != nil {
 				return res, err

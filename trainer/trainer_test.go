@@ -352,6 +352,31 @@ func sgdConfig(t *testing.T) Config {
 	return cfg
 }
 
+// TestMaxStepsEvaluatesWhatItTrained: a run stopped by MaxSteps inside an
+// epoch reports the test set on the parameters it ends with (one
+// evaluation per epoch end and one at the stop), and one that stops at an
+// epoch's end evaluates once there.
+func TestMaxStepsEvaluatesWhatItTrained(t *testing.T) {
+	for _, tc := range []struct {
+		steps int64
+		evals int
+	}{{25, 2}, {19, 1}, {7, 1}} { // 19 batches an epoch
+		cfg := sgdConfig(t)
+		cfg.MaxSteps = tc.steps
+		rec := &recorder{}
+		tr := newTrainer(t, cfg, WithSink(rec))
+		res, err := tr.Run(context.Background())
+		require.NoError(t, err)
+		require.Equal(t, tc.steps, res.Steps)
+		acc, loss, err := Evaluate(tr.Model, tr.test, cfg.EvalBatchSize)
+		require.NoError(t, err)
+		require.Equal(t, acc, res.TestAccuracy, "stopped at step %d", tc.steps)
+		require.InDelta(t, loss, res.TestLoss, 1e-9)
+		require.Len(t, rec.eval, tc.evals, "stopped at step %d", tc.steps)
+		require.Equal(t, acc, rec.eval[len(rec.eval)-1].TestAccuracy)
+	}
+}
+
 // TestAccumulationEqualsOneBatch: K micro-batches per step give the
 // parameters that one batch of the same size gives, up to rounding.
 func TestAccumulationEqualsOneBatch(t *testing.T) {
