@@ -64,6 +64,7 @@ type devRun struct {
 	runs    int  // programs run on the device
 	steps   int  // optimiser steps on the device
 	evals   int  // evaluation batches on the device
+	fetched int  // batches taken from the prefetcher
 }
 
 type progKey struct {
@@ -146,8 +147,8 @@ func (t *Trainer) devStart() error {
 			return err
 		}
 	}
-	if t.cfg.Sync != "async" && t.pp == nil {
-		if d.pf, err = newPrefetcher(d.dev, t.cfg.BatchSize, t.Model.InputSize()); err != nil {
+	if t.cfg.Sync != "async" && t.pp == nil && t.cfg.Prefetch {
+		if d.pf, err = newPrefetcher(d.dev, t.cfg.BatchSize, t.Model.InputSize(), t.cfg.PinMemory); err != nil {
 			return t.devErr(err)
 		}
 	}
@@ -338,6 +339,7 @@ func (t *Trainer) devClose() {
 		d.clip.Free()
 	}
 	if d.pf != nil {
+		d.fetched += d.pf.taken
 		d.pf.close()
 		d.pf = nil
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/gotrain/gotrain/gpu/device"
 )
@@ -26,16 +27,17 @@ import (
 type lazyHost struct {
 	device.Host
 	mu      sync.Mutex
-	handed  *sync.Cond     // signalled when OnComm takes an event
-	marks   int            // events from Mark
-	taken   int            // events that OnComm took
-	queue   []func() error // the compute stream's work not yet run
-	ran     int            // how many of the stream's items have run
-	async   int            // copies from page-locked memory
-	comms   int            // collectives queued on the communication stream
-	joins   int            // JoinComm calls
-	syncs   int            // Sync calls: waits for the whole device, the communication stream included
-	overlap int            // collectives queued while later compute work was still queued
+	handed  *sync.Cond       // signalled when OnComm takes an event
+	marks   int              // events from Mark
+	taken   int              // events that OnComm took
+	queue   []func() error   // the compute stream's work not yet run
+	ran     int              // how many of the stream's items have run
+	async   int              // copies from page-locked memory
+	pinned  map[*float32]int // AllocHost's memory: start and length
+	comms   int              // collectives queued on the communication stream
+	joins   int              // JoinComm calls
+	syncs   int              // Sync calls: waits for the whole device, the communication stream included
+	overlap int              // collectives queued while later compute work was still queued
 }
 
 // lazyEvent is a position in the compute stream.
@@ -77,13 +79,44 @@ func (h *lazyHost) runTo(n int) error {
 	return nil
 }
 
-func (h *lazyHost) AllocHost(n int) ([]float32, error) { return make([]float32, n), nil }
-func (h *lazyHost) FreeHost([]float32)                 {}
+// AllocHost returns memory that WriteAsync then takes as page-locked.
+func (h *lazyHost) AllocHost(n int) ([]float32, error) {
+	m := make([]float32, max(n, 1))
+	h.mu.Lock()
+	if h.pinned == nil {
+		h.pinned = map[*float32]int{}
+	}
+	h.pinned[&m[0]] = n
+	h.mu.Unlock()
+	return m[:n], nil
+}
 
+func (h *lazyHost) FreeHost(m []float32) {
+	h.mu.Lock()
+	delete(h.pinned, &m[:1][0])
+	h.mu.Unlock()
+}
+
+// WriteAsync queues the copy from AllocHost's memory; from other memory
+// it copies as Write does, after the queued work, as a GPU copies from
+// pageable memory.
 func (h *lazyHost) WriteAsync(dst device.Buffer, src []float32) error {
 	h.mu.Lock()
-	h.async++
+	pinned := false
+	if len(src) > 0 {
+		p := uintptr(unsafe.Pointer(&src[0]))
+		for start, n := range h.pinned {
+			a := uintptr(unsafe.Pointer(start))
+			pinned = pinned || (p >= a && p < a+4*uintptr(n))
+		}
+	}
+	if pinned {
+		h.async++
+	}
 	h.mu.Unlock()
+	if !pinned {
+		return h.Write(dst, src)
+	}
 	h.push(func() error { return h.Host.Write(dst, src) })
 	return nil
 }

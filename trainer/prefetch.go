@@ -32,6 +32,7 @@ type prefetcher struct {
 	features int
 	x, y     [2][]float32
 	pinned   bool // x and y are the device's page-locked memory
+	taken    int  // batches next returned
 	free     chan int
 	ready    chan batchSlot
 	quit     chan struct{}
@@ -39,13 +40,17 @@ type prefetcher struct {
 }
 
 // newPrefetcher makes the two slots, each for batch samples of features
-// values.
-func newPrefetcher(dev device.Device, batch, features int) (*prefetcher, error) {
+// values, in page-locked memory when pin and the device has some.
+func newPrefetcher(dev device.Device, batch, features int, pin bool) (*prefetcher, error) {
 	p := &prefetcher{dev: dev, features: features}
+	alloc := device.AllocHost
+	if !pin {
+		alloc = device.Pageable
+	}
 	for i := range 2 {
 		var err error
-		if p.x[i], p.pinned, err = device.AllocHost(dev, batch*features); err == nil {
-			p.y[i], _, err = device.AllocHost(dev, batch)
+		if p.x[i], p.pinned, err = alloc(dev, batch*features); err == nil {
+			p.y[i], _, err = alloc(dev, batch)
 		}
 		if err != nil {
 			p.close()
@@ -95,6 +100,7 @@ func (p *prefetcher) next(lo, hi int) (batchSlot, error) {
 	case b.lo != lo || b.hi != hi:
 		return b, fmt.Errorf("prefetch: the loop wants rows [%d, %d), the prefetcher prepared [%d, %d)", lo, hi, b.lo, b.hi)
 	}
+	p.taken++
 	return b, nil
 }
 

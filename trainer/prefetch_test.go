@@ -32,17 +32,37 @@ func TestDevicePrefetchMatchesTheCPU(t *testing.T) {
 	require.NotZero(t, tr.train.N%cfg.BatchSize, "the epoch ends on a partial batch")
 	require.Equal(t, steps, tr.devr.runs)
 	require.GreaterOrEqual(t, dev.async, 2*steps, "each batch's inputs and labels went up from page-locked memory")
+	require.Equal(t, steps, tr.devr.fetched, "every batch came from the prefetcher")
 	d := maxAbsDiff(params(ref), params(tr))
 	t.Logf("%d steps with prefetched batches: max |Δ| against the CPU %g; test accuracy %.3f (CPU %.3f)", steps, d, got.TestAccuracy, want.TestAccuracy)
 	require.Less(t, d, 1e-5)
 	require.Equal(t, want.TestAccuracy, got.TestAccuracy)
+
+	// --pin-memory=false: the prefetcher's slots are ordinary memory, so
+	// no upload is queued; --prefetch=false: the loop decodes each batch
+	// itself. Neither changes the run.
+	for _, tc := range []struct{ prefetch, pin bool }{{true, false}, {false, true}} {
+		c := cfg
+		c.Prefetch, c.PinMemory = tc.prefetch, tc.pin
+		dev := &lazyHost{}
+		other := newTrainer(t, c, WithDevice(dev))
+		_, err := other.Run(context.Background())
+		require.NoError(t, err)
+		require.Zero(t, dev.async, "prefetch %v, pin memory %v: no upload from page-locked memory", tc.prefetch, tc.pin)
+		if tc.prefetch {
+			require.Equal(t, steps, other.devr.fetched, "every batch came from the prefetcher")
+		} else {
+			require.Zero(t, other.devr.fetched, "no batch came from a prefetcher")
+		}
+		require.Equal(t, params(tr), params(other), "prefetch %v, pin memory %v", tc.prefetch, tc.pin)
+	}
 }
 
 // TestPrefetcherRunsAhead: while the loop holds batch i, the prefetcher
 // decodes batch i+1 into the other slot, and never a third batch before a
 // slot comes back.
 func TestPrefetcherRunsAhead(t *testing.T) {
-	p, err := newPrefetcher(device.Host{}, 4, 3)
+	p, err := newPrefetcher(device.Host{}, 4, 3, true)
 	require.NoError(t, err)
 	defer p.close()
 	filled := make(chan int, 8)

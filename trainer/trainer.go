@@ -354,14 +354,18 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 				t0 := time.Now()
 				warm := prog.Warm()
 				var l float32
-				if pf != nil { // one process on a device
+				switch {
+				case pf != nil: // one process on a device
 					var b batchSlot
 					if b, err = pf.next(lo, hi); err != nil {
 						return res, err
 					}
 					devProg, l, err = t.devRunProgram(prog, b.x, b.y, cfg.Seed^0x5eedd70a, uint64(t.pos.step), nil)
 					pf.release(b) // the loss is read: the device is done with the slot
-				} else {
+				case t.devr != nil: // --prefetch=false: the batch is decoded here
+					t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
+					devProg, l, err = t.devRunProgram(prog, prog.X, prog.Y, cfg.Seed^0x5eedd70a, uint64(t.pos.step), nil)
+				default:
 					t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
 					pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
 					l, err = prog.Run(rng)

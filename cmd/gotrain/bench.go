@@ -49,6 +49,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	peak := fs.Float64("peak-tflops", 0, "the device's peak TFLOP/s, to report model FLOP utilisation (e.g. 67 for an H100 SXM in FP32)")
 	steps := fs.Int("steps", 200, "timed steps")
 	warmup := fs.Int("warmup", 20, "untimed warm-up steps")
+	pin := fs.Bool("pin-memory", true, "on a GPU: the batches in page-locked memory, uploaded by queued copies (false: pageable memory, each copy waited for)")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -89,6 +90,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	var step func(i int) error
 	var lossOf func() (float32, error) // waits for the device's last step
 	devName := "cpu"
+	pinnedMem := false
 	if cfg.Device != "cpu" {
 		dev, err := openDevice(cfg, localRank(), slog.New(slog.NewTextHandler(stderr, nil)))
 		if err != nil {
@@ -120,14 +122,19 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 		// prefetcher does. A copy from pageable memory would wait for the
 		// device's earlier work and keep the host from running ahead.
 		xs, ys := make([][]float32, nb), make([][]float32, nb)
+		alloc := device.AllocHost
+		if !*pin {
+			alloc = device.Pageable
+		}
 		for b := range nb {
 			var pinned bool
-			if xs[b], pinned, err = device.AllocHost(dev, len(prog.X)); err != nil {
+			if xs[b], pinned, err = alloc(dev, len(prog.X)); err != nil {
 				return err
 			}
-			if ys[b], _, err = device.AllocHost(dev, len(prog.Y)); err != nil {
+			if ys[b], _, err = alloc(dev, len(prog.Y)); err != nil {
 				return err
 			}
+			pinnedMem = pinned
 			if pinned {
 				defer dev.(device.Pinner).FreeHost(xs[b])
 				defer dev.(device.Pinner).FreeHost(ys[b])
@@ -195,7 +202,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 		"impl": "gotrain", "version": trainer.Version, "blas": cblas.Backend(), "model": cfg.Model, "hidden": cfg.ModelSpec().Hidden,
 		"batch_size": cfg.BatchSize, "optimizer": cfg.Optimizer, "threads": cfg.Threads, "steps": *steps, "device": devName,
 		"seconds": dt, "samples_per_sec": float64(*steps*cfg.BatchSize) / dt, "loss": loss,
-		"model_flops_per_step": flops, "tflops": tflops, "precision": prec.String(),
+		"model_flops_per_step": flops, "tflops": tflops, "precision": prec.String(), "pinned_memory": pinnedMem,
 	}
 	if *peak > 0 {
 		rec["mfu"] = tflops / *peak

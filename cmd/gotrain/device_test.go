@@ -40,7 +40,21 @@ func TestDeviceFlag(t *testing.T) {
 		require.InDeltaSlice(t, want, got, 1e-5, "tensor %s", a.Tensors[i].Name)
 	}
 
-	_, stderr, err := gotrain(t, append(common, "--device", "host", "--precision", "bf16")...)
+	// Without the prefetcher and its page-locked slots: the same weights.
+	plain := filepath.Join(dir, "plain.safetensors")
+	_, stderr, err := gotrain(t, append(common, "--device", "host", "--prefetch=false", "--pin-memory=false", "--out", plain)...)
+	require.NoError(t, err, stderr)
+	c, err := checkpoint.ReadFile(plain)
+	require.NoError(t, err)
+	for i := range b.Tensors {
+		want, err := b.Tensors[i].Float32s()
+		require.NoError(t, err)
+		got, err := c.Tensors[i].Float32s()
+		require.NoError(t, err)
+		require.Equal(t, want, got, "tensor %s with --prefetch=false", b.Tensors[i].Name)
+	}
+
+	_, stderr, err = gotrain(t, append(common, "--device", "host", "--precision", "bf16")...)
 	require.NoError(t, err, stderr)
 	require.Contains(t, stderr, "precision=bf16")
 
@@ -58,18 +72,22 @@ func TestDeviceFlag(t *testing.T) {
 // and ends with its loss; the record names the device.
 func TestBenchTrainOnADevice(t *testing.T) {
 	losses := map[string]float64{}
-	for _, d := range []string{"cpu", "host"} {
-		stdout, stderr, err := gotrain(t, "bench", "train", "--device", d, "--steps", "40", "--warmup", "3", "--optimizer", "sgd", "--threads", "1")
+	for _, d := range []string{"cpu", "host", "host --pin-memory=false"} {
+		args := append([]string{"bench", "train", "--device"}, strings.Fields(d)...)
+		stdout, stderr, err := gotrain(t, append(args, "--steps", "40", "--warmup", "3", "--optimizer", "sgd", "--threads", "1")...)
 		require.NoError(t, err, stderr)
 		lines := strings.Split(strings.TrimSpace(stdout), "\n")
 		var rec struct {
 			Device string  `json:"device"`
 			Loss   float64 `json:"loss"`
+			Pinned bool    `json:"pinned_memory"`
 		}
 		require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &rec))
-		require.Equal(t, d, rec.Device)
+		require.Equal(t, strings.Fields(d)[0], rec.Device)
+		require.False(t, rec.Pinned, "the host device has no page-locked memory")
 		losses[d] = rec.Loss
 	}
 	t.Logf("loss after 43 steps: cpu %v, host device %v", losses["cpu"], losses["host"])
 	require.InDelta(t, losses["cpu"], losses["host"], 1e-4)
+	require.Equal(t, losses["host"], losses["host --pin-memory=false"])
 }

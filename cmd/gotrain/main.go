@@ -172,6 +172,8 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
 	fs.IntVar(&cfg.Threads, "threads", cfg.Threads, "threads for matrix products and kernels (0 = number of CPUs)")
 	fs.StringVar(&cfg.Precision, "precision", cfg.Precision, "matrix products on a device: fp32, tf32, or bf16 (bfloat16 inputs on the tensor cores, float32 sums, float32 weights and optimiser state)")
 	fs.StringVar(&cfg.ReducePrecision, "reduce-precision", cfg.ReducePrecision, "what gradients are all-reduced in: fp32, or bf16 (half the bytes; needs the gradient buckets on a device: --device gpu --backend nccl)")
+	fs.BoolVar(&cfg.Prefetch, "prefetch", cfg.Prefetch, "on a device: decode the next batch while the device runs this one (--prefetch=false to measure what it gains)")
+	fs.BoolVar(&cfg.PinMemory, "pin-memory", cfg.PinMemory, "on a GPU: batches in page-locked memory, uploaded by queued copies (--pin-memory=false: pageable memory, copies waited for)")
 	fs.StringVar(&cfg.Device, "device", cfg.Device, "where the model trains: cpu; gpu (a build with GPU support; LOCAL_RANK picks the GPU); auto (gpu where the build, the machine and the run allow, else cpu); host (the GPU code path on the CPU, for testing)")
 	// Data parallelism: the job comes from the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...; see 'gotrain launch').
 	fs.IntVar(&cfg.AccumSteps, "accum-steps", cfg.AccumSteps, "micro-batches per optimiser step (gradients are accumulated; ranks communicate once per step)")

@@ -143,6 +143,12 @@ func AllocHost(dev Device, n int) (mem []float32, pinned bool, err error) {
 	return make([]float32, n), false, nil
 }
 
+// Pageable returns n float32s of ordinary (pageable) memory, with
+// AllocHost's signature: what --pin-memory=false puts batches in.
+func Pageable(_ Device, n int) (mem []float32, pinned bool, err error) {
+	return make([]float32, n), false, nil
+}
+
 // Host is the host device: the reference implementation (see the package
 // documentation).
 type Host struct{}
