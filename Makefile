@@ -81,6 +81,9 @@ gpu-test:
 # cuBLAS and NVRTC of any CUDA version at run time. On the device: carry
 # bin/gpu (about 31 MB) and run
 #   bash gpu/cuda/run-on-gpu.sh
+# which runs its phases (tests bench mnist pinned bf16 cpu) within DEADLINE
+# seconds (540), logs to $OUT and prints a summary last; PHASES="..."
+# reruns some.
 gpu-bundle: data
 	@rm -rf bin/gpu && mkdir -p bin/gpu/mnist
 	$(GO) build -tags gpu -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/gpu/gotrain-gpu ./cmd/gotrain

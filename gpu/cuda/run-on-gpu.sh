@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
 # The GPU checks, on a machine with a GPU and no Go toolchain: it runs what
-# 'make gpu-bundle' built (carry bin/gpu along) from the repository's root.
-#   1. the conformance suite and the training tests of gpu/executor on GPU 0
-#      (every op against the CPU, fresh random inputs, outputs poisoned;
-#      MLP and CNN training against the CPU), next to the host device;
-#   2. MNIST end to end: the MLP (2 epochs) and the CNN (1 epoch) on the
-#      GPU and on this machine's CPU, test accuracy side by side;
-#   3. the benchmark against PyTorch eager on the same card, FP32 and bf16.
+# 'make gpu-bundle' built (carry bin/gpu along) from the repository's root,
+# in phases, most important first:
+#   tests   the conformance suite and the training tests of gpu/executor on
+#           GPU 0 (every op against the CPU, fresh random inputs, outputs
+#           poisoned; MLP and CNN training against the CPU), next to the
+#           host device and the host running the kernels over a GPU's grid;
+#   bench   the benchmark against PyTorch eager on the same card, FP32;
+#   mnist   MNIST end to end on the GPU: the MLP (2 epochs), the CNN (1);
+#   pinned  what page-locked memory and the prefetcher gain: bench train
+#           and MNIST training with and without them;
+#   bf16    bf16 against PyTorch's autocast on the same card;
+#   cpu     the same MNIST runs on this machine's CPU, for the accuracies.
+# The whole run keeps within DEADLINE seconds (default 540, under the
+# device tool's 600 per call): each phase gets at most what is left, and a
+# phase that cannot start in time is skipped and says so. PHASES picks
+# phases (default all, in the order above). Logs go to $OUT (the device
+# tool brings that folder back), or a temporary folder; the summary,
+# printed last, is also $OUT/summary.md.
 # cuBLAS and NVRTC are found in the CUDA toolkit or in the Python wheels
 # (nvidia-cublas, nvidia-cuda-nvrtc) that PyTorch brings.
 set -uo pipefail
 B=${1:-bin/gpu}
+O=${OUT:-$(mktemp -d)}
+DEADLINE=${DEADLINE:-540}
+PHASES=${PHASES:-tests bench mnist pinned bf16 cpu}
+REPEATS=${REPEATS:-3}
+start=$SECONDS
 T=$(mktemp -d)
+S=$O/summary.md
+mkdir -p "$O"
+: >"$S"
 for f in gotrain-gpu executor.test; do gunzip -c "$B/$f.gz" >"$T/$f" && chmod +x "$T/$f"; done
+G=$T/gotrain-gpu
 dirs=(/usr/local/cuda/lib64)
 for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
   for f in "$sp"/nvidia/*/lib/libcublas.so.* "$sp"/nvidia/*/lib/libnvrtc.so.* "$sp"/nvidia/cu*/lib/libcublas.so.* "$sp"/nvidia/cu*/lib/libnvrtc.so.*; do
@@ -21,19 +41,88 @@ for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>
 done
 LD_LIBRARY_PATH=$(printf '%s:' "${dirs[@]}")${LD_LIBRARY_PATH:-}
 export LD_LIBRARY_PATH
-nvidia-smi -L || true
-"$T/gotrain-gpu" devices
-echo "== conformance and training tests on the GPU"
-"$T/executor.test" -test.v -test.count=1 2>&1 | grep -E '^(---|ok|FAIL|PASS|panic)|Error|cuda' | grep -v '^=== RUN' | tail -80
-echo "== MNIST end to end (test accuracy)"
-for m in "mlp 2" "cnn 1"; do
-  set -- $m
-  for d in gpu cpu; do
-    acc=$("$T/gotrain-gpu" train --model "$1" --epochs "$2" --dataset mnist --data-dir "$B/mnist" --device "$d" 2>/dev/null | grep -o 'test accuracy [0-9.]*%')
-    echo "$1 $2 epoch(s) --device $d: $acc"
+
+say() { echo "$*" | tee -a "$S"; }
+
+# phase NAME MAX_SECONDS: runs the function of that name under timeout,
+# its output into $O/NAME.log, unless PHASES leaves it out or fewer than
+# 20 seconds are left.
+phase() {
+  local name=$1 max=$2 left=$((DEADLINE - (SECONDS - start)))
+  case " $PHASES " in *" $name "*) ;; *) return ;; esac
+  if [ "$left" -lt 20 ]; then
+    say "## $name: skipped, ${left}s left of ${DEADLINE}s (rerun with PHASES=\"$name ...\")"
+    return
+  fi
+  local t0=$SECONDS rc
+  echo "== $name (at most $((max < left ? max : left))s)"
+  timeout -k 5 $((max < left ? max : left)) bash -c "$(declare -f "run_$name" say); S=$S; run_$name" >"$O/$name.log" 2>&1
+  rc=$?
+  local st=ok
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && st="TIMED OUT"
+  [ $rc -ne 0 ] && [ "$st" = ok ] && st="FAILED (exit $rc)"
+  say "## $name: $st in $((SECONDS - t0))s (log: $name.log)"
+  "summary_$name" "$O/$name.log" | tee -a "$S"
+  [ "$st" = ok ] || tail -4 "$O/$name.log" | sed 's/^/    /' | tee -a "$S"
+  say ""
+}
+
+export G T B O REPEATS
+
+run_tests() { "$T/executor.test" -test.v -test.count=1; }
+summary_tests() {
+  echo "passed $(grep -c -- '--- PASS' "$1"), failed $(grep -c -- '--- FAIL' "$1"), skipped $(grep -c -- '--- SKIP' "$1"); on the GPU: $(grep -c -- '--- PASS: .*/cuda' "$1") passed"
+  grep -E -- '--- (FAIL|SKIP)|^panic|Error:' "$1" | head -20
+}
+
+run_bench() { python3 cmd/gotrain/peer/compare_gpu.py "$G" --repeats "$REPEATS" --peak-tflops "${PEAK_TFLOPS:-67}"; }
+summary_bench() { grep -E '^(\||median)' "$1"; }
+
+# first LINE_PATTERN OUTPUT EXIT_STATUS: the last line of OUTPUT that
+# matches, else what went wrong.
+first() {
+  local got
+  got=$(grep -E -o "$1" <<<"$2" | tail -1)
+  [ -n "$got" ] && echo "$got" || echo "FAILED (exit $3): $(tail -2 <<<"$2" | tr '\n' ' ' | cut -c1-240)"
+}
+mnist() { # MODEL EPOCHS DEVICE [FLAGS...]
+  local m=$1 e=$2 d=$3 out
+  shift 3
+  out=$("$G" train --model "$m" --epochs "$e" --dataset mnist --data-dir "$B/mnist" --device "$d" "$@" 2>&1)
+  echo "$m $e epoch(s) --device $d $*: $(first '^test accuracy.*' "$out" $?)"
+}
+export -f mnist first
+run_mnist() { mnist mlp 2 gpu; mnist cnn 1 gpu; }
+summary_mnist() { grep -E 'epoch' "$1"; }
+
+run_pinned() {
+  for i in 1 2; do
+    for pin in true false; do
+      out=$("$G" bench train --device gpu --model mlp --hidden 4096,4096,4096,4096 --batch-size 512 --steps 100 --warmup 10 --pin-memory=$pin 2>&1)
+      echo "bench MLP 4x4096 batch 512 --pin-memory=$pin: $(first '"samples_per_sec":[0-9.]*' "$out" $?)"
+    done
   done
-done
-echo "== benchmark against PyTorch"
-python3 cmd/gotrain/peer/compare_gpu.py "$T/gotrain-gpu" --repeats "${REPEATS:-5}" --peak-tflops "${PEAK_TFLOPS:-67}"
-echo "== bf16 against PyTorch's autocast"
-python3 cmd/gotrain/peer/compare_gpu.py "$T/gotrain-gpu" --repeats "${REPEATS:-3}" --precision bf16 --peak-tflops "${PEAK_BF16_TFLOPS:-989}"
+  for flags in "" "--prefetch=false" "--pin-memory=false"; do
+    mnist mlp 1 gpu $flags
+  done
+}
+summary_pinned() { grep -E 'bench|epoch' "$1"; }
+
+run_bf16() { python3 cmd/gotrain/peer/compare_gpu.py "$G" --repeats "$REPEATS" --precision bf16 --peak-tflops "${PEAK_BF16_TFLOPS:-989}"; }
+summary_bf16() { grep -E '^(\||median)' "$1"; }
+
+run_cpu() { mnist mlp 2 cpu; mnist cnn 1 cpu; }
+summary_cpu() { grep -E 'epoch' "$1"; }
+
+say "# gotrain on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1), $(date -u +%FT%TZ)"
+"$G" devices 2>&1 | tee "$O/devices.log" | head -5 | tee -a "$S"
+say ""
+phase tests 150
+phase bench 170
+phase mnist 60
+phase pinned 90
+phase bf16 130
+phase cpu 120
+echo
+echo "==== summary (also $S)"
+cat "$S"
