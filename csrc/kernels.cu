@@ -78,12 +78,18 @@ KERNEL bias_rows(float *y, const float *b, long rows, long m) {
 	FOR(i, rows * m) y[i] = b[i % m];
 }
 
-// y[j] = Σ_i x[i,j]
-KERNEL sum_rows(const float *x, float *y, long n, long m) {
-	FOR(j, m) {
+// y[c,j] = Σ_i x[i,j] over the rows of chunk c, [c·chunk, (c+1)·chunk) ∩
+// [0, n), in order: with chunk ≥ n (and n ≥ 1), y[j] is the column sum.
+// gpu/executor adds long columns up through a tree of such chunks, so that
+// no thread's loop is long: a thread's loads wait on each other, and a GPU
+// hides that only with many threads.
+KERNEL sum_rows(const float *x, float *y, long n, long m, long chunk) {
+	long chunks = n > 0 ? (n + chunk - 1) / chunk : 1;
+	FOR(t, chunks * m) {
+		long c = t / m, j = t % m, end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
 		float s = 0;
-		for (long i = 0; i < n; i++) s += x[i * m + j];
-		y[j] = s;
+		for (long i = c * chunk; i < end; i++) s += x[i * m + j];
+		y[t] = s;
 	}
 }
 
@@ -230,28 +236,19 @@ KERNEL km_to_nchw_bias(const float *t, float *y, const float *b, long N, long K,
 	}
 }
 
-// db[k] = Σ_{n,p} dy[n,k,p] takes two passes, so that K·parts threads
+// db[k] = Σ_{n,p} dy[n,k,p] takes several passes, so that K·parts threads
 // share the work (K alone, a few dozen channels, would leave a GPU idle
-// while each thread summed N·P values). First part[k,c] sums the positions
+// while each thread summed N·P values). First part[c,k] sums the positions
 // j = n·P+p with j ≡ c (mod parts), adjacent threads reading adjacent
-// values; then sum_parts adds each channel's parts in order. parts comes
-// from the shape, so the order of the sums, and the result, do not depend
-// on the launch.
+// values; then sum_rows adds the parts of each channel up, in a tree of
+// chunks (gpu/executor). parts comes from the shape, so the order of the
+// sums, and the result, do not depend on the launch.
 KERNEL conv_grad_b_parts(const float *dy, float *part, long N, long K, long P, long parts) {
 	FOR(t, K * parts) {
 		long k = t / parts, c = t % parts;
 		float s = 0;
 		for (long j = c; j < N * P; j += parts) s += dy[((j / P) * K + k) * P + j % P];
-		part[t] = s;
-	}
-}
-
-// y[k] = Σ_c part[k,c], c in [0, parts), in order
-KERNEL sum_parts(const float *part, float *y, long m, long parts) {
-	FOR(k, m) {
-		float s = 0;
-		for (long c = 0; c < parts; c++) s += part[k * parts + c];
-		y[k] = s;
+		part[c * K + k] = s;
 	}
 }
 

@@ -12,7 +12,7 @@ static void call_axpy_at(void **a) { axpy_at(A(const float *, 0), A(float *, 1),
 static void call_copy_at(void **a) { copy_at(A(const float *, 0), A(long, 1), A(float *, 2), A(long, 3), A(long, 4)); }
 static void call_fill_at(void **a) { fill_at(A(float *, 0), A(long, 1), A(long, 2), A(float, 3)); }
 static void call_bias_rows(void **a) { bias_rows(A(float *, 0), A(const float *, 1), A(long, 2), A(long, 3)); }
-static void call_sum_rows(void **a) { sum_rows(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3)); }
+static void call_sum_rows(void **a) { sum_rows(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4)); }
 static void call_relu(void **a) { relu(A(const float *, 0), A(float *, 1), A(long, 2)); }
 static void call_relu_grad(void **a) { relu_grad(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
 static void call_tanh_fwd(void **a) { tanh_fwd(A(const float *, 0), A(float *, 1), A(long, 2)); }
@@ -31,7 +31,6 @@ static void call_col2im(void **a) { col2im(A(const float *, 0), A(float *, 1), A
 static void call_nchw_to_km(void **a) { nchw_to_km(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4)); }
 static void call_km_to_nchw_bias(void **a) { km_to_nchw_bias(A(const float *, 0), A(float *, 1), A(const float *, 2), A(long, 3), A(long, 4), A(long, 5)); }
 static void call_conv_grad_b_parts(void **a) { conv_grad_b_parts(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5)); }
-static void call_sum_parts(void **a) { sum_parts(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3)); }
 static void call_maxpool(void **a) { maxpool(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5)); }
 static void call_maxpool_grad(void **a) { maxpool_grad(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(float *, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7)); }
 static void call_dropout_mask(void **a) { dropout_mask(A(float *, 0), A(long, 1), A(float, 2), A(unsigned long long, 3), A(unsigned long long, 4)); }
@@ -58,7 +57,7 @@ static const shim shims[] = {
 	{"copy_at", call_copy_at, 5},
 	{"fill_at", call_fill_at, 4},
 	{"bias_rows", call_bias_rows, 4},
-	{"sum_rows", call_sum_rows, 4},
+	{"sum_rows", call_sum_rows, 5},
 	{"relu", call_relu, 3},
 	{"relu_grad", call_relu_grad, 4},
 	{"tanh_fwd", call_tanh_fwd, 3},
@@ -77,7 +76,6 @@ static const shim shims[] = {
 	{"nchw_to_km", call_nchw_to_km, 5},
 	{"km_to_nchw_bias", call_km_to_nchw_bias, 6},
 	{"conv_grad_b_parts", call_conv_grad_b_parts, 6},
-	{"sum_parts", call_sum_parts, 4},
 	{"maxpool", call_maxpool, 6},
 	{"maxpool_grad", call_maxpool_grad, 8},
 	{"dropout_mask", call_dropout_mask, 5},

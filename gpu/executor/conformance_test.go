@@ -53,6 +53,10 @@ func opCases() []opCase {
 	cases := []opCase{
 		{name: "Linear", kind: graph.OpLinear, attrs: map[string]any{"grad_x": true}, in: [][]int{{6, 7}, {5, 7}, {5}}, out: []int{6, 5}},
 		{name: "SumRows", kind: graph.OpSumRows, in: [][]int{{9, 4}}, out: []int{4}},
+		// More rows than a thread adds up: a tree of partial sums, 1100
+		// rows to 35 to 2 to 1, and 70 to 3 to 1 over wide rows.
+		{name: "SumRows/tree", kind: graph.OpSumRows, in: [][]int{{1100, 3}}, out: []int{3}},
+		{name: "SumRows/wide", kind: graph.OpSumRows, in: [][]int{{70, 300}}, out: []int{300}},
 		{name: "Conv2D/s1p1", kind: graph.OpConv2D, attrs: conv(1, 1), in: [][]int{x, w, {5}}, out: y1},
 		{name: "Conv2D/s2p0", kind: graph.OpConv2D, attrs: conv(2, 0), in: [][]int{x, w, {5}}, out: y2},
 		{name: "Conv2DGradInput/s1p1", kind: graph.OpConv2DGradInput, attrs: conv(1, 1), in: [][]int{y1, w}, out: x},
@@ -60,8 +64,8 @@ func opCases() []opCase {
 		{name: "Conv2DGradW/s1p1", kind: graph.OpConv2DGradW, attrs: conv(1, 1), in: [][]int{x, y1}, out: w},
 		{name: "Conv2DGradW/s2p0", kind: graph.OpConv2DGradW, attrs: conv(2, 0), in: [][]int{x, y2}, out: w},
 		{name: "Conv2DGradB", kind: graph.OpConv2DGradB, in: [][]int{y1}, out: []int{5}},
-		// More positions than convBiasParts: parts of several values,
-		// across images.
+		// Positions of several images per part, and more parts than a
+		// thread adds up (1105 positions, 35 parts).
 		{name: "Conv2DGradB/parts", kind: graph.OpConv2DGradB, in: [][]int{{5, 3, 17, 13}}, out: []int{3}},
 		{name: "MaxPool2D", kind: graph.OpMaxPool2D, attrs: pool, in: [][]int{{2, 3, 6, 7}}, out: []int{2, 3, 3, 3}},
 		{name: "MaxPool2DGrad/ties", kind: graph.OpMaxPool2DGrad, attrs: pool, in: [][]int{{2, 3, 6, 6}, {2, 3, 3, 3}, {2, 3, 3, 3}}, out: []int{2, 3, 6, 6}, ties: true},

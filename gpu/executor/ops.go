@@ -58,9 +58,46 @@ func (o *Op) Free(dev device.Device) {
 // csrc/kernels.cu).
 const dotParts = 4096
 
-// convBiasParts is how many partial sums a convolution's bias gradient
-// takes per channel (see conv_grad_b_parts in csrc/kernels.cu).
-const convBiasParts = 1024
+// rowChunk is how many values one thread adds up in a column sum
+// (sum_rows) or a convolution's bias gradient (conv_grad_b_parts): longer
+// sums go through a tree of partial sums, rowChunk at a time. A thread's
+// loads wait on each other, and a GPU hides that only with many threads:
+// one thread per column over 512 rows spends about 128 memory round trips
+// (at four loads in flight), one per chunk of 32 about 8.
+const rowChunk = 32
+
+// rowSum adds up the columns of an n×m matrix: y[j] = Σ_i x[i,j], through
+// partial sums of rowChunk rows, level by level (ceil(n/32) rows, then
+// ceil(n/1024), ...) into two scratch buffers in turn, and a last pass
+// over at most rowChunk rows. The tree comes from n alone, so the order of
+// the sums, and the result, do not depend on the launch.
+type rowSum struct {
+	n, m int
+	tmp  [2]func() device.Buffer
+}
+
+// newRowSum reserves the scratch of a column sum of n rows of m values.
+func newRowSum(alloc func(int) func() device.Buffer, n, m int) rowSum {
+	r := rowSum{n: n, m: m}
+	for lvl, rows := 0, n; rows > rowChunk && lvl < 2; lvl++ {
+		rows = (rows + rowChunk - 1) / rowChunk
+		r.tmp[lvl] = alloc(rows * m)
+	}
+	return r
+}
+
+func (r rowSum) run(dev device.Device, x, y device.Buffer) error {
+	src, rows := x, r.n
+	for lvl := 0; rows > rowChunk; lvl++ {
+		chunks := (rows + rowChunk - 1) / rowChunk
+		dst := r.tmp[lvl%2]()
+		if err := dev.Launch("sum_rows", chunks*r.m, src, dst, rows, r.m, rowChunk); err != nil {
+			return err
+		}
+		src, rows = dst, chunks
+	}
+	return dev.Launch("sum_rows", r.m, src, y, rows, r.m, max(rows, 1))
+}
 
 // convGeom is a convolution's geometry, as graph/ lays it out.
 type convGeom struct{ N, C, H, W, K, KH, KW, OH, OW, stride, pad int }
@@ -173,9 +210,9 @@ func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec de
 		if err = need(1); err != nil {
 			return nil, err
 		}
-		n, m := in[0][0], in[0][1]
+		sum := newRowSum(alloc, in[0][0], in[0][1])
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			return dev.Launch("sum_rows", m, in[0].Buf, out.Buf, n, m)
+			return sum.run(dev, in[0].Buf, out.Buf)
 		}
 	case graph.OpConv2D:
 		if err = need(3); err != nil {
@@ -237,13 +274,14 @@ func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec de
 		}
 		s := in[0]
 		n, k, p := s[0], s[1], s[2]*s[3]
-		parts := min(n*p, convBiasParts)
-		part := alloc(k * parts)
+		parts := max((n*p+rowChunk-1)/rowChunk, 1)
+		part := alloc(parts * k)
+		sum := newRowSum(alloc, parts, k)
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("conv_grad_b_parts", k*parts, in[0].Buf, part(), n, k, p, parts); err != nil {
 				return err
 			}
-			return dev.Launch("sum_parts", k, part(), out.Buf, k, parts)
+			return sum.run(dev, part(), out.Buf)
 		}
 	case graph.OpMaxPool2D:
 		if err = need(1); err != nil {
