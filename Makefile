@@ -13,7 +13,7 @@ APT_RUN  := libopenblas0-pthread dataset-fashion-mnist
 APT_TEST := $(APT_RUN) python3-torch python3-numpy iproute2 etcd-server
 OUT     := out
 
-.PHONY: image image-cpu all build build-gpu check-gpu gpu-test gpu-bundle deps-cuda train test test-short race fuzz bench bench-allreduce bench-balance lint deps deps-test data clean FORCE
+.PHONY: image image-cpu all build build-gpu check-gpu fake-gpu-test gpu-test gpu-bundle deps-cuda train test test-short race fuzz bench bench-allreduce bench-balance lint deps deps-test data clean FORCE
 
 all: build
 
@@ -50,7 +50,7 @@ train: deps data build
 test: data
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
-	@if [ -f $(CUDA_H) ]; then $(MAKE) --no-print-directory check-gpu; else \
+	@if [ -f $(CUDA_H) ]; then $(MAKE) --no-print-directory check-gpu fake-gpu-test; else \
 	  echo "make test: no CUDA headers at $(CUDA_H), so the gpu build was not compiled ('make deps-cuda' installs them; CI does)"; fi
 
 # The gpu build (go build -tags gpu): gorgonia.org/cu for the driver API and
@@ -69,6 +69,15 @@ check-gpu:
 	$(GO) vet -tags gpu ./...
 	$(GO) build -tags gpu ./...
 	@tmp=$$(mktemp -d) && $(GO) test -tags gpu -c -o $$tmp/ ./... >/dev/null && rm -rf $$tmp && echo "check-gpu: the gpu build and its test binaries compile"
+
+# fake-gpu-test runs the gpu build's own code (gpu/cuda and all above it)
+# without a GPU, against fakecuda: a CUDA driver and cuBLAS that run on the
+# host, with streams as late as a GPU's, guarded memory and the kernels
+# over their real grids (gpu/cuda/fakecuda/fakecuda.c). The executor's gpu
+# tests on "cuda:0 fakecuda", and gotrain-gpu training MNIST against the
+# CPU build (gpu/cuda/fakecuda/check.sh).
+fake-gpu-test: data
+	GO=$(GO) bash gpu/cuda/fakecuda/check.sh bin/fakecuda
 
 # gpu-test runs the kernel, op and training conformance tests on GPU 0
 # (every op against the CPU, MLP and CNN training against the CPU).

@@ -10,41 +10,7 @@ package csrc
 #include "kernels.cu"
 #include "shims.h"
 
-static unsigned long long gcd_u64(unsigned long long a, unsigned long long b) {
-	while (b != 0) {
-		unsigned long long t = a % b;
-		a = b;
-		b = t;
-	}
-	return a;
-}
-
-// grid_call runs shim i once for every thread of a grid of grid blocks of
-// block threads, in the order t = (step·j + order) mod threads, j = 0, 1,
-// ..., with step the first of a few large primes that is coprime with the
-// number of threads: a permutation that scatters neighbouring threads and
-// blocks. It returns the most iterations of FOR that one thread ran.
-static long grid_call(int i, void **a, unsigned grid, unsigned block, unsigned long long order) {
-	static const unsigned long long steps[] = {1000003ULL, 999983ULL, 15485863ULL, 2147483647ULL};
-	unsigned long long threads = (unsigned long long)grid * block, step = 1;
-	for (int k = 0; k < 4; k++)
-		if (gcd_u64(steps[k], threads) == 1) {
-			step = steps[k];
-			break;
-		}
-	blockDim = (struct emu_dim3){block, 1, 1};
-	gridDim = (struct emu_dim3){grid, 1, 1};
-	long most = 0;
-	for (unsigned long long j = 0; j < threads; j++) {
-		unsigned long long t = (step % threads * j + order) % threads;
-		blockIdx = (struct emu_dim3){(unsigned)(t / block), 0, 0};
-		threadIdx = (struct emu_dim3){(unsigned)(t % block), 0, 0};
-		emu_iters = 0;
-		shims[i].call(a);
-		if (emu_iters > most) most = emu_iters;
-	}
-	return most;
-}
+#include "grid.h"
 */
 import "C"
 

@@ -111,7 +111,15 @@ func loadLibs() error {
 
 type blasHandle = C.cublasHandle_t
 
-func blasCreate(h *blasHandle) int { return int(C.blas_create(h)) }
+// blasCreate creates a handle into *h. It goes through a local: h points
+// into a Device, whose other fields hold Go pointers, and cgo refuses a
+// pointer to such memory (a panic that fakecuda found before any GPU did).
+func blasCreate(h *blasHandle) int {
+	var x C.cublasHandle_t
+	r := C.blas_create(&x)
+	*h = x
+	return int(r)
+}
 func blasDestroy(h blasHandle) int { return int(C.blas_destroy(h)) }
 
 func blasSgemm(h blasHandle, ta, tb bool, m, n, k int, alpha float32, a uintptr, lda int, b uintptr, ldb int, beta float32, c uintptr, ldc int) int {

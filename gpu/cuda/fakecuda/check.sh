@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# check.sh OUT: the gpu build's own code run without a GPU, against
+# fakecuda (see fakecuda.c). It builds the gpu binary and the executor's gpu
+# test binary into OUT, the fake driver for them, and then:
+#   1. runs the executor's tests: the conformance suite and the training
+#      tests on "cuda:0 fakecuda" (every op against graph/'s CPU ops, MLP
+#      and CNN training), next to the host devices, and the page-locked
+#      memory and streams test; at least 50 subtests must have run on it;
+#   2. trains the MLP on MNIST for 300 steps with gotrain-gpu --device gpu,
+#      at fp32 and bf16, and the CPU build the same way: the accuracies
+#      must agree within 0.5 points (fp32) and 1 point (bf16);
+#   3. runs bench train --device gpu, which must report page-locked memory.
+set -euo pipefail
+OUT=${1:-bin/fakecuda}
+GO=${GO:-go}
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+$GO test -tags gpu -c -o "$OUT/executor.test" ./gpu/executor
+$GO build -tags gpu -o "$OUT/gotrain-gpu" ./cmd/gotrain
+$GO build -o "$OUT/gotrain-cpu" ./cmd/gotrain
+bash "$here/build.sh" "$OUT" "$OUT/executor.test" "$OUT/gotrain-gpu"
+export LD_LIBRARY_PATH=$OUT${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} GOTRAIN_CUBLAS_LIBRARY=$OUT/libcuda.so.1
+
+(cd gpu/executor && "$OUT/executor.test" -test.count=1 -test.v >"$OUT/executor.log" 2>&1) || {
+  grep -E -- '--- FAIL|Error|panic|fakecuda' "$OUT/executor.log" | head -40
+  echo "fake-gpu-test: the executor's tests failed on fakecuda (log: $OUT/executor.log)"
+  exit 1
+}
+on=$(grep -c -- '--- PASS: .*/cuda:0_fakecuda' "$OUT/executor.log" || true)
+if [ "$on" -lt 50 ]; then
+  echo "fake-gpu-test: only $on subtests ran on cuda:0 fakecuda (log: $OUT/executor.log)"
+  exit 1
+fi
+echo "fake-gpu-test: the executor's tests pass, $on subtests of them on cuda:0 fakecuda"
+
+acc() { "$@" 2>"$OUT/train.err" | sed -n 's/^test accuracy \([0-9.]*\)%.*/\1/p'; }
+common=(train --model mlp --epochs 1 --max-steps 300 --threads 2)
+cpu=$(acc "$OUT/gotrain-cpu" "${common[@]}" --device cpu)
+for prec in fp32 bf16; do
+  gpu=$(acc "$OUT/gotrain-gpu" "${common[@]}" --device gpu --precision $prec) || true
+  if [ -z "$gpu" ]; then
+    tail -5 "$OUT/train.err"
+    echo "fake-gpu-test: gotrain-gpu train --device gpu --precision $prec failed"
+    exit 1
+  fi
+  tol=0.5
+  [ $prec = bf16 ] && tol=1
+  echo "fake-gpu-test: MNIST MLP, 300 steps: test accuracy $gpu% on cuda:0 fakecuda at $prec, $cpu% on the CPU"
+  awk -v a="$gpu" -v b="$cpu" -v t=$tol 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= t) }' || {
+    echo "fake-gpu-test: the accuracies differ by more than $tol points"
+    exit 1
+  }
+done
+
+rec=$("$OUT/gotrain-gpu" bench train --device gpu --steps 20 --warmup 2 2>"$OUT/bench.err" | tail -1)
+case $rec in
+*'"pinned_memory":true'*'"samples_per_sec"'* | *'"samples_per_sec"'*'"pinned_memory":true'*) ;;
+*)
+  tail -5 "$OUT/bench.err"
+  echo "fake-gpu-test: bench train --device gpu: $rec"
+  exit 1
+  ;;
+esac
+echo "fake-gpu-test: bench train --device gpu runs from page-locked memory"
