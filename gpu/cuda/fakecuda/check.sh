@@ -9,7 +9,10 @@
 #   2. trains the MLP on MNIST for 300 steps with gotrain-gpu --device gpu,
 #      at fp32 and bf16, and the CPU build the same way: the accuracies
 #      must agree within 0.5 points (fp32) and 1 point (bf16);
-#   3. runs bench train --device gpu, which must report page-locked memory.
+#   3. runs bench train --device gpu, which must report page-locked memory;
+#   4. launches 2 processes on 2 fake GPUs (LOCAL_RANK picks each one's),
+#      data parallel and as 2 pipeline stages, over the CPU ring: each must
+#      end with the accuracy of the CPU build's same job, within 0.5 points.
 set -euo pipefail
 OUT=${1:-bin/fakecuda}
 GO=${GO:-go}
@@ -34,7 +37,9 @@ if [ "$on" -lt 50 ]; then
 fi
 echo "fake-gpu-test: the executor's tests pass, $on subtests of them on cuda:0 fakecuda"
 
-acc() { "$@" 2>"$OUT/train.err" | sed -n 's/^test accuracy \([0-9.]*\)%.*/\1/p'; }
+# acc CMD...: the test accuracy CMD prints (rank 0's, from a launch); its
+# stderr goes to train.err.
+acc() { "$@" 2>"$OUT/train.err" | sed -n 's/^\(\[rank0\] \)\{0,1\}test accuracy \([0-9.]*\)%.*/\2/p'; }
 common=(train --model mlp --epochs 1 --max-steps 300 --threads 2)
 cpu=$(acc "$OUT/gotrain-cpu" "${common[@]}" --device cpu)
 for prec in fp32 bf16; do
@@ -63,3 +68,23 @@ case $rec in
   ;;
 esac
 echo "fake-gpu-test: bench train --device gpu runs from page-locked memory"
+
+# within A B TOL: |A - B| <= TOL
+within() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= t) }'; }
+for job in "data parallel:" "2 pipeline stages:--pipeline-stages 2 --micro-batches 4 --batch-size 128"; do
+  name=${job%%:*}
+  read -r -a extra <<<"${job#*:}"
+  args=(launch --standalone --nproc-per-node 2 -- train --model mlp --epochs 1 --max-steps 100 --threads 1 "${extra[@]}")
+  g=$(FAKECUDA_DEVICES=2 acc "$OUT/gotrain-gpu" "${args[@]}" --device gpu) || true
+  grep -q 'device="cuda:1 fakecuda' "$OUT/train.err" || g=""
+  c=$(acc "$OUT/gotrain-cpu" "${args[@]}" --device cpu) || true
+  if [ -z "$g" ] || [ -z "$c" ]; then
+    echo "fake-gpu-test: 2 processes, $name: no result on cuda:0 and cuda:1 (gpu '$g', cpu '$c')"
+    exit 1
+  fi
+  echo "fake-gpu-test: 2 processes on cuda:0 and cuda:1, $name, 100 steps: test accuracy $g%, $c% on the CPU"
+  within "$g" "$c" 0.5 || {
+    echo "fake-gpu-test: the accuracies differ by more than 0.5 points"
+    exit 1
+  }
+done
