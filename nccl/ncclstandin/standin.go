@@ -83,7 +83,7 @@ func build() (path, skip string, err error) {
 	if st, err := os.Stat(lib); err == nil && st.Mode().IsRegular() {
 		return lib, "", nil
 	}
-	if err := CompileInto(dir, "libnccl.so.2", src, "-shared", "-fPIC", "-lpthread", "-lrt"); err != nil {
+	if err := CompileInto(dir, "libnccl.so.2", src, "-shared", "-fPIC", "-lpthread", "-lrt", "-ldl"); err != nil {
 		return "", "", err
 	}
 	return lib, "", nil

@@ -11,8 +11,13 @@
 #      must agree within 0.5 points (fp32) and 1 point (bf16);
 #   3. runs bench train --device gpu, which must report page-locked memory;
 #   4. launches 2 processes on 2 fake GPUs (LOCAL_RANK picks each one's),
-#      data parallel and as 2 pipeline stages, over the CPU ring: each must
-#      end with the accuracy of the CPU build's same job, within 0.5 points.
+#      data parallel and as 2 pipeline stages, over the CPU ring and over
+#      NCCL (the stand-in of nccl/testdata/standin, on the fake device
+#      memory: gradient buckets reduced on the devices, activations sent
+#      device to device): each must end with the accuracy of the CPU
+#      build's job on the CPU ring, within 0.5 points;
+#   5. bench allreduce --backend nccl --device gpu on 2 fake GPUs: every
+#      result checked, none wrong.
 set -euo pipefail
 OUT=${1:-bin/fakecuda}
 GO=${GO:-go}
@@ -71,13 +76,24 @@ echo "fake-gpu-test: bench train --device gpu runs from page-locked memory"
 
 # within A B TOL: |A - B| <= TOL
 within() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= t) }'; }
-for job in "data parallel:" "2 pipeline stages:--pipeline-stages 2 --micro-batches 4 --batch-size 128"; do
+${CC:-cc} -O2 -shared -fPIC -o "$OUT/libnccl.so.2" nccl/testdata/standin/standin.c -lpthread -lrt -ldl
+export NCCL_LIBRARY=$OUT/libnccl.so.2
+for job in "data parallel:" "data parallel, NCCL:--backend nccl --bucket-mb 0.1" \
+  "2 pipeline stages:--pipeline-stages 2 --micro-batches 4 --batch-size 128" \
+  "2 pipeline stages, NCCL:--backend nccl --pipeline-stages 2 --micro-batches 4 --batch-size 128"; do
   name=${job%%:*}
   read -r -a extra <<<"${job#*:}"
   args=(launch --standalone --nproc-per-node 2 -- train --model mlp --epochs 1 --max-steps 100 --threads 1 "${extra[@]}")
   g=$(FAKECUDA_DEVICES=2 acc "$OUT/gotrain-gpu" "${args[@]}" --device gpu) || true
   grep -q 'device="cuda:1 fakecuda' "$OUT/train.err" || g=""
-  c=$(acc "$OUT/gotrain-cpu" "${args[@]}" --device cpu) || true
+  case $name in
+  *NCCL) grep -q 'on the device" device="cuda:1\|device to device" device="cuda:1' "$OUT/train.err" || g="" ;;
+  esac
+  cpuargs=()
+  for a in "${args[@]}"; do # the CPU build's same job on the CPU ring
+    case $a in --backend | nccl | --bucket-mb | 0.1) ;; *) cpuargs+=("$a") ;; esac
+  done
+  c=$(acc "$OUT/gotrain-cpu" "${cpuargs[@]}" --device cpu) || true
   if [ -z "$g" ] || [ -z "$c" ]; then
     echo "fake-gpu-test: 2 processes, $name: no result on cuda:0 and cuda:1 (gpu '$g', cpu '$c')"
     exit 1
@@ -88,3 +104,15 @@ for job in "data parallel:" "2 pipeline stages:--pipeline-stages 2 --micro-batch
     exit 1
   }
 done
+
+out=$(FAKECUDA_DEVICES=2 "$OUT/gotrain-gpu" bench allreduce --backend nccl --device gpu --max-bytes 1M --iters 3 --warmup 1 2>&1) || {
+  echo "$out" | tail -5
+  echo "fake-gpu-test: bench allreduce --backend nccl --device gpu failed"
+  exit 1
+}
+if ! grep -q '^# Out of bounds values : 0 OK' <<<"$out" || [ "$(grep -c '^ *[0-9]' <<<"$out")" -lt 10 ]; then
+  echo "$out" | tail -15
+  echo "fake-gpu-test: bench allreduce --backend nccl --device gpu: wrong results"
+  exit 1
+fi
+echo "fake-gpu-test: bench allreduce --backend nccl --device gpu on 2 fake GPUs: $(grep -c '^ *[0-9]' <<<"$out") sizes, none wrong"

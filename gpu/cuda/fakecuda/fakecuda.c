@@ -657,6 +657,17 @@ EXPORT CUresult cuEventQuery(CUevent e) {
 	return r;
 }
 
+// fakecuda_sync runs a stream's queued work, from any thread: the NCCL
+// stand-in (nccl/testdata/standin) calls it before each call, so that its
+// collectives on host memory see the stream's earlier work, as NCCL's
+// kernels on that stream would.
+EXPORT int fakecuda_sync(CUstream s) {
+	pthread_mutex_lock(&mu);
+	run_to(stream_of(s), -1);
+	pthread_mutex_unlock(&mu);
+	return 0;
+}
+
 // ---- errors ----
 
 EXPORT CUresult cuGetErrorName(CUresult r, const char **s) {

@@ -15,6 +15,7 @@
  * All ranks of a communicator must use the same slot and mailbox sizes.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -1315,9 +1316,26 @@ EXPORT ncclResult_t ncclCommUserRank(const ncclComm_t comm, int *rank) {
   return ncclSuccess;
 }
 
+/* With fakecuda as the CUDA driver (gpu/cuda/fakecuda: device memory is
+ * host memory, and a stream's work runs when the host waits for it), each
+ * call first runs its stream's earlier work, which NCCL's kernels would
+ * wait for on a GPU; then it reads the buffers. Without fakecuda there is
+ * nothing to run and streams stay ignored. */
+typedef int (*fake_sync_t)(cudaStream_t);
+static void sync_stream(cudaStream_t stream) {
+  static _Atomic(fake_sync_t) sync;
+  static atomic_int looked;
+  if (!atomic_load(&looked)) {
+    atomic_store(&sync, (fake_sync_t)dlsym(RTLD_DEFAULT, "fakecuda_sync"));
+    atomic_store(&looked, 1);
+  }
+  fake_sync_t f = atomic_load(&sync);
+  if (f) f(stream);
+}
+
 EXPORT ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype, ncclRedOp_t op,
                                   ncclComm_t comm, cudaStream_t stream) {
-  (void)stream;
+  sync_stream(stream);
   const char *w = "ncclAllReduce";
   TRY(check_comm(comm, w));
   TRY(check_dt(comm, w, datatype));
@@ -1331,7 +1349,7 @@ EXPORT ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t c
 
 EXPORT ncclResult_t ncclBroadcast(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype, int root, ncclComm_t comm,
                                   cudaStream_t stream) {
-  (void)stream;
+  sync_stream(stream);
   const char *w = "ncclBroadcast";
   TRY(check_comm(comm, w));
   TRY(check_dt(comm, w, datatype));
@@ -1349,7 +1367,7 @@ EXPORT ncclResult_t ncclBcast(void *buff, size_t count, ncclDataType_t datatype,
 
 EXPORT ncclResult_t ncclReduce(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype, ncclRedOp_t op, int root,
                                ncclComm_t comm, cudaStream_t stream) {
-  (void)stream;
+  sync_stream(stream);
   const char *w = "ncclReduce";
   TRY(check_comm(comm, w));
   TRY(check_dt(comm, w, datatype));
@@ -1364,7 +1382,7 @@ EXPORT ncclResult_t ncclReduce(const void *sendbuff, void *recvbuff, size_t coun
 
 EXPORT ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t sendcount, ncclDataType_t datatype, ncclComm_t comm,
                                   cudaStream_t stream) {
-  (void)stream;
+  sync_stream(stream);
   const char *w = "ncclAllGather";
   TRY(check_comm(comm, w));
   TRY(check_dt(comm, w, datatype));
@@ -1377,7 +1395,7 @@ EXPORT ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t s
 
 EXPORT ncclResult_t ncclReduceScatter(const void *sendbuff, void *recvbuff, size_t recvcount, ncclDataType_t datatype, ncclRedOp_t op,
                                       ncclComm_t comm, cudaStream_t stream) {
-  (void)stream;
+  sync_stream(stream);
   const char *w = "ncclReduceScatter";
   TRY(check_comm(comm, w));
   TRY(check_dt(comm, w, datatype));
@@ -1390,7 +1408,7 @@ EXPORT ncclResult_t ncclReduceScatter(const void *sendbuff, void *recvbuff, size
 }
 
 EXPORT ncclResult_t ncclSend(const void *sendbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm, cudaStream_t stream) {
-  (void)stream;
+  sync_stream(stream);
   const char *w = "ncclSend";
   TRY(check_comm(comm, w));
   TRY(check_dt(comm, w, datatype));
@@ -1402,7 +1420,7 @@ EXPORT ncclResult_t ncclSend(const void *sendbuff, size_t count, ncclDataType_t 
 }
 
 EXPORT ncclResult_t ncclRecv(void *recvbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm, cudaStream_t stream) {
-  (void)stream;
+  sync_stream(stream);
   const char *w = "ncclRecv";
   TRY(check_comm(comm, w));
   TRY(check_dt(comm, w, datatype));
