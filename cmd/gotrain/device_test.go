@@ -28,31 +28,17 @@ func TestDeviceFlag(t *testing.T) {
 			require.Contains(t, stderr, "training on a device")
 		}
 	}
-	a, err := checkpoint.ReadFile(outs["cpu"])
-	require.NoError(t, err)
-	b, err := checkpoint.ReadFile(outs["host"])
-	require.NoError(t, err)
-	for i := range a.Tensors {
-		want, err := a.Tensors[i].Float32s()
-		require.NoError(t, err)
-		got, err := b.Tensors[i].Float32s()
-		require.NoError(t, err)
-		require.InDeltaSlice(t, want, got, 1e-5, "tensor %s", a.Tensors[i].Name)
+	cpu, host := weights(t, outs["cpu"]), weights(t, outs["host"])
+	require.Len(t, host, len(cpu))
+	for name, want := range cpu {
+		require.InDeltaSlice(t, want, host[name], 1e-5, "tensor %s", name)
 	}
 
 	// Without the prefetcher and its page-locked slots: the same weights.
 	plain := filepath.Join(dir, "plain.safetensors")
 	_, stderr, err := gotrain(t, append(common, "--device", "host", "--prefetch=false", "--pin-memory=false", "--out", plain)...)
 	require.NoError(t, err, stderr)
-	c, err := checkpoint.ReadFile(plain)
-	require.NoError(t, err)
-	for i := range b.Tensors {
-		want, err := b.Tensors[i].Float32s()
-		require.NoError(t, err)
-		got, err := c.Tensors[i].Float32s()
-		require.NoError(t, err)
-		require.Equal(t, want, got, "tensor %s with --prefetch=false", b.Tensors[i].Name)
-	}
+	require.Equal(t, host, weights(t, plain), "with --prefetch=false --pin-memory=false")
 
 	_, stderr, err = gotrain(t, append(common, "--device", "host", "--precision", "bf16")...)
 	require.NoError(t, err, stderr)
@@ -65,6 +51,20 @@ func TestDeviceFlag(t *testing.T) {
 	_, stderr, err = gotrain(t, append(common, "--device", "tpu")...)
 	require.Error(t, err)
 	require.Contains(t, stderr, `--device "tpu" is not a device`)
+}
+
+// weights reads a safetensors file's tensors as float32s, by name.
+func weights(t *testing.T, path string) map[string][]float32 {
+	t.Helper()
+	f, err := checkpoint.ReadFile(path)
+	require.NoError(t, err)
+	out := map[string][]float32{}
+	for _, tn := range f.Tensors {
+		v, err := tn.Float32s()
+		require.NoError(t, err, "tensor %s", tn.Name)
+		out[tn.Name] = v
+	}
+	return out
 }
 
 // TestBenchTrainOnADevice: 'bench train --device host' (batches decoded

@@ -571,11 +571,16 @@ EXPORT CUresult cuStreamDestroy(CUstream s) {
 	return r;
 }
 
-EXPORT CUresult cuStreamSynchronize(CUstream s) {
-	NEED_CTX;
+// drain runs a stream's queued work.
+static void drain(CUstream s) {
 	pthread_mutex_lock(&mu);
 	run_to(stream_of(s), -1);
 	pthread_mutex_unlock(&mu);
+}
+
+EXPORT CUresult cuStreamSynchronize(CUstream s) {
+	NEED_CTX;
+	drain(s);
 	return CUDA_SUCCESS;
 }
 
@@ -662,9 +667,7 @@ EXPORT CUresult cuEventQuery(CUevent e) {
 // collectives on host memory see the stream's earlier work, as NCCL's
 // kernels on that stream would.
 EXPORT int fakecuda_sync(CUstream s) {
-	pthread_mutex_lock(&mu);
-	run_to(stream_of(s), -1);
-	pthread_mutex_unlock(&mu);
+	drain(s);
 	return 0;
 }
 
