@@ -28,6 +28,11 @@
 // package gpu/cudacheck, which a gpu binary imports and which initialises
 // first, checks beforehand and says what is wrong instead.
 //
+// Without a GPU, make fake-gpu-test runs this package, and everything the
+// gpu build puts on top of it, against fakecuda (fakecuda/fakecuda.c): a
+// libcuda.so.1 and cuBLAS built from the same kernels that run on the host,
+// with guarded device memory and streams that run as late as a GPU's.
+//
 // Without the gpu tag, Open returns an error that says how to build with
 // it.
 package cuda
