@@ -49,6 +49,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	peak := fs.Float64("peak-tflops", 0, "the device's peak TFLOP/s, to report model FLOP utilisation (e.g. 67 for an H100 SXM in FP32)")
 	steps := fs.Int("steps", 200, "timed steps")
 	warmup := fs.Int("warmup", 20, "untimed warm-up steps")
+	profile := fs.Bool("profile", false, "on a device: time every op of the timed steps, waiting for the device after each, and print where the time goes (to stderr; the run is slower)")
 	pin := fs.Bool("pin-memory", true, "on a GPU: the batches in page-locked memory, uploaded by queued copies (false: pageable memory, each copy waited for)")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -62,6 +63,9 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	}
 	if prec != device.FP32 && cfg.Device == "cpu" {
 		return fmt.Errorf("%w: --precision %s runs on a device: add --device gpu (or host)", errUsage, prec)
+	}
+	if *profile && cfg.Device == "cpu" {
+		return fmt.Errorf("%w: --profile times a device's ops: add --device gpu (or host)", errUsage)
 	}
 	if *steps <= 0 || *warmup < 0 {
 		return fmt.Errorf("%w: --steps must be positive and --warmup not negative", errUsage)
@@ -90,6 +94,11 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	var step func(i int) error
 	var lossOf func() (float32, error) // waits for the device's last step
 	devName := "cpu"
+	var prof *executor.Profile // --profile: set on the timed steps
+	startProfile, profiling := func() {}, false
+	if *profile {
+		prof = executor.NewProfile()
+	}
 	pinnedMem := false
 	if cfg.Device != "cpu" {
 		dev, err := openDevice(cfg, localRank(), slog.New(slog.NewTextHandler(stderr, nil)))
@@ -145,11 +154,16 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 			ds.Batch(idx, xs[b], ys[b])
 		}
 		grads := e.Grads()
+		optName := fmt.Sprintf("optimizer %s, %d tensors", cfg.Optimizer, len(params.T))
+		startProfile = func() { e.Profile(prof) }
 		step = func(i int) error {
 			// No read-back per step: the device runs ahead, as PyTorch's
 			// does until the peer reads its loss after the last step.
 			if err := e.Launch(xs[i%nb], ys[i%nb], 1, uint64(i)); err != nil {
 				return err
+			}
+			if profiling {
+				return prof.Time(dev, optName, 0, func() error { return opt.Step(params.T, grads, cfg.LR) })
 			}
 			return opt.Step(params.T, grads, cfg.LR)
 		}
@@ -185,6 +199,10 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	if prof != nil {
+		startProfile()
+		profiling = true
+	}
 	t0 := time.Now()
 	for i := 0; i < *steps; i++ {
 		if err := step(i); err != nil {
@@ -206,6 +224,15 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	}
 	if *peak > 0 {
 		rec["mfu"] = tflops / *peak
+	}
+	if prof != nil {
+		// A profiled run waits for the device after every op: its speed
+		// is not the benchmark's.
+		rec["profiled"] = true
+		fmt.Fprintf(stderr, "where the time of %d steps went on %s (each op waited for):\n", *steps, devName)
+		if err := prof.Write(stderr); err != nil {
+			return err
+		}
 	}
 	return json.NewEncoder(stdout).Encode(rec)
 }

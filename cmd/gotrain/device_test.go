@@ -90,4 +90,15 @@ func TestBenchTrainOnADevice(t *testing.T) {
 	t.Logf("loss after 43 steps: cpu %v, host device %v", losses["cpu"], losses["host"])
 	require.InDelta(t, losses["cpu"], losses["host"], 1e-4)
 	require.Equal(t, losses["host"], losses["host --pin-memory=false"])
+
+	// --profile: where the time goes, op by op, and a record that says so.
+	stdout, stderr, err := gotrain(t, "bench", "train", "--device", "host", "--steps", "3", "--warmup", "1", "--profile")
+	require.NoError(t, err, stderr)
+	require.Contains(t, stderr, "where the time of 3 steps went on host")
+	require.Regexp(t, `(?m)^ *[0-9.]+% +3 .* Linear \[\[128 784\] \[256 784\] \[256\]\]$`, stderr)
+	require.Regexp(t, `(?m)^ *[0-9.]+% +3 .* optimizer adam, 4 tensors$`, stderr)
+	require.Contains(t, stdout, `"profiled":true`)
+	_, stderr, err = gotrain(t, "bench", "train", "--profile")
+	require.Error(t, err)
+	require.Contains(t, stderr, "--profile times a device's ops: add --device gpu (or host)")
 }

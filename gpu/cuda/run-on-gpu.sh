@@ -7,6 +7,8 @@
 #           poisoned; MLP and CNN training against the CPU), next to the
 #           host device and the host running the kernels over a GPU's grid;
 #   bench   the benchmark against PyTorch eager on the same card, FP32;
+#   profile where the time of the benchmark's steps goes, op by op (bench
+#           train --profile), for the MLP and the CNN: what to fix first;
 #   mnist   MNIST end to end on the GPU: the MLP (2 epochs), the CNN (1);
 #   pinned  what page-locked memory and the prefetcher gain: bench train
 #           and MNIST training with and without them;
@@ -24,7 +26,7 @@ set -uo pipefail
 B=${1:-bin/gpu}
 O=${OUT:-$(mktemp -d)}
 DEADLINE=${DEADLINE:-540}
-PHASES=${PHASES:-tests bench mnist pinned bf16 cpu}
+PHASES=${PHASES:-tests bench profile mnist pinned bf16 cpu}
 REPEATS=${REPEATS:-3}
 start=$SECONDS
 T=$(mktemp -d)
@@ -85,6 +87,15 @@ first() {
   got=$(grep -E -o "$1" <<<"$2" | tail -1)
   [ -n "$got" ] && echo "$got" || echo "FAILED (exit $3): $(tail -2 <<<"$2" | tr '\n' ' ' | cut -c1-240)"
 }
+run_profile() {
+  for m in "mlp --hidden 4096,4096,4096,4096" "cnn"; do
+    echo "== $m, batch 512"
+    # shellcheck disable=SC2086
+    "$G" bench train --device gpu --model $m --batch-size 512 --optimizer adam --steps 20 --warmup 5 --profile 2>&1 >/dev/null
+  done
+}
+summary_profile() { awk '/^== /{print; n=0; next} /share/{next} /^ *[0-9.]+%/{ if (n++ < 8) print }' "$1"; }
+
 mnist() { # MODEL EPOCHS DEVICE [FLAGS...]
   local m=$1 e=$2 d=$3 out
   shift 3
@@ -119,6 +130,7 @@ say "# gotrain on $(nvidia-smi --query-gpu=name,driver_version --format=csv,nohe
 say ""
 phase tests 150
 phase bench 170
+phase profile 40
 phase mnist 60
 phase pinned 90
 phase bf16 130

@@ -110,6 +110,7 @@ type Program struct {
 	masks  []int       // node indices of the dropout masks
 	gradOf map[int]int // node index of a gradient -> its parameter
 	runs   int
+	prof   *Profile // nil: no profiling
 }
 
 // Warm reports whether the program has run before (the first run of a
@@ -390,18 +391,32 @@ func (e *Program) launch(x, y, g []float32, seed, stream uint64, gradReady func(
 	}
 	// From page-locked memory (device.Pinner) the copies are queued with
 	// the kernels, and the host goes on at once.
-	if err := device.WriteAsync(e.dev, e.vals[e.x].Buf, x); err != nil {
-		return err
-	}
-	if e.up >= 0 {
-		if err := device.WriteAsync(e.dev, e.vals[e.up].Buf, g); err != nil {
+	err := e.timed("upload the batch", 0, func() error {
+		if err := device.WriteAsync(e.dev, e.vals[e.x].Buf, x); err != nil {
 			return err
 		}
-	}
-	if err := e.writeLabels(y); err != nil {
+		if e.up >= 0 {
+			if err := device.WriteAsync(e.dev, e.vals[e.up].Buf, g); err != nil {
+				return err
+			}
+		}
+		return e.writeLabels(y)
+	})
+	if err != nil {
 		return err
 	}
 	return e.exec(seed, stream, gradReady)
+}
+
+// Profile makes the program time its work into p (nil: stop); see Profile.
+func (e *Program) Profile(p *Profile) { e.prof = p }
+
+// timed runs fn, through the profile when there is one.
+func (e *Program) timed(name string, flops int64, fn func() error) error {
+	if e.prof == nil {
+		return fn()
+	}
+	return e.prof.Time(e.dev, name, flops, fn)
 }
 
 // writeLabels queues the upload of y, checked (programs with labels).
@@ -433,18 +448,29 @@ func (e *Program) checkLabels(y []float32) error {
 
 // exec draws the dropout masks and runs the ops.
 func (e *Program) exec(seed, stream uint64, gradReady func(param int) error) error {
-	for j, i := range e.masks {
-		n := e.layout.Nodes[i]
-		size := e.vals[i].Size()
-		if err := e.dev.Launch("dropout_mask", size, e.vals[i].Buf, size, float32(n.DropP), seed, stream*uint64(len(e.masks))+uint64(j)); err != nil {
-			return err
-		}
+	var err error
+	if len(e.masks) > 0 {
+		err = e.timed("dropout masks", 0, e.drawMasks(seed, stream))
+	}
+	if err != nil {
+		return err
 	}
 	for i, op := range e.ops {
 		if op == nil {
 			continue
 		}
-		if err := op.Run(e.dev, e.ins[i], e.vals[i]); err != nil {
+		run := func() error { return op.Run(e.dev, e.ins[i], e.vals[i]) }
+		if e.prof != nil {
+			n := e.layout.Nodes[i]
+			in := make([][]int, len(e.ins[i]))
+			for j, t := range e.ins[i] {
+				in[j] = t.Shape
+			}
+			err = e.prof.Time(e.dev, opName(op, in, n.Op.Attrs()), nodeFLOPs(e.layout, n), run)
+		} else {
+			err = run()
+		}
+		if err != nil {
 			return fmt.Errorf("executor: %s: %w", op.Kind, err)
 		}
 		if pi, ok := e.gradOf[i]; ok && gradReady != nil {
@@ -455,6 +481,20 @@ func (e *Program) exec(seed, stream uint64, gradReady func(param int) error) err
 	}
 	e.runs++
 	return nil
+}
+
+// drawMasks returns the work that draws the dropout masks of a run.
+func (e *Program) drawMasks(seed, stream uint64) func() error {
+	return func() error {
+		for j, i := range e.masks {
+			n := e.layout.Nodes[i]
+			size := e.vals[i].Size()
+			if err := e.dev.Launch("dropout_mask", size, e.vals[i].Buf, size, float32(n.DropP), seed, stream*uint64(len(e.masks))+uint64(j)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 }
 
 // Grad is parameter i's gradient from the last run (training programs).
@@ -673,29 +713,35 @@ func (o *Optimizer) LoadState(names []string, st map[string][]float32, step int6
 func FLOPs(l *graph.Layout) int64 {
 	var f int64
 	for _, n := range l.Nodes {
-		if n.Role != graph.RoleOp {
-			continue
-		}
-		in := func(i int) []int { return l.Nodes[n.Inputs[i]].Shape }
-		switch n.Op.Kind() {
-		case graph.OpLinear: // X[N,in] W[out,in]
-			f += 2 * int64(in(0)[0]) * int64(in(0)[1]) * int64(in(1)[0])
-		case graph.OpMatMul: // out [m,n], inner k
-			a := in(0)
-			k := a[1]
-			if t, _ := n.Op.Attrs()["trans_a"].(bool); t {
-				k = a[0]
-			}
-			f += 2 * int64(n.Shape[0]) * int64(n.Shape[1]) * int64(k)
-		case graph.OpConv2D: // X[N,C,H,W] W[K,C,kh,kw] -> [N,K,OH,OW]
-			w := in(1)
-			f += 2 * int64(size(n.Shape)) * int64(w[1]*w[2]*w[3])
-		case graph.OpConv2DGradInput: // dY[N,K,OH,OW], W -> dX: the same products as the forward
-			w := in(1)
-			f += 2 * int64(size(in(0))) * int64(w[1]*w[2]*w[3])
-		case graph.OpConv2DGradW: // X, dY[N,K,OH,OW] -> dW[K,C,kh,kw]
-			f += 2 * int64(size(in(1))) * int64(n.Shape[1]*n.Shape[2]*n.Shape[3])
-		}
+		f += nodeFLOPs(l, n)
 	}
 	return f
+}
+
+// nodeFLOPs is FLOPs of one node: 0 but for the matrix products.
+func nodeFLOPs(l *graph.Layout, n graph.Node) int64 {
+	if n.Role != graph.RoleOp {
+		return 0
+	}
+	in := func(i int) []int { return l.Nodes[n.Inputs[i]].Shape }
+	switch n.Op.Kind() {
+	case graph.OpLinear: // X[N,in] W[out,in]
+		return 2 * int64(in(0)[0]) * int64(in(0)[1]) * int64(in(1)[0])
+	case graph.OpMatMul: // out [m,n], inner k
+		a := in(0)
+		k := a[1]
+		if t, _ := n.Op.Attrs()["trans_a"].(bool); t {
+			k = a[0]
+		}
+		return 2 * int64(n.Shape[0]) * int64(n.Shape[1]) * int64(k)
+	case graph.OpConv2D: // X[N,C,H,W] W[K,C,kh,kw] -> [N,K,OH,OW]
+		w := in(1)
+		return 2 * int64(size(n.Shape)) * int64(w[1]*w[2]*w[3])
+	case graph.OpConv2DGradInput: // dY[N,K,OH,OW], W -> dX: the same products as the forward
+		w := in(1)
+		return 2 * int64(size(in(0))) * int64(w[1]*w[2]*w[3])
+	case graph.OpConv2DGradW: // X, dY[N,K,OH,OW] -> dW[K,C,kh,kw]
+		return 2 * int64(size(in(1))) * int64(n.Shape[1]*n.Shape[2]*n.Shape[3])
+	}
+	return 0
 }
