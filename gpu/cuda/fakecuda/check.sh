@@ -17,7 +17,10 @@
 #      device to device): each must end with the accuracy of the CPU
 #      build's job on the CPU ring, within 0.5 points;
 #   5. bench allreduce --backend nccl --device gpu on 2 fake GPUs: every
-#      result checked, none wrong.
+#      result checked, none wrong;
+#   6. what goes wrong gets said: with no GPU, the gpu binary names
+#      cuInit's error and what to do, and the test binary skips saying so;
+#      a rank whose LOCAL_RANK has no GPU names both numbers.
 set -euo pipefail
 OUT=${1:-bin/fakecuda}
 GO=${GO:-go}
@@ -116,3 +119,23 @@ if ! grep -q '^# Out of bounds values : 0 OK' <<<"$out" || [ "$(grep -c '^ *[0-9
   exit 1
 fi
 echo "fake-gpu-test: bench allreduce --backend nccl --device gpu on 2 fake GPUs: $(grep -c '^ *[0-9]' <<<"$out") sizes, none wrong"
+
+# expect WHAT TEXT CMD...: CMD fails (or, for a test binary, passes) and
+# its output holds TEXT.
+expect() {
+  local what=$1 text=$2 out
+  shift 2
+  out=$("$@" 2>&1) && [ "$what" = fails ] && { echo "fake-gpu-test: $* succeeded"; exit 1; }
+  grep -qF -- "$text" <<<"$out" || {
+    echo "$out" | tail -5
+    echo "fake-gpu-test: $*: want \"$text\" in its output"
+    exit 1
+  }
+}
+FAKECUDA_DEVICES=0 expect fails "cuInit returned 100 CUDA_ERROR_NO_DEVICE (no CUDA-capable device is detected)" \
+  "$OUT/gotrain-gpu" train --device gpu --max-steps 1
+FAKECUDA_DEVICES=0 expect skips "every test of this binary needs a GPU" "$OUT/executor.test" -test.v
+FAKECUDA_DEVICES=2 WORLD_SIZE=4 RANK=3 LOCAL_RANK=3 LOCAL_WORLD_SIZE=4 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 \
+  expect fails "no GPU 3: this machine has 2 (LOCAL_RANK picks the GPU; start at most 2 workers per node)" \
+  "$OUT/gotrain-gpu" train --device gpu --max-steps 1
+echo "fake-gpu-test: no GPU, and a LOCAL_RANK without one, are named"
