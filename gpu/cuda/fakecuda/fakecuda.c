@@ -561,7 +561,7 @@ EXPORT CUresult cuStreamDestroy(CUstream s) {
 	CUresult r = CUDA_ERROR_INVALID_HANDLE;
 	for (int i = 0; i < nstreams; i++)
 		if (streams[i] == st) {
-			run_to(st, -1); // its work completes
+			run_all(); // its work completes, and the waits on its events
 			streams[i] = streams[--nstreams];
 			free(st);
 			r = CUDA_SUCCESS;
