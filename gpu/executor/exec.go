@@ -97,20 +97,21 @@ func (ps *Params) Free() {
 // uploads the batch, draws the dropout masks on the device, runs every op
 // in order and reads back the loss.
 type Program struct {
-	Batch  int
-	Train  bool
-	dev    device.Device
-	layout *graph.Layout
-	vals   []Tensor
-	owned  []device.Buffer
-	ops    []*Op
-	ins    [][]Tensor  // per op node: its inputs, bound once
-	x, y   int         // y: -1 without labels (a stage before the last)
-	up     int         // a stage's upstream gradient G; -1 without
-	masks  []int       // node indices of the dropout masks
-	gradOf map[int]int // node index of a gradient -> its parameter
-	runs   int
-	prof   *Profile // nil: no profiling
+	Batch     int
+	Train     bool
+	dev       device.Device
+	layout    *graph.Layout
+	vals      []Tensor
+	owned     []device.Buffer
+	ops       []*Op
+	ins       [][]Tensor  // per op node: its inputs, bound once
+	x, y      int         // y: -1 without labels (a stage before the last)
+	up        int         // a stage's upstream gradient G; -1 without
+	masks     []int       // node indices of the dropout masks
+	gradOf    map[int]int // node index of a gradient -> its parameter
+	runs      int
+	prof      *Profile // nil: no profiling
+	profNames []string // per op node: its row in a profile
 }
 
 // Warm reports whether the program has run before (the first run of a
@@ -409,7 +410,23 @@ func (e *Program) launch(x, y, g []float32, seed, stream uint64, gradReady func(
 }
 
 // Profile makes the program time its work into p (nil: stop); see Profile.
-func (e *Program) Profile(p *Profile) { e.prof = p }
+func (e *Program) Profile(p *Profile) {
+	e.prof = p
+	if p == nil || e.profNames != nil {
+		return
+	}
+	e.profNames = make([]string, len(e.ops))
+	for i, op := range e.ops {
+		if op == nil {
+			continue
+		}
+		in := make([][]int, len(e.ins[i]))
+		for j, t := range e.ins[i] {
+			in[j] = t.Shape
+		}
+		e.profNames[i] = opName(op, in, e.layout.Nodes[i].Op.Attrs())
+	}
+}
 
 // timed runs fn, through the profile when there is one.
 func (e *Program) timed(name string, flops int64, fn func() error) error {
@@ -461,12 +478,7 @@ func (e *Program) exec(seed, stream uint64, gradReady func(param int) error) err
 		}
 		run := func() error { return op.Run(e.dev, e.ins[i], e.vals[i]) }
 		if e.prof != nil {
-			n := e.layout.Nodes[i]
-			in := make([][]int, len(e.ins[i]))
-			for j, t := range e.ins[i] {
-				in[j] = t.Shape
-			}
-			err = e.prof.Time(e.dev, opName(op, in, n.Op.Attrs()), nodeFLOPs(e.layout, n), run)
+			err = e.prof.Time(e.dev, e.profNames[i], nodeFLOPs(e.layout, e.layout.Nodes[i]), run)
 		} else {
 			err = run()
 		}

@@ -48,6 +48,8 @@ echo "fake-gpu-test: the executor's tests pass, $on subtests of them on cuda:0 f
 # acc CMD...: the test accuracy CMD prints (rank 0's, from a launch); its
 # stderr goes to train.err.
 acc() { "$@" 2>"$OUT/train.err" | sed -n 's/^\(\[rank0\] \)\{0,1\}test accuracy \([0-9.]*\)%.*/\2/p'; }
+# within A B TOL: |A - B| <= TOL
+within() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= t) }'; }
 common=(train --model mlp --epochs 1 --max-steps 300 --threads 2)
 cpu=$(acc "$OUT/gotrain-cpu" "${common[@]}" --device cpu)
 for prec in fp32 bf16; do
@@ -60,7 +62,7 @@ for prec in fp32 bf16; do
   tol=0.5
   [ $prec = bf16 ] && tol=1
   echo "fake-gpu-test: MNIST MLP, 300 steps: test accuracy $gpu% on cuda:0 fakecuda at $prec, $cpu% on the CPU"
-  awk -v a="$gpu" -v b="$cpu" -v t=$tol 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= t) }' || {
+  within "$gpu" "$cpu" $tol || {
     echo "fake-gpu-test: the accuracies differ by more than $tol points"
     exit 1
   }
@@ -77,8 +79,6 @@ case $rec in
 esac
 echo "fake-gpu-test: bench train --device gpu runs from page-locked memory"
 
-# within A B TOL: |A - B| <= TOL
-within() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= t) }'; }
 ${CC:-cc} -O2 -shared -fPIC -o "$OUT/libnccl.so.2" nccl/testdata/standin/standin.c -lpthread -lrt -ldl
 export NCCL_LIBRARY=$OUT/libnccl.so.2
 for job in "data parallel:" "data parallel, NCCL:--backend nccl --bucket-mb 0.1" \
