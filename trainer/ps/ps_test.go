@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -208,7 +207,7 @@ func TestFramesRoundTrip(t *testing.T) {
 	_, err = readPush(&b, g, make([]byte, 64))
 	require.ErrorContains(t, err, "a gradient of 3 values for a model of 2")
 	b.Reset()
-	require.NoError(t, writeReply(w, Reply{Kind: kindRefused, Message: fmt.Sprint("because")}))
+	require.NoError(t, writeReply(w, Reply{Kind: kindRefused, Message: "because"}))
 	rp, err := readReply(&b, g, make([]byte, 64))
 	require.NoError(t, err)
 	require.Equal(t, "because", rp.Message)
