@@ -61,9 +61,7 @@ func im2col(g convGeom, x, cols []float32) {
 								}
 								if hi > lo {
 									dd, ss := d[lo:hi], src[lo+j-g.Pad:][:hi-lo]
-									for ox, v := range ss {
-										dd[ox] = v
-									}
+									copy(dd, ss)
 								}
 								for ox := max(hi, lo); ox < len(d); ox++ {
 									d[ox] = 0

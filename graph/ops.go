@@ -24,7 +24,7 @@ func newLinear(needX bool) *linearOp {
 func (o *linearOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	x, w, b := shapeOf(ds[0]), shapeOf(ds[1]), shapeOf(ds[2])
 	if len(x) != 2 || len(w) != 2 || len(b) != 1 || x[1] != w[1] || b[0] != w[0] {
-		return nil, fmt.Errorf("Linear: X %v, W %v, b %v do not fit (want X[N,in], W[out,in], b[out])", x, w, b)
+		return nil, fmt.Errorf("%s: X %v, W %v, b %v do not fit (want X[N,in], W[out,in], b[out])", OpLinear, x, w, b)
 	}
 	return tensor.Shape{x[0], w[0]}, nil
 }
@@ -244,7 +244,7 @@ func newMul(d int) *mulOp { return &mulOp{newBase(OpMul, nil, tt(d), tt(d), tt(d
 
 func (o *mulOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	if !shapeOf(ds[0]).Eq(shapeOf(ds[1])) {
-		return nil, fmt.Errorf("Mul: shapes %v and %v differ", ds[0], ds[1])
+		return nil, fmt.Errorf("%s: shapes %v and %v differ", OpMul, ds[0], ds[1])
 	}
 	return shapeOf(ds[0]).Clone(), nil
 }
@@ -280,7 +280,7 @@ func newReshape(from, to tensor.Shape) *reshapeOp {
 
 func (o *reshapeOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	if shapeOf(ds[0]).TotalSize() != o.to.TotalSize() {
-		return nil, fmt.Errorf("Reshape: %v has %d elements, %v has %d", ds[0], shapeOf(ds[0]).TotalSize(), o.to, o.to.TotalSize())
+		return nil, fmt.Errorf("%s: %v has %d elements, %v has %d", OpReshape, ds[0], shapeOf(ds[0]).TotalSize(), o.to, o.to.TotalSize())
 	}
 	return o.to.Clone(), nil
 }

@@ -283,7 +283,7 @@ func newDot(d int) *dotOp { return &dotOp{base: newBase(OpDot, nil, scalarT, tt(
 
 func (o *dotOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	if !shapeOf(ds[0]).Eq(shapeOf(ds[1])) {
-		return nil, fmt.Errorf("Dot: shapes %v and %v differ", ds[0], ds[1])
+		return nil, fmt.Errorf("%s: shapes %v and %v differ", OpDot, ds[0], ds[1])
 	}
 	return tensor.ScalarShape(), nil
 }
