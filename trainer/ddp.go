@@ -609,7 +609,7 @@ func (t *Trainer) averageParams(ctx context.Context, stopRequested bool) (stop b
 		defer func() {
 			if err == nil {
 				if err = d.params.Upload(t.Model); err != nil {
-					err = t.devErr(err)
+					err = t.devErr("uploading the averaged parameters", err)
 				}
 			}
 		}()

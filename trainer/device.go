@@ -103,7 +103,7 @@ func (t *Trainer) devStart() error {
 		st, step = t.pp.opt.State()
 	}
 	if d.params, err = executor.UploadParamsOf(d.dev, t.Model, only); err != nil {
-		return t.devErr(err)
+		return t.devErr("uploading the parameters", err)
 	}
 	for i, p := range t.Model.Params {
 		if only == nil || slices.Contains(only, i) {
@@ -113,17 +113,17 @@ func (t *Trainer) devStart() error {
 		d.host = append(d.host, make([]float32, len(p.Data)))
 	}
 	if d.opt, err = executor.NewOptimizer(d.dev, t.cfg.optimizer(), ps); err != nil {
-		return t.devErr(err)
+		return t.devErr("creating the optimiser", err)
 	}
 	if err := d.opt.LoadState(d.names, st, step); err != nil {
-		return t.devErr(err)
+		return t.devErr("loading the optimiser state", err)
 	}
 	if t.pp != nil {
 		d.stageParams = ps
 		for _, pi := range only {
 			b, err := d.dev.Alloc(t.Model.Params[pi].Size())
 			if err != nil {
-				return t.devErr(err)
+				return t.devErr("allocating a stage gradient", err)
 			}
 			d.acc = append(d.acc, executor.Tensor{Buf: b, Shape: t.Model.Params[pi].Shape})
 		}
@@ -139,7 +139,7 @@ func (t *Trainer) devStart() error {
 		for _, p := range d.params.T {
 			b, err := d.dev.Alloc(p.Size())
 			if err != nil {
-				return t.devErr(err)
+				return t.devErr("allocating a gradient", err)
 			}
 			d.grads = append(d.grads, executor.Tensor{Buf: b, Shape: p.Shape})
 		}
@@ -149,7 +149,7 @@ func (t *Trainer) devStart() error {
 	}
 	if t.cfg.Sync != "async" && t.pp == nil && t.cfg.Prefetch {
 		if d.pf, err = newPrefetcher(d.dev, t.cfg.BatchSize, t.Model.InputSize(), t.cfg.PinMemory); err != nil {
-			return t.devErr(err)
+			return t.devErr("starting the prefetcher", err)
 		}
 	}
 	d.progs = map[progKey]devProg{}
@@ -169,7 +169,7 @@ func (t *Trainer) devProgram(p *graph.Program) (*executor.Program, error) {
 	}
 	e, err := executor.Compile(d.dev, p, d.params, d.prec)
 	if err != nil {
-		return nil, t.devErr(err)
+		return nil, t.devErr("compiling a program", err)
 	}
 	d.progs[k] = devProg{p, e}
 	return e, nil
@@ -191,7 +191,7 @@ func (t *Trainer) devRunProgram(p *graph.Program, x, y []float32, seed, stream u
 	}
 	loss, err := e.RunWatched(x, y, seed, stream, watch)
 	if err != nil {
-		return nil, 0, t.devErr(err)
+		return nil, 0, t.devErr("running a program", err)
 	}
 	t.devr.stale = true
 	t.devr.runs++
@@ -204,7 +204,7 @@ func (t *Trainer) devRunProgram(p *graph.Program, x, y []float32, seed, stream u
 func (t *Trainer) devAsyncGrad(p *graph.Program, seed, stream uint64, grad []float32) (float32, error) {
 	d := t.devr
 	if err := d.params.Upload(t.Model); err != nil {
-		return 0, t.devErr(err)
+		return 0, t.devErr("uploading the parameters", err)
 	}
 	e, loss, err := t.devRunProgram(p, p.X, p.Y, seed, stream, nil)
 	if err != nil {
@@ -226,7 +226,7 @@ func (t *Trainer) devAsyncGrad(p *graph.Program, seed, stream uint64, grad []flo
 func (t *Trainer) devGrad(e *executor.Program, i int) ([]float32, error) {
 	g := t.devr.host[i]
 	if err := t.devr.dev.Read(g, e.Grad(i).Buf); err != nil {
-		return nil, fmt.Errorf("device %s: gradient of %s: %w", t.devr.dev.Name(), t.Model.Params[i].Name, err)
+		return nil, t.devErr("downloading the gradient of "+t.Model.Params[i].Name, err)
 	}
 	return g, nil
 }
@@ -243,7 +243,7 @@ func (t *Trainer) devStep(e *executor.Program, lr, loss float64) error {
 	default:
 		for i, v := range t.dp.views {
 			if err := d.dev.Write(grads[i].Buf, v); err != nil {
-				return t.devErr(err)
+				return t.devErr("uploading the reduced gradients", err)
 			}
 		}
 	}
@@ -253,18 +253,18 @@ func (t *Trainer) devStep(e *executor.Program, lr, loss float64) error {
 	if d.clip == nil {
 		var err error
 		if d.clip, err = executor.NewClipper(d.dev, len(grads)); err != nil {
-			return t.devErr(err)
+			return t.devErr("creating the gradient clipper", err)
 		}
 	}
 	norm, err := d.clip.Clip(grads, t.cfg.ClipGradNorm)
 	if err != nil {
-		return t.devErr(err)
+		return t.devErr("clipping the gradients", err)
 	}
 	if !finite(norm) {
 		return t.diverged(loss)
 	}
 	if err := d.opt.Step(d.params.T, grads, lr); err != nil {
-		return t.devErr(err)
+		return t.devErr("optimiser step", err)
 	}
 	d.stale = true
 	d.steps++
@@ -279,18 +279,18 @@ func (t *Trainer) hostSync() error {
 		return nil
 	}
 	if err := d.params.Download(t.Model); err != nil {
-		return t.devErr(err)
+		return t.devErr("downloading the parameters", err)
 	}
 	st, step, err := d.opt.State(d.names)
 	if err != nil {
-		return t.devErr(err)
+		return t.devErr("downloading the optimiser state", err)
 	}
 	opt := t.opt
 	if t.pp != nil {
 		opt = t.pp.opt
 	}
 	if err := opt.LoadState(st, step); err != nil {
-		return t.devErr(err)
+		return t.devErr("loading the optimiser state on the host", err)
 	}
 	d.stale = false
 	return nil
@@ -364,7 +364,7 @@ func (t *Trainer) devStage(p *graph.StageProgram) (*executor.Program, error) {
 	}
 	e, err := executor.CompileStage(d.dev, p, d.params, d.prec)
 	if err != nil {
-		return nil, t.devErr(err)
+		return nil, t.devErr("compiling a stage program", err)
 	}
 	d.stageProgs[p] = e
 	return e, nil
@@ -376,13 +376,17 @@ func (t *Trainer) devRead(v executor.Tensor) ([]float32, error) {
 	d := t.devr
 	d.out = slices.Grow(d.out[:0], v.Size())[:v.Size()]
 	if err := d.dev.Read(d.out, v.Buf); err != nil {
-		return nil, t.devErr(err)
+		return nil, t.devErr("downloading a stage output", err)
 	}
 	return d.out, nil
 }
 
-// devErr names the device in an error from it.
-func (t *Trainer) devErr(err error) error { return t.devErr(err) }
+// devErr names the device, and what the trainer asked of it (op, e.g.
+// "running a program"), in an error from it; the cause stays wrapped for
+// errors.Is and errors.As.
+func (t *Trainer) devErr(op string, err error) error {
+	return fmt.Errorf("device %s: %s: %w", t.devr.dev.Name(), op, err)
+}
 
 // devEvaluate is Evaluate on the device: the evaluation programs run there
 // and only the losses and logits come back.
@@ -395,12 +399,12 @@ func (t *Trainer) devEvaluate(ds *data.Dataset, batch int) (accuracy, loss float
 		}
 		l, err := e.Run(p.X, p.Y, 0, 0)
 		if err != nil {
-			return 0, 0, fmt.Errorf("device %s: evaluation: %w", t.devr.dev.Name(), err)
+			return 0, 0, t.devErr("evaluation", err)
 		}
 		k := t.Model.Spec.Classes
 		logits = slices.Grow(logits[:0], p.Batch*k)[:p.Batch*k]
 		if err := e.Logits(logits); err != nil {
-			return 0, 0, err
+			return 0, 0, t.devErr("downloading the logits", err)
 		}
 		t.devr.evals++
 		return l, graph.CountCorrect(logits, p.Y, k), nil
@@ -432,7 +436,7 @@ func (t *Trainer) devBuckets() error {
 		}
 		buf, err := d.dev.Alloc(len(b.buf))
 		if err != nil {
-			return fmt.Errorf("device %s: gradient bucket: %w", d.dev.Name(), err)
+			return t.devErr("allocating a gradient bucket", err)
 		}
 		d.buckets = append(d.buckets, buf)
 		if _, ok := buf.(device.Addresser); !ok {
@@ -444,14 +448,14 @@ func (t *Trainer) devBuckets() error {
 		if wantBF16 {
 			half, err := d.dev.Alloc((len(b.buf) + 1) / 2)
 			if err != nil {
-				return fmt.Errorf("device %s: gradient bucket: %w", d.dev.Name(), err)
+				return t.devErr("allocating a bf16 gradient bucket", err)
 			}
 			d.bf16 = append(d.bf16, half)
 		}
 	}
 	var err error
 	if d.one, err = d.dev.Alloc(1); err != nil {
-		return t.devErr(err)
+		return t.devErr("allocating the stop flag", err)
 	}
 	d.reduce = red
 	t.log.Info("gradient buckets on the device", "device", d.dev.Name(), "buckets", len(d.buckets), "reduce_precision", map[bool]string{false: "fp32", true: "bf16"}[wantBF16])
@@ -485,7 +489,7 @@ func (t *Trainer) devPackBucket(bi int, e *executor.Program, scale float32, firs
 			err = d.dev.Launch("fill_at", n, d.buckets[bi], d.offsets[i], n, float32(0))
 		}
 		if err != nil {
-			return fmt.Errorf("device %s: gradient bucket %d: %w", d.dev.Name(), bi, err)
+			return t.devErr(fmt.Sprintf("packing gradient bucket %d", bi), err)
 		}
 	}
 	return nil
@@ -582,20 +586,20 @@ func (b *bucketReducer) pack(bi int) error {
 	}
 	if lb := len(d.buckets) - 1; bi == lb {
 		if err := d.dev.Launch("fill_at", 1, d.buckets[lb], len(t.dp.buckets[lb].buf)-1, 1, b.stop); err != nil {
-			return err
+			return t.devErr("packing the stop flag", err)
 		}
 	}
 	if d.bf16 != nil {
 		n := d.buckets[bi].Len()
 		if err := d.dev.Launch("to_bf16", n, d.buckets[bi], d.bf16[bi], n); err != nil {
-			return err
+			return t.devErr(fmt.Sprintf("rounding gradient bucket %d to bf16", bi), err)
 		}
 	}
 	job := reduceJob{bucket: bi}
 	if b.streams != nil {
 		var err error
 		if job.packed, err = b.streams.Mark(); err != nil {
-			return err
+			return t.devErr(fmt.Sprintf("marking gradient bucket %d", bi), err)
 		}
 	}
 	b.jobs <- job
@@ -643,7 +647,7 @@ func (t *Trainer) devAllReduce(ctx context.Context, last *graph.Program, scale f
 		// watchdog (a Read would block for good on a peer that never
 		// joins).
 		if err := b.streams.JoinComm(); err != nil {
-			return false, t.devErr(err)
+			return false, t.devErr("joining the communication stream", err)
 		}
 		cctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
 		err := d.reduce.WaitDevice(cctx, b.streams.CommDone)
@@ -655,7 +659,7 @@ func (t *Trainer) devAllReduce(ctx context.Context, last *graph.Program, scale f
 	for bi := range d.bf16 {
 		n := d.buckets[bi].Len()
 		if err := d.dev.Launch("from_bf16", n, d.bf16[bi], d.buckets[bi], n); err != nil {
-			return false, err
+			return false, t.devErr(fmt.Sprintf("widening gradient bucket %d from bf16", bi), err)
 		}
 	}
 	lb := len(d.buckets) - 1
@@ -664,16 +668,16 @@ func (t *Trainer) devAllReduce(ctx context.Context, last *graph.Program, scale f
 		for _, i := range bk.params {
 			n := t.Model.Params[i].Size()
 			if err := d.dev.Launch("copy_at", n, d.buckets[bi], d.offsets[i], d.grads[i].Buf, 0, n); err != nil {
-				return false, err
+				return false, t.devErr(fmt.Sprintf("unpacking gradient bucket %d", bi), err)
 			}
 		}
 	}
 	if err := d.dev.Launch("copy_at", 1, d.buckets[lb], stopAt, d.one, 0, 1); err != nil {
-		return false, err
+		return false, t.devErr("unpacking the stop flag", err)
 	}
 	v := []float32{0}
 	if err := d.dev.Read(v, d.one); err != nil {
-		return false, err
+		return false, t.devErr("downloading the stop flag", err)
 	}
 	return v[0] > 0, nil
 }

@@ -261,7 +261,7 @@ func (t *Trainer) stageForward(fp *graph.StageProgram, x []float32, j int, seed,
 			return stageData{}, err
 		}
 		if _, err := e.RunStageLoaded(nil, seed, stream); err != nil {
-			return stageData{}, t.devErr(err)
+			return stageData{}, t.devErr("running a stage program", err)
 		}
 		t.devr.runs++
 		if t.devDirect() {
@@ -296,19 +296,19 @@ func (t *Trainer) stageBackward(tp *graph.StageProgram, x []float32, j int, seed
 		}
 		if tp.G != nil && !t.devDirect() {
 			if err := device.WriteAsync(d.dev, e.Upstream().Buf, tp.G); err != nil {
-				return 0, stageData{}, t.devErr(err)
+				return 0, stageData{}, t.devErr("uploading an output gradient", err)
 			}
 		}
 		l, err := e.RunStageLoaded(tp.Y, seed, stream)
 		if err != nil {
-			return 0, stageData{}, t.devErr(err)
+			return 0, stageData{}, t.devErr("running a stage program", err)
 		}
 		d.runs++
 		d.stale = true
 		for i := range pp.stage.Params {
 			n := e.Grad(i).Size()
 			if err := d.dev.Launch("axpy_at", n, e.Grad(i).Buf, d.acc[i].Buf, n, 0, scale, !first); err != nil {
-				return 0, stageData{}, t.devErr(err)
+				return 0, stageData{}, t.devErr("summing the stage gradients", err)
 			}
 		}
 		switch {
@@ -350,7 +350,7 @@ func (t *Trainer) stageGradsDone(first bool) error {
 	if d := t.devr; d != nil {
 		for _, a := range d.acc {
 			if err := d.dev.Launch("fill", a.Size(), a.Buf, float32(0), a.Size()); err != nil {
-				return t.devErr(err)
+				return t.devErr("zeroing the stage gradients", err)
 			}
 		}
 		return nil
@@ -367,7 +367,7 @@ func (t *Trainer) stageGradsToHost() error {
 	if d := t.devr; d != nil {
 		for i, a := range d.acc {
 			if err := d.dev.Read(t.pp.grads[i], a.Buf); err != nil {
-				return t.devErr(err)
+				return t.devErr("downloading the stage gradients", err)
 			}
 		}
 	}
@@ -378,7 +378,7 @@ func (t *Trainer) stageGradsFromHost() error {
 	if d := t.devr; d != nil {
 		for i, a := range d.acc {
 			if err := d.dev.Write(a.Buf, t.pp.grads[i]); err != nil {
-				return t.devErr(err)
+				return t.devErr("uploading the stage gradients", err)
 			}
 		}
 	}
@@ -394,12 +394,12 @@ func (t *Trainer) stageSumSquares() (float64, error) {
 	if d.clip == nil {
 		var err error
 		if d.clip, err = executor.NewClipper(d.dev, len(d.acc)); err != nil {
-			return 0, t.devErr(err)
+			return 0, t.devErr("creating the gradient clipper", err)
 		}
 	}
 	sq, err := d.clip.SumSquares(d.acc)
 	if err != nil {
-		return 0, t.devErr(err)
+		return 0, t.devErr("summing the gradients' squares", err)
 	}
 	return sq, nil
 }
@@ -418,11 +418,11 @@ func (t *Trainer) pipelineUpdate(norm, lr float64) error {
 	}
 	if clip {
 		if err := d.clip.Scale(d.acc, c); err != nil {
-			return t.devErr(err)
+			return t.devErr("clipping the gradients", err)
 		}
 	}
 	if err := d.opt.Step(d.stageParams, d.acc, lr); err != nil {
-		return t.devErr(err)
+		return t.devErr("optimiser step", err)
 	}
 	d.stale = true
 	d.steps++
@@ -495,7 +495,7 @@ func (t *Trainer) stageEval(fp *graph.StageProgram) (float32, []float32, error) 
 	}
 	l, err := e.RunStage(fp.X, fp.Y, nil, 0, 0)
 	if err != nil {
-		return 0, nil, t.devErr(err)
+		return 0, nil, t.devErr("evaluation", err)
 	}
 	t.devr.evals++
 	out, err := t.devRead(e.Out())
@@ -562,7 +562,7 @@ func (t *Trainer) devRecvInput(ctx context.Context, j, n, peer int) error {
 		d.stageIn = append(d.stageIn, nil)
 	}
 	if err := device.Grow(d.dev, &d.stageIn[j], n); err != nil {
-		return t.devErr(err)
+		return t.devErr("allocating a received input", err)
 	}
 	addr := d.stageIn[j].(device.Addresser).Addr()
 	return t.devP2P(ctx, "pipeline receive of activations", func(ctx context.Context) error {
@@ -599,13 +599,13 @@ func (t *Trainer) devLoadInput(e *executor.Program, x []float32, j int) error {
 	d := t.devr
 	if !t.devDirect() || t.pp.stage.Index == 0 {
 		if err := device.WriteAsync(d.dev, e.Input().Buf, x); err != nil {
-			return t.devErr(err)
+			return t.devErr("uploading a stage input", err)
 		}
 		return nil
 	}
 	n := e.Input().Size()
 	if err := d.dev.Launch("copy_f32", n, d.stageIn[j], e.Input().Buf, n); err != nil {
-		return t.devErr(err)
+		return t.devErr("copying a received input", err)
 	}
 	return nil
 }
