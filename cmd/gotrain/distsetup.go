@@ -96,7 +96,7 @@ func joinJob(ctx context.Context, f distFlags, log *slog.Logger, dev device.Devi
 	if err != nil {
 		return nil, err
 	}
-	opts := secure.Options{Secret: secret, Timeout: 30 * time.Second}
+	opts := secure.Options{Secret: secret} // handshakes within secure.DefaultTimeout
 	srvOpts, cliOpts := opts, opts
 	if f.tlsCert != "" || f.tlsKey != "" || f.tlsCA != "" {
 		s, c, err := secure.LoadTLS(f.tlsCert, f.tlsKey, f.tlsCA)
@@ -275,11 +275,31 @@ func (j *job) asyncTransport(ctx context.Context) (trainer.AsyncTransport, func(
 		if err != nil {
 			return nil, fmt.Errorf("reading the parameter server's address: %w", err)
 		}
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", string(addr))
-		if err != nil {
-			return nil, err
+		// The server refuses connections while its handshake cap is full
+		// (secure.Gate): retry those, for at most psDialTimeout.
+		ctx, cancel := context.WithTimeout(ctx, psDialTimeout)
+		defer cancel()
+		backoff := 20 * time.Millisecond
+		for {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", string(addr))
+			if err == nil {
+				if c, err = secure.Client(c, j.cliOpts); err == nil {
+					return c, nil
+				}
+			}
+			if !secure.Retryable(err) {
+				return nil, err
+			}
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w (gave up after %v: %w)", err, psDialTimeout, ctx.Err())
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
 		}
-		return secure.Client(c, j.cliOpts)
 	}}, func() {}, nil
 }
+
+// psDialTimeout bounds a worker's attempts to reach the parameter server.
+const psDialTimeout = 2 * time.Minute

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 	"unsafe"
+
+	"github.com/gotrain/gotrain/trainer/dist/secure"
 )
 
 // RingConfig configures NewRing.
@@ -42,6 +44,11 @@ type RingConfig struct {
 	// Timeout bounds connection setup (default 2 minutes); collectives use
 	// their ctx.
 	Timeout time.Duration
+	// MaxHandshakes caps the handshakes (Upgrade and hello) in progress at
+	// once on each of this rank's listeners; a connection beyond it is
+	// closed at once, and the dialing rank retries (see secure.Gate).
+	// 0: secure.DefaultMaxHandshakes; negative: no cap (tests only).
+	MaxHandshakes int
 }
 
 // DefaultChunkBytes is the default RingConfig.ChunkBytes.
@@ -222,7 +229,8 @@ func (c *ring) connect(ctx context.Context, cfg RingConfig) error {
 	}()
 	for _, ln := range listeners {
 		hwg.Add(1)
-		go c.acceptLoop(ctx, ln, &hwg, cfg, deadline, me, acc)
+		gate := secure.NewGate(fmt.Sprintf("ring rank %d on %s", c.rank, ln.Addr()), cfg.MaxHandshakes, nil)
+		go c.acceptLoop(ctx, ln, gate, &hwg, cfg, deadline, me, acc)
 	}
 	for q := 0; q < c.rank; q++ {
 		go func() {
@@ -271,16 +279,34 @@ func (c *ring) connect(ctx context.Context, cfg RingConfig) error {
 }
 
 // acceptLoop hands the handshaken connections of ln to acc until ln closes.
-func (c *ring) acceptLoop(ctx context.Context, ln net.Listener, hwg *sync.WaitGroup, cfg RingConfig, deadline time.Time, me hello, acc chan accepted) {
+// At most gate's handshakes run at once: a connection beyond them is closed
+// at once (the dialing rank retries).
+func (c *ring) acceptLoop(ctx context.Context, ln net.Listener, gate *secure.Gate, hwg *sync.WaitGroup, cfg RingConfig, deadline time.Time, me hello, acc chan accepted) {
 	defer hwg.Done()
+	backoff := 5 * time.Millisecond
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			return
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return
+			}
+			// Transient (e.g. out of file descriptors): back off and retry.
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		if !gate.Admit(conn) {
+			continue
 		}
 		hwg.Go(func() {
 			stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 			p, err := c.serverHandshake(conn, cfg.Upgrade, deadline, me)
+			gate.Release()
 			if !stop() || err != nil {
 				conn.Close() // a stray or wrong-group connection: refused, keep waiting
 				return
@@ -296,16 +322,25 @@ func (c *ring) acceptLoop(ctx context.Context, ln net.Listener, hwg *sync.WaitGr
 
 func (c *ring) addrKey(rank int) string { return c.prefix + "addr/" + strconv.Itoa(rank) }
 
+// serverHandshake authenticates conn (upgrade) and reads its hello, within
+// secure.DefaultTimeout for each (and before deadline): an unauthenticated
+// peer holds a slot of the listener's gate no longer than that.
 func (c *ring) serverHandshake(conn net.Conn, upgrade func(net.Conn, bool) (net.Conn, error), deadline time.Time, me hello) (*peer, error) {
 	tune(conn)
-	_ = conn.SetDeadline(deadline)
+	short := func() time.Time {
+		if t := time.Now().Add(secure.DefaultTimeout); t.Before(deadline) {
+			return t
+		}
+		return deadline
+	}
+	_ = conn.SetDeadline(short())
 	if upgrade != nil {
 		up, err := upgrade(conn, true)
 		if err != nil {
 			return nil, err
 		}
 		conn = up
-		_ = conn.SetDeadline(deadline)
+		_ = conn.SetDeadline(short())
 	}
 	p := newPeer(-1, conn, bufio.NewReaderSize(conn, 64<<10))
 	b, err := p.fr.readControl(opHello)
@@ -348,18 +383,50 @@ func (c *ring) dial(ctx context.Context, q int, upgrade func(net.Conn, bool) (ne
 	if c.useUnix && ep.unix != "" && ep.host != "" && ep.host == c.hostID {
 		network, addr = "unix", ep.unix
 	}
-	var conn net.Conn
-	var d net.Dialer
+	backoff := 50 * time.Millisecond
 	for {
-		conn, err = d.DialContext(ctx, network, addr)
-		if err == nil {
-			break
+		p, retry, err := c.dialOnce(ctx, q, network, addr, upgrade, deadline, me)
+		if !retry {
+			if err != nil {
+				return fail(errKind(err), err)
+			}
+			return p, nil
 		}
+		// Refused (the listener's handshake cap was full, or it is not
+		// listening yet) or cut: try again until the setup deadline.
 		select {
 		case <-ctx.Done():
-			return fail(ErrTimeout, fmt.Errorf("dialing %s: %w", addr, err))
-		case <-time.After(50 * time.Millisecond):
+			return fail(ErrTimeout, fmt.Errorf("%w (gave up: %w)", err, ctx.Err()))
+		case <-time.After(backoff):
 		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// kindErr carries the OpError kind of a dial failure.
+type kindErr struct {
+	kind error
+	err  error
+}
+
+func (e *kindErr) Error() string { return e.err.Error() }
+func (e *kindErr) Unwrap() error { return e.err }
+
+func errKind(err error) error {
+	var k *kindErr
+	if errors.As(err, &k) {
+		return k.kind
+	}
+	return ErrPeerLost
+}
+
+// dialOnce makes one connection to rank q at addr and runs the handshake;
+// retry says whether a failure may pass on another attempt.
+func (c *ring) dialOnce(ctx context.Context, q int, network, addr string, upgrade func(net.Conn, bool) (net.Conn, error), deadline time.Time, me hello) (p *peer, retry bool, err error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, true, fmt.Errorf("dialing %s: %w", addr, err)
 	}
 	tune(conn)
 	_ = conn.SetDeadline(deadline)
@@ -369,27 +436,28 @@ func (c *ring) dial(ctx context.Context, q int, upgrade func(net.Conn, bool) (ne
 		up, err := upgrade(conn, false)
 		if err != nil {
 			conn.Close()
-			return fail(ErrProtocol, fmt.Errorf("upgrading connection to %s: %w", addr, err))
+			return nil, secure.Retryable(err), &kindErr{ErrProtocol, fmt.Errorf("upgrading connection to %s: %w", addr, err)}
 		}
 		conn = up
 		_ = conn.SetDeadline(deadline)
 	}
-	p := newPeer(q, conn, bufio.NewReaderSize(conn, 64<<10))
+	p = newPeer(q, conn, bufio.NewReaderSize(conn, 64<<10))
 	if err := p.writeFrame(opHello, me.encode()); err != nil {
 		conn.Close()
-		return fail(ErrPeerLost, fmt.Errorf("handshake with %s: %w", addr, err))
+		return nil, true, &kindErr{ErrPeerLost, fmt.Errorf("handshake with %s: %w", addr, err)}
 	}
 	b, err := p.fr.readControl(opHello)
 	if err != nil {
 		conn.Close()
 		var g *goneErr
 		if errors.As(err, &g) {
-			return fail(ErrProtocol, fmt.Errorf("connection refused: %s", g.msg))
+			return nil, false, &kindErr{ErrProtocol, fmt.Errorf("connection refused: %s", g.msg)}
 		}
 		if errors.Is(err, ErrProtocol) {
-			return fail(ErrProtocol, err)
+			return nil, false, &kindErr{ErrProtocol, err}
 		}
-		return fail(ErrPeerLost, fmt.Errorf("handshake with %s: %w", addr, err))
+		// Closed without a word: refused by the listener's handshake cap.
+		return nil, true, &kindErr{ErrPeerLost, fmt.Errorf("handshake with %s: %w", addr, err)}
 	}
 	h, err := parseHello(b)
 	if err == nil && (h.rank != q || h.size != me.size || h.prefix != me.prefix) {
@@ -398,9 +466,9 @@ func (c *ring) dial(ctx context.Context, q int, upgrade func(net.Conn, bool) (ne
 	}
 	if err != nil {
 		conn.Close()
-		return fail(ErrProtocol, err)
+		return nil, false, &kindErr{ErrProtocol, err}
 	}
-	return p, nil
+	return p, false, nil
 }
 
 func (c *ring) getAddr(ctx context.Context, q int) (string, error) {

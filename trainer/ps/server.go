@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gotrain/gotrain/trainer/dist/secure"
 	"github.com/gotrain/gotrain/trainer/optim"
 )
 
@@ -38,8 +39,20 @@ type Config struct {
 	// OnPush, if set, is called after every applied push, with the
 	// server's lock held: keep it short.
 	OnPush func(PushInfo)
-	Log    *slog.Logger
+	// Timeout: a worker that has held a batch for longer than Timeout
+	// without pushing it is declared lost (see the package doc); 0: never.
+	// It must be longer than a batch's compute time.
+	Timeout time.Duration
+	// ManualTick: nothing ticks the server's clock but calls to Tick
+	// (tests); otherwise, with a Timeout, NewServer starts a ticker of
+	// Timeout/TicksPerTimeout that Close stops.
+	ManualTick bool
+	Log        *slog.Logger
 }
+
+// TicksPerTimeout is how many ticks make a Timeout: a worker is declared
+// lost at the first tick after it has been silent TicksPerTimeout ticks.
+const TicksPerTimeout = 8
 
 // PushInfo describes one applied push.
 type PushInfo struct {
@@ -62,7 +75,11 @@ type Stats struct {
 	// staleness bound.
 	WaitSeconds map[int]float64
 	Workers     int // live workers
-	Lost        []int
+	// Lost lists the workers that left before the end or were declared
+	// lost; TimedOut those of them declared lost after Timeout without a
+	// push.
+	Lost     []int
+	TimedOut []int
 }
 
 type task struct{ epoch, batch int }
@@ -73,6 +90,10 @@ type workerState struct {
 	busy     bool // holds a task
 	waited   time.Duration
 	finished bool
+	conn     net.Conn
+	handed   time.Time // when it was given its task (for the log only)
+	silent   int       // ticks since it was given its task
+	lost     bool      // declared lost
 }
 
 // Server is a parameter server. It is safe for concurrent use.
@@ -95,6 +116,8 @@ type Server struct {
 	doneCh   chan struct{}
 	conns    map[net.Conn]bool
 	closed   bool
+	lostMsg  map[int]string // why each worker declared lost was
+	stopTick chan struct{}  // closed by Close: ends the ticker
 }
 
 // NewServer makes a server with cfg's parameters (copied).
@@ -102,7 +125,8 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &Server{cfg: cfg, workers: map[int]*workerState{}, seen: map[int]bool{}, doneCh: make(chan struct{}), conns: map[net.Conn]bool{}}
+	s := &Server{cfg: cfg, workers: map[int]*workerState{}, seen: map[int]bool{}, doneCh: make(chan struct{}), conns: map[net.Conn]bool{},
+		lostMsg: map[int]string{}, stopTick: make(chan struct{})}
 	s.cond = sync.NewCond(&s.mu)
 	s.params = make([]optim.Param, len(cfg.Params))
 	for i, p := range cfg.Params {
@@ -115,8 +139,97 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s.stats.WaitSeconds = map[int]float64{}
 	s.skipEmpty()
+	if cfg.Timeout > 0 && !cfg.ManualTick {
+		go s.ticker(max(cfg.Timeout/TicksPerTimeout, time.Millisecond))
+	}
 	return s, nil
 }
+
+// ticker calls Tick every d until Close. A ticker drops the ticks its
+// reader misses, so a process that was stopped gets one tick when it runs
+// again, not all it missed.
+func (s *Server) ticker(d time.Duration) {
+	tk := time.NewTicker(d)
+	defer tk.Stop()
+	for {
+		select {
+		case <-tk.C:
+			s.Tick()
+		case <-s.stopTick:
+			return
+		}
+	}
+}
+
+// Tick advances the server's clock by Timeout/TicksPerTimeout: every
+// worker holding a batch has been silent one tick more, and one silent for
+// more than TicksPerTimeout ticks is declared lost. Without a Timeout it
+// does nothing.
+func (s *Server) Tick() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cfg.Timeout <= 0 || s.closed || s.done {
+		return
+	}
+	for id, ws := range s.workers {
+		if !ws.busy {
+			continue
+		}
+		if ws.silent++; ws.silent > TicksPerTimeout {
+			s.declareLost(id, ws)
+		}
+	}
+}
+
+// declareLost drops a silent worker: its batch goes back to the queue,
+// the staleness bound stops waiting for it, and its connection's pending
+// read or write is cut short so that ServeConn sends it the lost reply.
+// Caller holds mu.
+func (s *Server) declareLost(id int, ws *workerState) {
+	t := ws.task
+	silent := time.Since(ws.handed)
+	msg := fmt.Sprintf("worker %d held epoch %d batch %d for more than %v (--timeout) without pushing it; its batches were given to the other workers",
+		id, t.epoch+1, t.batch, s.cfg.Timeout)
+	s.cfg.Log.Warn("parameter server: a worker is lost: no push within the timeout; its batch goes to another worker",
+		"worker", id, "silent_seconds", silent.Seconds(), "timeout", s.cfg.Timeout, "epoch", t.epoch+1, "batch", t.batch)
+	ws.lost, ws.busy = true, false
+	s.pending--
+	s.requeued = append(s.requeued, t)
+	s.lostMsg[id] = msg
+	delete(s.workers, id)
+	s.stats.Workers--
+	s.stats.Lost = append(s.stats.Lost, id)
+	s.stats.TimedOut = append(s.stats.TimedOut, id)
+	if ws.conn != nil {
+		_ = ws.conn.SetDeadline(time.Unix(1, 0))
+	}
+	s.cond.Broadcast()
+}
+
+// lostWriteTimeout bounds the write of a lost reply to a worker that may
+// not be reading.
+const lostWriteTimeout = time.Second
+
+// sendLost tells a worker declared lost why, if its connection is at a
+// frame boundary (a reply cut short leaves w with an error, and nothing
+// more is written).
+func (s *Server) sendLost(c net.Conn, w *bufio.Writer, id int) {
+	s.mu.Lock()
+	msg := s.lostMsg[id]
+	s.mu.Unlock()
+	_ = c.SetDeadline(time.Now().Add(lostWriteTimeout))
+	_ = writeReply(w, Reply{Kind: kindLost, Message: msg})
+}
+
+// isLost says whether ws was declared lost.
+func (s *Server) isLost(ws *workerState) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return ws.lost
+}
+
+// errLost: apply refused the push of a worker declared lost.
+var errLost = errors.New("ps: push of a lost worker")
 
 // skipEmpty moves next past epochs without batches; marks the run done
 // when no work is left. Caller holds mu (or s is not shared yet).
@@ -136,8 +249,19 @@ func (s *Server) checkDone() {
 }
 
 // Serve accepts workers on ln until Close. Each connection is served in
-// its own goroutine.
+// its own goroutine, after Upgrade. At most secure.DefaultMaxHandshakes
+// Upgrades run at once (each bounded by its own deadline); a connection
+// beyond them is closed at once and the worker's dial retries (see
+// secure.Gate). A failed Upgrade is logged at most once per
+// secure.WarnInterval, with the count since the last line. A transient
+// Accept error (out of file descriptors) is retried with a back-off; Serve
+// returns the error only when ln fails for good.
 func (s *Server) Serve(ln net.Listener) error {
+	gate := secure.NewGate("parameter server on "+ln.Addr().String(), 0, s.cfg.Log)
+	var warnMu sync.Mutex
+	var lastWarn time.Time
+	failed := 0
+	backoff := 5 * time.Millisecond
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -147,18 +271,36 @@ func (s *Server) Serve(ln net.Listener) error {
 			if closed {
 				return nil
 			}
-			return err
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		if !gate.Admit(c) {
+			continue
 		}
 		go func() {
 			remote := c.RemoteAddr().String()
 			if s.cfg.Upgrade != nil {
 				u, err := s.cfg.Upgrade(c)
+				gate.Release()
 				if err != nil {
 					c.Close()
-					s.cfg.Log.Warn("parameter server: connection refused", "remote", remote, "err", err)
+					warnMu.Lock()
+					failed++
+					if now := time.Now(); now.Sub(lastWarn) >= secure.WarnInterval {
+						s.cfg.Log.Warn("parameter server: connection refused", "remote", remote, "err", err, "refused_since_last_warning", failed)
+						lastWarn, failed = now, 0
+					}
+					warnMu.Unlock()
 					return
 				}
 				c = u
+			} else {
+				gate.Release()
 			}
 			if err := s.ServeConn(c); err != nil {
 				s.cfg.Log.Warn("parameter server: worker connection ended", "remote", remote, "err", err)
@@ -197,6 +339,11 @@ func (s *Server) ServeConn(c net.Conn) (err error) {
 		return fmt.Errorf("%w: %s", ErrRefused, msg)
 	}
 	s.mu.Lock()
+	if msg, ok := s.lostMsg[id]; ok {
+		s.mu.Unlock()
+		_ = writeReply(w, Reply{Kind: kindLost, Message: msg})
+		return fmt.Errorf("%w: %s", ErrLost, msg)
+	}
 	if s.seen[id] {
 		s.mu.Unlock()
 		msg := fmt.Sprintf("worker %d is already connected or has left; a rank cannot join twice", id)
@@ -204,7 +351,7 @@ func (s *Server) ServeConn(c net.Conn) (err error) {
 		return fmt.Errorf("%w: %s", ErrRefused, msg)
 	}
 	s.seen[id] = true
-	ws := &workerState{}
+	ws := &workerState{conn: c}
 	s.workers[id] = ws
 	s.stats.Workers++
 	s.mu.Unlock()
@@ -223,19 +370,31 @@ func (s *Server) ServeConn(c net.Conn) (err error) {
 		}
 		return nil
 	}
-	if err := reply(); err != nil {
+	// A worker declared lost has been logged: its connection's end (cut
+	// short by declareLost, or a push refused) is no error of its own.
+	ended := func(err error) error {
+		if s.isLost(ws) {
+			s.sendLost(c, w, id)
+			return nil
+		}
 		return ignoreEOF(err)
+	}
+	if err := reply(); err != nil {
+		return ended(err)
 	}
 	for {
 		p, err := readPush(r, grad, buf)
 		if err != nil {
-			return ignoreEOF(err)
+			return ended(err)
 		}
 		if err := s.apply(id, ws, p); err != nil {
+			if errors.Is(err, errLost) {
+				return ended(err)
+			}
 			return err
 		}
 		if err := reply(); err != nil {
-			return ignoreEOF(err)
+			return ended(err)
 		}
 	}
 }
@@ -251,6 +410,9 @@ func ignoreEOF(err error) error {
 func (s *Server) apply(id int, ws *workerState, p Push) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if ws.lost {
+		return errLost
+	}
 	if !ws.busy || p.Epoch != uint32(ws.task.epoch) || p.Batch != uint32(ws.task.batch) {
 		return fmt.Errorf("%w: worker %d pushed epoch %d batch %d, which it was not given", ErrProtocol, id, p.Epoch, p.Batch)
 	}
@@ -290,15 +452,25 @@ func (s *Server) apply(id int, ws *workerState, p Push) error {
 }
 
 // assign waits for the staleness bound, then hands worker id its next task
-// with the current parameters (copied into flat), or the end.
+// with the current parameters (copied into flat), or the end. With no task
+// left to hand out while others hold batches, it waits for the end or for
+// one of those batches to come back.
 func (s *Server) assign(id int, ws *workerState, flat []float32) Reply {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	start := time.Now()
-	for !s.closed && !s.done && s.tooFarAhead(id) {
+	var waited time.Duration // held by the staleness bound
+	for !s.closed && !s.done {
+		if s.tooFarAhead(id) {
+			start := time.Now()
+			s.cond.Wait()
+			waited += time.Since(start)
+			continue
+		}
+		if len(s.requeued) > 0 || s.next.epoch < s.cfg.Epochs {
+			break
+		}
 		s.cond.Wait()
 	}
-	waited := time.Since(start)
 	ws.waited += waited
 	s.stats.WaitSeconds[id] = ws.waited.Seconds()
 	t, ok := s.take()
@@ -308,6 +480,7 @@ func (s *Server) assign(id int, ws *workerState, flat []float32) Reply {
 		return Reply{Kind: kindEnd, Version: s.version, WaitedNanos: uint64(waited)}
 	}
 	ws.task, ws.busy, ws.base = t, true, s.version
+	ws.handed, ws.silent = time.Now(), 0
 	s.pending++
 	off := 0
 	for _, q := range s.params {
@@ -351,6 +524,9 @@ func (s *Server) take() (task, bool) {
 func (s *Server) leave(id int, ws *workerState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if ws.lost {
+		return // declareLost did it all
+	}
 	if ws.busy {
 		ws.busy = false
 		s.pending--
@@ -417,12 +593,16 @@ func (s *Server) Stats() Stats {
 		st.WaitSeconds[k] = v
 	}
 	st.Lost = append([]int(nil), s.stats.Lost...)
+	st.TimedOut = append([]int(nil), s.stats.TimedOut...)
 	return st
 }
 
 // Close ends Serve, drops every connection and releases waiting workers.
 func (s *Server) Close() error {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.stopTick)
+	}
 	s.closed = true
 	for c := range s.conns {
 		c.Close()

@@ -216,7 +216,7 @@ func (s *supervisor) runElastic(ctx context.Context) int {
 		s.logf("%v", err)
 		return 2
 	}
-	st, closeStore, err := s.joinStore(ctx, secure.Options{Secret: secret, Timeout: 30 * time.Second})
+	st, closeStore, err := s.joinStore(ctx, secure.Options{Secret: secret}) // handshakes within secure.DefaultTimeout
 	if err != nil {
 		s.logf("%v", err)
 		return 1

@@ -19,8 +19,9 @@ const writeTimeout = 30 * time.Second
 
 // Server is the key-value store. It serves until Close.
 type Server struct {
-	ln  net.Listener
-	opt secure.Options
+	ln   net.Listener
+	opt  secure.Options
+	gate *secure.Gate // handshakes in progress
 
 	mu       sync.Mutex
 	data     map[string][]byte
@@ -41,11 +42,17 @@ type waitEntry struct {
 }
 
 // Serve serves the store on ln until Close. Every connection must pass
-// secure.Server with opt before any request is read.
+// secure.Server with opt before any request is read. At most
+// secure.DefaultMaxHandshakes handshakes run at once; a connection beyond
+// them is closed at once (see secure.Gate).
 func Serve(ln net.Listener, opt secure.Options) *Server {
+	return serve(ln, opt, secure.DefaultMaxHandshakes)
+}
+
+func serve(ln net.Listener, opt secure.Options, maxHandshakes int) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		ln: ln, opt: opt,
+		ln: ln, opt: opt, gate: secure.NewGate("rendezvous store on "+ln.Addr().String(), maxHandshakes, nil),
 		data: map[string][]byte{}, maxStore: MaxStoreSize,
 		ready: map[string]*waitEntry{}, conns: map[net.Conn]struct{}{},
 		ctx: ctx, cancel: cancel,
@@ -99,9 +106,13 @@ func (s *Server) acceptLoop() {
 			continue
 		}
 		backoff = 5 * time.Millisecond
+		if !s.gate.Admit(c) {
+			continue // refused: too many handshakes in progress
+		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
+			s.gate.Release()
 			c.Close()
 			return
 		}
@@ -130,6 +141,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		raw.Close()
 	}()
 	c, err := secure.Server(raw, s.opt)
+	s.gate.Release() // authenticated or gone: the slot is free
 	if err != nil {
 		return // secure.Server closed it; the peer is not part of the job
 	}

@@ -21,10 +21,27 @@
 //  5. the client checks that MAC in constant time ([ErrAuth] on a mismatch).
 //
 // Every read has a fixed size and the whole handshake runs under one
-// deadline (Options.Timeout, 10s by default), so garbage, truncated or
-// never-finishing peers end in an error within the timeout. On success the
-// deadline is cleared and the returned connection is ready for use; on
-// failure the connection has been closed.
+// deadline (Options.Timeout, [DefaultTimeout] = 5s by default), so garbage,
+// truncated or never-finishing peers end in an error within the timeout. On
+// success the deadline is cleared and the returned connection is ready for
+// use; on failure the connection has been closed.
+//
+// # Bounding the unauthenticated
+//
+// Until a handshake ends, the peer is nobody: anyone who can reach the port
+// can open connections and stall in the middle of one. Each costs the
+// server a file descriptor and a goroutine, so every accept loop that runs
+// the handshake (the rendezvous store's, which the elastic launchers use
+// too, the CPU ring's and the parameter server's) passes its connections
+// through a [Gate]: at most [DefaultMaxHandshakes] (128) handshakes in
+// progress per listener, each for at most the deadline. A connection beyond
+// the cap is closed at once, and the gate logs a warning at most once per
+// [WarnInterval]; the job is not otherwise affected. Established,
+// authenticated connections hold no slot. The processes of the job retry a
+// refused connection ([Retryable]), so a rank that connects during a flood
+// gets in at the latest when the flood's connections reach their deadline.
+// [LimitListener] applies a Gate to all of a listener's connections; the
+// Prometheus endpoint (trainer/metrics/prom) uses it.
 //
 // With Options.TLS set, the TLS handshake runs first and the HMAC exchange
 // then runs inside the TLS session. [LoadTLS] builds mutual-TLS

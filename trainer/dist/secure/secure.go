@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -24,8 +25,12 @@ const Preamble = "GOTRAIN-AUTH/1\n"
 // NonceSize is the size of each side's random challenge.
 const NonceSize = 32
 
-// DefaultTimeout bounds a whole handshake when Options.Timeout is zero.
-const DefaultTimeout = 10 * time.Second
+// DefaultTimeout bounds a whole handshake when Options.Timeout is zero. A
+// real handshake (TLS included) takes milliseconds even on a loaded
+// machine; the bound is short because every handshake in progress holds a
+// slot of its listener's [Gate], so it is also how long a peer that
+// connects and then stalls can keep a slot.
+const DefaultTimeout = 5 * time.Second
 
 const (
 	statusReject = 0x00
@@ -264,6 +269,11 @@ func peerName(c net.Conn) string {
 func tlsErr(err error) error {
 	var ne net.Error
 	if errors.Is(err, io.EOF) || errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return handshakeErr("TLS handshake", err)
+	}
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) {
+		// The server closed the connection before answering, as it does
+		// when its Gate is full: not a certificate problem.
 		return handshakeErr("TLS handshake", err)
 	}
 	var rh tls.RecordHeaderError

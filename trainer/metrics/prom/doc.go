@@ -104,8 +104,10 @@
 // /metrics (the text format, or protobuf/OpenMetrics when the scraper asks
 // for them) in a goroutine; / answers with a one-line pointer to /metrics.
 // It bounds header and request read times, response write time, idle
-// keep-alive time, header size, concurrent scrapes and scrape duration
-// (see the constants). An address that is malformed, busy or not local
+// keep-alive time, header size, open connections ([MaxConnections]; one
+// beyond them is closed at once, so idle connections cannot use up the
+// process's file descriptors), concurrent scrapes and scrape duration (see
+// the constants). An address that is malformed, busy or not local
 // gives an error that names it and says what to change. [Exporter.Close]
 // stops listening (the port is free when it returns) and waits briefly for
 // scrapes in progress.

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/gotrain/gotrain/trainer/dist/secure"
 	"github.com/gotrain/gotrain/trainer/metrics"
 )
 
@@ -32,6 +33,12 @@ const (
 	IdleTimeout = 2 * time.Minute
 	// MaxHeaderBytes bounds the size of a request's headers.
 	MaxHeaderBytes = 16 << 10
+	// MaxConnections bounds the connections open at once, idle ones
+	// included; a connection beyond it is closed at once (secure.Gate,
+	// through secure.LimitListener), so a flood of connections that send
+	// nothing holds at most this many file descriptors, each for at most
+	// ReadHeaderTimeout. A few scrapers need a few connections.
+	MaxConnections = 64
 	// MaxRequestsInFlight bounds concurrent scrapes; more get 503.
 	MaxRequestsInFlight = 4
 	// ScrapeTimeout bounds the time to gather and encode one scrape;
@@ -362,10 +369,11 @@ func (e *Exporter) Serve(addr string) (actualAddr string, err error) {
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 	}
+	limited := secure.LimitListener(ln, secure.NewGate("metrics endpoint on "+ln.Addr().String(), MaxConnections, nil))
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		_ = srv.Serve(ln) // returns http.ErrServerClosed after Close
+		_ = srv.Serve(limited) // returns http.ErrServerClosed after Close
 	}()
 	e.srv, e.ln, e.served = srv, ln, served
 	return ln.Addr().String(), nil
