@@ -3,6 +3,7 @@ package ps
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -54,6 +55,8 @@ func (cl *Client) read() (Work, error) {
 	switch rp.Kind {
 	case kindRefused:
 		return Work{}, fmt.Errorf("%w: %s", ErrRefused, rp.Message)
+	case kindLost:
+		return Work{}, fmt.Errorf("%w: %s", ErrLost, rp.Message)
 	case kindEnd:
 		return Work{End: true, Version: rp.Version, Waited: time.Duration(rp.WaitedNanos)}, nil
 	}
@@ -66,10 +69,19 @@ func (cl *Client) Push(ctx context.Context, w Work, samples int, grad []float32)
 	stop := context.AfterFunc(ctx, func() { _ = cl.c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	if err := writePush(cl.w, Push{BaseVersion: w.Version, Samples: uint32(samples), Epoch: uint32(w.Epoch), Batch: uint32(w.Batch), Grad: grad}); err != nil {
+		// The server may have declared this worker lost and closed the
+		// connection: its lost reply is then waiting to be read.
+		_ = cl.c.SetReadDeadline(time.Now().Add(lostReadTimeout))
+		if _, rerr := cl.read(); errors.Is(rerr, ErrLost) {
+			return Work{}, rerr
+		}
 		return Work{}, fmt.Errorf("ps: pushing epoch %d batch %d: %w (the parameter server, rank 0, may have stopped)", w.Epoch+1, w.Batch, err)
 	}
 	return cl.read()
 }
+
+// lostReadTimeout bounds the look for a lost reply after a failed push.
+const lostReadTimeout = time.Second
 
 // Close closes the connection.
 func (cl *Client) Close() error { return cl.c.Close() }

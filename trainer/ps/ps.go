@@ -24,7 +24,27 @@
 // A worker that leaves (its connection closes or fails) is dropped: its
 // unfinished batch goes back to the queue for another worker, and workers
 // held for it are released. The server ends when every batch is done, or
-// when every worker is gone ([Server.Wait] says which).
+// when every worker is gone ([Server.Wait] says which). A worker that has
+// nothing left to take while batches are still out with others is held
+// until they are pushed (it is sent the end) or one comes back to the
+// queue (it takes it), so no batch is left without a worker.
+//
+// # Deadline
+//
+// A worker that stops without leaving (a stopped process, a hung device, a
+// cut network) keeps its connection open. With Config.Timeout set, a
+// worker that has held a batch for longer than Timeout without pushing it
+// is declared lost: it is logged by number with the time it was silent,
+// listed in [Stats] (Lost and TimedOut), its batch goes back to the queue
+// and the staleness bound no longer waits for it. Time enters only through
+// [Server.Tick], TicksPerTimeout ticks a Timeout, so a worker is declared
+// lost between Timeout and Timeout·(1+1/TicksPerTimeout) after it was
+// handed its batch; NewServer starts a ticker for it, unless ManualTick
+// (tests tick by hand). A server that is itself stopped does not tick, so
+// it does not declare its workers lost for its own silence. A lost worker
+// is sent a "lost" reply as soon as it is declared (it finds it when it
+// runs again, even after the server has gone), and any later push or hello
+// of it is answered the same way: a batch is applied exactly once.
 //
 // # Wire format
 //
@@ -33,17 +53,17 @@
 //
 //	hello  (worker→server): "GTPS" u8 version(1) u32 worker u32 nparams
 //	push   (worker→server): u8 kind(2) u64 base version u32 samples u32 epoch u32 batch u32 n, n float32 gradient
-//	reply  (server→worker): u8 kind(1 work, 2 end, 3 refused) u64 version u32 epoch u32 batch u64 waited ns u32 n, n float32 parameters
+//	reply  (server→worker): u8 kind(1 work, 2 end, 3 refused, 4 lost) u64 version u32 epoch u32 batch u64 waited ns u32 n, n float32 parameters
 //
-// A refused reply carries a UTF-8 message in place of the parameters (n
-// bytes). Frames are checked against the model's size before anything is
+// A refused or lost reply carries a UTF-8 message in place of the
+// parameters (n bytes). Frames are checked against the model's size before anything is
 // allocated; bad bytes end the connection with an error naming them.
 //
 // # Errors
 //
 // Server methods return errors for a wrong parameter count (a worker with
 // another model is refused with a reply that says so); Client methods wrap
-// ErrRefused, ErrProtocol and the connection's errors.
+// ErrRefused, ErrLost, ErrProtocol and the connection's errors.
 package ps
 
 import (
@@ -55,8 +75,8 @@ import (
 	"math"
 )
 
-// Version is the protocol version in the hello frame.
-const Version = 1
+// Version is the protocol version in the hello frame (2: the lost reply).
+const Version = 2
 
 const magic = "GTPS"
 
@@ -66,6 +86,7 @@ const (
 	kindWork    = 1
 	kindEnd     = 2
 	kindRefused = 3
+	kindLost    = 4
 )
 
 var (
@@ -74,6 +95,11 @@ var (
 	// ErrRefused means the server refused the worker (another model, a
 	// duplicate worker number).
 	ErrRefused = errors.New("ps: refused by the parameter server")
+	// ErrLost is returned by Client.Push and Join to a worker that the
+	// server declared lost (it held a batch for longer than the server's
+	// Timeout without pushing it): its batches were given to the others,
+	// and the server takes nothing more from it.
+	ErrLost = errors.New("ps: declared lost by the parameter server")
 )
 
 // Hello is a worker's first frame.
@@ -99,7 +125,7 @@ type Reply struct {
 	Batch       uint32
 	WaitedNanos uint64
 	Params      []float32 // work: the parameters at Version
-	Message     string    // refused: why
+	Message     string    // refused, lost: why
 }
 
 func writeHello(w *bufio.Writer, h Hello) error {
@@ -211,7 +237,7 @@ func writeReply(w *bufio.Writer, rp Reply) error {
 	switch rp.Kind {
 	case kindWork:
 		binary.LittleEndian.PutUint32(b[25:], uint32(len(rp.Params)))
-	case kindRefused:
+	case kindRefused, kindLost:
 		binary.LittleEndian.PutUint32(b[25:], uint32(len(rp.Message)))
 	}
 	if _, err := w.Write(b[:]); err != nil {
@@ -222,7 +248,7 @@ func writeReply(w *bufio.Writer, rp Reply) error {
 		if err := writeFloats(w, rp.Params); err != nil {
 			return err
 		}
-	case kindRefused:
+	case kindRefused, kindLost:
 		if _, err := w.WriteString(rp.Message); err != nil {
 			return err
 		}
@@ -253,7 +279,7 @@ func readReply(r io.Reader, params []float32, buf []byte) (Reply, error) {
 		}
 		rp.Params = params
 	case kindEnd:
-	case kindRefused:
+	case kindRefused, kindLost:
 		if n > maxMessage {
 			return Reply{}, fmt.Errorf("%w: a refusal of %d bytes", ErrProtocol, n)
 		}

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"log/slog"
+	"maps"
 	"net"
 	"sync"
 	"testing"
@@ -214,3 +216,211 @@ func TestFramesRoundTrip(t *testing.T) {
 }
 
 func bufioWriter(b *bytes.Buffer) *bufio.Writer { return bufio.NewWriter(b) }
+
+// logBuffer is a log destination safe for the server's goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// newTickedServer is a server of one epoch of batches with a 10s Timeout
+// whose clock only the test ticks; it counts the pushes of every batch.
+func newTickedServer(t *testing.T, batches int, maxStale int64) (s *Server, addr string, applied func() map[int]int, log *logBuffer) {
+	t.Helper()
+	var mu sync.Mutex
+	done := map[int]int{}
+	log = &logBuffer{}
+	s, err := NewServer(Config{
+		Params: []optim.Param{{Name: "a", Data: []float32{0, 0}}, {Name: "b", Data: []float32{10}}},
+		NewOptimizer: func(ps []optim.Param) (optim.Optimizer, error) {
+			return optim.New(optim.Config{Name: "sgd"}, ps)
+		},
+		LR:           func(uint64) float64 { return 0.1 },
+		Epochs:       1,
+		Batches:      func(int) int { return batches },
+		MaxStaleness: maxStale,
+		Timeout:      10 * time.Second,
+		ManualTick:   true,
+		Log:          slog.New(slog.NewTextHandler(log, nil)),
+		OnPush: func(p PushInfo) {
+			mu.Lock()
+			done[p.Batch]++
+			mu.Unlock()
+		},
+	})
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close(); ln.Close() })
+	return s, ln.Addr().String(), func() map[int]int {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(done)
+	}, log
+}
+
+// joinAs connects worker id and returns its client and first work.
+func joinAs(t *testing.T, addr string, id int) (*Client, Work) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	cl, w, err := Join(context.Background(), c, id, 3)
+	require.NoError(t, err)
+	t.Cleanup(func() { cl.Close() })
+	return cl, w
+}
+
+type pushResult struct {
+	w   Work
+	err error
+}
+
+// pushAsync pushes w's gradient in the background.
+func pushAsync(cl *Client, w Work) <-chan pushResult {
+	ch := make(chan pushResult, 1)
+	go func() {
+		next, err := cl.Push(context.Background(), w, 8, []float32{1, 1, 1})
+		ch <- pushResult{next, err}
+	}()
+	return ch
+}
+
+// held says the push has not been answered after a moment (it is held).
+func held(ch <-chan pushResult) bool {
+	select {
+	case <-ch:
+		return false
+	case <-time.After(200 * time.Millisecond):
+		return true
+	}
+}
+
+func answered(t *testing.T, ch <-chan pushResult) Work {
+	t.Helper()
+	select {
+	case r := <-ch:
+		require.NoError(t, r.err)
+		return r.w
+	case <-time.After(5 * time.Second):
+		t.Fatal("the push was not answered")
+		return Work{}
+	}
+}
+
+func ticks(s *Server, n int) {
+	for range n {
+		s.Tick()
+	}
+}
+
+// TestASilentWorkerIsDeclaredLost: worker 1 takes a batch and goes silent
+// (a stopped process: its connection stays open). Worker 0, held by the
+// staleness bound for it, is released when the Timeout's ticks have passed
+// and worker 1 is declared lost; worker 0 takes worker 1's batch and every
+// batch is applied exactly once. Worker 1's late push, and its joining
+// again, are answered ErrLost with the reason.
+func TestASilentWorkerIsDeclaredLost(t *testing.T) {
+	s, addr, applied, log := newTickedServer(t, 4, 1)
+	a, wa := joinAs(t, addr, 0)
+	b, wb := joinAs(t, addr, 1)
+	require.Equal(t, []int{0, 1}, []int{wa.Batch, wb.Batch})
+	wa = answered(t, pushAsync(a, wa)) // version 1, batch 2
+	require.Equal(t, 2, wa.Batch)
+	ch := pushAsync(a, wa) // version 2: two ahead of worker 1's version 0
+	require.True(t, held(ch), "worker 0 is held by the staleness bound")
+
+	ticks(s, TicksPerTimeout)
+	require.True(t, held(ch), "not before the Timeout")
+	require.Empty(t, s.Stats().TimedOut)
+	s.Tick()
+	wa = answered(t, ch)
+	require.Equal(t, 1, wa.Batch, "worker 0 takes the lost worker's batch first")
+	st := s.Stats()
+	require.Equal(t, []int{1}, st.Lost)
+	require.Equal(t, []int{1}, st.TimedOut)
+	require.Equal(t, 1, st.Workers)
+	require.Contains(t, log.String(), "a worker is lost")
+	require.Contains(t, log.String(), "worker=1")
+
+	for !wa.End {
+		wa = answered(t, pushAsync(a, wa))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, s.Wait(ctx))
+	require.Equal(t, map[int]int{0: 1, 1: 1, 2: 1, 3: 1}, applied(), "every batch applied exactly once")
+
+	// Worker 1 runs again: its push is refused, not applied.
+	_, err := b.Push(context.Background(), wb, 8, []float32{1, 1, 1})
+	require.ErrorIs(t, err, ErrLost)
+	require.ErrorContains(t, err, "worker 1 held epoch 1 batch 1 for more than 10s (--timeout) without pushing it; its batches were given to the other workers")
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	_, _, err = Join(context.Background(), c, 1, 3)
+	require.ErrorIs(t, err, ErrLost)
+	c.Close()
+	require.Equal(t, map[int]int{0: 1, 1: 1, 2: 1, 3: 1}, applied())
+	require.Equal(t, uint64(4), s.Stats().Version)
+}
+
+// TestALostWorkersLastBatchIsDone: the run's last batch is with a worker
+// that goes silent. The other, with nothing left to take, is held (not
+// sent the end) until that batch comes back, then does it: the run ends
+// with every batch done instead of with a batch and no worker for it.
+func TestALostWorkersLastBatchIsDone(t *testing.T) {
+	s, addr, applied, _ := newTickedServer(t, 2, -1)
+	a, wa := joinAs(t, addr, 0)
+	_, wb := joinAs(t, addr, 1)
+	require.Equal(t, 1, wb.Batch)
+	ch := pushAsync(a, wa)
+	require.True(t, held(ch), "no batch to take while worker 1 holds the last one")
+	ticks(s, TicksPerTimeout+1)
+	wa = answered(t, ch)
+	require.False(t, wa.End)
+	require.Equal(t, 1, wa.Batch)
+	require.True(t, answered(t, pushAsync(a, wa)).End)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, s.Wait(ctx))
+	require.Equal(t, map[int]int{0: 1, 1: 1}, applied())
+}
+
+// TestAPushingWorkerIsNotLost: a worker's silence is counted from the
+// batch it was given, so one that pushes within the Timeout, however many
+// ticks its whole run takes, is never declared lost; a worker held by the
+// staleness bound is not silent either.
+func TestAPushingWorkerIsNotLost(t *testing.T) {
+	s, addr, applied, _ := newTickedServer(t, 6, 0)
+	a, wa := joinAs(t, addr, 0)
+	b, wb := joinAs(t, addr, 1)
+	ch := pushAsync(a, wa)
+	require.True(t, held(ch), "worker 0 waits for worker 1 (bound 0)")
+	ticks(s, TicksPerTimeout)
+	wb = answered(t, pushAsync(b, wb)) // just in time
+	wa = answered(t, ch)
+	for !wa.End || !wb.End {
+		ticks(s, TicksPerTimeout) // after worker 0 was held that long
+		ca, cb := pushAsync(a, wa), pushAsync(b, wb)
+		if !wa.End {
+			wa = answered(t, ca)
+		}
+		if !wb.End {
+			wb = answered(t, cb)
+		}
+	}
+	require.Empty(t, s.Stats().Lost)
+	require.Len(t, applied(), 6)
+}
