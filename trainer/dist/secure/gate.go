@@ -131,7 +131,7 @@ func (g *Gate) refuse() {
 	since := n - g.warnedUpTo
 	g.lastWarn, g.warnedUpTo = now, n
 	g.mu.Unlock()
-	g.log.Warn("refusing connections: too many handshakes in progress (a connection flood, or a peer that stalls)",
+	g.log.Warn("refusing connections: every slot is taken (a flood of connections, or peers that stall)",
 		"listener", g.name, "max_in_progress", g.max, "refused", since, "refused_total", n)
 }
 
