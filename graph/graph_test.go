@@ -427,3 +427,38 @@ func (p *bufPool) freeBytes() int64 {
 	}
 	return n
 }
+
+// The footprint estimated from the shapes is the model's parameter count
+// exactly, and a lower bound of what a compiled training program holds per
+// sample (within a factor: it is meant to refuse runs off by orders of
+// magnitude, never a run that fits).
+func TestEstimateMatchesBuiltModels(t *testing.T) {
+	for _, spec := range []Spec{
+		{Kind: "mlp"}, {Kind: "mlp", Hidden: []int{512, 128, 64}, Dropout: 0.2},
+		{Kind: "cnn"}, {Kind: "cnn", Hidden: []int{64}, Dropout: 0.5, InC: 3, InH: 32, InW: 32},
+	} {
+		fp, err := spec.Estimate()
+		require.NoError(t, err)
+		m, err := New(spec, 1)
+		require.NoError(t, err)
+		require.Equal(t, float64(m.NumParams()), fp.Params, "%+v", spec)
+		for _, train := range []bool{true, false} {
+			p, err := m.Program(32, train)
+			require.NoError(t, err)
+			_, err = p.Run(rand.New(rand.NewPCG(1, 2)))
+			require.NoError(t, err)
+			per := fp.EvalFloatsPerSample
+			if train {
+				per = fp.TrainFloatsPerSample
+			}
+			got := p.BytesPerSample() / 4
+			require.LessOrEqual(t, per, got, "%+v train=%v: the estimate must not exceed the program", spec, train)
+			require.Greater(t, per, got/4, "%+v train=%v: the estimate is far below the program (%v vs %v)", spec, train, per, got)
+		}
+	}
+	_, err := Spec{Kind: "resmlp"}.Estimate()
+	require.ErrorIs(t, err, ErrUnknownModel)
+	fp, err := Spec{Kind: "mlp", Hidden: []int{100000000}}.Estimate()
+	require.NoError(t, err)
+	require.Greater(t, fp.Params, 7.8e10)
+}

@@ -1,16 +1,20 @@
 package trainer
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 
@@ -141,16 +145,124 @@ func cfgErr(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, a...))
 }
 
+// Limits on what a configuration may ask for: beyond them a run cannot be
+// built on any machine (or would take the machine down before its first
+// step), so Validate refuses them with the limit instead of letting the
+// Go runtime run out of memory or threads. The memory a run needs is
+// checked separately against the machine (see [Preflight]).
+const (
+	// MaxNameBytes bounds a name-like value (model, dataset, optimiser,
+	// device, modes); longer ones are refused, quoted by their start only.
+	MaxNameBytes = 64
+	// MaxPathBytes bounds a path (PATH_MAX on Linux).
+	MaxPathBytes = 4096
+	// MaxHiddenLayers bounds --hidden's number of widths.
+	MaxHiddenLayers = 256
+	// MaxWidth bounds one hidden width.
+	MaxWidth = 1 << 24
+	// MaxBatch bounds --batch-size and --eval-batch-size.
+	MaxBatch = 1 << 24
+	// MaxSyntheticSize bounds --synthetic-size.
+	MaxSyntheticSize = 1 << 31
+	// MaxEpochs bounds --epochs.
+	MaxEpochs = 1 << 20
+	// MaxBucketMB bounds --bucket-mb (1 TiB).
+	MaxBucketMB = 1 << 20
+	// MaxShares bounds the number of --shares.
+	MaxShares = 1 << 16
+	// MaxPipelineStages bounds --pipeline-stages.
+	MaxPipelineStages = 1024
+)
+
+// MaxThreads is the most threads --threads may ask for: eight per CPU, and
+// at least 64. Each thread is an OS thread with its own stack; a few per
+// core already gain nothing, and tens of thousands exhaust the runtime.
+func MaxThreads() int { return max(8*runtime.NumCPU(), 64) }
+
+// quote quotes s for an error message, cut to its first 48 bytes (and its
+// length) when it is longer: a refused value is named, not echoed whole.
+func quote(s string) string {
+	const keep = 48
+	if len(s) <= keep {
+		return strconv.Quote(s)
+	}
+	cut := keep
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(s[:cut]), len(s))
+}
+
+// checkSizes refuses values that no machine can build (see the Max
+// constants) and strings longer than a name or a path can be.
+func (c *Config) checkSizes() error {
+	names := []struct{ flag, v string }{
+		{"model", c.Model}, {"activation", c.Activation}, {"dataset", c.Dataset}, {"optimizer", c.Optimizer},
+		{"schedule", c.Schedule}, {"device", c.Device}, {"precision", c.Precision}, {"reduce-precision", c.ReducePrecision},
+		{"sync", c.Sync}, {"balance", c.Balance}, {"debug-slow-rank", c.DebugSlowRank},
+	}
+	for _, n := range names {
+		if len(n.v) > MaxNameBytes {
+			return cfgErr("--%s %s is longer than any valid value (%d bytes at most)", n.flag, quote(n.v), MaxNameBytes)
+		}
+	}
+	paths := []struct{ flag, v string }{
+		{"data-dir", c.DataDir}, {"checkpoint-dir", c.CheckpointDir}, {"resume", c.Resume},
+		{"metrics-file", c.MetricsFile}, {"out", c.Out},
+	}
+	for _, p := range paths {
+		if len(p.v) > MaxPathBytes {
+			return cfgErr("--%s %s is longer than a path can be (%d bytes)", p.flag, quote(p.v), MaxPathBytes)
+		}
+		if strings.IndexByte(p.v, 0) >= 0 {
+			return cfgErr("--%s %s holds a NUL byte, which no path can", p.flag, quote(p.v))
+		}
+	}
+	switch {
+	case len(c.Hidden) > MaxHiddenLayers:
+		return cfgErr("--hidden has %d widths; at most %d layers are supported", len(c.Hidden), MaxHiddenLayers)
+	case c.Threads > MaxThreads():
+		return cfgErr("--threads %d is more than %d (8 per CPU; this machine has %d): use --threads 0 for one per CPU", c.Threads, MaxThreads(), runtime.NumCPU())
+	case c.BatchSize > MaxBatch || c.EvalBatchSize > MaxBatch:
+		return cfgErr("--batch-size %d and --eval-batch-size %d must be at most %d", c.BatchSize, c.EvalBatchSize, MaxBatch)
+	case c.SyntheticSize > MaxSyntheticSize:
+		return cfgErr("--synthetic-size %d must be at most %d", c.SyntheticSize, MaxSyntheticSize)
+	case c.Epochs > MaxEpochs:
+		return cfgErr("--epochs %d must be at most %d", c.Epochs, MaxEpochs)
+	case c.BucketMB > MaxBucketMB:
+		return cfgErr("--bucket-mb %v must be at most %d", c.BucketMB, MaxBucketMB)
+	case len(c.Shares) > MaxShares:
+		return cfgErr("--shares has %d weights; at most %d ranks are supported", len(c.Shares), MaxShares)
+	case c.PipelineStages > MaxPipelineStages:
+		return cfgErr("--pipeline-stages %d must be at most %d", c.PipelineStages, MaxPipelineStages)
+	case c.BatchSize > 0 && c.AccumSteps > c.BatchSize:
+		return cfgErr("--accum-steps %d is more than --batch-size %d: every micro-batch needs a sample (at most %d)", c.AccumSteps, c.BatchSize, c.BatchSize)
+	case c.BatchSize > 0 && c.MicroBatches > c.BatchSize:
+		return cfgErr("--micro-batches %d is more than --batch-size %d: every micro-batch needs a sample (at most %d)", c.MicroBatches, c.BatchSize, c.BatchSize)
+	case c.KeepCheckpoints < 0:
+		return cfgErr("--keep-checkpoints %d must not be negative (0 keeps all)", c.KeepCheckpoints)
+	}
+	for _, h := range c.Hidden {
+		if h > MaxWidth {
+			return cfgErr("--hidden width %d must be at most %d", h, MaxWidth)
+		}
+	}
+	return nil
+}
+
 // Validate checks the configuration and says what is wrong.
 func (c *Config) Validate() error {
+	if err := c.checkSizes(); err != nil {
+		return err
+	}
 	if !slices.Contains(graph.Models, c.Model) {
-		return cfgErr("--model %q is not a model (valid: %s)", c.Model, strings.Join(graph.Models, ", "))
+		return cfgErr("--model %s is not a model (valid: %s)", quote(c.Model), strings.Join(graph.Models, ", "))
 	}
 	if !slices.Contains([]string{"mnist", "fashion-mnist", "synthetic"}, c.Dataset) {
-		return cfgErr("--dataset %q is not a dataset (valid: mnist, fashion-mnist, synthetic)", c.Dataset)
+		return cfgErr("--dataset %s is not a dataset (valid: mnist, fashion-mnist, synthetic)", quote(c.Dataset))
 	}
 	if !slices.Contains(optim.Names(), c.Optimizer) {
-		return cfgErr("--optimizer %q is not an optimiser (valid: %s)", c.Optimizer, strings.Join(optim.Names(), ", "))
+		return cfgErr("--optimizer %s is not an optimiser (valid: %s)", quote(c.Optimizer), strings.Join(optim.Names(), ", "))
 	}
 	switch {
 	case c.Epochs <= 0:
@@ -184,7 +296,7 @@ func (c *Config) Validate() error {
 	switch c.Device {
 	case "", "cpu", "gpu", "auto", "host":
 	default:
-		return cfgErr("--device %q is not a device (valid: cpu, gpu, auto)", c.Device)
+		return cfgErr("--device %s is not a device (valid: cpu, gpu, auto)", quote(c.Device))
 	}
 	if c.Precision != "" && c.Precision != "fp32" {
 		if _, err := device.ParsePrecision(c.Precision); err != nil {
@@ -204,7 +316,7 @@ func (c *Config) Validate() error {
 			return cfgErr("--reduce-precision bf16 is for all-reduced gradients, and --sync %s all-reduces none: drop it", c.Sync)
 		}
 	default:
-		return cfgErr("--reduce-precision %q is not one of fp32, bf16", c.ReducePrecision)
+		return cfgErr("--reduce-precision %s is not one of fp32, bf16", quote(c.ReducePrecision))
 	}
 	if _, err := balance.ParseMode(c.Balance); err != nil {
 		return cfgErr("%v", err)
@@ -223,7 +335,7 @@ func (c *Config) Validate() error {
 			return cfgErr("--sync async does not write or resume checkpoints yet: drop --checkpoint-dir, --checkpoint-every and --resume (rank 0 saves the final weights with --out)")
 		}
 	default:
-		return cfgErr("--sync %q is not a mode (valid: allreduce, local-sgd, async)", c.Sync)
+		return cfgErr("--sync %s is not a mode (valid: allreduce, local-sgd, async)", quote(c.Sync))
 	}
 	if !(c.OuterLR > 0) || math.IsInf(c.OuterLR, 0) || !(c.OuterMomentum >= 0 && c.OuterMomentum < 1) {
 		return cfgErr("--outer-lr %v must be positive and --outer-momentum %v in [0, 1)", c.OuterLR, c.OuterMomentum)
@@ -275,25 +387,60 @@ func (c *Config) ModelSpec() graph.Spec {
 // LoadFile reads a YAML or JSON config file (by extension; .json is JSON,
 // anything else YAML, which also accepts JSON) over c. Unknown keys are
 // errors, so that a typo does not silently train something else.
+//
+// A file larger than MaxConfigBytes is refused before it is parsed, and a
+// parser's message is cut to its start: a hostile file cannot make the
+// process hold or print more than that.
 func (c *Config) LoadFile(path string) error {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("%w: reading --config: %v", ErrConfig, err)
 	}
-	if strings.EqualFold(filepath.Ext(path), ".json") {
-		dec := json.NewDecoder(strings.NewReader(string(b)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(c); err != nil {
-			return fmt.Errorf("%w: --config %s: %v", ErrConfig, path, err)
-		}
-		return nil
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxConfigBytes+1))
+	if err != nil {
+		return fmt.Errorf("%w: reading --config: %v", ErrConfig, err)
 	}
-	dec := yaml.NewDecoder(strings.NewReader(string(b)))
-	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil && err.Error() != "EOF" {
-		return fmt.Errorf("%w: --config %s: %v", ErrConfig, path, err)
+	if len(b) > MaxConfigBytes {
+		return fmt.Errorf("%w: --config %s is larger than %d bytes: a configuration is a few lines of settings", ErrConfig, quote(path), MaxConfigBytes)
+	}
+	return c.parse(b, strings.EqualFold(filepath.Ext(path), ".json"), path)
+}
+
+// MaxConfigBytes bounds a --config file.
+const MaxConfigBytes = 1 << 20
+
+// parse decodes a config file's bytes over c (JSON or YAML).
+func (c *Config) parse(b []byte, isJSON bool, path string) error {
+	var err error
+	if isJSON {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(c)
+	} else {
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err = dec.Decode(c); errors.Is(err, io.EOF) {
+			err = nil // an empty file sets nothing
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%w: --config %s: %s", ErrConfig, quote(path), shorten(err.Error()))
 	}
 	return nil
+}
+
+// shorten cuts a message to its first 200 bytes.
+func shorten(msg string) string {
+	const keep = 200
+	if len(msg) <= keep {
+		return msg
+	}
+	cut := keep
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes in all)", msg[:cut], len(msg))
 }
 
 // hashFields are the fields that define the model and its training
@@ -317,7 +464,7 @@ func (c *Config) slowRank() (int, float64, error) {
 	rank, err1 := strconv.Atoi(r)
 	factor, err2 := strconv.ParseFloat(f, 64)
 	if !ok || err1 != nil || err2 != nil || rank < 0 || !(factor >= 1) {
-		return 0, 0, fmt.Errorf("--debug-slow-rank %q: want RANK:FACTOR with FACTOR >= 1, e.g. 1:2.0", c.DebugSlowRank)
+		return 0, 0, fmt.Errorf("--debug-slow-rank %s: want RANK:FACTOR with FACTOR >= 1, e.g. 1:2.0", quote(c.DebugSlowRank))
 	}
 	return rank, factor, nil
 }

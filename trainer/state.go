@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -178,22 +180,65 @@ func loadWeights(m *graph.Model, f *checkpoint.File, path string) error {
 	return nil
 }
 
-// restore loads a full training checkpoint into t.
+// setupError is a checkpoint that is whole but was saved by another setup
+// (format, flags, optimiser): an older checkpoint of the same run would
+// not do either, so restore does not fall back from it.
+type setupError struct{ error }
+
+func (e setupError) Unwrap() error { return e.error }
+
+// restore loads a full training checkpoint into t. Given a directory it
+// takes the newest checkpoint there that can be used: one that cannot be
+// read or is inconsistent is named in a warning and the one before it is
+// tried, so that a crash or a bad disk in the middle of the newest write
+// costs the steps since the one before, not the run. A file named
+// explicitly must be usable, as must one saved by a different setup.
 func (t *Trainer) restore(pathOrDir string) error {
-	path, err := checkpoint.Resolve(pathOrDir)
+	if fi, err := os.Stat(pathOrDir); err != nil || !fi.IsDir() {
+		path, err := checkpoint.Resolve(pathOrDir)
+		if err != nil {
+			return fmt.Errorf("--resume: %w", err)
+		}
+		return t.restoreFile(path)
+	}
+	paths, err := (&checkpoint.Manager{Dir: pathOrDir}).List()
 	if err != nil {
 		return fmt.Errorf("--resume: %w", err)
 	}
+	if len(paths) == 0 {
+		return fmt.Errorf("--resume: %w in %s", checkpoint.ErrNoCheckpoint, pathOrDir)
+	}
+	var skipped []error
+	for i := len(paths) - 1; i >= 0; i-- {
+		err := t.restoreFile(paths[i])
+		if err == nil {
+			if len(skipped) > 0 {
+				t.log.Warn("--resume: resumed from an older checkpoint; the newer ones are unusable", "checkpoint", paths[i], "skipped", len(skipped))
+			}
+			return nil
+		}
+		if errors.As(err, &setupError{}) {
+			return err
+		}
+		t.log.Warn("--resume: checkpoint unusable, trying the one before it", "checkpoint", paths[i], "err", err)
+		skipped = append(skipped, err)
+	}
+	return fmt.Errorf("--resume: no checkpoint in %s can be used: %w", pathOrDir, errors.Join(skipped...))
+}
+
+// restoreFile loads the training checkpoint at path into t; on any error
+// t is left as it was.
+func (t *Trainer) restoreFile(path string) error {
 	f, err := checkpoint.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("--resume: %w", err)
 	}
 	md := f.Metadata
 	if md[metaFormat] != formatVersion {
-		return fmt.Errorf("%w: %s is not a gotrain training checkpoint (format %q, want %q); to start from its weights alone use it with 'gotrain eval' or convert it", ErrCheckpoint, path, md[metaFormat], formatVersion)
+		return setupError{fmt.Errorf("%w: %s is not a gotrain training checkpoint (format %q, want %q); to start from its weights alone use it with 'gotrain eval' or convert it", ErrCheckpoint, path, md[metaFormat], formatVersion)}
 	}
 	if got, want := md[metaTrajectory], t.cfg.trajectory(); got != want {
-		return fmt.Errorf("%w: %s was trained with a different setup:\n  checkpoint: %s\n  this run:   %s\nuse the same flags to resume, or start a new run without --resume", ErrCheckpoint, path, got, want)
+		return setupError{fmt.Errorf("%w: %s was trained with a different setup:\n  checkpoint: %s\n  this run:   %s\nuse the same flags to resume, or start a new run without --resume", ErrCheckpoint, path, got, want)}
 	}
 	shares, err := parseShares(md[metaShares])
 	if err != nil {
@@ -209,9 +254,12 @@ func (t *Trainer) restore(pathOrDir string) error {
 	if pos.batch, err = strconv.Atoi(md[metaBatch]); err != nil || pos.batch < 0 || pos.batch > t.batchesPerEpoch() {
 		return fmt.Errorf("%w: %s: bad %s %q", ErrCheckpoint, path, metaBatch, md[metaBatch])
 	}
+	if md[metaOptimizer] != t.opt.Name() {
+		return setupError{fmt.Errorf("%w: %s: optimiser state is for %q, this run uses %q", ErrCheckpoint, path, md[metaOptimizer], t.opt.Name())}
+	}
 	optStep, err := strconv.ParseInt(md[metaOptStep], 10, 64)
-	if err != nil || md[metaOptimizer] != t.opt.Name() {
-		return fmt.Errorf("%w: %s: optimiser state is for %q (step %q), this run uses %q", ErrCheckpoint, path, md[metaOptimizer], md[metaOptStep], t.opt.Name())
+	if err != nil {
+		return fmt.Errorf("%w: %s: bad %s %q", ErrCheckpoint, path, metaOptStep, md[metaOptStep])
 	}
 	st, err := stateTensors(f, optPrefix, path)
 	if err != nil {
@@ -243,6 +291,15 @@ func (t *Trainer) restore(pathOrDir string) error {
 			return fmt.Errorf("%w: %s: outer optimiser: %v", ErrCheckpoint, path, err)
 		}
 	}
+	var localStates []map[string][]float32
+	if n, err := strconv.Atoi(md[metaLocalRanks]); err == nil && n > 1 {
+		localStates = make([]map[string][]float32, n)
+		for r := 1; r < n; r++ {
+			if localStates[r], err = stateTensors(f, fmt.Sprintf("%s%d.", localPrefix, r), path); err != nil {
+				return err
+			}
+		}
+	}
 	if err := loadWeights(t.Model, f, path); err != nil {
 		return err
 	}
@@ -250,13 +307,8 @@ func (t *Trainer) restore(pathOrDir string) error {
 		outer.anchor(t.Model) // checkpoints are taken right after a synchronisation
 		t.outer = outer
 	}
-	if n, err := strconv.Atoi(md[metaLocalRanks]); err == nil && n > 1 {
-		t.localStates = make([]map[string][]float32, n)
-		for r := 1; r < n; r++ {
-			if t.localStates[r], err = stateTensors(f, fmt.Sprintf("%s%d.", localPrefix, r), path); err != nil {
-				return err
-			}
-		}
+	if localStates != nil {
+		t.localStates = localStates
 	}
 	t.opt = probe
 	t.pos = pos
@@ -309,6 +361,42 @@ func SaveWeights(path string, m *graph.Model, cfg Config) error {
 		Tensors:  weightTensors(m),
 		Metadata: map[string]string{metaConfig: string(cfgJSON), metaVersion: Version},
 	})
+}
+
+// saveOut writes the final weights to --out. Should that fail although
+// Preflight found the place writable (the disk filled up, the directory
+// went away), the weights are written to the first place that takes them
+// (the checkpoint directory, the working directory, the temporary
+// directory) and the error says where they are: trained weights are
+// never dropped.
+func (t *Trainer) saveOut() error {
+	err := SaveWeights(t.cfg.Out, t.Model, t.cfg)
+	if err == nil {
+		t.log.Info("saved weights", "path", t.cfg.Out)
+		return nil
+	}
+	base := filepath.Base(t.cfg.Out)
+	var places []string
+	if t.cfg.CheckpointDir != "" {
+		places = append(places, filepath.Join(t.cfg.CheckpointDir, base))
+	}
+	if wd, werr := os.Getwd(); werr == nil {
+		places = append(places, filepath.Join(wd, "gotrain-rescued-"+base))
+	}
+	places = append(places, filepath.Join(os.TempDir(), fmt.Sprintf("gotrain-rescued-%d-%s", os.Getpid(), base)))
+	var errs []error
+	for _, p := range places {
+		if _, serr := os.Stat(p); serr == nil && p != filepath.Join(t.cfg.CheckpointDir, base) {
+			continue // never overwrite a file of someone else's
+		}
+		ferr := SaveWeights(p, t.Model, t.cfg)
+		if ferr == nil {
+			t.log.Error("--out could not be written; the weights were saved elsewhere", "out", t.cfg.Out, "err", err, "saved", p)
+			return fmt.Errorf("--out %s: %w; the trained weights were saved to %s instead", t.cfg.Out, err, p)
+		}
+		errs = append(errs, ferr)
+	}
+	return fmt.Errorf("--out %s: %w; no other place took the weights either: %w", t.cfg.Out, err, errors.Join(errs...))
 }
 
 // addLocalStates adds local SGD's inner optimiser states of ranks 1.. to f

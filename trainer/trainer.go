@@ -123,6 +123,9 @@ func New(cfg Config, opts ...Option) (*Trainer, error) {
 	if t.sink == nil {
 		t.sink = metrics.Multi()
 	}
+	if err := Preflight(cfg, PreflightEnv{Rank: t.rank(), DataLoaded: t.train != nil}); err != nil {
+		return nil, err
+	}
 	if t.train == nil {
 		var err error
 		if t.train, t.test, err = LoadData(cfg); err != nil {
@@ -493,10 +496,9 @@ func (t *Trainer) finish(ctx context.Context, res Result, start time.Time, sampl
 		}
 	}
 	if t.cfg.Out != "" && t.rank() == 0 {
-		if err := SaveWeights(t.cfg.Out, t.Model, t.cfg); err != nil {
-			return res, fmt.Errorf("--out: %w", err)
+		if err := t.saveOut(); err != nil {
+			return res, err
 		}
-		t.log.Info("saved weights", "path", t.cfg.Out)
 	}
 	res.Steps = t.pos.step
 	if trainTime > 0 {

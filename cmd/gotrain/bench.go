@@ -35,7 +35,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w: want 'gotrain bench train [flags]' or 'gotrain bench allreduce [flags]'", errUsage)
 	}
 	fs := flag.NewFlagSet("gotrain bench train", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(clipWriter{stderr})
 	cfg := trainer.Default()
 	cfg.BatchSize = 128
 	fs.StringVar(&cfg.Model, "model", cfg.Model, "model: mlp or cnn")

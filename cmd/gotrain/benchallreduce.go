@@ -61,7 +61,7 @@ type allreduceFlags struct {
 // of the workers.
 func cmdBenchAllReduce(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("gotrain bench allreduce", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(clipWriter{stderr})
 	var f allreduceFlags
 	var minS, maxS string
 	fs.IntVar(&f.nproc, "nproc", 2, "worker processes to start on this host (ignored under a job environment)")

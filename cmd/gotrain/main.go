@@ -64,6 +64,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
+	if err := checkArgLengths(args); err != nil {
+		fmt.Fprintf(stderr, "gotrain: %v\n", err)
+		return 2
+	}
 	var err error
 	switch args[0] {
 	case "launch":
@@ -101,12 +105,57 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.Is(err, errUsage) || errors.Is(err, trainer.ErrConfig):
-		fmt.Fprintf(stderr, "gotrain %s: %v\n", args[0], err)
+		fmt.Fprintf(stderr, "gotrain %s: %s\n", args[0], clipText(err.Error()))
 		return 2
 	default:
-		fmt.Fprintf(stderr, "gotrain %s: error: %v\n", args[0], err)
+		fmt.Fprintf(stderr, "gotrain %s: error: %s\n", args[0], clipText(err.Error()))
 		return 1
 	}
+}
+
+// maxArgBytes bounds one command-line argument of gotrain's own (those
+// after "--" belong to the program 'gotrain launch' starts): no flag value
+// is longer than a path, and a longer one is refused by its start alone
+// rather than echoed whole in an error.
+const maxArgBytes = 8192
+
+func checkArgLengths(args []string) error {
+	for i, a := range args {
+		if a == "--" {
+			return nil
+		}
+		if len(a) > maxArgBytes {
+			const keep = 40
+			return fmt.Errorf("argument %d is %d bytes long (it starts %q...); gotrain's arguments are at most %d bytes", i+1, len(a), strings.ToValidUTF8(a[:keep], ""), maxArgBytes)
+		}
+	}
+	return nil
+}
+
+// maxMessageLine bounds a line of a flag error or a usage error: a refused
+// value is quoted by its start, never echoed whole.
+const maxMessageLine = 512
+
+// clipText cuts each line of s to maxMessageLine bytes, saying how long it was.
+func clipText(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		if len(l) > maxMessageLine {
+			lines[i] = fmt.Sprintf("%s... (%d bytes)", strings.ToValidUTF8(l[:maxMessageLine], ""), len(l))
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// clipWriter is w with every write's lines cut by clipText: the output of
+// a flag set, which prints a refused value before returning its error.
+type clipWriter struct{ w io.Writer }
+
+func (c clipWriter) Write(p []byte) (int, error) {
+	if _, err := io.WriteString(c.w, clipText(string(p))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // intList is a flag holding comma-separated integers ("256,128").
@@ -125,6 +174,9 @@ func (l intList) String() string {
 
 func (l intList) Set(s string) error {
 	var out []int
+	if n := strings.Count(s, ",") + 1; n > trainer.MaxHiddenLayers {
+		return fmt.Errorf("%d values; at most %d layers are supported", n, trainer.MaxHiddenLayers)
+	}
 	for _, f := range strings.Split(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n <= 0 {
@@ -238,7 +290,7 @@ func parseTrain(name string, args []string, stderr io.Writer, df *distFlags) (tr
 		}
 	}
 	fs := flag.NewFlagSet("gotrain "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(clipWriter{stderr})
 	trainFlags(fs, &cfg, df)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -288,6 +340,16 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	var df distFlags
 	cfg, err := parseTrain("train", args, stderr, &df)
 	if err != nil {
+		return err
+	}
+	// Before anything is loaded or joined: outputs that cannot be written
+	// and runs that cannot fit are refused now, not after the training.
+	env, envErr := rendezvous.FromEnv(os.Getenv)
+	pre := trainer.PreflightEnv{}
+	if envErr == nil {
+		pre.Rank, pre.LocalRanks = env.Rank, env.LocalWorldSize
+	}
+	if err := trainer.Preflight(cfg, pre); err != nil {
 		return err
 	}
 	setThreads(cfg.Threads)
@@ -340,7 +402,7 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 
 	// The device first: NCCL's communicator is made on it.
 	local := 0
-	if env, err := rendezvous.FromEnv(os.Getenv); err == nil {
+	if envErr == nil {
 		local = env.LocalRank
 	}
 	dev, err := openDevice(cfg, local, logger)
@@ -414,6 +476,15 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer jsonl.Close()
+		// A write that fails (a full disk) is said when it happens; the
+		// records wait and are written when the file takes them again.
+		jsonl.OnError(func(err error, pending int) {
+			if err != nil {
+				logger.Warn("--metrics-file cannot be written; training goes on and the records are kept to write later", "file", cfg.MetricsFile, "err", err, "waiting", pending)
+			} else {
+				logger.Info("--metrics-file is writable again; the waiting records were written", "file", cfg.MetricsFile)
+			}
+		})
 		sinks = append(sinks, jsonl)
 	}
 	opts = append(opts, trainer.WithSink(metrics.Multi(sinks...)), trainer.WithProgress(func(p trainer.Progress) {
@@ -431,9 +502,14 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+	var metricsErr error
+	metricsNote := ""
 	if jsonl != nil {
-		if err := jsonl.Close(); err != nil {
-			return fmt.Errorf("--metrics-file: %w", err)
+		if metricsErr = jsonl.Close(); metricsErr != nil {
+			metricsErr = fmt.Errorf("--metrics-file: %w", metricsErr)
+		}
+		if st := jsonl.Stats(); st.Failures > 0 {
+			metricsNote = fmt.Sprintf("; metrics file: %d write failures, %d records written late, %d lost", st.Failures, st.Late, st.Lost)
 		}
 	}
 	if cfg.Sync == "async" && rank != 0 {
@@ -441,14 +517,14 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 			rank, res.Steps, res.TrainSamplesPerSec, res.WallSeconds)
 		return nil
 	}
-	fmt.Fprintf(stdout, "test accuracy %.2f%% (test loss %.4f) after %d steps; %.0f samples/s; %.1fs; peak RSS %d MB\n",
-		100*res.TestAccuracy, res.TestLoss, res.Steps, res.TrainSamplesPerSec, res.WallSeconds, res.PeakRSSBytes>>20)
-	return nil
+	fmt.Fprintf(stdout, "test accuracy %.2f%% (test loss %.4f) after %d steps; %.0f samples/s; %.1fs; peak RSS %d MB%s\n",
+		100*res.TestAccuracy, res.TestLoss, res.Steps, res.TrainSamplesPerSec, res.WallSeconds, res.PeakRSSBytes>>20, metricsNote)
+	return metricsErr
 }
 
 func cmdEval(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("gotrain eval", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(clipWriter{stderr})
 	ckpt := fs.String("checkpoint", "", "checkpoint or weights file, or a checkpoint directory (newest)")
 	dataset := fs.String("dataset", "", "dataset (default: the one the model was trained on)")
 	dataDir := fs.String("data-dir", "", "directory with the IDX files")
@@ -460,8 +536,11 @@ func cmdEval(args []string, stdout, stderr io.Writer) error {
 		}
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	if *ckpt == "" || fs.NArg() > 0 || *batch <= 0 {
-		return fmt.Errorf("%w: want --checkpoint PATH and a positive --eval-batch-size (see 'gotrain eval -h')", errUsage)
+	if *ckpt == "" || fs.NArg() > 0 || *batch <= 0 || *batch > trainer.MaxBatch {
+		return fmt.Errorf("%w: want --checkpoint PATH and an --eval-batch-size from 1 to %d (see 'gotrain eval -h')", errUsage, trainer.MaxBatch)
+	}
+	if *threads < 0 || *threads > trainer.MaxThreads() {
+		return fmt.Errorf("%w: --threads %d must be from 0 (one per CPU) to %d", errUsage, *threads, trainer.MaxThreads())
 	}
 	setThreads(*threads)
 	m, cfg, path, err := trainer.LoadModel(*ckpt)

@@ -26,13 +26,40 @@ import (
 // A JSONL is safe for concurrent use. It is also a [Sink]: its Train, Eval
 // and Summary methods write the record and remember the first error,
 // which [JSONL.Err] and [JSONL.Close] report.
+//
+// A write that fails (a full disk, an I/O error) loses nothing at once:
+// the record is kept, in memory, up to [MaxPendingBytes], and written
+// before the next record, so a disk that frees up gets every record in
+// order. The function given to [JSONL.OnError] hears of the failure when
+// it happens and of the recovery; [JSONL.Stats] counts the records written
+// late and those lost; Close makes a last try and fails only if records
+// are still unwritten.
 type JSONL struct {
 	path string
 
-	mu     sync.Mutex
-	f      *os.File
-	err    error // first error of any Write
-	closed bool
+	mu      sync.Mutex
+	f       *os.File
+	err     error // first error of any Write
+	encErr  error // first record that could not be encoded (lost)
+	closed  bool
+	onErr   func(err error, pending int)
+	pending [][]byte // lines whose write failed, oldest first
+	pendB   int      // their bytes
+	midLine bool     // the file ends in part of a line (a short write that could not be taken back)
+	stats   WriteStats
+}
+
+// MaxPendingBytes bounds the records a [JSONL] keeps while its file cannot
+// be written; older ones are dropped (and counted as lost) beyond it.
+const MaxPendingBytes = 8 << 20
+
+// WriteStats counts what a [JSONL]'s write failures cost.
+type WriteStats struct {
+	Failures int   // writes that failed
+	Late     int   // records written after a failure, when a retry succeeded
+	Lost     int   // records dropped: not encodable, beyond MaxPendingBytes, or unwritten at Close
+	Pending  int   // records waiting for a retry now
+	LastErr  error // the latest write error, or nil
 }
 
 var _ Sink = (*JSONL)(nil)
@@ -110,17 +137,103 @@ func (j *JSONL) Write(rec any) error {
 
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if err == nil {
-		if j.closed {
-			err = fmt.Errorf("metrics: write %s: %w", j.path, os.ErrClosed)
-		} else if _, werr := j.f.Write(b); werr != nil {
-			err = fmt.Errorf("metrics: %w", werr)
+	switch {
+	case err != nil:
+		j.stats.Lost++
+		if j.encErr == nil {
+			j.encErr = err
 		}
+	case j.closed:
+		err = fmt.Errorf("metrics: write %s: %w", j.path, os.ErrClosed)
+	default:
+		err = j.writeLine(b)
 	}
 	if err != nil && j.err == nil {
 		j.err = err
 	}
 	return err
+}
+
+// cutShortWrite takes back the n bytes of a line that a failed write left
+// at the end of the file, so that the file holds whole records only. It
+// reports whether it could.
+func (j *JSONL) cutShortWrite(n int) bool {
+	end, err := j.f.Seek(0, io.SeekCurrent)
+	if err != nil || end < int64(n) {
+		return false
+	}
+	if j.f.Truncate(end-int64(n)) != nil {
+		return false
+	}
+	_, err = j.f.Seek(end-int64(n), io.SeekStart)
+	return err == nil
+}
+
+// OnError makes f hear of write failures as they happen: with the error
+// and the records waiting, at the first failure and at the first after
+// a recovery; with a nil error when a retry has written them all. f runs
+// with the JSONL locked: it must not call the JSONL.
+func (j *JSONL) OnError(f func(err error, pending int)) {
+	j.mu.Lock()
+	j.onErr = f
+	j.mu.Unlock()
+}
+
+// Stats returns the counts of write failures so far.
+func (j *JSONL) Stats() WriteStats {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	st := j.stats
+	st.Pending = len(j.pending)
+	return st
+}
+
+// writeLine writes the waiting lines and then b, or queues b behind them.
+// Caller holds mu.
+func (j *JSONL) writeLine(b []byte) error {
+	failing := len(j.pending) > 0
+	j.pending = append(j.pending, b)
+	j.pendB += len(b)
+	for len(j.pending) > 0 {
+		line := j.pending[0]
+		if j.midLine {
+			line = append([]byte{'\n'}, line...) // leave the fragment on its own line
+		}
+		n, err := j.f.Write(line)
+		if err != nil && n == len(line) {
+			err = nil // written whole, the error came after
+		}
+		if err != nil && n > 0 {
+			j.midLine = !j.cutShortWrite(n)
+		}
+		if err != nil {
+			j.stats.Failures++
+			j.stats.LastErr = err
+			for j.pendB > MaxPendingBytes && len(j.pending) > 1 {
+				j.pendB -= len(j.pending[0])
+				j.pending = j.pending[1:]
+				j.stats.Lost++
+			}
+			if !failing && j.onErr != nil {
+				j.onErr(err, len(j.pending))
+			}
+			return fmt.Errorf("metrics: %w (the record is kept and written when the file takes it)", err)
+		}
+		j.midLine = false
+		j.pendB -= len(j.pending[0])
+		j.pending = j.pending[1:]
+		if failing {
+			j.stats.Late++
+		}
+	}
+	if failing {
+		j.stats.Late-- // the record of this call was not late
+		j.stats.LastErr = nil
+		if j.onErr != nil {
+			j.onErr(nil, 0)
+		}
+	}
+	return nil
 }
 
 // Train writes r; see [JSONL.Write]. Errors are remembered for Err.
@@ -155,14 +268,27 @@ func (j *JSONL) Sync() error {
 	return j.f.Sync()
 }
 
-// Close syncs and closes the file. It returns the first write error (see
-// [JSONL.Err]) joined with any error from syncing or closing. Calling
-// Close again returns nil.
+// Close writes the records still waiting (see [JSONL.OnError]), syncs and
+// closes the file. It returns the first record that could not be encoded,
+// an error counting the records it could not write, and any error from
+// syncing or closing; a write failure that a later retry made good is not
+// an error. Calling Close again returns nil.
 func (j *JSONL) Close() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {
 		return nil
+	}
+	var lostErr error
+	if len(j.pending) > 0 { // a last try
+		last := j.pending[len(j.pending)-1]
+		j.pending, j.pendB = j.pending[:len(j.pending)-1], j.pendB-len(last)
+		if err := j.writeLine(last); err != nil {
+			n := len(j.pending)
+			j.stats.Lost += n
+			j.pending, j.pendB = nil, 0
+			lostErr = fmt.Errorf("metrics: %d records could not be written to %s: %w", n, j.path, j.stats.LastErr)
+		}
 	}
 	j.closed = true
 	syncErr := j.f.Sync()
@@ -170,5 +296,5 @@ func (j *JSONL) Close() error {
 		syncErr = nil // not syncable (a pipe, /dev/null): nothing to commit
 	}
 	closeErr := j.f.Close()
-	return errors.Join(j.err, syncErr, closeErr)
+	return errors.Join(j.encErr, lostErr, syncErr, closeErr)
 }
