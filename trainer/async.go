@@ -27,6 +27,15 @@ import (
 // leaves is dropped and its batch goes to another; the others carry on.
 // Rank 0 then evaluates the server's parameters and writes --out.
 //
+// A worker that stops without leaving (a stopped process, a hung device)
+// is declared lost by the server once it has held a batch for --timeout
+// without pushing it: its batch goes to another worker and the staleness
+// bound stops waiting for it. If it runs again it is refused (ps.ErrLost)
+// and exits with status 0 after logging why: its batches were done by the
+// others, so the job's result is whole, and a non-zero status would make
+// 'gotrain launch' (or a scheduler) stop the ranks that are finishing it.
+// Rank 0 names it in the final async record (lost, timed_out).
+//
 // The job's communicator is used once, at the start (configuration check
 // and rank 0's parameters); after that only the server's connections are,
 // so a rank that dies does not stop the others.
@@ -95,7 +104,13 @@ func (t *Trainer) runAsync(ctx context.Context, start time.Time) (Result, error)
 	}
 	steps, samples, err := t.asyncWorker(ctx, conn, lb, nb, sched.LR)
 	if err != nil {
-		return res, err
+		if !errors.Is(err, ps.ErrLost) {
+			return res, err
+		}
+		// Declared lost: the others did this rank's batches. Rank 0's
+		// server still has the run to finish.
+		t.log.Warn("async: this rank was declared lost by the parameter server; its batches were given to the other ranks, and it leaves without failing the job",
+			"rank", r, "err", err)
 	}
 	res.Steps = steps
 	t.pos.step = steps // this rank's batches
@@ -124,7 +139,8 @@ func (t *Trainer) runAsync(ctx context.Context, start time.Time) (Result, error)
 	st := srv.Stats()
 	t.emitAsync(st, w)
 	if len(st.Lost) > 0 {
-		t.log.Warn("async: ranks left before the end; their batches were done by the others", "lost", st.Lost)
+		t.log.Warn("async: ranks left before the end or were declared lost after --timeout without a push; their batches were done by the others",
+			"lost", st.Lost, "timed_out", st.TimedOut, "timeout", cfg.Timeout)
 	}
 	acc, loss, err := Evaluate(t.Model, t.test, cfg.EvalBatchSize)
 	if err != nil {
@@ -167,6 +183,7 @@ func (t *Trainer) newParamServer(nb int, lr func(int64) float64) (*ps.Server, er
 		Batches:      func(int) int { return nb },
 		MaxStaleness: t.cfg.MaxStaleness,
 		DownWeight:   t.cfg.DownWeightStale,
+		Timeout:      t.cfg.Timeout,
 		Upgrade:      t.async.Upgrade,
 		Log:          t.log,
 		OnPush: func(p ps.PushInfo) {
@@ -210,12 +227,17 @@ func (t *Trainer) emitAsync(st ps.Stats, w int) {
 		mean = float64(st.StalenessSum) / float64(st.Pushes)
 	}
 	as.Async(metrics.Async{Version: st.Version, StalenessMean: mean, StalenessMax: st.StalenessMax, WaitSeconds: waits,
-		Workers: st.Workers, Lost: st.Lost, Rank: t.rank(), WorldSize: w})
-	t.log.Info("async", "updates", st.Version, "staleness_mean", mean, "staleness_max", st.StalenessMax, "wait_seconds", waits, "lost", st.Lost)
+		Workers: st.Workers, Lost: st.Lost, TimedOut: st.TimedOut, Rank: t.rank(), WorldSize: w})
+	t.log.Info("async", "updates", st.Version, "staleness_mean", mean, "staleness_max", st.StalenessMax, "wait_seconds", waits,
+		"lost", st.Lost, "timed_out", st.TimedOut)
 }
 
 // asyncWorker computes and pushes gradients until the server says the
-// work is done. It returns the batches and samples this rank computed.
+// work is done. It returns the batches and samples this rank computed. A
+// worker refused as lost returns an error wrapping ps.ErrLost; so does
+// one whose push fails after it was out of contact for longer than
+// --timeout, as the server then has declared it lost, and may since have
+// finished the run and gone.
 func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr func(int64) float64) (steps, samples int64, err error) {
 	cfg := t.cfg
 	r := t.rank()
@@ -226,6 +248,7 @@ func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr
 		return 0, 0, fmt.Errorf("rank %d: joining the parameter server: %w", r, err)
 	}
 	defer cl.Close()
+	got := time.Now() // when this worker last heard from the server
 	grad := make([]float32, nparams)
 	permEpoch := -1
 	n := t.train.N
@@ -278,8 +301,13 @@ func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr
 		}
 		epoch, version := wk.Epoch, wk.Version
 		if wk, err = cl.Push(ctx, wk, hi-lo, grad); err != nil {
+			if silent := time.Since(got); !errors.Is(err, ps.ErrLost) && silent > cfg.Timeout && ctx.Err() == nil {
+				return steps, samples, fmt.Errorf("rank %d: out of contact with the parameter server for %.1fs, more than --timeout %v (%w: its batches were given to the others; this push then failed: %v)",
+					r, silent.Seconds(), cfg.Timeout, ps.ErrLost, err)
+			}
 			return steps, samples, fmt.Errorf("rank %d: %w", r, err)
 		}
+		got = time.Now()
 		waited += wk.Waited
 		steps++
 		samples += int64(hi - lo)

@@ -1,10 +1,14 @@
 package trainer
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net"
 	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -69,4 +73,66 @@ func TestAsyncLearnsAndTheFastRankTakesMore(t *testing.T) {
 	require.Len(t, last.WaitSeconds, 3)
 	require.Empty(t, last.Lost)
 	require.Less(t, trs[2].Step(), trs[1].Step()+1, "the slow rank does not take more batches")
+}
+
+// lockedBuffer is a log destination safe for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestAsyncStalledRankIsDroppedAndRefused: rank 2 stalls in its first
+// batch (its compute does not return for 4 timeouts) while its connection
+// stays open. The parameter server declares it lost after --timeout, the
+// other ranks do its batch and finish the run (every batch applied once),
+// and when rank 2 runs again it is refused and ends without an error, so
+// that it does not fail the job.
+func TestAsyncStalledRankIsDroppedAndRefused(t *testing.T) {
+	const timeout = time.Second
+	cfg := sgdConfig(t)
+	cfg.MaxSteps = 0
+	cfg.Epochs = 1
+	cfg.Sync = "async"
+	cfg.Timeout = timeout
+	stall := func(r int) Option {
+		if r != 2 {
+			return func(*Trainer) {}
+		}
+		var once sync.Once
+		return func(t *Trainer) {
+			t.slow = &straggler{factor: 2, sleep: func(d time.Duration) time.Duration {
+				once.Do(func() { time.Sleep(4 * timeout) })
+				return d
+			}}
+		}
+	}
+	log2 := &lockedBuffer{}
+	logs := func(r int) Option {
+		if r != 2 {
+			return func(*Trainer) {}
+		}
+		return WithLogger(slog.New(slog.NewTextHandler(log2, nil)))
+	}
+	rec := &balanceRecorder{}
+	start := time.Now()
+	_, res := runRanksResults(t, []Config{cfg, cfg, cfg}, asyncOptions(t), rank0Sink(rec), stall, logs)
+	t.Logf("the run took %v; rank 2's log: %s", time.Since(start), log2.String())
+	last := rec.async[len(rec.async)-1]
+	require.Equal(t, uint64(59), last.Version, "every batch of the epoch applied exactly once (930 samples, batches of 16)")
+	require.Equal(t, []int{2}, last.Lost)
+	require.Equal(t, []int{2}, last.TimedOut)
+	require.Equal(t, int64(0), res[2].Steps, "rank 2 pushed nothing")
+	require.Contains(t, log2.String(), "this rank was declared lost by the parameter server")
 }

@@ -155,9 +155,12 @@ type Async struct {
 	// indexed by rank (0 for a rank that never waited or never joined).
 	WaitSeconds []float64 `json:"wait_seconds"`
 	// Workers is how many workers are connected; Lost lists the ranks that
-	// left before the end.
+	// left before the end, TimedOut those of them the server declared lost
+	// because they held a batch for longer than --timeout without pushing
+	// it (a stopped or hung rank).
 	Workers   int   `json:"workers"`
 	Lost      []int `json:"lost,omitempty"`
+	TimedOut  []int `json:"timed_out,omitempty"`
 	Rank      int   `json:"rank"`
 	WorldSize int   `json:"world_size"`
 }
