@@ -3,7 +3,10 @@ package trainer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -610,4 +613,73 @@ func pipelineDeviceConfig(t *testing.T) Config {
 	cfg.LR = 0.05
 	cfg.ClipGradNorm = 0.3
 	return cfg
+}
+
+// TestDeviceFaultsStopTheRunWithTheirDevice: a device that fails as a GPU
+// fails (an allocation out of memory, a failing launch, a sticky
+// asynchronous fault reported at the next wait) stops the run with an
+// error naming the device and the op, wrapping the device's error, and
+// leaves the checkpoints written before it intact: the newest loads, and
+// a run resumed from it on a sound device ends where an uninterrupted run
+// ends.
+func TestDeviceFaultsStopTheRunWithTheirDevice(t *testing.T) {
+	cfg := deviceConfig(t, "sgd")
+	cfg.CheckpointEvery = 5
+	ref := newTrainer(t, cfg, WithDevice(device.Host{}))
+	_, err := ref.Run(context.Background())
+	require.NoError(t, err)
+
+	// The last allocations are those of the evaluation program at the end
+	// of the first epoch (step 19): count them in a run without faults.
+	count := &device.Faults{}
+	run := cfg
+	run.CheckpointDir = t.TempDir()
+	_, err = newTrainer(t, run, WithDevice(device.Host{Faults: count})).Run(context.Background())
+	require.NoError(t, err)
+	allocs, _ := count.Counts()
+
+	for _, tc := range []struct {
+		fault string
+		want  []string // in the error, in order
+		is    error
+		step  int64 // of the newest checkpoint
+	}{
+		// relu runs once a training step (one hidden layer): the 8th is step 8's
+		{"launch:relu:8", []string{"device host: running a program: ", "launching kernel relu: injected launch failure (fault launch:relu:8)"}, device.ErrLaunchFailed, 5},
+		{"sticky:relu:8", []string{"device host: running a program: ", "reading 1 values: injected illegal memory access in launch ", "(kernel relu)", "(fault sticky:relu:8)"}, device.ErrIllegalAddress, 5},
+		{fmt.Sprintf("alloc:%d", allocs), []string{"device host: compiling a program: ", "bytes: injected out of memory (fault alloc:"}, device.ErrOutOfMemory, 15},
+	} {
+		t.Run(tc.fault, func(t *testing.T) {
+			f, err := device.ParseFaults(tc.fault)
+			require.NoError(t, err)
+			run := cfg
+			run.CheckpointDir = t.TempDir()
+			_, err = newTrainer(t, run, WithDevice(device.Host{Faults: f})).Run(context.Background())
+			require.Error(t, err)
+			t.Logf("%s: %v", tc.fault, err)
+			require.ErrorIs(t, err, tc.is)
+			var fe *device.FaultError
+			require.ErrorAs(t, err, &fe)
+			require.Equal(t, tc.fault, fe.Rule)
+			msg := err.Error()
+			for _, w := range tc.want {
+				i := strings.Index(msg, w)
+				require.GreaterOrEqual(t, i, 0, "want %q in %q", w, msg)
+				msg = msg[i+len(w):]
+			}
+
+			_, loaded, path, err := LoadModel(run.CheckpointDir)
+			require.NoError(t, err, "the newest checkpoint loads")
+			require.Equal(t, fmt.Sprintf("ckpt-%010d.safetensors", tc.step), filepath.Base(path))
+			require.Equal(t, cfg.Hidden, loaded.Hidden)
+			resumed := cfg
+			resumed.CheckpointDir = t.TempDir()
+			resumed.Resume = run.CheckpointDir
+			tr := newTrainer(t, resumed, WithDevice(device.Host{}))
+			_, err = tr.Run(context.Background())
+			require.NoError(t, err)
+			require.Equal(t, ref.Step(), tr.Step())
+			require.Less(t, maxAbsDiff(params(ref), params(tr)), 1e-5, "resumed from step %d", tc.step)
+		})
+	}
 }

@@ -19,13 +19,14 @@ import (
 //	auto  GPU LOCAL_RANK when the build and the machine have it and the
 //	      run is one the device path trains, else the CPU (said in the log)
 //	host  the device path with the host device (the GPU's kernels compiled
-//	      for the CPU): for tests
+//	      for the CPU): for tests; $GOTRAIN_HOST_FAULT injects faults
+//	      into it (see gpu/device's Faults)
 func openDevice(cfg trainer.Config, local int, log *slog.Logger) (device.Device, error) {
 	switch cfg.Device {
 	case "", "cpu":
 		return nil, nil
 	case "host":
-		return device.Host{}, nil
+		return device.HostFromEnv()
 	case "gpu":
 		d, err := cuda.Open(local)
 		if err != nil {

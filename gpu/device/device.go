@@ -22,6 +22,36 @@
 // events. gpu/cuda's device implements both; the trainer's tests run them
 // on a host device that queues its work as late as a GPU may
 // (trainer/lazyhost_test.go).
+//
+// # Faults
+//
+// A host device fails as a GPU fails when its [Faults] say so, so that the
+// code above a device can be tested on its error paths: an allocation out
+// of memory ([ErrOutOfMemory]), a launch that fails ([ErrLaunchFailed]),
+// and the sticky asynchronous fault of a kernel that touched memory it may
+// not ([ErrIllegalAddress]: the launch returns nil, the next call that
+// waits for the device reports it, and every call after). --device host
+// takes them from $GOTRAIN_HOST_FAULT ([HostFromEnv]), rules separated by
+// commas:
+//
+//	GOTRAIN_HOST_FAULT=alloc:N           the Nth allocation
+//	GOTRAIN_HOST_FAULT=mem:BYTES         allocations beyond BYTES live
+//	GOTRAIN_HOST_FAULT=launch:N          the Nth launch
+//	GOTRAIN_HOST_FAULT=launch:KERNEL:N   the Nth launch of KERNEL
+//	GOTRAIN_HOST_FAULT=sticky:N          (or sticky:KERNEL:N) the Nth launch faults, seen later
+//
+// For example `GOTRAIN_HOST_FAULT=launch:relu:8 gotrain train --device
+// host` stops at step 8 with `device host: running a program: executor:
+// ReLU: launching kernel relu: injected launch failure (fault
+// launch:relu:8)`. The error is a [*FaultError]. fakecuda, the CUDA driver
+// on the host under gpu/cuda, takes the same rules from $FAKECUDA_FAULT.
+//
+// # Errors
+//
+// Calls return errors, never panic: a buffer of another device, a copy or
+// GEMM that reaches outside its buffer, and the faults above. The trainer
+// names the device and the op in front of them (trainer/device.go's
+// devErr).
 package device
 
 import (
@@ -151,7 +181,13 @@ func Pageable(_ Device, n int) (mem []float32, pinned bool, err error) {
 
 // Host is the host device: the reference implementation (see the package
 // documentation).
-type Host struct{}
+type Host struct {
+	// Faults, when not nil, makes the device fail as a GPU can: an
+	// allocation out of memory, a failing launch, a sticky asynchronous
+	// fault (see Faults; --device host takes them from
+	// $GOTRAIN_HOST_FAULT, HostFromEnv).
+	Faults *Faults
+}
 
 type hostBuf struct {
 	mem *csrc.HostMem
@@ -168,16 +204,20 @@ func (b *hostBuf) Addr() uintptr { return b.mem.Addr() }
 func (Host) Name() string { return "host" }
 
 // Alloc returns n zeroed float32s on the C heap.
-func (Host) Alloc(n int) (Buffer, error) {
+func (h Host) Alloc(n int) (Buffer, error) {
 	if n < 0 {
 		return nil, fmt.Errorf("device: allocating %d values", n)
+	}
+	if err := h.Faults.alloc(n); err != nil {
+		return nil, err
 	}
 	return &hostBuf{mem: csrc.Alloc(4 * n), n: n}, nil
 }
 
 // Free releases b.
-func (Host) Free(b Buffer) {
+func (h Host) Free(b Buffer) {
 	if hb, ok := b.(*hostBuf); ok {
+		h.Faults.free(hb.n)
 		hb.mem.Free()
 	}
 }
@@ -199,6 +239,9 @@ func (h Host) Write(dst Buffer, src []float32) error {
 	if len(src) > d.n {
 		return fmt.Errorf("device: writing %d values into a buffer of %d", len(src), d.n)
 	}
+	if err := h.Faults.wait(fmt.Sprintf("writing %d values", len(src))); err != nil {
+		return err
+	}
 	copy(d.mem.Float32s(), src)
 	return nil
 }
@@ -212,6 +255,9 @@ func (h Host) Read(dst []float32, src Buffer) error {
 	if len(dst) > s.n {
 		return fmt.Errorf("device: reading %d values from a buffer of %d", len(dst), s.n)
 	}
+	if err := h.Faults.wait(fmt.Sprintf("reading %d values", len(dst))); err != nil {
+		return err
+	}
 	copy(dst, s.mem.Float32s())
 	return nil
 }
@@ -220,6 +266,9 @@ func (h Host) Read(dst []float32, src Buffer) error {
 func (h Host) Launch(kernel string, n int, args ...any) error {
 	conv, err := h.args(kernel, args)
 	if err != nil {
+		return err
+	}
+	if run, err := h.Faults.launch(kernel); !run {
 		return err
 	}
 	return csrc.Launch(kernel, conv...)
@@ -264,6 +313,9 @@ func (*HostGrid) Name() string { return "host-grid" }
 func (h *HostGrid) Launch(kernel string, n int, args ...any) error {
 	conv, err := h.args(kernel, args)
 	if err != nil {
+		return err
+	}
+	if run, err := h.Faults.launch(kernel); !run {
 		return err
 	}
 	h.mu.Lock()
@@ -336,6 +388,9 @@ func (h Host) Gemm(prec Precision, ta, tb bool, m, n, k int, alpha float32, a Bu
 	case m*ldc > cb.n || ldc < n:
 		return fmt.Errorf("device: gemm: C is %dx%d (ldc %d) in a buffer of %d", m, n, ldc, cb.n)
 	}
+	if run, err := h.Faults.queued(fmt.Sprintf("GEMM %d×%d×%d", m, n, k)); !run {
+		return err
+	}
 	av, bv := ab.mem.Float32s()[:ar*lda], bb.mem.Float32s()[:br*ldb]
 	if prec != FP32 {
 		ra, rb := csrc.Alloc(4*len(av)), csrc.Alloc(4*len(bv))
@@ -353,8 +408,9 @@ func (h Host) Gemm(prec Precision, ta, tb bool, m, n, k int, alpha float32, a Bu
 	return nil
 }
 
-// Sync returns nil: host calls complete before they return.
-func (Host) Sync() error { return nil }
+// Sync returns nil: host calls complete before they return. With Faults,
+// it reports a sticky fault.
+func (h Host) Sync() error { return h.Faults.wait("synchronising") }
 
 // Close does nothing.
 func (Host) Close() error { return nil }
