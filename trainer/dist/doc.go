@@ -79,7 +79,12 @@
 // set), then a handshake: the dialer sends hello (rank, size, prefix), the
 // acceptor checks them and answers with its own hello, or with a reject
 // frame giving the reason (wrong group, wrong size) and closes. Stray
-// connections are refused without disturbing setup. Setup fails after
+// connections are refused without disturbing setup: at most
+// RingConfig.MaxHandshakes (secure.DefaultMaxHandshakes) run at once on
+// each listener, each within secure.DefaultTimeout, and a connection beyond
+// them is closed at once (secure.Gate). A dialing rank whose connection is
+// closed or reset during the upgrade or the hello retries, with a back-off
+// up to 1s; a reject frame or a refused secret ends it. Setup fails after
 // RingConfig.Timeout with ErrTimeout naming the ranks that never connected.
 //
 // AllReduce is the bandwidth-optimal ring: the buffer is cut into Size()

@@ -7,7 +7,12 @@
 // Rank 0 runs a [Server] ([Serve]); every process, rank 0 included,
 // connects a [Client] ([Dial]). Every connection must first pass the job's
 // authentication (trainer/dist/secure): a process without the job's secret
-// can neither read nor write anything. Clients then Set, Get, Add and Wait
+// can neither read nor write anything. At most secure.DefaultMaxHandshakes
+// handshakes are in progress at once, each within its deadline; a
+// connection beyond them is closed at once (secure.Gate), and [Dial]
+// retries it, so a flood of connections that never finish the handshake
+// holds a bounded number of the server's file descriptors and delays a real
+// client by at most the deadline. Clients then Set, Get, Add and Wait
 // on keys. A Get or Wait for a key that is not there yet blocks on the
 // server until some client sets it or the caller's ctx ends; the client
 // then tells the server to stop waiting, and every waiter on the server is
