@@ -235,9 +235,9 @@ func (t *Trainer) emitAsync(st ps.Stats, w int) {
 // asyncWorker computes and pushes gradients until the server says the
 // work is done. It returns the batches and samples this rank computed. A
 // worker refused as lost returns an error wrapping ps.ErrLost; so does
-// one whose push fails after it was out of contact for longer than
-// --timeout, as the server then has declared it lost, and may since have
-// finished the run and gone.
+// one whose push fails after it took longer than --timeout to start it
+// (stopped, say), as the server then has declared it lost, and may since
+// have finished the run and gone.
 func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr func(int64) float64) (steps, samples int64, err error) {
 	cfg := t.cfg
 	r := t.rank()
@@ -248,7 +248,7 @@ func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr
 		return 0, 0, fmt.Errorf("rank %d: joining the parameter server: %w", r, err)
 	}
 	defer cl.Close()
-	got := time.Now() // when this worker last heard from the server
+	got := time.Now() // when this worker was given its batch
 	grad := make([]float32, nparams)
 	permEpoch := -1
 	n := t.train.N
@@ -300,9 +300,12 @@ func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr
 			return steps, samples, t.diverged(float64(loss))
 		}
 		epoch, version := wk.Epoch, wk.Version
+		// The server counts this worker silent from the batch it handed
+		// out to the push's arrival: at least got to now.
+		silent := time.Since(got)
 		if wk, err = cl.Push(ctx, wk, hi-lo, grad); err != nil {
-			if silent := time.Since(got); !errors.Is(err, ps.ErrLost) && silent > cfg.Timeout && ctx.Err() == nil {
-				return steps, samples, fmt.Errorf("rank %d: out of contact with the parameter server for %.1fs, more than --timeout %v (%w: its batches were given to the others; this push then failed: %v)",
+			if !errors.Is(err, ps.ErrLost) && silent > cfg.Timeout && ctx.Err() == nil {
+				return steps, samples, fmt.Errorf("rank %d: %.1fs from its batch to its push, more than --timeout %v (%w: its batches were given to the others; this push then failed: %v)",
 					r, silent.Seconds(), cfg.Timeout, ps.ErrLost, err)
 			}
 			return steps, samples, fmt.Errorf("rank %d: %w", r, err)
