@@ -136,9 +136,13 @@ func (d *Device) Alloc(n int) (device.Buffer, error) {
 		var err error
 		if b.p, err = cu.MemAlloc(int64(4 * max(n, 1))); err != nil {
 			free, total, _ := cu.MemInfo()
-			return fmt.Errorf("cuda: %s: allocating %d bytes (%d of %d free): %w", d.name, 4*n, free, total, err)
+			return fmt.Errorf("cuda: %s: cuMemAlloc %d bytes (%d of %d free): %w", d.name, 4*max(n, 1), free, total, drv(err))
 		}
-		return cu.MemsetD32(b.p, 0, int64(max(n, 1)))
+		if err := cu.MemsetD32(b.p, 0, int64(max(n, 1))); err != nil {
+			_ = cu.MemFree(b.p)
+			return fmt.Errorf("cuda: %s: cuMemsetD32 %d bytes: %w", d.name, 4*max(n, 1), drv(err))
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -174,7 +178,12 @@ func (d *Device) Write(dst device.Buffer, src []float32) error {
 	if len(src) == 0 {
 		return nil
 	}
-	return d.do(func() error { return cu.MemcpyHtoD(b.p, unsafe.Pointer(&src[0]), int64(4*len(src))) })
+	return d.do(func() error {
+		if err := cu.MemcpyHtoD(b.p, unsafe.Pointer(&src[0]), int64(4*len(src))); err != nil {
+			return fmt.Errorf("cuda: %s: cuMemcpyHtoD %d bytes: %w", d.name, 4*len(src), drv(err))
+		}
+		return nil
+	})
 }
 
 // Read copies src into dst.
@@ -189,7 +198,12 @@ func (d *Device) Read(dst []float32, src device.Buffer) error {
 	if len(dst) == 0 {
 		return nil
 	}
-	return d.do(func() error { return cu.MemcpyDtoH(unsafe.Pointer(&dst[0]), b.p, int64(4*len(dst))) })
+	return d.do(func() error {
+		if err := cu.MemcpyDtoH(unsafe.Pointer(&dst[0]), b.p, int64(4*len(dst))); err != nil {
+			return fmt.Errorf("cuda: %s: cuMemcpyDtoH %d bytes: %w", d.name, 4*len(dst), drv(err))
+		}
+		return nil
+	})
 }
 
 // Launch runs a kernel over n outputs with csrc.Geometry's grid: blocks of
@@ -222,7 +236,7 @@ func (d *Device) Launch(kernel string, n int, args ...any) error {
 	blocks, threads := csrc.Geometry(n)
 	return d.do(func() error {
 		if err := fn.Launch(blocks, 1, 1, threads, 1, 1, 0, cu.Stream{}, params); err != nil {
-			return fmt.Errorf("cuda: %s: launching %s: %w", d.name, kernel, err)
+			return fmt.Errorf("cuda: %s: launching kernel %s: %w", d.name, kernel, drv(err))
 		}
 		return nil
 	})
@@ -292,7 +306,7 @@ func (d *Device) toBF16(dst **buf, src *buf) (uintptr, error) {
 func (d *Device) Sync() error {
 	return d.do(func() error {
 		if err := cu.Synchronize(); err != nil {
-			return fmt.Errorf("cuda: %s: %w", d.name, err)
+			return fmt.Errorf("cuda: %s: cuCtxSynchronize: %w", d.name, drv(err))
 		}
 		return nil
 	})

@@ -97,7 +97,10 @@ func (d *Device) WriteAsync(dst device.Buffer, src []float32) error {
 		return fmt.Errorf("cuda: writing %d values into a buffer of %d", len(src), b.n)
 	}
 	return d.do(func() error {
-		return cu.MemcpyHtoDAsync(b.p, unsafe.Pointer(&src[0]), int64(4*len(src)), cu.Stream{})
+		if err := cu.MemcpyHtoDAsync(b.p, unsafe.Pointer(&src[0]), int64(4*len(src)), cu.Stream{}); err != nil {
+			return fmt.Errorf("cuda: %s: cuMemcpyHtoDAsync %d bytes: %w", d.name, 4*len(src), drv(err))
+		}
+		return nil
 	})
 }
 

@@ -31,6 +31,7 @@ import "C"
 
 import (
 	"fmt"
+	"reflect"
 	"unsafe"
 
 	"github.com/gotrain/gotrain/gpu/device"
@@ -49,6 +50,29 @@ type event struct{ e C.CUevent }
 // cuErr names a CUDA driver result.
 func (d *Device) cuErr(what string, r C.CUresult) error {
 	return fmt.Errorf("cuda: %s: %s: %d %s", d.name, what, int(r), C.GoString(C.result_name(r)))
+}
+
+// driverError is a result code from gorgonia.org/cu's driver calls, named
+// as the driver names it (CUDA_ERROR_OUT_OF_MEMORY, where cu says
+// OutOfMemory); cu's error stays wrapped.
+type driverError struct {
+	code C.CUresult
+	err  error
+}
+
+func (e *driverError) Error() string { return C.GoString(C.result_name(e.code)) }
+func (e *driverError) Unwrap() error { return e.err }
+
+// drv names an error from a cu driver call (see driverError); other errors
+// come back as they are.
+func drv(err error) error {
+	if err == nil {
+		return nil
+	}
+	if v := reflect.ValueOf(err); v.Kind() == reflect.Int && v.Type().PkgPath() == "gorgonia.org/cu" {
+		return &driverError{code: C.CUresult(v.Int()), err: err}
+	}
+	return err
 }
 
 // commStream returns the communication stream, created at first use.

@@ -20,7 +20,13 @@
 #      result checked, none wrong;
 #   6. what goes wrong gets said: with no GPU, the gpu binary names
 #      cuInit's error and what to do, and the test binary skips saying so;
-#      a rank whose LOCAL_RANK has no GPU names both numbers.
+#      a rank whose LOCAL_RANK has no GPU names both numbers;
+#   7. device faults (FAKECUDA_FAULT, see fakecuda.c): an allocation out of
+#      memory, a failing launch and a sticky fault, each after the first
+#      checkpoint of a run that checkpoints every 5 steps, stop
+#      gotrain-gpu train with an error naming the device, the op and the
+#      driver's code, exit 1 without a panic or a goroutine dump, and
+#      leave the newest checkpoint loadable (gotrain eval --checkpoint).
 set -euo pipefail
 OUT=${1:-bin/fakecuda}
 GO=${GO:-go}
@@ -139,3 +145,45 @@ FAKECUDA_DEVICES=2 WORLD_SIZE=4 RANK=3 LOCAL_RANK=3 LOCAL_WORLD_SIZE=4 MASTER_AD
   expect fails "no GPU 3: this machine has 2 (LOCAL_RANK picks the GPU; start at most 2 workers per node)" \
   "$OUT/gotrain-gpu" train --device gpu --max-steps 1
 echo "fake-gpu-test: no GPU, and a LOCAL_RANK without one, are named"
+
+# fault NAME RULE WANT...: gotrain-gpu train with FAKECUDA_FAULT=RULE exits
+# 1 with each WANT in its error line, no panic, and a checkpoint that
+# gotrain eval loads.
+faultargs=(train --model mlp --epochs 1 --max-steps 30 --threads 2 --checkpoint-every 5 --device gpu)
+fault() {
+  local name=$1 rule=$2 dir=$OUT/fault-ckpt rc=0 line w
+  shift 2
+  rm -rf "$dir"
+  FAKECUDA_FAULT=$rule "$OUT/gotrain-gpu" "${faultargs[@]}" --checkpoint-dir "$dir" >"$OUT/fault.out" 2>"$OUT/fault.err" || rc=$?
+  line=$(grep '^gotrain train: error: ' "$OUT/fault.err" || true)
+  if [ $rc -ne 1 ] || grep -qE '^(panic|fatal error|goroutine [0-9]+ \[)' "$OUT/fault.err"; then
+    tail -5 "$OUT/fault.err"
+    echo "fake-gpu-test: fault $name ($rule): exit status $rc, want 1 without a panic"
+    exit 1
+  fi
+  grep -qF "fakecuda: FAKECUDA_FAULT $rule:" "$OUT/fault.err" || {
+    tail -5 "$OUT/fault.err"
+    echo "fake-gpu-test: fault $name ($rule) was not injected"
+    exit 1
+  }
+  for w in "device cuda:0 fakecuda (the host): " "$@"; do
+    grep -qF -- "$w" <<<"$line" || {
+      tail -5 "$OUT/fault.err"
+      echo "fake-gpu-test: fault $name ($rule): want \"$w\" in the error"
+      exit 1
+    }
+  done
+  local ck
+  ck=$(cd "$dir" && ls ckpt-*.safetensors 2>/dev/null | tail -1)
+  "$OUT/gotrain-cpu" eval --checkpoint "$dir" >"$OUT/fault-eval.out" 2>&1 && grep -q 'accuracy' "$OUT/fault-eval.out" || {
+    tail -5 "$OUT/fault-eval.out"
+    echo "fake-gpu-test: fault $name ($rule): the newest checkpoint ($dir/$ck) does not load"
+    exit 1
+  }
+  echo "fake-gpu-test: fault $name: exit 1, $ck loads; ${line#gotrain train: error: }"
+}
+# The last allocation is the evaluation program's, at the end (step 30).
+nalloc=$(FAKECUDA_TRACE_ALLOC=1 "$OUT/gotrain-gpu" "${faultargs[@]}" 2>&1 >/dev/null | grep -c '^fakecuda: cuMemAlloc ' || true)
+fault "out of memory" "alloc:$nalloc" "compiling a program: " "cuMemAlloc " "CUDA_ERROR_OUT_OF_MEMORY"
+fault "launch failure" "launch:relu:8" "running a program: " "launching kernel relu: CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"
+fault "sticky fault" "sticky:relu:8" "running a program: " "cuMemcpyDtoH 4 bytes: CUDA_ERROR_ILLEGAL_ADDRESS"
