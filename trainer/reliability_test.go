@@ -246,3 +246,67 @@ func TestConfigFileBounds(t *testing.T) {
 func textLogger(b *strings.Builder) *slog.Logger {
 	return slog.New(slog.NewTextHandler(b, nil))
 }
+
+// --out that cannot be written at the end although it could at the start
+// (its directory replaced by a file during the run) does not drop the
+// trained weights: they go to the checkpoint directory, or without one to
+// the working directory, and the error says where.
+func TestOutFallsBackWhenItCannotBeWritten(t *testing.T) {
+	for _, withCkpt := range []bool{true, false} {
+		dir := t.TempDir()
+		t.Chdir(t.TempDir())
+		cfg := smallConfig(t)
+		cfg.Epochs = 1
+		if !withCkpt {
+			cfg.CheckpointDir = ""
+		}
+		cfg.Out = filepath.Join(dir, "sub", "w.safetensors")
+		tr := newTrainer(t, cfg)
+		require.NoError(t, os.Remove(filepath.Join(dir, "sub")))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "sub"), nil, 0o644))
+		_, err := tr.Run(context.Background())
+		want := filepath.Join(cfg.CheckpointDir, "w.safetensors")
+		if !withCkpt {
+			wd, _ := os.Getwd()
+			want = filepath.Join(wd, "gotrain-rescued-w.safetensors")
+		}
+		require.ErrorContains(t, err, "the trained weights were saved to "+want+" instead")
+		m, _, _, err := LoadModel(want)
+		require.NoError(t, err)
+		for i, p := range m.Params {
+			require.Equal(t, tr.Model.Params[i].Data, p.Data, "the weights of the run")
+		}
+	}
+}
+
+// FuzzConfig: no bytes given as a --config file, YAML or JSON, make the
+// parser, Validate or the memory estimate panic, and what Validate
+// accepts can be estimated.
+func FuzzConfig(f *testing.F) {
+	f.Add([]byte("model: cnn\nhidden: [64]\nlr: 0.01\nbatch_size: 32\n"), false)
+	f.Add([]byte(`{"model":"mlp","epochs":3,"hidden":[512,256],"shares":[0.7,0.3]}`), true)
+	f.Add([]byte("hidden: [100000000]\n"), false)
+	f.Add([]byte("threads: 100000\naccum_steps: 1000000000\n"), false)
+	f.Add([]byte("timeout: 10s\nsync: async\nmax_staleness: -1\n"), false)
+	f.Add([]byte("&a [*a]"), false)
+	f.Add([]byte(`{"hidden": [1e400]}`), true)
+	f.Fuzz(func(t *testing.T, b []byte, isJSON bool) {
+		if len(b) > MaxConfigBytes {
+			return
+		}
+		c := Default()
+		if err := c.parse(b, isJSON, "fuzz"); err != nil {
+			require.ErrorIs(t, err, ErrConfig)
+			require.Less(t, len(err.Error()), 400)
+			return
+		}
+		if err := c.Validate(); err != nil {
+			require.ErrorIs(t, err, ErrConfig)
+			require.Less(t, len(err.Error()), 1000)
+			return
+		}
+		fp, err := c.ModelSpec().Estimate()
+		require.NoError(t, err)
+		require.Greater(t, fp.Params, 0.0)
+	})
+}

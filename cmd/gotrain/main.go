@@ -105,10 +105,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.Is(err, errUsage) || errors.Is(err, trainer.ErrConfig):
-		fmt.Fprintf(stderr, "gotrain %s: %s\n", args[0], clipText(err.Error()))
+		fmt.Fprintf(stderr, "gotrain %s: %s\n", args[0], clipText(err.Error(), maxUsageLine))
 		return 2
 	default:
-		fmt.Fprintf(stderr, "gotrain %s: error: %s\n", args[0], clipText(err.Error()))
+		fmt.Fprintf(stderr, "gotrain %s: error: %s\n", args[0], clipText(err.Error(), maxErrorLine))
 		return 1
 	}
 }
@@ -132,27 +132,34 @@ func checkArgLengths(args []string) error {
 	return nil
 }
 
-// maxMessageLine bounds a line of a flag error or a usage error: a refused
-// value is quoted by its start, never echoed whole.
-const maxMessageLine = 512
+// Bounds on a line of what gotrain prints about a refused input: a
+// refused value is quoted by its start, never echoed whole. A flag set
+// prints the value it refuses before returning its error, so its output
+// is clipped too (its help lines are shorter).
+const (
+	maxUsageLine = 320  // usage errors and flag sets' output
+	maxErrorLine = 4096 // other errors
+)
 
-// clipText cuts each line of s to maxMessageLine bytes, saying how long it was.
-func clipText(s string) string {
+// clipText cuts each line of s that is longer than n bytes to its start
+// and its end (where a flag error says why), saying how much it left out.
+func clipText(s string, n int) string {
 	lines := strings.Split(s, "\n")
 	for i, l := range lines {
-		if len(l) > maxMessageLine {
-			lines[i] = fmt.Sprintf("%s... (%d bytes)", strings.ToValidUTF8(l[:maxMessageLine], ""), len(l))
+		if len(l) > n {
+			head, tail := l[:n*2/3], l[len(l)-n/3:]
+			lines[i] = strings.ToValidUTF8(fmt.Sprintf("%s[... %d bytes left out ...]%s", head, len(l)-len(head)-len(tail), tail), "")
 		}
 	}
 	return strings.Join(lines, "\n")
 }
 
-// clipWriter is w with every write's lines cut by clipText: the output of
-// a flag set, which prints a refused value before returning its error.
+// clipWriter is w with every write's lines cut to maxUsageLine: the output
+// of a flag set.
 type clipWriter struct{ w io.Writer }
 
 func (c clipWriter) Write(p []byte) (int, error) {
-	if _, err := io.WriteString(c.w, clipText(string(p))); err != nil {
+	if _, err := io.WriteString(c.w, clipText(string(p), maxUsageLine)); err != nil {
 		return 0, err
 	}
 	return len(p), nil
