@@ -149,10 +149,9 @@ func (t *Trainer) runAsync(ctx context.Context, start time.Time) (Result, error)
 	res.TestAccuracy, res.TestLoss = acc, loss
 	t.sink.Eval(metrics.Eval{Epoch: cfg.Epochs, TestLoss: loss, TestAccuracy: acc, Rank: r, WorldSize: w})
 	if cfg.Out != "" {
-		if err := SaveWeights(cfg.Out, t.Model, cfg); err != nil {
-			return res, fmt.Errorf("--out: %w", err)
+		if err := t.saveOut(); err != nil {
+			return res, err
 		}
-		t.log.Info("saved weights", "path", cfg.Out)
 	}
 	res.Steps = int64(version)
 	res.TrainSamplesPerSec = float64(int64(cfg.Epochs)*int64(n)) / trainTime.Seconds()
