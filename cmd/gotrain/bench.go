@@ -73,6 +73,9 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	if err := trainer.Preflight(cfg, trainer.PreflightEnv{}); err != nil {
+		return err
+	}
 	setThreads(cfg.Threads)
 	m, err := graph.New(cfg.ModelSpec(), 1)
 	if err != nil {

@@ -57,6 +57,13 @@ const drainTimeout = 2 * time.Second
 
 var errUsage = errors.New("usage")
 
+// Bounds on a job's size: beyond them a launcher would only exhaust the
+// machine's processes (or overflow a rank number) before any worker ran.
+const (
+	MaxProcsPerNode = 1024
+	MaxNodes        = 1 << 16
+)
+
 const usageText = `Usage: gotrain launch --nproc-per-node N [flags] -- COMMAND [ARGS...]
 
 Starts N local workers running 'gotrain COMMAND ARGS...' (for example
@@ -245,10 +252,10 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("%w: unexpected argument %q before \"--\"", errUsage, fs.Arg(0))
 	case !set["nproc-per-node"]:
 		return nil, fmt.Errorf("%w: --nproc-per-node is required", errUsage)
-	case o.nproc < 1:
-		return nil, fmt.Errorf("%w: --nproc-per-node must be at least 1, not %d", errUsage, o.nproc)
-	case o.nnodes < 1:
-		return nil, fmt.Errorf("%w: --nnodes must be at least 1, not %d", errUsage, o.nnodes)
+	case o.nproc < 1 || o.nproc > MaxProcsPerNode:
+		return nil, fmt.Errorf("%w: --nproc-per-node must be from 1 to %d, not %d", errUsage, MaxProcsPerNode, o.nproc)
+	case o.nnodes < 1 || o.nnodes > MaxNodes:
+		return nil, fmt.Errorf("%w: --nnodes must be from 1 to %d, not %d", errUsage, MaxNodes, o.nnodes)
 	case o.nodeRank < 0 || o.nodeRank >= o.nnodes:
 		return nil, fmt.Errorf("%w: --node-rank %d is out of range for --nnodes %d (want 0 to %d)", errUsage, o.nodeRank, o.nnodes, o.nnodes-1)
 	case o.grace < 0:

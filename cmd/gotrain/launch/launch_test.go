@@ -211,7 +211,9 @@ func TestUsageErrors(t *testing.T) {
 		want string
 	}{
 		{"no nproc", []string{"--", "train"}, "--nproc-per-node is required"},
-		{"nproc zero", []string{"--nproc-per-node", "0", "--", "train"}, "at least 1"},
+		{"nproc zero", []string{"--nproc-per-node", "0", "--", "train"}, "from 1 to 1024"},
+		{"nproc huge", []string{"--nproc-per-node", "100000", "--", "train"}, "from 1 to 1024, not 100000"},
+		{"nnodes huge", []string{"--nproc-per-node", "1", "--nnodes", "4611686018427387904", "--", "train"}, "--nnodes must be from 1 to 65536"},
 		{"node rank too big", []string{"--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1", "--", "train"}, "--node-rank 2 is out of range"},
 		{"negative node rank", []string{"--nproc-per-node", "2", "--node-rank", "-1", "--", "train"}, "out of range"},
 		{"no dashdash", []string{"--nproc-per-node", "2"}, "no worker command"},
