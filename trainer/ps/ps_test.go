@@ -342,7 +342,12 @@ func TestASilentWorkerIsDeclaredLost(t *testing.T) {
 	ch := pushAsync(a, wa) // version 2: two ahead of worker 1's version 0
 	require.True(t, held(ch), "worker 0 is held by the staleness bound")
 
-	ticks(s, TicksPerTimeout)
+	ticks(s, TicksPerTimeout/2-1)
+	require.NotContains(t, log.String(), "worker=1")
+	s.Tick()
+	require.Contains(t, log.String(), "has not pushed its batch for half the timeout")
+	require.Contains(t, log.String(), "worker=1")
+	ticks(s, TicksPerTimeout/2)
 	require.True(t, held(ch), "not before the Timeout")
 	require.Empty(t, s.Stats().TimedOut)
 	s.Tick()
@@ -352,8 +357,7 @@ func TestASilentWorkerIsDeclaredLost(t *testing.T) {
 	require.Equal(t, []int{1}, st.Lost)
 	require.Equal(t, []int{1}, st.TimedOut)
 	require.Equal(t, 1, st.Workers)
-	require.Contains(t, log.String(), "a worker is lost")
-	require.Contains(t, log.String(), "worker=1")
+	require.Regexp(t, `a worker is lost.* worker=1 `, log.String())
 
 	for !wa.End {
 		wa = answered(t, pushAsync(a, wa))

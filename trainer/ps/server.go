@@ -163,8 +163,9 @@ func (s *Server) ticker(d time.Duration) {
 
 // Tick advances the server's clock by Timeout/TicksPerTimeout: every
 // worker holding a batch has been silent one tick more, and one silent for
-// more than TicksPerTimeout ticks is declared lost. Without a Timeout it
-// does nothing.
+// more than TicksPerTimeout ticks is declared lost (one silent half as
+// long is logged, so that a wait for it does not pass unexplained).
+// Without a Timeout it does nothing.
 func (s *Server) Tick() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -175,8 +176,12 @@ func (s *Server) Tick() {
 		if !ws.busy {
 			continue
 		}
-		if ws.silent++; ws.silent > TicksPerTimeout {
+		switch ws.silent++; {
+		case ws.silent > TicksPerTimeout:
 			s.declareLost(id, ws)
+		case ws.silent == TicksPerTimeout/2:
+			s.cfg.Log.Warn("parameter server: a worker has not pushed its batch for half the timeout; it is declared lost at the timeout",
+				"worker", id, "silent_seconds", time.Since(ws.handed).Seconds(), "timeout", s.cfg.Timeout, "epoch", ws.task.epoch+1, "batch", ws.task.batch)
 		}
 	}
 }
