@@ -158,9 +158,29 @@ image:
 image-cpu:
 	$(DOCKER) build -f docker/Dockerfile.cpu --build-arg VERSION=$(VERSION) -t gotrain:cpu .
 
+# lint: gofmt, go vet and staticcheck, of the default build and, where the
+# CUDA headers are (as in CI), of the gpu build. staticcheck is the pinned
+# version: the one on PATH if it is that, else bin/tools/staticcheck,
+# installed there through the Go module proxy when missing.
+STATICCHECK_VERSION := v0.8.2
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+	@sc=$$(command -v staticcheck || true); \
+	if [ -z "$$sc" ] || ! "$$sc" -version | grep -qF '($(STATICCHECK_VERSION:v%=%))'; then \
+	  sc=$(CURDIR)/bin/tools/staticcheck; \
+	  if [ ! -x "$$sc" ] || ! "$$sc" -version | grep -qF '($(STATICCHECK_VERSION:v%=%))'; then \
+	    echo "lint: installing staticcheck $(STATICCHECK_VERSION) into bin/tools"; \
+	    GOBIN=$(CURDIR)/bin/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) || exit 1; \
+	  fi; \
+	fi; \
+	echo "$$sc ./..."; "$$sc" ./... || exit 1; \
+	if [ -f $(CUDA_H) ]; then \
+	  echo "$(GO) vet -tags gpu ./..."; $(GO) vet -tags gpu ./... || exit 1; \
+	  echo "$$sc -tags gpu ./..."; "$$sc" -tags gpu ./... || exit 1; \
+	else \
+	  echo "lint: no CUDA headers at $(CUDA_H), so the gpu build was not checked ('make deps-cuda' installs them; CI does)"; \
+	fi
 
 clean:
 	rm -rf bin $(OUT)
