@@ -13,7 +13,7 @@ APT_RUN  := libopenblas0-pthread dataset-fashion-mnist
 APT_TEST := $(APT_RUN) python3-torch python3-numpy iproute2 etcd-server
 OUT     := out
 
-.PHONY: image image-cpu all build build-gpu check-gpu fake-gpu-test gpu-test gpu-bundle deps-cuda train test test-short race fuzz bench bench-allreduce bench-balance lint deps deps-test data clean FORCE
+.PHONY: image image-cpu all build build-gpu check-gpu fake-gpu-test gpu-test gpu-bundle deps-cuda train test test-short race fuzz soak bench bench-allreduce bench-balance lint deps deps-test data clean FORCE
 
 all: build
 
@@ -129,6 +129,14 @@ fuzz:
 	$(GO) test ./trainer/dist/secure -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./gpu -run '^$$' -fuzz '^FuzzParseMemInfo$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/ps -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./trainer -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZTIME)
+
+# The reliability cases that take minutes (make test runs the ones that take
+# seconds): a flood of 2 x 12,000 half-open connections on rank 0's store
+# and ring ports while a job trains, which must end with the weights of an
+# undisturbed run. Real processes on loopback; root for the tmpfs mounts.
+soak: data
+	GOTRAIN_SOAK=1 $(GO) test -count=1 -timeout 30m -run 'Soak' -v ./cmd/gotrain/ ./trainer/...
 
 # Throughput against PyTorch (Debian's python3-torch), side by side, median of
 # REPEATS alternating runs, same threads, model, batch and optimiser.

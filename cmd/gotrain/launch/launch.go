@@ -557,6 +557,12 @@ func (s *supervisor) group(ctx context.Context, sigCh chan os.Signal) (code int,
 	stopping, interrupted := false, false
 	var graceTimer *time.Timer
 	var graceC <-chan time.Time
+	// Rank 0 finished the job: the result is its own (it writes the
+	// weights, the metrics and the test accuracy), so workers still
+	// running --grace later, such as an asynchronous rank stopped
+	// (SIGSTOP) and declared lost, are stopped and are not failures.
+	var doneTimer *time.Timer
+	var doneC <-chan time.Time
 	running := 0
 
 	stop := func(sig syscall.Signal) {
@@ -601,10 +607,26 @@ func (s *supervisor) group(ctx context.Context, sigCh chan os.Signal) (code int,
 		case ev := <-exits:
 			running--
 			ev.w.exited = true
-			if ok, desc, wcode := describeExit(ev.w.cmd.ProcessState, ev.err); !ok && !stopping {
+			ok, desc, wcode := describeExit(ev.w.cmd.ProcessState, ev.err)
+			switch {
+			case !ok && !stopping:
 				s.logf("rank %d (local %d, pid %d) %s; stopping the other workers", ev.w.rank, ev.w.local, ev.w.pid, desc)
 				code = wcode
 				failure = fmt.Sprintf("rank %d %s", ev.w.rank, desc)
+				stop(syscall.SIGTERM)
+			case ok && ev.w.rank == 0 && running > 0 && !stopping:
+				doneTimer = time.NewTimer(o.grace)
+				doneC = doneTimer.C
+			}
+		case <-doneC:
+			doneC = nil
+			if !stopping {
+				for _, w := range s.workers {
+					if !w.exited {
+						s.logf("rank %d (local %d, pid %d) still running %v after rank 0 finished the job; stopping it (SIGKILL after %v)", w.rank, w.local, w.pid, o.grace, o.grace)
+						signalGroup(w.cmd.Process, syscall.SIGCONT) // a stopped worker takes the signal
+					}
+				}
 				stop(syscall.SIGTERM)
 			}
 		case <-ctxDone:
@@ -642,6 +664,9 @@ func (s *supervisor) group(ctx context.Context, sigCh chan os.Signal) (code int,
 	}
 	if graceTimer != nil {
 		graceTimer.Stop()
+	}
+	if doneTimer != nil {
+		doneTimer.Stop()
 	}
 	if stopping {
 		// Leave nothing behind: whatever the workers started in their

@@ -72,6 +72,25 @@ func helperMain(args []string) int {
 		}
 		time.Sleep(50 * time.Millisecond) // let the pid lines reach the launcher first
 		return code
+	case "stopped": // stopped DIR: rank 0 exits 0 once every worker is up; the others stop themselves (SIGSTOP)
+		world, _ := strconv.Atoi(os.Getenv(EnvWorldSize))
+		fmt.Printf("pid=%d\n", os.Getpid())
+		if err := os.WriteFile(filepath.Join(args[1], "up-"+os.Getenv(EnvRank)), nil, 0o600); err != nil {
+			return 1
+		}
+		if rank != 0 {
+			time.Sleep(50 * time.Millisecond) // let the pid line reach the launcher first
+			_ = syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+			time.Sleep(60 * time.Second)
+			return 0
+		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if up, _ := filepath.Glob(filepath.Join(args[1], "up-*")); len(up) == world {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		return 0
 	case "ignore-term": // ignore SIGTERM and SIGINT, then sleep
 		signal.Ignore(syscall.SIGTERM, syscall.SIGINT)
 		fmt.Printf("ready pid=%d\n", os.Getpid())
@@ -393,6 +412,28 @@ func TestFailureStopsTheOthers(t *testing.T) {
 		requireGone(t, p)
 	}
 	require.NotContains(t, r.stderr.String(), "SIGKILL", "the sleepers die of SIGTERM")
+}
+
+// Once rank 0 has finished the job, a worker still running --grace later
+// is stopped, and the job ends with rank 0's success: sleeping workers,
+// and workers stopped with SIGSTOP (as an asynchronous rank declared lost
+// may be), which only SIGKILL or a SIGCONT first would end.
+func TestRank0FinishingEndsTheJob(t *testing.T) {
+	for _, mode := range []string{"fail", "stopped"} {
+		stdout := &syncBuf{}
+		r := launch(t, context.Background(), []string{"--nproc-per-node", "3", "--grace", "300ms"}, nil, stdout, nil, mode, t.TempDir(), "0", "0")
+		require.Equal(t, 0, r.code, "%s: stderr: %s", mode, r.stderr)
+		require.Less(t, r.elapsed, 20*time.Second, "%s: the others (60 s) are stopped after the grace", mode)
+		for _, rank := range []string{"1", "2"} {
+			require.Regexp(t, `rank `+rank+` \(local `+rank+`, pid \d+\) still running 300ms after rank 0 finished the job; stopping it`, r.stderr.String(), mode)
+		}
+		require.NotContains(t, r.stderr.String(), "stopping the other workers", "%s: no failure", mode)
+		ps := pids(t, stdout.String())
+		require.Len(t, ps, 3)
+		for _, p := range ps {
+			requireGone(t, p)
+		}
+	}
 }
 
 func TestKillAfterGrace(t *testing.T) {
