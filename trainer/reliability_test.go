@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/gotrain/gotrain/trainer/checkpoint"
+	"github.com/gotrain/gotrain/trainer/faulttest"
 )
 
 // --resume DIR whose newest checkpoint is corrupt (truncated by a crash or
@@ -110,15 +110,9 @@ func TestPreflightRefusesUnwritableOutputs(t *testing.T) {
 // A read-only file system (root ignores permission bits, so a read-only
 // tmpfs) and a full one are refused too.
 func TestPreflightReadOnlyAndFullDisks(t *testing.T) {
-	ro := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro).CombinedOutput(); err != nil {
-		t.Skipf("needs a tmpfs mount (root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", ro).Run() })
-	full := t.TempDir()
-	require.NoError(t, exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", full).Run())
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", full).Run() })
-	require.NoError(t, os.WriteFile(filepath.Join(full, "blocker"), make([]byte, 64<<10), 0o644))
+	ro := faulttest.Tmpfs(t, "ro,size=1m")
+	full := faulttest.Tmpfs(t, "size=64k")
+	blocker := faulttest.Fill(t, full)
 	free := func() (uint64, error) { return 1 << 40, nil }
 
 	for _, tc := range []struct {
@@ -140,7 +134,7 @@ func TestPreflightReadOnlyAndFullDisks(t *testing.T) {
 		})
 	}
 	// Room for the probe but not for a checkpoint of this model.
-	require.NoError(t, os.Truncate(filepath.Join(full, "blocker"), 32<<10))
+	require.NoError(t, os.Truncate(blocker, 32<<10))
 	c := Default()
 	c.CheckpointDir = full
 	err := Preflight(c, PreflightEnv{FreeMemory: free})

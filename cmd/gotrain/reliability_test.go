@@ -17,19 +17,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/gotrain/gotrain/trainer/checkpoint"
+	"github.com/gotrain/gotrain/trainer/faulttest"
 )
-
-// tmpfs mounts a tmpfs with the given options for the test (root only;
-// it skips, saying why, elsewhere).
-func tmpfs(t *testing.T, opts string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", opts, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("needs a tmpfs mount (root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
 
 // requireNoCrash checks that a process said what went wrong as an error,
 // not as a Go runtime crash.
@@ -43,7 +32,7 @@ func requireNoCrash(t *testing.T, stderr string) {
 // Outputs that cannot be written and sizes that cannot be built are refused
 // within 3 s of the start, before any training, with the reason.
 func TestRefusedBeforeAnyWork(t *testing.T) {
-	ro := tmpfs(t, "ro,size=1m")
+	ro := faulttest.Tmpfs(t, "ro,size=1m")
 	dir := t.TempDir()
 	blocker := filepath.Join(dir, "file")
 	require.NoError(t, os.WriteFile(blocker, nil, 0o644))
@@ -94,8 +83,8 @@ func TestRefusedBeforeAnyWork(t *testing.T) {
 // counted in the summary and the exit status says so. The weights are
 // saved.
 func TestMetricsFullDiskIsReportedWhenItHappens(t *testing.T) {
-	disk := tmpfs(t, "size=64k")
-	require.NoError(t, os.WriteFile(filepath.Join(disk, "blocker"), make([]byte, 56<<10), 0o644))
+	disk := faulttest.Tmpfs(t, "size=64k")
+	require.NoError(t, os.WriteFile(filepath.Join(disk, "blocker"), make([]byte, 56<<10), 0o644)) // room for a few records
 	w := filepath.Join(t.TempDir(), "w.safetensors")
 	out, stderr, err := gotrain(t, "train", "--dataset", "synthetic", "--synthetic-size", "3000", "--hidden", "16", "--epochs", "1",
 		"--batch-size", "10", "--log-every", "1", "--threads", "1", "--metrics-file", filepath.Join(disk, "m.jsonl"), "--out", w)

@@ -2,53 +2,21 @@ package metrics
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/trainer/faulttest"
 )
-
-// smallDisk mounts a tmpfs of size bytes for the test (root only; it
-// skips, saying why, where mount is not allowed).
-func smallDisk(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("a full disk needs a tmpfs mount (root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
-// fill writes a file to dir until the file system is full.
-func fill(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "blocker")
-	f, err := os.Create(path)
-	require.NoError(t, err)
-	defer f.Close()
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			require.ErrorIs(t, err, syscall.ENOSPC)
-			break
-		}
-	}
-	for { // the last partial block
-		if _, err := f.Write(buf[:1]); err != nil {
-			return path
-		}
-	}
-}
 
 // A full disk under the metrics file: the failure is reported when it
 // happens, the records wait, and they are all written, in order, once the
 // disk has room again; a disk still full at Close loses the waiting
 // records and says how many.
 func TestJSONLFullDiskReportsAndRecovers(t *testing.T) {
-	dir := smallDisk(t, "64k")
+	dir := faulttest.Tmpfs(t, "size=64k")
 	path := filepath.Join(dir, "m.jsonl")
 	j, err := CreateJSONL(path)
 	require.NoError(t, err)
@@ -59,7 +27,7 @@ func TestJSONLFullDiskReportsAndRecovers(t *testing.T) {
 	var events []event
 	j.OnError(func(err error, pending int) { events = append(events, event{err, pending}) })
 
-	blocker := fill(t, dir)
+	blocker := faulttest.Fill(t, dir)
 	// The file's last page takes a few records more; then the disk is full.
 	step := int64(0)
 	for err == nil {
@@ -95,7 +63,7 @@ func TestJSONLFullDiskReportsAndRecovers(t *testing.T) {
 		require.EqualValues(t, i+1, decodeObject(t, l)["step"], "records in order")
 	}
 
-	blocker = fill(t, dir)
+	blocker = faulttest.Fill(t, dir)
 	err = nil
 	for err == nil {
 		step++
