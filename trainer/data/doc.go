@@ -79,6 +79,33 @@
 // the epoch and the position within it. The algorithm is fixed by this
 // package (see Permutation), not by the Go release.
 //
+// # Sources
+//
+// A [Source] is data as a training loop reads it: its input and target
+// [Field] (kind, shape, class count), its length, and Fill, which writes
+// the samples of any indices as they are in a given epoch of a run with a
+// given seed. Fill is deterministic and safe for concurrent use, so
+// batches can be made ahead of the step and remade on resume, and it
+// returns errors ([ErrFill]) for bad arguments. [Dataset.AsSource] gives
+// the image datasets this interface; [Table] is the other source so far:
+//
+//	train, err := data.LoadCSV("train.csv", data.CSVOptions{Label: "species"})
+//	train.Standardize() // per-feature mean and deviation of the training split
+//	test, err := data.LoadCSV("test.csv", data.CSVOptions{Label: "species", Classes: train.Classes})
+//	err = test.SetNorm(train.Mean, train.Std)
+//
+// A CSV file has a header row naming its columns; the label column holds
+// integer classes from 0 and every other column is a float feature. A row
+// with the wrong number of fields, a value that is not a finite number or
+// a label that is not a class is refused with the file and line
+// ([ErrMalformed]), e.g.
+//
+//	data: train.csv:1042: malformed CSV: column "petal_width": "n/a" is not a finite number
+//
+// One conformance test runs against every Source. Meta gives what a
+// checkpoint records of a source (name, normalisation). The trainer does
+// not take Sources yet: its loop reads [Dataset]s.
+//
 // # Errors
 //
 // Reading never panics on bad input and never allocates more than the
@@ -90,7 +117,8 @@
 // checksum, and, in Load, that the counts of images and labels agree and
 // every label is below 10.
 //
-// Errors about a file are [*FileError] values. Their message is one line
+// Errors about a file are [*FileError] values (a CSV row's path is
+// FILE:LINE). Their message is one line
 // naming the file, what is wrong (with the numbers) and what to do, e.g.
 //
 //	data: /data/train-images-idx3-ubyte.gz: truncated file: header announces [60000 28 28] = 47040000 payload bytes but the data ends after 1048576; the file is damaged or is not the expected dataset file: re-download the dataset
@@ -98,7 +126,7 @@
 // Each wraps one sentinel — [ErrNotFound], [ErrUnknownDataset],
 // [ErrUnknownSplit], [ErrBadMagic], [ErrBadType], [ErrBadDims],
 // [ErrTooLarge], [ErrTruncated], [ErrTrailing], [ErrCorrupt],
-// [ErrMismatch], [ErrLabelRange] — for errors.Is, and any underlying
+// [ErrMismatch], [ErrLabelRange], [ErrMalformed] — for errors.Is, and any underlying
 // os or gzip error as well. A missing dataset's ErrNotFound error says how
 // to install it. Misuse by the program — Batch with buffers of the wrong
 // length or an index out of range, Synthetic with impossible sizes — is a
