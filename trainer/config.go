@@ -86,9 +86,12 @@ type Config struct {
 	PinMemory bool `json:"pin_memory" yaml:"pin_memory"`
 
 	// Data parallelism (with several ranks).
-	AccumSteps int           `json:"accum_steps" yaml:"accum_steps"`
-	BucketMB   float64       `json:"bucket_mb" yaml:"bucket_mb"`
-	Timeout    time.Duration `json:"timeout" yaml:"timeout"`
+	AccumSteps int     `json:"accum_steps" yaml:"accum_steps"`
+	BucketMB   float64 `json:"bucket_mb" yaml:"bucket_mb"`
+	// Timeout is the deadline of each collective. In a config file it is a
+	// duration string ("30s", "10m"); JSON also takes an integer of
+	// nanoseconds, which is how checkpoints store it.
+	Timeout time.Duration `json:"timeout" yaml:"timeout"`
 	// Sync is how ranks combine their work: "allreduce" (the mean gradient
 	// every step), "local-sgd" (each rank steps on its own share; the
 	// parameters are averaged every SyncPeriod steps) or "async" (rank 0
@@ -123,6 +126,30 @@ type Config struct {
 	// compute time each step, the sleeps' overshoot taken off the next
 	// ones): a reproducible straggler for tests and benchmarks.
 	DebugSlowRank string `json:"debug_slow_rank,omitempty" yaml:"debug_slow_rank,omitempty"`
+
+	// Joining a job of several ranks (see 'gotrain launch'), and what the
+	// process serves and writes besides the training. None of these
+	// changes what is trained; the fingerprint that ranks compare leaves
+	// out those that may differ per machine.
+	//
+	// Backend is the communication backend: cpu (the TCP/Unix-socket
+	// ring), nccl, or auto (cpu in a build without GPUs).
+	Backend string `json:"backend,omitempty" yaml:"backend,omitempty"`
+	// RdzvTimeout is the deadline for every rank to join (a duration
+	// string in a config file, as Timeout).
+	RdzvTimeout time.Duration `json:"rdzv_timeout" yaml:"rdzv_timeout"`
+	// TLSCert, TLSKey and TLSCA are PEM files (paths, not their contents):
+	// this process's certificate and key, which encrypt the job's
+	// connections, and the CA that signs every rank's (mutual TLS).
+	TLSCert string `json:"tls_cert,omitempty" yaml:"tls_cert,omitempty"`
+	TLSKey  string `json:"tls_key,omitempty" yaml:"tls_key,omitempty"`
+	TLSCA   string `json:"tls_ca,omitempty" yaml:"tls_ca,omitempty"`
+	// MetricsAddr serves Prometheus metrics at HOST:PORT/metrics (the CLI;
+	// each rank at port + local rank).
+	MetricsAddr string `json:"metrics_addr,omitempty" yaml:"metrics_addr,omitempty"`
+	// CPUProfile writes a CPU profile of the run to this file (the CLI;
+	// FILE.rankN for each rank of a job of several).
+	CPUProfile string `json:"cpu_profile,omitempty" yaml:"cpu_profile,omitempty"`
 }
 
 // Default returns the defaults of `gotrain train`: the MLP on MNIST, which
@@ -135,6 +162,7 @@ func Default() Config {
 		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0, Device: "auto", Precision: "fp32", Prefetch: true, PinMemory: true,
 		AccumSteps: 1, BucketMB: 25, Timeout: 10 * time.Minute, Balance: "off", BalanceEvery: 20, MaxStaleness: 16, OuterLR: 1,
 		Sync: "allreduce", SyncPeriod: 8, PipelineStages: 1, MicroBatches: 4,
+		Backend: "auto", RdzvTimeout: 5 * time.Minute,
 	}
 }
 
@@ -199,7 +227,7 @@ func (c *Config) checkSizes() error {
 	names := []struct{ flag, v string }{
 		{"model", c.Model}, {"activation", c.Activation}, {"dataset", c.Dataset}, {"optimizer", c.Optimizer},
 		{"schedule", c.Schedule}, {"device", c.Device}, {"precision", c.Precision}, {"reduce-precision", c.ReducePrecision},
-		{"sync", c.Sync}, {"balance", c.Balance}, {"debug-slow-rank", c.DebugSlowRank},
+		{"sync", c.Sync}, {"balance", c.Balance}, {"debug-slow-rank", c.DebugSlowRank}, {"backend", c.Backend},
 	}
 	for _, n := range names {
 		if len(n.v) > MaxNameBytes {
@@ -208,7 +236,8 @@ func (c *Config) checkSizes() error {
 	}
 	paths := []struct{ flag, v string }{
 		{"data-dir", c.DataDir}, {"checkpoint-dir", c.CheckpointDir}, {"resume", c.Resume},
-		{"metrics-file", c.MetricsFile}, {"out", c.Out},
+		{"metrics-file", c.MetricsFile}, {"out", c.Out}, {"tls-cert", c.TLSCert}, {"tls-key", c.TLSKey},
+		{"tls-ca", c.TLSCA}, {"cpu-profile", c.CPUProfile}, {"metrics-addr", c.MetricsAddr},
 	}
 	for _, p := range paths {
 		if len(p.v) > MaxPathBytes {
@@ -285,6 +314,8 @@ func (c *Config) Validate() error {
 		return cfgErr("--bucket-mb %v must be positive", c.BucketMB)
 	case c.Timeout <= 0:
 		return cfgErr("--timeout %v must be positive", c.Timeout)
+	case c.RdzvTimeout <= 0:
+		return cfgErr("--rdzv-timeout %v must be positive", c.RdzvTimeout)
 	case c.Dataset == "synthetic" && c.SyntheticSize <= 0:
 		return cfgErr("--synthetic-size %d must be at least 1", c.SyntheticSize)
 	}
@@ -292,6 +323,11 @@ func (c *Config) Validate() error {
 		if h <= 0 {
 			return cfgErr("--hidden widths must be positive, got %v", c.Hidden)
 		}
+	}
+	switch c.Backend {
+	case "", "auto", "cpu", "nccl":
+	default:
+		return cfgErr("--backend %s is not a backend (valid: cpu, nccl, auto)", quote(c.Backend))
 	}
 	switch c.Device {
 	case "", "cpu", "gpu", "auto", "host":
@@ -416,7 +452,10 @@ func (c *Config) parse(b []byte, isJSON bool, path string) error {
 	if isJSON {
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
-		err = dec.Decode(c)
+		w := c.wire()
+		if err = dec.Decode(w); err == nil {
+			w.apply(c)
+		}
 	} else {
 		dec := yaml.NewDecoder(bytes.NewReader(b))
 		dec.KnownFields(true)
@@ -427,6 +466,64 @@ func (c *Config) parse(b []byte, isJSON bool, path string) error {
 	if err != nil {
 		return fmt.Errorf("%w: --config %s: %s", ErrConfig, quote(path), shorten(err.Error()))
 	}
+	return nil
+}
+
+// configWire is Config as JSON reads it: the durations as strings
+// ("30s", "10m") or integers of nanoseconds (how json.Marshal writes a
+// time.Duration, and so how checkpoints store the config).
+type configWire struct {
+	*configFields
+	Timeout     jsonDuration `json:"timeout"`
+	RdzvTimeout jsonDuration `json:"rdzv_timeout"`
+}
+
+// configFields is Config without its methods (UnmarshalJSON).
+type configFields Config
+
+func (c *Config) wire() *configWire {
+	return &configWire{configFields: (*configFields)(c), Timeout: jsonDuration(c.Timeout), RdzvTimeout: jsonDuration(c.RdzvTimeout)}
+}
+
+func (w *configWire) apply(c *Config) {
+	c.Timeout, c.RdzvTimeout = time.Duration(w.Timeout), time.Duration(w.RdzvTimeout)
+}
+
+// UnmarshalJSON reads c's JSON, whose durations may be strings ("30s") or
+// integers of nanoseconds (the checkpoints' config metadata). Keys that
+// are absent leave c's fields as they were; unknown keys are ignored, as
+// by json.Unmarshal (LoadFile refuses them).
+func (c *Config) UnmarshalJSON(b []byte) error {
+	w := c.wire()
+	if err := json.Unmarshal(b, w); err != nil {
+		return err
+	}
+	w.apply(c)
+	return nil
+}
+
+// jsonDuration is a time.Duration in JSON: a string time.ParseDuration
+// reads, or an integer of nanoseconds.
+type jsonDuration time.Duration
+
+func (d *jsonDuration) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%s is not a duration like \"30s\" or \"10m\"", quote(s))
+		}
+		*d = jsonDuration(v)
+		return nil
+	}
+	var ns int64
+	if err := json.Unmarshal(b, &ns); err != nil {
+		return fmt.Errorf("%s is not a duration: write a string like \"30s\" or \"10m\"", shorten(string(b)))
+	}
+	*d = jsonDuration(ns)
 	return nil
 }
 

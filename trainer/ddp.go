@@ -787,6 +787,9 @@ func (t *Trainer) fingerprint() []byte {
 	c := t.cfg
 	// Each rank may train on another kind of device (a mixed cluster).
 	c.Resume, c.CheckpointDir, c.MetricsFile, c.Out, c.DataDir, c.Threads, c.Device = "", "", "", "", "", 0, ""
+	// Files, addresses and deadlines of this process: they may differ per
+	// machine and do not change what is trained.
+	c.TLSCert, c.TLSKey, c.TLSCA, c.MetricsAddr, c.CPUProfile, c.RdzvTimeout = "", "", "", "", "", 0
 	b, _ := json.Marshal(struct {
 		Config    Config `json:"config"`
 		WorldSize int    `json:"world_size"`

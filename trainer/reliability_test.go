@@ -284,6 +284,7 @@ func FuzzConfig(f *testing.F) {
 	f.Add([]byte("timeout: 10s\nsync: async\nmax_staleness: -1\n"), false)
 	f.Add([]byte("&a [*a]"), false)
 	f.Add([]byte(`{"hidden": [1e400]}`), true)
+	f.Add([]byte(`{"timeout":"30s","rdzv_timeout":600000000000,"backend":"cpu","tls_cert":"c.pem"}`), true)
 	f.Fuzz(func(t *testing.T, b []byte, isJSON bool) {
 		if len(b) > MaxConfigBytes {
 			return

@@ -21,11 +21,18 @@ import (
 
 // distFlags are the flags of a data-parallel run.
 type distFlags struct {
-	metricsAddr            string
 	backend                string
 	rdzvTimeout            time.Duration
 	tlsCert, tlsKey, tlsCA string
-	cpuProfile             string
+}
+
+// distFlagsOf is what cfg says about joining a job.
+func distFlagsOf(cfg trainer.Config) distFlags {
+	f := distFlags{backend: cfg.Backend, rdzvTimeout: cfg.RdzvTimeout, tlsCert: cfg.TLSCert, tlsKey: cfg.TLSKey, tlsCA: cfg.TLSCA}
+	if f.backend == "" {
+		f.backend = "auto"
+	}
+	return f
 }
 
 // job is this process's place in a data-parallel job.

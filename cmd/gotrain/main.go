@@ -196,7 +196,7 @@ func (l intList) Set(s string) error {
 }
 
 // trainFlags binds the train flags to cfg (whose values are the defaults).
-func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
+func trainFlags(fs *flag.FlagSet, cfg *trainer.Config) *string {
 	configPath := fs.String("config", "", "YAML or JSON file of settings (flag names with _ for -); flags override it")
 	fs.StringVar(&cfg.Model, "model", cfg.Model, "model: mlp or cnn")
 	fs.Var(intList{&cfg.Hidden}, "hidden", "hidden layer widths, comma-separated (mlp default 256; cnn: fc width, default 128)")
@@ -238,7 +238,7 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
 	fs.IntVar(&cfg.AccumSteps, "accum-steps", cfg.AccumSteps, "micro-batches per optimiser step (gradients are accumulated; ranks communicate once per step)")
 	fs.Float64Var(&cfg.BucketMB, "bucket-mb", cfg.BucketMB, "gradient all-reduce bucket size, MiB")
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "deadline of each collective; a rank that dies or stalls ends the job within it")
-	fs.StringVar(&df.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at HOST:PORT/metrics (each rank: port + local rank)")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "serve Prometheus metrics at HOST:PORT/metrics (each rank: port + local rank)")
 	fs.StringVar(&cfg.Sync, "sync", cfg.Sync, "how ranks combine work: allreduce (mean gradient every step), local-sgd (local steps, parameters averaged every --sync-period steps) or async (rank 0 serves the parameters; ranks push gradients without waiting for each other)")
 	fs.Float64Var(&cfg.OuterLR, "outer-lr", cfg.OuterLR, "local-sgd: learning rate of the outer (Nesterov SGD) step on the averaged change; 1 with --outer-momentum 0 is plain averaging (DiLoCo: 0.7)")
 	fs.Float64Var(&cfg.OuterMomentum, "outer-momentum", cfg.OuterMomentum, "local-sgd: momentum of the outer step (DiLoCo: 0.9)")
@@ -261,12 +261,12 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config, df *distFlags) *string {
 		return nil
 	})
 	fs.StringVar(&cfg.DebugSlowRank, "debug-slow-rank", cfg.DebugSlowRank, "testing: RANK:FACTOR makes that rank FACTOR times slower (it sleeps), a reproducible straggler")
-	fs.StringVar(&df.backend, "backend", "auto", "communication backend: cpu (TCP/Unix-socket ring), nccl (libnccl.so.2, loaded at run time; NCCL_LIBRARY names another file) or auto (cpu in this build)")
-	fs.DurationVar(&df.rdzvTimeout, "rdzv-timeout", 5*time.Minute, "deadline for every rank to join")
-	fs.StringVar(&df.tlsCert, "tls-cert", "", "PEM certificate of this process: encrypts the job's connections with TLS")
-	fs.StringVar(&df.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
-	fs.StringVar(&df.tlsCA, "tls-ca", "", "PEM CA that signs every rank's certificate: mutual TLS")
-	fs.StringVar(&df.cpuProfile, "cpu-profile", "", "write a CPU profile of the run to this file (each rank of a job of several: FILE.rankN), for 'go tool pprof'")
+	fs.StringVar(&cfg.Backend, "backend", cfg.Backend, "communication backend: cpu (TCP/Unix-socket ring), nccl (libnccl.so.2, loaded at run time; NCCL_LIBRARY names another file) or auto (cpu in this build)")
+	fs.DurationVar(&cfg.RdzvTimeout, "rdzv-timeout", cfg.RdzvTimeout, "deadline for every rank to join")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", cfg.TLSCert, "PEM certificate of this process: encrypts the job's connections with TLS")
+	fs.StringVar(&cfg.TLSKey, "tls-key", cfg.TLSKey, "PEM private key for --tls-cert")
+	fs.StringVar(&cfg.TLSCA, "tls-ca", cfg.TLSCA, "PEM CA that signs every rank's certificate: mutual TLS")
+	fs.StringVar(&cfg.CPUProfile, "cpu-profile", cfg.CPUProfile, "write a CPU profile of the run to this file (each rank of a job of several: FILE.rankN), for 'go tool pprof'")
 	return configPath
 }
 
@@ -289,7 +289,7 @@ func configPathArg(args []string) string {
 	return ""
 }
 
-func parseTrain(name string, args []string, stderr io.Writer, df *distFlags) (trainer.Config, error) {
+func parseTrain(name string, args []string, stderr io.Writer) (trainer.Config, error) {
 	cfg := trainer.Default()
 	if p := configPathArg(args); p != "" {
 		if err := cfg.LoadFile(p); err != nil {
@@ -298,7 +298,7 @@ func parseTrain(name string, args []string, stderr io.Writer, df *distFlags) (tr
 	}
 	fs := flag.NewFlagSet("gotrain "+name, flag.ContinueOnError)
 	fs.SetOutput(clipWriter{stderr})
-	trainFlags(fs, &cfg, df)
+	trainFlags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return cfg, err
@@ -344,11 +344,11 @@ func startCPUProfile(path string) (func(), error) {
 }
 
 func cmdTrain(args []string, stdout, stderr io.Writer) error {
-	var df distFlags
-	cfg, err := parseTrain("train", args, stderr, &df)
+	cfg, err := parseTrain("train", args, stderr)
 	if err != nil {
 		return err
 	}
+	df := distFlagsOf(cfg)
 	// Before anything is loaded or joined: outputs that cannot be written
 	// and runs that cannot fit are refused now, not after the training.
 	env, envErr := rendezvous.FromEnv(os.Getenv)
@@ -360,8 +360,8 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	setThreads(cfg.Threads)
-	if df.cpuProfile != "" {
-		stopProfile, err := startCPUProfile(df.cpuProfile)
+	if cfg.CPUProfile != "" {
+		stopProfile, err := startCPUProfile(cfg.CPUProfile)
 		if err != nil {
 			return err
 		}
@@ -462,12 +462,12 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 		gpuStatus.Store(&f)
 	}
 	sinks := []metrics.Sink{metrics.NewSlogSink(logger)}
-	if df.metricsAddr != "" {
+	if cfg.MetricsAddr != "" {
 		world := 1
 		if j != nil {
 			world = j.env.WorldSize
 		}
-		exp, addr, err := serveMetrics(df.metricsAddr, rank, world, local)
+		exp, addr, err := serveMetrics(cfg.MetricsAddr, rank, world, local)
 		if err != nil {
 			return err
 		}
