@@ -74,6 +74,9 @@ type Trainer struct {
 	computeSecs, computeSamples float64
 	devr                        *devRun // nil: the model trains on the CPU
 	async                       *AsyncTransport
+	dataGiven                   bool                   // WithData was used
+	jsonl                       *metrics.JSONL         // Config.MetricsFile, opened by New (rank 0)
+	jsonlErr                    error                  // closing it
 	outer                       *outerOpt              // local SGD's outer optimiser; nil: plain averaging
 	localStates                 []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
 }
@@ -105,9 +108,46 @@ func WithLogger(l *slog.Logger) Option { return func(t *Trainer) { t.log = l } }
 // WithClock sets the clock used for throughput and timing.
 func WithClock(now func() time.Time) Option { return func(t *Trainer) { t.now = now } }
 
-// WithData supplies the datasets instead of loading cfg.Dataset.
+// WithData supplies the datasets instead of loading cfg.Dataset. New
+// refuses a nil or invalid set (see data.Dataset.Validate), a test set of
+// another shape or class count than the training set, and more classes
+// than the model has outputs.
 func WithData(train, test *data.Dataset) Option {
-	return func(t *Trainer) { t.train, t.test = train, test }
+	return func(t *Trainer) { t.train, t.test, t.dataGiven = train, test, true }
+}
+
+// checkData refuses datasets the run cannot use, before any work: what
+// would otherwise panic or fail inside the model after an epoch.
+func (t *Trainer) checkData(m *graph.Model) error {
+	if t.dataGiven {
+		for _, s := range []struct {
+			what string
+			d    *data.Dataset
+		}{{"training", t.train}, {"test", t.test}} {
+			if s.d == nil {
+				return fmt.Errorf("%w: WithData: the %s set is nil; give both a training and a test set", ErrConfig, s.what)
+			}
+			if s.d.N == 0 {
+				return fmt.Errorf("%w: WithData: the %s set %s has no samples", ErrConfig, s.what, s.d.Name)
+			}
+			if err := s.d.Validate(); err != nil {
+				return fmt.Errorf("%w: WithData: the %s set: %w", ErrConfig, s.what, err)
+			}
+		}
+	}
+	tr, te := t.train, t.test
+	if tr.Rows != te.Rows || tr.Cols != te.Cols || tr.Classes != te.Classes {
+		return fmt.Errorf("%w: the test set %s is %dx%d with %d classes, the training set %s %dx%d with %d classes: they must agree",
+			ErrConfig, te.Name, te.Rows, te.Cols, te.Classes, tr.Name, tr.Rows, tr.Cols, tr.Classes)
+	}
+	if got, want := tr.Rows*tr.Cols, m.InputSize(); got != want {
+		return fmt.Errorf("%w: dataset %s has %dx%d inputs, model %s expects %d values", ErrConfig, tr.Name, tr.Rows, tr.Cols, t.cfg.Model, want)
+	}
+	if tr.Classes > m.Spec.Classes {
+		return fmt.Errorf("%w: dataset %s has %d classes, model %s has %d outputs: its labels must be below %d",
+			ErrConfig, tr.Name, tr.Classes, t.cfg.Model, m.Spec.Classes, m.Spec.Classes)
+	}
+	return nil
 }
 
 // New prepares a run: it validates cfg, loads the data, builds the model
@@ -126,7 +166,7 @@ func New(cfg Config, opts ...Option) (*Trainer, error) {
 	if err := Preflight(cfg, PreflightEnv{Rank: t.rank(), DataLoaded: t.train != nil}); err != nil {
 		return nil, err
 	}
-	if t.train == nil {
+	if !t.dataGiven {
 		var err error
 		if t.train, t.test, err = LoadData(cfg); err != nil {
 			return nil, err
@@ -136,8 +176,8 @@ func New(cfg Config, opts ...Option) (*Trainer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if got, want := t.train.Rows*t.train.Cols, m.InputSize(); got != want {
-		return nil, fmt.Errorf("dataset %s has %dx%d inputs, model %s expects %d values", t.train.Name, t.train.Rows, t.train.Cols, cfg.Model, want)
+	if err := t.checkData(m); err != nil {
+		return nil, err
 	}
 	t.Model = m
 	if t.opt, err = newOptimizer(cfg, m); err != nil {

@@ -1,6 +1,7 @@
 package data
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 )
@@ -120,7 +121,14 @@ func (d *Dataset) Validate() error {
 	case len(d.Labels) != d.N:
 		return bad("len(Labels)=%d, want N=%d", len(d.Labels), d.N)
 	}
-	return CheckLabels(d.Labels, d.Classes, name)
+	if err := CheckLabels(d.Labels, d.Classes, name); err != nil {
+		var fe *FileError
+		if errors.As(err, &fe) {
+			fe.Hint = "every label must be below Classes" // not a file to download again
+		}
+		return err
+	}
+	return nil
 }
 
 // Synthetic returns a dataset of n random rows×cols images with random

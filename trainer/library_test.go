@@ -1,0 +1,52 @@
+package trainer
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/trainer/data"
+)
+
+// TestNewRefusesDataItCannotUse: what WithData is given is checked by New,
+// with an error naming what is wrong, instead of a panic in Run (a nil
+// test set; one of another shape, after a whole epoch) or a failure
+// inside the model (labels beyond its outputs).
+func TestNewRefusesDataItCannotUse(t *testing.T) {
+	badLabel := learnable(100, 3)
+	badLabel.Labels[7] = 10 // Classes is 10
+	short := learnable(100, 4)
+	short.Pix = short.Pix[:len(short.Pix)-1]
+	twelve := data.Synthetic(100, 28, 28, 12, 5)
+	for _, tc := range []struct {
+		name        string
+		train, test *data.Dataset
+		want        string
+	}{
+		{"nil test set", learnable(100, 1), nil, "WithData: the test set is nil"},
+		{"nil training set", nil, learnable(100, 1), "WithData: the training set is nil"},
+		{"empty training set", learnable(100, 1).Slice(0, 0), learnable(100, 2), "has no samples"},
+		{"test set of another shape", learnable(100, 1), data.Synthetic(50, 14, 14, 10, 2),
+			"the test set synthetic is 14x14 with 10 classes, the training set synthetic 28x28 with 10 classes: they must agree"},
+		{"test set with other classes", learnable(100, 1), data.Synthetic(50, 28, 28, 3, 2), "they must agree"},
+		{"label beyond the classes", badLabel, learnable(50, 2), "label 7 of 100 is 10, but there are only 10 classes"},
+		{"short pixels", short, learnable(50, 2), "len(Pix)=78399"},
+		{"more classes than outputs", twelve, data.Synthetic(50, 28, 28, 12, 6),
+			"dataset synthetic has 12 classes, model mlp has 10 outputs: its labels must be below 10"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := smallConfig(t)
+			cfg.CheckpointDir = ""
+			require.NotPanics(t, func() {
+				_, err := New(cfg, WithData(tc.train, tc.test), WithLogger(quiet))
+				require.ErrorIs(t, err, ErrConfig)
+				require.ErrorContains(t, err, tc.want)
+			})
+		})
+	}
+	// Fewer classes than the model's outputs are fine.
+	cfg := smallConfig(t)
+	cfg.CheckpointDir, cfg.Epochs = "", 1
+	_, err := New(cfg, WithData(data.Synthetic(100, 28, 28, 4, 1), data.Synthetic(50, 28, 28, 4, 2)), WithLogger(quiet))
+	require.NoError(t, err)
+}
