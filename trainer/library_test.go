@@ -1,11 +1,17 @@
 package trainer
 
 import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/gotrain/gotrain/trainer/data"
+	"github.com/gotrain/gotrain/trainer/metrics"
 )
 
 // TestNewRefusesDataItCannotUse: what WithData is given is checked by New,
@@ -49,4 +55,61 @@ func TestNewRefusesDataItCannotUse(t *testing.T) {
 	cfg.CheckpointDir, cfg.Epochs = "", 1
 	_, err := New(cfg, WithData(data.Synthetic(100, 28, 28, 4, 1), data.Synthetic(50, 28, 28, 4, 2)), WithLogger(quiet))
 	require.NoError(t, err)
+}
+
+// countRecords counts the JSON lines of a metrics file by their "kind".
+func countRecords(t *testing.T, path string) map[string]int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	n := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var rec struct {
+			Kind string `json:"kind"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(line), &rec), line)
+		n[rec.Kind]++
+	}
+	return n
+}
+
+// TestNewWritesTheMetricsFile: Config.MetricsFile is written by the
+// trainer itself (a library user needs no sink of their own), closed when
+// Run returns, appended to on resume, and written once when a sink given
+// with WithSink writes it already.
+func TestNewWritesTheMetricsFile(t *testing.T) {
+	cfg := smallConfig(t)
+	cfg.MetricsFile = filepath.Join(t.TempDir(), "m.jsonl")
+	cfg.MaxSteps = 10
+	tr := newTrainer(t, cfg)
+	_, ok, _ := tr.MetricsFile()
+	require.True(t, ok)
+	_, err := tr.Run(context.Background())
+	require.NoError(t, err)
+	st, ok, err := tr.MetricsFile()
+	require.True(t, ok)
+	require.NoError(t, err)
+	require.Zero(t, st.Failures)
+	want := map[string]int{"train": 2, "eval": 1, "summary": 1} // steps 5 and 10
+	require.Equal(t, want, countRecords(t, cfg.MetricsFile))
+
+	// Resumed: the records of the rest of the run are appended.
+	cfg.MaxSteps, cfg.Resume = 15, cfg.CheckpointDir
+	_, err = newTrainer(t, cfg).Run(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, map[string]int{"train": 3, "eval": 2, "summary": 2}, countRecords(t, cfg.MetricsFile))
+
+	// A sink of the caller's that writes the file: one writer, no duplicates.
+	cfg = smallConfig(t)
+	cfg.MetricsFile = filepath.Join(t.TempDir(), "m.jsonl")
+	cfg.MaxSteps = 10
+	own, err := metrics.CreateJSONL(cfg.MetricsFile)
+	require.NoError(t, err)
+	tr = newTrainer(t, cfg, WithSink(metrics.Multi(&recorder{}, own)))
+	_, ok, _ = tr.MetricsFile()
+	require.False(t, ok, "the caller's sink writes the file")
+	_, err = tr.Run(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, own.Close())
+	require.Equal(t, want, countRecords(t, cfg.MetricsFile))
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/gotrain/gotrain/gpu"
@@ -200,7 +202,73 @@ func New(cfg Config, opts ...Option) (*Trainer, error) {
 			return nil, err
 		}
 	}
+	if err := t.openMetricsFile(); err != nil {
+		return nil, err
+	}
 	return t, nil
+}
+
+// openMetricsFile opens Config.MetricsFile on rank 0 (appending when the
+// run resumes) and adds it to the sinks, unless a sink given with WithSink
+// writes that file already. Run closes it.
+func (t *Trainer) openMetricsFile() error {
+	path := t.cfg.MetricsFile
+	if path == "" || t.rank() != 0 {
+		return nil
+	}
+	for _, s := range metrics.Sinks(t.sink) {
+		if j, ok := s.(*metrics.JSONL); ok && sameFile(j.Path(), path) {
+			return nil
+		}
+	}
+	j, err := metrics.OpenJSONL(path, t.cfg.Resume != "")
+	if err != nil {
+		return err
+	}
+	// A write that fails (a full disk) is said when it happens; the
+	// records wait and are written when the file takes them again.
+	j.OnError(func(err error, pending int) {
+		if err != nil {
+			t.log.Warn("--metrics-file cannot be written; training goes on and the records are kept to write later", "file", path, "err", err, "waiting", pending)
+		} else {
+			t.log.Info("--metrics-file is writable again; the waiting records were written", "file", path)
+		}
+	})
+	t.jsonl = j
+	t.sink = metrics.Multi(t.sink, j)
+	return nil
+}
+
+// sameFile reports whether paths a and b name the same file.
+func sameFile(a, b string) bool {
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	if errA == nil && errB == nil {
+		return os.SameFile(fa, fb)
+	}
+	absA, errA := filepath.Abs(a)
+	absB, errB := filepath.Abs(b)
+	return errA == nil && errB == nil && absA == absB
+}
+
+// closeMetricsFile writes what waits for the metrics file New opened and
+// closes it; MetricsFile reports the outcome.
+func (t *Trainer) closeMetricsFile() {
+	if t.jsonl != nil && t.jsonlErr == nil {
+		t.jsonlErr = t.jsonl.Close()
+	}
+}
+
+// MetricsFile says, once Run has returned, how writing Config.MetricsFile
+// went: its write statistics (failures, records written late or lost) and
+// the error of closing it (nil when every record was written). ok is
+// false when this trainer wrote no metrics file: none configured, a rank
+// other than 0, or a sink given with WithSink that writes the file itself.
+func (t *Trainer) MetricsFile() (stats metrics.WriteStats, ok bool, err error) {
+	if t.jsonl == nil {
+		return metrics.WriteStats{}, false, nil
+	}
+	return t.jsonl.Stats(), true, t.jsonlErr
 }
 
 // LoadData loads the train and test splits of cfg.Dataset.
@@ -268,6 +336,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 	// end: a stop request travels with the gradients so that every rank
 	// stops after the same step (see ddpStep).
 	cctx := context.WithoutCancel(ctx)
+	defer t.closeMetricsFile()
 	if t.dp != nil && t.dp.comm != nil {
 		if err := t.syncStart(cctx); err != nil {
 			return res, err

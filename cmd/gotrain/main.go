@@ -476,24 +476,8 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 		logger.Info("prometheus", "url", "http://"+addr+"/metrics")
 		sinks = append(sinks, exp)
 	}
-	var jsonl *metrics.JSONL
-	if cfg.MetricsFile != "" && rank == 0 {
-		// Rank 0 writes the metrics file; its records carry rank and world_size.
-		if jsonl, err = metrics.OpenJSONL(cfg.MetricsFile, cfg.Resume != ""); err != nil {
-			return err
-		}
-		defer jsonl.Close()
-		// A write that fails (a full disk) is said when it happens; the
-		// records wait and are written when the file takes them again.
-		jsonl.OnError(func(err error, pending int) {
-			if err != nil {
-				logger.Warn("--metrics-file cannot be written; training goes on and the records are kept to write later", "file", cfg.MetricsFile, "err", err, "waiting", pending)
-			} else {
-				logger.Info("--metrics-file is writable again; the waiting records were written", "file", cfg.MetricsFile)
-			}
-		})
-		sinks = append(sinks, jsonl)
-	}
+	// Rank 0 writes --metrics-file (trainer.New opens it); its records
+	// carry rank and world_size.
 	opts = append(opts, trainer.WithSink(metrics.Multi(sinks...)), trainer.WithProgress(func(p trainer.Progress) {
 		bar.Update(p.Epoch, p.Epochs, int64(p.Epoch-1)*p.Total+p.Done, p.Loss, p.SamplesPerSec)
 	}))
@@ -511,11 +495,11 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	}
 	var metricsErr error
 	metricsNote := ""
-	if jsonl != nil {
-		if metricsErr = jsonl.Close(); metricsErr != nil {
-			metricsErr = fmt.Errorf("--metrics-file: %w", metricsErr)
+	if st, ok, err := t.MetricsFile(); ok {
+		if err != nil {
+			metricsErr = fmt.Errorf("--metrics-file: %w", err)
 		}
-		if st := jsonl.Stats(); st.Failures > 0 {
+		if st.Failures > 0 {
 			metricsNote = fmt.Sprintf("; metrics file: %d write failures, %d records written late, %d lost", st.Failures, st.Late, st.Lost)
 		}
 	}

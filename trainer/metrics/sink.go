@@ -49,6 +49,18 @@ func Multi(sinks ...Sink) Sink {
 	return m
 }
 
+// Sinks returns the sinks s passes records to: those of a [Multi], or s
+// itself (none for a nil sink). The slice is the caller's.
+func Sinks(s Sink) []Sink {
+	if m, ok := s.(multi); ok {
+		return append([]Sink(nil), m...)
+	}
+	if isNil(s) {
+		return nil
+	}
+	return []Sink{s}
+}
+
 func isNil(s Sink) bool {
 	if s == nil {
 		return true
