@@ -5,6 +5,7 @@ package csrc
 // launcher sets for each thread.
 
 /*
+#cgo CFLAGS: -Wdeprecated-declarations
 #cgo CFLAGS: -O2 -std=gnu11 -Wno-unused-function
 #define EMU_GRID 1
 #include "kernels.cu"

@@ -6,6 +6,7 @@ package csrc
 // that none is missing or miscounted.
 
 /*
+#cgo CFLAGS: -Wdeprecated-declarations
 #cgo CFLAGS: -O2 -std=gnu11 -Wno-unused-function
 #cgo LDFLAGS: -lm
 #include <stdlib.h>

@@ -3,6 +3,7 @@
 package nccl
 
 /*
+#cgo CFLAGS: -Wdeprecated-declarations
 #cgo CFLAGS: -I${SRCDIR}/../csrc -D_GNU_SOURCE
 #cgo LDFLAGS: -ldl
 #include "nccl_abi.h"

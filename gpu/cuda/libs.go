@@ -11,6 +11,7 @@ package cuda
 // their signatures since.
 
 /*
+#cgo CFLAGS: -Wdeprecated-declarations
 #cgo LDFLAGS: -ldl
 // Debian's nvidia-cuda-dev puts the headers in /usr/include; NVIDIA's
 // images and installers in /usr/local/cuda (a directory that is not there

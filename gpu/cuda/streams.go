@@ -3,6 +3,7 @@
 package cuda
 
 /*
+#cgo CFLAGS: -Wdeprecated-declarations
 #cgo LDFLAGS: -lcuda
 #include <cuda.h>
 

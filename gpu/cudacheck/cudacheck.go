@@ -3,6 +3,7 @@
 package cudacheck
 
 /*
+#cgo CFLAGS: -Wdeprecated-declarations
 #cgo LDFLAGS: -ldl
 #include <dlfcn.h>
 #include <stddef.h>

@@ -18,6 +18,7 @@
 package nvrtc
 
 /*
+#cgo CFLAGS: -Wdeprecated-declarations
 #cgo CFLAGS: -D_GNU_SOURCE
 #cgo LDFLAGS: -ldl
 #include <dlfcn.h>

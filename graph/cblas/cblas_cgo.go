@@ -3,6 +3,7 @@
 package cblas
 
 /*
+#cgo CFLAGS: -Wdeprecated-declarations
 #cgo LDFLAGS: -ldl
 #include <dlfcn.h>
 #include <stdlib.h>
