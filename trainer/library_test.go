@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/gotrain/gotrain/trainer/checkpoint"
 	"github.com/gotrain/gotrain/trainer/data"
 	"github.com/gotrain/gotrain/trainer/metrics"
 )
@@ -112,4 +114,88 @@ func TestNewWritesTheMetricsFile(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, own.Close())
 	require.Equal(t, want, countRecords(t, cfg.MetricsFile))
+}
+
+// TestWeightsSayWhatDataTheyWereTrainedOn: a trainer's checkpoints and
+// weights store the identity of its data; CheckTestData refuses a test
+// split that is not that data's, naming it, and files without the
+// identity (SaveWeights, older files) have none to check.
+func TestWeightsSayWhatDataTheyWereTrainedOn(t *testing.T) {
+	cfg := smallConfig(t)
+	cfg.Epochs, cfg.SyntheticSize = 1, 930
+	cfg.Out = filepath.Join(t.TempDir(), "w.safetensors")
+	planted := learnable(930, 1)
+	planted.Name = "planted"
+	tr, err := New(cfg, WithData(planted, learnable(200, 2)), WithLogger(quiet))
+	require.NoError(t, err)
+	_, err = tr.Run(context.Background())
+	require.NoError(t, err)
+	for _, path := range []string{cfg.Out, tr.lastCkpt} {
+		id, ok, err := TrainedOn(path)
+		require.NoError(t, err)
+		require.True(t, ok, path)
+		require.Equal(t, "planted", id.Name)
+		require.Equal(t, []int{28, 28, 10, 930, 200}, []int{id.Rows, id.Cols, id.Classes, id.TrainSamples, id.TestSamples})
+		_, stored, _, err := LoadModel(path)
+		require.NoError(t, err)
+		err = CheckTestData(id, stored, nil)
+		require.ErrorIs(t, err, ErrOtherData)
+		require.ErrorContains(t, err, `trained on dataset "planted" (28x28, 10 classes, 930 training and 200 test samples)`)
+	}
+
+	// Named like a built-in dataset, but other data: the test split
+	// that dataset loads is refused by its content.
+	tr, err = New(cfg, WithData(learnable(930, 1), learnable(200, 2)), WithLogger(quiet))
+	require.NoError(t, err)
+	_, err = tr.Run(context.Background())
+	require.NoError(t, err)
+	id, ok, err := TrainedOn(cfg.Out)
+	require.NoError(t, err)
+	require.True(t, ok)
+	m, stored, _, err := LoadModel(cfg.Out)
+	require.NoError(t, err)
+	require.NoError(t, CheckTestData(id, stored, nil), "the name is synthetic")
+	_, test, err := LoadData(stored)
+	require.NoError(t, err)
+	require.ErrorIs(t, CheckTestData(id, stored, test), ErrOtherData)
+	require.NoError(t, CheckTestData(id, stored, learnable(200, 2)), "the data trained on")
+
+	// The data the config names, loaded by New: what eval loads matches.
+	tr, err = New(cfg, WithLogger(quiet))
+	require.NoError(t, err)
+	_, err = tr.Run(context.Background())
+	require.NoError(t, err)
+	id, ok, err = TrainedOn(cfg.Out)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, CheckTestData(id, stored, test))
+
+	// SaveWeights stores no identity: nothing to check, as before.
+	plain := filepath.Join(t.TempDir(), "plain.safetensors")
+	require.NoError(t, SaveWeights(plain, m, stored))
+	_, ok, err = TrainedOn(plain)
+	require.NoError(t, err)
+	require.False(t, ok)
+}
+
+// TestOldConfigMetadataLoads: the config stored in checkpoints has its
+// durations in nanoseconds (json.Marshal of a time.Duration), as older
+// files do; a duration string loads too.
+func TestOldConfigMetadataLoads(t *testing.T) {
+	cfg := smallConfig(t)
+	m := newTrainer(t, cfg)
+	for _, raw := range []string{
+		`{"model":"mlp","hidden":[32],"activation":"relu","dataset":"synthetic","synthetic_size":930,"epochs":2,"batch_size":50,"eval_batch_size":250,"optimizer":"adam","lr":0.002,"seed":1,"timeout":600000000000}`,
+		`{"model":"mlp","hidden":[32],"activation":"relu","dataset":"synthetic","synthetic_size":930,"epochs":2,"batch_size":50,"eval_batch_size":250,"optimizer":"adam","lr":0.002,"seed":1,"timeout":"10m","rdzv_timeout":"1m"}`,
+	} {
+		path := filepath.Join(t.TempDir(), "old.safetensors")
+		require.NoError(t, checkpoint.WriteFileAtomic(path, &checkpoint.File{
+			Tensors: weightTensors(m.Model), Metadata: map[string]string{metaConfig: raw}}))
+		_, got, _, err := LoadModel(path)
+		require.NoError(t, err, raw)
+		require.Equal(t, 10*time.Minute, got.Timeout)
+	}
+	b, err := json.Marshal(Default())
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"timeout":600000000000`, "checkpoints keep nanoseconds, which older gotrains read")
 }

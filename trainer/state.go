@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"maps"
 	"math"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/checkpoint"
+	"github.com/gotrain/gotrain/trainer/data"
 	"github.com/gotrain/gotrain/trainer/optim"
 )
 
@@ -34,6 +36,7 @@ const (
 	metaShares     = "gotrain.balance_shares" // the ranks' shares of the batch, comma-separated
 	metaRNG        = "gotrain.rng"
 	metaVersion    = "gotrain.version"
+	metaData       = "gotrain.data" // JSON of the DataIdentity trained on
 	optPrefix      = "optimizer."
 	outerPrefix    = "outer_optimizer."
 	localPrefix    = "local_optimizer." // + rank + "." + state name: local SGD's ranks >= 1
@@ -75,6 +78,9 @@ func (t *Trainer) snapshot() (*checkpoint.File, error) {
 		metaTrajectory: t.cfg.trajectory(),
 		metaRNG:        rngNote(t.cfg.Seed),
 	}}
+	if t.dataID != "" {
+		f.Metadata[metaData] = t.dataID
+	}
 	f.Tensors = weightTensors(t.Model)
 	if t.opt != nil {
 		f.Metadata[metaOptimizer] = t.opt.Name()
@@ -352,15 +358,102 @@ func LoadModel(pathOrDir string) (*graph.Model, Config, string, error) {
 
 // SaveWeights writes the model's weights (and its config, so that `gotrain
 // eval` can rebuild it) to path atomically.
+//
+// It stores no DataIdentity: 'gotrain eval' evaluates such a file on the
+// dataset its config names. The weights a Trainer saves (Config.Out)
+// carry the identity of the data they were trained on.
 func SaveWeights(path string, m *graph.Model, cfg Config) error {
+	return saveWeights(path, m, cfg, "")
+}
+
+// saveWeights is SaveWeights with the JSON of a DataIdentity ("": none).
+func saveWeights(path string, m *graph.Model, cfg Config, dataID string) error {
 	cfgJSON, err := json.Marshal(cfg)
 	if err != nil {
 		return err
 	}
-	return checkpoint.WriteFileAtomic(path, &checkpoint.File{
-		Tensors:  weightTensors(m),
-		Metadata: map[string]string{metaConfig: string(cfgJSON), metaVersion: Version},
-	})
+	md := map[string]string{metaConfig: string(cfgJSON), metaVersion: Version}
+	if dataID != "" {
+		md[metaData] = dataID
+	}
+	return checkpoint.WriteFileAtomic(path, &checkpoint.File{Tensors: weightTensors(m), Metadata: md})
+}
+
+// DataIdentity is which data a model was trained on. Trainers store it in
+// their checkpoints and weights files (metadata "gotrain.data", JSON), so
+// that 'gotrain eval' can tell whether the dataset it would load is that
+// data: a caller's own dataset given with WithData is not, even when the
+// config names a built-in one. Files written before it existed have none.
+type DataIdentity struct {
+	Name    string `json:"name"` // data.Dataset.Name
+	Rows    int    `json:"rows"`
+	Cols    int    `json:"cols"`
+	Classes int    `json:"classes"`
+	// TrainSamples and TestSamples are the sizes of the two splits;
+	// TestCRC32C is the CRC-32C of the test split's pixels then labels.
+	TrainSamples int    `json:"train_samples"`
+	TestSamples  int    `json:"test_samples"`
+	TestCRC32C   uint32 `json:"test_crc32c"`
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// IdentityOf is the identity of a training and a test split.
+func IdentityOf(train, test *data.Dataset) DataIdentity {
+	return DataIdentity{Name: train.Name, Rows: train.Rows, Cols: train.Cols, Classes: train.Classes,
+		TrainSamples: train.N, TestSamples: test.N, TestCRC32C: testCRC(test)}
+}
+
+func testCRC(test *data.Dataset) uint32 {
+	return crc32.Update(crc32.Checksum(test.Pix, castagnoli), castagnoli, test.Labels)
+}
+
+func (id DataIdentity) String() string {
+	return fmt.Sprintf("%s (%dx%d, %d classes, %d training and %d test samples)", strconv.Quote(id.Name), id.Rows, id.Cols, id.Classes, id.TrainSamples, id.TestSamples)
+}
+
+// ErrOtherData is returned by CheckTestData when the test split to
+// evaluate on is not that of the data the model was trained on.
+var ErrOtherData = errors.New("not the data the model was trained on")
+
+// TrainedOn reads the DataIdentity stored in a checkpoint or weights file;
+// ok is false for a file that has none (written before it was stored, or
+// by SaveWeights).
+func TrainedOn(path string) (id DataIdentity, ok bool, err error) {
+	f, err := checkpoint.ReadFile(path)
+	if err != nil {
+		return id, false, err
+	}
+	raw, ok := f.Metadata[metaData]
+	if !ok {
+		return id, false, nil
+	}
+	if err := json.Unmarshal([]byte(raw), &id); err != nil {
+		return id, false, fmt.Errorf("%w: %s: %s metadata: %v", ErrCheckpoint, path, metaData, err)
+	}
+	return id, true, nil
+}
+
+// CheckTestData returns nil when test (loaded for cfg, the config stored
+// with the model) is the test split of the data id names, and otherwise an
+// ErrOtherData error that names the data the model was trained on. Give
+// test nil to check, before loading anything, only that cfg.Dataset is id's
+// dataset.
+func CheckTestData(id DataIdentity, cfg Config, test *data.Dataset) error {
+	if id.Name != cfg.Dataset {
+		return fmt.Errorf("%w: the model was trained on dataset %s, which its program supplied (its config says --dataset %s); evaluate it in that program, or name the dataset to evaluate on with --dataset",
+			ErrOtherData, id, cfg.Dataset)
+	}
+	if test == nil {
+		return nil
+	}
+	got := id
+	got.Rows, got.Cols, got.Classes, got.TestSamples, got.TestCRC32C = test.Rows, test.Cols, test.Classes, test.N, testCRC(test)
+	if got != id {
+		return fmt.Errorf("%w: the model was trained on dataset %s, and the test split loaded for --dataset %s is %dx%d with %d classes and %d samples (CRC-32C %08x, want %08x): the data was supplied by its program or differs; evaluate it there, or name the dataset to evaluate on with --dataset",
+			ErrOtherData, id, cfg.Dataset, test.Rows, test.Cols, test.Classes, test.N, got.TestCRC32C, id.TestCRC32C)
+	}
+	return nil
 }
 
 // saveOut writes the final weights to --out. Should that fail although
@@ -370,7 +463,7 @@ func SaveWeights(path string, m *graph.Model, cfg Config) error {
 // directory) and the error says where they are: trained weights are
 // never dropped.
 func (t *Trainer) saveOut() error {
-	err := SaveWeights(t.cfg.Out, t.Model, t.cfg)
+	err := saveWeights(t.cfg.Out, t.Model, t.cfg, t.dataID)
 	if err == nil {
 		t.log.Info("saved weights", "path", t.cfg.Out)
 		return nil
@@ -389,7 +482,7 @@ func (t *Trainer) saveOut() error {
 		if _, serr := os.Stat(p); serr == nil && p != filepath.Join(t.cfg.CheckpointDir, base) {
 			continue // never overwrite a file of someone else's
 		}
-		ferr := SaveWeights(p, t.Model, t.cfg)
+		ferr := saveWeights(p, t.Model, t.cfg, t.dataID)
 		if ferr == nil {
 			t.log.Error("--out could not be written; the weights were saved elsewhere", "out", t.cfg.Out, "err", err, "saved", p)
 			return fmt.Errorf("--out %s: %w; the trained weights were saved to %s instead", t.cfg.Out, err, p)

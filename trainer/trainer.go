@@ -2,6 +2,7 @@ package trainer
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -79,6 +80,7 @@ type Trainer struct {
 	dataGiven                   bool                   // WithData was used
 	jsonl                       *metrics.JSONL         // Config.MetricsFile, opened by New (rank 0)
 	jsonlErr                    error                  // closing it
+	dataID                      string                 // JSON of the DataIdentity trained on, for the metadata
 	outer                       *outerOpt              // local SGD's outer optimiser; nil: plain averaging
 	localStates                 []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
 }
@@ -180,6 +182,9 @@ func New(cfg Config, opts ...Option) (*Trainer, error) {
 	}
 	if err := t.checkData(m); err != nil {
 		return nil, err
+	}
+	if id, err := json.Marshal(IdentityOf(t.train, t.test)); err == nil {
+		t.dataID = string(id)
 	}
 	t.Model = m
 	if t.opt, err = newOptimizer(cfg, m); err != nil {

@@ -538,15 +538,32 @@ func cmdEval(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Weights that say what data they were trained on are evaluated on
+	// that data only, unless --dataset names the data to use: a dataset a
+	// program supplied is not one this command can load.
+	id, checkData, err := trainer.TrainedOn(path)
+	if err != nil {
+		return err
+	}
 	if *dataset != "" {
-		cfg.Dataset = *dataset
+		cfg.Dataset, checkData = *dataset, false
 	}
 	if *dataDir != "" {
 		cfg.DataDir = *dataDir
 	}
+	if checkData {
+		if err := trainer.CheckTestData(id, cfg, nil); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+	}
 	_, test, err := trainer.LoadData(cfg)
 	if err != nil {
 		return err
+	}
+	if checkData {
+		if err := trainer.CheckTestData(id, cfg, test); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
 	}
 	acc, loss, err := trainer.Evaluate(m, test, *batch)
 	if err != nil {
