@@ -29,7 +29,8 @@
 // their parameter names, the optimiser state under "optimizer.<name>", and
 // metadata: format, step, epoch and batch within it, the config as JSON, a
 // "trajectory" string (model, widths, dataset, batch size, optimiser,
-// seed) and the RNG description. The RNG is counter-based (shuffle from
+// seed), the RNG description and the identity of the data trained on
+// ([DataIdentity], which 'gotrain eval' checks). The RNG is counter-based (shuffle from
 // (seed, epoch), dropout masks from (seed, step)), so these numbers are its
 // whole state and a resumed run continues bit for bit: 2 epochs straight
 // equal 1 epoch, stop, resume, 1 epoch. A checkpoint whose trajectory,
