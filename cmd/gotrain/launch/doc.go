@@ -4,10 +4,20 @@
 // environment variables, and supervises them so that a job either finishes
 // on every worker or stops on every worker.
 //
-// The command line calls [Run] with gotrain's own executable; the workers
-// are gotrain itself, running the command after "--":
+// The command line calls [Run] with gotrain's own executable. When the
+// first word after "--" is a gotrain command (train, eval, bench, ...: see
+// [GotrainCommands]) or starts with "-", the workers are gotrain itself,
+// running that command; any other first word is a program, which the
+// workers run instead, with the same environment, output, restarts and
+// signals, as torchrun runs any program:
 //
-//	gotrain launch --nproc-per-node N [flags] -- COMMAND [ARGS...]
+//	gotrain launch --nproc-per-node N [flags] -- COMMAND [ARGS...]   # gotrain COMMAND ARGS...
+//	gotrain launch --nproc-per-node N [flags] -- PROGRAM [ARGS...]   # PROGRAM ARGS...
+//
+// PROGRAM is a path (./myprog, /usr/bin/python3) or a name looked up in
+// PATH (python3), resolved once, before any worker starts; a program named
+// like a gotrain command is run by its path (./train). A user's Go program
+// becomes a rank of the job by reading the variables below.
 //
 // # Flags
 //
@@ -31,7 +41,8 @@
 //
 // Usage errors (a missing or bad flag, --node-rank outside 0..nnodes-1,
 // --nnodes > 1 without --rdzv-endpoint or without a secret, no command after
-// "--") print a message and exit with status 2 before any worker starts.
+// "--", a program that is not found or not executable) print a message and
+// exit with status 2 before any worker starts.
 //
 // # The workers' environment
 //
@@ -134,6 +145,11 @@
 // Four workers on one machine, on a free port:
 //
 //	gotrain launch --standalone --nproc-per-node 4 -- train --epochs 2 --checkpoint-dir ckpt
+//
+// Two workers of a program of your own, each told its rank:
+//
+//	gotrain launch --standalone --nproc-per-node 2 -- ./myprog --lr 0.1
+//	gotrain launch --nproc-per-node 2 -- sh -c 'echo rank $RANK of $WORLD_SIZE'
 //
 // Two nodes of four workers each (ranks 0-3 on node0, 4-7 on node1); run
 // the same command on both nodes, changing only --node-rank:

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,6 +58,22 @@ const drainTimeout = 2 * time.Second
 
 var errUsage = errors.New("usage")
 
+// gotrainCommands are gotrain's commands: a first word after "--" that is
+// one of them (or that starts with "-", a flag of gotrain's such as
+// --version) makes the workers gotrain itself; any other first word is a
+// program. cmd/gotrain's tests check the list against its commands.
+var gotrainCommands = []string{"train", "eval", "bench", "plot", "devices", "version", "help", "launch"}
+
+// GotrainCommands returns the words after "--" that run gotrain itself
+// (besides those starting with "-"); any other first word is a program.
+func GotrainCommands() []string { return slices.Clone(gotrainCommands) }
+
+// isGotrainCommand says whether the words after "--" starting with word
+// are a gotrain command line rather than a program's.
+func isGotrainCommand(word string) bool {
+	return strings.HasPrefix(word, "-") || slices.Contains(gotrainCommands, word)
+}
+
 // Bounds on a job's size: beyond them a launcher would only exhaust the
 // machine's processes (or overflow a rank number) before any worker ran.
 const (
@@ -65,12 +82,16 @@ const (
 )
 
 const usageText = `Usage: gotrain launch --nproc-per-node N [flags] -- COMMAND [ARGS...]
+       gotrain launch --nproc-per-node N [flags] -- PROGRAM [ARGS...]
 
-Starts N local workers running 'gotrain COMMAND ARGS...' (for example
-'-- train --epochs 2') with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
+Starts N local workers with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT, GROUP_RANK and GOTRAIN_JOB_SECRET set, prefixes
 their output with [rankR], and stops them all when one fails or the launcher
-is interrupted. See 'go doc github.com/gotrain/gotrain/cmd/gotrain/launch'.
+is interrupted. A worker runs 'gotrain COMMAND ARGS...' when the first word
+after "--" is a gotrain command (train, eval, bench, ...; for example
+'-- train --epochs 2'), and any other PROGRAM otherwise: a path, or a name
+looked up in PATH (for example '-- ./myprog --lr 0.1'). See
+'go doc github.com/gotrain/gotrain/cmd/gotrain/launch'.
 
 Flags:
 `
@@ -95,7 +116,12 @@ type options struct {
 	grace              time.Duration
 	restarts           int // --max-restarts
 	cpuBind            string
-	command            []string
+	// program is the executable the workers run when the first word after
+	// "--" is not a gotrain command (resolved through PATH); "" runs
+	// gotrain itself. command is its arguments (the words after "--",
+	// less the program).
+	program string
+	command []string
 
 	masterAddr string  // resolved
 	port       int     // resolved; 0 = pick a free one (--standalone)
@@ -105,7 +131,11 @@ type options struct {
 // Run parses the launcher flags in args (everything before "--"), then
 // starts the worker command after "--" (e.g. ["train", "--epochs", "2"]) as
 // child processes of the executable exe (normally os.Executable(), i.e.
-// gotrain itself), and supervises them. It returns the exit code the
+// gotrain itself), and supervises them. When the first word after "--" is
+// neither one of [GotrainCommands] nor starts with "-", it is a program
+// instead (a path, or a name looked up in PATH, as exec does), and the
+// workers run it with the words after it; a program that is not found is a
+// usage error. It returns the exit code the
 // launcher should exit with: 0 when every worker exited 0, 2 on a usage
 // error, the failing worker's exit status (1 if it was killed by a signal)
 // when a worker failed, 128+signal number when the launcher was stopped by
@@ -149,6 +179,9 @@ func Run(ctx context.Context, exe string, args []string, stdout, stderr io.Write
 	if ctx.Err() != nil {
 		fmt.Fprintf(stderr, "gotrain launch: cancelled before the workers started\n")
 		return 1
+	}
+	if opts.program != "" {
+		exe = opts.program
 	}
 	s := &supervisor{
 		opts:   opts,
@@ -270,6 +303,17 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("%w: no worker command: put it after \"--\", e.g. gotrain launch --nproc-per-node 2 -- train --epochs 2", errUsage)
 	}
 	o.command = command
+	if !isGotrainCommand(command[0]) {
+		path, err := exec.LookPath(command[0])
+		if e := (*exec.Error)(nil); errors.As(err, &e) {
+			err = e.Err // without exec's repetition of the name
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %q after \"--\" is neither a gotrain command (%s) nor a program to run: %v",
+				errUsage, command[0], strings.Join(gotrainCommands, ", "), err)
+		}
+		o.program, o.command = path, command[1:]
+	}
 
 	switch {
 	case o.standalone:
@@ -537,7 +581,11 @@ func (s *supervisor) run(ctx context.Context) int {
 			}
 			s.opts.port = port
 		}
-		s.logf("restarting the workers (restart %d of %d); they resume from their checkpoints", s.restart, s.opts.restarts)
+		resume := "; they resume from their checkpoints"
+		if s.opts.program != "" {
+			resume = "" // a program of the user's: we cannot say
+		}
+		s.logf("restarting the workers (restart %d of %d)%s", s.restart, s.opts.restarts, resume)
 		s.workers = nil
 	}
 }
@@ -550,7 +598,11 @@ func (s *supervisor) group(ctx context.Context, sigCh chan os.Signal) (code int,
 	o := s.opts
 	world := o.nnodes * o.nproc
 	first := o.nodeRank * o.nproc
-	s.logf("starting %d worker(s), ranks %d to %d of %d, master %s", o.nproc, first, first+o.nproc-1, world,
+	of := ""
+	if o.program != "" {
+		of = " of " + o.program
+	}
+	s.logf("starting %d worker(s)%s, ranks %d to %d of %d, master %s", o.nproc, of, first, first+o.nproc-1, world,
 		net.JoinHostPort(o.masterAddr, strconv.Itoa(o.port)))
 
 	exits := make(chan exitEvent, o.nproc)
