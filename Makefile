@@ -156,6 +156,7 @@ fuzz:
 	$(GO) test ./gpu -run '^$$' -fuzz '^FuzzParseMemInfo$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/ps -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./trainer/data -run '^$$' -fuzz '^FuzzReadCSV$$' -fuzztime $(FUZZTIME)
 
 # The reliability cases that take minutes (make test runs the ones that take
 # seconds): a flood of 2 x 12,000 half-open connections on rank 0's store
