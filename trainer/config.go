@@ -210,15 +210,21 @@ func MaxThreads() int { return max(8*runtime.NumCPU(), 64) }
 // quote quotes s for an error message, cut to its first 48 bytes (and its
 // length) when it is longer: a refused value is named, not echoed whole.
 func quote(s string) string {
-	const keep = 48
-	if len(s) <= keep {
-		return strconv.Quote(s)
+	if p := prefix(s, 48); len(p) < len(s) {
+		return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(p), len(s))
 	}
-	cut := keep
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	return strconv.Quote(s)
+}
+
+// prefix is s cut to at most n bytes, at the start of a character.
+func prefix(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(s[:cut]), len(s))
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // checkSizes refuses values that no machine can build (see the Max
@@ -529,15 +535,10 @@ func (d *jsonDuration) UnmarshalJSON(b []byte) error {
 
 // shorten cuts a message to its first 200 bytes.
 func shorten(msg string) string {
-	const keep = 200
-	if len(msg) <= keep {
-		return msg
+	if p := prefix(msg, 200); len(p) < len(msg) {
+		return fmt.Sprintf("%s... (%d bytes in all)", p, len(msg))
 	}
-	cut := keep
-	for cut > 0 && !utf8.RuneStart(msg[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s... (%d bytes in all)", msg[:cut], len(msg))
+	return msg
 }
 
 // hashFields are the fields that define the model and its training
