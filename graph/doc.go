@@ -3,7 +3,13 @@
 //
 // # Models
 //
-// [New] builds a built-in model from a [Spec] and a seed:
+// A model is written in Go with package graph/nn: modules that declare
+// named parameters under a scope and add their computation to a program
+// in Forward (see that package's manual). A [ModelFunc] makes one for a
+// [Spec] (the input shape and class count, which usually come from the
+// data); [Build] builds it, [Register] names it, and [New] builds a
+// registered model by Spec.Kind. Two are registered here, written with nn
+// like any program's own:
 //
 //   - "mlp": Flatten, then Linear+activation (+Dropout) per hidden width,
 //     then a Linear to the classes. Default 784-256-10.
@@ -12,13 +18,19 @@
 //     Flatten, Linear to Hidden[0] (default 128), activation (+Dropout),
 //     Linear to the classes.
 //
-// Parameters live in [Model.Params], in a fixed order, under PyTorch's
-// state_dict names and layouts ("fc1.weight" is [out, in], "conv1.weight"
-// is [out, in, kh, kw]). Checkpoints, gradient buckets, device executors
-// and pipeline stages all address them by name and index. Initialisation
-// is PyTorch's default (uniform in ±1/sqrt(fan_in) for weights and
-// biases), drawn from a PCG stream per parameter seeded by the model seed,
-// so the same seed gives the same model on every machine.
+// Building checks the model once at batch 1: its modules fit together,
+// its output is [Classes] per sample, and every declared parameter takes
+// part; errors name the layer.
+//
+// Parameters live in [Model.Params], in the order they were declared,
+// under PyTorch's state_dict names and layouts ("fc1.weight" is [out, in],
+// "conv1.weight" is [out, in, kh, kw]). Checkpoints, gradient buckets,
+// device executors and pipeline stages all address them by name and
+// index. Each is initialised by its declaration's nn.Init (PyTorch's
+// default for Linear and Conv2d: uniform in ±1/sqrt(fan_in) for weights
+// and biases), drawn from a PCG stream seeded by the model seed and the
+// parameter's name, so the same seed gives the same model on every
+// machine and adding a layer does not change the others.
 //
 // A model compiles one [Program] per batch size and mode ([Model.Program]):
 // a training program computes the loss and every parameter's gradient
@@ -64,8 +76,8 @@
 //
 // # Pipeline stages
 //
-// [Model.Stages] splits the layers into consecutive stages balanced by
-// parameter count, for model (pipeline) parallelism. A [Stage] compiles
+// [Model.Stages] splits the layers of a model whose root module is an
+// nn.Sequential into consecutive stages balanced by parameter count, for model (pipeline) parallelism. A [Stage] compiles
 // its own programs: stage k takes stage k−1's output activations; a
 // training program of a stage that is not the last has the cost
 // Σ output·G, where G is the gradient that the next stage sent back, so
@@ -86,8 +98,9 @@
 //
 // # Errors
 //
-// Building a model or program returns errors for bad specs (unknown model
-// or activation, shapes that do not fit). Running returns an error for bad
+// Building a model or program returns errors for bad specs and bad
+// modules (unknown model or activation, shapes that do not fit, a
+// parameter declared twice or never used). Running returns an error for bad
 // input values (a label outside the classes). Ops panic only on programmer
 // errors inside this package.
 package graph

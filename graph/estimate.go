@@ -2,7 +2,6 @@ package graph
 
 import (
 	"fmt"
-	"strings"
 )
 
 // Footprint is what a model of a Spec holds in memory, computed from the
@@ -21,10 +20,25 @@ type Footprint struct {
 	EvalFloatsPerSample float64
 }
 
-// Estimate returns the footprint of spec's model without building it. It
-// fails as New does on a spec New refuses.
+// Footprint is the model's footprint, from the shapes of one sample
+// through its modules (see Footprint: a lower bound of what its programs
+// hold).
+func (m *Model) Footprint() Footprint { return m.fp }
+
+// Estimate returns the footprint of spec's model. The built-in models'
+// is computed from the shapes alone, without building them (so that a
+// spec too large to allocate is refused with its figures); any other
+// registered model is built once and measured (Model.Footprint). It fails
+// as New does on a spec New refuses.
 func (s Spec) Estimate() (Footprint, error) {
 	s = s.withDefaults()
+	if s.Kind != "mlp" && s.Kind != "cnn" {
+		m, err := New(s, 0)
+		if err != nil {
+			return Footprint{}, err
+		}
+		return m.Footprint(), nil
+	}
 	for _, h := range s.Hidden {
 		if h <= 0 {
 			return Footprint{}, fmt.Errorf("graph: hidden width %d must be positive", h)
@@ -83,8 +97,6 @@ func (s Spec) Estimate() (Footprint, error) {
 		layer(fc, 0)
 		dropLayer(fc)
 		layer(classes, 0)
-	default:
-		return Footprint{}, fmt.Errorf("graph: %w %q (valid: %s)", ErrUnknownModel, s.Kind, strings.Join(Models, ", "))
 	}
 	return fp, nil
 }

@@ -1,10 +1,12 @@
 package graph
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -227,7 +229,9 @@ func TestInitIsDeterministicAndPyTorchScaled(t *testing.T) {
 		names = append(names, p.Name)
 		require.Equal(t, p.Data, b.Params[i].Data, p.Name)
 		require.NotEqual(t, p.Data, c.Params[i].Data, p.Name)
-		bound := float32(1 / math.Sqrt(float64(p.FanIn)))
+		fanIn := map[string]int{"conv1": 25, "conv2": 16 * 25, "fc1": 800, "fc2": 128}[strings.Split(p.Name, ".")[0]]
+		require.Equal(t, fmt.Sprintf("uniform(±%g)", 1/math.Sqrt(float64(fanIn))), p.Init.String(), p.Name)
+		bound := float32(1 / math.Sqrt(float64(fanIn)))
 		for _, v := range p.Data {
 			require.LessOrEqual(t, float32(math.Abs(float64(v))), bound)
 		}

@@ -3,19 +3,23 @@ package graph
 import (
 	"errors"
 	"fmt"
-	"math"
+	"hash/fnv"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
+
+	"github.com/gotrain/gotrain/graph/nn"
 )
 
-// Spec describes a built-in model.
+// Spec describes a model to build: which one (Kind, a name in the
+// registry: "mlp", "cnn" or one a program registered) and the settings the
+// built-in models read. The input shape and class count usually come from
+// the data.
 type Spec struct {
-	Kind       string  // "mlp" or "cnn"
+	Kind       string  // a registered model: "mlp", "cnn", or a program's own (see Register)
 	Hidden     []int   // mlp: hidden widths (default 256); cnn: the fully connected width (default 128)
 	Activation string  // "relu" (default), "tanh" or "sigmoid"
 	Dropout    float64 // dropout probability after each hidden activation; 0 disables
@@ -24,10 +28,7 @@ type Spec struct {
 	Classes    int     // output classes (default 10)
 }
 
-// Models lists the built-in model kinds.
-var Models = []string{"mlp", "cnn"}
-
-// ErrUnknownModel is returned by New for a model kind that is not built in.
+// ErrUnknownModel is returned by New for a model kind that is not registered.
 var ErrUnknownModel = errors.New("unknown model")
 
 func (s Spec) withDefaults() Spec {
@@ -47,40 +48,47 @@ func (s Spec) withDefaults() Spec {
 		s.Activation = "relu"
 	}
 	if len(s.Hidden) == 0 {
-		if s.Kind == "cnn" {
+		switch s.Kind {
+		case "cnn":
 			s.Hidden = []int{128}
-		} else {
+		case "mlp":
 			s.Hidden = []int{256}
 		}
 	}
 	return s
 }
 
-// Param is one named parameter. Data is its value, row-major, shared by
-// every program of the model; its name and position in Model.Params are
-// stable (checkpoints, gradient buckets and device executors rely on them).
+// Input is the per-sample input shape: [InC, InH, InW].
+func (s Spec) Input() []int { return []int{s.InC, s.InH, s.InW} }
+
+// Param is one named parameter or buffer. Data is its value, row-major,
+// shared by every program of the model; its name and position in
+// Model.Params are stable (checkpoints, gradient buckets and device
+// executors rely on them).
 type Param struct {
-	Name  string
-	Shape []int
-	Data  []float32
-	FanIn int
-	value *tensor.Dense
+	Name   string
+	Shape  []int
+	Data   []float32
+	Init   nn.Init // what Model.Init draws it from
+	Buffer bool    // checkpointed, not optimised
+	decl   *nn.Param
+	value  *tensor.Dense
 }
 
 // Size is the number of elements.
 func (p *Param) Size() int { return len(p.Data) }
 
-// layer adds itself to a graph being built.
-type layer interface {
-	apply(b *builder, x *G.Node) (*G.Node, error)
-}
-
-// Model is a built-in model: its layers and named, ordered parameters. It
-// compiles one Program per (batch size, train/eval) on demand.
+// Model is a model ready to compile: its modules and named, ordered
+// parameters. It compiles one Program per (batch size, train/eval) on
+// demand.
 type Model struct {
 	Spec   Spec
 	Params []*Param
-	layers []layer
+	blocks []nn.Module // the root module, or a root Sequential's layers
+	byDecl map[*nn.Param]*Param
+	owned  [][]int // per block: the parameters it uses first (Params indices)
+	shapes [][]int // per block: its per-sample output shape
+	fp     Footprint // from the shapes (see Footprint)
 	progs  map[progKey]*Program
 	used   []progKey // least recently used first
 	pool   bufPool   // the programs' buffers (see mem.go)
@@ -97,88 +105,15 @@ type progKey struct {
 	train bool
 }
 
-// New builds the model described by spec and initialises its parameters
-// from seed (PyTorch's default scheme: weights and biases uniform in
-// ±1/sqrt(fan_in)).
-func New(spec Spec, seed uint64) (*Model, error) {
-	spec = spec.withDefaults()
-	m := &Model{Spec: spec, progs: map[progKey]*Program{}}
-	act, ok := map[string]Kind{"relu": OpReLU, "tanh": OpTanh, "sigmoid": OpSigmoid}[spec.Activation]
-	if !ok {
-		return nil, fmt.Errorf("graph: unknown activation %q (valid: relu, tanh, sigmoid)", spec.Activation)
-	}
-	if spec.Dropout < 0 || spec.Dropout >= 1 {
-		return nil, fmt.Errorf("graph: dropout probability %v is outside [0,1)", spec.Dropout)
-	}
-	for _, h := range spec.Hidden {
-		if h <= 0 {
-			return nil, fmt.Errorf("graph: hidden width %d must be positive", h)
-		}
-	}
-	switch spec.Kind {
-	case "mlp":
-		in := spec.InC * spec.InH * spec.InW
-		m.layers = append(m.layers, flatten{})
-		for i, h := range spec.Hidden {
-			m.layers = append(m.layers, m.linear(fmt.Sprintf("fc%d", i+1), in, h), activation{act})
-			if spec.Dropout > 0 {
-				m.layers = append(m.layers, dropout{spec.Dropout})
-			}
-			in = h
-		}
-		m.layers = append(m.layers, m.linear(fmt.Sprintf("fc%d", len(spec.Hidden)+1), in, spec.Classes))
-	case "cnn":
-		// LeNet-5 style: conv5x5(pad 2)-act-pool2-conv5x5-act-pool2-fc-act-fc.
-		c1, c2 := 16, 32
-		h, w := spec.InH/2, spec.InW/2 // after conv1 (same size) and pool
-		h, w = (h-4)/2, (w-4)/2        // after conv2 (valid) and pool
-		if h <= 0 || w <= 0 {
-			return nil, fmt.Errorf("graph: cnn needs inputs of at least 12x12, got %dx%d", spec.InH, spec.InW)
-		}
-		m.layers = append(m.layers,
-			m.conv("conv1", spec.InC, c1, 5, 1, 2), activation{act}, maxPool{2},
-			m.conv("conv2", c1, c2, 5, 1, 0), activation{act}, maxPool{2},
-			flatten{},
-			m.linear("fc1", c2*h*w, spec.Hidden[0]), activation{act})
-		if spec.Dropout > 0 {
-			m.layers = append(m.layers, dropout{spec.Dropout})
-		}
-		m.layers = append(m.layers, m.linear("fc2", spec.Hidden[0], spec.Classes))
-	default:
-		return nil, fmt.Errorf("graph: %w %q (valid: %s)", ErrUnknownModel, spec.Kind, strings.Join(Models, ", "))
-	}
-	m.Init(seed)
-	return m, nil
-}
-
-func (m *Model) param(name string, fanIn int, shape ...int) *Param {
-	n := 1
-	for _, s := range shape {
-		n *= s
-	}
-	p := &Param{Name: name, Shape: shape, Data: make([]float32, n), FanIn: fanIn}
-	p.value = tensor.New(tensor.WithShape(shape...), tensor.WithBacking(p.Data))
-	m.Params = append(m.Params, p)
-	return p
-}
-
-func (m *Model) linear(name string, in, out int) linear {
-	return linear{w: m.param(name+".weight", in, out, in), b: m.param(name+".bias", in, out)}
-}
-
-func (m *Model) conv(name string, in, out, k, stride, pad int) conv {
-	return conv{w: m.param(name+".weight", in*k*k, out, in, k, k), b: m.param(name+".bias", in*k*k, out), stride: stride, pad: pad}
-}
-
-// Init sets every parameter from seed, deterministically: parameter i draws
-// from its own stream, so adding a layer does not change the others.
+// Init sets every parameter from seed, deterministically: each draws from
+// its own PCG stream, seeded by seed and its name alone, so adding,
+// removing or reordering other parameters does not change it.
 func (m *Model) Init(seed uint64) {
-	for i, p := range m.Params {
-		r := rand.New(rand.NewPCG(seed, uint64(i)+0x9e3779b97f4a7c15))
-		bound := 1 / math.Sqrt(float64(p.FanIn))
-		for j := range p.Data {
-			p.Data[j] = float32((2*r.Float64() - 1) * bound)
-		}
+	for _, p := range m.Params {
+		h := fnv.New64a()
+		h.Write([]byte(p.Name))
+		r := rand.New(rand.NewPCG(seed, h.Sum64()))
+		p.Init.Fill(p.Data, r)
 	}
 }
 
@@ -204,108 +139,7 @@ func (m *Model) Param(name string) *Param {
 	return nil
 }
 
-// ---- layers ----
-
-type linear struct{ w, b *Param }
-
-func (l linear) apply(b *builder, x *G.Node) (*G.Node, error) {
-	return G.ApplyOp(newLinear(b.takeNeedX()), x, b.node(l.w), b.node(l.b))
-}
-
-type conv struct {
-	w, b        *Param
-	stride, pad int
-}
-
-func (l conv) apply(b *builder, x *G.Node) (*G.Node, error) {
-	if x.Dims() != 4 {
-		var err error
-		s := b.m.Spec
-		if x, err = G.ApplyOp(newReshape(x.Shape(), tensor.Shape{b.batch, s.InC, s.InH, s.InW}), x); err != nil {
-			return nil, err
-		}
-	}
-	return G.ApplyOp(newConv2D(l.stride, l.pad, b.takeNeedX()), x, b.node(l.w), b.node(l.b))
-}
-
-type activation struct{ kind Kind }
-
-func (l activation) apply(_ *builder, x *G.Node) (*G.Node, error) {
-	return G.ApplyOp(newAct(l.kind, x.Dims()), x)
-}
-
-type maxPool struct{ k int }
-
-func (l maxPool) apply(_ *builder, x *G.Node) (*G.Node, error) { return G.ApplyOp(newMaxPool(l.k), x) }
-
-type flatten struct{}
-
-func (flatten) apply(b *builder, x *G.Node) (*G.Node, error) {
-	s := x.Shape()
-	if len(s) == 2 {
-		return x, nil
-	}
-	return G.ApplyOp(newReshape(s, tensor.Shape{s[0], s.TotalSize() / s[0]}), x)
-}
-
-type dropout struct{ p float64 }
-
-func (l dropout) apply(b *builder, x *G.Node) (*G.Node, error) {
-	if !b.train {
-		return x, nil
-	}
-	mask := b.m.pool.get(x.Shape().TotalSize())
-	mv := tensor.New(tensor.WithShape(x.Shape()...), tensor.WithBacking(mask))
-	mn := G.NodeFromAny(b.g, mv, G.WithName(fmt.Sprintf("dropout%d.mask", len(b.masks))))
-	b.masks = append(b.masks, dropMask{data: mask, p: l.p, node: mn})
-	return G.ApplyOp(newMul(x.Dims()), x, mn)
-}
-
 // ---- programs ----
-
-type builder struct {
-	m     *Model
-	g     *G.ExprGraph
-	batch int
-	train bool
-	nodes map[*Param]*G.Node
-	needX bool
-	masks []dropMask
-}
-
-// takeNeedX reports whether the next parametrised layer needs the gradient
-// of its input: every one but the first, whose input is data.
-func (b *builder) takeNeedX() bool {
-	n := b.needX
-	b.needX = true
-	return n
-}
-
-func (b *builder) node(p *Param) *G.Node {
-	if n, ok := b.nodes[p]; ok {
-		return n
-	}
-	var n *G.Node
-	if len(p.Shape) == 1 {
-		n = G.NewVector(b.g, tensor.Float32, G.WithShape(p.Shape...), G.WithName(p.Name), G.WithValue(p.value))
-	} else {
-		n = G.NewTensor(b.g, tensor.Float32, len(p.Shape), G.WithShape(p.Shape...), G.WithName(p.Name), G.WithValue(p.value))
-	}
-	b.nodes[p] = n
-	return n
-}
-
-// paramIndex maps the parameter nodes built so far to their index in
-// Model.Params.
-func (b *builder) paramIndex() map[*G.Node]int {
-	idx := make(map[*G.Node]int, len(b.nodes))
-	for i, prm := range b.m.Params {
-		if n, ok := b.nodes[prm]; ok {
-			idx[n] = i
-		}
-	}
-	return idx
-}
 
 type dropMask struct {
 	data []float32
@@ -450,7 +284,7 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 	compileMu.Lock()
 	defer compileMu.Unlock()
 	g := G.NewGraph()
-	b := &builder{m: m, g: g, batch: batch, train: train, nodes: map[*Param]*G.Node{}}
+	b := newBuilder(m, g, batch, train)
 	p := &Program{Batch: batch, Train: train, g: g}
 	p.X = make([]float32, batch*m.InputSize())
 	p.Y = make([]float32, batch)
@@ -458,12 +292,10 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 		G.WithValue(tensor.New(tensor.WithShape(batch, m.InputSize()), tensor.WithBacking(p.X))))
 	y := G.NewVector(g, tensor.Float32, G.WithShape(batch), G.WithName("y"),
 		G.WithValue(tensor.New(tensor.WithShape(batch), tensor.WithBacking(p.Y))))
-	h := x
-	var err error
-	for i, l := range m.layers {
-		if h, err = l.apply(b, h); err != nil {
-			return nil, fmt.Errorf("graph: building layer %d of %s: %w", i, m.Spec.Kind, err)
-		}
+	b.data[x] = true
+	h, err := b.forward(x, 0, len(m.blocks))
+	if err != nil {
+		return nil, err
 	}
 	p.logits = h
 	if p.loss, err = G.ApplyOp(newSoftmaxCE(), h, y); err != nil {
@@ -473,12 +305,8 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 	p.x, p.y = x, y
 	p.paramI = b.paramIndex()
 	if train {
-		wrt := make(G.Nodes, len(m.Params))
-		for i, prm := range m.Params {
-			wrt[i] = b.node(prm)
-		}
-		if p.grads, err = G.Grad(p.loss, wrt...); err != nil {
-			return nil, fmt.Errorf("graph: gradients: %w", err)
+		if p.grads, err = b.grads(p.loss, nil, nil); err != nil {
+			return nil, err
 		}
 	}
 	if err := checkClosed(g); err != nil {

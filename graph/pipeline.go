@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -39,14 +40,19 @@ var ErrTooFewLayers = errors.New("the model has fewer parametrised layers than p
 func (m *Model) Stages(n int) ([]*Stage, error) {
 	var paramLayers []int
 	owned := map[int][]int{} // layer -> param indices
-	for i, l := range m.layers {
-		switch l := l.(type) {
-		case linear:
-			paramLayers = append(paramLayers, i)
-			owned[i] = []int{m.indexOf(l.w), m.indexOf(l.b)}
-		case conv:
-			paramLayers = append(paramLayers, i)
-			owned[i] = []int{m.indexOf(l.w), m.indexOf(l.b)}
+	user := map[int]int{}    // param -> the layer that uses it
+	for i, ps := range m.owned {
+		if len(ps) == 0 {
+			continue
+		}
+		paramLayers = append(paramLayers, i)
+		owned[i] = ps
+		for _, p := range ps {
+			if j, ok := user[p]; ok && n > 1 {
+				return nil, fmt.Errorf("graph: %d stages for %s: parameter %q is used by %s and %s; pipeline stages cut between layers that share no parameter",
+					n, m.Spec.Kind, m.Params[p].Name, m.blockName(j), m.blockName(i))
+			}
+			user[p] = i
 		}
 	}
 	if n < 1 || n > len(paramLayers) {
@@ -74,23 +80,20 @@ func (m *Model) Stages(n int) ([]*Stage, error) {
 		}
 		acc += size(l)
 	}
-	cuts = append(cuts, len(m.layers))
-	shapes, err := m.layerShapes()
-	if err != nil {
-		return nil, err
-	}
+	cuts = append(cuts, len(m.blocks))
 	stages := make([]*Stage, n)
 	for k := 0; k < n; k++ {
 		s := &Stage{Model: m, Index: k, Of: n, first: cuts[k], last: cuts[k+1]}
 		for i := s.first; i < s.last; i++ {
 			s.Params = append(s.Params, owned[i]...)
 		}
+		slices.Sort(s.Params)
 		if k > 0 {
-			s.InShape = shapes[s.first-1]
+			s.InShape = m.shapes[s.first-1]
 		} else {
 			s.InShape = []int{m.InputSize()}
 		}
-		s.OutShape = shapes[s.last-1]
+		s.OutShape = m.shapes[s.last-1]
 		stages[k] = s
 	}
 	return stages, nil
@@ -103,22 +106,6 @@ func (m *Model) indexOf(p *Param) int {
 		}
 	}
 	return -1
-}
-
-// layerShapes is the per-sample output shape after each layer.
-func (m *Model) layerShapes() ([][]int, error) {
-	g := G.NewGraph()
-	b := &builder{m: m, g: g, batch: 1, nodes: map[*Param]*G.Node{}}
-	h := G.NewMatrix(g, tensor.Float32, G.WithShape(1, m.InputSize()), G.WithName("x"))
-	out := make([][]int, len(m.layers))
-	var err error
-	for i, l := range m.layers {
-		if h, err = l.apply(b, h); err != nil {
-			return nil, err
-		}
-		out[i] = append([]int(nil), h.Shape()[1:]...)
-	}
-	return out, nil
 }
 
 // StageProgram is a stage compiled for one batch size. Fill X (the data,
@@ -190,7 +177,7 @@ func (s *Stage) compile(k stageKey) (*StageProgram, error) {
 	batch, train := k.batch, k.grads
 	m := s.Model
 	g := G.NewGraph()
-	b := &builder{m: m, g: g, batch: batch, train: k.dropout, nodes: map[*Param]*G.Node{}, needX: s.Index > 0}
+	b := newBuilder(m, g, batch, k.dropout)
 	p := &StageProgram{Batch: batch, Train: train, g: g}
 	inShape := append([]int{batch}, s.InShape...)
 	n := tensor.Shape(inShape).TotalSize()
@@ -198,12 +185,12 @@ func (s *Stage) compile(k stageKey) (*StageProgram, error) {
 	x := G.NewTensor(g, tensor.Float32, len(inShape), G.WithShape(inShape...), G.WithName("x"),
 		G.WithValue(tensor.New(tensor.WithShape(inShape...), tensor.WithBacking(p.X))))
 	p.x = x
-	h := x
-	var err error
-	for i := s.first; i < s.last; i++ {
-		if h, err = m.layers[i].apply(b, h); err != nil {
-			return nil, fmt.Errorf("graph: stage %d, layer %d: %w", s.Index, i, err)
-		}
+	if s.Index == 0 {
+		b.data[x] = true // the data: its gradient is not needed
+	}
+	h, err := b.forward(x, s.first, s.last)
+	if err != nil {
+		return nil, fmt.Errorf("graph: stage %d: %w", s.Index, err)
 	}
 	p.out = h
 	var cost *G.Node
@@ -227,16 +214,13 @@ func (s *Stage) compile(k stageKey) (*StageProgram, error) {
 	p.masks = b.masks
 	p.paramI = b.paramIndex()
 	if train {
-		var wrt G.Nodes
-		for _, i := range s.Params {
-			wrt = append(wrt, b.node(m.Params[i]))
-		}
+		var dx *G.Node
 		if s.Index > 0 {
-			wrt = append(wrt, x)
+			dx = x
 			p.hasDX = true
 		}
-		if p.grads, err = G.Grad(cost, wrt...); err != nil {
-			return nil, fmt.Errorf("graph: stage %d gradients: %w", s.Index, err)
+		if p.grads, err = b.grads(cost, s.Params, dx); err != nil {
+			return nil, fmt.Errorf("graph: stage %d: %w", s.Index, err)
 		}
 	}
 	if err := checkClosed(g); err != nil {

@@ -290,8 +290,8 @@ func (c *Config) Validate() error {
 	if err := c.checkSizes(); err != nil {
 		return err
 	}
-	if !slices.Contains(graph.Models, c.Model) {
-		return cfgErr("--model %s is not a model (valid: %s)", quote(c.Model), strings.Join(graph.Models, ", "))
+	if !graph.Registered(c.Model) {
+		return cfgErr("--model %s is not a model (valid: %s)", quote(c.Model), strings.Join(graph.Models(), ", "))
 	}
 	if !slices.Contains([]string{"mnist", "fashion-mnist", "synthetic"}, c.Dataset) {
 		return cfgErr("--dataset %s is not a dataset (valid: mnist, fashion-mnist, synthetic)", quote(c.Dataset))
