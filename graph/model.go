@@ -86,8 +86,8 @@ type Model struct {
 	Params []*Param
 	blocks []nn.Module // the root module, or a root Sequential's layers
 	byDecl map[*nn.Param]*Param
-	owned  [][]int // per block: the parameters it uses first (Params indices)
-	shapes [][]int // per block: its per-sample output shape
+	owned  [][]int   // per block: the parameters it uses first (Params indices)
+	shapes [][]int   // per block: its per-sample output shape
 	fp     Footprint // from the shapes (see Footprint)
 	progs  map[progKey]*Program
 	used   []progKey // least recently used first

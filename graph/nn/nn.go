@@ -50,14 +50,14 @@ type Ctx interface {
 	Param(p *Param) T
 
 	// The op set (see package graph): each returns the op's output.
-	Linear(x T, w, b *Param) T                     // x[N,in]·wᵀ + b, w [out,in]
-	Conv2D(x T, w, b *Param, stride, pad int) T    // x [N,C,H,W], w [K,C,kh,kw], b [K]
-	MaxPool2D(x T, k int) T                        // k×k windows, stride k
-	ReLU(x T) T                                    // max(x, 0)
-	Tanh(x T) T                                    // tanh(x)
-	Sigmoid(x T) T                                 // 1/(1+e^-x)
-	Dropout(x T, p float64) T                      // training: zero with probability p, else ×1/(1-p); eval: x
-	Reshape(x T, shape ...int) T                   // same values, new shape (the batch included)
+	Linear(x T, w, b *Param) T                  // x[N,in]·wᵀ + b, w [out,in]
+	Conv2D(x T, w, b *Param, stride, pad int) T // x [N,C,H,W], w [K,C,kh,kw], b [K]
+	MaxPool2D(x T, k int) T                     // k×k windows, stride k
+	ReLU(x T) T                                 // max(x, 0)
+	Tanh(x T) T                                 // tanh(x)
+	Sigmoid(x T) T                              // 1/(1+e^-x)
+	Dropout(x T, p float64) T                   // training: zero with probability p, else ×1/(1-p); eval: x
+	Reshape(x T, shape ...int) T                // same values, new shape (the batch included)
 
 	// Fail records err as the program's error, unless one is recorded
 	// already; Err returns the recorded error.
