@@ -372,6 +372,10 @@ func (p *Program) Run(rng *rand.Rand) (float32, error) {
 	if err := drawMasks(p.masks, rng); err != nil {
 		return 0, err
 	}
+	return p.exec()
+}
+
+func (p *Program) exec() (float32, error) {
 	if p.vm == nil {
 		return 0, fmt.Errorf("graph: the %s program of batch %d was released; get a new one from Model.Program", map[bool]string{true: "train", false: "eval"}[p.Train], p.Batch)
 	}
@@ -387,6 +391,38 @@ func (p *Program) Run(rng *rand.Rand) (float32, error) {
 		return 0, fmt.Errorf("graph: running %s program (batch %d): %w", map[bool]string{true: "train", false: "eval"}[p.Train], p.Batch, err)
 	}
 	return scalarOf(p.loss.Value()), nil
+}
+
+// RunAt executes the program once on X and Y with the dropout masks of
+// each sample drawn from its own stream: row i from (seed, step, row0+i).
+// A batch split across ranks or micro-batches, each part run with row0 at
+// its first sample's place in the batch, then draws exactly the masks of
+// the whole batch in one process. It returns the mean loss over the batch.
+func (p *Program) RunAt(seed, step uint64, row0 int) (float32, error) {
+	drawMaskRows(p.masks, p.Batch, seed, step, row0)
+	return p.exec()
+}
+
+// drawMaskRows fills the masks row by row: row i of mask j from the
+// stream (seed, step, row0+i, j); 0 with probability p, else 1/(1-p).
+func drawMaskRows(masks []dropMask, batch int, seed, step uint64, row0 int) {
+	var pcg rand.PCG
+	r := rand.New(&pcg)
+	for j, mk := range masks {
+		per := len(mk.data) / batch
+		scale := float32(1 / (1 - mk.p))
+		for i := 0; i < batch; i++ {
+			pcg.Seed(seed^(uint64(j)+1)*0x9e3779b97f4a7c15, step<<32^uint64(row0+i))
+			row := mk.data[i*per : (i+1)*per]
+			for k := range row {
+				if r.Float64() < mk.p {
+					row[k] = 0
+				} else {
+					row[k] = scale
+				}
+			}
+		}
+	}
 }
 
 // drawMasks fills the dropout masks from rng: 0 with probability p, else

@@ -223,3 +223,62 @@ func TestUserSequentialStages(t *testing.T) {
 	_, err = one.Stages(2)
 	require.ErrorIs(t, err, graph.ErrTooFewLayers)
 }
+
+// RunAt draws each sample's dropout mask from its own stream: a batch run
+// in two parts (ranks, micro-batches) gives the gradients of the whole.
+func TestRunAtSplitsLikeOneBatch(t *testing.T) {
+	spec := tabular
+	spec.Kind, spec.Dropout, spec.Hidden = "mlp", 0.5, []int{32, 16}
+	m, err := graph.New(spec, 5)
+	require.NoError(t, err)
+	r := rand.New(rand.NewPCG(9, 9))
+	const n = 10
+	x := make([]float32, n*20)
+	y := make([]float32, n)
+	for i := range x {
+		x[i] = float32(r.NormFloat64())
+	}
+	for i := range y {
+		y[i] = float32(i % 12)
+	}
+	whole, err := m.Program(n, true)
+	require.NoError(t, err)
+	copy(whole.X, x)
+	copy(whole.Y, y)
+	lw, err := whole.RunAt(1, 7, 0)
+	require.NoError(t, err)
+	want := make([][]float32, len(m.Params))
+	for i := range m.Params {
+		want[i] = append([]float32(nil), whole.Grad(i)...)
+	}
+	got := make([][]float64, len(m.Params))
+	var loss float64
+	for _, part := range [][2]int{{0, 4}, {4, n}} {
+		lo, hi := part[0], part[1]
+		p, err := m.Program(hi-lo, true)
+		require.NoError(t, err)
+		copy(p.X, x[lo*20:hi*20])
+		copy(p.Y, y[lo:hi])
+		l, err := p.RunAt(1, 7, lo)
+		require.NoError(t, err)
+		loss += float64(l) * float64(hi-lo) / n
+		for i := range m.Params {
+			if got[i] == nil {
+				got[i] = make([]float64, len(want[i]))
+			}
+			for j, g := range p.Grad(i) {
+				got[i][j] += float64(g) * float64(hi-lo) / n
+			}
+		}
+	}
+	require.InDelta(t, lw, loss, 1e-5)
+	for i := range want {
+		for j := range want[i] {
+			require.InDelta(t, want[i][j], got[i][j], 1e-5, m.Params[i].Name)
+		}
+	}
+	// Another step draws other masks.
+	l2, err := whole.RunAt(1, 8, 0)
+	require.NoError(t, err)
+	require.NotEqual(t, lw, l2)
+}

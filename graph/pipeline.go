@@ -236,6 +236,18 @@ func (p *StageProgram) Run(rng *rand.Rand) (float32, error) {
 	if err := drawMasks(p.masks, rng); err != nil {
 		return 0, err
 	}
+	return p.exec()
+}
+
+// RunAt runs the program with each sample's dropout masks drawn from its
+// own stream, as Program.RunAt: row0 is the micro-batch's first sample's
+// place in the whole batch.
+func (p *StageProgram) RunAt(seed, step uint64, row0 int) (float32, error) {
+	drawMaskRows(p.masks, p.Batch, seed, step, row0)
+	return p.exec()
+}
+
+func (p *StageProgram) exec() (float32, error) {
 	defer p.vm.Reset()
 	if err := p.vm.RunAll(); err != nil {
 		return 0, err
