@@ -65,7 +65,7 @@ func (t *Trainer) runAsync(ctx context.Context, start time.Time) (Result, error)
 		return res, fmt.Errorf("%w: --sync async needs a job of at least 2 ranks (see 'gotrain launch')", ErrConfig)
 	}
 	r, w := t.rank(), t.worldSize()
-	lb, n := t.asyncBatch(), t.train.N
+	lb, n := t.asyncBatch(), t.train.Len()
 	if len(t.perm) != n {
 		t.perm = make([]int, n)
 	}
@@ -80,7 +80,7 @@ func (t *Trainer) runAsync(ctx context.Context, start time.Time) (Result, error)
 	var srv *ps.Server
 	trainStart := t.now()
 	var conn net.Conn
-	t.log.Info("training", "model", cfg.Model, "params", t.Model.NumParams(), "dataset", t.train.Name,
+	t.log.Info("training", "model", t.Model.Spec.Kind, "params", t.Model.NumParams(), "dataset", t.dataName,
 		"train_samples", n, "epochs", cfg.Epochs, "sync", "async", "batch_per_push", lb, "batches_per_epoch", nb,
 		"max_staleness", cfg.MaxStaleness, "rank", r, "world_size", w)
 	if r == 0 {
@@ -142,7 +142,7 @@ func (t *Trainer) runAsync(ctx context.Context, start time.Time) (Result, error)
 		t.log.Warn("async: ranks left before the end or were declared lost after --timeout without a push; their batches were done by the others",
 			"lost", st.Lost, "timed_out", st.TimedOut, "timeout", cfg.Timeout)
 	}
-	acc, loss, err := Evaluate(t.Model, t.test, cfg.EvalBatchSize)
+	acc, loss, err := EvaluateSource(t.Model, t.test, cfg.EvalBatchSize)
 	if err != nil {
 		return res, err
 	}
@@ -250,7 +250,7 @@ func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr
 	got := time.Now() // when this worker was given its batch
 	grad := make([]float32, nparams)
 	permEpoch := -1
-	n := t.train.N
+	n := t.train.Len()
 	pcg := rand.NewPCG(0, 0)
 	rng := rand.New(pcg)
 	var winLoss float64
@@ -277,7 +277,9 @@ func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr
 			return steps, samples, err
 		}
 		t0 := time.Now()
-		t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
+		if err := t.fillTrain(prog.X, prog.Y, t.perm[lo:hi], wk.Epoch); err != nil {
+			return steps, samples, err
+		}
 		stream := uint64(wk.Epoch)*uint64(nb) + uint64(wk.Batch)
 		var loss float32
 		if t.devr != nil {

@@ -36,6 +36,11 @@ type Config struct {
 	Dataset       string `json:"dataset" yaml:"dataset"`
 	DataDir       string `json:"data_dir,omitempty" yaml:"data_dir,omitempty"`
 	SyntheticSize int    `json:"synthetic_size,omitempty" yaml:"synthetic_size,omitempty"`
+	// Label is the label column of --dataset csv.
+	Label string `json:"label,omitempty" yaml:"label,omitempty"`
+	// Classes is the model's number of outputs; 0 takes the training
+	// data's class count (for csv: one more than its largest label).
+	Classes int `json:"classes,omitempty" yaml:"classes,omitempty"`
 
 	Epochs        int   `json:"epochs" yaml:"epochs"`
 	MaxSteps      int64 `json:"max_steps,omitempty" yaml:"max_steps,omitempty"`
@@ -156,7 +161,7 @@ type Config struct {
 // reaches about 98% test accuracy in 2 epochs.
 func Default() Config {
 	return Config{
-		Model: "mlp", Activation: "relu", Dataset: "mnist", SyntheticSize: 60000,
+		Model: "mlp", Activation: "relu", Dataset: "mnist", SyntheticSize: 60000, Label: "label",
 		Epochs: 2, BatchSize: 64, EvalBatchSize: 250,
 		Optimizer: "adam", LR: 2e-3, Momentum: 0.9, Schedule: "cosine", Gamma: 0.1,
 		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0, Device: "auto", Precision: "fp32", Prefetch: true, PinMemory: true,
@@ -200,6 +205,8 @@ const (
 	MaxShares = 1 << 16
 	// MaxPipelineStages bounds --pipeline-stages.
 	MaxPipelineStages = 1024
+	// MaxClasses bounds --classes and the class count of any data.
+	MaxClasses = 1 << 20
 )
 
 // MaxThreads is the most threads --threads may ask for: eight per CPU, and
@@ -234,6 +241,7 @@ func (c *Config) checkSizes() error {
 		{"model", c.Model}, {"activation", c.Activation}, {"dataset", c.Dataset}, {"optimizer", c.Optimizer},
 		{"schedule", c.Schedule}, {"device", c.Device}, {"precision", c.Precision}, {"reduce-precision", c.ReducePrecision},
 		{"sync", c.Sync}, {"balance", c.Balance}, {"debug-slow-rank", c.DebugSlowRank}, {"backend", c.Backend},
+		{"label", c.Label},
 	}
 	for _, n := range names {
 		if len(n.v) > MaxNameBytes {
@@ -270,6 +278,8 @@ func (c *Config) checkSizes() error {
 		return cfgErr("--shares has %d weights; at most %d ranks are supported", len(c.Shares), MaxShares)
 	case c.PipelineStages > MaxPipelineStages:
 		return cfgErr("--pipeline-stages %d must be at most %d", c.PipelineStages, MaxPipelineStages)
+	case c.Classes > MaxClasses:
+		return cfgErr("--classes %d must be at most %d", c.Classes, MaxClasses)
 	case c.BatchSize > 0 && c.AccumSteps > c.BatchSize:
 		return cfgErr("--accum-steps %d is more than --batch-size %d: every micro-batch needs a sample (at most %d)", c.AccumSteps, c.BatchSize, c.BatchSize)
 	case c.BatchSize > 0 && c.MicroBatches > c.BatchSize:
@@ -293,8 +303,8 @@ func (c *Config) Validate() error {
 	if !graph.Registered(c.Model) {
 		return cfgErr("--model %s is not a model (valid: %s)", quote(c.Model), strings.Join(graph.Models(), ", "))
 	}
-	if !slices.Contains([]string{"mnist", "fashion-mnist", "synthetic"}, c.Dataset) {
-		return cfgErr("--dataset %s is not a dataset (valid: mnist, fashion-mnist, synthetic)", quote(c.Dataset))
+	if !slices.Contains([]string{"mnist", "fashion-mnist", "synthetic", "csv"}, c.Dataset) {
+		return cfgErr("--dataset %s is not a dataset (valid: mnist, fashion-mnist, synthetic, csv)", quote(c.Dataset))
 	}
 	if !slices.Contains(optim.Names(), c.Optimizer) {
 		return cfgErr("--optimizer %s is not an optimiser (valid: %s)", quote(c.Optimizer), strings.Join(optim.Names(), ", "))
@@ -324,6 +334,10 @@ func (c *Config) Validate() error {
 		return cfgErr("--rdzv-timeout %v must be positive", c.RdzvTimeout)
 	case c.Dataset == "synthetic" && c.SyntheticSize <= 0:
 		return cfgErr("--synthetic-size %d must be at least 1", c.SyntheticSize)
+	case c.Classes < 0:
+		return cfgErr("--classes %d must not be negative (0 takes the data's class count)", c.Classes)
+	case c.Dataset == "csv" && strings.TrimSpace(c.Label) == "":
+		return cfgErr("--dataset csv needs --label, the name of the label column")
 	}
 	for _, h := range c.Hidden {
 		if h <= 0 {
@@ -421,9 +435,11 @@ func (c *Config) optimizer() optim.Config {
 	return optim.Config{Name: c.Optimizer, Momentum: c.Momentum, Nesterov: c.Nesterov, WeightDecay: c.WeightDecay}
 }
 
-// ModelSpec is the graph.Spec of the configured model.
+// ModelSpec is the graph.Spec of the configured model. Its input shape
+// is unset (graph's default, 28x28), and so are its classes unless
+// Classes is set: New takes them from the training data.
 func (c *Config) ModelSpec() graph.Spec {
-	return graph.Spec{Kind: c.Model, Hidden: c.Hidden, Activation: c.Activation, Dropout: c.Dropout}
+	return graph.Spec{Kind: c.Model, Hidden: c.Hidden, Activation: c.Activation, Dropout: c.Dropout, Classes: c.Classes}
 }
 
 // LoadFile reads a YAML or JSON config file (by extension; .json is JSON,

@@ -17,7 +17,6 @@ import (
 
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/balance"
-	"github.com/gotrain/gotrain/trainer/data"
 	"github.com/gotrain/gotrain/trainer/dist"
 	"github.com/gotrain/gotrain/trainer/metrics"
 	"github.com/gotrain/gotrain/trainer/optim"
@@ -442,8 +441,8 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 				return 0, false, err
 			}
 			x, y = slot.x, slot.y
-		} else {
-			t.train.Batch(t.perm[ms:me], x, y)
+		} else if err = t.fillTrain(x, y, t.perm[ms:me], t.pos.epoch); err != nil {
+			return 0, false, err
 		}
 		var loss float32
 		if t.devr != nil {
@@ -795,7 +794,7 @@ func (t *Trainer) fingerprint() []byte {
 		WorldSize int    `json:"world_size"`
 		Params    int    `json:"params"`
 		Train     int    `json:"train_samples"`
-	}{c, t.worldSize(), t.Model.NumParams(), t.train.N})
+	}{c, t.worldSize(), t.Model.NumParams(), t.train.Len()})
 	return b
 }
 
@@ -981,17 +980,21 @@ func (t *Trainer) allSum(ctx context.Context, what string, v []float64) error {
 // evaluateShard evaluates this rank's share of the test set and combines
 // the ranks' counts, so that every rank returns the whole set's numbers.
 func (t *Trainer) evaluateShard(ctx context.Context) (acc, loss float64, err error) {
-	lo, hi := shard(0, t.test.N, t.rank(), t.worldSize())
+	lo, hi := shard(0, t.test.Len(), t.rank(), t.worldSize())
 	var sums [2]float64
 	if hi > lo {
-		part := t.test.Slice(lo, hi)
-		evaluate := Evaluate
+		var a, l float64
 		if t.devr != nil && t.devr.params != nil {
-			evaluate = func(_ *graph.Model, ds *data.Dataset, batch int) (float64, float64, error) {
-				return t.devEvaluate(ds, batch)
-			}
+			a, l, err = t.devEvaluate(lo, hi, t.cfg.EvalBatchSize)
+		} else {
+			a, l, err = evaluate(t.Model, t.test, lo, hi, t.cfg.EvalBatchSize, func(p *graph.Program) (float32, int, error) {
+				l, err := p.Run(nil)
+				if err != nil {
+					return 0, 0, err
+				}
+				return l, p.Correct(), nil
+			})
 		}
-		a, l, err := evaluate(t.Model, part, t.cfg.EvalBatchSize)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -1000,7 +1003,7 @@ func (t *Trainer) evaluateShard(ctx context.Context) (acc, loss float64, err err
 	if err := t.allSum(ctx, "evaluation", sums[:]); err != nil {
 		return 0, 0, err
 	}
-	n := float64(t.test.N)
+	n := float64(t.test.Len())
 	return sums[0] / n, sums[1] / n, nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/gpu/executor"
 	"github.com/gotrain/gotrain/graph"
-	"github.com/gotrain/gotrain/trainer/data"
 	"github.com/gotrain/gotrain/trainer/dist"
 )
 
@@ -388,11 +387,11 @@ func (t *Trainer) devErr(op string, err error) error {
 	return fmt.Errorf("device %s: %s: %w", t.devr.dev.Name(), op, err)
 }
 
-// devEvaluate is Evaluate on the device: the evaluation programs run there
-// and only the losses and logits come back.
-func (t *Trainer) devEvaluate(ds *data.Dataset, batch int) (accuracy, loss float64, err error) {
+// devEvaluate evaluates test samples [lo, hi) on the device: the
+// evaluation programs run there and only the losses and logits come back.
+func (t *Trainer) devEvaluate(lo, hi, batch int) (accuracy, loss float64, err error) {
 	var logits []float32
-	return evaluate(t.Model, ds, batch, func(p *graph.Program) (float32, int, error) {
+	return evaluate(t.Model, t.test, lo, hi, batch, func(p *graph.Program) (float32, int, error) {
 		e, err := t.devProgram(p)
 		if err != nil {
 			return 0, 0, err

@@ -39,8 +39,6 @@ func TestNewRefusesDataItCannotUse(t *testing.T) {
 		{"test set with other classes", learnable(100, 1), data.Synthetic(50, 28, 28, 3, 2), "they must agree"},
 		{"label beyond the classes", badLabel, learnable(50, 2), "label 7 of 100 is 10, but there are only 10 classes"},
 		{"short pixels", short, learnable(50, 2), "len(Pix)=78399"},
-		{"more classes than outputs", twelve, data.Synthetic(50, 28, 28, 12, 6),
-			"dataset synthetic has 12 classes, model mlp has 10 outputs: its labels must be below 10"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := smallConfig(t)
@@ -52,10 +50,17 @@ func TestNewRefusesDataItCannotUse(t *testing.T) {
 			})
 		})
 	}
-	// Fewer classes than the model's outputs are fine.
+	// More classes than the model's outputs: the model takes the data's
+	// class count unless the config sets one (Config.Classes).
 	cfg := smallConfig(t)
+	cfg.CheckpointDir, cfg.Classes = "", 10
+	_, err := New(cfg, WithData(twelve, data.Synthetic(50, 28, 28, 12, 6)), WithLogger(quiet))
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "dataset synthetic has 12 classes, model mlp has 10 outputs: its labels must be below 10")
+	// Fewer classes than the model's outputs are fine.
+	cfg = smallConfig(t)
 	cfg.CheckpointDir, cfg.Epochs = "", 1
-	_, err := New(cfg, WithData(data.Synthetic(100, 28, 28, 4, 1), data.Synthetic(50, 28, 28, 4, 2)), WithLogger(quiet))
+	_, err = New(cfg, WithData(data.Synthetic(100, 28, 28, 4, 1), data.Synthetic(50, 28, 28, 4, 2)), WithLogger(quiet))
 	require.NoError(t, err)
 }
 

@@ -120,7 +120,7 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 		var err error
 		switch {
 		case k == 0:
-			t.train.Batch(t.perm[ms:me], x, nil)
+			err = t.fillTrain(x, nil, t.perm[ms:me], t.pos.epoch)
 		case t.devDirect():
 			err = t.devRecvInput(ctx, j, len(x), prev)
 		default:
@@ -166,7 +166,7 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 		}
 		switch {
 		case k == n-1:
-			t.train.Batch(t.perm[ms:me], nil, tp.Y)
+			err = t.fillTrain(nil, tp.Y, t.perm[ms:me], t.pos.epoch)
 		case t.devDirect():
 			err = t.devRecvUpstream(ctx, tp, next)
 		default:
@@ -437,8 +437,9 @@ func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err 
 	batch := t.cfg.EvalBatchSize
 	var sums [2]float64
 	idx := make([]int, 0, batch)
-	for lo := 0; lo < t.test.N && t.pp.replica == 0; lo += batch {
-		hi := min(lo+batch, t.test.N)
+	total := t.test.Len()
+	for lo := 0; lo < total && t.pp.replica == 0; lo += batch {
+		hi := min(lo+batch, total)
 		fp, err := s.Program(hi-lo, false)
 		if err != nil {
 			return 0, 0, err
@@ -448,12 +449,16 @@ func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err 
 			idx = append(idx, i)
 		}
 		if k == 0 {
-			t.test.Batch(idx, fp.X, nil)
+			if err := t.fillTest(fp.X, nil, idx); err != nil {
+				return 0, 0, err
+			}
 		} else if err := t.collective(ctx, "pipeline evaluation", func(ctx context.Context) error { return c.Recv(ctx, fp.X, t.rank()-1) }); err != nil {
 			return 0, 0, err
 		}
 		if k == n-1 {
-			t.test.Batch(idx, nil, fp.Y)
+			if err := t.fillTest(nil, fp.Y, idx); err != nil {
+				return 0, 0, err
+			}
 		}
 		l, out, err := t.stageEval(fp)
 		if err != nil {
@@ -479,7 +484,7 @@ func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err 
 	}); err != nil {
 		return 0, 0, err
 	}
-	return sums[0] / float64(t.test.N), sums[1] / float64(t.test.N), nil
+	return sums[0] / float64(total), sums[1] / float64(total), nil
 }
 
 // stageEval runs a stage's evaluation program on fp.X (and fp.Y on the

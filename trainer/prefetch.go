@@ -20,11 +20,13 @@ import (
 // other meanwhile. The batches are those the loop would decode itself, in
 // the same order, so the run is the same with and without it.
 
-// batchSlot is a prefetched batch: rows perm[lo:hi] decoded into x and y.
+// batchSlot is a prefetched batch: rows perm[lo:hi] decoded into x and y,
+// or the error of decoding them.
 type batchSlot struct {
 	slot   int
 	lo, hi int
 	x, y   []float32
+	err    error
 }
 
 type prefetcher struct {
@@ -61,8 +63,10 @@ func newPrefetcher(dev device.Device, batch, features int, pin bool) (*prefetche
 }
 
 // start prepares the batches [lo, hi) of spans in order, fill decoding
-// each into a slot; it must not overlap another epoch's (stop first).
-func (p *prefetcher) start(spans [][2]int, fill func(lo, hi int, x, y []float32)) {
+// each into a slot; it must not overlap another epoch's (stop first). A
+// batch that fill fails to decode ends the epoch's batches: next returns
+// its error.
+func (p *prefetcher) start(spans [][2]int, fill func(lo, hi int, x, y []float32) error) {
 	p.free = make(chan int, 2)
 	p.free <- 0
 	p.free <- 1
@@ -81,10 +85,13 @@ func (p *prefetcher) start(spans [][2]int, fill func(lo, hi int, x, y []float32)
 			}
 			n := sp[1] - sp[0]
 			b := batchSlot{slot: s, lo: sp[0], hi: sp[1], x: p.x[s][:n*p.features], y: p.y[s][:n]}
-			fill(b.lo, b.hi, b.x, b.y)
+			b.err = fill(b.lo, b.hi, b.x, b.y)
 			select {
 			case p.ready <- b:
 			case <-p.quit:
+				return
+			}
+			if b.err != nil {
 				return
 			}
 		}
@@ -99,6 +106,9 @@ func (p *prefetcher) next(lo, hi int) (batchSlot, error) {
 		return b, fmt.Errorf("prefetch: the loop wants rows [%d, %d), and the prefetcher has prepared every batch of the epoch", lo, hi)
 	case b.lo != lo || b.hi != hi:
 		return b, fmt.Errorf("prefetch: the loop wants rows [%d, %d), the prefetcher prepared [%d, %d)", lo, hi, b.lo, b.hi)
+	case b.err != nil:
+		p.free <- b.slot
+		return b, fmt.Errorf("prefetch: %w", b.err)
 	}
 	p.taken++
 	return b, nil
@@ -160,7 +170,8 @@ func (t *Trainer) startPrefetch(nb, n int) *prefetcher {
 			}
 		}
 	}
-	t.devr.pf.start(spans, func(lo, hi int, x, y []float32) { t.train.Batch(t.perm[lo:hi], x, y) })
+	epoch := t.pos.epoch
+	t.devr.pf.start(spans, func(lo, hi int, x, y []float32) error { return t.fillTrain(x, y, t.perm[lo:hi], epoch) })
 	return t.devr.pf
 }
 

@@ -29,7 +29,7 @@ func TestDevicePrefetchMatchesTheCPU(t *testing.T) {
 	require.NoError(t, err)
 	steps := int(tr.Step())
 	require.Equal(t, 2*tr.batchesPerEpoch(), steps)
-	require.NotZero(t, tr.train.N%cfg.BatchSize, "the epoch ends on a partial batch")
+	require.NotZero(t, tr.train.Len()%cfg.BatchSize, "the epoch ends on a partial batch")
 	require.Equal(t, steps, tr.devr.runs)
 	require.GreaterOrEqual(t, dev.async, 2*steps, "each batch's inputs and labels went up from page-locked memory")
 	require.Equal(t, steps, tr.devr.fetched, "every batch came from the prefetcher")
@@ -67,12 +67,13 @@ func TestPrefetcherRunsAhead(t *testing.T) {
 	defer p.close()
 	filled := make(chan int, 8)
 	spans := [][2]int{{0, 4}, {4, 8}, {8, 10}}
-	p.start(spans, func(lo, hi int, x, y []float32) {
+	p.start(spans, func(lo, hi int, x, y []float32) error {
 		for i := range y {
 			y[i] = float32(lo + i)
 		}
 		require.Len(t, x, 3*(hi-lo))
 		filled <- lo
+		return nil
 	})
 	b0, err := p.next(0, 4)
 	require.NoError(t, err)

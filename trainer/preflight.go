@@ -140,6 +140,12 @@ func estimateMemory(cfg Config, fp graph.Footprint, dataLoaded bool) memEstimate
 		case "synthetic":
 			n := float64(cfg.SyntheticSize)
 			e.data = (n + math.Max(math.Floor(n/6), 1)) * perSample
+		case "csv": // float32s of values written in at least two bytes each ("1,")
+			for _, name := range []string{csvTrainFile, csvTestFile} {
+				if fi, err := os.Stat(filepath.Join(cfg.DataDir, name)); err == nil {
+					e.data += 2 * float64(fi.Size())
+				}
+			}
 		default: // the IDX datasets: 60,000 + 10,000 samples
 			e.data = 70000 * perSample
 		}

@@ -1,6 +1,7 @@
 package trainer
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +38,9 @@ const (
 	metaRNG        = "gotrain.rng"
 	metaVersion    = "gotrain.version"
 	metaData       = "gotrain.data" // JSON of the DataIdentity trained on
+	// JSON of the model's input shape and class count (modelShape), which
+	// come from the data: LoadModel builds the model with them.
+	metaModelShape = "gotrain.model_shape"
 	optPrefix      = "optimizer."
 	outerPrefix    = "outer_optimizer."
 	localPrefix    = "local_optimizer." // + rank + "." + state name: local SGD's ranks >= 1
@@ -78,8 +82,8 @@ func (t *Trainer) snapshot() (*checkpoint.File, error) {
 		metaTrajectory: t.cfg.trajectory(),
 		metaRNG:        rngNote(t.cfg.Seed),
 	}}
-	if t.dataID != "" {
-		f.Metadata[metaData] = t.dataID
+	for k, v := range t.dataMeta {
+		f.Metadata[k] = v
 	}
 	f.Tensors = weightTensors(t.Model)
 	if t.opt != nil {
@@ -324,8 +328,55 @@ func (t *Trainer) restoreFile(path string) error {
 	return nil
 }
 
+// modelShape is what metadata metaModelShape records of a model: its
+// per-sample input shape [C H W] and its class count.
+type modelShape struct {
+	Input   []int `json:"input"`
+	Classes int   `json:"classes"`
+}
+
+func shapeOf(m *graph.Model) string {
+	b, _ := json.Marshal(modelShape{Input: m.Spec.Input(), Classes: m.Spec.Classes})
+	return string(b)
+}
+
+// Bounds on the model shape a file may ask LoadModel to build.
+const maxInputValues = 1 << 28
+
+// applyShape sets spec's input shape and classes from metadata
+// metaModelShape; a file without it (written before it was recorded)
+// leaves the defaults (28x28 images, the config's classes or 10).
+func applyShape(spec *graph.Spec, md map[string]string, path string) error {
+	raw, ok := md[metaModelShape]
+	if !ok {
+		return nil
+	}
+	var sh modelShape
+	if err := json.Unmarshal([]byte(raw), &sh); err != nil {
+		return fmt.Errorf("%w: %s: %s metadata: %v", ErrCheckpoint, path, metaModelShape, err)
+	}
+	n := 1
+	for _, d := range sh.Input {
+		if d < 1 || d > maxInputValues {
+			n = 0
+			break
+		}
+		n *= d
+		if n > maxInputValues {
+			break
+		}
+	}
+	if len(sh.Input) != 3 || n < 1 || n > maxInputValues || sh.Classes < 1 || sh.Classes > MaxClasses {
+		return fmt.Errorf("%w: %s: %s metadata %s: want an input shape [C H W] of at most %d values and 1 to %d classes",
+			ErrCheckpoint, path, metaModelShape, shorten(raw), maxInputValues, MaxClasses)
+	}
+	spec.InC, spec.InH, spec.InW, spec.Classes = sh.Input[0], sh.Input[1], sh.Input[2], sh.Classes
+	return nil
+}
+
 // LoadModel builds the model a checkpoint (or final weights file) was
-// saved from, using the config in its metadata, and loads its weights.
+// saved from, using the config in its metadata and the input shape and
+// class count it records, and loads its weights.
 func LoadModel(pathOrDir string) (*graph.Model, Config, string, error) {
 	path, err := checkpoint.Resolve(pathOrDir)
 	if err != nil {
@@ -346,7 +397,11 @@ func LoadModel(pathOrDir string) (*graph.Model, Config, string, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, Config{}, "", fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
 	}
-	m, err := graph.New(cfg.ModelSpec(), cfg.Seed)
+	spec := cfg.ModelSpec()
+	if err := applyShape(&spec, f.Metadata, path); err != nil {
+		return nil, Config{}, "", err
+	}
+	m, err := graph.New(spec, cfg.Seed)
 	if err != nil {
 		return nil, Config{}, "", err
 	}
@@ -356,60 +411,150 @@ func LoadModel(pathOrDir string) (*graph.Model, Config, string, error) {
 	return m, cfg, path, nil
 }
 
-// SaveWeights writes the model's weights (and its config, so that `gotrain
-// eval` can rebuild it) to path atomically.
+// SaveWeights writes the model's weights (and its config and shape, so
+// that `gotrain eval` can rebuild it) to path atomically.
 //
 // It stores no DataIdentity: 'gotrain eval' evaluates such a file on the
 // dataset its config names. The weights a Trainer saves (Config.Out)
 // carry the identity of the data they were trained on.
 func SaveWeights(path string, m *graph.Model, cfg Config) error {
-	return saveWeights(path, m, cfg, "")
+	return saveWeights(path, m, cfg, nil)
 }
 
-// saveWeights is SaveWeights with the JSON of a DataIdentity ("": none).
-func saveWeights(path string, m *graph.Model, cfg Config, dataID string) error {
+// saveWeights is SaveWeights with metadata of the data trained on
+// (Trainer.dataMeta).
+func saveWeights(path string, m *graph.Model, cfg Config, dataMeta map[string]string) error {
 	cfgJSON, err := json.Marshal(cfg)
 	if err != nil {
 		return err
 	}
-	md := map[string]string{metaConfig: string(cfgJSON), metaVersion: Version}
-	if dataID != "" {
-		md[metaData] = dataID
+	md := map[string]string{}
+	for k, v := range dataMeta {
+		md[k] = v
 	}
+	md[metaConfig], md[metaVersion], md[metaModelShape] = string(cfgJSON), Version, shapeOf(m)
 	return checkpoint.WriteFileAtomic(path, &checkpoint.File{Tensors: weightTensors(m), Metadata: md})
+}
+
+// dataMetadata is what checkpoints and weights record of the run's data
+// and model: the data's identity (metaData), the training source's Meta
+// (its name, normalisation constants; a key of gotrain's own is not
+// taken from it) and the model's input shape and classes.
+func (t *Trainer) dataMetadata() (map[string]string, error) {
+	md := map[string]string{}
+	for k, v := range t.train.Meta() {
+		if !strings.HasPrefix(k, "gotrain.") {
+			md[k] = v
+		}
+	}
+	id, err := SourceIdentity(t.train, t.test)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(id)
+	if err != nil {
+		return nil, err
+	}
+	md[metaData] = string(b)
+	md[metaModelShape] = shapeOf(t.Model)
+	return md, nil
 }
 
 // DataIdentity is which data a model was trained on. Trainers store it in
 // their checkpoints and weights files (metadata "gotrain.data", JSON), so
-// that 'gotrain eval' can tell whether the dataset it would load is that
-// data: a caller's own dataset given with WithData is not, even when the
-// config names a built-in one. Files written before it existed have none.
+// that 'gotrain eval' can tell whether the data it would load is that
+// data: a caller's own data given with WithData or WithSource is not,
+// even when the config names a built-in dataset. Files written before it
+// existed have none.
 type DataIdentity struct {
-	Name    string `json:"name"` // data.Dataset.Name
-	Rows    int    `json:"rows"`
-	Cols    int    `json:"cols"`
-	Classes int    `json:"classes"`
+	Name string `json:"name"` // the training source's Meta()["data.name"]: a Dataset's Name, csv:train.csv
+	// Shape is the input's shape per sample ([1 28 28] for MNIST, [20]
+	// for 20 features); Rows and Cols are those of a one-channel image
+	// ([1 Rows Cols]), which is all that identities written before Shape
+	// say.
+	Shape   []int `json:"shape,omitempty"`
+	Rows    int   `json:"rows"`
+	Cols    int   `json:"cols"`
+	Classes int   `json:"classes"`
 	// TrainSamples and TestSamples are the sizes of the two splits;
-	// TestCRC32C is the CRC-32C of the test split's pixels then labels.
+	// TestCRC32C is the CRC-32C of the test split: a data.Checksummer's
+	// own (for an image dataset, its pixels then its labels), else that of
+	// its samples as Fill writes them for evaluation, each one's input
+	// then its target values as little-endian float32s, in index order.
 	TrainSamples int    `json:"train_samples"`
 	TestSamples  int    `json:"test_samples"`
 	TestCRC32C   uint32 `json:"test_crc32c"`
 }
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-// IdentityOf is the identity of a training and a test split.
-func IdentityOf(train, test *data.Dataset) DataIdentity {
-	return DataIdentity{Name: train.Name, Rows: train.Rows, Cols: train.Cols, Classes: train.Classes,
-		TrainSamples: train.N, TestSamples: test.N, TestCRC32C: testCRC(test)}
+// shape is the input shape id records.
+func (id DataIdentity) shape() []int {
+	if id.Shape != nil {
+		return id.Shape
+	}
+	return []int{1, id.Rows, id.Cols}
 }
 
-func testCRC(test *data.Dataset) uint32 {
-	return crc32.Update(crc32.Checksum(test.Pix, castagnoli), castagnoli, test.Labels)
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// IdentityOf is the identity of a training and a test split of images.
+func IdentityOf(train, test *data.Dataset) DataIdentity {
+	id, _ := SourceIdentity(train.AsSource(), test.AsSource()) // an image dataset fills no batch here
+	return id
+}
+
+// SourceIdentity is the identity of a training and a test source. The
+// CRC of a test source that is not a data.Checksummer is that of all its
+// samples, filled as evaluation fills them; their Fill's error is
+// returned.
+func SourceIdentity(train, test data.Source) (DataIdentity, error) {
+	in := train.Input()
+	id := DataIdentity{Name: sourceName(train), Shape: slices.Clone(in.Shape), Classes: train.Target().Classes,
+		TrainSamples: train.Len(), TestSamples: test.Len()}
+	if len(in.Shape) == 3 && in.Shape[0] == 1 {
+		id.Rows, id.Cols = in.Shape[1], in.Shape[2]
+	}
+	var err error
+	id.TestCRC32C, err = testCRC(test)
+	return id, err
+}
+
+// testCRC is DataIdentity.TestCRC32C of a test source.
+func testCRC(test data.Source) (uint32, error) {
+	if c, ok := test.(data.Checksummer); ok {
+		return c.CRC32C(), nil
+	}
+	in, out, n := test.Input().Size(), test.Target().Size(), test.Len()
+	batch := max(1, min(256, (1<<20)/max(in, 1)))
+	x, y := make([]float32, batch*in), make([]float32, batch*out)
+	idx := make([]int, 0, batch)
+	buf := make([]byte, 0, 4*(in+out))
+	var crc uint32
+	for lo := 0; lo < n; lo += batch {
+		hi := min(lo+batch, n)
+		idx = idx[:0]
+		for i := lo; i < hi; i++ {
+			idx = append(idx, i)
+		}
+		k := hi - lo
+		if err := test.Fill(x[:k*in], y[:k*out], idx, evalSeed, evalEpoch); err != nil {
+			return 0, fmt.Errorf("data %s: checksumming the test split: %w", sourceName(test), err)
+		}
+		for i := range k {
+			buf = buf[:0]
+			for _, v := range x[i*in : (i+1)*in] {
+				buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(v))
+			}
+			for _, v := range y[i*out : (i+1)*out] {
+				buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(v))
+			}
+			crc = crc32.Update(crc, castagnoli, buf)
+		}
+	}
+	return crc, nil
 }
 
 func (id DataIdentity) String() string {
-	return fmt.Sprintf("%s (%dx%d, %d classes, %d training and %d test samples)", strconv.Quote(id.Name), id.Rows, id.Cols, id.Classes, id.TrainSamples, id.TestSamples)
+	return fmt.Sprintf("%s (%s, %d classes, %d training and %d test samples)", strconv.Quote(id.Name), shapeText(id.shape()), id.Classes, id.TrainSamples, id.TestSamples)
 }
 
 // ErrOtherData is returned by CheckTestData when the test split to
@@ -431,27 +576,41 @@ func TrainedOn(path string) (id DataIdentity, ok bool, err error) {
 	if err := json.Unmarshal([]byte(raw), &id); err != nil {
 		return id, false, fmt.Errorf("%w: %s: %s metadata: %v", ErrCheckpoint, path, metaData, err)
 	}
+	if len(id.Shape) > 8 {
+		return id, false, fmt.Errorf("%w: %s: %s metadata: an input shape of %d dimensions", ErrCheckpoint, path, metaData, len(id.Shape))
+	}
 	return id, true, nil
 }
 
-// CheckTestData returns nil when test (loaded for cfg, the config stored
-// with the model) is the test split of the data id names, and otherwise an
-// ErrOtherData error that names the data the model was trained on. Give
-// test nil to check, before loading anything, only that cfg.Dataset is id's
-// dataset.
+// CheckTestData is CheckTestSource of an image dataset's test split.
 func CheckTestData(id DataIdentity, cfg Config, test *data.Dataset) error {
-	if id.Name != cfg.Dataset {
+	if test == nil {
+		return CheckTestSource(id, cfg, nil)
+	}
+	return CheckTestSource(id, cfg, test.AsSource())
+}
+
+// CheckTestSource returns nil when test (loaded for cfg, the config
+// stored with the model: LoadTestSource) is the test split of the data id
+// names, and otherwise an ErrOtherData error that names the data the
+// model was trained on. Give test nil to check, before loading anything,
+// only that cfg.Dataset is id's dataset.
+func CheckTestSource(id DataIdentity, cfg Config, test data.Source) error {
+	if id.Name != trainName(cfg) {
 		return fmt.Errorf("%w: the model was trained on dataset %s, which its program supplied (its config says --dataset %s); evaluate it in that program, or name the dataset to evaluate on with --dataset",
 			ErrOtherData, id, cfg.Dataset)
 	}
 	if test == nil {
 		return nil
 	}
-	got := id
-	got.Rows, got.Cols, got.Classes, got.TestSamples, got.TestCRC32C = test.Rows, test.Cols, test.Classes, test.N, testCRC(test)
-	if got != id {
-		return fmt.Errorf("%w: the model was trained on dataset %s, and the test split loaded for --dataset %s is %dx%d with %d classes and %d samples (CRC-32C %08x, want %08x): the data was supplied by its program or differs; evaluate it there, or name the dataset to evaluate on with --dataset",
-			ErrOtherData, id, cfg.Dataset, test.Rows, test.Cols, test.Classes, test.N, got.TestCRC32C, id.TestCRC32C)
+	shape, classes, n := test.Input().Shape, test.Target().Classes, test.Len()
+	crc, err := testCRC(test)
+	if err != nil {
+		return err
+	}
+	if !slices.Equal(shape, id.shape()) || classes != id.Classes || n != id.TestSamples || crc != id.TestCRC32C {
+		return fmt.Errorf("%w: the model was trained on dataset %s, and the test split loaded for --dataset %s is %s with %d classes and %d samples (CRC-32C %08x, want %08x): the data was supplied by its program or differs; evaluate it there, or name the dataset to evaluate on with --dataset",
+			ErrOtherData, id, cfg.Dataset, shapeText(shape), classes, n, crc, id.TestCRC32C)
 	}
 	return nil
 }
@@ -463,7 +622,7 @@ func CheckTestData(id DataIdentity, cfg Config, test *data.Dataset) error {
 // directory) and the error says where they are: trained weights are
 // never dropped.
 func (t *Trainer) saveOut() error {
-	err := saveWeights(t.cfg.Out, t.Model, t.cfg, t.dataID)
+	err := saveWeights(t.cfg.Out, t.Model, t.cfg, t.dataMeta)
 	if err == nil {
 		t.log.Info("saved weights", "path", t.cfg.Out)
 		return nil
@@ -482,7 +641,7 @@ func (t *Trainer) saveOut() error {
 		if _, serr := os.Stat(p); serr == nil && p != filepath.Join(t.cfg.CheckpointDir, base) {
 			continue // never overwrite a file of someone else's
 		}
-		ferr := saveWeights(p, t.Model, t.cfg, t.dataID)
+		ferr := saveWeights(p, t.Model, t.cfg, t.dataMeta)
 		if ferr == nil {
 			t.log.Error("--out could not be written; the weights were saved elsewhere", "out", t.cfg.Out, "err", err, "saved", p)
 			return fmt.Errorf("--out %s: %w; the trained weights were saved to %s instead", t.cfg.Out, err, p)

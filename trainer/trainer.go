@@ -2,13 +2,15 @@ package trainer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gotrain/gotrain/gpu"
@@ -50,7 +52,7 @@ type Trainer struct {
 	cfg         Config
 	Model       *graph.Model
 	opt         optim.Optimizer
-	train, test *data.Dataset
+	train, test data.Source
 	sink        metrics.Sink
 	progress    func(Progress)
 	log         *slog.Logger
@@ -77,10 +79,15 @@ type Trainer struct {
 	computeSecs, computeSamples float64
 	devr                        *devRun // nil: the model trains on the CPU
 	async                       *AsyncTransport
-	dataGiven                   bool                   // WithData was used
+	dataOpt                     string       // the option that gave the data (WithData, WithSource); "": New loads cfg.Dataset
+	model                       *graph.Model // given with WithModel
+	modelGiven                  bool
+	inSize                      int                    // input values per sample
+	dataName                    string                 // the training data's name (its Meta's data.name)
+	dataMeta                    map[string]string      // what checkpoints and weights record of the data and the model's shape
+	scratchX, scratchY          []float32              // fill: the side of a batch its caller does not want
 	jsonl                       *metrics.JSONL         // Config.MetricsFile, opened by New (rank 0)
 	jsonlErr                    error                  // closing it
-	dataID                      string                 // JSON of the DataIdentity trained on, for the metadata
 	outer                       *outerOpt              // local SGD's outer optimiser; nil: plain averaging
 	localStates                 []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
 }
@@ -112,46 +119,148 @@ func WithLogger(l *slog.Logger) Option { return func(t *Trainer) { t.log = l } }
 // WithClock sets the clock used for throughput and timing.
 func WithClock(now func() time.Time) Option { return func(t *Trainer) { t.now = now } }
 
-// WithData supplies the datasets instead of loading cfg.Dataset. New
-// refuses a nil or invalid set (see data.Dataset.Validate), a test set of
-// another shape or class count than the training set, and more classes
-// than the model has outputs.
+// WithData supplies image datasets instead of loading cfg.Dataset: it is
+// WithSource(train.AsSource(), test.AsSource()), and New also refuses a
+// set that data.Dataset.Validate refuses.
 func WithData(train, test *data.Dataset) Option {
-	return func(t *Trainer) { t.train, t.test, t.dataGiven = train, test, true }
+	return func(t *Trainer) { t.train, t.test, t.dataOpt = asSource(train), asSource(test), "WithData" }
 }
 
-// checkData refuses datasets the run cannot use, before any work: what
-// would otherwise panic or fail inside the model after an epoch.
-func (t *Trainer) checkData(m *graph.Model) error {
-	if t.dataGiven {
-		for _, s := range []struct {
-			what string
-			d    *data.Dataset
-		}{{"training", t.train}, {"test", t.test}} {
-			if s.d == nil {
-				return fmt.Errorf("%w: WithData: the %s set is nil; give both a training and a test set", ErrConfig, s.what)
-			}
-			if s.d.N == 0 {
-				return fmt.Errorf("%w: WithData: the %s set %s has no samples", ErrConfig, s.what, s.d.Name)
-			}
-			if err := s.d.Validate(); err != nil {
-				return fmt.Errorf("%w: WithData: the %s set: %w", ErrConfig, s.what, err)
+func asSource(d *data.Dataset) data.Source {
+	if d == nil {
+		return nil
+	}
+	return d.AsSource()
+}
+
+// WithSource supplies the training and test data instead of loading
+// cfg.Dataset. New refuses, with ErrConfig, a nil or empty source, a
+// target that is not a class index (data.ClassIndex, one per sample), a
+// test source whose fields differ from the training source's, and data
+// the model cannot take (see WithModel). Without WithModel the model
+// built from cfg takes its input shape and class count from train.
+func WithSource(train, test data.Source) Option {
+	return func(t *Trainer) { t.train, t.test, t.dataOpt = train, test, "WithSource" }
+}
+
+// WithModel trains m instead of the model cfg.Model names (cfg's model
+// settings are then unused). Its input size must be the data's and it
+// must have an output for every class of the data. Checkpoints and
+// weights record cfg, so 'gotrain eval' and LoadModel rebuild the model
+// cfg names: give m's settings in cfg too for them to load it.
+func WithModel(m *graph.Model) Option {
+	return func(t *Trainer) { t.model, t.modelGiven = m, true }
+}
+
+// checkSources refuses data the run cannot use, before any work: what
+// would otherwise fail in Run or inside the model after an epoch.
+func (t *Trainer) checkSources() error {
+	prefix := ""
+	if t.dataOpt != "" {
+		prefix = t.dataOpt + ": "
+	}
+	for _, s := range []struct {
+		what string
+		s    data.Source
+	}{{"training", t.train}, {"test", t.test}} {
+		if s.s == nil {
+			return fmt.Errorf("%w: %sthe %s set is nil; give both a training and a test set", ErrConfig, prefix, s.what)
+		}
+		if s.s.Len() <= 0 {
+			return fmt.Errorf("%w: %sthe %s set %s has no samples", ErrConfig, prefix, s.what, sourceName(s.s))
+		}
+		if v, ok := s.s.(interface{ Validate() error }); ok {
+			if err := v.Validate(); err != nil {
+				return fmt.Errorf("%w: %sthe %s set: %w", ErrConfig, prefix, s.what, err)
 			}
 		}
 	}
-	tr, te := t.train, t.test
-	if tr.Rows != te.Rows || tr.Cols != te.Cols || tr.Classes != te.Classes {
-		return fmt.Errorf("%w: the test set %s is %dx%d with %d classes, the training set %s %dx%d with %d classes: they must agree",
-			ErrConfig, te.Name, te.Rows, te.Cols, te.Classes, tr.Name, tr.Rows, tr.Cols, tr.Classes)
+	trName, teName := sourceName(t.train), sourceName(t.test)
+	in, target := t.train.Input(), t.train.Target()
+	if in.Kind != data.Float || in.Size() <= 0 || slices.ContainsFunc(in.Shape, func(d int) bool { return d <= 0 }) {
+		return fmt.Errorf("%w: %sthe training set %s's input %q is %s of shape %v: a model takes float values, at least one per sample",
+			ErrConfig, prefix, trName, in.Name, in.Kind, in.Shape)
 	}
-	if got, want := tr.Rows*tr.Cols, m.InputSize(); got != want {
-		return fmt.Errorf("%w: dataset %s has %dx%d inputs, model %s expects %d values", ErrConfig, tr.Name, tr.Rows, tr.Cols, t.cfg.Model, want)
+	if target.Kind != data.ClassIndex || target.Size() != 1 {
+		return fmt.Errorf("%w: %sthe training set %s's target %q is %s of shape %v: the trainer learns classification, one class index per sample (data.ClassIndex)",
+			ErrConfig, prefix, trName, target.Name, target.Kind, target.Shape)
 	}
-	if tr.Classes > m.Spec.Classes {
-		return fmt.Errorf("%w: dataset %s has %d classes, model %s has %d outputs: its labels must be below %d",
-			ErrConfig, tr.Name, tr.Classes, t.cfg.Model, m.Spec.Classes, m.Spec.Classes)
+	if target.Classes < 1 || target.Classes > MaxClasses {
+		return fmt.Errorf("%w: %sthe training set %s has %d classes; a model has from 1 to %d outputs", ErrConfig, prefix, trName, target.Classes, MaxClasses)
+	}
+	tin, ttarget := t.test.Input(), t.test.Target()
+	if tin.Kind != in.Kind || !slices.Equal(tin.Shape, in.Shape) || ttarget.Kind != target.Kind || !slices.Equal(ttarget.Shape, target.Shape) || ttarget.Classes != target.Classes {
+		return fmt.Errorf("%w: %sthe test set %s is %s with %d classes, the training set %s %s with %d classes: they must agree",
+			ErrConfig, prefix, teName, shapeText(tin.Shape), ttarget.Classes, trName, shapeText(in.Shape), target.Classes)
 	}
 	return nil
+}
+
+// checkModel refuses a model that cannot take the training data.
+func (t *Trainer) checkModel(m *graph.Model) error {
+	if m == nil {
+		return fmt.Errorf("%w: WithModel: the model is nil", ErrConfig)
+	}
+	in, target := t.train.Input(), t.train.Target()
+	if got, want := in.Size(), m.InputSize(); got != want {
+		return fmt.Errorf("%w: dataset %s's inputs are %s (%d values), model %s takes %d (%s)",
+			ErrConfig, t.dataName, shapeText(in.Shape), got, m.Spec.Kind, want, shapeText(m.Spec.Input()))
+	}
+	if target.Classes > m.Spec.Classes {
+		return fmt.Errorf("%w: dataset %s has %d classes, model %s has %d outputs: its labels must be below %d",
+			ErrConfig, t.dataName, target.Classes, m.Spec.Kind, m.Spec.Classes, m.Spec.Classes)
+	}
+	return nil
+}
+
+// modelSpec is cfg's model for data of the given input and target: the
+// input shape ([C H W], [H W] as 1×H×W, [F] as 1×1×F) and, unless
+// cfg.Classes sets it, the class count come from the data.
+func modelSpec(cfg Config, in, target data.Field) (graph.Spec, error) {
+	spec := cfg.ModelSpec()
+	switch sh := in.Shape; len(sh) {
+	case 0:
+		spec.InC, spec.InH, spec.InW = 1, 1, 1
+	case 1:
+		spec.InC, spec.InH, spec.InW = 1, 1, sh[0]
+	case 2:
+		spec.InC, spec.InH, spec.InW = 1, sh[0], sh[1]
+	case 3:
+		spec.InC, spec.InH, spec.InW = sh[0], sh[1], sh[2]
+	default:
+		return spec, fmt.Errorf("%w: the training data's input %q is of shape %v: a model takes [C H W], [H W] or [F] per sample", ErrConfig, in.Name, in.Shape)
+	}
+	if spec.Classes == 0 {
+		spec.Classes = target.Classes
+	}
+	return spec, nil
+}
+
+// sourceName is a source's name: its Meta's "data.name".
+func sourceName(s data.Source) string {
+	if n := s.Meta()["data.name"]; n != "" {
+		return n
+	}
+	return "(unnamed)"
+}
+
+// shapeText writes a sample's shape for messages: 28x28 for a
+// one-channel image [1 28 28], "20 features" for [20].
+func shapeText(shape []int) string {
+	if len(shape) == 3 && shape[0] == 1 {
+		shape = shape[1:]
+	}
+	switch len(shape) {
+	case 0:
+		return "1 value"
+	case 1:
+		return fmt.Sprintf("%d features", shape[0])
+	}
+	parts := make([]string, len(shape))
+	for i, d := range shape {
+		parts[i] = strconv.Itoa(d)
+	}
+	return strings.Join(parts, "x")
 }
 
 // New prepares a run: it validates cfg, loads the data, builds the model
@@ -170,23 +279,35 @@ func New(cfg Config, opts ...Option) (*Trainer, error) {
 	if err := Preflight(cfg, PreflightEnv{Rank: t.rank(), DataLoaded: t.train != nil}); err != nil {
 		return nil, err
 	}
-	if !t.dataGiven {
+	if t.dataOpt == "" {
 		var err error
-		if t.train, t.test, err = LoadData(cfg); err != nil {
+		if t.train, t.test, err = LoadSources(cfg); err != nil {
 			return nil, err
 		}
 	}
-	m, err := graph.New(cfg.ModelSpec(), cfg.Seed)
-	if err != nil {
+	if err := t.checkSources(); err != nil {
 		return nil, err
 	}
-	if err := t.checkData(m); err != nil {
+	t.dataName = sourceName(t.train)
+	m := t.model
+	if !t.modelGiven {
+		spec, err := modelSpec(cfg, t.train.Input(), t.train.Target())
+		if err != nil {
+			return nil, err
+		}
+		if m, err = graph.New(spec, cfg.Seed); err != nil {
+			return nil, fmt.Errorf("%w: model %s for %s inputs and %d classes: %w", ErrConfig, cfg.Model, shapeText(t.train.Input().Shape), spec.Classes, err)
+		}
+	}
+	if err := t.checkModel(m); err != nil {
 		return nil, err
 	}
-	if id, err := json.Marshal(IdentityOf(t.train, t.test)); err == nil {
-		t.dataID = string(id)
-	}
+	t.inSize = m.InputSize()
 	t.Model = m
+	var err error
+	if t.dataMeta, err = t.dataMetadata(); err != nil {
+		return nil, err
+	}
 	if t.opt, err = newOptimizer(cfg, m); err != nil {
 		return nil, err
 	}
@@ -276,19 +397,139 @@ func (t *Trainer) MetricsFile() (stats metrics.WriteStats, ok bool, err error) {
 	return t.jsonl.Stats(), true, t.jsonlErr
 }
 
-// LoadData loads the train and test splits of cfg.Dataset.
+// LoadData loads the train and test splits of cfg.Dataset, one of the
+// image datasets (mnist, fashion-mnist, synthetic); LoadSources loads
+// every dataset.
 func LoadData(cfg Config) (train, test *data.Dataset, err error) {
-	if cfg.Dataset == "synthetic" {
-		n := cfg.SyntheticSize
-		return data.Synthetic(n, 28, 28, 10, cfg.Seed), data.Synthetic(max(n/6, 1), 28, 28, 10, cfg.Seed+1), nil
-	}
-	if train, err = data.Load(cfg.Dataset, cfg.DataDir, "train"); err != nil {
+	if train, err = loadImages(cfg, "train"); err != nil {
 		return nil, nil, err
 	}
-	if test, err = data.Load(cfg.Dataset, cfg.DataDir, "test"); err != nil {
+	if test, err = loadImages(cfg, "test"); err != nil {
 		return nil, nil, err
 	}
 	return train, test, nil
+}
+
+// loadImages loads one split of an image dataset.
+func loadImages(cfg Config, split string) (*data.Dataset, error) {
+	switch cfg.Dataset {
+	case "synthetic":
+		n := cfg.SyntheticSize
+		if split == "test" {
+			return data.Synthetic(max(n/6, 1), 28, 28, 10, cfg.Seed+1), nil
+		}
+		return data.Synthetic(n, 28, 28, 10, cfg.Seed), nil
+	case "csv":
+		return nil, fmt.Errorf("%w: --dataset csv is a table, not images: load it with LoadSources", ErrConfig)
+	}
+	return data.Load(cfg.Dataset, cfg.DataDir, split)
+}
+
+// The files of --dataset csv, in --data-dir.
+const (
+	csvTrainFile = "train.csv"
+	csvTestFile  = "test.csv"
+)
+
+// LoadSources loads the training and test splits of cfg.Dataset. The
+// image datasets are LoadData's; "csv" is the tables train.csv and
+// test.csv of cfg.DataDir (data.LoadCSV): the column cfg.Label holds the
+// class, every other column is a float feature, the class count is
+// cfg.Classes or else one more than train.csv's largest label, and the
+// features are standardised by the training split's per-feature mean and
+// deviation, the test split's by the same constants.
+func LoadSources(cfg Config) (train, test data.Source, err error) {
+	if cfg.Dataset != "csv" {
+		tr, te, err := LoadData(cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		return tr.AsSource(), te.AsSource(), nil
+	}
+	if cfg.DataDir == "" {
+		return nil, nil, fmt.Errorf("%w: --dataset csv reads %s and %s from --data-dir DIR: give it", ErrConfig, csvTrainFile, csvTestFile)
+	}
+	o := data.CSVOptions{Label: cfg.Label, Classes: cfg.Classes}
+	tr, err := data.LoadCSV(filepath.Join(cfg.DataDir, csvTrainFile), o)
+	if err != nil {
+		return nil, nil, err
+	}
+	tr.Standardize()
+	o.Classes = tr.Classes
+	te, err := data.LoadCSV(filepath.Join(cfg.DataDir, csvTestFile), o)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !slices.Equal(te.Columns, tr.Columns) {
+		return nil, nil, fmt.Errorf("%w: the feature columns of %s (%s) are not those of %s (%s): they must be the same, in the same order",
+			ErrConfig, filepath.Join(cfg.DataDir, csvTestFile), columnList(te.Columns), csvTrainFile, columnList(tr.Columns))
+	}
+	if err := te.SetNorm(tr.Mean, tr.Std); err != nil {
+		return nil, nil, err
+	}
+	return tr, te, nil
+}
+
+// columnList names a table's columns in a message, the first few of many.
+func columnList(cols []string) string {
+	if len(cols) > 8 {
+		return fmt.Sprintf("%s, ... (%d in all)", strings.Join(cols[:8], ","), len(cols))
+	}
+	return strings.Join(cols, ",")
+}
+
+// trainName is the name the training split of cfg.Dataset has when
+// LoadSources loads it: the dataset's name, or csv:train.csv.
+func trainName(cfg Config) string {
+	if cfg.Dataset == "csv" {
+		return "csv:" + csvTrainFile
+	}
+	return cfg.Dataset
+}
+
+// LoadTestSource loads the test split of cfg.Dataset to evaluate the
+// weights saved at path (a checkpoint or weights file, whose metadata it
+// reads): that of LoadSources, and for "csv" test.csv of cfg.DataDir
+// standardised by the constants the file records of the training split
+// (data.NormFromMeta). A file that records none, or other columns, is
+// refused (ErrCheckpoint), naming what is missing.
+func LoadTestSource(cfg Config, path string) (data.Source, error) {
+	if cfg.Dataset != "csv" {
+		test, err := loadImages(cfg, "test")
+		if err != nil {
+			return nil, err
+		}
+		return test.AsSource(), nil
+	}
+	if cfg.DataDir == "" {
+		return nil, fmt.Errorf("%w: --dataset csv reads %s from --data-dir DIR: give it", ErrConfig, csvTestFile)
+	}
+	f, err := checkpoint.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	md := f.Metadata
+	mean, std, err := data.NormFromMeta(md)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w: the standardisation of the training split is not recorded, so %s cannot be standardised as the model was trained; evaluate weights saved by a trainer that read CSV (gotrain train --dataset csv)",
+			ErrCheckpoint, path, err, csvTestFile)
+	}
+	o := data.CSVOptions{Label: cfg.Label, Classes: cfg.Classes}
+	if n, err := strconv.Atoi(md["data.classes"]); err == nil && n > 0 && n <= MaxClasses {
+		o.Classes = n
+	}
+	test, err := data.LoadCSV(filepath.Join(cfg.DataDir, csvTestFile), o)
+	if err != nil {
+		return nil, err
+	}
+	if cols, ok := md["data.columns"]; ok && cols != strings.Join(test.Columns, ",") {
+		return nil, fmt.Errorf("%w: the feature columns of %s (%s) are not those the model was trained on (%s, recorded in %s)",
+			ErrConfig, filepath.Join(cfg.DataDir, csvTestFile), columnList(test.Columns), columnList(strings.Split(cols, ",")), path)
+	}
+	if err := test.SetNorm(mean, std); err != nil {
+		return nil, fmt.Errorf("%w: %s: data.mean and data.std: %w", ErrCheckpoint, path, err)
+	}
+	return test, nil
 }
 
 func newOptimizer(cfg Config, m *graph.Model) (optim.Optimizer, error) {
@@ -304,7 +545,7 @@ func newOptimizer(cfg Config, m *graph.Model) (optim.Optimizer, error) {
 }
 
 func (t *Trainer) batchesPerEpoch() int {
-	return (t.train.N + t.cfg.BatchSize - 1) / t.cfg.BatchSize
+	return (t.train.Len() + t.cfg.BatchSize - 1) / t.cfg.BatchSize
 }
 
 // TotalSteps is the number of optimiser steps of the whole run (the
@@ -371,7 +612,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 	}
 	defer t.devClose()
 	sched := cfg.schedule(t.TotalSteps())
-	nb, n := t.batchesPerEpoch(), t.train.N
+	nb, n := t.batchesPerEpoch(), t.train.Len()
 	if len(t.perm) != n {
 		t.perm = make([]int, n)
 	}
@@ -404,8 +645,8 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 	winStart := t.now()
 	rate := 0.0
 
-	t.log.Info("training", "model", cfg.Model, "params", t.Model.NumParams(), "dataset", t.train.Name,
-		"train_samples", n, "test_samples", t.test.N, "epochs", cfg.Epochs, "batch_size", cfg.BatchSize,
+	t.log.Info("training", "model", t.Model.Spec.Kind, "params", t.Model.NumParams(), "dataset", t.dataName,
+		"train_samples", n, "test_samples", t.test.Len(), "epochs", cfg.Epochs, "batch_size", cfg.BatchSize,
 		"optimizer", cfg.Optimizer, "lr", cfg.LR, "schedule", cfg.Schedule, "steps", t.TotalSteps(),
 		"rank", t.rank(), "world_size", t.worldSize(), "accum_steps", cfg.AccumSteps)
 
@@ -480,13 +721,15 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 					devProg, l, err = t.devRunProgram(prog, b.x, b.y, cfg.Seed^0x5eedd70a, uint64(t.pos.step), nil)
 					pf.release(b) // the loss is read: the device is done with the slot
 				case t.devr != nil: // --prefetch=false: the batch is decoded here
-					t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
-					devProg, l, err = t.devRunProgram(prog, prog.X, prog.Y, cfg.Seed^0x5eedd70a, uint64(t.pos.step), nil)
+					if err = t.fillTrain(prog.X, prog.Y, t.perm[lo:hi], epoch); err == nil {
+						devProg, l, err = t.devRunProgram(prog, prog.X, prog.Y, cfg.Seed^0x5eedd70a, uint64(t.pos.step), nil)
+					}
 				default:
-					t.train.Batch(t.perm[lo:hi], prog.X, prog.Y)
-					pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
-					l, err = prog.Run(rng)
-					ps = t.optParams(prog)
+					if err = t.fillTrain(prog.X, prog.Y, t.perm[lo:hi], epoch); err == nil {
+						pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
+						l, err = prog.Run(rng)
+						ps = t.optParams(prog)
+					}
 				}
 				if err != nil {
 					return res, err
@@ -707,10 +950,83 @@ func (t *Trainer) diverged(loss float64) error {
 	return fmt.Errorf("%w: loss %v or a gradient is not finite at %s; the parameters were not updated and %s; lower --lr, or set --clip-grad-norm", ErrNonFinite, loss, where, keep)
 }
 
+// The test split is filled as epoch evalEpoch of a run seeded with
+// evalSeed wherever it is read: in every evaluation of a run, by
+// EvaluateSource ('gotrain eval') and for the CRC of DataIdentity. A
+// source that draws anything at random so shows each of them the same
+// samples.
+const (
+	evalSeed  = 0
+	evalEpoch = 0
+)
+
+// fill writes the samples idx of s, as they are in the given epoch of a
+// run seeded with seed, into x and y. A nil x or y is filled into scratch
+// memory and dropped (a pipeline's first stage needs only the inputs, its
+// last only the targets): only the loop's goroutine may pass one. The
+// scratch is kept, so that the loop does not allocate.
+func (t *Trainer) fill(s data.Source, x, y []float32, idx []int, seed uint64, epoch int) error {
+	if x == nil {
+		x = scratch(&t.scratchX, len(idx)*t.inSize)
+	}
+	if y == nil {
+		y = scratch(&t.scratchY, len(idx))
+	}
+	if err := s.Fill(x, y, idx, seed, epoch); err != nil {
+		return fmt.Errorf("data %s: a batch of %d samples of epoch %d: %w", sourceName(s), len(idx), epoch+1, err)
+	}
+	return nil
+}
+
+// fillTrain fills samples idx of the training data as they are in epoch.
+func (t *Trainer) fillTrain(x, y []float32, idx []int, epoch int) error {
+	return t.fill(t.train, x, y, idx, t.cfg.Seed, epoch)
+}
+
+// fillTest fills samples idx of the test data.
+func (t *Trainer) fillTest(x, y []float32, idx []int) error {
+	return t.fill(t.test, x, y, idx, evalSeed, evalEpoch)
+}
+
+// scratch is *buf with length n, grown when it is shorter.
+func scratch(buf *[]float32, n int) []float32 {
+	if cap(*buf) < n {
+		*buf = make([]float32, n)
+	}
+	return (*buf)[:n]
+}
+
 // Evaluate returns the accuracy and mean loss of m on every sample of ds,
-// in batches of at most batch samples.
+// in batches of at most batch samples: EvaluateSource of ds.AsSource().
 func Evaluate(m *graph.Model, ds *data.Dataset, batch int) (accuracy, loss float64, err error) {
-	return evaluate(m, ds, batch, func(p *graph.Program) (float32, int, error) {
+	if ds == nil {
+		return 0, 0, errors.New("evaluate: no dataset (nil)")
+	}
+	return EvaluateSource(m, ds.AsSource(), batch)
+}
+
+// EvaluateSource returns the accuracy and mean loss of m on every sample
+// of s, in batches of at most batch samples, filled as the trainer fills
+// its test split (the same samples in every evaluation). Data that m
+// cannot take (another input size, a target that is not a class index,
+// more classes than m has outputs) is an ErrConfig error.
+func EvaluateSource(m *graph.Model, s data.Source, batch int) (accuracy, loss float64, err error) {
+	if s == nil || m == nil || batch <= 0 {
+		return 0, 0, fmt.Errorf("%w: evaluate: need a model, data and a positive batch size", ErrConfig)
+	}
+	in, target := s.Input(), s.Target()
+	name := sourceName(s)
+	switch {
+	case in.Size() != m.InputSize():
+		return 0, 0, fmt.Errorf("%w: evaluate: data %s's inputs are %s (%d values), model %s takes %d (%s)",
+			ErrConfig, name, shapeText(in.Shape), in.Size(), m.Spec.Kind, m.InputSize(), shapeText(m.Spec.Input()))
+	case target.Kind != data.ClassIndex || target.Size() != 1:
+		return 0, 0, fmt.Errorf("%w: evaluate: data %s's target %q is %s of shape %v: models are evaluated on one class index per sample",
+			ErrConfig, name, target.Name, target.Kind, target.Shape)
+	case target.Classes > m.Spec.Classes:
+		return 0, 0, fmt.Errorf("%w: evaluate: data %s has %d classes, model %s has %d outputs", ErrConfig, name, target.Classes, m.Spec.Kind, m.Spec.Classes)
+	}
+	return evaluate(m, s, 0, s.Len(), batch, func(p *graph.Program) (float32, int, error) {
 		l, err := p.Run(nil)
 		if err != nil {
 			return 0, 0, err
@@ -719,32 +1035,36 @@ func Evaluate(m *graph.Model, ds *data.Dataset, batch int) (accuracy, loss float
 	})
 }
 
-// evaluate runs m's evaluation programs over ds in batches with run, which
-// returns a batch's mean loss and its correct predictions.
-func evaluate(m *graph.Model, ds *data.Dataset, batch int, run func(*graph.Program) (float32, int, error)) (accuracy, loss float64, err error) {
-	if ds.N == 0 {
+// evaluate runs m's evaluation programs over samples [lo, hi) of s in
+// batches with run, which returns a batch's mean loss and its correct
+// predictions.
+func evaluate(m *graph.Model, s data.Source, lo, hi, batch int, run func(*graph.Program) (float32, int, error)) (accuracy, loss float64, err error) {
+	if hi <= lo {
 		return 0, 0, errors.New("evaluate: empty dataset")
 	}
 	idx := make([]int, 0, batch)
 	var correct int
 	var total float64
-	for lo := 0; lo < ds.N; lo += batch {
-		hi := min(lo+batch, ds.N)
-		prog, err := m.Program(hi-lo, false)
+	for b := lo; b < hi; b += batch {
+		e := min(b+batch, hi)
+		prog, err := m.Program(e-b, false)
 		if err != nil {
 			return 0, 0, err
 		}
 		idx = idx[:0]
-		for i := lo; i < hi; i++ {
+		for i := b; i < e; i++ {
 			idx = append(idx, i)
 		}
-		ds.Batch(idx, prog.X, prog.Y)
+		if err := s.Fill(prog.X, prog.Y, idx, evalSeed, evalEpoch); err != nil {
+			return 0, 0, fmt.Errorf("evaluate: data %s: %w", sourceName(s), err)
+		}
 		l, c, err := run(prog)
 		if err != nil {
 			return 0, 0, err
 		}
-		total += float64(l) * float64(hi-lo)
+		total += float64(l) * float64(e-b)
 		correct += c
 	}
-	return float64(correct) / float64(ds.N), total / float64(ds.N), nil
+	n := float64(hi - lo)
+	return float64(correct) / n, total / n, nil
 }

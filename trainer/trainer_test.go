@@ -368,7 +368,7 @@ func TestMaxStepsEvaluatesWhatItTrained(t *testing.T) {
 		res, err := tr.Run(context.Background())
 		require.NoError(t, err)
 		require.Equal(t, tc.steps, res.Steps)
-		acc, loss, err := Evaluate(tr.Model, tr.test, cfg.EvalBatchSize)
+		acc, loss, err := EvaluateSource(tr.Model, tr.test, cfg.EvalBatchSize)
 		require.NoError(t, err)
 		require.Equal(t, acc, res.TestAccuracy, "stopped at step %d", tc.steps)
 		require.InDelta(t, loss, res.TestLoss, 1e-9)

@@ -244,10 +244,10 @@ func (t *Table) Target() Field { return Field{Name: t.Label, Kind: ClassIndex, C
 
 // Fill writes rows idx (see [Source]); nothing is random.
 func (t *Table) Fill(x, y []float32, idx []int, _ uint64, _ int) error {
-	if err := checkFill(t, x, y, idx); err != nil {
+	f := len(t.Columns)
+	if err := checkFill(t.N, f, 1, x, y, idx); err != nil {
 		return err
 	}
-	f := len(t.Columns)
 	for i, k := range idx {
 		row, dst := t.Features[k*f:(k+1)*f], x[i*f:(i+1)*f]
 		if t.Mean == nil {
@@ -274,6 +274,46 @@ func (t *Table) Meta() map[string]string {
 		m["data.mean"], m["data.std"] = floatList(t.Mean), floatList(t.Std)
 	}
 	return m
+}
+
+// ErrNoNorm: metadata that should record a table's standardisation (see
+// [Table.Meta]) does not, or records it badly; returned by NormFromMeta.
+var ErrNoNorm = errors.New("no standardisation recorded")
+
+// NormFromMeta reads back the standardisation constants that [Table.Meta]
+// records ("data.mean" and "data.std", one value per feature column), for
+// a test split's SetNorm. An error wraps ErrNoNorm and names the key that
+// is missing or malformed.
+func NormFromMeta(meta map[string]string) (mean, std []float32, err error) {
+	read := func(key string) ([]float32, error) {
+		s, ok := meta[key]
+		if !ok {
+			return nil, fmt.Errorf("%w: no %q key", ErrNoNorm, key)
+		}
+		parts := strings.Split(s, ",")
+		if len(parts) > MaxCSVColumns {
+			return nil, fmt.Errorf("%w: %q holds %d values; a table has at most %d columns", ErrNoNorm, key, len(parts), MaxCSVColumns)
+		}
+		v := make([]float32, len(parts))
+		for i, p := range parts {
+			f, err := strconv.ParseFloat(p, 32)
+			if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+				return nil, fmt.Errorf("%w: %q: value %d, %s, is not a finite number", ErrNoNorm, key, i+1, quoteCut(p))
+			}
+			v[i] = float32(f)
+		}
+		return v, nil
+	}
+	if mean, err = read("data.mean"); err != nil {
+		return nil, nil, err
+	}
+	if std, err = read("data.std"); err != nil {
+		return nil, nil, err
+	}
+	if len(mean) != len(std) {
+		return nil, nil, fmt.Errorf("%w: %d means and %d deviations", ErrNoNorm, len(mean), len(std))
+	}
+	return mean, std, nil
 }
 
 func floatList(v []float32) string {

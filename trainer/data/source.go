@@ -3,6 +3,7 @@ package data
 import (
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"strconv"
 )
 
@@ -72,14 +73,14 @@ type Source interface {
 	Meta() map[string]string
 }
 
-// checkFill checks Fill's arguments against s's fields.
-func checkFill(s Source, x, y []float32, idx []int) error {
-	in, out := s.Input().Size(), s.Target().Size()
+// checkFill checks Fill's arguments against a source of n samples of in
+// input and out target values each. It does not allocate (Fill is on
+// the training loop's path).
+func checkFill(n, in, out int, x, y []float32, idx []int) error {
 	if len(x) != len(idx)*in || len(y) != len(idx)*out {
 		return fmt.Errorf("%w: %d samples need %d input and %d target values; got buffers of %d and %d",
 			ErrFill, len(idx), len(idx)*in, len(idx)*out, len(x), len(y))
 	}
-	n := s.Len()
 	for _, k := range idx {
 		if k < 0 || k >= n {
 			return fmt.Errorf("%w: index %d out of range [0, %d)", ErrFill, k, n)
@@ -88,9 +89,22 @@ func checkFill(s Source, x, y []float32, idx []int) error {
 	return nil
 }
 
+// Checksummer is a Source that checksums its samples itself: CRC32C is
+// the CRC-32C (Castagnoli) of what it holds, as it holds it. Sources
+// without one are checksummed by their filled values (see the trainer's
+// DataIdentity). The image datasets' source has one: the pixels, then the
+// labels.
+type Checksummer interface {
+	CRC32C() uint32
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
 // AsSource gives an image dataset the Source interface: its input is the
 // image normalised as Batch does ([1, Rows, Cols]), its target the label.
-// Nothing is random, so seed and epoch change nothing.
+// Nothing is random, so seed and epoch change nothing. The source is also
+// a [Checksummer] (the pixels, then the labels) and has a Validate method
+// ([Dataset.Validate]).
 func (d *Dataset) AsSource() Source { return datasetSource{d} }
 
 type datasetSource struct{ d *Dataset }
@@ -106,11 +120,19 @@ func (s datasetSource) Target() Field {
 }
 
 func (s datasetSource) Fill(x, y []float32, idx []int, _ uint64, _ int) error {
-	if err := checkFill(s, x, y, idx); err != nil {
+	if err := checkFill(s.d.N, s.d.Rows*s.d.Cols, 1, x, y, idx); err != nil {
 		return err
 	}
 	s.d.Batch(idx, x, y)
 	return nil
+}
+
+// Validate is the dataset's Validate.
+func (s datasetSource) Validate() error { return s.d.Validate() }
+
+// CRC32C is the CRC-32C of the pixels, then the labels.
+func (s datasetSource) CRC32C() uint32 {
+	return crc32.Update(crc32.Checksum(s.d.Pix, castagnoli), castagnoli, s.d.Labels)
 }
 
 func (s datasetSource) Meta() map[string]string {
