@@ -4,14 +4,16 @@
 //
 // # A run
 //
-// [New] validates a [Config], loads the datasets (or takes them from
-// [WithData]), builds the model and the optimiser and, with Config.Resume,
-// restores a checkpoint. [Trainer.Run] then, for each epoch:
+// [New] validates a [Config], loads the data (or takes it from
+// [WithSource] or [WithData]), builds the model (or takes it from
+// [WithModel]) and the optimiser and, with Config.Resume, restores a
+// checkpoint. [Trainer.Run] then, for each epoch:
 //
 //  1. shuffles the training set with a permutation that depends only on
 //     (seed, epoch) (trainer/data.PermutationInto);
 //  2. for each batch (the last one holds the remainder: nothing is
-//     dropped), fills the program's input from bytes, runs forward and
+//     dropped), fills the program's input and labels with the training
+//     source's Fill for (seed, epoch), runs forward and
 //     backward, stops with [ErrNonFinite] if the loss or a gradient is NaN
 //     or Inf (before the parameters are touched), clips the gradients'
 //     global norm if asked, and takes an optimiser step with the
@@ -23,14 +25,42 @@
 // ([WithSink]) and progress through [WithProgress], so tests drive the loop
 // exactly.
 //
+// # Data and model
+//
+// The trainer reads a training and a test trainer/data.Source: what
+// [LoadSources] loads for Config.Dataset (mnist, fashion-mnist, synthetic,
+// or csv: DIR/train.csv and DIR/test.csv of Config.DataDir, the class in
+// column Config.Label, features standardised by the training split), or
+// what a program gives:
+//
+//	train, _ := data.LoadCSV("train.csv", data.CSVOptions{Label: "species"})
+//	train.Standardize()
+//	test, _ := data.LoadCSV("test.csv", data.CSVOptions{Label: "species", Classes: train.Classes})
+//	_ = test.SetNorm(train.Mean, train.Std)
+//	t, err := trainer.New(cfg, trainer.WithSource(train, test))
+//
+// The model cfg names takes its input shape from the training source's
+// input field ([C H W]; [H W] is 1×H×W, [F] features 1×1×F) and its class
+// count from the target's (unless Config.Classes sets it); [WithModel]
+// trains a model of the caller's instead. New refuses, with [ErrConfig],
+// nil or empty sources, a target that is not one class index per sample,
+// a test source whose fields differ from the training source's, and a
+// model whose input size or number of outputs does not fit the data.
+// Normalisation belongs to the source: the trainer has no case for any
+// dataset. The test split is filled as epoch 0 of seed 0 wherever it is
+// read, so every evaluation sees the same samples.
+//
 // # Checkpoints and resume
 //
 // A checkpoint (trainer/checkpoint, safetensors) holds the weights under
 // their parameter names, the optimiser state under "optimizer.<name>", and
 // metadata: format, step, epoch and batch within it, the config as JSON, a
 // "trajectory" string (model, widths, dataset, batch size, optimiser,
-// seed), the RNG description and the identity of the data trained on
-// ([DataIdentity], which 'gotrain eval' checks). The RNG is counter-based (shuffle from
+// seed), the RNG description, the identity of the data trained on
+// ([DataIdentity], which 'gotrain eval' checks), the training source's
+// Meta (its name and normalisation constants, which [LoadTestSource]
+// applies to a CSV test split) and the model's input shape and classes
+// (which [LoadModel] builds it with). The RNG is counter-based (shuffle from
 // (seed, epoch), dropout masks from (seed, step)), so these numbers are its
 // whole state and a resumed run continues bit for bit: 2 epochs straight
 // equal 1 epoch, stop, resume, 1 epoch. A checkpoint whose trajectory,

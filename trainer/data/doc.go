@@ -1,5 +1,6 @@
 // Package data provides the training data of gotrain: MNIST, Fashion-MNIST
-// and a synthetic dataset held in memory, mini-batches normalised to
+// and a synthetic dataset held in memory, CSV tables, the [Source]
+// interface the trainer reads them through, mini-batches normalised to
 // float32, and a deterministic shuffling sampler.
 //
 // # Datasets
@@ -103,8 +104,11 @@
 //	data: train.csv:1042: malformed CSV: column "petal_width": "n/a" is not a finite number
 //
 // One conformance test runs against every Source. Meta gives what a
-// checkpoint records of a source (name, normalisation). The trainer does
-// not take Sources yet: its loop reads [Dataset]s.
+// checkpoint records of a source (name, normalisation), and
+// [NormFromMeta] reads a table's standardisation back from it. The
+// trainer reads Sources (trainer.WithSource; trainer.WithData wraps
+// [Dataset.AsSource]), and a [Checksummer] gives the checksum by which
+// evaluation recognises a test split.
 //
 // # Errors
 //
