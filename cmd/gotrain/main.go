@@ -350,7 +350,6 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	df := distFlagsOf(cfg)
 	// Before anything is loaded or joined: outputs that cannot be written
 	// and runs that cannot fit are refused now, not after the training.
 	env, envErr := rendezvous.FromEnv(os.Getenv)
@@ -421,28 +420,19 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	if dev != nil {
 		defer dev.Close()
 	}
-	j, err := joinJob(ctx, df, logger, dev)
+	j, err := join(ctx, cfg, logger, dev)
 	if err != nil {
 		return err
 	}
 	defer j.Close()
-	rank := 0
-	opts := []trainer.Option{trainer.WithSource(train, test), trainer.WithLogger(logger)}
-	if j != nil {
-		rank = j.env.Rank
-		opts = append(opts, trainer.WithCommunicator(j.comm))
-		if cfg.Sync == "async" {
-			tr, closeTr, err := j.asyncTransport(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeTr()
-			opts = append(opts, trainer.WithAsync(tr))
-		}
+	rank := j.Rank()
+	// The job's options: its communicator, the parameter server's
+	// transport (--sync async), the device.
+	jobOpts, err := j.TrainerOptions(ctx)
+	if err != nil {
+		return err
 	}
-	if dev != nil {
-		opts = append(opts, trainer.WithDevice(dev))
-	}
+	opts := append([]trainer.Option{trainer.WithSource(train, test), trainer.WithLogger(logger)}, jobOpts...)
 	sampler, stopDevices := devices(2*time.Second, logger)
 	defer stopDevices()
 	// The balancer bounds a rank's share by its free memory: its GPU's
@@ -465,13 +455,9 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	}
 	sinks := []metrics.Sink{metrics.NewSlogSink(logger)}
 	if cfg.MetricsAddr != "" {
-		world := 1
-		if j != nil {
-			world = j.env.WorldSize
-		}
-		exp, addr, err := serveMetrics(cfg.MetricsAddr, rank, world, local)
+		exp, addr, err := j.ServeMetrics(cfg.MetricsAddr)
 		if err != nil {
-			return err
+			return usageError(err)
 		}
 		defer exp.Close()
 		defer startMonitor(exp, sampler, 5*time.Second)()
@@ -490,9 +476,7 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 	res, err := t.Run(ctx)
 	bar.Finish()
 	if err != nil {
-		if j != nil {
-			j.comm.Abort(err)
-		}
+		j.Abort(err)
 		return err
 	}
 	var metricsErr error
