@@ -463,8 +463,10 @@ func (t *Trainer) ddpStep(ctx context.Context, stopRequested bool, lo, hi int, p
 				t.devr.red = nil
 			}
 		} else {
-			pcg.Seed(t.cfg.Seed^0x5eedd70a^uint64(r)<<40, uint64(t.pos.step)*uint64(k)+uint64(j))
-			loss, err = prog.Run(rng)
+			// Each sample's dropout masks come from its own stream, keyed
+			// by its place in the global batch: any split across ranks and
+			// micro-batches draws the masks of one process.
+			loss, err = prog.RunAt(t.cfg.Seed^0x5eedd70a, uint64(t.pos.step), ms-lo)
 		}
 		if err != nil {
 			return 0, false, err

@@ -88,13 +88,26 @@ func runRanksResults(t *testing.T, cfgs []Config, opts ...func(r int) Option) ([
 // one process with batch B ends (SGD, 100 steps, the epoch remainder
 // included), and the ranks hold bitwise-identical parameters.
 func TestDataParallelEqualsOneProcess(t *testing.T) {
+	for _, drop := range []float64{0, 0.3} {
+		t.Run(fmt.Sprintf("dropout%g", drop), func(t *testing.T) { dataParallelEqualsOneProcess(t, drop) })
+	}
+}
+
+// dataParallelEqualsOneProcess: with dropout too, since each sample's
+// masks are drawn from a stream of its place in the global batch.
+func dataParallelEqualsOneProcess(t *testing.T, dropout float64) {
 	base := sgdConfig(t)
 	base.MaxSteps = 100 // 19 steps an epoch, the last of 30 samples
 	base.Epochs = 6
+	base.Dropout = dropout
 	ref := newTrainer(t, base)
 	_, err := ref.Run(context.Background())
 	require.NoError(t, err)
-	for _, tc := range []struct{ w, accum int }{{2, 1}, {4, 1}, {3, 1}, {2, 2}} {
+	cases := []struct{ w, accum int }{{2, 1}, {4, 1}, {3, 1}, {2, 2}}
+	if dropout > 0 {
+		cases = []struct{ w, accum int }{{3, 1}, {2, 2}}
+	}
+	for _, tc := range cases {
 		t.Run(fmt.Sprintf("w%d-accum%d", tc.w, tc.accum), func(t *testing.T) {
 			cfgs := make([]Config, tc.w)
 			for r := range cfgs {

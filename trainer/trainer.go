@@ -726,8 +726,7 @@ func (t *Trainer) Run(ctx context.Context) (Result, error) {
 					}
 				default:
 					if err = t.fillTrain(prog.X, prog.Y, t.perm[lo:hi], epoch); err == nil {
-						pcg.Seed(cfg.Seed^0x5eedd70a, uint64(t.pos.step))
-						l, err = prog.Run(rng)
+						l, err = prog.RunAt(cfg.Seed^0x5eedd70a, uint64(t.pos.step), 0)
 						ps = t.optParams(prog)
 					}
 				}
