@@ -163,7 +163,7 @@ fuzz:
 # and ring ports while a job trains, which must end with the weights of an
 # undisturbed run. Real processes on loopback; root for the tmpfs mounts.
 soak: data
-	GOTRAIN_SOAK=1 $(GO) test -count=1 -timeout 30m -run 'Soak' -v ./cmd/gotrain/ ./trainer/...
+	GOTRAIN_SOAK=1 $(GO) test -count=1 -timeout 30m -run 'Soak' -v ./cmd/gotrain/... ./trainer/...
 
 # Throughput against PyTorch (Debian's python3-torch), side by side, median of
 # REPEATS alternating runs, same threads, model, batch and optimiser.

@@ -1,4 +1,4 @@
-package main
+package cli
 
 // The reliability suite: the faults and hostile inputs an operator meets,
 // run as real processes on real mounts. Cases that take seconds run in

@@ -1,6 +1,6 @@
 //go:build gpu
 
-package main
+package cli
 
 // The gpu build: say clearly what is wrong when the CUDA driver cannot be
 // used, before gorgonia.org/cu's own init exits the process (see package
