@@ -28,6 +28,10 @@ type Spec struct {
 	Classes    int     // output classes (default 10)
 }
 
+// ErrNotBuilt is returned for a Model that New or Build did not make (a
+// zero or hand-assembled Model has no modules to compile).
+var ErrNotBuilt = errors.New("graph: the model was not made by graph.New or graph.Build; write it with package graph/nn and build it with those")
+
 // ErrUnknownModel is returned by New for a model kind that is not registered.
 var ErrUnknownModel = errors.New("unknown model")
 
@@ -212,6 +216,9 @@ func (p *Program) BytesPerSample() float64 {
 func (m *Model) Program(batch int, train bool) (*Program, error) {
 	if batch <= 0 {
 		return nil, fmt.Errorf("graph: batch size %d must be positive", batch)
+	}
+	if m.progs == nil {
+		return nil, ErrNotBuilt
 	}
 	k := progKey{batch, train}
 	if p, ok := m.progs[k]; ok {

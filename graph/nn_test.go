@@ -282,3 +282,13 @@ func TestRunAtSplitsLikeOneBatch(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEqual(t, lw, l2)
 }
+
+// A Model assembled by hand is refused with an error that says how to make
+// one, not a panic or Gorgonia's "not the same graph".
+func TestHandMadeModelIsRefused(t *testing.T) {
+	m := &graph.Model{Spec: tabular}
+	_, err := m.Program(8, true)
+	require.ErrorIs(t, err, graph.ErrNotBuilt)
+	_, err = m.Stages(2)
+	require.ErrorIs(t, err, graph.ErrNotBuilt)
+}

@@ -38,6 +38,9 @@ var ErrTooFewLayers = errors.New("the model has fewer parametrised layers than p
 // Stages splits the model into n consecutive stages balanced by parameter
 // count; every stage holds at least one layer with parameters.
 func (m *Model) Stages(n int) ([]*Stage, error) {
+	if m.progs == nil {
+		return nil, ErrNotBuilt
+	}
 	var paramLayers []int
 	owned := map[int][]int{} // layer -> param indices
 	user := map[int]int{}    // param -> the layer that uses it
