@@ -721,7 +721,12 @@ func TestElasticJobLosesANode(t *testing.T) {
 			require.Equal(t, 620.0, steps[len(steps)-1], "the last record of the run")
 			d := maxDiff(t, ref, out)
 			t.Logf("%s: 3 nodes, node %d lost after the first checkpoint, 2 to the end: max |Δ| against one process %g", backend, victim, d)
-			require.Less(t, d, 1e-5)
+			// Rounding only: the sums of 3 and then 2 ranks are added in
+			// another order than one process's. With this model and seed an
+			// undisturbed 3-process job ends 1.6e-5 from one process, a
+			// 2-process job 7e-6; a lost or repeated step moves the weights
+			// by 1e-3 and more.
+			require.Less(t, d, 3e-5)
 		})
 	}
 }
