@@ -235,7 +235,7 @@ func (b *builder) forward(h *G.Node, first, last int) (*G.Node, error) {
 		b.block = i
 		h = b.m.blocks[i].Forward(b, h)
 		if b.err == nil && h == nil {
-			b.fail(errors.New("Forward returned nil"))
+			b.fail(errors.New("its Forward returned nil"))
 		}
 		if b.err != nil {
 			return nil, fmt.Errorf("graph: model %s, %s: %w", b.m.Spec.Kind, b.m.blockName(i), b.err)
