@@ -65,8 +65,11 @@ func TestExample(t *testing.T) {
 			t.Skip("PyTorch is not installed (/usr/bin/python3 with python3-torch and python3-numpy): the peer comparison is skipped")
 		}
 		peer := func(args ...string) float64 {
-			out, err := exec.Command("/usr/bin/python3", append([]string{"peer_torch.py", data}, args...)...).Output()
-			require.NoError(t, err)
+			cmd := exec.Command("/usr/bin/python3", append([]string{"peer_torch.py", data}, args...)...)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			require.NoError(t, err, "peer_torch.py %s:\n%s", strings.Join(args, " "), stderr.String())
 			var r struct {
 				TestAccuracy float64 `json:"test_accuracy"`
 			}
