@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/data"
 	"github.com/gotrain/gotrain/trainer/metrics"
 	"github.com/gotrain/gotrain/trainer/optim"
@@ -57,13 +58,36 @@ func WithAsync(tr AsyncTransport) Option { return func(t *Trainer) { t.async = &
 // asyncBatch is the samples of one async batch.
 func (t *Trainer) asyncBatch() int { return max(1, t.cfg.BatchSize/t.worldSize()) }
 
-// runAsync is Run for --sync async.
-func (t *Trainer) runAsync(ctx context.Context, start time.Time) (Result, error) {
+// asyncPS is the asynchronous parameter-server strategy. Its worker does
+// not step through the loop's epochs: the server hands out the batches
+// (fast workers take more), applies each push at once and ends the run,
+// and the job keeps no checkpoint, so asyncPS runs its own loop (run).
+// The parts of the strategy interface that the loop alone calls are the
+// no-ops of base.
+type asyncPS struct{ base }
+
+func (a *asyncPS) start(ctx context.Context) error {
+	t := a.t
+	if err := a.joinJob(ctx); err != nil {
+		return err
+	}
+	if t.async == nil || t.worldSize() < 2 {
+		return fmt.Errorf("%w: --sync async needs a job of at least 2 ranks (see 'gotrain launch')", ErrConfig)
+	}
+	// On a device each worker computes its gradients there; the server
+	// keeps the parameters and the optimiser on rank 0's host.
+	return t.exec.start(t.opt, nil)
+}
+
+func (a *asyncPS) step(context.Context, bool, int, int) (stepResult, error) {
+	return stepResult{}, errors.New("async: the parameter server hands out the batches; its worker runs its own loop")
+}
+
+// run is the worker's loop, and on rank 0 the server's.
+func (a *asyncPS) run(ctx context.Context, start time.Time) (Result, error) {
+	t := a.t
 	var res Result
 	cfg := t.cfg
-	if t.async == nil || t.worldSize() < 2 {
-		return res, fmt.Errorf("%w: --sync async needs a job of at least 2 ranks (see 'gotrain launch')", ErrConfig)
-	}
 	r, w := t.rank(), t.worldSize()
 	lb, n := t.asyncBatch(), t.train.Len()
 	if len(t.perm) != n {
@@ -71,12 +95,6 @@ func (t *Trainer) runAsync(ctx context.Context, start time.Time) (Result, error)
 	}
 	nb := (n + lb - 1) / lb
 	sched := cfg.schedule(int64(cfg.Epochs) * int64(nb))
-	// On a device each worker computes its gradients there; the server
-	// keeps the parameters and the optimiser on rank 0's host.
-	if err := t.devStart(); err != nil {
-		return res, err
-	}
-	defer t.devClose()
 	var srv *ps.Server
 	trainStart := t.now()
 	var conn net.Conn
@@ -160,6 +178,29 @@ func (t *Trainer) runAsync(ctx context.Context, start time.Time) (Result, error)
 	t.sink.Summary(metrics.Summary{TestAccuracy: acc, TrainSamplesPerSec: res.TrainSamplesPerSec,
 		WallSeconds: res.WallSeconds, PeakRSSBytes: res.PeakRSSBytes, Rank: r, WorldSize: w})
 	return res, nil
+}
+
+// workerGrad is a worker's computation: the server's parameters (in the
+// host model) go to the executor, prog runs there with the masks of
+// (seed, stream), and its gradients come into grad, concatenated in
+// parameter order.
+func (t *Trainer) workerGrad(prog *graph.Program, seed, stream uint64, grad []float32, rng *rand.Rand, pcg *rand.PCG) (float32, error) {
+	if err := t.exec.loadParams(); err != nil {
+		return 0, err
+	}
+	loss, err := t.exec.runStream(prog, seed, stream, rng, pcg)
+	if err != nil {
+		return 0, err
+	}
+	off := 0
+	for i := range t.Model.Params {
+		g, err := t.exec.grad(prog, i)
+		if err != nil {
+			return 0, err
+		}
+		off += copy(grad[off:], g)
+	}
+	return loss, nil
 }
 
 // newParamServer makes rank 0's server over a copy of the model's
@@ -281,18 +322,7 @@ func (t *Trainer) asyncWorker(ctx context.Context, conn net.Conn, lb, nb int, lr
 			return steps, samples, err
 		}
 		stream := uint64(wk.Epoch)*uint64(nb) + uint64(wk.Batch)
-		var loss float32
-		if t.devr != nil {
-			loss, err = t.devAsyncGrad(prog, cfg.Seed^0xa5c, stream, grad)
-		} else {
-			pcg.Seed(cfg.Seed^0xa5c, stream)
-			if loss, err = prog.Run(rng); err == nil {
-				off = 0
-				for i := range t.Model.Params {
-					off += copy(grad[off:], prog.Grad(i))
-				}
-			}
-		}
+		loss, err := t.workerGrad(prog, cfg.Seed^0xa5c, stream, grad, rng, pcg)
 		if err != nil {
 			return steps, samples, err
 		}

@@ -208,7 +208,7 @@ func TestUnequalSharesEqualOneProcess(t *testing.T) {
 			cfgs[r].Shares = shares // as --shares gives them
 		}
 		trs := runRanks(t, cfgs)
-		lo, hi := trs[0].shareOf(0, 50, 0)
+		lo, hi := trs[0].strat.(*allReduce).shareOf(0, 50, 0)
 		require.InDelta(t, shares[0]*50, hi-lo, 1, "rank 0's share of a batch of 50")
 		d := maxAbsDiff(params(ref), params(trs[0]))
 		t.Logf("shares %v: max |Δ| against one process %g", shares, d)
@@ -281,7 +281,7 @@ func TestResumeKeepsTheShares(t *testing.T) {
 	}
 	trs := runRanks(t, cfgs, func(r int) Option { return WithSink(recs[r]) })
 	require.NotEmpty(t, recs[0].bal)
-	saved := slices.Clone(trs[0].dp.bal.Weights())
+	saved := slices.Clone(trs[0].strat.(*allReduce).bal.Weights())
 	require.Greater(t, saved[0], 0.55, "the fast rank took the larger share: %v", saved)
 
 	// One more step from the checkpoint: no re-plan falls on step 13, so
@@ -293,7 +293,7 @@ func TestResumeKeepsTheShares(t *testing.T) {
 	cfgs[1].Resume = "/nonexistent"
 	trs = runRanks(t, cfgs)
 	for r, tr := range trs {
-		require.Equal(t, saved, tr.dp.bal.Weights(), "rank %d resumed the shares", r)
+		require.Equal(t, saved, tr.strat.(*allReduce).bal.Weights(), "rank %d resumed the shares", r)
 	}
 	require.Less(t, maxAbsDiff(params(ref), params(trs[0])), 1e-5)
 
@@ -305,7 +305,7 @@ func TestResumeKeepsTheShares(t *testing.T) {
 	}
 	trs = runRanks(t, three)
 	require.Equal(t, int64(14), trs[0].Step())
-	for _, w := range trs[0].dp.bal.Weights() {
+	for _, w := range trs[0].strat.(*allReduce).bal.Weights() {
 		require.InDelta(t, 1.0/3, w, 1e-12, "a job of 3 ranks starts from equal shares")
 	}
 }
@@ -424,7 +424,7 @@ func TestPipelineRanksEqualOneProcess(t *testing.T) {
 		trs, res := runRanksResults(t, cfgs)
 		d := 0.0
 		for r := range trs {
-			for _, i := range trs[r].pp.stage.Params {
+			for _, i := range trs[r].strat.(*pipeline).stage.Params {
 				for e, v := range trs[r].Model.Params[i].Data {
 					d = math.Max(d, math.Abs(float64(v-ref.Model.Params[i].Data[e])))
 				}

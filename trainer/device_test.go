@@ -380,7 +380,7 @@ func TestDeviceBucketsMatchOneProcess(t *testing.T) {
 				})
 			}
 			wg.Wait()
-			buckets := int64(len(trs[0].dp.buckets))
+			buckets := int64(len(trs[0].strat.(*allReduce).bk.list))
 			for r, err := range errs {
 				require.NoError(t, err, "rank %d", r)
 				require.Equal(t, base.MaxSteps*buckets, comms[r].calls.Load(), "rank %d: every bucket reduced on the device every step", r)
@@ -469,13 +469,13 @@ func TestDevicePipelineMatchesTheCPU(t *testing.T) {
 		trs, res := runRanksResults(t, cfgs, opts...)
 		d := 0.0
 		for r, tr := range trs {
-			for _, i := range tr.pp.stage.Params {
+			for _, i := range tr.strat.(*pipeline).stage.Params {
 				d = math.Max(d, maxAbsDiff([][]float32{ref.Model.Params[i].Data}, [][]float32{tr.Model.Params[i].Data}))
 			}
 			if tc.dev {
 				require.Equal(t, int(base.MaxSteps), tr.devr.steps, "every update on the device")
 				require.GreaterOrEqual(t, tr.devr.runs, int(base.MaxSteps)*3, "every micro-batch's backward pass on the device")
-				if tr.pp.replica == 0 { // the first replica evaluates
+				if tr.strat.(*pipeline).replica == 0 { // the first replica evaluates
 					require.Positive(t, tr.devr.evals, "the evaluation ran on the device")
 				}
 			}
@@ -594,7 +594,7 @@ func TestDevicePipelineDeviceToDevice(t *testing.T) {
 			// receives 3 gradients, stage 1 the other way round.
 			require.Equal(t, 3*base.MaxSteps, comms[r].sends.Load(), "rank %d: device sends", r)
 			require.Equal(t, 3*base.MaxSteps, comms[r].recvs.Load(), "rank %d: device receives", r)
-			for _, i := range tr.pp.stage.Params {
+			for _, i := range tr.strat.(*pipeline).stage.Params {
 				d = math.Max(d, maxAbsDiff([][]float32{ref.Model.Params[i].Data}, [][]float32{tr.Model.Params[i].Data}))
 			}
 			require.Equal(t, res[0].TestAccuracy, res[r].TestAccuracy)

@@ -3,12 +3,10 @@ package trainer
 import (
 	"context"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"slices"
 
-	"github.com/gotrain/gotrain/gpu/device"
-	"github.com/gotrain/gotrain/gpu/executor"
+	gpuexec "github.com/gotrain/gotrain/gpu/executor"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/dist"
 	"github.com/gotrain/gotrain/trainer/optim"
@@ -37,20 +35,26 @@ import (
 // device; activations and input gradients travel through the host, and
 // the replicas' sum of gradients too.
 
+// pipeline is the pipeline-stages strategy.
 type pipeline struct {
+	base
 	stage             *graph.Stage
-	replica, replicas int           // data-parallel copies of the pipeline
-	zeros             [][]float32   // per model parameter this stage does not own: zeros for the replica all-reduce
-	grads             [][]float32   // accumulated gradients of the stage's parameters
-	params            []optim.Param // the stage's parameters with grads
-	opt               optim.Optimizer
-	inputs            [][]float32 // per micro-batch: this stage's input, kept for the backward
+	replica, replicas int             // data-parallel copies of the pipeline
+	zeros             [][]float32     // per model parameter this stage does not own: zeros for the replica all-reduce
+	opt               optim.Optimizer // the stage's
+	inputs            [][]float32     // per micro-batch: this stage's input, kept for the backward
+	link              stageLink
 }
 
-func (t *Trainer) pipelined() bool { return t.cfg.PipelineStages > 1 }
-
-func (t *Trainer) setupPipeline() error {
+func (p *pipeline) start(ctx context.Context) error {
+	t := p.t
+	if err := p.joinJob(ctx); err != nil {
+		return err
+	}
 	n := t.cfg.PipelineStages
+	if t.comm == nil {
+		return fmt.Errorf("%w: --pipeline-stages %d needs a job of %d ranks (see 'gotrain launch')", ErrConfig, n, n)
+	}
 	if t.worldSize()%n != 0 {
 		return fmt.Errorf("%w: --pipeline-stages %d needs a world size that is a multiple of %d (one stage per rank, world size / stages data-parallel replicas); this job has %d ranks", ErrConfig, n, n, t.worldSize())
 	}
@@ -62,38 +66,45 @@ func (t *Trainer) setupPipeline() error {
 		return fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	s := stages[t.rank()%n]
-	pp := &pipeline{stage: s, replica: t.rank() / n, replicas: t.worldSize() / n}
+	p.stage, p.replica, p.replicas = s, t.rank()/n, t.worldSize()/n
+	params := make([]optim.Param, 0, len(s.Params))
 	for _, i := range s.Params {
-		p := t.Model.Params[i]
-		g := make([]float32, p.Size())
-		pp.grads = append(pp.grads, g)
-		pp.params = append(pp.params, optim.Param{Name: p.Name, Data: p.Data, Grad: g})
+		mp := t.Model.Params[i]
+		params = append(params, optim.Param{Name: mp.Name, Data: mp.Data, Grad: make([]float32, mp.Size())})
 	}
-	if pp.replicas > 1 {
-		pp.zeros = make([][]float32, len(t.Model.Params))
-		for i, p := range t.Model.Params {
+	if p.replicas > 1 {
+		p.zeros = make([][]float32, len(t.Model.Params))
+		for i, mp := range t.Model.Params {
 			if !slices.Contains(s.Params, i) {
-				pp.zeros[i] = make([]float32, p.Size())
+				p.zeros[i] = make([]float32, mp.Size())
 			}
 		}
 	}
-	if pp.opt, err = optim.New(t.cfg.optimizer(), pp.params); err != nil {
+	if p.opt, err = optim.New(t.cfg.optimizer(), params); err != nil {
 		return fmt.Errorf("%w: %v", ErrConfig, err)
 	}
-	t.pp = pp
+	if err := t.exec.start(p.opt, s.Params); err != nil {
+		return err
+	}
+	p.link = t.exec.stage().link(t.comm)
 	return nil
 }
 
+// settle brings the stage's state to the host; the stages hold different
+// parameters, so there are no replicas to compare.
+func (p *pipeline) settle(context.Context, string) error { return p.t.exec.sync() }
+
 // pipelineStep computes this stage's gradient of the global batch
-// perm[lo:hi]. It returns this rank's summed loss (the last stage's; 0
-// elsewhere), and, the same on every rank, the global batch's mean loss
-// and the global norm of the gradient (over every stage's parameters): so
-// every rank decides alike whether the step diverged, and clipping is that
-// of one process.
-func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, rng *rand.Rand) (lossSum, loss, norm float64, err error) {
-	pp, s := t.pp, t.pp.stage
+// perm[lo:hi]. Its result's lossSum is this rank's summed loss (the last
+// stage's; 0 elsewhere); the global batch's mean loss and the sum of
+// squares of the gradient over every stage's parameters are the same on
+// every rank: so every rank decides alike whether the step diverged, and
+// clipping is that of one process.
+func (p *pipeline) step(ctx context.Context, _ bool, lo, hi int) (stepResult, error) {
+	t, pp, s := p.t, p, p.stage
+	st := t.exec.stage()
 	k, n := s.Index, s.Of
-	c := t.dp.comm
+	var lossSum float64
 	prev, next := t.rank()-1, t.rank()+1 // the neighbouring stages of this replica
 	B := hi - lo
 	lo, hi = shard(lo, hi, pp.replica, pp.replicas) // this replica's share
@@ -107,7 +118,7 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 	}
 	// Dropout masks: a stream per micro-batch, the same in the forward
 	// pass and in the backward pass's recomputation.
-	seed := t.cfg.Seed ^ 0x5eedd70a ^ uint64(k)<<40
+	seed := t.cfg.Seed ^ dropoutSalt ^ uint64(k)<<40
 	stream := func(j int) uint64 { return uint64(t.pos.step)*uint64(micro) + uint64(j) }
 	// Forward: every micro-batch through this stage.
 	for j := 0; j < micro; j++ {
@@ -118,39 +129,27 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 		x := slices.Grow(pp.inputs[j][:0], (me-ms)*in)[:(me-ms)*in]
 		pp.inputs[j] = x
 		var err error
-		switch {
-		case k == 0:
+		if k == 0 {
 			err = t.fillTrain(x, nil, t.perm[ms:me], t.pos.epoch)
-		case t.devDirect():
-			err = t.devRecvInput(ctx, j, len(x), prev)
-		default:
-			err = t.collective(ctx, "pipeline receive of activations", func(ctx context.Context) error {
-				return c.Recv(ctx, x, prev)
-			})
+		} else {
+			err = p.link.recvInput(ctx, j, x, prev)
 		}
 		if err != nil {
-			return 0, 0, 0, err
+			return stepResult{}, err
 		}
 		if k == n-1 {
 			continue // the last stage runs forward and backward together below
 		}
 		fp, err := s.ForwardProgram(me - ms)
 		if err != nil {
-			return 0, 0, 0, err
+			return stepResult{}, err
 		}
-		out, err := t.stageForward(fp, x, j, seed, stream(j), pcg, rng)
+		out, err := st.forward(fp, x, j, k > 0, seed, stream(j))
 		if err != nil {
-			return 0, 0, 0, err
+			return stepResult{}, err
 		}
-		if t.devDirect() {
-			err = t.devSend(ctx, "pipeline send of activations", out, next)
-		} else {
-			err = t.collective(ctx, "pipeline send of activations", func(ctx context.Context) error {
-				return c.Send(ctx, out.host, next)
-			})
-		}
-		if err != nil {
-			return 0, 0, 0, err
+		if err := p.link.send(ctx, "pipeline send of activations", out, next); err != nil {
+			return stepResult{}, err
 		}
 	}
 	// Backward, micro-batch by micro-batch, recomputing the forward.
@@ -162,171 +161,180 @@ func (t *Trainer) pipelineStep(ctx context.Context, lo, hi int, pcg *rand.PCG, r
 		}
 		tp, err := s.Program(me-ms, true)
 		if err != nil {
-			return 0, 0, 0, err
+			return stepResult{}, err
 		}
-		switch {
-		case k == n-1:
+		if k == n-1 {
 			err = t.fillTrain(nil, tp.Y, t.perm[ms:me], t.pos.epoch)
-		case t.devDirect():
-			err = t.devRecvUpstream(ctx, tp, next)
-		default:
-			err = t.collective(ctx, "pipeline receive of gradients", func(ctx context.Context) error {
-				return c.Recv(ctx, tp.G, next)
-			})
+		} else {
+			err = p.link.recvUpstream(ctx, tp, next)
 		}
 		if err != nil {
-			return 0, 0, 0, err
+			return stepResult{}, err
 		}
-		l, dx, err := t.stageBackward(tp, pp.inputs[j], j, seed, stream(j), float32(me-ms)/float32(B), first, pcg, rng)
+		l, dx, err := st.backward(tp, pp.inputs[j], j, k > 0, seed, stream(j), float32(me-ms)/float32(B), first)
 		if err != nil {
-			return 0, 0, 0, err
+			return stepResult{}, err
 		}
 		first = false
 		lossSum += float64(l) * float64(me-ms)
 		if k > 0 {
-			if t.devDirect() {
-				err = t.devSend(ctx, "pipeline send of gradients", dx, prev)
-			} else {
-				// Send returns once the bytes are written, so the buffer
-				// can be sent without a copy.
-				err = t.collective(ctx, "pipeline send of gradients", func(ctx context.Context) error {
-					return c.Send(ctx, dx.host, prev)
-				})
-			}
-			if err != nil {
-				return 0, 0, 0, err
+			if err := p.link.send(ctx, "pipeline send of gradients", dx, prev); err != nil {
+				return stepResult{}, err
 			}
 		}
 	}
-	if err := t.stageGradsDone(first); err != nil {
-		return 0, 0, 0, err
+	if first { // no micro-batch had samples
+		if err := st.zeroGrads(); err != nil {
+			return stepResult{}, err
+		}
 	}
 	if pp.replicas > 1 {
 		// Sum each stage's gradient over the replicas: every rank takes
 		// part for every parameter, with zeros for those it does not own.
-		if err := t.stageGradsToHost(); err != nil {
-			return 0, 0, 0, err
+		grads, err := st.hostGrads()
+		if err != nil {
+			return stepResult{}, err
 		}
 		owned := 0
 		for i := range t.Model.Params {
 			buf := pp.zeros[i]
 			if buf == nil {
-				buf = pp.grads[owned]
+				buf = grads[owned]
 				owned++
 			} else {
 				clear(buf)
 			}
 			if err := t.collective(ctx, "replica gradient sum", func(ctx context.Context) error {
-				return c.AllReduce(ctx, buf, buf, dist.Sum)
+				return t.comm.AllReduce(ctx, buf, buf, dist.Sum)
 			}); err != nil {
-				return 0, 0, 0, err
+				return stepResult{}, err
 			}
 		}
-		if err := t.stageGradsFromHost(); err != nil {
-			return 0, 0, 0, err
+		if err := st.putHostGrads(); err != nil {
+			return stepResult{}, err
 		}
 	}
 	// The stages' sums of squares add up to the global one; every replica
 	// holds the same gradients, so the sum over all ranks counts each
 	// replicas times.
-	sq, err := t.stageSumSquares()
+	st.useGrads()
+	sq, err := t.exec.sumSquares()
 	if err != nil {
-		return 0, 0, 0, err
+		return stepResult{}, err
 	}
 	sums := []float64{lossSum, sq}
-	if err := t.allSum(ctx, "pipeline loss and gradient norm", sums); err != nil {
-		return 0, 0, 0, err
+	if err := p.allSum(ctx, "pipeline loss and gradient norm", sums); err != nil {
+		return stepResult{}, err
 	}
-	return lossSum, sums[0] / float64(B), math.Sqrt(sums[1] / float64(pp.replicas)), nil
+	return stepResult{lossSum: lossSum, loss: sums[0] / float64(B), sumSquares: sums[1] / float64(pp.replicas)}, nil
 }
 
 // stageData is what a stage sends to a neighbour: host values, or with
-// direct device transfers (devDirect) a device tensor.
+// direct device transfers a device tensor.
 type stageData struct {
 	host []float32
-	dev  executor.Tensor
+	dev  gpuexec.Tensor
 }
 
-// stageForward runs the training forward pass of a stage on micro-batch
-// j's input (x on the host; with direct device transfers, after the first
-// stage, the device copy devRecvInput received) and returns the output to
-// send on.
-func (t *Trainer) stageForward(fp *graph.StageProgram, x []float32, j int, seed, stream uint64, pcg *rand.PCG, rng *rand.Rand) (stageData, error) {
-	if t.devr != nil {
-		e, err := t.devStage(fp)
-		if err != nil {
-			return stageData{}, err
-		}
-		if err := t.devLoadInput(e, x, j); err != nil {
-			return stageData{}, err
-		}
-		if _, err := e.RunStageLoaded(nil, seed, stream); err != nil {
-			return stageData{}, t.devErr("running a stage program", err)
-		}
-		t.devr.runs++
-		if t.devDirect() {
-			return stageData{dev: e.Out()}, nil
-		}
-		out, err := t.devRead(e.Out())
-		return stageData{host: out}, err
+// stageExec is an executor's side of a pipeline stage: the stage's
+// programs, its summed gradients (the step's) and how data travels to its
+// neighbours.
+type stageExec interface {
+	// forward runs the training forward pass of fp on micro-batch j's
+	// input x (with fromPeer, received from the previous stage: over a
+	// direct link, the copy the link received) and returns the output to
+	// send on.
+	forward(fp *graph.StageProgram, x []float32, j int, fromPeer bool, seed, stream uint64) (stageData, error)
+	// backward runs tp on micro-batch j's input (as forward) with tp.Y on
+	// the last stage, tp.G on the others (over a direct link already in
+	// the program's upstream), adds scale times its parameter gradients
+	// into the stage's (sets them when first) and returns the mean loss
+	// (last stage) and, fromPeer, the gradient of the input to send back.
+	backward(tp *graph.StageProgram, x []float32, j int, fromPeer bool, seed, stream uint64, scale float32, first bool) (float32, stageData, error)
+	// zeroGrads zeroes the stage's gradients (no micro-batch had samples).
+	zeroGrads() error
+	// hostGrads returns the stage's gradients on the host, in Stage.Params
+	// order; putHostGrads takes them back after they changed there.
+	hostGrads() ([][]float32, error)
+	putHostGrads() error
+	// useGrads makes the stage's gradients the step's.
+	useGrads()
+	// eval runs fp's evaluation on fp.X (and fp.Y on the last stage) and
+	// returns the mean loss (last stage) and the output.
+	eval(fp *graph.StageProgram) (float32, []float32, error)
+	// link is how the stage's data travels over c.
+	link(c dist.Communicator) stageLink
+}
+
+// stageLink carries a stage's data to and from its neighbours.
+type stageLink interface {
+	// recvInput receives micro-batch j's input (x's length) from peer.
+	recvInput(ctx context.Context, j int, x []float32, peer int) error
+	// recvUpstream receives the gradient of tp's output from peer.
+	recvUpstream(ctx context.Context, tp *graph.StageProgram, peer int) error
+	// send sends v to peer.
+	send(ctx context.Context, what string, v stageData, peer int) error
+}
+
+// hostLink passes host values with the communicator's Send and Recv.
+type hostLink struct {
+	t *Trainer
+	c dist.Communicator
+}
+
+func (h hostLink) recvInput(ctx context.Context, _ int, x []float32, peer int) error {
+	return h.t.collective(ctx, "pipeline receive of activations", func(ctx context.Context) error { return h.c.Recv(ctx, x, peer) })
+}
+
+func (h hostLink) recvUpstream(ctx context.Context, tp *graph.StageProgram, peer int) error {
+	return h.t.collective(ctx, "pipeline receive of gradients", func(ctx context.Context) error { return h.c.Recv(ctx, tp.G, peer) })
+}
+
+// send: Send returns once the bytes are written, so the buffer can be
+// sent without a copy.
+func (h hostLink) send(ctx context.Context, what string, v stageData, peer int) error {
+	return h.t.collective(ctx, what, func(ctx context.Context) error { return h.c.Send(ctx, v.host, peer) })
+}
+
+// cpuStage is the CPU executor's stage: graph's stage programs, the
+// summed gradients on the host.
+type cpuStage struct {
+	c      *cpuExec
+	grads  [][]float32   // accumulated gradients of the stage's parameters
+	params []optim.Param // the stage's parameters with grads
+	pcg    *rand.PCG
+	rng    *rand.Rand
+}
+
+func newCPUStage(c *cpuExec, only []int) *cpuStage {
+	s := &cpuStage{c: c, pcg: rand.NewPCG(0, 0)}
+	s.rng = rand.New(s.pcg)
+	for _, i := range only {
+		p := c.t.Model.Params[i]
+		g := make([]float32, p.Size())
+		s.grads = append(s.grads, g)
+		s.params = append(s.params, optim.Param{Name: p.Name, Data: p.Data, Grad: g})
 	}
+	return s
+}
+
+func (s *cpuStage) forward(fp *graph.StageProgram, x []float32, _ int, _ bool, seed, stream uint64) (stageData, error) {
 	copy(fp.X, x)
-	pcg.Seed(seed, stream)
-	if _, err := fp.Run(rng); err != nil {
+	s.pcg.Seed(seed, stream)
+	if _, err := fp.Run(s.rng); err != nil {
 		return stageData{}, err
 	}
 	return stageData{host: fp.Out()}, nil
 }
 
-// stageBackward runs a stage's training program on micro-batch j's input
-// (x, as stageForward) with tp.Y on the last stage, tp.G on the others
-// (with direct device transfers already in the program's Upstream), adds
-// scale times its parameter gradients into the stage's (sets them when
-// first), and returns the mean loss (last stage) and the gradient of the
-// input to send back (other stages).
-func (t *Trainer) stageBackward(tp *graph.StageProgram, x []float32, j int, seed, stream uint64, scale float32, first bool, pcg *rand.PCG, rng *rand.Rand) (float32, stageData, error) {
-	pp := t.pp
-	if d := t.devr; d != nil {
-		e, err := t.devStage(tp)
-		if err != nil {
-			return 0, stageData{}, err
-		}
-		if err := t.devLoadInput(e, x, j); err != nil {
-			return 0, stageData{}, err
-		}
-		if tp.G != nil && !t.devDirect() {
-			if err := device.WriteAsync(d.dev, e.Upstream().Buf, tp.G); err != nil {
-				return 0, stageData{}, t.devErr("uploading an output gradient", err)
-			}
-		}
-		l, err := e.RunStageLoaded(tp.Y, seed, stream)
-		if err != nil {
-			return 0, stageData{}, t.devErr("running a stage program", err)
-		}
-		d.runs++
-		d.stale = true
-		for i := range pp.stage.Params {
-			n := e.Grad(i).Size()
-			if err := d.dev.Launch("axpy_at", n, e.Grad(i).Buf, d.acc[i].Buf, n, 0, scale, !first); err != nil {
-				return 0, stageData{}, t.devErr("summing the stage gradients", err)
-			}
-		}
-		switch {
-		case pp.stage.Index == 0:
-			return l, stageData{}, nil
-		case t.devDirect():
-			return l, stageData{dev: e.DX()}, nil
-		}
-		dx, err := t.devRead(e.DX())
-		return l, stageData{host: dx}, err
-	}
+func (s *cpuStage) backward(tp *graph.StageProgram, x []float32, _ int, fromPeer bool, seed, stream uint64, scale float32, first bool) (float32, stageData, error) {
 	copy(tp.X, x)
-	pcg.Seed(seed, stream)
-	l, err := tp.Run(rng)
+	s.pcg.Seed(seed, stream)
+	l, err := tp.Run(s.rng)
 	if err != nil {
 		return 0, stageData{}, err
 	}
-	for i, g := range pp.grads {
+	for i, g := range s.grads {
 		for e, v := range tp.Grad(i) {
 			if first {
 				g[e] = scale * v
@@ -335,110 +343,41 @@ func (t *Trainer) stageBackward(tp *graph.StageProgram, x []float32, j int, seed
 			}
 		}
 	}
-	if pp.stage.Index == 0 {
+	if !fromPeer {
 		return l, stageData{}, nil
 	}
 	return l, stageData{host: tp.DX()}, nil
 }
 
-// stageGradsDone ends the micro-batches: when none had samples (first is
-// still true), the stage's gradients are zero.
-func (t *Trainer) stageGradsDone(first bool) error {
-	if !first {
-		return nil
-	}
-	if d := t.devr; d != nil {
-		for _, a := range d.acc {
-			if err := d.dev.Launch("fill", a.Size(), a.Buf, float32(0), a.Size()); err != nil {
-				return t.devErr("zeroing the stage gradients", err)
-			}
-		}
-		return nil
-	}
-	for _, g := range t.pp.grads {
+func (s *cpuStage) zeroGrads() error {
+	for _, g := range s.grads {
 		clear(g)
 	}
 	return nil
 }
 
-// stageGradsToHost brings a device stage's gradients into pp.grads (for
-// the replicas' sum through the host); stageGradsFromHost takes them back.
-func (t *Trainer) stageGradsToHost() error {
-	if d := t.devr; d != nil {
-		for i, a := range d.acc {
-			if err := d.dev.Read(t.pp.grads[i], a.Buf); err != nil {
-				return t.devErr("downloading the stage gradients", err)
-			}
-		}
-	}
-	return nil
+func (s *cpuStage) hostGrads() ([][]float32, error) { return s.grads, nil }
+func (s *cpuStage) putHostGrads() error             { return nil }
+func (s *cpuStage) useGrads()                       { s.c.cur = s.params }
+
+func (s *cpuStage) eval(fp *graph.StageProgram) (float32, []float32, error) {
+	l, err := fp.Run(nil)
+	return l, fp.Out(), err
 }
 
-func (t *Trainer) stageGradsFromHost() error {
-	if d := t.devr; d != nil {
-		for i, a := range d.acc {
-			if err := d.dev.Write(a.Buf, t.pp.grads[i]); err != nil {
-				return t.devErr("uploading the stage gradients", err)
-			}
-		}
-	}
-	return nil
-}
-
-// stageSumSquares is the sum of the squares of the stage's gradients.
-func (t *Trainer) stageSumSquares() (float64, error) {
-	d := t.devr
-	if d == nil {
-		return optim.SumSquares(t.pp.params), nil
-	}
-	if d.clip == nil {
-		var err error
-		if d.clip, err = executor.NewClipper(d.dev, len(d.acc)); err != nil {
-			return 0, t.devErr("creating the gradient clipper", err)
-		}
-	}
-	sq, err := d.clip.SumSquares(d.acc)
-	if err != nil {
-		return 0, t.devErr("summing the gradients' squares", err)
-	}
-	return sq, nil
-}
-
-// pipelineUpdate clips the stage's gradients by the global norm (see
-// pipelineStep) and applies the stage's optimiser.
-func (t *Trainer) pipelineUpdate(norm, lr float64) error {
-	pp, d := t.pp, t.devr
-	c, clip := optim.ClipCoef(norm, t.cfg.ClipGradNorm)
-	if d == nil {
-		if clip {
-			optim.Scale(pp.params, c)
-		}
-		pp.opt.Step(pp.params, lr)
-		return nil
-	}
-	if clip {
-		if err := d.clip.Scale(d.acc, c); err != nil {
-			return t.devErr("clipping the gradients", err)
-		}
-	}
-	if err := d.opt.Step(d.stageParams, d.acc, lr); err != nil {
-		return t.devErr("optimiser step", err)
-	}
-	d.stale = true
-	d.steps++
-	return nil
-}
+func (s *cpuStage) link(c dist.Communicator) stageLink { return hostLink{s.c.t, c} }
 
 // evaluatePipeline runs the test set through the stages; the last stage
 // counts, then broadcasts the accuracy and loss to every rank.
-func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err error) {
-	s, c := t.pp.stage, t.dp.comm
+func (p *pipeline) evaluate(ctx context.Context) (acc, loss float64, err error) {
+	t := p.t
+	s, c := p.stage, t.comm
 	k, n := s.Index, s.Of
 	batch := t.cfg.EvalBatchSize
 	var sums [2]float64
 	idx := make([]int, 0, batch)
 	total := t.test.Len()
-	for lo := 0; lo < total && t.pp.replica == 0; lo += batch {
+	for lo := 0; lo < total && p.replica == 0; lo += batch {
 		hi := min(lo+batch, total)
 		fp, err := s.Program(hi-lo, false)
 		if err != nil {
@@ -460,7 +399,7 @@ func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err 
 				return 0, 0, err
 			}
 		}
-		l, out, err := t.stageEval(fp)
+		l, out, err := t.exec.stage().eval(fp)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -487,26 +426,6 @@ func (t *Trainer) evaluatePipeline(ctx context.Context) (acc, loss float64, err 
 	return sums[0] / float64(total), sums[1] / float64(total), nil
 }
 
-// stageEval runs a stage's evaluation program on fp.X (and fp.Y on the
-// last stage) and returns the mean loss (last stage) and the output.
-func (t *Trainer) stageEval(fp *graph.StageProgram) (float32, []float32, error) {
-	if t.devr == nil {
-		l, err := fp.Run(nil)
-		return l, fp.Out(), err
-	}
-	e, err := t.devStage(fp)
-	if err != nil {
-		return 0, nil, err
-	}
-	l, err := e.RunStage(fp.X, fp.Y, nil, 0, 0)
-	if err != nil {
-		return 0, nil, t.devErr("evaluation", err)
-	}
-	t.devr.evals++
-	out, err := t.devRead(e.Out())
-	return l, out, err
-}
-
 func argmax(row []float32) int {
 	best := 0
 	for j, v := range row {
@@ -517,11 +436,12 @@ func argmax(row []float32) int {
 	return best
 }
 
-// gatherStages brings every stage's parameters to rank 0 (for --out), in
-// stage order; the other ranks send theirs.
-func (t *Trainer) gatherStages(ctx context.Context) error {
-	c := t.dp.comm
-	stages, err := t.Model.Stages(t.pp.stage.Of)
+// finish brings every stage's parameters to rank 0 (for --out), in stage
+// order; the other ranks send theirs.
+func (p *pipeline) finish(ctx context.Context) error {
+	t := p.t
+	c := t.comm
+	stages, err := t.Model.Stages(p.stage.Of)
 	if err != nil {
 		return err
 	}
@@ -538,79 +458,6 @@ func (t *Trainer) gatherStages(ctx context.Context) error {
 				return err
 			}
 		}
-	}
-	return nil
-}
-
-// devDirect reports whether this stage passes its activations and input
-// gradients device to device (see devRun.p2p).
-func (t *Trainer) devDirect() bool { return t.devr != nil && t.devr.p2p != nil }
-
-// devP2P runs a device Send or Recv (f) under the job's deadline and then
-// waits for the device, under NCCL's watchdog, so that a neighbour that
-// never comes is an error naming what, not a hang.
-func (t *Trainer) devP2P(ctx context.Context, what string, f func(ctx context.Context) error) error {
-	d := t.devr
-	return t.collective(ctx, what, func(ctx context.Context) error {
-		if err := f(ctx); err != nil {
-			return err
-		}
-		return d.p2p.WaitDevice(ctx, func() (bool, error) { return device.IdleOf(d.dev) })
-	})
-}
-
-// devRecvInput receives micro-batch j's input (n values) from peer into
-// the stage's device buffer for it.
-func (t *Trainer) devRecvInput(ctx context.Context, j, n, peer int) error {
-	d := t.devr
-	for len(d.stageIn) <= j {
-		d.stageIn = append(d.stageIn, nil)
-	}
-	if err := device.Grow(d.dev, &d.stageIn[j], n); err != nil {
-		return t.devErr("allocating a received input", err)
-	}
-	addr := d.stageIn[j].(device.Addresser).Addr()
-	return t.devP2P(ctx, "pipeline receive of activations", func(ctx context.Context) error {
-		return d.p2p.RecvDevice(ctx, addr, n, peer, 0)
-	})
-}
-
-// devRecvUpstream receives the gradient of tp's output from peer into its
-// device program's Upstream buffer.
-func (t *Trainer) devRecvUpstream(ctx context.Context, tp *graph.StageProgram, peer int) error {
-	e, err := t.devStage(tp)
-	if err != nil {
-		return err
-	}
-	up := e.Upstream()
-	addr := up.Buf.(device.Addresser).Addr()
-	return t.devP2P(ctx, "pipeline receive of gradients", func(ctx context.Context) error {
-		return t.devr.p2p.RecvDevice(ctx, addr, up.Size(), peer, 0)
-	})
-}
-
-// devSend sends a device tensor to peer.
-func (t *Trainer) devSend(ctx context.Context, what string, v stageData, peer int) error {
-	addr := v.dev.Buf.(device.Addresser).Addr()
-	return t.devP2P(ctx, what, func(ctx context.Context) error {
-		return t.devr.p2p.SendDevice(ctx, addr, v.dev.Size(), peer, 0)
-	})
-}
-
-// devLoadInput puts micro-batch j's input into e's input buffer: x from
-// the host on the first stage or without direct transfers, else the
-// device copy devRecvInput received.
-func (t *Trainer) devLoadInput(e *executor.Program, x []float32, j int) error {
-	d := t.devr
-	if !t.devDirect() || t.pp.stage.Index == 0 {
-		if err := device.WriteAsync(d.dev, e.Input().Buf, x); err != nil {
-			return t.devErr("uploading a stage input", err)
-		}
-		return nil
-	}
-	n := e.Input().Size()
-	if err := d.dev.Launch("copy_f32", n, d.stageIn[j], e.Input().Buf, n); err != nil {
-		return t.devErr("copying a received input", err)
 	}
 	return nil
 }

@@ -145,41 +145,10 @@ func (p *prefetcher) close() {
 	}
 }
 
-// startPrefetch starts decoding this epoch's batches from t.pos.batch on,
-// when the model trains on a device: one process's batches, or this
-// rank's micro-batches of its share, by the shares of now. It returns nil
-// otherwise. nb is the number of batches in the epoch, n the number of
-// samples.
-func (t *Trainer) startPrefetch(nb, n int) *prefetcher {
-	if t.devr == nil || t.devr.pf == nil {
-		return nil
-	}
-	var spans [][2]int
-	k := max(t.cfg.AccumSteps, 1)
-	for b := t.pos.batch; b < nb; b++ {
-		lo := b * t.cfg.BatchSize
-		hi := min(lo+t.cfg.BatchSize, n)
-		if !t.distributed() {
-			spans = append(spans, [2]int{lo, hi})
-			continue
-		}
-		rs, re := t.shareOf(lo, hi, t.rank())
-		for j := range k {
-			if ms, me := shard(rs, re, j, k); me > ms {
-				spans = append(spans, [2]int{ms, me})
-			}
-		}
-	}
+// prefetch starts decoding spans (rows of this epoch's permutation,
+// micro-batches in the order the steps take them) where the executor
+// prefetches (a device).
+func (t *Trainer) prefetch(spans [][2]int) {
 	epoch := t.pos.epoch
-	t.devr.pf.start(spans, func(lo, hi int, x, y []float32) error { return t.fillTrain(x, y, t.perm[lo:hi], epoch) })
-	return t.devr.pf
-}
-
-// prefetch is the device run's prefetcher when it is prefetching this
-// epoch's batches; nil otherwise (no device, or the CPU path).
-func (d *devRun) prefetch() *prefetcher {
-	if d == nil || !d.pf.active() {
-		return nil
-	}
-	return d.pf
+	t.exec.prefetch(spans, func(lo, hi int, x, y []float32) error { return t.fillTrain(x, y, t.perm[lo:hi], epoch) })
 }

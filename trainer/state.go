@@ -66,7 +66,9 @@ func rngNote(seed uint64) string {
 	return fmt.Sprintf("pcg seed=%d; shuffle stream (seed, epoch); dropout stream (seed, step)", seed)
 }
 
-// snapshot builds the checkpoint of the trainer's current state.
+// snapshot builds the checkpoint of the trainer's current state: the
+// weights, the optimiser's state and the run's metadata; the strategy
+// adds its own part (see strategy.checkpoint).
 func (t *Trainer) snapshot() (*checkpoint.File, error) {
 	cfgJSON, err := json.Marshal(t.cfg)
 	if err != nil {
@@ -89,16 +91,6 @@ func (t *Trainer) snapshot() (*checkpoint.File, error) {
 	if t.opt != nil {
 		f.Metadata[metaOptimizer] = t.opt.Name()
 		f.Metadata[metaOptStep] = appendState(f, optPrefix, t.opt)
-	}
-	if t.outer != nil {
-		f.Metadata[metaOuterStep] = appendState(f, outerPrefix, t.outer.opt)
-	}
-	if t.dp != nil && t.dp.bal != nil {
-		parts := make([]string, 0, t.worldSize())
-		for _, w := range t.dp.bal.Weights() {
-			parts = append(parts, strconv.FormatFloat(w, 'g', -1, 64))
-		}
-		f.Metadata[metaShares] = strings.Join(parts, ",")
 	}
 	return f, nil
 }
@@ -285,7 +277,7 @@ func (t *Trainer) restoreFile(path string) error {
 		return fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
 	}
 	var outer *outerOpt
-	if t.outer != nil {
+	if t.cfg.outer() {
 		ost, err := stateTensors(f, outerPrefix, path)
 		if err != nil {
 			return err
@@ -315,7 +307,7 @@ func (t *Trainer) restoreFile(path string) error {
 	}
 	if outer != nil {
 		outer.anchor(t.Model) // checkpoints are taken right after a synchronisation
-		t.outer = outer
+		t.resumedOuter = outer
 	}
 	if localStates != nil {
 		t.localStates = localStates
@@ -649,6 +641,15 @@ func (t *Trainer) saveOut() error {
 		errs = append(errs, ferr)
 	}
 	return fmt.Errorf("--out %s: %w; no other place took the weights either: %w", t.cfg.Out, err, errors.Join(errs...))
+}
+
+// sharesMeta writes the balancer's shares for metadata metaShares.
+func sharesMeta(shares []float64) string {
+	parts := make([]string, 0, len(shares))
+	for _, w := range shares {
+		parts = append(parts, strconv.FormatFloat(w, 'g', -1, 64))
+	}
+	return strings.Join(parts, ",")
 }
 
 // addLocalStates adds local SGD's inner optimiser states of ranks 1.. to f

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,10 +13,10 @@ import (
 	"time"
 
 	"github.com/gotrain/gotrain/gpu"
-	"github.com/gotrain/gotrain/gpu/executor"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/checkpoint"
 	"github.com/gotrain/gotrain/trainer/data"
+	"github.com/gotrain/gotrain/trainer/dist"
 	"github.com/gotrain/gotrain/trainer/metrics"
 	"github.com/gotrain/gotrain/trainer/optim"
 )
@@ -66,10 +65,10 @@ type Trainer struct {
 	resumeShares []float64
 	lastCkpt     string
 	savedStep    int64 // step of lastCkpt
-	params       map[*graph.Program][]optim.Param
 	perm         []int
-	dp           *ddp      // nil: one process
-	pp           *pipeline // nil: no pipeline stages
+	comm         dist.Communicator // WithCommunicator; nil: one process
+	exec         executor          // where the model trains (newExecutor)
+	strat        strategy          // how this rank takes part (newStrategy)
 	devices      func() []metrics.GPU
 	headroom     func() gpu.Headroom
 	slow         *straggler // --debug-slow-rank, made at first use
@@ -77,7 +76,7 @@ type Trainer struct {
 	// --debug-slow-rank's sleeps; first runs of programs left out):
 	// seconds and samples
 	computeSecs, computeSamples float64
-	devr                        *devRun // nil: the model trains on the CPU
+	devr                        *devRun // WithDevice's device executor; nil: the CPU
 	async                       *AsyncTransport
 	dataOpt                     string       // the option that gave the data (WithData, WithSource); "": New loads cfg.Dataset
 	model                       *graph.Model // given with WithModel
@@ -88,7 +87,7 @@ type Trainer struct {
 	scratchX, scratchY          []float32              // fill: the side of a batch its caller does not want
 	jsonl                       *metrics.JSONL         // Config.MetricsFile, opened by New (rank 0)
 	jsonlErr                    error                  // closing it
-	outer                       *outerOpt              // local SGD's outer optimiser; nil: plain averaging
+	resumedOuter                *outerOpt              // the outer optimiser of the checkpoint resumed from (local SGD)
 	localStates                 []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
 }
 
@@ -269,7 +268,7 @@ func New(cfg Config, opts ...Option) (*Trainer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	t := &Trainer{cfg: cfg, log: slog.Default(), now: time.Now, params: map[*graph.Program][]optim.Param{}}
+	t := &Trainer{cfg: cfg, log: slog.Default(), now: time.Now}
 	for _, o := range opts {
 		o(t)
 	}
@@ -310,11 +309,6 @@ func New(cfg Config, opts ...Option) (*Trainer, error) {
 	}
 	if t.opt, err = newOptimizer(cfg, m); err != nil {
 		return nil, err
-	}
-	if cfg.outer() {
-		if t.outer, err = newOuter(cfg, m); err != nil {
-			return nil, err
-		}
 	}
 	if cfg.Resume != "" && t.rank() == 0 {
 		// Other ranks receive rank 0's state when the run starts.
@@ -555,376 +549,25 @@ func (t *Trainer) TotalSteps() int64 { return int64(t.cfg.Epochs) * int64(t.batc
 // Step is the number of optimiser steps done.
 func (t *Trainer) Step() int64 { return t.pos.step }
 
-// optParams returns the optimiser's view of p's parameters and gradients.
-func (t *Trainer) optParams(p *graph.Program) []optim.Param {
-	if ps, ok := t.params[p]; ok {
-		return ps
-	}
-	if len(t.params) >= graph.MaxPrograms {
-		clear(t.params) // programs the model dropped must not stay alive here
-	}
-	ps := make([]optim.Param, len(t.Model.Params))
-	for i, mp := range t.Model.Params {
-		ps[i] = optim.Param{Name: mp.Name, Data: mp.Data, Grad: p.Grad(i)}
-	}
-	t.params[p] = ps
-	return ps
-}
-
 // Run trains until cfg.Epochs are done (or cfg.MaxSteps, or ctx is
 // cancelled, which saves a checkpoint first when a checkpoint directory is
 // set), evaluating on the test split after each epoch.
 func (t *Trainer) Run(ctx context.Context) (Result, error) {
 	start := t.now()
-	cfg := t.cfg
-	var res Result
-	// Collectives run on a context that the caller's cancellation does not
-	// end: a stop request travels with the gradients so that every rank
-	// stops after the same step (see ddpStep).
-	cctx := context.WithoutCancel(ctx)
 	defer t.closeMetricsFile()
-	if t.dp != nil && t.dp.comm != nil {
-		if err := t.syncStart(cctx); err != nil {
-			return res, err
-		}
-	}
-	if cfg.Sync == "async" {
-		return t.runAsync(ctx, start)
-	}
-	if t.pipelined() {
-		if t.dp == nil || t.dp.comm == nil {
-			return res, fmt.Errorf("%w: --pipeline-stages %d needs a job of %d ranks (see 'gotrain launch')", ErrConfig, cfg.PipelineStages, cfg.PipelineStages)
-		}
-		if err := t.setupPipeline(); err != nil {
-			return res, err
-		}
-	} else if t.distributed() {
-		t.setupBuckets()
-		if err := t.setupBalance(); err != nil {
-			return res, err
-		}
-	}
-	if t.devr == nil && cfg.Precision != "" && cfg.Precision != "fp32" {
-		return res, fmt.Errorf("%w: --precision %s runs on a device, and rank %d trains on the CPU (--device %s): use --device gpu on a machine with one", ErrConfig, cfg.Precision, t.rank(), cfg.Device)
-	}
-	if err := t.devStart(); err != nil {
-		return res, err
-	}
-	defer t.devClose()
-	sched := cfg.schedule(t.TotalSteps())
-	nb, n := t.batchesPerEpoch(), t.train.Len()
-	if len(t.perm) != n {
-		t.perm = make([]int, n)
-	}
-	pcg := rand.NewPCG(0, 0)
-	rng := rand.New(pcg)
-	// evalNow evaluates the test split (on the device, when the model
-	// trains on one) into res and the metrics, once per step reached.
-	evalStep := int64(-1)
-	evalNow := func(epoch int) error {
-		if evalStep == t.pos.step {
-			return nil
-		}
-		evaluate := t.evaluateShard
-		if t.pipelined() {
-			evaluate = t.evaluatePipeline
-		}
-		acc, loss, err := evaluate(cctx)
-		if err != nil {
-			return err
-		}
-		evalStep = t.pos.step
-		res.TestAccuracy, res.TestLoss = acc, loss
-		t.sink.Eval(metrics.Eval{Epoch: epoch + 1, TestLoss: loss, TestAccuracy: acc, Rank: t.rank(), WorldSize: t.worldSize()})
-		return nil
-	}
-	var trainSamples int64
-	var trainTime time.Duration
-	var winLoss float64
-	var winSteps, winSamples int64
-	winStart := t.now()
-	rate := 0.0
-
-	t.log.Info("training", "model", t.Model.Spec.Kind, "params", t.Model.NumParams(), "dataset", t.dataName,
-		"train_samples", n, "test_samples", t.test.Len(), "epochs", cfg.Epochs, "batch_size", cfg.BatchSize,
-		"optimizer", cfg.Optimizer, "lr", cfg.LR, "schedule", cfg.Schedule, "steps", t.TotalSteps(),
-		"rank", t.rank(), "world_size", t.worldSize(), "accum_steps", cfg.AccumSteps)
-
-	for t.pos.epoch < cfg.Epochs {
-		epoch := t.pos.epoch
-		data.PermutationInto(t.perm, cfg.Seed, epoch)
-		pf := t.startPrefetch(nb, n)
-		epochStart := t.now()
-		for t.pos.batch < nb {
-			if !t.distributed() && ctx.Err() != nil {
-				return res, t.interrupted(cctx, ctx.Err())
-			}
-			if cfg.MaxSteps > 0 && t.pos.step >= cfg.MaxSteps {
-				trainTime += t.now().Sub(epochStart)
-				if pf != nil {
-					pf.stop()
-				}
-				// Stopped inside an epoch: the result is the test set on
-				// the parameters trained, not on those of the last epoch's
-				// end (or none).
-				if err := evalNow(epoch); err != nil {
-					return res, err
-				}
-				return t.finish(cctx, res, start, trainSamples, trainTime)
-			}
-			lo := t.pos.batch * cfg.BatchSize
-			hi := min(lo+cfg.BatchSize, n)
-			var ps []optim.Param
-			var devProg *executor.Program // the step's program on the device (one process)
-			var loss float64              // this rank's mean loss, for display
-			var norm float64              // pipeline stages: the global gradient norm
-			stop := false
-			if t.pipelined() {
-				var lossSum float64
-				var err error
-				if lossSum, loss, norm, err = t.pipelineStep(cctx, lo, hi, pcg, rng); err != nil {
-					return res, err
-				}
-				if !finite(norm) {
-					return res, t.diverged(loss)
-				}
-				winLoss += lossSum
-			} else if t.distributed() {
-				lossSum, st, err := t.ddpStep(cctx, ctx.Err() != nil, lo, hi, pcg, rng)
-				if err != nil {
-					return res, err
-				}
-				stop = st
-				ps = t.dp.params
-				if t.devr != nil && t.devr.reduce != nil {
-					ps = nil // the reduced gradients never came to the host
-				}
-				rs, re := t.shareOf(lo, hi, t.rank())
-				if re > rs {
-					loss = lossSum / float64(re-rs)
-				}
-				winLoss += lossSum
-			} else {
-				prog, err := t.Model.Program(hi-lo, true)
-				if err != nil {
-					return res, err
-				}
-				t0 := time.Now()
-				warm := prog.Warm()
-				var l float32
-				switch {
-				case pf != nil: // one process on a device
-					var b batchSlot
-					if b, err = pf.next(lo, hi); err != nil {
-						return res, err
-					}
-					devProg, l, err = t.devRunProgram(prog, b.x, b.y, cfg.Seed^0x5eedd70a, uint64(t.pos.step), nil)
-					pf.release(b) // the loss is read: the device is done with the slot
-				case t.devr != nil: // --prefetch=false: the batch is decoded here
-					if err = t.fillTrain(prog.X, prog.Y, t.perm[lo:hi], epoch); err == nil {
-						devProg, l, err = t.devRunProgram(prog, prog.X, prog.Y, cfg.Seed^0x5eedd70a, uint64(t.pos.step), nil)
-					}
-				default:
-					if err = t.fillTrain(prog.X, prog.Y, t.perm[lo:hi], epoch); err == nil {
-						l, err = prog.RunAt(cfg.Seed^0x5eedd70a, uint64(t.pos.step), 0)
-						ps = t.optParams(prog)
-					}
-				}
-				if err != nil {
-					return res, err
-				}
-				d := time.Since(t0)
-				d += t.straggler().delay(d)
-				if warm {
-					t.computeSecs += d.Seconds()
-					t.computeSamples += float64(hi - lo)
-				}
-				loss = float64(l)
-				winLoss += loss * float64(hi-lo)
-			}
-			// The reduced gradients are the same on every rank, so every
-			// rank takes the same decision here.
-			if !finite(loss) || !optim.GradsFinite(ps) {
-				return res, t.diverged(loss)
-			}
-			if cfg.ClipGradNorm > 0 && t.devr == nil { // a device clips in devStep
-				optim.ClipGradNorm(ps, cfg.ClipGradNorm)
-			}
-			lr := sched.LR(t.pos.step)
-			switch {
-			case t.pipelined():
-				if err := t.pipelineUpdate(norm, lr); err != nil {
-					return res, err
-				}
-			case t.devr != nil:
-				if err := t.devStep(devProg, lr, loss); err != nil {
-					return res, err
-				}
-			default:
-				t.opt.Step(ps, lr)
-			}
-			t.pos.step++
-			t.pos.batch++
-			if t.localSGD() && (t.pos.step%cfg.SyncPeriod == 0 || t.pos.batch == nb || t.pos.step == cfg.MaxSteps ||
-				(cfg.CheckpointEvery > 0 && t.pos.step%cfg.CheckpointEvery == 0)) {
-				// Average at the period, and wherever the ranks must agree:
-				// epoch ends (evaluation, checkpoints), the last step.
-				st, err := t.averageParams(cctx, ctx.Err() != nil)
-				if err != nil {
-					return res, err
-				}
-				stop = stop || st
-			}
-			trainSamples += int64(hi - lo)
-			winSteps++
-			winSamples += int64(hi - lo)
-			if dt := t.now().Sub(winStart).Seconds(); dt > 0 && winSamples > 0 {
-				rate = float64(winSamples) / dt
-			}
-			if t.progress != nil {
-				t.progress(Progress{Epoch: epoch + 1, Epochs: cfg.Epochs, Done: int64(hi), Total: int64(n), Loss: loss, SamplesPerSec: rate})
-			}
-			if cfg.LogEvery > 0 && t.pos.step%cfg.LogEvery == 0 {
-				sum := []float64{winLoss}
-				if err := t.allSum(cctx, "loss", sum); err != nil {
-					return res, err
-				}
-				rec := metrics.Train{Epoch: epoch + 1, Step: t.pos.step, Loss: sum[0] / float64(winSamples), LR: lr, SamplesPerSec: rate,
-					Rank: t.rank(), WorldSize: t.worldSize()}
-				if t.devices != nil {
-					rec.GPU = t.devices()
-				}
-				t.sink.Train(rec)
-				winLoss, winSteps, winSamples, winStart = 0, 0, 0, t.now()
-			}
-			if stop {
-				return res, t.interrupted(cctx, context.Canceled)
-			}
-			if t.dp != nil && t.dp.bal != nil && (t.pos.step%cfg.BalanceEvery == 0 || t.pos.step == min(4, cfg.BalanceEvery)) {
-				if err := t.rebalance(cctx); err != nil {
-					return res, err
-				}
-				if pf != nil { // the shares may have moved: prefetch by the new ones
-					pf.stop()
-					pf = t.startPrefetch(nb, n)
-				}
-			}
-			if cfg.CheckpointEvery > 0 && t.pos.step%cfg.CheckpointEvery == 0 {
-				if err := t.save(cctx); err != nil {
-					return res, err
-				}
-			}
-		}
-		trainTime += t.now().Sub(epochStart)
-		if pf != nil {
-			pf.stop()
-		}
-		t.pos.epoch++
-		t.pos.batch = 0
-		if err := evalNow(epoch); err != nil {
-			return res, err
-		}
-		if cfg.CheckpointDir != "" {
-			if err := t.save(cctx); err != nil {
-				return res, err
-			}
-		}
-		winLoss, winSteps, winSamples, winStart = 0, 0, 0, t.now()
-	}
-	return t.finish(cctx, res, start, trainSamples, trainTime)
-}
-
-func (t *Trainer) finish(ctx context.Context, res Result, start time.Time, samples int64, trainTime time.Duration) (Result, error) {
-	if err := t.hostSync(); err != nil {
-		return res, err
-	}
-	if err := t.verifyReplicas(ctx, "at the end of the run"); err != nil {
-		return res, err
-	}
-	if t.cfg.CheckpointDir != "" && t.savedStep != t.pos.step {
-		if err := t.save(ctx); err != nil {
-			return res, err
-		}
-	}
-	if t.cfg.Out != "" && t.pipelined() {
-		if err := t.gatherStages(ctx); err != nil {
-			return res, err
-		}
-	}
-	if t.cfg.Out != "" && t.rank() == 0 {
-		if err := t.saveOut(); err != nil {
-			return res, err
-		}
-	}
-	res.Steps = t.pos.step
-	if trainTime > 0 {
-		res.TrainSamplesPerSec = float64(samples) / trainTime.Seconds()
-	}
 	var err error
-	if res.RankComputeSamplesPerSec, err = t.computeSpeeds(ctx); err != nil {
-		return res, err
+	if t.exec, err = newExecutor(t); err != nil {
+		return Result{}, err
 	}
-	res.WallSeconds = t.now().Sub(start).Seconds()
-	res.PeakRSSBytes = metrics.PeakRSSBytes()
-	res.Checkpoint = t.lastCkpt
-	t.sink.Summary(metrics.Summary{TestAccuracy: res.TestAccuracy, TrainSamplesPerSec: res.TrainSamplesPerSec,
-		WallSeconds: res.WallSeconds, PeakRSSBytes: res.PeakRSSBytes, RankComputeSamplesPerSec: res.RankComputeSamplesPerSec,
-		Rank: t.rank(), WorldSize: t.worldSize()})
-	return res, nil
-}
-
-// computeSpeeds gathers every rank's computation speed over the run (see
-// metrics.Summary); this rank's alone where the ranks do not all compute
-// the same model on shares of one batch (one process, pipeline stages,
-// asynchronous workers).
-func (t *Trainer) computeSpeeds(ctx context.Context) ([]float64, error) {
-	mine := []float64{0}
-	if t.computeSecs > 0 {
-		mine[0] = t.computeSamples / t.computeSecs
+	defer t.exec.close()
+	t.strat = newStrategy(t)
+	defer t.strat.close()
+	// The job's start runs on a context that the caller's cancellation
+	// does not end (see loop).
+	if err := t.strat.start(context.WithoutCancel(ctx)); err != nil {
+		return Result{}, err
 	}
-	if !t.distributed() || t.worldSize() < 2 || t.pipelined() || t.cfg.Sync == "async" {
-		return mine, nil
-	}
-	all := make([]float64, t.worldSize())
-	err := t.collective(ctx, "the ranks' speeds", func(ctx context.Context) error { return t.dp.comm.AllGather(ctx, mine, all) })
-	return all, err
-}
-
-// save checkpoints the run: every rank first verifies that the replicas
-// are identical, then rank 0 writes.
-func (t *Trainer) save(ctx context.Context) error {
-	if err := t.hostSync(); err != nil {
-		return err
-	}
-	if err := t.verifyReplicas(ctx, fmt.Sprintf("at the checkpoint of step %d", t.pos.step)); err != nil {
-		return err
-	}
-	t.savedStep = t.pos.step
-	// Local SGD: every rank's inner optimiser state is its own; rank 0
-	// gathers them all for the checkpoint.
-	var ranks []map[string][]float32
-	if t.localSGD() {
-		var err error
-		if ranks, err = t.gatherLocalStates(ctx); err != nil {
-			return err
-		}
-	}
-	if t.ckpt == nil {
-		return nil
-	}
-	f, err := t.snapshot()
-	if err != nil {
-		return err
-	}
-	addLocalStates(f, ranks)
-	path, err := t.ckpt.Save(t.pos.step, f)
-	if err != nil {
-		return fmt.Errorf("saving checkpoint: %w", err)
-	}
-	t.lastCkpt = path
-	t.savedStep = t.pos.step
-	t.log.Debug("checkpoint", "path", path, "step", t.pos.step)
-	return nil
+	return t.strat.run(ctx, start)
 }
 
 // interrupted saves where the run is, so that --resume continues it.
