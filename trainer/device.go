@@ -37,17 +37,17 @@ type devRun struct {
 	opt     *gpuexec.Optimizer
 	hostOpt optim.Optimizer     // the host optimiser sync loads the state into
 	progs   map[progKey]devProg // by batch size and mode
-	grads   []gpuexec.Tensor   // reduced gradients (data parallelism)
+	grads   []gpuexec.Tensor    // reduced gradients (data parallelism)
 	host    [][]float32         // per parameter: its gradient downloaded
-	ps      []gpuexec.Tensor   // the parameters the optimiser updates
-	cur     []gpuexec.Tensor   // the step's gradients
+	ps      []gpuexec.Tensor    // the parameters the optimiser updates
+	cur     []gpuexec.Tensor    // the step's gradients
 	// With a backend that all-reduces device memory (NCCL), the gradient
 	// buckets live on the device too (see devReducer).
 	clip    *gpuexec.Clipper // made at first use
-	red     *bucketReducer    // the step's reductions in flight, if started during the backward pass
-	st      *devStage         // a pipeline stage's state
-	closers []func()          // free what reducers put on the device
-	pf      *prefetcher       // the batches, decoded ahead (--prefetch)
+	red     *bucketReducer   // the step's reductions in flight, if started during the backward pass
+	st      *devStage        // a pipeline stage's state
+	closers []func()         // free what reducers put on the device
+	pf      *prefetcher      // the batches, decoded ahead (--prefetch)
 	names   []string
 	stale   bool // the host's parameters and optimiser state are behind
 	runs    int  // programs run on the device
