@@ -1,6 +1,7 @@
 // Package trainer is gotrain's training loop: configuration, data, the
 // model's programs, the optimiser and schedule, evaluation, checkpoints
-// and metrics, for one process on the CPU.
+// and metrics, for one process or one rank of a job, on the CPU or a
+// device.
 //
 // # A run
 //
@@ -24,6 +25,48 @@
 // Time enters through [WithClock], metrics leave through a metrics.Sink
 // ([WithSink]) and progress through [WithProgress], so tests drive the loop
 // exactly.
+//
+// # Design: one loop, an executor and a strategy
+//
+// Every mode runs through three parts, and only two factories choose
+// between them (strategy.go):
+//
+//   - The loop (loop.go) owns the epochs and the permutation, the
+//     schedule, the clipping decision (from the step's global norm),
+//     divergence ([ErrNonFinite]), the evaluation cadence, checkpoints
+//     (save), metrics and progress. It never asks which executor or
+//     strategy it drives.
+//   - An executor (executor.go) owns the parameters where they train,
+//     their gradients and the optimiser's state: it runs a (micro-)batch
+//     forward and backward with its dropout masks, sums the squares of the
+//     step's gradients, scales them, takes the optimiser step, brings its
+//     state to the host (sync) and evaluates. cpuExec runs graph's
+//     programs (dropout from Program.RunAt with the sample's place in the
+//     global batch); devRun (device.go, WithDevice) runs gpu/executor's.
+//     A pipeline stage's side of each is stageExec (cpuStage, devStage in
+//     devstage.go), and a data-parallel step's gradient reduction is a
+//     gradReducer the executor picks: host buckets (hostReducer, ddp.go)
+//     or buckets in device memory reduced by NCCL during the backward pass
+//     (devReducer, devreduce.go). newExecutor chooses (and refuses
+//     --precision on the CPU).
+//   - A strategy (strategy.go) is how this rank takes part: start (the
+//     configuration check, rank 0's state to every rank: jobstart.go),
+//     which rows it computes (beginEpoch: a device's prefetcher), step
+//     (micro-batches, reduction or stage sends), update, the local SGD
+//     synchronisation after a step (stepped), the re-plan of the balancer
+//     (endStep), settle (one model on the host, replicas verified) before
+//     evaluation, checkpoints and the end, evaluate, and its own part of a
+//     checkpoint. single (single.go): one process; allReduce (ddp.go): data
+//     parallelism with balanced shares and gradient accumulation, also in
+//     one process; localSGD (localsgd.go): wraps single or allReduce with
+//     the averaging and DiLoCo's outer optimiser; pipeline (pipeline.go):
+//     pipeline stages; asyncPS (async.go): the asynchronous parameter
+//     server's worker, which runs its own loop because the server, not
+//     the epochs, hands out the batches and no checkpoint is kept.
+//     newStrategy chooses; each strategy's start refuses, with
+//     [ErrConfig], the combinations it does not support (--pipeline-stages
+//     without a job, with checkpoints, accumulation, balancing or another
+//     --sync; --sync async without a transport or a second rank).
 //
 // # Data and model
 //
