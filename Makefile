@@ -147,6 +147,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./trainer/data -run '^$$' -fuzz '^FuzzDecodeImages$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/data -run '^$$' -fuzz '^FuzzDecodeLabels$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./trainer/data -run '^$$' -fuzz '^FuzzDecodeImageFile$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/checkpoint -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer/dist -run '^$$' -fuzz '^FuzzFrameDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./trainer -run '^$$' -fuzz '^FuzzParseShares$$' -fuzztime $(FUZZTIME)
