@@ -386,6 +386,10 @@ func LoadModel(pathOrDir string) (*graph.Model, Config, string, error) {
 	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
 		return nil, Config{}, "", fmt.Errorf("%w: %s: config metadata: %v", ErrCheckpoint, path, err)
 	}
+	if !graph.Registered(cfg.Model) {
+		return nil, Config{}, "", fmt.Errorf("%w: %s holds a %s model, which this program does not have (it has %s): a program that registered %s (graph.Register) wrote it; evaluate it with that program, whose eval is gotrain's (cli.Main)",
+			ErrCheckpoint, path, quote(cfg.Model), strings.Join(graph.Models(), ", "), quote(cfg.Model))
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, Config{}, "", fmt.Errorf("%w: %s: %v", ErrCheckpoint, path, err)
 	}

@@ -58,6 +58,10 @@ func TestExample(t *testing.T) {
 		out := extest.Run(t, "csvmlp", "eval", "--checkpoint", one, "--data-dir", data)
 		require.Equal(t, acc1, extest.Accuracy(t, out), out)
 		require.Contains(t, out, "csvmlp on csv test (12000 samples)")
+		// gotrain itself has no csvmlp: it says which program to ask.
+		plain, err := exec.Command(extest.Path("gotrain"), "eval", "--checkpoint", one, "--data-dir", data).CombinedOutput()
+		require.Error(t, err)
+		require.Contains(t, string(plain), `holds a "csvmlp" model, which this program does not have (it has cnn, mlp)`)
 	})
 
 	t.Run("PyTorch peer", func(t *testing.T) {
