@@ -41,6 +41,14 @@ type Config struct {
 	// Classes is the model's number of outputs; 0 takes the training
 	// data's class count (for csv: one more than its largest label).
 	Classes int `json:"classes,omitempty" yaml:"classes,omitempty"`
+	// Augment draws a random crop of the image padded by Pad zeros on
+	// every side and a horizontal flip, per sample and epoch, from (seed,
+	// epoch, index): --dataset folder's training split only.
+	Augment bool `json:"augment,omitempty" yaml:"augment,omitempty"`
+	Pad     int  `json:"pad" yaml:"pad"`
+	// DataWorkers decode the image files of --dataset folder (0: one per
+	// CPU).
+	DataWorkers int `json:"data_workers,omitempty" yaml:"data_workers,omitempty"`
 
 	Epochs        int   `json:"epochs" yaml:"epochs"`
 	MaxSteps      int64 `json:"max_steps,omitempty" yaml:"max_steps,omitempty"`
@@ -161,7 +169,7 @@ type Config struct {
 // reaches about 98% test accuracy in 2 epochs.
 func Default() Config {
 	return Config{
-		Model: "mlp", Activation: "relu", Dataset: "mnist", SyntheticSize: 60000, Label: "label",
+		Model: "mlp", Activation: "relu", Dataset: "mnist", SyntheticSize: 60000, Label: "label", Pad: 4,
 		Epochs: 2, BatchSize: 64, EvalBatchSize: 250,
 		Optimizer: "adam", LR: 2e-3, Momentum: 0.9, Schedule: "cosine", Gamma: 0.1,
 		Seed: 1, KeepCheckpoints: 3, LogEvery: 100, Threads: 0, Device: "auto", Precision: "fp32", Prefetch: true, PinMemory: true,
@@ -207,6 +215,8 @@ const (
 	MaxPipelineStages = 1024
 	// MaxClasses bounds --classes and the class count of any data.
 	MaxClasses = 1 << 20
+	// MaxPad bounds --pad, the zeros around an augmented image.
+	MaxPad = 1024
 )
 
 // MaxThreads is the most threads --threads may ask for: eight per CPU, and
@@ -286,6 +296,10 @@ func (c *Config) checkSizes() error {
 		return cfgErr("--micro-batches %d is more than --batch-size %d: every micro-batch needs a sample (at most %d)", c.MicroBatches, c.BatchSize, c.BatchSize)
 	case c.KeepCheckpoints < 0:
 		return cfgErr("--keep-checkpoints %d must not be negative (0 keeps all)", c.KeepCheckpoints)
+	case c.Pad < 0 || c.Pad > MaxPad:
+		return cfgErr("--pad %d must be from 0 to %d", c.Pad, MaxPad)
+	case c.DataWorkers < 0 || c.DataWorkers > MaxThreads():
+		return cfgErr("--data-workers %d must be from 0 (one per CPU) to %d", c.DataWorkers, MaxThreads())
 	}
 	for _, h := range c.Hidden {
 		if h > MaxWidth {
@@ -303,8 +317,8 @@ func (c *Config) Validate() error {
 	if !graph.Registered(c.Model) {
 		return cfgErr("--model %s is not a model (valid: %s)", quote(c.Model), strings.Join(graph.Models(), ", "))
 	}
-	if !slices.Contains([]string{"mnist", "fashion-mnist", "synthetic", "csv"}, c.Dataset) {
-		return cfgErr("--dataset %s is not a dataset (valid: mnist, fashion-mnist, synthetic, csv)", quote(c.Dataset))
+	if !slices.Contains([]string{"mnist", "fashion-mnist", "synthetic", "csv", "folder"}, c.Dataset) {
+		return cfgErr("--dataset %s is not a dataset (valid: mnist, fashion-mnist, synthetic, csv, folder)", quote(c.Dataset))
 	}
 	if !slices.Contains(optim.Names(), c.Optimizer) {
 		return cfgErr("--optimizer %s is not an optimiser (valid: %s)", quote(c.Optimizer), strings.Join(optim.Names(), ", "))
@@ -338,6 +352,8 @@ func (c *Config) Validate() error {
 		return cfgErr("--classes %d must not be negative (0 takes the data's class count)", c.Classes)
 	case c.Dataset == "csv" && strings.TrimSpace(c.Label) == "":
 		return cfgErr("--dataset csv needs --label, the name of the label column")
+	case c.Augment && c.Dataset != "folder":
+		return cfgErr("--augment crops and flips the images of --dataset folder; --dataset %s is not augmented (drop --augment)", c.Dataset)
 	}
 	for _, h := range c.Hidden {
 		if h <= 0 {

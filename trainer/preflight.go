@@ -3,6 +3,10 @@ package trainer
 import (
 	"errors"
 	"fmt"
+	"image"
+	"image/color"
+	_ "image/jpeg" // image.DecodeConfig of a folder's JPEG files
+	_ "image/png"  // and of its PNG files
 	"math"
 	"os"
 	"path/filepath"
@@ -146,11 +150,63 @@ func estimateMemory(cfg Config, fp graph.Footprint, dataLoaded bool) memEstimate
 					e.data += 2 * float64(fi.Size())
 				}
 			}
+		case "folder":
+			for _, split := range []string{folderTrain, folderTest} {
+				e.data += folderBytes(filepath.Join(cfg.DataDir, split))
+			}
 		default: // the IDX datasets: 60,000 + 10,000 samples
 			e.data = 70000 * perSample
 		}
 	}
 	return e
+}
+
+// folderBytes estimates the memory an image folder takes once decoded
+// (data.Folder: the pixels, a label and a file name per image) from the
+// number of its files and the size and colour of the first: one
+// directory listing per class and one image header. A folder that cannot
+// be read counts 0; loading it says why.
+func folderBytes(dir string) float64 {
+	classes, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	n, first := 0, ""
+	for _, c := range classes {
+		if !c.IsDir() {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(dir, c.Name()))
+		if err != nil {
+			return 0
+		}
+		for _, f := range files {
+			if f.Type().IsRegular() && !strings.HasPrefix(f.Name(), ".") {
+				n++
+				if first == "" {
+					first = filepath.Join(dir, c.Name(), f.Name())
+				}
+			}
+		}
+	}
+	if first == "" {
+		return 0
+	}
+	fh, err := os.Open(first)
+	if err != nil {
+		return 0
+	}
+	defer fh.Close()
+	ic, _, err := image.DecodeConfig(fh)
+	if err != nil {
+		return 0
+	}
+	channels := 3
+	if ic.ColorModel == color.GrayModel || ic.ColorModel == color.Gray16Model {
+		channels = 1
+	}
+	const perFile = 4 + 16 + 32 // the label, a string header and a short name
+	return float64(n) * (float64(channels*ic.Width*ic.Height) + perFile)
 }
 
 // checkOutputs makes the directories of the run's outputs and proves each

@@ -415,6 +415,8 @@ func loadImages(cfg Config, split string) (*data.Dataset, error) {
 		return data.Synthetic(n, 28, 28, 10, cfg.Seed), nil
 	case "csv":
 		return nil, fmt.Errorf("%w: --dataset csv is a table, not images: load it with LoadSources", ErrConfig)
+	case "folder":
+		return nil, fmt.Errorf("%w: --dataset folder is read as a source, not an IDX dataset: load it with LoadSources", ErrConfig)
 	}
 	return data.Load(cfg.Dataset, cfg.DataDir, split)
 }
@@ -425,14 +427,30 @@ const (
 	csvTestFile  = "test.csv"
 )
 
+// The splits of --dataset folder, in --data-dir.
+const (
+	folderTrain = "train"
+	folderTest  = "test"
+)
+
 // LoadSources loads the training and test splits of cfg.Dataset. The
 // image datasets are LoadData's; "csv" is the tables train.csv and
 // test.csv of cfg.DataDir (data.LoadCSV): the column cfg.Label holds the
 // class, every other column is a float feature, the class count is
 // cfg.Classes or else one more than train.csv's largest label, and the
 // features are standardised by the training split's per-feature mean and
-// deviation, the test split's by the same constants.
+// deviation, the test split's by the same constants. "folder" is the
+// image folders train and test of cfg.DataDir (data.LoadImageFolder),
+// standardised per channel likewise; the training split is augmented
+// (cfg.Augment, cfg.Pad) and both must have the same classes.
 func LoadSources(cfg Config) (train, test data.Source, err error) {
+	if cfg.Dataset == "folder" {
+		tr, te, err := loadFolders(cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		return tr, te, nil
+	}
 	if cfg.Dataset != "csv" {
 		tr, te, err := LoadData(cfg)
 		if err != nil {
@@ -464,6 +482,48 @@ func LoadSources(cfg Config) (train, test data.Source, err error) {
 	return tr, te, nil
 }
 
+// loadFolders loads the image folders of --dataset folder: DIR/train,
+// augmented when cfg.Augment is set and standardised per channel, and
+// DIR/test, normalised by the same constants, with the same class names
+// in the same order.
+func loadFolders(cfg Config) (train, test *data.Folder, err error) {
+	if cfg.DataDir == "" {
+		return nil, nil, fmt.Errorf("%w: --dataset folder reads the image folders %s and %s (one folder of images per class) from --data-dir DIR: give it", ErrConfig, folderTrain, folderTest)
+	}
+	trDir, teDir := filepath.Join(cfg.DataDir, folderTrain), filepath.Join(cfg.DataDir, folderTest)
+	train, err = data.LoadImageFolder(trDir, data.FolderOptions{Augment: cfg.Augment, Pad: cfg.Pad, Workers: cfg.DataWorkers})
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.Augment {
+		train.Pad = cfg.Pad // LoadImageFolder takes 0 for its default of 4; --pad 0 flips only
+	}
+	train.Standardize()
+	test, err = data.LoadImageFolder(teDir, data.FolderOptions{Workers: cfg.DataWorkers})
+	if err != nil {
+		return nil, nil, err
+	}
+	if !slices.Equal(test.Classes, train.Classes) {
+		return nil, nil, fmt.Errorf("%w: the class folders of %s (%s) are not those of %s (%s): they must be the same, in the same order (%s)",
+			ErrConfig, teDir, columnList(test.Classes), trDir, columnList(train.Classes), classDiff(test.Classes, train.Classes))
+	}
+	if err := test.SetNorm(train.Mean, train.Std); err != nil {
+		return nil, nil, err
+	}
+	return train, test, nil
+}
+
+// classDiff says where the class names got differ from want's: the
+// first position where they differ, or which list is shorter.
+func classDiff(got, want []string) string {
+	for i := range min(len(got), len(want)) {
+		if got[i] != want[i] {
+			return fmt.Sprintf("class %d is %s here and %s there", i, strconv.Quote(got[i]), strconv.Quote(want[i]))
+		}
+	}
+	return fmt.Sprintf("%d classes here and %d there", len(got), len(want))
+}
+
 // columnList names a table's columns in a message, the first few of many.
 func columnList(cols []string) string {
 	if len(cols) > 8 {
@@ -473,10 +533,14 @@ func columnList(cols []string) string {
 }
 
 // trainName is the name the training split of cfg.Dataset has when
-// LoadSources loads it: the dataset's name, or csv:train.csv.
+// LoadSources loads it: the dataset's name, csv:train.csv or
+// folder:train.
 func trainName(cfg Config) string {
-	if cfg.Dataset == "csv" {
+	switch cfg.Dataset {
+	case "csv":
 		return "csv:" + csvTrainFile
+	case "folder":
+		return "folder:" + folderTrain
 	}
 	return cfg.Dataset
 }
@@ -485,9 +549,14 @@ func trainName(cfg Config) string {
 // weights saved at path (a checkpoint or weights file, whose metadata it
 // reads): that of LoadSources, and for "csv" test.csv of cfg.DataDir
 // standardised by the constants the file records of the training split
-// (data.NormFromMeta). A file that records none, or other columns, is
-// refused (ErrCheckpoint), naming what is missing.
+// (data.NormFromMeta); for "folder" likewise the image folder test of
+// cfg.DataDir, normalised per channel by the recorded constants. A file
+// that records none is refused (ErrCheckpoint), naming the missing key;
+// other columns or class names, with ErrConfig.
 func LoadTestSource(cfg Config, path string) (data.Source, error) {
+	if cfg.Dataset == "folder" {
+		return loadTestFolder(cfg, path)
+	}
 	if cfg.Dataset != "csv" {
 		test, err := loadImages(cfg, "test")
 		if err != nil {
@@ -519,6 +588,42 @@ func LoadTestSource(cfg Config, path string) (data.Source, error) {
 	if cols, ok := md["data.columns"]; ok && cols != strings.Join(test.Columns, ",") {
 		return nil, fmt.Errorf("%w: the feature columns of %s (%s) are not those the model was trained on (%s, recorded in %s)",
 			ErrConfig, filepath.Join(cfg.DataDir, csvTestFile), columnList(test.Columns), columnList(strings.Split(cols, ",")), path)
+	}
+	if err := test.SetNorm(mean, std); err != nil {
+		return nil, fmt.Errorf("%w: %s: data.mean and data.std: %w", ErrCheckpoint, path, err)
+	}
+	return test, nil
+}
+
+// loadTestFolder is LoadTestSource of --dataset folder.
+func loadTestFolder(cfg Config, path string) (data.Source, error) {
+	if cfg.DataDir == "" {
+		return nil, fmt.Errorf("%w: --dataset folder reads the image folder %s from --data-dir DIR: give it", ErrConfig, folderTest)
+	}
+	f, err := checkpoint.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	md := f.Metadata
+	dir := filepath.Join(cfg.DataDir, folderTest)
+	mean, std, err := data.NormFromMeta(md)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w: the normalisation of the training split is not recorded, so %s cannot be normalised as the model was trained; evaluate weights saved by a trainer that read the folder (gotrain train --dataset folder)",
+			ErrCheckpoint, path, err, dir)
+	}
+	names, ok := md["data.class_names"]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s: no %q key: the class folders the model was trained on are not recorded, so the labels of %s cannot be matched to its outputs",
+			ErrCheckpoint, path, "data.class_names", dir)
+	}
+	test, err := data.LoadImageFolder(dir, data.FolderOptions{Workers: cfg.DataWorkers})
+	if err != nil {
+		return nil, err
+	}
+	if names != strings.Join(test.Classes, ",") {
+		trained := strings.Split(names, ",")
+		return nil, fmt.Errorf("%w: the class folders of %s (%s) are not those the model was trained on (%s, recorded in %s; %s)",
+			ErrConfig, dir, columnList(test.Classes), columnList(trained), path, classDiff(test.Classes, trained))
 	}
 	if err := test.SetNorm(mean, std); err != nil {
 		return nil, fmt.Errorf("%w: %s: data.mean and data.std: %w", ErrCheckpoint, path, err)

@@ -216,10 +216,13 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config) *string {
 	fs.Var(intList{&cfg.Hidden}, "hidden", "hidden layer widths, comma-separated (mlp default 256; cnn: fc width, default 128)")
 	fs.StringVar(&cfg.Activation, "activation", cfg.Activation, "activation: relu, tanh or sigmoid")
 	fs.Float64Var(&cfg.Dropout, "dropout", cfg.Dropout, "dropout probability after hidden activations (0 = off)")
-	fs.StringVar(&cfg.Dataset, "dataset", cfg.Dataset, "dataset: mnist, fashion-mnist, synthetic, or csv (train.csv and test.csv of --data-dir: float feature columns and a --label column)")
-	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory with the IDX files (default: where the dataset's package puts them), or with train.csv and test.csv for --dataset csv")
+	fs.StringVar(&cfg.Dataset, "dataset", cfg.Dataset, "dataset: mnist, fashion-mnist, synthetic, csv (train.csv and test.csv of --data-dir: float feature columns and a --label column), or folder (image folders train and test of --data-dir: a folder of PNG or JPEG images per class)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory with the IDX files (default: where the dataset's package puts them), with train.csv and test.csv for --dataset csv, or with the folders train and test for --dataset folder")
 	fs.StringVar(&cfg.Label, "label", cfg.Label, "csv: the column holding the class, an integer from 0")
 	fs.IntVar(&cfg.Classes, "classes", cfg.Classes, "the model's outputs (0 = the training data's class count; csv: its largest label + 1)")
+	fs.BoolVar(&cfg.Augment, "augment", cfg.Augment, "folder: random crop of the training images padded by --pad zeros, and horizontal flip, per sample and epoch")
+	fs.IntVar(&cfg.Pad, "pad", cfg.Pad, "folder: zeros padded around an image before --augment's random crop")
+	fs.IntVar(&cfg.DataWorkers, "data-workers", cfg.DataWorkers, "folder: workers decoding the image files (0 = one per CPU)")
 	fs.IntVar(&cfg.SyntheticSize, "synthetic-size", cfg.SyntheticSize, "training samples of the synthetic dataset")
 	fs.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "epochs to train")
 	fs.Int64Var(&cfg.MaxSteps, "max-steps", cfg.MaxSteps, "stop after this many optimiser steps in all (0 = no limit; the schedule still spans --epochs)")
@@ -517,8 +520,8 @@ func cmdEval(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("gotrain eval", flag.ContinueOnError)
 	fs.SetOutput(clipWriter{stderr})
 	ckpt := fs.String("checkpoint", "", "checkpoint or weights file, or a checkpoint directory (newest)")
-	dataset := fs.String("dataset", "", "dataset: mnist, fashion-mnist, synthetic or csv (default: the one the model was trained on)")
-	dataDir := fs.String("data-dir", "", "directory with the IDX files, or test.csv for csv (default: the one the model was trained with)")
+	dataset := fs.String("dataset", "", "dataset: mnist, fashion-mnist, synthetic, csv or folder (default: the one the model was trained on)")
+	dataDir := fs.String("data-dir", "", "directory with the IDX files, test.csv for csv, or the folder test for folder (default: the one the model was trained with)")
 	batch := fs.Int("eval-batch-size", 250, "samples per batch")
 	threads := fs.Int("threads", 0, "threads (0 = number of CPUs)")
 	if err := fs.Parse(args); err != nil {
@@ -548,6 +551,9 @@ func cmdEval(args []string, stdout, stderr io.Writer) error {
 	named := *dataset != ""
 	if named {
 		cfg.Dataset = *dataset
+		if cfg.Dataset != "folder" {
+			cfg.Augment = false // training's augmentation; evaluation reads the test split as it is
+		}
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
@@ -560,8 +566,8 @@ func cmdEval(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 	}
-	// The test split, normalised as the training data was (for csv, by
-	// the constants the file records).
+	// The test split, normalised as the training data was (for csv and
+	// folder, by the constants the file records).
 	test, err := trainer.LoadTestSource(cfg, path)
 	if err != nil {
 		return err

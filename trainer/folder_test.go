@@ -1,0 +1,314 @@
+package trainer
+
+import (
+	"context"
+	"fmt"
+	"image"
+	"image/png"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/trainer/checkpoint"
+	"github.com/gotrain/gotrain/trainer/data"
+)
+
+// folderDir writes learnable data (trainer_test.go's: 28×28 gray images
+// of 10 classes) as the image folders train (nTrain images) and test
+// (nTest) of a new directory, and returns the directory and the two
+// datasets written.
+func folderDir(t *testing.T, nTrain, nTest int) (dir string, train, test *data.Dataset) {
+	t.Helper()
+	dir = t.TempDir()
+	train, test = learnable(nTrain, 1), learnable(nTest, 2)
+	require.NoError(t, data.WriteImageFolder(filepath.Join(dir, "train"), train))
+	require.NoError(t, data.WriteImageFolder(filepath.Join(dir, "test"), test))
+	return dir, train, test
+}
+
+func folderConfig(t *testing.T, dir string) Config {
+	cfg := Default()
+	cfg.Dataset, cfg.DataDir = "folder", dir
+	cfg.Hidden = []int{32}
+	cfg.BatchSize = 50
+	cfg.Epochs = 2
+	cfg.LogEvery = 0
+	cfg.Threads = 1
+	cfg.DataWorkers = 2
+	cfg.CheckpointDir = filepath.Join(t.TempDir(), "ckpt")
+	return cfg
+}
+
+// TestTrainsOnFolder: the trainer reads image folders (--dataset folder),
+// builds the model for their [C H W] and class count, learns them well
+// above chance; the weights record the folder's class names and per
+// channel normalisation, and evaluate the same from what they record.
+// A colour folder gives the model three input channels.
+func TestTrainsOnFolder(t *testing.T) {
+	dir, _, _ := folderDir(t, 600, 150)
+	cfg := folderConfig(t, dir)
+	cfg.Out = filepath.Join(t.TempDir(), "w.safetensors")
+	tr, err := New(cfg, WithLogger(quiet))
+	require.NoError(t, err)
+	require.Equal(t, []int{1, 28, 28}, tr.Model.Spec.Input())
+	require.Equal(t, 10, tr.Model.Spec.Classes)
+	res, err := tr.Run(context.Background())
+	require.NoError(t, err)
+	t.Logf("test accuracy %.3f, loss %.3f", res.TestAccuracy, res.TestLoss)
+	require.Greater(t, res.TestAccuracy, 0.8, "chance is 1/10")
+
+	m, stored, _, err := LoadModel(cfg.Out)
+	require.NoError(t, err)
+	require.Equal(t, 10, m.Spec.Classes)
+	id, ok, err := TrainedOn(cfg.Out)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, "folder:train", id.Name)
+	require.Equal(t, []int{10, 600, 150}, []int{id.Classes, id.TrainSamples, id.TestSamples})
+	f, err := checkpoint.ReadFile(cfg.Out)
+	require.NoError(t, err)
+	require.Equal(t, "0,1,2,3,4,5,6,7,8,9", f.Metadata["data.class_names"])
+	require.NotContains(t, f.Metadata["data.mean"], ",", "one channel: one mean")
+	test, err := LoadTestSource(stored, cfg.Out)
+	require.NoError(t, err)
+	require.NoError(t, CheckTestSource(id, stored, test))
+	acc, loss, err := EvaluateSource(m, test, 128)
+	require.NoError(t, err)
+	require.Equal(t, res.TestAccuracy, acc)
+	require.InDelta(t, res.TestLoss, loss, 1e-6)
+
+	// Colour images: three channels, each standardised.
+	rgb := t.TempDir()
+	for _, split := range []string{"train", "test"} {
+		for c, name := range []string{"cat", "dog"} {
+			sub := filepath.Join(rgb, split, name)
+			require.NoError(t, os.MkdirAll(sub, 0o755))
+			for i := range 4 {
+				img := image.NewNRGBA(image.Rect(0, 0, 6, 5))
+				for p := range img.Pix {
+					img.Pix[p] = byte(37*p + 11*i + 101*c)
+				}
+				fh, err := os.Create(filepath.Join(sub, fmt.Sprintf("%d.png", i)))
+				require.NoError(t, err)
+				require.NoError(t, png.Encode(fh, img))
+				require.NoError(t, fh.Close())
+			}
+		}
+	}
+	cfg = folderConfig(t, rgb)
+	cfg.BatchSize, cfg.Epochs, cfg.CheckpointDir = 4, 1, ""
+	tr, err = New(cfg, WithLogger(quiet))
+	require.NoError(t, err)
+	require.Equal(t, []int{3, 5, 6}, tr.Model.Spec.Input())
+	require.Equal(t, 2, tr.Model.Spec.Classes)
+	require.Len(t, strings.Split(tr.train.Meta()["data.std"], ","), 3)
+	require.Equal(t, tr.train.Meta()["data.mean"], tr.test.Meta()["data.mean"], "the test split takes the training split's constants")
+}
+
+// TestFolderResumeIsExact: an augmented folder run stopped and resumed
+// from its checkpoint ends with the weights of the run straight through,
+// bit for bit; augmentation changes what is learnt.
+func TestFolderResumeIsExact(t *testing.T) {
+	dir, _, _ := folderDir(t, 400, 100)
+	run := func(cfg Config) *Trainer {
+		t.Helper()
+		tr, err := New(cfg, WithLogger(quiet))
+		require.NoError(t, err)
+		_, err = tr.Run(context.Background())
+		require.NoError(t, err)
+		return tr
+	}
+	plainCfg := folderConfig(t, dir)
+	plain := run(plainCfg)
+	straightCfg := folderConfig(t, dir)
+	straightCfg.Augment = true
+	straight := run(straightCfg)
+	require.NotEqual(t, params(plain), params(straight), "--augment crops and flips")
+
+	cfg := folderConfig(t, dir)
+	cfg.Augment = true
+	cfg.MaxSteps = 11 // in the second epoch (8 batches an epoch)
+	first := run(cfg)
+	require.NotEqual(t, params(straight), params(first))
+	latest, err := checkpoint.Latest(cfg.CheckpointDir)
+	require.NoError(t, err)
+	require.Equal(t, checkpoint.FileName(11), filepath.Base(latest))
+	f, err := checkpoint.ReadFile(latest)
+	require.NoError(t, err)
+	for _, k := range []string{"data.mean", "data.std", "data.class_names", metaData} {
+		require.Contains(t, f.Metadata, k, "the checkpoint records the data")
+	}
+
+	cfg.MaxSteps, cfg.Resume = 0, cfg.CheckpointDir
+	second, err := New(cfg, WithLogger(quiet))
+	require.NoError(t, err)
+	require.Equal(t, int64(11), second.Step())
+	_, err = second.Run(context.Background())
+	require.NoError(t, err)
+	want, got := params(straight), params(second)
+	maxDiff := float32(0)
+	for i := range want {
+		for j := range want[i] {
+			maxDiff = max(maxDiff, abs32(want[i][j]-got[i][j]))
+		}
+	}
+	require.Zero(t, maxDiff, "max |Δ| of the resumed run's weights")
+	require.Equal(t, want, got)
+}
+
+func abs32(v float32) float32 {
+	if v < 0 {
+		return -v
+	}
+	return v
+}
+
+// TestFolderRefusesOtherClasses: a test folder whose classes are not the
+// training folder's is refused naming both folders, when training and
+// when evaluating weights that record other class names; weights without
+// the recorded normalisation are refused naming the key.
+func TestFolderRefusesOtherClasses(t *testing.T) {
+	dir, _, _ := folderDir(t, 200, 60)
+	cfg := folderConfig(t, dir)
+	cfg.Epochs, cfg.CheckpointDir = 1, ""
+	cfg.Out = filepath.Join(t.TempDir(), "w.safetensors")
+	tr, err := New(cfg, WithLogger(quiet))
+	require.NoError(t, err)
+	_, err = tr.Run(context.Background())
+	require.NoError(t, err)
+
+	plain := filepath.Join(t.TempDir(), "plain.safetensors")
+	require.NoError(t, SaveWeights(plain, tr.Model, cfg))
+	_, err = LoadTestSource(cfg, plain)
+	require.ErrorIs(t, err, ErrCheckpoint)
+	require.ErrorContains(t, err, `no "data.mean" key`)
+
+	require.NoError(t, os.Rename(filepath.Join(dir, "test", "9"), filepath.Join(dir, "test", "nine")))
+	_, _, err = LoadSources(cfg)
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "the class folders of "+filepath.Join(dir, "test")+" (0,1,2,3,4,5,6,7, ... (10 in all)) are not those of "+filepath.Join(dir, "train"))
+	require.ErrorContains(t, err, `class 9 is "nine" here and "9" there`)
+	_, err = LoadTestSource(cfg, cfg.Out)
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "are not those the model was trained on (0,1,2,3,4,5,6,7, ... (10 in all), recorded in "+cfg.Out)
+	require.ErrorContains(t, err, `class 9 is "nine" here and "9" there`)
+
+	_, err = New(folderConfig(t, t.TempDir()), WithLogger(quiet))
+	require.ErrorIs(t, err, data.ErrImage, "an empty --data-dir")
+	noDir := folderConfig(t, "")
+	_, _, err = LoadSources(noDir)
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "--data-dir DIR")
+}
+
+// TestFolderConfigLimits: --pad, --data-workers and --augment are
+// validated.
+func TestFolderConfigLimits(t *testing.T) {
+	for _, tc := range []struct {
+		set  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Pad = -1 }, "--pad -1 must be from 0 to 1024"},
+		{func(c *Config) { c.Pad = MaxPad + 1 }, "--pad 1025 must be from 0 to 1024"},
+		{func(c *Config) { c.DataWorkers = -1 }, "--data-workers -1 must be from 0"},
+		{func(c *Config) { c.DataWorkers = MaxThreads() + 1 }, "--data-workers"},
+		{func(c *Config) { c.Augment, c.Dataset = true, "mnist" }, "--dataset mnist is not augmented"},
+	} {
+		cfg := folderConfig(t, t.TempDir())
+		tc.set(&cfg)
+		err := cfg.Validate()
+		require.ErrorIs(t, err, ErrConfig, tc.want)
+		require.ErrorContains(t, err, tc.want)
+	}
+	cfg := folderConfig(t, t.TempDir())
+	cfg.Augment, cfg.Pad, cfg.DataWorkers = true, MaxPad, MaxThreads()
+	require.NoError(t, cfg.Validate())
+}
+
+// normSource is a Dataset standardised by the given constants as a
+// data.Folder standardises its pixels: the reference the folder is
+// checked against.
+type normSource struct {
+	d         *data.Dataset
+	mean, std float32
+}
+
+func (s normSource) Len() int { return s.d.N }
+func (s normSource) Input() data.Field {
+	return data.Field{Name: "image", Kind: data.Float, Shape: []int{1, s.d.Rows, s.d.Cols}}
+}
+func (s normSource) Target() data.Field {
+	return data.Field{Name: "class", Kind: data.ClassIndex, Classes: s.d.Classes}
+}
+func (s normSource) Meta() map[string]string { return map[string]string{"data.name": "reference"} }
+func (s normSource) Fill(x, y []float32, idx []int, _ uint64, _ int) error {
+	f := s.d.Rows * s.d.Cols
+	for k, i := range idx {
+		y[k] = float32(s.d.Labels[i])
+		for j, p := range s.d.Pix[i*f : (i+1)*f] {
+			x[k*f+j] = float32((float64(p)/255 - float64(s.mean)) / float64(s.std))
+		}
+	}
+	return nil
+}
+
+// byClass is d's samples in the order an image folder written by
+// data.WriteImageFolder holds them: by class, then by index.
+func byClass(d *data.Dataset) *data.Dataset {
+	order := make([]int, d.N)
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return int(d.Labels[a]) - int(d.Labels[b]) })
+	f := d.Rows * d.Cols
+	out := *d
+	out.Pix, out.Labels = make([]byte, 0, len(d.Pix)), make([]byte, 0, d.N)
+	for _, i := range order {
+		out.Pix = append(out.Pix, d.Pix[i*f:(i+1)*f]...)
+		out.Labels = append(out.Labels, d.Labels[i])
+	}
+	return &out
+}
+
+// TestFolderIsTheDataset: a folder written from a slice of a dataset and
+// read without augmentation trains exactly as the same samples given
+// with WithSource (in the folder's order, standardised by the folder's
+// constants): the same weights and the same accuracy. The command line
+// cannot compare a folder with the IDX files it came from (an IDX run
+// reads the whole split), so the comparison is made here.
+func TestFolderIsTheDataset(t *testing.T) {
+	trainD, testD := learnable(400, 3), learnable(100, 4)
+	if d, err := data.Load("mnist", "", "train"); err == nil {
+		trainD = d.Slice(0, 400)
+		if d, err := data.Load("mnist", "", "test"); err == nil {
+			testD = d.Slice(0, 100)
+		}
+	} else {
+		t.Logf("mnist is not installed (%v): the learnable synthetic data stands in", err)
+	}
+	dir := t.TempDir()
+	require.NoError(t, data.WriteImageFolder(filepath.Join(dir, "train"), trainD))
+	require.NoError(t, data.WriteImageFolder(filepath.Join(dir, "test"), testD))
+
+	cfg := folderConfig(t, dir)
+	cfg.CheckpointDir = ""
+	fromFolder, err := New(cfg, WithLogger(quiet))
+	require.NoError(t, err)
+	folderRes, err := fromFolder.Run(context.Background())
+	require.NoError(t, err)
+	ftr := fromFolder.train.(*data.Folder)
+
+	ref, err := New(cfg, WithLogger(quiet), WithSource(
+		normSource{byClass(trainD), ftr.Mean[0], ftr.Std[0]},
+		normSource{byClass(testD), ftr.Mean[0], ftr.Std[0]}))
+	require.NoError(t, err)
+	refRes, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	t.Logf("folder %.4f, dataset %.4f", folderRes.TestAccuracy, refRes.TestAccuracy)
+	require.Equal(t, refRes.TestAccuracy, folderRes.TestAccuracy)
+	require.Equal(t, params(ref), params(fromFolder))
+}
