@@ -72,8 +72,11 @@
 //
 // The trainer reads a training and a test trainer/data.Source: what
 // [LoadSources] loads for Config.Dataset (mnist, fashion-mnist, synthetic,
-// or csv: DIR/train.csv and DIR/test.csv of Config.DataDir, the class in
-// column Config.Label, features standardised by the training split), or
+// csv: DIR/train.csv and DIR/test.csv of Config.DataDir, the class in
+// column Config.Label, features standardised by the training split; or
+// folder: the image folders DIR/train and DIR/test, one folder of PNG or
+// JPEG files per class, standardised per channel by the training split,
+// whose images Config.Augment crops (padded by Config.Pad) and flips), or
 // what a program gives:
 //
 //	train, _ := data.LoadCSV("train.csv", data.CSVOptions{Label: "species"})
