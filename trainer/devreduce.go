@@ -316,6 +316,3 @@ func (r *devReducer) finish(ctx context.Context, last *graph.Program, scale floa
 	d.cur = d.grads
 	return v[0] > 0, nil
 }
-
-// reducesOnDevice: the reduced gradients never come to the host.
-func (r *devReducer) hostGrads() [][]float32 { return nil }
