@@ -67,6 +67,11 @@
 //	Dot                      X, G                   Σ X·G         DotGrad(G, g)  (a pipeline stage's cost)
 //	DotGrad                  G, g                   G·g           (gradient op only)
 //
+// Each op is registered once ([OpDef]: how to make it outside a graph,
+// its cost in FLOPs; [LookupOp], [OpKinds], [NewOp], [OpFLOPs]), and
+// gpu/executor registers a device lowering for each kind: its tests fail
+// for a registered op without one.
+//
 // Linear and Conv2D carry a grad_x attribute: the first parametrised layer
 // does not compute the gradient of its input (the data). The cross-entropy
 // is computed with the log-sum-exp shift, so it stays finite for any

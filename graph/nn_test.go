@@ -292,3 +292,30 @@ func TestHandMadeModelIsRefused(t *testing.T) {
 	_, err = m.Stages(2)
 	require.ErrorIs(t, err, graph.ErrNotBuilt)
 }
+
+// Every op a built-in model's programs hold is registered, can be made
+// outside a graph, and has a cost.
+func TestProgramsUseRegisteredOps(t *testing.T) {
+	for _, kind := range []string{"mlp", "cnn"} {
+		m, err := graph.New(graph.Spec{Kind: kind, Dropout: 0.2}, 1)
+		require.NoError(t, err)
+		for _, train := range []bool{true, false} {
+			p, err := m.Program(4, train)
+			require.NoError(t, err)
+			ops, err := p.Ops()
+			require.NoError(t, err)
+			for _, k := range ops {
+				_, ok := graph.LookupOp(k)
+				require.True(t, ok, "%s: %s is not registered", kind, k)
+			}
+		}
+	}
+	f, err := graph.OpFLOPs(graph.OpLinear, nil, [][]int{{8, 784}, {256, 784}, {256}}, []int{8, 256})
+	require.NoError(t, err)
+	require.Equal(t, float64(2*8*784*256+8*256), f)
+	f, err = graph.OpFLOPs(graph.OpMatMul, map[string]any{"trans_a": true}, [][]int{{8, 256}, {8, 784}}, []int{256, 784})
+	require.NoError(t, err)
+	require.Equal(t, float64(2*256*784*8), f)
+	_, err = graph.NewOp("NoSuchOp", nil, nil, nil)
+	require.ErrorContains(t, err, "not an op of the set")
+}

@@ -4,7 +4,10 @@
 //
 // [NewOp] implements one op of graph/'s set on a device: the kernels and
 // GEMMs it runs, and the scratch memory it keeps (im2col columns, the
-// loss's per-row terms), allocated once. Every kind of the set is covered.
+// loss's per-row terms), allocated once, by the lowering registered for
+// its kind (lower, in ops.go: one registration per op). Every kind that
+// graph/ registers has one: TestEveryRegisteredOpHasALowering fails for a
+// kind without.
 // conformance_test.go runs each one against graph/'s CPU op on fresh
 // random inputs, with the output poisoned with NaN before every run, on
 // every device the build has: the host always, a GPU in the gpu build

@@ -144,56 +144,104 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 }
 
 // newOp makes the op without its scratch memory (o.need says what it
-// takes).
+// takes), by the lowering registered for its kind.
 func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision) (*Op, error) {
-	intAttr := func(k string) int { v, _ := attrs[k].(int); return v }
-	boolAttr := func(k string) bool { v, _ := attrs[k].(bool); return v }
+	if _, ok := graph.LookupOp(kind); !ok {
+		return nil, fmt.Errorf("executor: %q is not an op of graph/'s set (%v)", kind, graph.OpKinds())
+	}
+	lower, ok := lowerings[kind]
+	if !ok {
+		return nil, fmt.Errorf("executor: %q has no device lowering", kind)
+	}
 	o := &Op{Kind: kind, in: in, out: out}
-	// alloc reserves scratch of n values: slot k of o.scratch, which is
-	// the op's own (NewOp) or a workspace shared by a program's ops.
-	alloc := func(n int) func() device.Buffer {
-		k := len(o.need)
-		o.need = append(o.need, n)
-		return func() device.Buffer { return o.scratch[k] }
+	c := &lowerCtx{kind: kind, attrs: attrs, in: in, prec: prec, o: o}
+	if err := lower(c, o, in, out); err != nil {
+		return nil, err
 	}
-	need := func(n int) error {
-		if len(in) != n {
-			return fmt.Errorf("executor: %s takes %d inputs, got shapes %v", kind, n, in)
+	return o, nil
+}
+
+// lowering makes op o of in's shapes and out's run on a device: it sets
+// o.run and reserves o's scratch through c.alloc.
+type lowering func(c *lowerCtx, o *Op, in [][]int, out []int) error
+
+// lowerings holds one lowering per op kind of graph/'s registry; a test
+// fails when a registered op has none.
+var lowerings = map[graph.Kind]lowering{}
+
+// lower registers kind's lowering, once.
+func lower(kind graph.Kind, f lowering) {
+	if _, dup := lowerings[kind]; dup {
+		panic("executor: two lowerings of " + string(kind)) // a programming error, at init
+	}
+	lowerings[kind] = f
+}
+
+// lowerCtx is what a lowering reads: the op's attributes, shapes and the
+// precision of its matrix products.
+type lowerCtx struct {
+	kind  graph.Kind
+	attrs map[string]any
+	in    [][]int
+	prec  device.Precision
+	o     *Op
+}
+
+func (c *lowerCtx) intAttr(k string) int   { v, _ := c.attrs[k].(int); return v }
+func (c *lowerCtx) boolAttr(k string) bool { v, _ := c.attrs[k].(bool); return v }
+
+// alloc reserves scratch of n values: slot k of o.scratch, which is the
+// op's own (NewOp) or a workspace shared by a program's ops.
+func (c *lowerCtx) alloc(n int) func() device.Buffer {
+	o := c.o
+	k := len(o.need)
+	o.need = append(o.need, n)
+	return func() device.Buffer { return o.scratch[k] }
+}
+
+func (c *lowerCtx) need(n int) error {
+	if len(c.in) != n {
+		return fmt.Errorf("executor: %s takes %d inputs, got shapes %v", c.kind, n, c.in)
+	}
+	return nil
+}
+
+// elementwise runs kernel over the output's values with the inputs'
+// buffers, the output's and its size as arguments.
+func (c *lowerCtx) elementwise(kernel string, inputs int) error {
+	if err := c.need(inputs); err != nil {
+		return err
+	}
+	c.o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+		args := make([]any, 0, inputs+2)
+		for _, t := range in {
+			args = append(args, t.Buf)
 		}
-		return nil
+		n := out.Size()
+		return dev.Launch(kernel, n, append(args, out.Buf, n)...)
 	}
-	elementwise := func(kernel string, inputs int) error {
-		if err := need(inputs); err != nil {
+	return nil
+}
+
+func init() {
+	lower(graph.OpLinear, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(3); err != nil {
 			return err
-		}
-		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			args := make([]any, 0, inputs+2)
-			for _, t := range in {
-				args = append(args, t.Buf)
-			}
-			n := out.Size()
-			return dev.Launch(kernel, n, append(args, out.Buf, n)...)
-		}
-		return nil
-	}
-	var err error
-	switch kind {
-	case graph.OpLinear:
-		if err = need(3); err != nil {
-			return nil, err
 		}
 		n, k, m := in[0][0], in[0][1], in[1][0]
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("bias_rows", n*m, out.Buf, in[2].Buf, n, m); err != nil {
 				return err
 			}
-			return dev.Gemm(prec, false, true, n, m, k, 1, in[0].Buf, k, in[1].Buf, k, 1, out.Buf, m)
+			return dev.Gemm(c.prec, false, true, n, m, k, 1, in[0].Buf, k, in[1].Buf, k, 1, out.Buf, m)
 		}
-	case graph.OpMatMul:
-		if err = need(2); err != nil {
-			return nil, err
+		return nil
+	})
+	lower(graph.OpMatMul, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(2); err != nil {
+			return err
 		}
-		ta, tb := boolAttr("trans_a"), boolAttr("trans_b")
+		ta, tb := c.boolAttr("trans_a"), c.boolAttr("trans_b")
 		m, k := in[0][0], in[0][1]
 		if ta {
 			m, k = k, m
@@ -204,61 +252,69 @@ func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec de
 		}
 		lda, ldb := in[0][1], in[1][1]
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			return dev.Gemm(prec, ta, tb, m, n, k, 1, in[0].Buf, lda, in[1].Buf, ldb, 0, out.Buf, n)
+			return dev.Gemm(c.prec, ta, tb, m, n, k, 1, in[0].Buf, lda, in[1].Buf, ldb, 0, out.Buf, n)
 		}
-	case graph.OpSumRows:
-		if err = need(1); err != nil {
-			return nil, err
+		return nil
+	})
+	lower(graph.OpSumRows, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(1); err != nil {
+			return err
 		}
-		sum := newRowSum(alloc, in[0][0], in[0][1])
+		sum := newRowSum(c.alloc, in[0][0], in[0][1])
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return sum.run(dev, in[0].Buf, out.Buf)
 		}
-	case graph.OpConv2D:
-		if err = need(3); err != nil {
-			return nil, err
+		return nil
+	})
+	lower(graph.OpConv2D, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(3); err != nil {
+			return err
 		}
-		g, err := newConvGeom(in[0], in[1], intAttr("stride"), intAttr("pad"))
+		g, err := newConvGeom(in[0], in[1], c.intAttr("stride"), c.intAttr("pad"))
 		if err != nil {
-			return nil, err
+			return err
 		}
-		cols, tmp := alloc(g.ckk()*g.ncols()), alloc(g.K*g.ncols())
+		cols, tmp := c.alloc(g.ckk()*g.ncols()), c.alloc(g.K*g.ncols())
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols()}, g.args()...)...); err != nil {
 				return err
 			}
-			if err := dev.Gemm(prec, false, false, g.K, g.ncols(), g.ckk(), 1, in[1].Buf, g.ckk(), cols(), g.ncols(), 0, tmp(), g.ncols()); err != nil {
+			if err := dev.Gemm(c.prec, false, false, g.K, g.ncols(), g.ckk(), 1, in[1].Buf, g.ckk(), cols(), g.ncols(), 0, tmp(), g.ncols()); err != nil {
 				return err
 			}
 			return dev.Launch("km_to_nchw_bias", out.Size(), tmp(), out.Buf, in[2].Buf, g.N, g.K, g.OH*g.OW)
 		}
-	case graph.OpConv2DGradInput: // dY, W -> dX of shape out
-		if err = need(2); err != nil {
-			return nil, err
+		return nil
+	})
+	lower(graph.OpConv2DGradInput, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // dY, W -> dX of shape out
+		if err := c.need(2); err != nil {
+			return err
 		}
-		g, err := newConvGeom(out, in[1], intAttr("stride"), intAttr("pad"))
+		g, err := newConvGeom(out, in[1], c.intAttr("stride"), c.intAttr("pad"))
 		if err != nil {
-			return nil, err
+			return err
 		}
-		dyKM, dcols := alloc(g.K*g.ncols()), alloc(g.ckk()*g.ncols())
+		dyKM, dcols := c.alloc(g.K*g.ncols()), c.alloc(g.ckk()*g.ncols())
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[0].Buf, dyKM(), g.N, g.K, g.OH*g.OW); err != nil {
 				return err
 			}
-			if err := dev.Gemm(prec, true, false, g.ckk(), g.ncols(), g.K, 1, in[1].Buf, g.ckk(), dyKM(), g.ncols(), 0, dcols(), g.ncols()); err != nil {
+			if err := dev.Gemm(c.prec, true, false, g.ckk(), g.ncols(), g.K, 1, in[1].Buf, g.ckk(), dyKM(), g.ncols(), 0, dcols(), g.ncols()); err != nil {
 				return err
 			}
 			return dev.Launch("col2im", out.Size(), append([]any{dcols(), out.Buf}, g.args()...)...)
 		}
-	case graph.OpConv2DGradW: // X, dY -> dW of shape out
-		if err = need(2); err != nil {
-			return nil, err
+		return nil
+	})
+	lower(graph.OpConv2DGradW, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // X, dY -> dW of shape out
+		if err := c.need(2); err != nil {
+			return err
 		}
-		g, err := newConvGeom(in[0], out, intAttr("stride"), intAttr("pad"))
+		g, err := newConvGeom(in[0], out, c.intAttr("stride"), c.intAttr("pad"))
 		if err != nil {
-			return nil, err
+			return err
 		}
-		cols, dyKM := alloc(g.ckk()*g.ncols()), alloc(g.K*g.ncols())
+		cols, dyKM := c.alloc(g.ckk()*g.ncols()), c.alloc(g.K*g.ncols())
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols()}, g.args()...)...); err != nil {
 				return err
@@ -266,57 +322,72 @@ func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec de
 			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[1].Buf, dyKM(), g.N, g.K, g.OH*g.OW); err != nil {
 				return err
 			}
-			return dev.Gemm(prec, false, true, g.K, g.ckk(), g.ncols(), 1, dyKM(), g.ncols(), cols(), g.ncols(), 0, out.Buf, g.ckk())
+			return dev.Gemm(c.prec, false, true, g.K, g.ckk(), g.ncols(), 1, dyKM(), g.ncols(), cols(), g.ncols(), 0, out.Buf, g.ckk())
 		}
-	case graph.OpConv2DGradB:
-		if err = need(1); err != nil {
-			return nil, err
+		return nil
+	})
+	lower(graph.OpConv2DGradB, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(1); err != nil {
+			return err
 		}
 		s := in[0]
 		n, k, p := s[0], s[1], s[2]*s[3]
 		parts := max((n*p+rowChunk-1)/rowChunk, 1)
-		part := alloc(parts * k)
-		sum := newRowSum(alloc, parts, k)
+		part := c.alloc(parts * k)
+		sum := newRowSum(c.alloc, parts, k)
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("conv_grad_b_parts", k*parts, in[0].Buf, part(), n, k, p, parts); err != nil {
 				return err
 			}
 			return sum.run(dev, part(), out.Buf)
 		}
-	case graph.OpMaxPool2D:
-		if err = need(1); err != nil {
-			return nil, err
+		return nil
+	})
+	lower(graph.OpMaxPool2D, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(1); err != nil {
+			return err
 		}
-		s, k := in[0], intAttr("kernel")
+		s, k := in[0], c.intAttr("kernel")
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return dev.Launch("maxpool", out.Size(), in[0].Buf, out.Buf, s[0]*s[1], s[2], s[3], k)
 		}
-	case graph.OpMaxPool2DGrad: // X, Y, dY -> dX
-		if err = need(3); err != nil {
-			return nil, err
+		return nil
+	})
+	lower(graph.OpMaxPool2DGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // X, Y, dY -> dX
+		if err := c.need(3); err != nil {
+			return err
 		}
-		s, k := in[0], intAttr("kernel")
+		s, k := in[0], c.intAttr("kernel")
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return dev.Launch("maxpool_grad", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, out.Buf, s[0]*s[1], s[2], s[3], k)
 		}
-	case graph.OpReLU:
-		err = elementwise("relu", 1)
-	case graph.OpTanh:
-		err = elementwise("tanh_fwd", 1)
-	case graph.OpSigmoid:
-		err = elementwise("sigmoid_fwd", 1)
-	case graph.OpReLUGrad:
-		err = elementwise("relu_grad", 2)
-	case graph.OpTanhGrad:
-		err = elementwise("tanh_grad", 2)
-	case graph.OpSigmoidGrad:
-		err = elementwise("sigmoid_grad", 2)
-	case graph.OpMul:
-		err = elementwise("mul", 2)
-	case graph.OpReshape:
+		return nil
+	})
+	lower(graph.OpReLU, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("relu", 1)
+	})
+	lower(graph.OpTanh, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("tanh_fwd", 1)
+	})
+	lower(graph.OpSigmoid, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("sigmoid_fwd", 1)
+	})
+	lower(graph.OpReLUGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("relu_grad", 2)
+	})
+	lower(graph.OpTanhGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("tanh_grad", 2)
+	})
+	lower(graph.OpSigmoidGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("sigmoid_grad", 2)
+	})
+	lower(graph.OpMul, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("mul", 2)
+	})
+	lower(graph.OpReshape, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
 		// Executors alias the output to the input; a copy when they do not.
-		if err = need(1); err != nil {
-			return nil, err
+		if err := c.need(1); err != nil {
+			return err
 		}
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if in[0].Buf == out.Buf {
@@ -324,46 +395,48 @@ func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec de
 			}
 			return dev.Launch("copy_f32", out.Size(), in[0].Buf, out.Buf, out.Size())
 		}
-	case graph.OpSoftmaxCE: // logits, labels -> mean loss
-		if err = need(2); err != nil {
-			return nil, err
+		return nil
+	})
+	lower(graph.OpSoftmaxCE, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // logits, labels -> mean loss
+		if err := c.need(2); err != nil {
+			return err
 		}
 		n, k := in[0][0], in[0][1]
-		rows := alloc(2 * n) // float64 per row
+		rows := c.alloc(2 * n) // float64 per row
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("softmax_ce_rows", n, in[0].Buf, in[1].Buf, rows(), n, k); err != nil {
 				return err
 			}
 			return dev.Launch("mean_f64", 1, rows(), out.Buf, n)
 		}
-	case graph.OpSoftmaxCEGrad: // logits, labels, g -> dLogits
-		if err = need(3); err != nil {
-			return nil, err
+		return nil
+	})
+	lower(graph.OpSoftmaxCEGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // logits, labels, g -> dLogits
+		if err := c.need(3); err != nil {
+			return err
 		}
 		n, k := in[0][0], in[0][1]
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return dev.Launch("softmax_ce_grad", n, in[0].Buf, in[1].Buf, in[2].Buf, out.Buf, n, k)
 		}
-	case graph.OpDot:
-		if err = need(2); err != nil {
-			return nil, err
+		return nil
+	})
+	lower(graph.OpDot, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(2); err != nil {
+			return err
 		}
 		n := size(in[0])
 		parts := max(min(n, dotParts), 1)
-		partial := alloc(2 * parts) // float64s
+		partial := c.alloc(2 * parts) // float64s
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := dev.Launch("dot_parts", parts, in[0].Buf, in[1].Buf, partial(), n, parts); err != nil {
 				return err
 			}
 			return dev.Launch("sum_f64_to_f32", 1, partial(), out.Buf, parts)
 		}
-	case graph.OpDotGrad:
-		err = elementwise("scale_by", 2)
-	default:
-		return nil, fmt.Errorf("executor: %q is not an op of graph/'s set", kind)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return o, nil
+		return nil
+	})
+	lower(graph.OpDotGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("scale_by", 2)
+	})
 }
