@@ -118,6 +118,12 @@ KERNEL mul(const float *x, const float *m, float *y, long n) {
 	FOR(i, n) y[i] = x[i] * m[i];
 }
 
+// y = a + b elementwise (Gorgonia's Add: residual connections and the sum
+// of a fan-out's gradients)
+KERNEL add(const float *a, const float *b, float *y, long n) {
+	FOR(i, n) y[i] = a[i] + b[i];
+}
+
 // ---- softmax cross-entropy over rows of k logits ----
 DEVICE double row_lse(const float *row, long k, float *mx) {
 	float m = row[0];

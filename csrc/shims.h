@@ -20,6 +20,7 @@ static void call_tanh_grad(void **a) { tanh_grad(A(const float *, 0), A(const fl
 static void call_sigmoid_fwd(void **a) { sigmoid_fwd(A(const float *, 0), A(float *, 1), A(long, 2)); }
 static void call_sigmoid_grad(void **a) { sigmoid_grad(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
 static void call_mul(void **a) { mul(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
+static void call_add(void **a) { add(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
 static void call_softmax_ce_rows(void **a) { softmax_ce_rows(A(const float *, 0), A(const float *, 1), A(double *, 2), A(long, 3), A(long, 4)); }
 static void call_mean_f64(void **a) { mean_f64(A(const double *, 0), A(float *, 1), A(long, 2)); }
 static void call_softmax_ce_grad(void **a) { softmax_ce_grad(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(float *, 3), A(long, 4), A(long, 5)); }
@@ -65,6 +66,7 @@ static const shim shims[] = {
 	{"sigmoid_fwd", call_sigmoid_fwd, 3},
 	{"sigmoid_grad", call_sigmoid_grad, 4},
 	{"mul", call_mul, 4},
+	{"add", call_add, 4},
 	{"softmax_ce_rows", call_softmax_ce_rows, 5},
 	{"mean_f64", call_mean_f64, 3},
 	{"softmax_ce_grad", call_softmax_ce_grad, 6},

@@ -217,6 +217,26 @@ func (b *builder) Reshape(x *G.Node, shape ...int) *G.Node {
 	return b.apply(newReshape(x.Shape(), to), x)
 }
 
+// Add is Gorgonia's own Add, which the set recognises (see gorgonia.go).
+func (b *builder) Add(x, y *G.Node) *G.Node {
+	if !b.ok("Add", x, y) {
+		return nil
+	}
+	if !x.Shape().Eq(y.Shape()) {
+		b.fail(fmt.Errorf("Add: shapes %v and %v differ (broadcasting is not supported yet)", x.Shape(), y.Shape()))
+		return nil
+	}
+	n, err := G.Add(x, y)
+	if err != nil {
+		b.fail(fmt.Errorf("Add: %w", err))
+		return nil
+	}
+	if b.data[x] && b.data[y] {
+		b.data[n] = true
+	}
+	return n
+}
+
 // paramIndex maps the parameter nodes built so far to their index in
 // Model.Params.
 func (b *builder) paramIndex() map[*G.Node]int {

@@ -66,6 +66,14 @@
 //	SoftmaxCrossEntropyGrad  logits, labels, g      (softmax−onehot)·g/N
 //	Dot                      X, G                   Σ X·G         DotGrad(G, g)  (a pipeline stage's cost)
 //	DotGrad                  G, g                   G·g           (gradient op only)
+//	Add                      A, B (equal shapes)    A + B         dA = dB = dY  (Gorgonia's own Add, recognised)
+//
+// Add is Gorgonia's own operator, not one of this package: Gorgonia's
+// Grad sums the gradients of a node with several consumers with it (a
+// residual connection, a tied weight), and nn.Ctx.Add writes it. The set
+// recognises it (Add of equal shapes): Gorgonia runs it on the CPU, and a
+// program's Layout gives device executors the set's Add in its place. Any
+// other Gorgonia operator is refused when the program compiles.
 //
 // Each op is registered once ([OpDef]: how to make it outside a graph,
 // its cost in FLOPs; [LookupOp], [OpKinds], [NewOp], [OpFLOPs]), and

@@ -114,6 +114,9 @@ func (src layoutOf) build() (*Layout, error) {
 				break
 			}
 			op, ok := n.Op().(Op)
+			if !ok && n.Op() != nil && n.Op().Arity() > 0 {
+				op, ok = recogniseNode(src.g, n) // a Gorgonia operator, as the op of the set it computes
+			}
 			if !ok {
 				v := n.Value()
 				if n.Op() == nil || v == nil || n.Op().Arity() != 0 {

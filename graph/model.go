@@ -351,7 +351,9 @@ func checkClosed(g *G.ExprGraph) error {
 			continue
 		}
 		if _, ok := n.Op().(Op); !ok && n.Op().Arity() > 0 { // constants (the gradient seed) have no children
-			return fmt.Errorf("graph: node %v uses op %v outside the op set", n, n.Op())
+			if _, ok := recogniseNode(g, n); !ok {
+				return fmt.Errorf("graph: node %v uses %T %q, which is neither an op of the set nor a Gorgonia operator gotrain runs (Add of equal shapes)", n, n.Op(), n.Op())
+			}
 		}
 	}
 	return nil
@@ -366,6 +368,8 @@ func (p *Program) Ops() ([]Kind, error) {
 	var ks []Kind
 	for i := len(sorted) - 1; i >= 0; i-- {
 		if op, ok := sorted[i].Op().(Op); ok {
+			ks = append(ks, op.Kind())
+		} else if op, ok := recogniseNode(p.g, sorted[i]); ok {
 			ks = append(ks, op.Kind())
 		}
 	}

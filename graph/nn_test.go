@@ -319,3 +319,75 @@ func TestProgramsUseRegisteredOps(t *testing.T) {
 	_, err = graph.NewOp("NoSuchOp", nil, nil, nil)
 	require.ErrorContains(t, err, "not an op of the set")
 }
+
+// resBlock is a residual connection written with Ctx.Add, Gorgonia's own
+// operator: x has two consumers, so Grad sums their gradients with Add too.
+type resBlock struct{ in, fc, out *nn.Linear }
+
+func (r *resBlock) Forward(c nn.Ctx, x nn.T) nn.T {
+	h := c.Tanh(r.in.Forward(c, x))
+	h = c.Add(h, c.Tanh(r.fc.Forward(c, h)))
+	return r.out.Forward(c, h)
+}
+
+func newRes(s *nn.Scope, spec graph.Spec) (nn.Module, error) {
+	return &resBlock{nn.NewLinear(s.Sub("in"), 20, 8), nn.NewLinear(s.Sub("fc"), 8, 8), nn.NewLinear(s.Sub("out"), 8, spec.Classes)}, nil
+}
+
+// A residual model compiles, runs Gorgonia's Add, and its gradients are
+// those of finite differences.
+func TestResidualAddAndItsGradients(t *testing.T) {
+	m, err := graph.Build(tabular, newRes, 2)
+	require.NoError(t, err)
+	const n = 3
+	p, err := m.Program(n, true)
+	require.NoError(t, err)
+	ops, err := p.Ops()
+	require.NoError(t, err)
+	adds := 0
+	for _, k := range ops {
+		if k == graph.OpAdd {
+			adds++
+		}
+	}
+	require.GreaterOrEqual(t, adds, 2, "the forward Add and Grad's sum of h's two gradients: %v", ops)
+	r := rand.New(rand.NewPCG(4, 4))
+	for i := range p.X {
+		p.X[i] = float32(r.NormFloat64())
+	}
+	for i := range p.Y {
+		p.Y[i] = float32(i % 12)
+	}
+	_, err = p.Run(nil)
+	require.NoError(t, err)
+	ev, err := m.Program(n, false)
+	require.NoError(t, err)
+	copy(ev.X, p.X)
+	copy(ev.Y, p.Y)
+	loss := func() float64 {
+		l, err := ev.Run(nil)
+		require.NoError(t, err)
+		return float64(l)
+	}
+	for i, prm := range m.Params {
+		g := append([]float32(nil), p.Grad(i)...)
+		for _, j := range []int{0, len(prm.Data) / 2, len(prm.Data) - 1} {
+			v := prm.Data[j]
+			const h = 1e-2
+			prm.Data[j] = v + h
+			up := loss()
+			prm.Data[j] = v - h
+			down := loss()
+			prm.Data[j] = v
+			fd := (up - down) / (2 * h)
+			require.InDelta(t, fd, float64(g[j]), 2e-3+0.02*math.Abs(fd), "%s[%d]", prm.Name, j)
+		}
+	}
+	l, err := p.Layout()
+	require.NoError(t, err)
+	found := false
+	for _, nd := range l.Nodes {
+		found = found || (nd.Role == graph.RoleOp && nd.Op.Kind() == graph.OpAdd)
+	}
+	require.True(t, found, "the layout gives executors Gorgonia's Add as the set's Add")
+}

@@ -37,6 +37,7 @@ const (
 	OpSoftmaxCEGrad   Kind = "SoftmaxCrossEntropyGrad"
 	OpDot             Kind = "Dot"     // Σ X·G: the cost of a pipeline stage that is not the last
 	OpDotGrad         Kind = "DotGrad" // dX = G·g
+	OpAdd             Kind = "Add"     // A + B elementwise: Gorgonia's own Add, recognised (see gorgonia.go)
 )
 
 // Op is implemented by every op of the set. Attrs holds the op's static

@@ -104,4 +104,8 @@ func init() {
 			d := firstDims(in)
 			return &dotGradOp{base: newBase(OpDotGrad, nil, tt(d), tt(d), scalarT)}, nil
 		}})
+	registerOp(OpDef{Kind: OpAdd, FLOPs: elementwiseFLOPs,
+		Make: func(_ opAttrs, in [][]int, _ []int) (Op, error) {
+			return newAdd(firstDims(in)), nil
+		}})
 }

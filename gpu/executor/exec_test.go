@@ -9,6 +9,7 @@ import (
 
 	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/graph"
+	"github.com/gotrain/gotrain/graph/nn"
 	"github.com/gotrain/gotrain/trainer/optim"
 )
 
@@ -40,6 +41,7 @@ func TestTrainingMatchesTheCPU(t *testing.T) {
 	specs := []graph.Spec{
 		{Kind: "mlp", InC: 1, InH: 8, InW: 8, Classes: 10, Hidden: []int{32, 16}, Activation: "tanh"},
 		{Kind: "cnn", InC: 1, InH: 16, InW: 16, Classes: 10, Hidden: []int{24}},
+		{Kind: "test-resmlp", InC: 1, InH: 8, InW: 8, Classes: 10},
 	}
 	opts := []optim.Config{{Name: "sgd", Momentum: 0.9, Nesterov: true, WeightDecay: 1e-4}, {Name: "adamw", WeightDecay: 0.01}, {Name: "adam"}}
 	for _, mk := range devices {
@@ -262,5 +264,27 @@ func TestGridRunsAreTheHostsBitForBit(t *testing.T) {
 				require.Equal(t, hp[i], gp[i], "parameter %d", i)
 			}
 		})
+	}
+}
+
+// resMLP is a residual MLP written with nn: h has two consumers in each
+// block, so Gorgonia's Grad sums their gradients with its own Add, which
+// the device runs as the set's Add.
+type resMLP struct{ in, b1, b2, out *nn.Linear }
+
+func (m *resMLP) Forward(c nn.Ctx, x nn.T) nn.T {
+	h := c.ReLU(m.in.Forward(c, x))
+	h = c.Add(h, c.Tanh(m.b1.Forward(c, h)))
+	h = c.Add(h, c.ReLU(m.b2.Forward(c, h)))
+	return m.out.Forward(c, h)
+}
+
+func init() {
+	err := graph.Register("test-resmlp", func(s *nn.Scope, spec graph.Spec) (nn.Module, error) {
+		in := spec.InC * spec.InH * spec.InW
+		return &resMLP{nn.NewLinear(s.Sub("in"), in, 24), nn.NewLinear(s.Sub("b1"), 24, 24), nn.NewLinear(s.Sub("b2"), 24, 24), nn.NewLinear(s.Sub("out"), 24, spec.Classes)}, nil
+	})
+	if err != nil {
+		panic(err)
 	}
 }

@@ -436,6 +436,9 @@ func init() {
 		}
 		return nil
 	})
+	lower(graph.OpAdd, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("add", 2)
+	})
 	lower(graph.OpDotGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
 		return c.elementwise("scale_by", 2)
 	})

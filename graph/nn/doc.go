@@ -38,7 +38,9 @@
 // # Layers
 //
 // [Linear], [Conv2d], [MaxPool2d], [ReLU], [Tanh], [Sigmoid], [Dropout],
-// [Flatten], [Sequential], and [Func] for a Forward written inline.
+// [Flatten], [Sequential], and [Func] for a Forward written inline. A
+// residual connection is c.Add(x, f(x)): Gorgonia's own Add, which also
+// sums the two gradients of x in the backward pass.
 //
 // # A complete model
 //

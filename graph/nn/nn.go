@@ -58,6 +58,7 @@ type Ctx interface {
 	Sigmoid(x T) T                              // 1/(1+e^-x)
 	Dropout(x T, p float64) T                   // training: zero with probability p, else ×1/(1-p); eval: x
 	Reshape(x T, shape ...int) T                // same values, new shape (the batch included)
+	Add(a, b T) T                               // a + b, equal shapes (Gorgonia\'s Add): residual connections
 
 	// Fail records err as the program's error, unless one is recorded
 	// already; Err returns the recorded error.
