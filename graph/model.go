@@ -421,17 +421,22 @@ func drawMaskRows(masks []dropMask, batch int, seed, step uint64, row0 int) {
 	r := rand.New(&pcg)
 	for j, mk := range masks {
 		per := len(mk.data) / batch
-		scale := float32(1 / (1 - mk.p))
 		for i := 0; i < batch; i++ {
 			pcg.Seed(seed^(uint64(j)+1)*0x9e3779b97f4a7c15, step<<32^uint64(row0+i))
-			row := mk.data[i*per : (i+1)*per]
-			for k := range row {
-				if r.Float64() < mk.p {
-					row[k] = 0
-				} else {
-					row[k] = scale
-				}
-			}
+			fillMask(mk.data[i*per:(i+1)*per], mk.p, r)
+		}
+	}
+}
+
+// fillMask sets each value of m to 0 with probability p, else 1/(1-p),
+// drawing from r.
+func fillMask(m []float32, p float64, r *rand.Rand) {
+	scale := float32(1 / (1 - p))
+	for k := range m {
+		if r.Float64() < p {
+			m[k] = 0
+		} else {
+			m[k] = scale
 		}
 	}
 }
@@ -443,14 +448,7 @@ func drawMasks(masks []dropMask, rng *rand.Rand) error {
 		if rng == nil {
 			return errors.New("graph: a training program with dropout needs an rng")
 		}
-		scale := float32(1 / (1 - mk.p))
-		for i := range mk.data {
-			if rng.Float64() < mk.p {
-				mk.data[i] = 0
-			} else {
-				mk.data[i] = scale
-			}
-		}
+		fillMask(mk.data, mk.p, rng)
 	}
 	return nil
 }

@@ -138,38 +138,52 @@ func TestTrainsOnCSV(t *testing.T) {
 // TestCSVResumeIsExact: a CSV run stopped and resumed from its checkpoint
 // ends with the weights of the run straight through, bit for bit.
 func TestCSVResumeIsExact(t *testing.T) {
-	dir := csvDir(t)
-	straightCfg := csvConfig(t, dir)
-	straightCfg.Epochs, straightCfg.Dropout = 2, 0.2
-	straight, err := New(straightCfg, WithLogger(quiet))
-	require.NoError(t, err)
-	_, err = straight.Run(context.Background())
-	require.NoError(t, err)
-
-	cfg := csvConfig(t, dir)
+	cfg := csvConfig(t, csvDir(t))
 	cfg.Epochs, cfg.Dropout = 2, 0.2
-	cfg.MaxSteps = 101 // in the second epoch (80 batches an epoch)
-	first, err := New(cfg, WithLogger(quiet))
-	require.NoError(t, err)
-	_, err = first.Run(context.Background())
-	require.NoError(t, err)
+	// Step 101 is in the second epoch (80 batches an epoch).
+	resumedEqualsStraight(t, cfg, 101, "data.mean", "data.std", "data.columns", metaData, metaModelShape)
+}
+
+// resumedEqualsStraight runs cfg straight through, then again stopped
+// after step stop and resumed from the checkpoint written there (which
+// must record the metadata keys), and requires the resumed run to end
+// bit for bit where the straight one did. It returns the straight run.
+func resumedEqualsStraight(t *testing.T, cfg Config, stop int64, keys ...string) *Trainer {
+	t.Helper()
+	run := func(cfg Config) *Trainer {
+		t.Helper()
+		tr, err := New(cfg, WithLogger(quiet))
+		require.NoError(t, err)
+		_, err = tr.Run(context.Background())
+		require.NoError(t, err)
+		return tr
+	}
+	straightCfg := cfg
+	straightCfg.CheckpointDir = filepath.Join(t.TempDir(), "straight")
+	straight := run(straightCfg)
+
+	cfg.CheckpointDir = filepath.Join(t.TempDir(), "stopped")
+	cfg.MaxSteps = stop
+	first := run(cfg)
 	require.NotEqual(t, params(straight), params(first))
 	latest, err := checkpoint.Latest(cfg.CheckpointDir)
 	require.NoError(t, err)
-	require.Equal(t, checkpoint.FileName(101), filepath.Base(latest))
+	require.Equal(t, checkpoint.FileName(stop), filepath.Base(latest))
 	f, err := checkpoint.ReadFile(latest)
 	require.NoError(t, err)
-	for _, k := range []string{"data.mean", "data.std", "data.columns", metaData, metaModelShape} {
+	for _, k := range keys {
 		require.Contains(t, f.Metadata, k, "the checkpoint records the data")
 	}
 
 	cfg.MaxSteps, cfg.Resume = 0, cfg.CheckpointDir
 	second, err := New(cfg, WithLogger(quiet))
 	require.NoError(t, err)
-	require.Equal(t, int64(101), second.Step())
+	require.Equal(t, stop, second.Step())
 	_, err = second.Run(context.Background())
 	require.NoError(t, err)
+	require.Zero(t, maxAbsDiff(params(straight), params(second)), "max |Δ| of the resumed run's weights")
 	require.Equal(t, params(straight), params(second))
+	return straight
 }
 
 // fieldSource is a source with other fields than the one it wraps says.

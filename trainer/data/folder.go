@@ -58,18 +58,17 @@ type FolderOptions struct {
 // and held as bytes; Fill normalises (and augments) the samples of a
 // batch. It is a [Source].
 type Folder struct {
-	Dir        string
-	Classes    []string // class names, sorted; the label is the index
-	Files      []string // per sample, relative to Dir
-	N          int
-	C, H, W    int
-	Pix        []byte  // N·C·H·W, sample after sample, CHW
-	Labels     []int32 // N
-	Mean, Std  []float32
-	Augment    bool
-	Pad        int
-	normLUT    [][256]float32 // per channel: (p/255 − mean)/std
-	normLUTSet bool
+	Dir       string
+	Classes   []string // class names, sorted; the label is the index
+	Files     []string // per sample, relative to Dir
+	N         int
+	C, H, W   int
+	Pix       []byte  // N·C·H·W, sample after sample, CHW
+	Labels    []int32 // N
+	Mean, Std []float32
+	Augment   bool
+	Pad       int
+	normLUT   [][256]float32 // per channel: (p/255 − mean)/std; nil: p/255
 }
 
 // LoadImageFolder reads the image folder dir (see [Folder]).
@@ -309,7 +308,7 @@ func (f *Folder) SetNorm(mean, std []float32) error {
 			lut[c][p] = float32((float64(p)/255 - float64(mean[c])) / float64(std[c]))
 		}
 	}
-	f.Mean, f.Std, f.normLUT, f.normLUTSet = mean, std, lut, true
+	f.Mean, f.Std, f.normLUT = mean, std, lut
 	return nil
 }
 
@@ -387,7 +386,7 @@ var identityLUT = func() (t [256]float32) {
 }()
 
 func (f *Folder) lut(c int) *[256]float32 {
-	if f.normLUTSet {
+	if f.normLUT != nil {
 		return &f.normLUT[c]
 	}
 	return &identityLUT

@@ -3,8 +3,6 @@ package cli
 import (
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -52,39 +50,18 @@ func TestTrainEvalFolderEndToEnd(t *testing.T) {
 	t.Logf("image folders of %s", name)
 	out := t.TempDir()
 	weights := filepath.Join(out, "w.safetensors")
-	stdout, stderr, err := gotrain(t, "train", "--dataset", "folder", "--data-dir", dir, "--model", "cnn",
+	pct, acc := trainedAccuracy(t, "train", "--dataset", "folder", "--data-dir", dir, "--model", "cnn",
 		"--max-steps", "60", "--augment", "--batch-size", "64", "--threads", "2", "--data-workers", "2", "--out", weights)
-	require.NoError(t, err, stderr)
-	m := regexp.MustCompile(`test accuracy (\d+\.\d\d)%`).FindStringSubmatch(stdout)
-	require.NotNil(t, m, stdout)
-	t.Logf("trained: %s", strings.TrimSpace(stdout))
-	acc, err := strconv.ParseFloat(m[1], 64)
-	require.NoError(t, err)
 	require.Greater(t, acc, 40.0, "chance is 10%")
-
-	for _, args := range [][]string{
-		{"eval", "--checkpoint", weights},
-		{"eval", "--checkpoint", weights, "--dataset", "folder", "--data-dir", dir},
-	} {
-		stdout, stderr, err := gotrain(t, args...)
-		require.NoError(t, err, stderr)
-		require.Contains(t, stdout, "cnn on folder test (500 samples): accuracy "+m[1]+"%", args)
-		require.Empty(t, stderr, "the data trained on: nothing to note")
-	}
-
-	// Weights without the training split's normalisation.
-	model, cfg, _, err := trainer.LoadModel(weights)
+	evalPrints(t, weights, "folder", dir, "cnn on folder test (500 samples): accuracy "+pct+"%")
+	_, cfg, _, err := trainer.LoadModel(weights)
 	require.NoError(t, err)
 	require.True(t, cfg.Augment)
-	plain := filepath.Join(out, "plain.safetensors")
-	require.NoError(t, trainer.SaveWeights(plain, model, cfg))
-	_, stderr, err = gotrain(t, "eval", "--checkpoint", plain)
-	require.Error(t, err)
-	require.Contains(t, stderr, `no "data.mean" key`)
+	refusedWithoutNorm(t, weights, out)
 
 	// A test folder of other classes.
 	require.NoError(t, os.Rename(filepath.Join(dir, "test", "9"), filepath.Join(dir, "test", "nine")))
-	_, stderr, err = gotrain(t, "eval", "--checkpoint", weights, "--dataset", "folder")
+	_, stderr, err := gotrain(t, "eval", "--checkpoint", weights, "--dataset", "folder")
 	require.Error(t, err)
 	require.Contains(t, stderr, `are not those the model was trained on`)
 	require.Contains(t, stderr, `class 9 is "nine" here and "9" there`)
