@@ -148,11 +148,64 @@ func (b *builder) Conv2D(x *G.Node, w, bias *nn.Param, stride, pad int) *G.Node 
 		b.fail(fmt.Errorf("Conv2D %s: stride %d must be at least 1 and padding %d at least 0", w.Name, stride, pad))
 		return nil
 	}
-	wn, bn := b.Param(w), b.Param(bias)
-	if wn == nil || bn == nil {
+	wn := b.Param(w)
+	if wn == nil {
+		return nil
+	}
+	if bias == nil {
+		return b.apply(newConv2DNoBias(stride, pad, !b.data[x]), x, wn)
+	}
+	bn := b.Param(bias)
+	if bn == nil {
 		return nil
 	}
 	return b.apply(newConv2D(stride, pad, !b.data[x]), x, wn, bn)
+}
+
+func (b *builder) BatchNorm(x *G.Node, l *nn.BatchNorm) *G.Node {
+	if !b.ok("BatchNorm", x) {
+		return nil
+	}
+	if l == nil {
+		b.fail(errors.New("BatchNorm: the layer is nil"))
+		return nil
+	}
+	if d := x.Dims(); d != 2 && d != 4 {
+		b.fail(fmt.Errorf("BatchNorm %s: input %v is neither [N,C] nor [N,C,H,W]", l.Weight.Name, x.Shape()))
+		return nil
+	}
+	if x.Shape()[1] != l.C {
+		b.fail(fmt.Errorf("BatchNorm %s: input %v has %d channels, the layer %d", l.Weight.Name, x.Shape(), x.Shape()[1], l.C))
+		return nil
+	}
+	if !(l.Eps > 0) || !(l.Momentum >= 0 && l.Momentum <= 1) {
+		b.fail(fmt.Errorf("BatchNorm %s: eps %v must be positive and momentum %v in [0,1]", l.Weight.Name, l.Eps, l.Momentum))
+		return nil
+	}
+	var ins []*G.Node
+	for _, p := range []*nn.Param{l.Weight, l.Bias, l.RunningMean, l.RunningVar, l.NumBatchesTracked} {
+		n := b.Param(p)
+		if n == nil {
+			return nil
+		}
+		ins = append(ins, n)
+	}
+	if b.train && x.Shape().TotalSize()/l.C < 2 {
+		b.fail(fmt.Errorf("BatchNorm %s: training needs more than one value per channel, got input %v (a batch of 1?)", l.Weight.Name, x.Shape()))
+		return nil
+	}
+	return b.apply(newBatchNorm(x.Dims(), l.Eps, l.Momentum, b.train), append([]*G.Node{x}, ins...)...)
+}
+
+func (b *builder) GlobalAvgPool2D(x *G.Node) *G.Node {
+	if !b.ok("GlobalAvgPool2D", x) {
+		return nil
+	}
+	if x.Dims() != 4 {
+		b.fail(fmt.Errorf("GlobalAvgPool2D: input %v is not [N,C,H,W]", x.Shape()))
+		return nil
+	}
+	return b.apply(newGlobalAvgPool(), x)
 }
 
 func (b *builder) MaxPool2D(x *G.Node, k int) *G.Node {
@@ -320,8 +373,13 @@ func (m *Model) trace() error {
 
 // grads differentiates cost (Gorgonia's Grad) with respect to the
 // parameters idx (nil: every parameter of the model) and then extra (when
-// not nil). The result is aligned with idx, then extra; buffers get no
-// gradient (nil).
+// not nil). The result is aligned with idx, then extra. A buffer has no
+// gradient: its slot holds the buffer itself, as the program leaves it
+// (a BatchNorm's running statistics after the step's update), so that
+// reducing the gradients across ranks averages the buffers by the ranks'
+// shares of the batch, and the optimiser sets each buffer to that average
+// (see trainer/optim.Param.Buffer): every rank ends a step with the same
+// buffers.
 func (b *builder) grads(cost *G.Node, idx []int, extra *G.Node) ([]*G.Node, error) {
 	if idx == nil {
 		idx = make([]int, len(b.m.Params))
@@ -331,17 +389,19 @@ func (b *builder) grads(cost *G.Node, idx []int, extra *G.Node) ([]*G.Node, erro
 	}
 	var wrt G.Nodes
 	var at []int // position in the result of each wrt node
+	out := make([]*G.Node, len(idx)+map[bool]int{true: 1}[extra != nil])
 	for k, i := range idx {
 		if p := b.m.Params[i]; !p.Buffer {
 			wrt = append(wrt, b.param(p))
 			at = append(at, k)
+		} else {
+			out[k] = b.param(p)
 		}
 	}
 	if extra != nil {
 		wrt = append(wrt, extra)
 		at = append(at, len(idx))
 	}
-	out := make([]*G.Node, len(idx)+map[bool]int{true: 1}[extra != nil])
 	if len(wrt) == 0 {
 		return out, nil
 	}

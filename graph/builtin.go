@@ -11,6 +11,7 @@ import (
 func init() {
 	mustRegister("mlp", mlp)
 	mustRegister("cnn", cnn)
+	mustRegister("resnet", resnet)
 }
 
 // checkCommon refuses the settings both built-in models read.

@@ -140,12 +140,17 @@ func nchwToKM(g convGeom, y, t []float32) {
 	})
 }
 
+// A nil bias adds nothing.
 func kmToNCHW(g convGeom, t, y []float32, bias []float32) {
 	ohw := g.ohw()
 	parallelFor(g.N, g.N*g.K*ohw, func(n0, n1 int) {
 		for n := n0; n < n1; n++ {
 			for k := 0; k < g.K; k++ {
-				dst, src, b := y[(n*g.K+k)*ohw:][:ohw], t[(k*g.N+n)*ohw:][:ohw], bias[k]
+				dst, src := y[(n*g.K+k)*ohw:][:ohw], t[(k*g.N+n)*ohw:][:ohw]
+				var b float32
+				if bias != nil {
+					b = bias[k]
+				}
 				for p, v := range src {
 					dst[p] = v + b
 				}
@@ -160,6 +165,7 @@ type conv2dOp struct {
 	base
 	stride, pad int
 	needX       bool
+	noBias      bool // two inputs (X, W): no bias (before a BatchNorm, as torchvision's ResNets)
 	cols, tmp   []float32
 	colsOf      *float32 // first element of the X whose im2col is in cols
 }
@@ -197,10 +203,19 @@ func newConv2D(stride, pad int, needX bool) *conv2dOp {
 	return &conv2dOp{base: newBase(OpConv2D, map[string]any{"stride": stride, "pad": pad, "grad_x": needX}, tt(4), tt(4), tt(4), tt(1)), stride: stride, pad: pad, needX: needX}
 }
 
+// newConv2DNoBias is a convolution without bias: inputs X and W; its
+// attributes say "no_bias".
+func newConv2DNoBias(stride, pad int, needX bool) *conv2dOp {
+	return &conv2dOp{base: newBase(OpConv2D, map[string]any{"stride": stride, "pad": pad, "grad_x": needX, "no_bias": true}, tt(4), tt(4), tt(4)), stride: stride, pad: pad, needX: needX, noBias: true}
+}
+
 func (o *conv2dOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	g, err := newGeom(shapeOf(ds[0]), shapeOf(ds[1]), o.stride, o.pad)
 	if err != nil {
 		return nil, err
+	}
+	if o.noBias {
+		return tensor.Shape{g.N, g.K, g.OH, g.OW}, nil
 	}
 	if b := shapeOf(ds[2]); len(b) != 1 || b[0] != g.K {
 		return nil, fmt.Errorf("Conv2D: bias %v does not fit %d filters", b, g.K)
@@ -221,11 +236,20 @@ func (o *conv2dOp) Do(in ...G.Value) (G.Value, error) {
 	im2col(g, x, o.cols)
 	o.colsOf = &x[0]
 	cblas.Sgemm(false, false, g.K, ncols, g.ckk(), 1, f32(in[1]), g.ckk(), o.cols, ncols, 0, o.tmp, ncols)
-	kmToNCHW(g, o.tmp, f32(out), f32(in[2]))
+	var bias []float32
+	if !o.noBias {
+		bias = f32(in[2])
+	}
+	kmToNCHW(g, o.tmp, f32(out), bias)
 	return out, nil
 }
 
-func (o *conv2dOp) DiffWRT(int) []bool { return []bool{o.needX, true, true} }
+func (o *conv2dOp) DiffWRT(int) []bool {
+	if o.noBias {
+		return []bool{o.needX, true}
+	}
+	return []bool{o.needX, true, true}
+}
 
 func (o *conv2dOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	var dx *G.Node
@@ -238,6 +262,9 @@ func (o *conv2dOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	dw, err := G.ApplyOp(&conv2dGradWOp{base: newBase(OpConv2DGradW, o.attrs, tt(4), tt(4), tt(4)), fwd: o, wShape: in[1].Shape().Clone()}, in[0], grad)
 	if err != nil {
 		return nil, err
+	}
+	if o.noBias {
+		return G.Nodes{dx, dw}, nil
 	}
 	db, err := G.ApplyOp(&conv2dGradBOp{base: newBase(OpConv2DGradB, nil, tt(1), tt(4))}, grad)
 	if err != nil {

@@ -46,6 +46,9 @@ func gradCheck(t *testing.T, m *Model, prog *Program, seed uint64) {
 	}
 	checked, kinks := 0, 0
 	for i, p := range m.Params {
+		if p.Buffer {
+			continue // no gradient: its slot holds the buffer
+		}
 		for trial := 0; trial < 6; trial++ {
 			j := r.IntN(len(p.Data))
 			// Two step sizes: where they disagree the difference crosses a
@@ -249,7 +252,9 @@ func TestBadSpecsAreErrors(t *testing.T) {
 		spec Spec
 		want string
 	}{
-		{Spec{Kind: "resnet"}, "unknown model"},
+		{Spec{Kind: "densenet"}, "unknown model"},
+		{Spec{Kind: "resnet", Depth: 21}, "6n+2"},
+		{Spec{Kind: "resnet", Depth: 2}, "6n+2"},
 		{Spec{Kind: "mlp", Activation: "gelu"}, "unknown activation"},
 		{Spec{Kind: "mlp", Dropout: 1}, "dropout"},
 		{Spec{Kind: "mlp", Hidden: []int{0}}, "hidden width"},

@@ -26,6 +26,7 @@ type Spec struct {
 	InC        int     // input channels (default 1)
 	InH, InW   int     // input height and width (default 28x28)
 	Classes    int     // output classes (default 10)
+	Depth      int     // resnet: 6n+2 layers, 20 (default), 32, 56, ...
 }
 
 // ErrNotBuilt is returned for a Model that New or Build did not make (a

@@ -38,6 +38,12 @@ const (
 	OpDot             Kind = "Dot"     // Σ X·G: the cost of a pipeline stage that is not the last
 	OpDotGrad         Kind = "DotGrad" // dX = G·g
 	OpAdd             Kind = "Add"     // A + B elementwise: Gorgonia's own Add, recognised (see gorgonia.go)
+
+	OpBatchNorm          Kind = "BatchNorm"          // per-channel normalisation (see norm.go); training updates the running buffers in place
+	OpBatchNormGrad      Kind = "BatchNormGrad"      // dX from X, gamma and dY (batch statistics)
+	OpBatchNormGradGamma Kind = "BatchNormGradGamma" // dgamma[c] = Σ dY·x̂ over channel c
+	OpGlobalAvgPool      Kind = "GlobalAvgPool"      // [N,C,H,W] -> [N,C], the mean of each plane
+	OpGlobalAvgPoolGrad  Kind = "GlobalAvgPoolGrad"  // dX[n,c,·,·] = dY[n,c]/(H·W)
 )
 
 // Op is implemented by every op of the set. Attrs holds the op's static

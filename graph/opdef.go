@@ -24,6 +24,17 @@ type opAttrs map[string]any
 
 func (a opAttrs) int(k string) int   { v, _ := a[k].(int); return v }
 func (a opAttrs) bool(k string) bool { v, _ := a[k].(bool); return v }
+func (a opAttrs) float(k string) float64 {
+	switch v := a[k].(type) {
+	case float64:
+		return v
+	case float32:
+		return float64(v)
+	case int:
+		return float64(v)
+	}
+	return 0
+}
 
 var opDefs = map[Kind]OpDef{}
 

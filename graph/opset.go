@@ -22,6 +22,9 @@ func init() {
 		}})
 	registerOp(OpDef{Kind: OpConv2D, FLOPs: func(_ opAttrs, in [][]int, out []int) float64 { return 2*prod(out)*prod(in[1][1:]) + prod(out) },
 		Make: func(a opAttrs, in [][]int, out []int) (Op, error) {
+			if a.bool("no_bias") {
+				return newConv2DNoBias(a.int("stride"), a.int("pad"), a.bool("grad_x")), nil
+			}
 			return newConv2D(a.int("stride"), a.int("pad"), a.bool("grad_x")), nil
 		}})
 	registerOp(OpDef{Kind: OpConv2DGradInput, FLOPs: func(_ opAttrs, in [][]int, _ []int) float64 { return 2 * prod(in[0]) * prod(in[1][1:]) },

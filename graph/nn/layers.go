@@ -2,6 +2,7 @@ package nn
 
 import (
 	"fmt"
+	"math"
 	"strings"
 )
 
@@ -50,6 +51,16 @@ func NewConv2d(s *Scope, in, out, kernel, stride, padding int) *Conv2d {
 	}
 }
 
+// NewConv2dNoBias declares "weight" only (PyTorch's bias=False), with
+// PyTorch's default initialisation; set Weight.Init to change it (e.g.
+// KaimingNormalFanOut, as torchvision's ResNets).
+func NewConv2dNoBias(s *Scope, in, out, kernel, stride, padding int) *Conv2d {
+	return &Conv2d{
+		Weight: s.Param("weight", FanIn(in*kernel*kernel), out, in, kernel, kernel),
+		In:     in, Out: out, Kernel: kernel, Stride: stride, Padding: padding,
+	}
+}
+
 // Forward adds the convolution.
 func (l *Conv2d) Forward(c Ctx, x T) T {
 	if x != nil && x.Dims() == 2 {
@@ -62,6 +73,48 @@ func (l *Conv2d) Forward(c Ctx, x T) T {
 	}
 	return c.Conv2D(x, l.Weight, l.Bias, l.Stride, l.Padding)
 }
+
+// BatchNorm is PyTorch's BatchNorm1d (input [N,C]) and BatchNorm2d
+// ([N,C,H,W]): weight (ones) and bias (zeros) are parameters;
+// running_mean (zeros), running_var (ones) and num_batches_tracked (one
+// value, 0) are buffers, under PyTorch's names. A training program
+// normalises by the batch's statistics and updates the buffers,
+// running = (1-Momentum)·running + Momentum·batch (the variance
+// unbiased); an evaluation program normalises by the running statistics.
+type BatchNorm struct {
+	Weight, Bias                               *Param
+	RunningMean, RunningVar, NumBatchesTracked *Param
+	C                                          int
+	Eps, Momentum                              float64
+}
+
+// NewBatchNorm declares a BatchNorm of c channels under s with PyTorch's
+// defaults, eps 1e-5 and momentum 0.1.
+func NewBatchNorm(s *Scope, c int) *BatchNorm {
+	return &BatchNorm{
+		Weight:            s.Param("weight", Ones(), c),
+		Bias:              s.Param("bias", Zeros(), c),
+		RunningMean:       s.Buffer("running_mean", Zeros(), c),
+		RunningVar:        s.Buffer("running_var", Ones(), c),
+		NumBatchesTracked: s.Buffer("num_batches_tracked", Zeros(), 1),
+		C:                 c, Eps: 1e-5, Momentum: 0.1,
+	}
+}
+
+// Forward adds the normalisation.
+func (l *BatchNorm) Forward(c Ctx, x T) T { return c.BatchNorm(x, l) }
+
+// GlobalAvgPool2d is PyTorch's AdaptiveAvgPool2d(1) followed by
+// flatten(1): [N,C,H,W] -> [N,C].
+type GlobalAvgPool2d struct{}
+
+// Forward adds the pooling.
+func (GlobalAvgPool2d) Forward(c Ctx, x T) T { return c.GlobalAvgPool2D(x) }
+
+// KaimingNormalFanOut is torchvision's initialisation of a ResNet's
+// convolutions (kaiming_normal_, mode fan_out, relu): N(0, 2/fanOut) with
+// fanOut = out channels · kernel area.
+func KaimingNormalFanOut(fanOut int) Init { return Normal(0, math.Sqrt(2/float64(max(fanOut, 1)))) }
 
 // MaxPool2d is PyTorch's nn.MaxPool2d(K) (stride K, no padding).
 type MaxPool2d struct{ K int }

@@ -51,7 +51,7 @@ type Ctx interface {
 
 	// The op set (see package graph): each returns the op's output.
 	Linear(x T, w, b *Param) T                  // x[N,in]·wᵀ + b, w [out,in]
-	Conv2D(x T, w, b *Param, stride, pad int) T // x [N,C,H,W], w [K,C,kh,kw], b [K]
+	Conv2D(x T, w, b *Param, stride, pad int) T // x [N,C,H,W], w [K,C,kh,kw], b [K] (nil: no bias)
 	MaxPool2D(x T, k int) T                     // k×k windows, stride k
 	ReLU(x T) T                                 // max(x, 0)
 	Tanh(x T) T                                 // tanh(x)
@@ -59,6 +59,11 @@ type Ctx interface {
 	Dropout(x T, p float64) T                   // training: zero with probability p, else ×1/(1-p); eval: x
 	Reshape(x T, shape ...int) T                // same values, new shape (the batch included)
 	Add(a, b T) T                               // a + b, equal shapes (Gorgonia\'s Add): residual connections
+	GlobalAvgPool2D(x T) T                      // [N,C,H,W] -> [N,C], each plane's mean
+	// BatchNorm normalises x ([N,C] or [N,C,H,W]) per channel: by the
+	// batch's statistics in training, updating the buffers (see
+	// BatchNorm), by the running ones in evaluation.
+	BatchNorm(x T, bn *BatchNorm) T
 
 	// Fail records err as the program's error, unless one is recorded
 	// already; Err returns the recorded error.

@@ -1,0 +1,342 @@
+package graph
+
+import (
+	"fmt"
+	"math"
+
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// The BatchNorm family: PyTorch's BatchNorm1d ([N,C]) and BatchNorm2d
+// ([N,C,H,W]) as one op over the channels of the second dimension.
+//
+// BatchNorm takes X, gamma (weight), beta (bias) and the buffers
+// running_mean, running_var and num_batches_tracked. In a training program
+// it normalises each channel by the statistics of its M = N·H·W values in
+// the batch (the variance biased, divided by M) and updates the buffers in
+// place, as PyTorch does: running = (1-momentum)·running + momentum·batch,
+// with the variance unbiased (·M/(M-1)), and num_batches_tracked + 1. In
+// an evaluation program it normalises by the running statistics and
+// changes nothing. Statistics are summed in float64, in a fixed order.
+//
+// Its gradients are BatchNormGrad (dX), BatchNormGradGamma (dgamma) and
+// the channel sum of dY (dbeta: Conv2DGradB over [N,C,H,W], SumRows over
+// [N,C]). On the CPU the gradient ops reuse the forward's statistics; a
+// device recomputes them from X.
+
+func init() {
+	registerOp(OpDef{Kind: OpBatchNorm, FLOPs: func(a opAttrs, in [][]int, out []int) float64 {
+		if a.bool("train") {
+			return 7 * prod(out) // two passes of statistics, then normalise
+		}
+		return 2 * prod(out)
+	},
+		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
+			return newBatchNorm(firstDims(in), a.float("eps"), a.float("momentum"), a.bool("train")), nil
+		}})
+	registerOp(OpDef{Kind: OpBatchNormGrad, FLOPs: func(_ opAttrs, _ [][]int, out []int) float64 { return 8 * prod(out) },
+		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
+			return newBatchNormGrad(firstDims(in), a.float("eps"), nil), nil
+		}})
+	registerOp(OpDef{Kind: OpBatchNormGradGamma, FLOPs: func(_ opAttrs, in [][]int, _ []int) float64 { return 4 * prod(in[0]) },
+		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
+			return newBatchNormGradGamma(firstDims(in), a.float("eps"), nil), nil
+		}})
+}
+
+// bnGeom is X's layout: N samples of C channels of P values each.
+type bnGeom struct{ N, C, P int }
+
+func newBNGeom(x []int) (bnGeom, error) {
+	switch len(x) {
+	case 2:
+		return bnGeom{x[0], x[1], 1}, nil
+	case 4:
+		return bnGeom{x[0], x[1], x[2] * x[3]}, nil
+	}
+	return bnGeom{}, fmt.Errorf("%s: input %v is neither [N,C] nor [N,C,H,W]", OpBatchNorm, x)
+}
+
+func (g bnGeom) m() int { return g.N * g.P }
+
+// plane is channel c's values of sample n.
+func (g bnGeom) plane(x []float32, n, c int) []float32 { return x[(n*g.C+c)*g.P:][:g.P] }
+
+// bnStats is the batch statistics of channels [c0, c1) of x: the mean and
+// 1/sqrt(var+eps), and the biased variance.
+func bnStats(g bnGeom, x []float32, c0, c1 int, eps float64, mean, invstd, variance []float64) {
+	m := float64(g.m())
+	for c := c0; c < c1; c++ {
+		var s float64
+		for n := 0; n < g.N; n++ {
+			for _, v := range g.plane(x, n, c) {
+				s += float64(v)
+			}
+		}
+		mu := s / m
+		var q float64
+		for n := 0; n < g.N; n++ {
+			for _, v := range g.plane(x, n, c) {
+				d := float64(v) - mu
+				q += d * d
+			}
+		}
+		mean[c], variance[c] = mu, q/m
+		invstd[c] = 1 / math.Sqrt(q/m+eps)
+	}
+}
+
+// bnSaved is a training forward's statistics, which its gradient ops
+// reuse when they see the same X.
+type bnSaved struct {
+	of                     *float32 // X's first value
+	n                      int      // X's size
+	mean, invstd, variance []float64
+}
+
+func (s *bnSaved) valid(x []float32) bool {
+	return s != nil && len(x) > 0 && s.of == &x[0] && s.n == len(x)
+}
+
+// stats returns the statistics of x: saved's when they are of x, else
+// computed into scratch.
+func (s *bnSaved) stats(g bnGeom, x []float32, eps float64, scratch *bnSaved) (mean, invstd []float64) {
+	if s.valid(x) {
+		return s.mean, s.invstd
+	}
+	scratch.resize(g.C)
+	parallelFor(g.C, 2*len(x), func(c0, c1 int) {
+		bnStats(g, x, c0, c1, eps, scratch.mean, scratch.invstd, scratch.variance)
+	})
+	return scratch.mean, scratch.invstd
+}
+
+func (s *bnSaved) resize(c int) {
+	if len(s.mean) != c {
+		s.mean, s.invstd, s.variance = make([]float64, c), make([]float64, c), make([]float64, c)
+	}
+}
+
+// ---- BatchNorm ----
+
+type batchNormOp struct {
+	base
+	eps, momentum float64
+	train         bool
+	saved         bnSaved
+}
+
+func newBatchNorm(d int, eps, momentum float64, train bool) *batchNormOp {
+	return &batchNormOp{base: newBase(OpBatchNorm, map[string]any{"eps": eps, "momentum": momentum, "train": train},
+		tt(d), tt(d), tt(1), tt(1), tt(1), tt(1), tt(1)), eps: eps, momentum: momentum, train: train}
+}
+
+func (o *batchNormOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	x := shapeOf(ds[0])
+	g, err := newBNGeom(x)
+	if err != nil {
+		return nil, err
+	}
+	for i, name := range []string{"weight", "bias", "running_mean", "running_var"} {
+		if s := shapeOf(ds[i+1]); len(s) != 1 || s[0] != g.C {
+			return nil, fmt.Errorf("%s: %s %v does not fit %d channels", OpBatchNorm, name, s, g.C)
+		}
+	}
+	if s := shapeOf(ds[5]); s.TotalSize() != 1 {
+		return nil, fmt.Errorf("%s: num_batches_tracked %v is not one value", OpBatchNorm, s)
+	}
+	if o.train && g.m() < 2 {
+		return nil, fmt.Errorf("%s: training needs more than one value per channel, got input %v", OpBatchNorm, x)
+	}
+	return x.Clone(), nil
+}
+
+func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
+	g, err := newBNGeom(dims(in[0]))
+	if err != nil {
+		return nil, err
+	}
+	if o.train && g.m() < 2 {
+		return nil, fmt.Errorf("%s: training needs more than one value per channel, got input %v", OpBatchNorm, dims(in[0]))
+	}
+	x, gamma, beta, rm, rv, nbt := f32(in[0]), f32(in[1]), f32(in[2]), f32(in[3]), f32(in[4]), f32(in[5])
+	out := o.output(dims(in[0])...)
+	y := f32(out)
+	if !o.train {
+		parallelFor(g.C, len(x), func(c0, c1 int) {
+			for c := c0; c < c1; c++ {
+				is := 1 / math.Sqrt(float64(rv[c])+o.eps)
+				scale := float32(float64(gamma[c]) * is)
+				shift := float32(float64(beta[c]) - float64(rm[c])*float64(gamma[c])*is)
+				for n := 0; n < g.N; n++ {
+					src, dst := g.plane(x, n, c), g.plane(y, n, c)
+					for i, v := range src {
+						dst[i] = v*scale + shift
+					}
+				}
+			}
+		})
+		return out, nil
+	}
+	s := &o.saved
+	s.resize(g.C)
+	unbias := float64(g.m()) / float64(g.m()-1)
+	parallelFor(g.C, 3*len(x), func(c0, c1 int) {
+		bnStats(g, x, c0, c1, o.eps, s.mean, s.invstd, s.variance)
+		for c := c0; c < c1; c++ {
+			scale := float32(float64(gamma[c]) * s.invstd[c])
+			shift := float32(float64(beta[c]) - s.mean[c]*float64(gamma[c])*s.invstd[c])
+			for n := 0; n < g.N; n++ {
+				src, dst := g.plane(x, n, c), g.plane(y, n, c)
+				for i, v := range src {
+					dst[i] = v*scale + shift
+				}
+			}
+			rm[c] = float32((1-o.momentum)*float64(rm[c]) + o.momentum*s.mean[c])
+			rv[c] = float32((1-o.momentum)*float64(rv[c]) + o.momentum*s.variance[c]*unbias)
+		}
+	})
+	nbt[0]++
+	s.of, s.n = &x[0], len(x)
+	return out, nil
+}
+
+func (o *batchNormOp) DiffWRT(int) []bool {
+	return []bool{o.train, o.train, o.train, false, false, false}
+}
+
+func (o *batchNormOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	if !o.train {
+		return nil, noGrad("BatchNorm in evaluation")
+	}
+	d := in[0].Dims()
+	dx, err := G.ApplyOp(newBatchNormGrad(d, o.eps, &o.saved), in[0], in[1], grad)
+	if err != nil {
+		return nil, err
+	}
+	dg, err := G.ApplyOp(newBatchNormGradGamma(d, o.eps, &o.saved), in[0], grad)
+	if err != nil {
+		return nil, err
+	}
+	var db *G.Node
+	if d == 4 {
+		db, err = G.ApplyOp(&conv2dGradBOp{base: newBase(OpConv2DGradB, nil, tt(1), tt(4))}, grad)
+	} else {
+		db, err = G.ApplyOp(newSumRows(), grad)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return G.Nodes{dx, dg, db, nil, nil, nil}, nil
+}
+
+// ---- BatchNormGrad: dX = gamma·invstd·(dY - mean(dY) - x̂·mean(dY·x̂)) ----
+
+type batchNormGradOp struct {
+	base
+	eps     float64
+	fwd     *bnSaved // the forward's statistics (nil outside a graph)
+	scratch bnSaved
+}
+
+func newBatchNormGrad(d int, eps float64, fwd *bnSaved) *batchNormGradOp {
+	return &batchNormGradOp{base: newBase(OpBatchNormGrad, map[string]any{"eps": eps}, tt(d), tt(d), tt(1), tt(d)), eps: eps, fwd: fwd}
+}
+
+func (o *batchNormGradOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	x, dy := shapeOf(ds[0]), shapeOf(ds[2])
+	if !x.Eq(dy) {
+		return nil, fmt.Errorf("%s: X %v and dY %v differ", OpBatchNormGrad, x, dy)
+	}
+	return x.Clone(), nil
+}
+
+func (o *batchNormGradOp) Do(in ...G.Value) (G.Value, error) {
+	g, err := newBNGeom(dims(in[0]))
+	if err != nil {
+		return nil, err
+	}
+	x, gamma, dy := f32(in[0]), f32(in[1]), f32(in[2])
+	mean, invstd := o.fwd.stats(g, x, o.eps, &o.scratch)
+	out := o.output(dims(in[0])...)
+	dx := f32(out)
+	m := float64(g.m())
+	parallelFor(g.C, 3*len(x), func(c0, c1 int) {
+		for c := c0; c < c1; c++ {
+			mu, is := mean[c], invstd[c]
+			var s1, s2 float64
+			for n := 0; n < g.N; n++ {
+				xs, gs := g.plane(x, n, c), g.plane(dy, n, c)
+				for i, v := range gs {
+					s1 += float64(v)
+					s2 += float64(v) * (float64(xs[i]) - mu) * is
+				}
+			}
+			k := float64(gamma[c]) * is
+			a, b := s1/m, s2/m
+			for n := 0; n < g.N; n++ {
+				xs, gs, ds := g.plane(x, n, c), g.plane(dy, n, c), g.plane(dx, n, c)
+				for i, v := range gs {
+					ds[i] = float32(k * (float64(v) - a - (float64(xs[i])-mu)*is*b))
+				}
+			}
+		}
+	})
+	return out, nil
+}
+
+func (o *batchNormGradOp) DiffWRT(n int) []bool { return make([]bool, n) }
+func (o *batchNormGradOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
+	return nil, noGrad("BatchNormGrad")
+}
+
+// ---- BatchNormGradGamma: dgamma[c] = Σ dY·x̂ ----
+
+type batchNormGradGammaOp struct {
+	base
+	eps     float64
+	fwd     *bnSaved
+	scratch bnSaved
+}
+
+func newBatchNormGradGamma(d int, eps float64, fwd *bnSaved) *batchNormGradGammaOp {
+	return &batchNormGradGammaOp{base: newBase(OpBatchNormGradGamma, map[string]any{"eps": eps}, tt(1), tt(d), tt(d)), eps: eps, fwd: fwd}
+}
+
+func (o *batchNormGradGammaOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
+	x, dy := shapeOf(ds[0]), shapeOf(ds[1])
+	if !x.Eq(dy) || len(x) < 2 {
+		return nil, fmt.Errorf("%s: X %v and dY %v differ", OpBatchNormGradGamma, x, dy)
+	}
+	return tensor.Shape{x[1]}, nil
+}
+
+func (o *batchNormGradGammaOp) Do(in ...G.Value) (G.Value, error) {
+	g, err := newBNGeom(dims(in[0]))
+	if err != nil {
+		return nil, err
+	}
+	x, dy := f32(in[0]), f32(in[1])
+	mean, invstd := o.fwd.stats(g, x, o.eps, &o.scratch)
+	out := o.output(g.C)
+	dg := f32(out)
+	parallelFor(g.C, 2*len(x), func(c0, c1 int) {
+		for c := c0; c < c1; c++ {
+			var s float64
+			for n := 0; n < g.N; n++ {
+				xs := g.plane(x, n, c)
+				for i, v := range g.plane(dy, n, c) {
+					s += float64(v) * (float64(xs[i]) - mean[c])
+				}
+			}
+			dg[c] = float32(s * invstd[c])
+		}
+	})
+	return out, nil
+}
+
+func (o *batchNormGradGammaOp) DiffWRT(n int) []bool { return make([]bool, n) }
+func (o *batchNormGradGammaOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
+	return nil, noGrad("BatchNormGradGamma")
+}
