@@ -14,7 +14,7 @@
 // that both compilers accept. Reductions are one thread per output, summing
 // in a fixed order, so results are deterministic run to run; where the
 // outputs are few and the sums long (a convolution's bias gradient, Dot,
-// the norm's sums of squares) they take two passes: fixed partial sums
+// the norm's sums of squares, a batch norm's statistics) they take two passes: fixed partial sums
 // over many threads, then the parts added in order.
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
@@ -242,6 +242,14 @@ KERNEL km_to_nchw_bias(const float *t, float *y, const float *b, long N, long K,
 	}
 }
 
+// y[n,k,p] = t[k,n,p]: a convolution without bias
+KERNEL km_to_nchw(const float *t, float *y, long N, long K, long P) {
+	FOR(idx, N * K * P) {
+		long p = idx % P, k = (idx / P) % K, n = idx / (P * K);
+		y[idx] = t[(k * N + n) * P + p];
+	}
+}
+
 // db[k] = Σ_{n,p} dy[n,k,p] takes several passes, so that K·parts threads
 // share the work (K alone, a few dozen channels, would leave a GPU idle
 // while each thread summed N·P values). First part[c,k] sums the positions
@@ -290,6 +298,134 @@ KERNEL maxpool_grad(const float *x, const float *y, const float *dy, float *dx, 
 		}
 		dx[idx] = g;
 	}
+}
+
+// ---- global average pooling: planes of P = H·W values ----
+// y[i] = the mean of plane i (summed in float64, in order)
+KERNEL global_avg_pool(const float *x, float *y, long planes, long P) {
+	FOR(i, planes) {
+		const float *p = x + i * P;
+		double s = 0;
+		for (long j = 0; j < P; j++) s += (double)p[j];
+		y[i] = (float)(s / (double)P);
+	}
+}
+// dx[i] = dy of its plane / P
+KERNEL global_avg_pool_grad(const float *dy, float *dx, long planes, long P) {
+	FOR(i, planes * P) dx[i] = dy[i / P] / (float)P;
+}
+
+// ---- batch normalisation: x is [N,C,P] (P = H·W, or 1 for [N,C]) ----
+// Channel k's statistics sum its M = N·P values x[n,k,p], in float64, in
+// passes as the convolution's bias gradient: part[q,k] sums the positions
+// j = n·P+p ≡ q (mod parts), adjacent threads reading adjacent values;
+// then sum_rows_f64 adds the parts of each channel up, in a tree of chunks
+// (gpu/executor). parts comes from the shape, so the result does not
+// depend on the launch. The mean and the variance take a pass each (the
+// variance sums squared deviations from the mean, as graph/ does).
+
+// the index of channel k's j-th value
+DEVICE long chan_at(long j, long k, long C, long P) { return ((j / P) * C + k) * P + j % P; }
+
+// part[q,k] = Σ x, or with centred Σ (x − sum[k]/M)²
+KERNEL bn_sum_parts(const float *x, const double *sum, double *part, long N, long C, long P, long parts, int centred) {
+	long M = N * P;
+	FOR(t, C * parts) {
+		long k = t / parts, q = t % parts;
+		double mean = centred ? sum[k] / (double)M : 0, s = 0;
+		for (long j = q; j < M; j += parts) {
+			double v = (double)x[chan_at(j, k, C, P)] - mean;
+			s += centred ? v * v : v;
+		}
+		part[q * C + k] = s;
+	}
+}
+
+// sum_rows in float64: y[c,j] = Σ_i x[i,j] over the rows of chunk c
+KERNEL sum_rows_f64(const double *x, double *y, long n, long m, long chunk) {
+	long chunks = n > 0 ? (n + chunk - 1) / chunk : 1;
+	FOR(t, chunks * m) {
+		long c = t / m, j = t % m, end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
+		double s = 0;
+		for (long i = c * chunk; i < end; i++) s += x[i * m + j];
+		y[t] = s;
+	}
+}
+
+// stats[2k] = mean, stats[2k+1] = 1/sqrt(var + eps), from channel k's sum
+// and sum of squared deviations (the biased variance)
+KERNEL bn_stats(const double *sum, const double *sq, double *stats, long C, long M, float eps) {
+	FOR(k, C) {
+		double var = sq[k] / (double)M;
+		stats[2 * k] = sum[k] / (double)M;
+		stats[2 * k + 1] = 1 / sqrt(var + (double)eps);
+	}
+}
+
+// The running statistics, in place, as PyTorch updates them in training:
+// with the unbiased variance, and count[0] += 1 (by channel 0's thread).
+KERNEL bn_running(const double *sum, const double *sq, float *rmean, float *rvar, float *count, long C, long M,
+                  float momentum) {
+	FOR(k, C) {
+		double m = (double)momentum, var = sq[k] / (double)M;
+		rmean[k] = (float)((1 - m) * (double)rmean[k] + m * (sum[k] / (double)M));
+		rvar[k] = (float)((1 - m) * (double)rvar[k] + m * (var * (double)M / (double)(M - 1)));
+		if (k == 0) count[0] += 1;
+	}
+}
+
+// y = (x − mean)·invstd·gamma + beta with the batch's statistics (training)
+KERNEL bn_apply(const float *x, const double *stats, const float *gamma, const float *beta, float *y, long N, long C,
+                long P) {
+	FOR(i, N * C * P) {
+		long k = (i / P) % C;
+		y[i] = (float)(((double)x[i] - stats[2 * k]) * stats[2 * k + 1] * (double)gamma[k] + (double)beta[k]);
+	}
+}
+
+// y = (x − rmean)/sqrt(rvar + eps)·gamma + beta (evaluation)
+KERNEL bn_eval(const float *x, const float *gamma, const float *beta, const float *rmean, const float *rvar, float *y,
+               long N, long C, long P, float eps) {
+	FOR(i, N * C * P) {
+		long k = (i / P) % C;
+		double xhat = ((double)x[i] - (double)rmean[k]) / sqrt((double)rvar[k] + (double)eps);
+		y[i] = (float)(xhat * (double)gamma[k] + (double)beta[k]);
+	}
+}
+
+// part[q,k] = Σ dy and part[q,C+k] = Σ dy·x̂ over channel k's positions
+// ≡ q (mod parts), x̂ = (x − mean)·invstd (stats as bn_stats leaves them)
+KERNEL bn_grad_parts(const float *x, const float *dy, const double *stats, double *part, long N, long C, long P,
+                     long parts) {
+	long M = N * P;
+	FOR(t, C * parts) {
+		long k = t / parts, q = t % parts;
+		double mean = stats[2 * k], invstd = stats[2 * k + 1], s1 = 0, s2 = 0;
+		for (long j = q; j < M; j += parts) {
+			long i = chan_at(j, k, C, P);
+			double g = (double)dy[i];
+			s1 += g;
+			s2 += g * (((double)x[i] - mean) * invstd);
+		}
+		part[q * 2 * C + k] = s1;
+		part[q * 2 * C + C + k] = s2;
+	}
+}
+
+// dx = gamma·invstd·(dy − S1/M − x̂·S2/M), S1 = gsum[k], S2 = gsum[C+k]
+KERNEL bn_grad_input(const float *x, const float *gamma, const float *dy, const double *stats, const double *gsum,
+                     float *dx, long N, long C, long P) {
+	double M = (double)(N * P);
+	FOR(i, N * C * P) {
+		long k = (i / P) % C;
+		double invstd = stats[2 * k + 1], xhat = ((double)x[i] - stats[2 * k]) * invstd;
+		dx[i] = (float)((double)gamma[k] * invstd * ((double)dy[i] - gsum[k] / M - xhat * gsum[C + k] / M));
+	}
+}
+
+// dgamma[k] = Σ dy·x̂ = gsum[C+k]
+KERNEL bn_grad_gamma(const double *gsum, float *dgamma, long C) {
+	FOR(k, C) dgamma[k] = (float)gsum[C + k];
 }
 
 // ---- dropout: a counter-based RNG (SplitMix64 of seed, step and index) ----

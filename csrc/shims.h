@@ -31,9 +31,21 @@ static void call_im2col(void **a) { im2col(A(const float *, 0), A(float *, 1), A
 static void call_col2im(void **a) { col2im(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7), A(long, 8), A(long, 9), A(long, 10), A(long, 11)); }
 static void call_nchw_to_km(void **a) { nchw_to_km(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4)); }
 static void call_km_to_nchw_bias(void **a) { km_to_nchw_bias(A(const float *, 0), A(float *, 1), A(const float *, 2), A(long, 3), A(long, 4), A(long, 5)); }
+static void call_km_to_nchw(void **a) { km_to_nchw(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4)); }
 static void call_conv_grad_b_parts(void **a) { conv_grad_b_parts(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5)); }
 static void call_maxpool(void **a) { maxpool(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5)); }
 static void call_maxpool_grad(void **a) { maxpool_grad(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(float *, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7)); }
+static void call_global_avg_pool(void **a) { global_avg_pool(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3)); }
+static void call_global_avg_pool_grad(void **a) { global_avg_pool_grad(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3)); }
+static void call_bn_sum_parts(void **a) { bn_sum_parts(A(const float *, 0), A(const double *, 1), A(double *, 2), A(long, 3), A(long, 4), A(long, 5), A(long, 6), A(int, 7)); }
+static void call_sum_rows_f64(void **a) { sum_rows_f64(A(const double *, 0), A(double *, 1), A(long, 2), A(long, 3), A(long, 4)); }
+static void call_bn_stats(void **a) { bn_stats(A(const double *, 0), A(const double *, 1), A(double *, 2), A(long, 3), A(long, 4), A(float, 5)); }
+static void call_bn_running(void **a) { bn_running(A(const double *, 0), A(const double *, 1), A(float *, 2), A(float *, 3), A(float *, 4), A(long, 5), A(long, 6), A(float, 7)); }
+static void call_bn_apply(void **a) { bn_apply(A(const float *, 0), A(const double *, 1), A(const float *, 2), A(const float *, 3), A(float *, 4), A(long, 5), A(long, 6), A(long, 7)); }
+static void call_bn_eval(void **a) { bn_eval(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(const float *, 3), A(const float *, 4), A(float *, 5), A(long, 6), A(long, 7), A(long, 8), A(float, 9)); }
+static void call_bn_grad_parts(void **a) { bn_grad_parts(A(const float *, 0), A(const float *, 1), A(const double *, 2), A(double *, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7)); }
+static void call_bn_grad_input(void **a) { bn_grad_input(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(const double *, 3), A(const double *, 4), A(float *, 5), A(long, 6), A(long, 7), A(long, 8)); }
+static void call_bn_grad_gamma(void **a) { bn_grad_gamma(A(const double *, 0), A(float *, 1), A(long, 2)); }
 static void call_dropout_mask(void **a) { dropout_mask(A(float *, 0), A(long, 1), A(float, 2), A(unsigned long long, 3), A(unsigned long long, 4)); }
 static void call_round_mantissa(void **a) { round_mantissa(A(const float *, 0), A(float *, 1), A(long, 2), A(int, 3)); }
 static void call_to_bf16(void **a) { to_bf16(A(const float *, 0), A(unsigned short *, 1), A(long, 2)); }
@@ -77,9 +89,21 @@ static const shim shims[] = {
 	{"col2im", call_col2im, 12},
 	{"nchw_to_km", call_nchw_to_km, 5},
 	{"km_to_nchw_bias", call_km_to_nchw_bias, 6},
+	{"km_to_nchw", call_km_to_nchw, 5},
 	{"conv_grad_b_parts", call_conv_grad_b_parts, 6},
 	{"maxpool", call_maxpool, 6},
 	{"maxpool_grad", call_maxpool_grad, 8},
+	{"global_avg_pool", call_global_avg_pool, 4},
+	{"global_avg_pool_grad", call_global_avg_pool_grad, 4},
+	{"bn_sum_parts", call_bn_sum_parts, 8},
+	{"sum_rows_f64", call_sum_rows_f64, 5},
+	{"bn_stats", call_bn_stats, 6},
+	{"bn_running", call_bn_running, 8},
+	{"bn_apply", call_bn_apply, 8},
+	{"bn_eval", call_bn_eval, 10},
+	{"bn_grad_parts", call_bn_grad_parts, 8},
+	{"bn_grad_input", call_bn_grad_input, 9},
+	{"bn_grad_gamma", call_bn_grad_gamma, 3},
 	{"dropout_mask", call_dropout_mask, 5},
 	{"round_mantissa", call_round_mantissa, 4},
 	{"sum_squares_parts", call_sum_squares_parts, 4},

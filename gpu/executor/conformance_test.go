@@ -40,6 +40,11 @@ type opCase struct {
 	labels map[int]int
 	// ties: inputs drawn from a few values, so that windows hold equal maxima
 	ties bool
+	// positive: input i is drawn as |normal| + 0.5 (a variance)
+	positive map[int]bool
+	// inPlace: inputs the op updates in place, which must end equal to
+	// those graph/'s CPU op leaves
+	inPlace []int
 }
 
 func opCases() []opCase {
@@ -50,6 +55,25 @@ func opCases() []opCase {
 	y1 := []int{3, 5, 9, 8} // stride 1, pad 1
 	y2 := []int{3, 5, 4, 3} // stride 2, pad 0
 	pool := map[string]any{"kernel": 2, "stride": 2}
+	// 1×1, stride 2 (a ResNet's downsampling shortcut), and without bias
+	x1, w1, y1x1 := []int{3, 4, 9, 8}, []int{5, 4, 1, 1}, []int{3, 5, 5, 4}
+	noBias := conv(1, 1)
+	noBias["no_bias"] = true
+	bn := func(train bool) map[string]any {
+		return map[string]any{"eps": 1e-5, "momentum": 0.1, "train": train}
+	}
+	// BatchNorm's inputs: X, gamma, beta, running mean, running var (drawn
+	// positive), batches tracked (a count); training updates the last three.
+	bnCase := func(name string, x []int, train bool) opCase {
+		c := x[1]
+		tc := opCase{name: name, kind: graph.OpBatchNorm, attrs: bn(train), in: [][]int{x, {c}, {c}, {c}, {c}, {1}}, out: x,
+			positive: map[int]bool{4: true}, labels: map[int]int{5: 10}}
+		if train {
+			tc.inPlace = []int{3, 4, 5}
+		}
+		return tc
+	}
+	eps := map[string]any{"eps": 1e-5}
 	cases := []opCase{
 		{name: "Linear", kind: graph.OpLinear, attrs: map[string]any{"grad_x": true}, in: [][]int{{6, 7}, {5, 7}, {5}}, out: []int{6, 5}},
 		{name: "SumRows", kind: graph.OpSumRows, in: [][]int{{9, 4}}, out: []int{4}},
@@ -67,6 +91,25 @@ func opCases() []opCase {
 		// Positions of several images per part, and more parts than a
 		// thread adds up (1105 positions, 35 parts).
 		{name: "Conv2DGradB/parts", kind: graph.OpConv2DGradB, in: [][]int{{5, 3, 17, 13}}, out: []int{3}},
+		{name: "Conv2D/1x1s2", kind: graph.OpConv2D, attrs: conv(2, 0), in: [][]int{x1, w1, {5}}, out: y1x1},
+		{name: "Conv2D/1x1s2/nobias", kind: graph.OpConv2D, attrs: map[string]any{"stride": 2, "pad": 0, "grad_x": true, "no_bias": true}, in: [][]int{x1, w1}, out: y1x1},
+		{name: "Conv2D/s1p1/nobias", kind: graph.OpConv2D, attrs: noBias, in: [][]int{x, w}, out: y1},
+		{name: "Conv2DGradInput/1x1s2", kind: graph.OpConv2DGradInput, attrs: conv(2, 0), in: [][]int{y1x1, w1}, out: x1},
+		{name: "Conv2DGradW/1x1s2", kind: graph.OpConv2DGradW, attrs: conv(2, 0), in: [][]int{x1, y1x1}, out: w1},
+		{name: "Conv2DGradB/1x1s2", kind: graph.OpConv2DGradB, in: [][]int{y1x1}, out: []int{5}},
+		bnCase("BatchNorm/train", []int{4, 3, 5, 6}, true),
+		bnCase("BatchNorm/eval", []int{4, 3, 5, 6}, false),
+		bnCase("BatchNorm/train2d", []int{7, 5}, true),
+		bnCase("BatchNorm/eval2d", []int{7, 5}, false),
+		// 7293 values per channel: 228 partial sums, then a tree 228 to 8 to 1.
+		bnCase("BatchNorm/train/parts", []int{33, 3, 17, 13}, true),
+		{name: "BatchNormGrad", kind: graph.OpBatchNormGrad, attrs: eps, in: [][]int{{4, 3, 5, 6}, {3}, {4, 3, 5, 6}}, out: []int{4, 3, 5, 6}},
+		{name: "BatchNormGrad/2d", kind: graph.OpBatchNormGrad, attrs: eps, in: [][]int{{7, 5}, {5}, {7, 5}}, out: []int{7, 5}},
+		{name: "BatchNormGrad/parts", kind: graph.OpBatchNormGrad, attrs: eps, in: [][]int{{33, 3, 17, 13}, {3}, {33, 3, 17, 13}}, out: []int{33, 3, 17, 13}},
+		{name: "BatchNormGradGamma", kind: graph.OpBatchNormGradGamma, attrs: eps, in: [][]int{{4, 3, 5, 6}, {4, 3, 5, 6}}, out: []int{3}},
+		{name: "BatchNormGradGamma/2d", kind: graph.OpBatchNormGradGamma, attrs: eps, in: [][]int{{7, 5}, {7, 5}}, out: []int{5}},
+		{name: "GlobalAvgPool", kind: graph.OpGlobalAvgPool, in: [][]int{{3, 4, 5, 6}}, out: []int{3, 4}},
+		{name: "GlobalAvgPoolGrad", kind: graph.OpGlobalAvgPoolGrad, attrs: map[string]any{"h": 5, "w": 6}, in: [][]int{{3, 4}}, out: []int{3, 4, 5, 6}},
 		{name: "MaxPool2D", kind: graph.OpMaxPool2D, attrs: pool, in: [][]int{{2, 3, 6, 7}}, out: []int{2, 3, 3, 3}},
 		{name: "MaxPool2DGrad/ties", kind: graph.OpMaxPool2DGrad, attrs: pool, in: [][]int{{2, 3, 6, 6}, {2, 3, 3, 3}, {2, 3, 3, 3}}, out: []int{2, 3, 6, 6}, ties: true},
 		{name: "Mul", kind: graph.OpMul, in: [][]int{{4, 6}, {4, 6}}, out: []int{4, 6}},
@@ -201,6 +244,8 @@ func TestOpsMatchTheCPU(t *testing.T) {
 								ins[i][j] = float32(rng.IntN(tc.labels[i]))
 							case tc.ties:
 								ins[i][j] = float32(rng.IntN(3))
+							case tc.positive[i]:
+								ins[i][j] = float32(math.Abs(rng.NormFloat64()) + 0.5)
 							default:
 								ins[i][j] = float32(rng.NormFloat64())
 							}
@@ -219,6 +264,10 @@ func TestOpsMatchTheCPU(t *testing.T) {
 						require.NoError(t, err)
 						ins[1] = append([]float32(nil), y...)
 						require.NoError(t, dev.Write(dins[1].Buf, ins[1]))
+					}
+					drawn := map[int][]float32{}
+					for _, k := range tc.inPlace {
+						drawn[k] = append([]float32(nil), ins[k]...)
 					}
 					want, wantShape, err := graph.Run(ref, ins, tc.in)
 					require.NoError(t, err)
@@ -243,6 +292,18 @@ func TestOpsMatchTheCPU(t *testing.T) {
 						d := math.Abs(float64(got[i] - want[i]))
 						require.LessOrEqual(t, d, 1e-4*math.Max(1, math.Abs(float64(want[i]))),
 							"run %d: value %d: device %g, CPU %g", run, i, got[i], want[i])
+					}
+					// graph.Run updated the CPU's inputs in place, as the op
+					// the device's.
+					for _, k := range tc.inPlace {
+						require.NotEqual(t, drawn[k], ins[k], "run %d: the CPU op left input %d as it was", run, k)
+						got := make([]float32, len(ins[k]))
+						require.NoError(t, dev.Read(got, dins[k].Buf))
+						for i := range got {
+							d := math.Abs(float64(got[i] - ins[k][i]))
+							require.LessOrEqual(t, d, 1e-5*math.Max(1, math.Abs(float64(ins[k][i]))),
+								"run %d: input %d, value %d, updated in place: device %g, CPU %g", run, k, i, got[i], ins[k][i])
+						}
 					}
 				}
 			})

@@ -72,16 +72,27 @@ const rowChunk = 32
 // over at most rowChunk rows. The tree comes from n alone, so the order of
 // the sums, and the result, do not depend on the launch.
 type rowSum struct {
-	n, m int
-	tmp  [2]func() device.Buffer
+	n, m   int
+	kernel string // sum_rows, or sum_rows_f64 over float64s
+	tmp    [2]func() device.Buffer
 }
 
 // newRowSum reserves the scratch of a column sum of n rows of m values.
 func newRowSum(alloc func(int) func() device.Buffer, n, m int) rowSum {
-	r := rowSum{n: n, m: m}
+	return newRowSumOf(alloc, n, m, "sum_rows", 1)
+}
+
+// newRowSumF64 is newRowSum over float64s (x and y hold 2·n·m and 2·m
+// float32s).
+func newRowSumF64(alloc func(int) func() device.Buffer, n, m int) rowSum {
+	return newRowSumOf(alloc, n, m, "sum_rows_f64", 2)
+}
+
+func newRowSumOf(alloc func(int) func() device.Buffer, n, m int, kernel string, width int) rowSum {
+	r := rowSum{n: n, m: m, kernel: kernel}
 	for lvl, rows := 0, n; rows > rowChunk && lvl < 2; lvl++ {
 		rows = (rows + rowChunk - 1) / rowChunk
-		r.tmp[lvl] = alloc(rows * m)
+		r.tmp[lvl] = alloc(width * rows * m)
 	}
 	return r
 }
@@ -91,12 +102,87 @@ func (r rowSum) run(dev device.Device, x, y device.Buffer) error {
 	for lvl := 0; rows > rowChunk; lvl++ {
 		chunks := (rows + rowChunk - 1) / rowChunk
 		dst := r.tmp[lvl%2]()
-		if err := dev.Launch("sum_rows", chunks*r.m, src, dst, rows, r.m, rowChunk); err != nil {
+		if err := dev.Launch(r.kernel, chunks*r.m, src, dst, rows, r.m, rowChunk); err != nil {
 			return err
 		}
 		src, rows = dst, chunks
 	}
-	return dev.Launch("sum_rows", r.m, src, y, rows, r.m, max(rows, 1))
+	return dev.Launch(r.kernel, r.m, src, y, rows, r.m, max(rows, 1))
+}
+
+// chanStats are the per-channel statistics of a batch norm's input
+// [N,C] or [N,C,H,W] (P = H·W, or 1): the sum and the sum of squared
+// deviations of each channel's M = N·P values in float64, through
+// partial sums (bn_sum_parts, parts per channel, rowChunk values each) and
+// a tree of float64 column sums; then mean and 1/sqrt(var+eps) (bn_stats).
+type chanStats struct {
+	N, C, P, M, parts int
+	eps               float32
+	part, sum, sq     func() device.Buffer // float64s: [parts,C], [C], [C]
+	stats             func() device.Buffer // float64s: [C][mean, invstd]
+	tree              rowSum
+}
+
+// chanShape reads a batch norm's input shape and eps; newChanStats also
+// reserves the scratch of the statistics.
+func chanShape(c *lowerCtx, x []int) (chanStats, error) {
+	if len(x) != 2 && len(x) != 4 {
+		return chanStats{}, fmt.Errorf("executor: %s of an input of shape %v (want [N,C] or [N,C,H,W])", c.kind, x)
+	}
+	s := chanStats{N: x[0], C: x[1], P: 1, eps: float32(c.floatAttr("eps"))}
+	if len(x) == 4 {
+		s.P = x[2] * x[3]
+	}
+	s.M = s.N * s.P
+	s.parts = max((s.M+rowChunk-1)/rowChunk, 1)
+	return s, nil
+}
+
+func newChanStats(c *lowerCtx, x []int, partsOf int) (chanStats, error) {
+	s, err := chanShape(c, x)
+	if err != nil {
+		return s, err
+	}
+	// part also holds the partial sums of partsOf values per channel (the
+	// gradients' two sums).
+	s.part = c.alloc(2 * s.parts * s.C * max(partsOf, 1))
+	s.sum, s.sq, s.stats = c.alloc(2*s.C), c.alloc(2*s.C), c.alloc(4*s.C)
+	s.tree = newRowSumF64(c.alloc, s.parts, s.C)
+	return s, nil
+}
+
+// run leaves the channels' sums, sums of squared deviations and stats.
+func (s chanStats) run(dev device.Device, x device.Buffer) error {
+	for i, dst := range []device.Buffer{s.sum(), s.sq()} {
+		if err := dev.Launch("bn_sum_parts", s.C*s.parts, x, s.sum(), s.part(), s.N, s.C, s.P, s.parts, int32(i)); err != nil {
+			return err
+		}
+		if err := s.tree.run(dev, s.part(), dst); err != nil {
+			return err
+		}
+	}
+	return dev.Launch("bn_stats", s.C, s.sum(), s.sq(), s.stats(), s.C, s.M, s.eps)
+}
+
+// bnGradSums lowers the sums of a batch norm's gradients: gsum holds Σ dy
+// and Σ dy·x̂ of each channel (float64s, [2C]).
+func bnGradSums(c *lowerCtx, x []int) (s chanStats, gsum func() device.Buffer, run func(dev device.Device, x, dy device.Buffer) error, err error) {
+	s, err = newChanStats(c, x, 2)
+	if err != nil {
+		return s, nil, nil, err
+	}
+	gsum = c.alloc(4 * s.C)
+	tree := newRowSumF64(c.alloc, s.parts, 2*s.C)
+	run = func(dev device.Device, x, dy device.Buffer) error {
+		if err := s.run(dev, x); err != nil {
+			return err
+		}
+		if err := dev.Launch("bn_grad_parts", s.C*s.parts, x, dy, s.stats(), s.part(), s.N, s.C, s.P, s.parts); err != nil {
+			return err
+		}
+		return tree.run(dev, s.part(), gsum())
+	}
+	return s, gsum, run, nil
 }
 
 // convGeom is a convolution's geometry, as graph/ lays it out.
@@ -189,6 +275,17 @@ type lowerCtx struct {
 
 func (c *lowerCtx) intAttr(k string) int   { v, _ := c.attrs[k].(int); return v }
 func (c *lowerCtx) boolAttr(k string) bool { v, _ := c.attrs[k].(bool); return v }
+func (c *lowerCtx) floatAttr(k string) float64 {
+	switch v := c.attrs[k].(type) {
+	case float64:
+		return v
+	case float32:
+		return float64(v)
+	case int:
+		return float64(v)
+	}
+	return 0
+}
 
 // alloc reserves scratch of n values: slot k of o.scratch, which is the
 // op's own (NewOp) or a workspace shared by a program's ops.
@@ -266,8 +363,12 @@ func init() {
 		}
 		return nil
 	})
-	lower(graph.OpConv2D, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
-		if err := c.need(3); err != nil {
+	lower(graph.OpConv2D, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // X, W[, b]
+		noBias, inputs := c.boolAttr("no_bias"), 3
+		if noBias {
+			inputs = 2
+		}
+		if err := c.need(inputs); err != nil {
 			return err
 		}
 		g, err := newConvGeom(in[0], in[1], c.intAttr("stride"), c.intAttr("pad"))
@@ -281,6 +382,9 @@ func init() {
 			}
 			if err := dev.Gemm(c.prec, false, false, g.K, g.ncols(), g.ckk(), 1, in[1].Buf, g.ckk(), cols(), g.ncols(), 0, tmp(), g.ncols()); err != nil {
 				return err
+			}
+			if noBias {
+				return dev.Launch("km_to_nchw", out.Size(), tmp(), out.Buf, g.N, g.K, g.OH*g.OW)
 			}
 			return dev.Launch("km_to_nchw_bias", out.Size(), tmp(), out.Buf, in[2].Buf, g.N, g.K, g.OH*g.OW)
 		}
@@ -360,6 +464,101 @@ func init() {
 		s, k := in[0], c.intAttr("kernel")
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			return dev.Launch("maxpool_grad", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, out.Buf, s[0]*s[1], s[2], s[3], k)
+		}
+		return nil
+	})
+	lower(graph.OpGlobalAvgPool, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // [N,C,H,W] -> [N,C]
+		if err := c.need(1); err != nil {
+			return err
+		}
+		s := in[0]
+		if len(s) != 4 {
+			return fmt.Errorf("executor: %s of an input of shape %v (want [N,C,H,W])", c.kind, s)
+		}
+		planes, p := s[0]*s[1], s[2]*s[3]
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			return dev.Launch("global_avg_pool", planes, in[0].Buf, out.Buf, planes, p)
+		}
+		return nil
+	})
+	lower(graph.OpGlobalAvgPoolGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // dY [N,C] -> dX [N,C,h,w]
+		if err := c.need(1); err != nil {
+			return err
+		}
+		planes, p := size(in[0]), c.intAttr("h")*c.intAttr("w")
+		if p < 1 {
+			return fmt.Errorf("executor: %s needs attributes h and w ≥ 1, got %v", c.kind, c.attrs)
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			return dev.Launch("global_avg_pool_grad", planes*p, in[0].Buf, out.Buf, planes, p)
+		}
+		return nil
+	})
+	// BatchNorm: X, gamma, beta, running mean, running var, batches
+	// tracked -> Y. Training normalises by the batch's statistics and then
+	// updates the last three inputs in place (bn_running, once a run, after
+	// the statistics); evaluation normalises by the running ones.
+	lower(graph.OpBatchNorm, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(6); err != nil {
+			return err
+		}
+		s, err := chanShape(c, in[0])
+		if err != nil {
+			return err
+		}
+		if !c.boolAttr("train") {
+			o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+				return dev.Launch("bn_eval", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, in[3].Buf, in[4].Buf, out.Buf, s.N, s.C, s.P, s.eps)
+			}
+			return nil
+		}
+		if s.M < 2 { // the running variance is unbiased: PyTorch refuses too
+			return fmt.Errorf("executor: %s in training needs more than one value per channel, got shape %v", c.kind, in[0])
+		}
+		if s, err = newChanStats(c, in[0], 1); err != nil {
+			return err
+		}
+		momentum := float32(c.floatAttr("momentum"))
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			if err := s.run(dev, in[0].Buf); err != nil {
+				return err
+			}
+			if err := dev.Launch("bn_apply", out.Size(), in[0].Buf, s.stats(), in[1].Buf, in[2].Buf, out.Buf, s.N, s.C, s.P); err != nil {
+				return err
+			}
+			return dev.Launch("bn_running", s.C, s.sum(), s.sq(), in[3].Buf, in[4].Buf, in[5].Buf, s.C, s.M, momentum)
+		}
+		return nil
+	})
+	lower(graph.OpBatchNormGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // X, gamma, dY -> dX
+		if err := c.need(3); err != nil {
+			return err
+		}
+		s, gsum, sums, err := bnGradSums(c, in[0])
+		if err != nil {
+			return err
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			if err := sums(dev, in[0].Buf, in[2].Buf); err != nil {
+				return err
+			}
+			return dev.Launch("bn_grad_input", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, s.stats(), gsum(), out.Buf, s.N, s.C, s.P)
+		}
+		return nil
+	})
+	lower(graph.OpBatchNormGradGamma, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // X, dY -> dgamma
+		if err := c.need(2); err != nil {
+			return err
+		}
+		s, gsum, sums, err := bnGradSums(c, in[0])
+		if err != nil {
+			return err
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			if err := sums(dev, in[0].Buf, in[1].Buf); err != nil {
+				return err
+			}
+			return dev.Launch("bn_grad_gamma", s.C, gsum(), out.Buf, s.C)
 		}
 		return nil
 	})
