@@ -127,37 +127,44 @@ func col2im(g convGeom, cols, dx []float32) {
 	})
 }
 
-// nchwToKM rearranges y[N,K,OHW] into t[K, N·OHW]; kmToNCHW is its inverse
-// (adding the bias on the way).
-func nchwToKM(g convGeom, y, t []float32) {
-	ohw := g.ohw()
-	parallelFor(g.N, g.N*g.K*ohw, func(n0, n1 int) {
-		for n := n0; n < n1; n++ {
-			for k := 0; k < g.K; k++ {
-				copy(t[(k*g.N+n)*ohw:][:ohw], y[(n*g.K+k)*ohw:][:ohw])
-			}
-		}
-	})
+// The CPU convolutions work sample by sample: each sample's im2col
+// ([C·KH·KW, OH·OW], small enough to stay in cache) and its matrix
+// products, on one goroutine each, the samples split across the CPUs.
+// Y[n] = W·cols(X[n]) is already in NCHW order.
+
+func (g convGeom) one() convGeom { g.N = 1; return g }
+func (g convGeom) xSize() int    { return g.C * g.H * g.W }
+func (g convGeom) ySize() int    { return g.K * g.ohw() }
+
+// direct reports a 1x1 convolution of stride 1 without padding, whose
+// im2col is the sample itself.
+func (g convGeom) direct() bool { return g.KH == 1 && g.KW == 1 && g.Stride == 1 && g.Pad == 0 }
+
+// colsSize is the scratch a worker needs for one sample's im2col.
+func (g convGeom) colsSize() int {
+	if g.direct() {
+		return 0
+	}
+	return g.ckk() * g.ohw()
 }
 
-// A nil bias adds nothing.
-func kmToNCHW(g convGeom, t, y []float32, bias []float32) {
-	ohw := g.ohw()
-	parallelFor(g.N, g.N*g.K*ohw, func(n0, n1 int) {
-		for n := n0; n < n1; n++ {
-			for k := 0; k < g.K; k++ {
-				dst, src := y[(n*g.K+k)*ohw:][:ohw], t[(k*g.N+n)*ohw:][:ohw]
-				var b float32
-				if bias != nil {
-					b = bias[k]
-				}
-				for p, v := range src {
-					dst[p] = v + b
-				}
-			}
-		}
-	})
+// colsOf is sample x's im2col, in scratch (x itself when direct).
+func (g convGeom) colsOf(x, scratch []float32) []float32 {
+	if g.direct() {
+		return x
+	}
+	im2col(g.one(), x, scratch)
+	return scratch
 }
+
+// flops is one pass's multiply-adds, doubled: the work estimate that
+// decides whether to split.
+func (g convGeom) flops() int { return 2 * g.N * g.ySize() * g.ckk() }
+
+// convGroup is how many samples' weight gradients are summed into one
+// partial sum: the partial sums are added in order, so dW does not depend
+// on how many CPUs computed it.
+const convGroup = 8
 
 // ---- Conv2D: Y[N,K,OH,OW] = W ⊛ X + b ----
 
@@ -165,38 +172,39 @@ type conv2dOp struct {
 	base
 	stride, pad int
 	needX       bool
-	noBias      bool // two inputs (X, W): no bias (before a BatchNorm, as torchvision's ResNets)
-	cols, tmp   []float32
-	colsOf      *float32 // first element of the X whose im2col is in cols
+	noBias      bool      // two inputs (X, W): no bias (before a BatchNorm, as torchvision's ResNets)
+	cols        []float32 // per worker: a sample's im2col
 }
 
 // workspaceBytes is the memory of the ops' scratch buffers (see
 // Program.Bytes).
-func (o *conv2dOp) workspaceBytes() int64 { return 4 * int64(len(o.cols)+len(o.tmp)) }
-func (o *conv2dGradInputOp) workspaceBytes() int64 {
-	return 4 * int64(len(o.dcols)+len(o.dyKM))
-}
-func (o *conv2dGradWOp) workspaceBytes() int64 { return 4 * int64(len(o.cols)+len(o.dyKM)) }
+func (o *conv2dOp) workspaceBytes() int64          { return 4 * int64(len(o.cols)) }
+func (o *conv2dGradInputOp) workspaceBytes() int64 { return 4 * int64(len(o.dcols)) }
+func (o *conv2dGradWOp) workspaceBytes() int64     { return 4 * int64(len(o.cols)+len(o.partial)) }
+
+// fixedBytes is the part of workspaceBytes that does not grow with the
+// batch: the workers' im2col scratch (see Program.BytesPerSample).
+func (o *conv2dOp) fixedBytes() int64          { return 4 * int64(len(o.cols)) }
+func (o *conv2dGradInputOp) fixedBytes() int64 { return 4 * int64(len(o.dcols)) }
+func (o *conv2dGradWOp) fixedBytes() int64     { return 4 * int64(len(o.cols)) }
 
 func (o *conv2dOp) releaseTo(p *bufPool) {
 	o.base.releaseTo(p)
 	p.put(o.cols)
-	p.put(o.tmp)
-	o.cols, o.tmp, o.colsOf = nil, nil, nil
+	o.cols = nil
 }
 
 func (o *conv2dGradInputOp) releaseTo(p *bufPool) {
 	o.base.releaseTo(p)
 	p.put(o.dcols)
-	p.put(o.dyKM)
-	o.dcols, o.dyKM = nil, nil
+	o.dcols = nil
 }
 
 func (o *conv2dGradWOp) releaseTo(p *bufPool) {
 	o.base.releaseTo(p)
 	p.put(o.cols)
-	p.put(o.dyKM)
-	o.cols, o.dyKM = nil, nil
+	p.put(o.partial)
+	o.cols, o.partial = nil, nil
 }
 
 func newConv2D(stride, pad int, needX bool) *conv2dOp {
@@ -228,19 +236,33 @@ func (o *conv2dOp) Do(in ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	x := f32(in[0])
-	out := o.output(g.N, g.K, g.OH, g.OW)
-	ncols := g.N * g.ohw()
-	o.cols = grow(o.pool, o.cols, g.ckk()*ncols)
-	o.tmp = grow(o.pool, o.tmp, g.K*ncols)
-	im2col(g, x, o.cols)
-	o.colsOf = &x[0]
-	cblas.Sgemm(false, false, g.K, ncols, g.ckk(), 1, f32(in[1]), g.ckk(), o.cols, ncols, 0, o.tmp, ncols)
+	x, w := f32(in[0]), f32(in[1])
 	var bias []float32
 	if !o.noBias {
 		bias = f32(in[2])
 	}
-	kmToNCHW(g, o.tmp, f32(out), bias)
+	out := o.output(g.N, g.K, g.OH, g.OW)
+	y := f32(out)
+	parts, _ := splitWork(g.N, g.flops())
+	cs := g.colsSize()
+	o.cols = grow(o.pool, o.cols, parts*cs)
+	parallelParts(g.N, g.flops(), func(part, lo, hi int) {
+		scratch := o.cols[part*cs:][:cs]
+		for n := lo; n < hi; n++ {
+			cols := g.colsOf(x[n*g.xSize():][:g.xSize()], scratch)
+			yn := y[n*g.ySize():][:g.ySize()]
+			cblas.SgemmSerial(false, false, g.K, g.ohw(), g.ckk(), 1, w, g.ckk(), cols, g.ohw(), 0, yn, g.ohw())
+			if bias == nil {
+				continue
+			}
+			for k, b := range bias {
+				row := yn[k*g.ohw():][:g.ohw()]
+				for i := range row {
+					row[i] += b
+				}
+			}
+		}
+	})
 	return out, nil
 }
 
@@ -277,9 +299,9 @@ func (o *conv2dOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 
 type conv2dGradInputOp struct {
 	base
-	fwd         *conv2dOp
-	xShape      tensor.Shape
-	dcols, dyKM []float32
+	fwd    *conv2dOp
+	xShape tensor.Shape
+	dcols  []float32 // per worker: a sample's column gradients
 }
 
 func (o *conv2dGradInputOp) InferShape(...G.DimSizer) (tensor.Shape, error) {
@@ -291,13 +313,26 @@ func (o *conv2dGradInputOp) Do(in ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	ncols := g.N * g.ohw()
-	o.dyKM = grow(o.pool, o.dyKM, g.K*ncols)
-	o.dcols = grow(o.pool, o.dcols, g.ckk()*ncols)
-	nchwToKM(g, f32(in[0]), o.dyKM)
-	cblas.Sgemm(true, false, g.ckk(), ncols, g.K, 1, f32(in[1]), g.ckk(), o.dyKM, ncols, 0, o.dcols, ncols)
+	dy, w := f32(in[0]), f32(in[1])
 	out := o.output(o.xShape...)
-	col2im(g, o.dcols, f32(out))
+	dx := f32(out)
+	parts, _ := splitWork(g.N, g.flops())
+	cs := g.colsSize()
+	o.dcols = grow(o.pool, o.dcols, parts*cs)
+	parallelParts(g.N, g.flops(), func(part, lo, hi int) {
+		scratch := o.dcols[part*cs:][:cs]
+		for n := lo; n < hi; n++ {
+			dxn := dx[n*g.xSize():][:g.xSize()]
+			dcols := scratch
+			if g.direct() {
+				dcols = dxn
+			}
+			cblas.SgemmSerial(true, false, g.ckk(), g.ohw(), g.K, 1, w, g.ckk(), dy[n*g.ySize():][:g.ySize()], g.ohw(), 0, dcols, g.ohw())
+			if !g.direct() {
+				col2im(g.one(), dcols, dxn)
+			}
+		}
+	})
 	return out, nil
 }
 
@@ -310,9 +345,10 @@ func (o *conv2dGradInputOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) 
 
 type conv2dGradWOp struct {
 	base
-	fwd        *conv2dOp
-	wShape     tensor.Shape
-	cols, dyKM []float32
+	fwd     *conv2dOp
+	wShape  tensor.Shape
+	cols    []float32 // per worker: a sample's im2col
+	partial []float32 // per group of convGroup samples: its dW
 }
 
 func (o *conv2dGradWOp) InferShape(...G.DimSizer) (tensor.Shape, error) {
@@ -324,19 +360,45 @@ func (o *conv2dGradWOp) Do(in ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	x := f32(in[0])
-	ncols := g.N * g.ohw()
-	cols := o.fwd.cols
-	if o.fwd.colsOf != &x[0] || len(cols) != g.ckk()*ncols {
-		// The forward op's im2col is of another input: recompute.
-		o.cols = grow(o.pool, o.cols, g.ckk()*ncols)
-		im2col(g, x, o.cols)
-		cols = o.cols
-	}
-	o.dyKM = grow(o.pool, o.dyKM, g.K*ncols)
-	nchwToKM(g, f32(in[1]), o.dyKM)
+	x, dy := f32(in[0]), f32(in[1])
 	out := o.output(o.wShape...)
-	cblas.Sgemm(false, true, g.K, g.ckk(), ncols, 1, o.dyKM, ncols, cols, ncols, 0, f32(out), g.ckk())
+	dw := f32(out)
+	groups := (g.N + convGroup - 1) / convGroup
+	wsz := g.K * g.ckk()
+	parts, _ := splitWork(groups, g.flops())
+	cs := g.colsSize()
+	o.cols = grow(o.pool, o.cols, parts*cs)
+	if groups > 1 {
+		o.partial = grow(o.pool, o.partial, groups*wsz)
+	}
+	parallelParts(groups, g.flops(), func(part, lo, hi int) {
+		scratch := o.cols[part*cs:][:cs]
+		for gi := lo; gi < hi; gi++ {
+			sum := dw
+			if groups > 1 {
+				sum = o.partial[gi*wsz:][:wsz]
+			}
+			for n := gi * convGroup; n < min((gi+1)*convGroup, g.N); n++ {
+				cols := g.colsOf(x[n*g.xSize():][:g.xSize()], scratch)
+				beta := float32(1)
+				if n == gi*convGroup {
+					beta = 0
+				}
+				cblas.SgemmSerial(false, true, g.K, g.ckk(), g.ohw(), 1, dy[n*g.ySize():][:g.ySize()], g.ohw(), cols, g.ohw(), beta, sum, g.ckk())
+			}
+		}
+	})
+	if groups > 1 {
+		parallelFor(wsz, groups*wsz, func(i0, i1 int) {
+			copy(dw[i0:i1], o.partial[i0:i1])
+			for gi := 1; gi < groups; gi++ {
+				p := o.partial[gi*wsz:]
+				for i := i0; i < i1; i++ {
+					dw[i] += p[i]
+				}
+			}
+		})
+	}
 	return out, nil
 }
 

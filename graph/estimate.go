@@ -13,8 +13,9 @@ type Footprint struct {
 	Params float64
 	// TrainFloatsPerSample is the float32 values one sample of a training
 	// batch holds: the input, every layer's output and its gradient,
-	// dropout masks and a convolution's unfolded input (im2col). It is a
-	// lower bound of the programs' Bytes()/4 per sample, not an upper one.
+	// dropout masks and a convolution's share of its weight gradient's
+	// partial sums (one per 8 samples). It is a lower bound of the
+	// programs' BytesPerSample()/4, not an upper one.
 	TrainFloatsPerSample float64
 	// EvalFloatsPerSample is the same for an evaluation batch (forward only).
 	EvalFloatsPerSample float64
@@ -52,11 +53,11 @@ func (s Spec) Estimate() (Footprint, error) {
 		drop = 1 // one mask value per activation
 	}
 	// A layer's output and its gradient in training, the output alone in
-	// evaluation (programs keep every node's value), and its scratch (a
-	// convolution's unfolded input) in both.
+	// evaluation (programs keep every node's value), and its scratch in
+	// training (a convolution's partial weight gradients).
 	layer := func(outputs, scratch float64) {
 		fp.TrainFloatsPerSample += 2*outputs + scratch
-		fp.EvalFloatsPerSample += outputs + scratch
+		fp.EvalFloatsPerSample += outputs
 	}
 	dropLayer := func(outputs float64) { // dropout's mask and output, in training only
 		fp.TrainFloatsPerSample += 2 * drop * outputs
@@ -86,11 +87,11 @@ func (s Spec) Estimate() (Footprint, error) {
 		c := float64(s.InC)
 		fc := float64(s.Hidden[0])
 		fp.Params = c1*c*25 + c1 + c2*c1*25 + c2 + c2*float64(h2*w2)*fc + fc + fc*classes + classes
-		layer(c1*hw, c*25*hw) // conv1 and its unfolded input
+		layer(c1*hw, c1*c*25/convGroup) // conv1 and its partial weight gradients
 		layer(c1*hw, 0)       // activation
 		layer(c1*float64(h1*w1), 0)
 		o2 := float64((h1 - 4) * (w1 - 4))
-		layer(c2*o2, c1*25*o2) // conv2
+		layer(c2*o2, c2*c1*25/convGroup) // conv2
 		layer(c2*o2, 0)
 		layer(c2*float64(h2*w2), 0)
 		layer(fc, 0)

@@ -200,13 +200,21 @@ func (p *Program) Bytes() int64 {
 }
 
 // BytesPerSample is what one more sample in the batch costs: Bytes less
-// the parameter gradients (the one part that does not grow with the
-// batch), over Batch. Like Bytes it is whole only after the first Run.
+// what does not grow with the batch (the parameter gradients, the
+// convolutions' per-CPU scratch), over Batch. Like Bytes it is whole only
+// after the first Run.
 func (p *Program) BytesPerSample() float64 {
 	n := p.Bytes()
 	for _, g := range p.grads {
 		if v := g.Value(); v != nil {
-			n -= int64(v.MemSize())
+			if _, isParam := p.paramI[g]; !isParam { // a buffer's slot is the buffer
+				n -= int64(v.MemSize())
+			}
+		}
+	}
+	for _, nd := range p.g.AllNodes() {
+		if w, ok := nd.Op().(interface{ fixedBytes() int64 }); ok {
+			n -= w.fixedBytes()
 		}
 	}
 	return float64(n) / float64(p.Batch)

@@ -33,3 +33,34 @@ func parallelFor(n, work int, f func(lo, hi int)) {
 	f(0, min(chunk, n))
 	wg.Wait()
 }
+
+// splitWork is how parallelFor splits n items: parts chunks of chunk
+// items (the last one shorter).
+func splitWork(n, work int) (parts, chunk int) {
+	p := min(runtime.GOMAXPROCS(0), n)
+	if p <= 1 || work < minParallel {
+		return 1, n
+	}
+	chunk = (n + p - 1) / p
+	return (n + chunk - 1) / chunk, chunk
+}
+
+// parallelParts is parallelFor that also tells f which chunk it runs
+// (0 ≤ part < parts, as splitWork(n, work) gives), for per-worker scratch.
+func parallelParts(n, work int, f func(part, lo, hi int)) {
+	parts, chunk := splitWork(n, work)
+	if parts <= 1 {
+		f(0, 0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	for i := 1; i < parts; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			f(i, i*chunk, min((i+1)*chunk, n))
+		}(i)
+	}
+	f(0, 0, min(chunk, n))
+	wg.Wait()
+}

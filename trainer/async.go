@@ -208,7 +208,7 @@ func (t *Trainer) workerGrad(prog *graph.Program, seed, stream uint64, grad []fl
 func (t *Trainer) newParamServer(nb int, lr func(int64) float64) (*ps.Server, error) {
 	params := make([]optim.Param, len(t.Model.Params))
 	for i, p := range t.Model.Params {
-		params[i] = optim.Param{Name: p.Name, Data: p.Data}
+		params[i] = optim.Param{Name: p.Name, Data: p.Data, Buffer: p.Buffer}
 	}
 	w := t.worldSize()
 	var window struct {

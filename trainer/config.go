@@ -32,6 +32,8 @@ type Config struct {
 	Hidden     []int   `json:"hidden,omitempty" yaml:"hidden,omitempty"`
 	Activation string  `json:"activation" yaml:"activation"`
 	Dropout    float64 `json:"dropout" yaml:"dropout"`
+	// Depth is resnet's number of layers, 6n+2 (0: 20).
+	Depth int `json:"depth,omitempty" yaml:"depth,omitempty"`
 
 	Dataset       string `json:"dataset" yaml:"dataset"`
 	DataDir       string `json:"data_dir,omitempty" yaml:"data_dir,omitempty"`
@@ -336,6 +338,8 @@ func (c *Config) Validate() error {
 		return cfgErr("--momentum, --weight-decay and --clip-grad-norm must not be negative")
 	case c.Dropout < 0 || c.Dropout >= 1:
 		return cfgErr("--dropout %v must be in [0,1)", c.Dropout)
+	case c.Depth != 0 && (c.Depth < 8 || c.Depth > 1000 || (c.Depth-2)%6 != 0):
+		return cfgErr("--depth %d must be 6n+2 (20, 32, 44, 56, 110), at most 1000", c.Depth)
 	case c.CheckpointEvery < 0 || c.MaxSteps < 0 || c.LogEvery < 0 || c.Threads < 0:
 		return cfgErr("--checkpoint-every, --max-steps, --log-every and --threads must not be negative")
 	case c.AccumSteps < 1:
@@ -455,7 +459,7 @@ func (c *Config) optimizer() optim.Config {
 // is unset (graph's default, 28x28), and so are its classes unless
 // Classes is set: New takes them from the training data.
 func (c *Config) ModelSpec() graph.Spec {
-	return graph.Spec{Kind: c.Model, Hidden: c.Hidden, Activation: c.Activation, Dropout: c.Dropout, Classes: c.Classes}
+	return graph.Spec{Kind: c.Model, Hidden: c.Hidden, Activation: c.Activation, Dropout: c.Dropout, Classes: c.Classes, Depth: c.Depth}
 }
 
 // LoadFile reads a YAML or JSON config file (by extension; .json is JSON,

@@ -41,6 +41,10 @@ type devRun struct {
 	host    [][]float32         // per parameter: its gradient downloaded
 	ps      []gpuexec.Tensor    // the parameters the optimiser updates
 	cur     []gpuexec.Tensor    // the step's gradients
+	// isBuffer marks, per entry of ps, a buffer (see optim.Param.Buffer);
+	// curParams is scratch for normed.
+	isBuffer  []bool
+	curParams []gpuexec.Tensor
 	// With a backend that all-reduces device memory (NCCL), the gradient
 	// buckets live on the device too (see devReducer).
 	clip    *gpuexec.Clipper // made at first use
@@ -85,16 +89,22 @@ func (d *devRun) start(opt optim.Optimizer, only []int) error {
 	if d.params, err = gpuexec.UploadParamsOf(d.dev, t.Model, only); err != nil {
 		return d.err("uploading the parameters", err)
 	}
+	var buffers []bool
 	for i, p := range t.Model.Params {
 		if only == nil || slices.Contains(only, i) {
 			d.names = append(d.names, p.Name)
 			d.ps = append(d.ps, d.params.T[i])
+			buffers = append(buffers, p.Buffer)
 		}
 		d.host = append(d.host, make([]float32, len(p.Data)))
 	}
 	if d.opt, err = gpuexec.NewOptimizer(d.dev, t.cfg.optimizer(), d.ps); err != nil {
 		return d.err("creating the optimiser", err)
 	}
+	if err := d.opt.SetBuffers(buffers); err != nil {
+		return d.err("creating the optimiser", err)
+	}
+	d.isBuffer = buffers
 	if err := d.opt.LoadState(d.names, st, step); err != nil {
 		return d.err("loading the optimiser state", err)
 	}
@@ -266,15 +276,30 @@ func (d *devRun) sumSquares() (float64, error) {
 			return 0, d.err("creating the gradient clipper", err)
 		}
 	}
-	sq, err := d.clip.SumSquares(d.cur)
+	sq, err := d.clip.SumSquares(d.normed())
 	if err != nil {
 		return 0, d.err("summing the gradients' squares", err)
 	}
 	return sq, nil
 }
 
+// normed is the gradients that the norm counts and clipping scales: not
+// the buffers' slots (see optim.Param.Buffer).
+func (d *devRun) normed() []gpuexec.Tensor {
+	if !slices.Contains(d.isBuffer, true) {
+		return d.cur
+	}
+	d.curParams = d.curParams[:0]
+	for i, g := range d.cur {
+		if !d.isBuffer[i] {
+			d.curParams = append(d.curParams, g)
+		}
+	}
+	return d.curParams
+}
+
 func (d *devRun) scale(c float32) error {
-	if err := d.clip.Scale(d.cur, c); err != nil {
+	if err := d.clip.Scale(d.normed(), c); err != nil {
 		return d.err("clipping the gradients", err)
 	}
 	return nil

@@ -159,7 +159,7 @@ func (c *cpuExec) useProgramGrads(p *graph.Program) error {
 		m := c.t.Model
 		ps = make([]optim.Param, len(m.Params))
 		for i, mp := range m.Params {
-			ps[i] = optim.Param{Name: mp.Name, Data: mp.Data, Grad: p.Grad(i)}
+			ps[i] = optim.Param{Name: mp.Name, Data: mp.Data, Grad: p.Grad(i), Buffer: mp.Buffer}
 		}
 		c.params[p] = ps
 	}
@@ -172,7 +172,7 @@ func (c *cpuExec) useHostGrads(grads [][]float32) error {
 		m := c.t.Model
 		c.host = make([]optim.Param, len(m.Params))
 		for i, p := range m.Params {
-			c.host[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: grads[i]}
+			c.host[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: grads[i], Buffer: p.Buffer}
 		}
 	}
 	c.cur = c.host

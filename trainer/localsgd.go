@@ -133,6 +133,10 @@ func (l *localSGD) averageParams(ctx context.Context, stopRequested bool) (stop 
 		// stay bitwise identical.
 		for i, p := range t.Model.Params {
 			a, g := o.params[i].Data, o.params[i].Grad
+			if p.Buffer { // a buffer takes the average itself
+				copy(g, p.Data)
+				continue
+			}
 			for j, v := range p.Data {
 				g[j] = a[j] - v
 			}
@@ -165,7 +169,7 @@ type outerOpt struct {
 func newOuter(cfg Config, m *graph.Model) (*outerOpt, error) {
 	o := &outerOpt{params: make([]optim.Param, len(m.Params))}
 	for i, p := range m.Params {
-		o.params[i] = optim.Param{Name: p.Name, Data: slices.Clone(p.Data), Grad: make([]float32, len(p.Data))}
+		o.params[i] = optim.Param{Name: p.Name, Data: slices.Clone(p.Data), Grad: make([]float32, len(p.Data)), Buffer: p.Buffer}
 	}
 	var err error
 	o.opt, err = optim.New(optim.Config{Name: "sgd", Momentum: cfg.OuterMomentum, Nesterov: cfg.OuterMomentum > 0}, o.params)

@@ -70,7 +70,7 @@ func (p *pipeline) start(ctx context.Context) error {
 	params := make([]optim.Param, 0, len(s.Params))
 	for _, i := range s.Params {
 		mp := t.Model.Params[i]
-		params = append(params, optim.Param{Name: mp.Name, Data: mp.Data, Grad: make([]float32, mp.Size())})
+		params = append(params, optim.Param{Name: mp.Name, Data: mp.Data, Grad: make([]float32, mp.Size()), Buffer: mp.Buffer})
 	}
 	if p.replicas > 1 {
 		p.zeros = make([][]float32, len(t.Model.Params))
@@ -313,7 +313,7 @@ func newCPUStage(c *cpuExec, only []int) *cpuStage {
 		p := c.t.Model.Params[i]
 		g := make([]float32, p.Size())
 		s.grads = append(s.grads, g)
-		s.params = append(s.params, optim.Param{Name: p.Name, Data: p.Data, Grad: g})
+		s.params = append(s.params, optim.Param{Name: p.Name, Data: p.Data, Grad: g, Buffer: p.Buffer})
 	}
 	return s
 }

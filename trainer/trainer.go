@@ -634,7 +634,7 @@ func loadTestFolder(cfg Config, path string) (data.Source, error) {
 func newOptimizer(cfg Config, m *graph.Model) (optim.Optimizer, error) {
 	ps := make([]optim.Param, len(m.Params))
 	for i, p := range m.Params {
-		ps[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: make([]float32, len(p.Data))}
+		ps[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: make([]float32, len(p.Data)), Buffer: p.Buffer}
 	}
 	o, err := optim.New(cfg.optimizer(), ps)
 	if err != nil {

@@ -568,6 +568,20 @@ type Optimizer struct {
 	cfg   optim.Config
 	state [][]device.Buffer // per parameter: momentum buffer, or Adam's m and v
 	step  int64
+	// buffer marks the buffers (SetBuffers): Step copies their "gradient"
+	// into them, as trainer/optim does (see optim.Param.Buffer).
+	buffer []bool
+}
+
+// SetBuffers marks which of the parameters are buffers (a BatchNorm's
+// running statistics): Step sets each to its gradient slot's values, which
+// hold the buffer as the ranks averaged it, instead of optimising it.
+func (o *Optimizer) SetBuffers(mask []bool) error {
+	if len(mask) != len(o.state) {
+		return fmt.Errorf("executor: %d buffer flags for an optimiser of %d parameters", len(mask), len(o.state))
+	}
+	o.buffer = append([]bool(nil), mask...)
+	return nil
 }
 
 // NewOptimizer makes cfg's optimiser for params on dev.
@@ -624,6 +638,10 @@ func (o *Optimizer) Step(params, grads []Tensor, lr float64) error {
 		n := p.Size()
 		var err error
 		switch {
+		case o.buffer != nil && o.buffer[i]:
+			if grads[i].Buf != p.Buf {
+				err = o.dev.Launch("copy_f32", n, grads[i].Buf, p.Buf, n)
+			}
 		case o.name == optim.SGD && o.cfg.Momentum == 0:
 			err = o.dev.Launch("sgd", n, p.Buf, grads[i].Buf, n, float32(-lr), float32(o.cfg.WeightDecay))
 		case o.name == optim.SGD:

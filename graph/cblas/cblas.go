@@ -135,6 +135,20 @@ func splitSgemm(p int, transA, transB bool, m, n, k int, alpha float32, a []floa
 	wg.Wait()
 }
 
+// SgemmSerial is Sgemm on the calling goroutine alone, whatever
+// SetThreads says: for callers that split their work across goroutines
+// themselves (a convolution's samples).
+func SgemmSerial(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	if m == 0 || n == 0 {
+		return
+	}
+	checkLen("A", a, transA, m, k, lda)
+	checkLen("B", b, transB, k, n, ldb)
+	checkLen("C", c, false, m, n, ldc)
+	load()
+	sgemm1(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
 // sgemm1 is one single-threaded product.
 func sgemm1(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if lib != nil {

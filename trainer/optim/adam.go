@@ -58,6 +58,10 @@ func (o *adam) Step(params []Param, lr float64) {
 		wd = float32(o.cfg.WeightDecay)
 	}
 	for i := range params {
+		if params[i].Buffer {
+			setBuffer(params[i])
+			continue
+		}
 		p := params[i].Data
 		g := params[i].Grad[:len(p)]
 		m := o.bufs[2*i].data[:len(p)]

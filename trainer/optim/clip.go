@@ -30,7 +30,9 @@ func ClipGradNorm(params []Param, maxNorm float64) (totalNorm float64) {
 func SumSquares(params []Param) float64 {
 	var sum float64
 	for i := range params {
-		sum += sumSquares(params[i].Grad)
+		if !params[i].Buffer {
+			sum += sumSquares(params[i].Grad)
+		}
 	}
 	return sum
 }
@@ -38,6 +40,9 @@ func SumSquares(params []Param) float64 {
 // Scale multiplies every gradient by c (ClipCoef's factor).
 func Scale(params []Param, c float32) {
 	for i := range params {
+		if params[i].Buffer {
+			continue
+		}
 		g := params[i].Grad
 		for j := range g {
 			g[j] *= c

@@ -11,10 +11,25 @@ import (
 // Param is one named parameter: its values and its gradient, same length,
 // owned by the caller. The optimiser updates Data in place and only reads Grad
 // (ClipGradNorm scales Grad in place).
+//
+// A Buffer (a BatchNorm's running statistics) is not optimised: its Grad
+// holds the value the buffer is to take (graph's programs put the buffer
+// itself there, which a gradient reduction across ranks averages by their
+// shares), and Step copies it into Data, with no learning rate, weight
+// decay or momentum. The gradient norm (ClipGradNorm, SumSquares) leaves
+// buffers out and Scale does not touch them.
 type Param struct {
-	Name string
-	Data []float32
-	Grad []float32
+	Name   string
+	Data   []float32
+	Grad   []float32
+	Buffer bool
+}
+
+// setBuffer is Step's update of a buffer: Data takes Grad's values.
+func setBuffer(p Param) {
+	if len(p.Data) > 0 && len(p.Grad) > 0 && &p.Data[0] != &p.Grad[0] {
+		copy(p.Data, p.Grad)
+	}
 }
 
 // Optimizer updates parameters from their gradients.

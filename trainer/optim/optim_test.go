@@ -543,3 +543,44 @@ func BenchmarkClipGradNorm203530(b *testing.B) {
 		ClipGradNorm(ps, 1e9) // computes the norm, does not scale
 	}
 }
+
+// TestBuffersAreSetNotOptimised: a buffer takes its slot's values, with no
+// learning rate, weight decay or momentum, and stays out of the gradient
+// norm and clipping.
+func TestBuffersAreSetNotOptimised(t *testing.T) {
+	for _, cfg := range []Config{
+		{Name: "sgd", Momentum: 0.9, WeightDecay: 0.1},
+		{Name: "adam", WeightDecay: 0.1},
+		{Name: "adamw", WeightDecay: 0.1},
+	} {
+		w, gw := []float32{1, 2}, []float32{0.5, -0.5}
+		rm, avg := []float32{3, 4}, []float32{7, 8}
+		ps := []Param{{Name: "w", Data: w, Grad: gw}, {Name: "bn.running_mean", Data: rm, Grad: avg, Buffer: true}}
+		o, err := New(cfg, ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := SumSquares(ps); s != 0.5 {
+			t.Fatalf("SumSquares %v, want 0.5: the buffer's slot is not a gradient", s)
+		}
+		Scale(ps, 0.5)
+		if !reflect.DeepEqual(avg, []float32{7, 8}) {
+			t.Fatalf("clipping scaled the buffer's slot: %v", avg)
+		}
+		for range 2 {
+			o.Step(ps, 0.1)
+			if !reflect.DeepEqual(rm, []float32{7, 8}) {
+				t.Fatalf("%s: buffer %v, want its slot's values [7 8]", cfg.Name, rm)
+			}
+		}
+		if reflect.DeepEqual(w, []float32{1, 2}) {
+			t.Fatalf("%s: the parameter did not move", cfg.Name)
+		}
+		// The slot may be the buffer itself (one process): nothing changes.
+		ps[1].Grad = rm
+		o.Step(ps, 0.1)
+		if !reflect.DeepEqual(rm, []float32{7, 8}) {
+			t.Fatalf("%s: buffer %v after a step with itself as its slot", cfg.Name, rm)
+		}
+	}
+}

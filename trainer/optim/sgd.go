@@ -41,6 +41,10 @@ func (o *sgd) Step(params []Param, lr float64) {
 	nesterov := o.cfg.Nesterov
 	first := o.step == 0
 	for i := range params {
+		if params[i].Buffer {
+			setBuffer(params[i])
+			continue
+		}
 		p, g := params[i].Data, params[i].Grad
 		g = g[:len(p)]
 		switch {

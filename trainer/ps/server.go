@@ -130,7 +130,7 @@ func NewServer(cfg Config) (*Server, error) {
 	s.cond = sync.NewCond(&s.mu)
 	s.params = make([]optim.Param, len(cfg.Params))
 	for i, p := range cfg.Params {
-		s.params[i] = optim.Param{Name: p.Name, Data: append([]float32(nil), p.Data...), Grad: make([]float32, len(p.Data))}
+		s.params[i] = optim.Param{Name: p.Name, Data: append([]float32(nil), p.Data...), Grad: make([]float32, len(p.Data)), Buffer: p.Buffer}
 		s.n += len(p.Data)
 	}
 	var err error

@@ -38,8 +38,9 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(clipWriter{stderr})
 	cfg := trainer.Default()
 	cfg.BatchSize = 128
-	fs.StringVar(&cfg.Model, "model", cfg.Model, "model: mlp or cnn")
+	fs.StringVar(&cfg.Model, "model", cfg.Model, "model: mlp, cnn or resnet")
 	fs.Var(intList{&cfg.Hidden}, "hidden", "hidden widths")
+	fs.IntVar(&cfg.Depth, "depth", cfg.Depth, "resnet: layers, 6n+2 (0 = 20)")
 	fs.IntVar(&cfg.BatchSize, "batch-size", cfg.BatchSize, "batch size")
 	fs.StringVar(&cfg.Optimizer, "optimizer", cfg.Optimizer, "optimiser: sgd, adam or adamw")
 	fs.Float64Var(&cfg.LR, "lr", cfg.LR, "learning rate")
@@ -128,6 +129,13 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer opt.Free()
+		buffers := make([]bool, len(m.Params))
+		for i, p := range m.Params {
+			buffers[i] = p.Buffer
+		}
+		if err := opt.SetBuffers(buffers); err != nil {
+			return err
+		}
 		// The peer keeps its 16 batches on the device; here they are
 		// decoded once into page-locked memory (where the device has it),
 		// and each step uploads one with a queued copy, as the trainer's
@@ -178,7 +186,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 		}
 		ps := make([]optim.Param, len(m.Params))
 		for i, p := range m.Params {
-			ps[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: prog.Grad(i)}
+			ps[i] = optim.Param{Name: p.Name, Data: p.Data, Grad: prog.Grad(i), Buffer: p.Buffer}
 		}
 		opt, err := optim.New(optim.Config{Name: cfg.Optimizer, Momentum: 0.9}, ps)
 		if err != nil {
@@ -220,7 +228,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	dt := time.Since(t0).Seconds()
 	tflops := float64(flops) * float64(*steps) / dt / 1e12
 	rec := map[string]any{
-		"impl": "gotrain", "version": trainer.Version, "blas": cblas.Backend(), "model": cfg.Model, "hidden": cfg.ModelSpec().Hidden,
+		"impl": "gotrain", "version": trainer.Version, "blas": cblas.Backend(), "model": cfg.Model, "hidden": cfg.ModelSpec().Hidden, "depth": cfg.Depth,
 		"batch_size": cfg.BatchSize, "optimizer": cfg.Optimizer, "threads": cfg.Threads, "steps": *steps, "device": devName,
 		"seconds": dt, "samples_per_sec": float64(*steps*cfg.BatchSize) / dt, "loss": loss,
 		"model_flops_per_step": flops, "tflops": tflops, "precision": prec.String(), "pinned_memory": pinnedMem,
