@@ -88,7 +88,7 @@ func (s Spec) Estimate() (Footprint, error) {
 		fc := float64(s.Hidden[0])
 		fp.Params = c1*c*25 + c1 + c2*c1*25 + c2 + c2*float64(h2*w2)*fc + fc + fc*classes + classes
 		layer(c1*hw, c1*c*25/convGroup) // conv1 and its partial weight gradients
-		layer(c1*hw, 0)       // activation
+		layer(c1*hw, 0)                 // activation
 		layer(c1*float64(h1*w1), 0)
 		o2 := float64((h1 - 4) * (w1 - 4))
 		layer(c2*o2, c2*c1*25/convGroup) // conv2
