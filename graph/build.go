@@ -29,10 +29,11 @@ type builder struct {
 	// touched records, per block, the parameters it uses (set by the
 	// shape trace only)
 	touched *[][]int
+	sync    *bnSync // the program's BatchNorm synchronisation
 }
 
 func newBuilder(m *Model, g *G.ExprGraph, batch int, train bool) *builder {
-	return &builder{m: m, g: g, batch: batch, train: train, nodes: map[*Param]*G.Node{}, data: map[*G.Node]bool{}}
+	return &builder{m: m, g: g, batch: batch, train: train, nodes: map[*Param]*G.Node{}, data: map[*G.Node]bool{}, sync: &bnSync{}}
 }
 
 var _ nn.Ctx = (*builder)(nil)
@@ -194,7 +195,9 @@ func (b *builder) BatchNorm(x *G.Node, l *nn.BatchNorm) *G.Node {
 		b.fail(fmt.Errorf("BatchNorm %s: training needs more than one value per channel, got input %v (a batch of 1?)", l.Weight.Name, x.Shape()))
 		return nil
 	}
-	return b.apply(newBatchNorm(x.Dims(), l.Eps, l.Momentum, b.train), append([]*G.Node{x}, ins...)...)
+	op := newBatchNorm(x.Dims(), l.Eps, l.Momentum, b.train)
+	op.sync = b.sync
+	return b.apply(op, append([]*G.Node{x}, ins...)...)
 }
 
 func (b *builder) GlobalAvgPool2D(x *G.Node) *G.Node {

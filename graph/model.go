@@ -170,6 +170,7 @@ type Program struct {
 	x, y   *G.Node
 	runs   int
 	pool   *bufPool // the model's
+	sync   *bnSync  // its BatchNorm layers' (SyncBatchNorm)
 }
 
 // Warm reports whether the program has run before. The first Run of a
@@ -301,7 +302,7 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 	defer compileMu.Unlock()
 	g := G.NewGraph()
 	b := newBuilder(m, g, batch, train)
-	p := &Program{Batch: batch, Train: train, g: g}
+	p := &Program{Batch: batch, Train: train, g: g, sync: b.sync}
 	p.X = make([]float32, batch*m.InputSize())
 	p.Y = make([]float32, batch)
 	x := G.NewMatrix(g, tensor.Float32, G.WithShape(batch, m.InputSize()), G.WithName("x"),

@@ -45,6 +45,38 @@ func init() {
 		}})
 }
 
+// BatchSync makes a training program's BatchNorm layers normalise by
+// the statistics of a batch split across ranks (SyncBatchNorm, as PyTorch's
+// nn.SyncBatchNorm): Sum adds buf element-wise over the ranks, in place,
+// with the same result on every rank. Each rank calls it in the same
+// order: per BatchNorm, twice in the forward pass (the channels' sums,
+// then their squared deviations) and once in the backward pass.
+type BatchSync interface {
+	Sum(buf []float64) error
+}
+
+// bnSync is a program's BatchSync and this run's share of the global
+// batch, which its BatchNorm ops read.
+type bnSync struct {
+	s     BatchSync
+	share float64
+}
+
+// SyncBatchNorm makes the program's BatchNorm layers use the statistics
+// of the global batch, of which this program's batch is the fraction
+// share, summed across ranks by s; nil s restores the batch's own
+// statistics. An evaluation program, which uses the running statistics,
+// ignores it. The gradients the program computes are then those of its
+// ranks' share-weighted loss, as with local statistics: reducing them by
+// the shares gives one process's gradient over the global batch.
+func (p *Program) SyncBatchNorm(s BatchSync, share float64) error {
+	if s != nil && !(share > 0 && share <= 1) {
+		return fmt.Errorf("graph: SyncBatchNorm: share %v must be in (0, 1]", share)
+	}
+	p.sync.s, p.sync.share = s, share
+	return nil
+}
+
 // bnGeom is X's layout: N samples of C channels of P values each.
 type bnGeom struct{ N, C, P int }
 
@@ -92,7 +124,9 @@ func bnStats(g bnGeom, x []float32, c0, c1 int, eps float64, mean, invstd, varia
 type bnSaved struct {
 	of                     *float32 // X's first value
 	n                      int      // X's size
+	m                      float64  // the values per channel the statistics are of (all ranks')
 	mean, invstd, variance []float64
+	buf                    []float64 // synchronised sums
 }
 
 func (s *bnSaved) valid(x []float32) bool {
@@ -125,6 +159,7 @@ type batchNormOp struct {
 	eps, momentum float64
 	train         bool
 	saved         bnSaved
+	sync          *bnSync // the program's (nil outside a program)
 }
 
 func newBatchNorm(d int, eps, momentum float64, train bool) *batchNormOp {
@@ -181,9 +216,18 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 	}
 	s := &o.saved
 	s.resize(g.C)
-	unbias := float64(g.m()) / float64(g.m()-1)
-	parallelFor(g.C, 3*len(x), func(c0, c1 int) {
-		bnStats(g, x, c0, c1, o.eps, s.mean, s.invstd, s.variance)
+	s.m = float64(g.m())
+	if o.sync != nil && o.sync.s != nil {
+		if err := o.syncStats(g, x); err != nil {
+			return nil, err
+		}
+	} else {
+		parallelFor(g.C, 2*len(x), func(c0, c1 int) {
+			bnStats(g, x, c0, c1, o.eps, s.mean, s.invstd, s.variance)
+		})
+	}
+	unbias := s.m / (s.m - 1)
+	parallelFor(g.C, len(x), func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
 			scale := float32(float64(gamma[c]) * s.invstd[c])
 			shift := float32(float64(beta[c]) - s.mean[c]*float64(gamma[c])*s.invstd[c])
@@ -202,6 +246,60 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 	return out, nil
 }
 
+// syncStats computes the statistics of the global batch: the channels'
+// sums and value counts summed across ranks, then their squared
+// deviations from the global mean.
+func (o *batchNormOp) syncStats(g bnGeom, x []float32) error {
+	s := &o.saved
+	if len(s.buf) < g.C+1 {
+		s.buf = make([]float64, g.C+1)
+	}
+	buf := s.buf[:g.C+1]
+	parallelFor(g.C, len(x), func(c0, c1 int) {
+		for c := c0; c < c1; c++ {
+			var sum float64
+			for n := 0; n < g.N; n++ {
+				for _, v := range g.plane(x, n, c) {
+					sum += float64(v)
+				}
+			}
+			buf[c] = sum
+		}
+	})
+	buf[g.C] = float64(g.m())
+	if err := o.sync.s.Sum(buf); err != nil {
+		return fmt.Errorf("%s: synchronising the batch statistics: %w", OpBatchNorm, err)
+	}
+	s.m = buf[g.C]
+	if !(s.m >= 2) {
+		return fmt.Errorf("%s: the global batch has %v values per channel; training needs at least 2", OpBatchNorm, s.m)
+	}
+	for c := range g.C {
+		s.mean[c] = buf[c] / s.m
+	}
+	parallelFor(g.C, len(x), func(c0, c1 int) {
+		for c := c0; c < c1; c++ {
+			var q float64
+			for n := 0; n < g.N; n++ {
+				for _, v := range g.plane(x, n, c) {
+					d := float64(v) - s.mean[c]
+					q += d * d
+				}
+			}
+			buf[c] = q
+		}
+	})
+	buf[g.C] = 0
+	if err := o.sync.s.Sum(buf); err != nil {
+		return fmt.Errorf("%s: synchronising the batch statistics: %w", OpBatchNorm, err)
+	}
+	for c := range g.C {
+		s.variance[c] = buf[c] / s.m
+		s.invstd[c] = 1 / math.Sqrt(s.variance[c]+o.eps)
+	}
+	return nil
+}
+
 func (o *batchNormOp) DiffWRT(int) []bool {
 	return []bool{o.train, o.train, o.train, false, false, false}
 }
@@ -211,7 +309,9 @@ func (o *batchNormOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 		return nil, noGrad("BatchNorm in evaluation")
 	}
 	d := in[0].Dims()
-	dx, err := G.ApplyOp(newBatchNormGrad(d, o.eps, &o.saved), in[0], in[1], grad)
+	bg := newBatchNormGrad(d, o.eps, &o.saved)
+	bg.sync = o.sync
+	dx, err := G.ApplyOp(bg, in[0], in[1], grad)
 	if err != nil {
 		return nil, err
 	}
@@ -238,6 +338,8 @@ type batchNormGradOp struct {
 	eps     float64
 	fwd     *bnSaved // the forward's statistics (nil outside a graph)
 	scratch bnSaved
+	sync    *bnSync
+	buf     []float64
 }
 
 func newBatchNormGrad(d int, eps float64, fwd *bnSaved) *batchNormGradOp {
@@ -258,9 +360,15 @@ func (o *batchNormGradOp) Do(in ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	x, gamma, dy := f32(in[0]), f32(in[1]), f32(in[2])
-	mean, invstd := o.fwd.stats(g, x, o.eps, &o.scratch)
 	out := o.output(dims(in[0])...)
 	dx := f32(out)
+	if o.sync != nil && o.sync.s != nil {
+		if !o.fwd.valid(x) {
+			return nil, fmt.Errorf("%s: synchronised statistics need the forward pass of the same batch", OpBatchNormGrad)
+		}
+		return out, o.syncGrad(g, x, f32(in[1]), f32(in[2]), dx)
+	}
+	mean, invstd := o.fwd.stats(g, x, o.eps, &o.scratch)
 	m := float64(g.m())
 	parallelFor(g.C, 3*len(x), func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
@@ -284,6 +392,48 @@ func (o *batchNormGradOp) Do(in ...G.Value) (G.Value, error) {
 		}
 	})
 	return out, nil
+}
+
+// syncGrad is dX with the global batch's statistics: the channels' sums
+// of dY and dY·x̂, weighted by this rank's share (its dY is of its own
+// mean loss), are summed across ranks: with G1, G2 their totals and M
+// the global count, dX = gamma·invstd·(dY - (G1 + x̂·G2)/(share·M)).
+func (o *batchNormGradOp) syncGrad(g bnGeom, x, gamma, dy, dx []float32) error {
+	s, share := o.fwd, o.sync.share
+	if len(o.buf) < 2*g.C {
+		o.buf = make([]float64, 2*g.C)
+	}
+	buf := o.buf[:2*g.C]
+	parallelFor(g.C, 2*len(x), func(c0, c1 int) {
+		for c := c0; c < c1; c++ {
+			var s1, s2 float64
+			for n := 0; n < g.N; n++ {
+				xs := g.plane(x, n, c)
+				for i, v := range g.plane(dy, n, c) {
+					s1 += float64(v)
+					s2 += float64(v) * (float64(xs[i]) - s.mean[c]) * s.invstd[c]
+				}
+			}
+			buf[c], buf[g.C+c] = share*s1, share*s2
+		}
+	})
+	if err := o.sync.s.Sum(buf); err != nil {
+		return fmt.Errorf("%s: synchronising the gradient's sums: %w", OpBatchNormGrad, err)
+	}
+	parallelFor(g.C, len(x), func(c0, c1 int) {
+		for c := c0; c < c1; c++ {
+			mu, is := s.mean[c], s.invstd[c]
+			k := float64(gamma[c]) * is
+			a, b := buf[c]/(share*s.m), buf[g.C+c]/(share*s.m)
+			for n := 0; n < g.N; n++ {
+				xs, gs, ds := g.plane(x, n, c), g.plane(dy, n, c), g.plane(dx, n, c)
+				for i, v := range gs {
+					ds[i] = float32(k * (float64(v) - a - (float64(xs[i])-mu)*is*b))
+				}
+			}
+		}
+	})
+	return nil
 }
 
 func (o *batchNormGradOp) DiffWRT(n int) []bool { return make([]bool, n) }

@@ -34,6 +34,11 @@ type Config struct {
 	Dropout    float64 `json:"dropout" yaml:"dropout"`
 	// Depth is resnet's number of layers, 6n+2 (0: 20).
 	Depth int `json:"depth,omitempty" yaml:"depth,omitempty"`
+	// SyncBatchNorm normalises BatchNorm layers by the statistics of the
+	// global batch, summed across the ranks in the forward and backward
+	// passes (PyTorch's SyncBatchNorm): N ranks train as one process.
+	// Without it each rank uses its own part of the batch, as DDP does.
+	SyncBatchNorm bool `json:"sync_batchnorm,omitempty" yaml:"sync_batchnorm,omitempty"`
 
 	Dataset       string `json:"dataset" yaml:"dataset"`
 	DataDir       string `json:"data_dir,omitempty" yaml:"data_dir,omitempty"`
@@ -396,6 +401,18 @@ func (c *Config) Validate() error {
 	}
 	if _, err := balance.ParseMode(c.Balance); err != nil {
 		return cfgErr("%v", err)
+	}
+	if c.SyncBatchNorm {
+		switch {
+		case c.Sync != "allreduce":
+			return cfgErr("--sync-batchnorm sums BatchNorm's statistics across the ranks of each step, and --sync %s has no common step: use --sync allreduce", c.Sync)
+		case c.AccumSteps > 1:
+			return cfgErr("--sync-batchnorm and --accum-steps: the ranks' micro-batches would each be normalised by their own statistics; use a larger --batch-size instead")
+		case c.PipelineStages > 1:
+			return cfgErr("--sync-batchnorm with --pipeline-stages is not supported yet: pipeline stages normalise by each micro-batch's statistics")
+		case c.Device == "gpu" || c.Device == "host":
+			return cfgErr("--sync-batchnorm runs on the CPU for now (--device %s): its statistics are summed by the host's collectives", c.Device)
+		}
 	}
 	switch c.Sync {
 	case "allreduce", "local-sgd":

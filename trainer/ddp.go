@@ -650,6 +650,17 @@ func (a *allReduce) step(ctx context.Context, stopRequested bool, lo, hi int) (s
 				return stepResult{}, err
 			}
 		}
+		if t.cfg.SyncBatchNorm && t.worldSize() > 1 {
+			if _, onCPU := t.exec.(*cpuExec); !onCPU {
+				return stepResult{}, fmt.Errorf("%w: --sync-batchnorm runs on the CPU for now, and this rank trains on a device (--device auto found one): add --device cpu", ErrConfig)
+			}
+			// Every rank runs one program a step (--sync-batchnorm
+			// refuses --accum-steps): its BatchNorm layers sum their
+			// statistics across the ranks.
+			if err := prog.SyncBatchNorm(rankSum{t: t, ctx: ctx}, float64(me-ms)/float64(hi-lo)); err != nil {
+				return stepResult{}, err
+			}
+		}
 		warm := t.exec.warm(prog)
 		loss, err := t.exec.run(prog, x, y, runKey{step: t.pos.step, row: ms - lo, rank: r, micro: j, micros: k}, watch)
 		if done != nil {
@@ -711,4 +722,16 @@ func (a *allReduce) account(samples int, compute, cold time.Duration, coldSample
 			a.winClockN++
 		}
 	}
+}
+
+// rankSum sums BatchNorm's statistics across the ranks (--sync-batchnorm).
+type rankSum struct {
+	t   *Trainer
+	ctx context.Context
+}
+
+func (s rankSum) Sum(buf []float64) error {
+	return s.t.collective(s.ctx, "sync-batchnorm statistics", func(ctx context.Context) error {
+		return s.t.comm.AllReduce(ctx, buf, buf, dist.Sum)
+	})
 }

@@ -214,6 +214,7 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config) *string {
 	configPath := fs.String("config", "", "YAML or JSON file of settings (flag names with _ for -); flags override it")
 	fs.StringVar(&cfg.Model, "model", cfg.Model, "model: mlp, cnn, resnet (CIFAR-style, with BatchNorm; see --depth) or one a program registered")
 	fs.IntVar(&cfg.Depth, "depth", cfg.Depth, "resnet: layers, 6n+2 (20, 32, 56, ...; 0 = 20)")
+	fs.BoolVar(&cfg.SyncBatchNorm, "sync-batchnorm", cfg.SyncBatchNorm, "normalise BatchNorm layers by the statistics of the global batch, summed across the ranks (PyTorch's SyncBatchNorm; default: each rank's own part of the batch, as DDP)")
 	fs.Var(intList{&cfg.Hidden}, "hidden", "hidden layer widths, comma-separated (mlp default 256; cnn: fc width, default 128)")
 	fs.StringVar(&cfg.Activation, "activation", cfg.Activation, "activation: relu, tanh or sigmoid")
 	fs.Float64Var(&cfg.Dropout, "dropout", cfg.Dropout, "dropout probability after hidden activations (0 = off)")
