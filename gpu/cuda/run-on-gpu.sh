@@ -10,6 +10,9 @@
 #   profile where the time of the benchmark's steps goes, op by op (bench
 #           train --profile), for the MLP and the CNN: what to fix first;
 #   mnist   MNIST end to end on the GPU: the MLP (2 epochs), the CNN (1);
+#   resnet  ResNet-20 (BatchNorm, strided shortcuts): bench train on the GPU
+#           and where its steps go, then one MNIST epoch on the GPU and the
+#           same epoch on this machine's CPU (the accuracies must agree);
 #   pinned  what page-locked memory and the prefetcher gain: bench train
 #           and MNIST training with and without them;
 #   bf16    bf16 against PyTorch's autocast on the same card;
@@ -26,7 +29,7 @@ set -uo pipefail
 B=${1:-bin/gpu}
 O=${OUT:-$(mktemp -d)}
 DEADLINE=${DEADLINE:-540}
-PHASES=${PHASES:-tests bench profile mnist pinned bf16 cpu}
+PHASES=${PHASES:-tests bench profile mnist resnet pinned bf16 cpu}
 REPEATS=${REPEATS:-3}
 start=$SECONDS
 T=$(mktemp -d)
@@ -106,6 +109,21 @@ export -f mnist first
 run_mnist() { mnist mlp 2 gpu; mnist cnn 1 gpu; }
 summary_mnist() { grep -E 'epoch' "$1"; }
 
+RESNET_FLAGS="--depth 20 --batch-size 128 --optimizer sgd --momentum 0.9 --lr 0.1 --weight-decay 5e-4"
+export RESNET_FLAGS
+run_resnet() {
+  for b in 128 512; do
+    out=$("$G" bench train --device gpu --model resnet --depth 20 --batch-size $b --optimizer sgd --steps 50 --warmup 5 2>&1)
+    echo "bench ResNet-20 batch $b: $(first '"samples_per_sec":[0-9.]*' "$out" $?)"
+  done
+  "$G" bench train --device gpu --model resnet --depth 20 --batch-size 128 --optimizer sgd --steps 10 --warmup 3 --profile 2>&1 >/dev/null | head -14
+  # shellcheck disable=SC2086
+  mnist resnet 1 gpu $RESNET_FLAGS
+  # shellcheck disable=SC2086
+  mnist resnet 1 cpu $RESNET_FLAGS
+}
+summary_resnet() { grep -E 'bench|epoch' "$1"; }
+
 run_pinned() {
   for i in 1 2; do
     for pin in true false; do
@@ -132,6 +150,7 @@ phase tests 150
 phase bench 170
 phase profile 40
 phase mnist 60
+phase resnet 150
 phase pinned 90
 phase bf16 130
 phase cpu 120
