@@ -7,11 +7,16 @@ Run with Debian's python3-torch: /usr/bin/python3 torch_train.py --model mlp
 """
 import argparse
 import json
+import os
+import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from resnet import ResNet  # noqa: E402  (graph/resnet.go's model, torchvision's names)
 
 
 class MLP(nn.Module):
@@ -45,8 +50,9 @@ class CNN(nn.Module):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
+    ap.add_argument("--model", default="mlp", choices=["mlp", "cnn", "resnet"])
     ap.add_argument("--hidden", default="")
+    ap.add_argument("--depth", type=int, default=20, help="resnet: layers, 6n+2")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -67,7 +73,13 @@ def main():
         torch.backends.cudnn.allow_tf32 = a.allow_tf32
     torch.manual_seed(1)
     hidden = [int(h) for h in a.hidden.split(",") if h]
-    model = (MLP(hidden or [256]) if a.model == "mlp" else CNN(*(hidden[:1] or [128]))).to(dev)
+    if a.model == "mlp":
+        model = MLP(hidden or [256])
+    elif a.model == "cnn":
+        model = CNN(*(hidden[:1] or [128]))
+    else:
+        model = ResNet(a.depth, 1, 10)
+    model = model.to(dev)
     opt = {"sgd": lambda p: torch.optim.SGD(p, lr=a.lr, momentum=0.9),
            "adam": lambda p: torch.optim.Adam(p, lr=a.lr),
            "adamw": lambda p: torch.optim.AdamW(p, lr=a.lr)}[a.optimizer](model.parameters())
@@ -101,7 +113,8 @@ def main():
         loss = step(i)
     loss = float(loss)  # waits for the device
     dt = time.perf_counter() - t0
-    print(json.dumps({"impl": "pytorch", "version": torch.__version__, "model": a.model, "device": str(dev),
+    print(json.dumps({"impl": "pytorch", "version": torch.__version__, "model": a.model,
+                      "depth": a.depth if a.model == "resnet" else None, "device": str(dev),
                       "tf32": a.allow_tf32 if dev.type == "cuda" else False, "autocast": a.autocast,
                       "batch_size": a.batch_size, "optimizer": a.optimizer, "threads": a.threads,
                       "steps": a.steps, "seconds": dt, "samples_per_sec": a.steps * a.batch_size / dt,
