@@ -150,11 +150,104 @@ func (g convGeom) colsSize() int {
 
 // colsOf is sample x's im2col, in scratch (x itself when direct).
 func (g convGeom) colsOf(x, scratch []float32) []float32 {
-	if g.direct() {
+	switch {
+	case g.direct():
 		return x
+	case g.same():
+		im2colSame(g, x, scratch)
+	default:
+		im2col(g.one(), x, scratch)
 	}
-	im2col(g.one(), x, scratch)
 	return scratch
+}
+
+// same reports a convolution of stride 1 whose output has its input's
+// size ("same" padding, as a ResNet's 3x3 with padding 1): row (c,i,j) of
+// its im2col is then the plane shifted by (i-Pad)·W + (j-Pad), with the
+// rows and columns that fall outside zeroed, so it is copied in one run
+// per (c,i,j) rather than row by row.
+func (g convGeom) same() bool { return g.Stride == 1 && g.OH == g.H && g.OW == g.W }
+
+// im2colSame is im2col of one sample x for a same() geometry.
+func im2colSame(g convGeom, x, cols []float32) {
+	hw, w := g.H*g.W, g.W
+	for c := 0; c < g.C; c++ {
+		plane := x[c*hw:][:hw]
+		for i := 0; i < g.KH; i++ {
+			dy := i - g.Pad
+			oy0, oy1 := max(0, -dy), min(g.H, g.H-dy) // rows whose source row is inside
+			for j := 0; j < g.KW; j++ {
+				dx := j - g.Pad
+				dst := cols[((c*g.KH+i)*g.KW+j)*hw:][:hw]
+				if oy1 <= oy0 {
+					clear(dst)
+					continue
+				}
+				s := dy*w + dx
+				p0, p1 := oy0*w, oy1*w
+				q0, q1 := max(p0, -s), min(p1, hw-s)
+				clear(dst[:q0])
+				copy(dst[q0:q1], plane[q0+s:q1+s])
+				clear(dst[q1:])
+				// The columns whose source column is outside took their
+				// neighbouring row's values: zero them.
+				zeroEdges(dst, w, oy0, oy1, dx)
+			}
+		}
+	}
+}
+
+// zeroEdges zeroes, in rows [oy0, oy1) of the w-wide rows of m, the
+// columns that a shift by dx takes from outside the row: the first -dx
+// (dx < 0) or the last dx (dx > 0).
+func zeroEdges(m []float32, w, oy0, oy1, dx int) {
+	switch {
+	case dx == -1:
+		for p := oy0 * w; p < oy1*w; p += w {
+			m[p] = 0
+		}
+	case dx == 1:
+		for p := oy0*w + w - 1; p < oy1*w; p += w {
+			m[p] = 0
+		}
+	case dx < 0:
+		for oy := oy0; oy < oy1; oy++ {
+			clear(m[oy*w:][:min(-dx, w)])
+		}
+	case dx > 0:
+		for oy := oy0; oy < oy1; oy++ {
+			clear(m[oy*w+max(w-dx, 0) : (oy+1)*w])
+		}
+	}
+}
+
+// col2imSame is col2im of one sample for a same() geometry: it zeroes dx
+// and adds each row of cols (whose entries of outside columns it zeroes)
+// back in one run.
+func col2imSame(g convGeom, cols, dx []float32) {
+	hw, w := g.H*g.W, g.W
+	clear(dx[:g.C*hw])
+	for c := 0; c < g.C; c++ {
+		plane := dx[c*hw:][:hw]
+		for i := 0; i < g.KH; i++ {
+			dy := i - g.Pad
+			oy0, oy1 := max(0, -dy), min(g.H, g.H-dy)
+			if oy1 <= oy0 {
+				continue
+			}
+			for j := 0; j < g.KW; j++ {
+				ddx := j - g.Pad
+				src := cols[((c*g.KH+i)*g.KW+j)*hw:][:hw]
+				zeroEdges(src, w, oy0, oy1, ddx)
+				s := dy*w + ddx
+				q0, q1 := max(oy0*w, -s), min(oy1*w, hw-s)
+				d := plane[q0+s : q1+s]
+				for k, v := range src[q0:q1] {
+					d[k] += v
+				}
+			}
+		}
+	}
 }
 
 // flops is one pass's multiply-adds, doubled: the work estimate that
@@ -301,7 +394,8 @@ type conv2dGradInputOp struct {
 	base
 	fwd    *conv2dOp
 	xShape tensor.Shape
-	dcols  []float32 // per worker: a sample's column gradients
+	dcols  []float32 // per worker: a sample's column gradients, or dY's im2col
+	wT     []float32 // the flipped, transposed filters (transposed)
 }
 
 func (o *conv2dGradInputOp) InferShape(...G.DimSizer) (tensor.Shape, error) {
@@ -316,6 +410,10 @@ func (o *conv2dGradInputOp) Do(in ...G.Value) (G.Value, error) {
 	dy, w := f32(in[0]), f32(in[1])
 	out := o.output(o.xShape...)
 	dx := f32(out)
+	if t, ok := g.transposed(); ok {
+		o.transposedConv(g, t, dy, w, dx)
+		return out, nil
+	}
 	parts, _ := splitWork(g.N, g.flops())
 	cs := g.colsSize()
 	o.dcols = grow(o.pool, o.dcols, parts*cs)
@@ -328,12 +426,60 @@ func (o *conv2dGradInputOp) Do(in ...G.Value) (G.Value, error) {
 				dcols = dxn
 			}
 			cblas.SgemmSerial(true, false, g.ckk(), g.ohw(), g.K, 1, w, g.ckk(), dy[n*g.ySize():][:g.ySize()], g.ohw(), 0, dcols, g.ohw())
-			if !g.direct() {
+			switch {
+			case g.direct():
+			case g.same():
+				col2imSame(g, dcols, dxn)
+			default:
 				col2im(g.one(), dcols, dxn)
 			}
 		}
 	})
 	return out, nil
+}
+
+// transposed is, for a same() convolution with an odd square kernel
+// centred by its padding, the convolution that computes its input's
+// gradient: dX = conv(dY, W'), W'[c,k,i,j] = W[k,c,KH-1-i,KW-1-j], itself
+// same(). Its im2col copies (im2colSame) where col2im would add.
+func (g convGeom) transposed() (convGeom, bool) {
+	if !g.same() || g.KH != 2*g.Pad+1 || g.KW != 2*g.Pad+1 {
+		return convGeom{}, false
+	}
+	return convGeom{N: g.N, C: g.K, H: g.H, W: g.W, K: g.C, KH: g.KH, KW: g.KW, Stride: 1, Pad: g.Pad, OH: g.H, OW: g.W}, true
+}
+
+// transposedConv computes dX as the convolution t of dY with W' (see
+// transposed), sample by sample.
+func (o *conv2dGradInputOp) transposedConv(g, t convGeom, dy, w, dx []float32) {
+	kk := g.KH * g.KW
+	o.wT = growF(o.wT, len(w))
+	for k := 0; k < g.K; k++ {
+		for c := 0; c < g.C; c++ {
+			src, dst := w[(k*g.C+c)*kk:][:kk], o.wT[(c*g.K+k)*kk:][:kk]
+			for i := range kk {
+				dst[i] = src[kk-1-i]
+			}
+		}
+	}
+	parts, _ := splitWork(t.N, t.flops())
+	cs := t.colsSize()
+	o.dcols = grow(o.pool, o.dcols, parts*cs)
+	parallelParts(t.N, t.flops(), func(part, lo, hi int) {
+		scratch := o.dcols[part*cs:][:cs]
+		for n := lo; n < hi; n++ {
+			cols := t.colsOf(dy[n*t.xSize():][:t.xSize()], scratch)
+			cblas.SgemmSerial(false, false, t.K, t.ohw(), t.ckk(), 1, o.wT, t.ckk(), cols, t.ohw(), 0, dx[n*t.ySize():][:t.ySize()], t.ohw())
+		}
+	})
+}
+
+// growF returns buf with length n, reallocated when too short.
+func growF(buf []float32, n int) []float32 {
+	if cap(buf) < n {
+		return make([]float32, n)
+	}
+	return buf[:n]
 }
 
 func (o *conv2dGradInputOp) DiffWRT(n int) []bool { return make([]bool, n) }

@@ -471,3 +471,32 @@ func TestEstimateMatchesBuiltModels(t *testing.T) {
 	require.NoError(t, err)
 	require.Greater(t, fp.Params, 7.8e10)
 }
+
+// TestSamePaddingIm2colMatchesTheGeneralOne: the one-run im2col and
+// col2im of stride-1 "same" convolutions equal the row-by-row ones.
+func TestSamePaddingIm2colMatchesTheGeneralOne(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, tc := range []struct{ c, h, w, k, pad int }{
+		{3, 7, 6, 3, 1}, {2, 9, 8, 5, 2}, {1, 28, 28, 3, 1}, {4, 1, 5, 3, 1}, {2, 3, 1, 3, 1},
+	} {
+		g, err := newGeom(tensor.Shape{1, tc.c, tc.h, tc.w}, tensor.Shape{2, tc.c, tc.k, tc.k}, 1, tc.pad)
+		require.NoError(t, err)
+		require.True(t, g.same(), "%+v", tc)
+		x := make([]float32, g.xSize())
+		fill(r, x, 1)
+		want, got := make([]float32, g.ckk()*g.ohw()), make([]float32, g.ckk()*g.ohw())
+		fill(r, got, 9) // garbage: every value must be written
+		im2col(g, x, want)
+		im2colSame(g, x, got)
+		require.Equal(t, want, got, "im2col %+v", tc)
+		cols := make([]float32, len(want))
+		fill(r, cols, 1)
+		wantDX, gotDX := make([]float32, len(x)), make([]float32, len(x))
+		fill(r, gotDX, 9)
+		col2im(g, slices.Clone(cols), wantDX)
+		col2imSame(g, cols, gotDX)
+		for i := range wantDX {
+			require.InDelta(t, wantDX[i], gotDX[i], 1e-5, "col2im %+v [%d]", tc, i)
+		}
+	}
+}

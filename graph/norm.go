@@ -100,22 +100,102 @@ func (g bnGeom) plane(x []float32, n, c int) []float32 { return x[(n*g.C+c)*g.P:
 func bnStats(g bnGeom, x []float32, c0, c1 int, eps float64, mean, invstd, variance []float64) {
 	m := float64(g.m())
 	for c := c0; c < c1; c++ {
-		var s float64
-		for n := 0; n < g.N; n++ {
-			for _, v := range g.plane(x, n, c) {
-				s += float64(v)
-			}
-		}
-		mu := s / m
-		var q float64
-		for n := 0; n < g.N; n++ {
-			for _, v := range g.plane(x, n, c) {
-				d := float64(v) - mu
-				q += d * d
-			}
-		}
+		mu := g.channelSum(x, c) / m
+		q := g.channelSqDev(x, c, mu)
 		mean[c], variance[c] = mu, q/m
 		invstd[c] = 1 / math.Sqrt(q/m+eps)
+	}
+}
+
+// The sums over a channel add each sample's plane in float32, four
+// running sums at a time, and the planes' sums in float64: a plane holds
+// at most a few thousand values.
+
+// channelSum is Σ x over channel c.
+func (g bnGeom) channelSum(x []float32, c int) float64 {
+	var s float64
+	for n := 0; n < g.N; n++ {
+		p := g.plane(x, n, c)
+		var a0, a1, a2, a3 float32
+		i := 0
+		for ; i+4 <= len(p); i += 4 {
+			a0 += p[i]
+			a1 += p[i+1]
+			a2 += p[i+2]
+			a3 += p[i+3]
+		}
+		for ; i < len(p); i++ {
+			a0 += p[i]
+		}
+		s += float64((a0 + a1) + (a2 + a3))
+	}
+	return s
+}
+
+// channelSqDev is Σ (x-mu)² over channel c.
+func (g bnGeom) channelSqDev(x []float32, c int, mu float64) float64 {
+	m := float32(mu)
+	var s float64
+	for n := 0; n < g.N; n++ {
+		p := g.plane(x, n, c)
+		var a0, a1, a2, a3 float32
+		i := 0
+		for ; i+4 <= len(p); i += 4 {
+			d0, d1, d2, d3 := p[i]-m, p[i+1]-m, p[i+2]-m, p[i+3]-m
+			a0 += d0 * d0
+			a1 += d1 * d1
+			a2 += d2 * d2
+			a3 += d3 * d3
+		}
+		for ; i < len(p); i++ {
+			d := p[i] - m
+			a0 += d * d
+		}
+		s += float64((a0 + a1) + (a2 + a3))
+	}
+	return s
+}
+
+// gradSums is Σ dy and Σ dy·(x-mu) over channel c.
+func (g bnGeom) gradSums(x, dy []float32, c int, mu float64) (s1, s2 float64) {
+	m := float32(mu)
+	for n := 0; n < g.N; n++ {
+		xs, gs := g.plane(x, n, c), g.plane(dy, n, c)
+		xs = xs[:len(gs)]
+		var a0, a1, b0, b1 float32
+		i := 0
+		for ; i+2 <= len(gs); i += 2 {
+			a0 += gs[i]
+			a1 += gs[i+1]
+			b0 += gs[i] * (xs[i] - m)
+			b1 += gs[i+1] * (xs[i+1] - m)
+		}
+		for ; i < len(gs); i++ {
+			a0 += gs[i]
+			b0 += gs[i] * (xs[i] - m)
+		}
+		s1 += float64(a0 + a1)
+		s2 += float64(b0 + b1)
+	}
+	return s1, s2
+}
+
+// affine sets dst = a·x + b·y + c over channel c0's planes (y may be nil:
+// dst = a·x + c).
+func (g bnGeom) affine(dst, x, y []float32, ch int, a, b, c float32) {
+	for n := 0; n < g.N; n++ {
+		d, xs := g.plane(dst, n, ch), g.plane(x, n, ch)
+		xs = xs[:len(d)]
+		if y == nil {
+			for i, v := range xs {
+				d[i] = a*v + c
+			}
+			continue
+		}
+		ys := g.plane(y, n, ch)[:len(d)]
+		for i, v := range xs {
+			d[i] = a*v + b*ys[i] + c
+		}
 	}
 }
 
@@ -204,12 +284,7 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 				is := 1 / math.Sqrt(float64(rv[c])+o.eps)
 				scale := float32(float64(gamma[c]) * is)
 				shift := float32(float64(beta[c]) - float64(rm[c])*float64(gamma[c])*is)
-				for n := 0; n < g.N; n++ {
-					src, dst := g.plane(x, n, c), g.plane(y, n, c)
-					for i, v := range src {
-						dst[i] = v*scale + shift
-					}
-				}
+				g.affine(y, x, nil, c, scale, 0, shift)
 			}
 		})
 		return out, nil
@@ -231,12 +306,7 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 		for c := c0; c < c1; c++ {
 			scale := float32(float64(gamma[c]) * s.invstd[c])
 			shift := float32(float64(beta[c]) - s.mean[c]*float64(gamma[c])*s.invstd[c])
-			for n := 0; n < g.N; n++ {
-				src, dst := g.plane(x, n, c), g.plane(y, n, c)
-				for i, v := range src {
-					dst[i] = v*scale + shift
-				}
-			}
+			g.affine(y, x, nil, c, scale, 0, shift)
 			rm[c] = float32((1-o.momentum)*float64(rm[c]) + o.momentum*s.mean[c])
 			rv[c] = float32((1-o.momentum)*float64(rv[c]) + o.momentum*s.variance[c]*unbias)
 		}
@@ -257,13 +327,7 @@ func (o *batchNormOp) syncStats(g bnGeom, x []float32) error {
 	buf := s.buf[:g.C+1]
 	parallelFor(g.C, len(x), func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
-			var sum float64
-			for n := 0; n < g.N; n++ {
-				for _, v := range g.plane(x, n, c) {
-					sum += float64(v)
-				}
-			}
-			buf[c] = sum
+			buf[c] = g.channelSum(x, c)
 		}
 	})
 	buf[g.C] = float64(g.m())
@@ -279,14 +343,7 @@ func (o *batchNormOp) syncStats(g bnGeom, x []float32) error {
 	}
 	parallelFor(g.C, len(x), func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
-			var q float64
-			for n := 0; n < g.N; n++ {
-				for _, v := range g.plane(x, n, c) {
-					d := float64(v) - s.mean[c]
-					q += d * d
-				}
-			}
-			buf[c] = q
+			buf[c] = g.channelSqDev(x, c, s.mean[c])
 		}
 	})
 	buf[g.C] = 0
@@ -372,26 +429,19 @@ func (o *batchNormGradOp) Do(in ...G.Value) (G.Value, error) {
 	m := float64(g.m())
 	parallelFor(g.C, 3*len(x), func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
-			mu, is := mean[c], invstd[c]
-			var s1, s2 float64
-			for n := 0; n < g.N; n++ {
-				xs, gs := g.plane(x, n, c), g.plane(dy, n, c)
-				for i, v := range gs {
-					s1 += float64(v)
-					s2 += float64(v) * (float64(xs[i]) - mu) * is
-				}
-			}
-			k := float64(gamma[c]) * is
-			a, b := s1/m, s2/m
-			for n := 0; n < g.N; n++ {
-				xs, gs, ds := g.plane(x, n, c), g.plane(dy, n, c), g.plane(dx, n, c)
-				for i, v := range gs {
-					ds[i] = float32(k * (float64(v) - a - (float64(xs[i])-mu)*is*b))
-				}
-			}
+			s1, s2 := g.gradSums(x, dy, c, mean[c])
+			bnGradApply(g, dx, dy, x, c, float64(gamma[c]), mean[c], invstd[c], s1/m, s2*invstd[c]/m)
 		}
 	})
 	return out, nil
+}
+
+// bnGradApply sets channel c of dx = k·(dy - a - x̂·b), k = gamma·invstd,
+// x̂ = (x-mu)·invstd, as one affine map of dy and x in float32.
+func bnGradApply(g bnGeom, dx, dy, x []float32, c int, gamma, mu, invstd, a, b float64) {
+	k := gamma * invstd
+	kb := k * invstd * b
+	g.affine(dx, dy, x, c, float32(k), float32(-kb), float32(-k*a+kb*mu))
 }
 
 // syncGrad is dX with the global batch's statistics: the channels' sums
@@ -406,15 +456,8 @@ func (o *batchNormGradOp) syncGrad(g bnGeom, x, gamma, dy, dx []float32) error {
 	buf := o.buf[:2*g.C]
 	parallelFor(g.C, 2*len(x), func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
-			var s1, s2 float64
-			for n := 0; n < g.N; n++ {
-				xs := g.plane(x, n, c)
-				for i, v := range g.plane(dy, n, c) {
-					s1 += float64(v)
-					s2 += float64(v) * (float64(xs[i]) - s.mean[c]) * s.invstd[c]
-				}
-			}
-			buf[c], buf[g.C+c] = share*s1, share*s2
+			s1, s2 := g.gradSums(x, dy, c, s.mean[c])
+			buf[c], buf[g.C+c] = share*s1, share*s2*s.invstd[c]
 		}
 	})
 	if err := o.sync.s.Sum(buf); err != nil {
@@ -422,15 +465,7 @@ func (o *batchNormGradOp) syncGrad(g bnGeom, x, gamma, dy, dx []float32) error {
 	}
 	parallelFor(g.C, len(x), func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
-			mu, is := s.mean[c], s.invstd[c]
-			k := float64(gamma[c]) * is
-			a, b := buf[c]/(share*s.m), buf[g.C+c]/(share*s.m)
-			for n := 0; n < g.N; n++ {
-				xs, gs, ds := g.plane(x, n, c), g.plane(dy, n, c), g.plane(dx, n, c)
-				for i, v := range gs {
-					ds[i] = float32(k * (float64(v) - a - (float64(xs[i])-mu)*is*b))
-				}
-			}
+			bnGradApply(g, dx, dy, x, c, float64(gamma[c]), s.mean[c], s.invstd[c], buf[c]/(share*s.m), buf[g.C+c]/(share*s.m))
 		}
 	})
 	return nil
@@ -473,13 +508,7 @@ func (o *batchNormGradGammaOp) Do(in ...G.Value) (G.Value, error) {
 	dg := f32(out)
 	parallelFor(g.C, 2*len(x), func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
-			var s float64
-			for n := 0; n < g.N; n++ {
-				xs := g.plane(x, n, c)
-				for i, v := range g.plane(dy, n, c) {
-					s += float64(v) * (float64(xs[i]) - mean[c])
-				}
-			}
+			_, s := g.gradSums(x, dy, c, mean[c])
 			dg[c] = float32(s * invstd[c])
 		}
 	})
