@@ -309,9 +309,15 @@ func (b *builder) paramIndex() map[*G.Node]int {
 func (b *builder) forward(h *G.Node, first, last int) (*G.Node, error) {
 	for i := first; i < last; i++ {
 		b.block = i
+		before := len(b.g.AllNodes())
 		h = b.m.blocks[i].Forward(b, h)
 		if b.err == nil && h == nil {
 			b.fail(errors.New("its Forward returned nil"))
+		}
+		if b.err == nil {
+			// The layer's nodes: ours, or Gorgonia operators the set
+			// recognises (a layer may call Gorgonia directly).
+			b.fail(checkNodes(b.g, b.g.AllNodes()[before:]))
 		}
 		if b.err != nil {
 			return nil, fmt.Errorf("graph: model %s, %s: %w", b.m.Spec.Kind, b.m.blockName(i), b.err)

@@ -115,6 +115,10 @@ func (src layoutOf) build() (*Layout, error) {
 			}
 			op, ok := n.Op().(Op)
 			if !ok && n.Op() != nil && n.Op().Arity() > 0 {
+				if v, isConst := constantOf(n); isConst { // SizeOf: known from the shapes
+					nd.Role, nd.Value, nd.Shape = RoleConst, v, nil
+					break
+				}
 				op, ok = recogniseNode(src.g, n) // a Gorgonia operator, as the op of the set it computes
 			}
 			if !ok {

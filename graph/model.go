@@ -354,16 +354,29 @@ func (p *Program) release() {
 	p.vm = nil
 }
 
-// checkClosed verifies that every op in the graph belongs to the op set.
+// checkClosed verifies that every op in the graph belongs to the op set
+// or is a Gorgonia operator the set recognises (see gorgonia.go).
 func checkClosed(g *G.ExprGraph) error {
-	for _, n := range g.AllNodes() {
+	if err := checkNodes(g, g.AllNodes()); err != nil {
+		return fmt.Errorf("graph: %w", err)
+	}
+	return nil
+}
+
+// checkNodes is checkClosed for some nodes of g.
+func checkNodes(g *G.ExprGraph, nodes G.Nodes) error {
+	for _, n := range nodes {
 		if n.Op() == nil {
 			continue
 		}
 		if _, ok := n.Op().(Op); !ok && n.Op().Arity() > 0 { // constants (the gradient seed) have no children
-			if _, ok := recogniseNode(g, n); !ok {
-				return fmt.Errorf("graph: node %v uses %T %q, which is neither an op of the set nor a Gorgonia operator gotrain runs (Add of equal shapes)", n, n.Op(), n.Op())
+			if _, ok := recogniseNode(g, n); ok {
+				continue
 			}
+			if _, ok := constantOf(n); ok {
+				continue
+			}
+			return refusal(g, n)
 		}
 	}
 	return nil
@@ -379,6 +392,8 @@ func (p *Program) Ops() ([]Kind, error) {
 	for i := len(sorted) - 1; i >= 0; i-- {
 		if op, ok := sorted[i].Op().(Op); ok {
 			ks = append(ks, op.Kind())
+		} else if sorted[i].Op() == nil || sorted[i].Op().Arity() == 0 {
+			continue
 		} else if op, ok := recogniseNode(p.g, sorted[i]); ok {
 			ks = append(ks, op.Kind())
 		}

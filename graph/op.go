@@ -44,6 +44,15 @@ const (
 	OpBatchNormGradGamma Kind = "BatchNormGradGamma" // dgamma[c] = Σ dY·x̂ over channel c
 	OpGlobalAvgPool      Kind = "GlobalAvgPool"      // [N,C,H,W] -> [N,C], the mean of each plane
 	OpGlobalAvgPoolGrad  Kind = "GlobalAvgPoolGrad"  // dX[n,c,·,·] = dY[n,c]/(H·W)
+
+	// Gorgonia's own operators, as the set runs them on devices (see
+	// gorgonia.go); Add, Mul (⊙), MatMul and Reshape above serve too.
+	OpSub        Kind = "Sub"        // A - B, equal shapes
+	OpDiv        Kind = "Div"        // A ÷ B, equal shapes
+	OpElemScalar Kind = "ElemScalar" // X op s (or s op X) with a scalar s: + - ⊙ ÷ and comparisons (1 or 0)
+	OpElemUnary  Kind = "ElemUnary"  // f(X): neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube
+	OpRepeat     Kind = "Repeat"     // X repeated along an axis of size 1 (Gorgonia's broadcasting)
+	OpReduceSum  Kind = "ReduceSum"  // Σ over one axis, which goes
 )
 
 // Op is implemented by every op of the set. Attrs holds the op's static
@@ -120,7 +129,12 @@ var scalarT hm.Type = tensor.Float32
 
 func shapeOf(ds G.DimSizer) tensor.Shape { return ds.(tensor.Shape) }
 
-func f32(v G.Value) []float32 { return v.Data().([]float32) }
+func f32(v G.Value) []float32 {
+	if s, ok := v.(*G.F32); ok { // a scalar, read only
+		return []float32{float32(*s)}
+	}
+	return v.Data().([]float32)
+}
 
 // scalarOf reads a float32 scalar value (a gorgonia scalar or a one-element tensor).
 func scalarOf(v G.Value) float32 {

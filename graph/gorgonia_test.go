@@ -1,0 +1,196 @@
+package graph
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/graph/nn"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// gorgoniaNet builds, with Gorgonia's operators only, a residual MLP
+// with a Mean loss and its gradients: the nodes a user's Gorgonia model
+// and Grad produce.
+func gorgoniaNet(t *testing.T, g *G.ExprGraph, r *rand.Rand) (G.Nodes, *G.Node) {
+	t.Helper()
+	val := func(name string, s ...int) *G.Node {
+		d := make([]float32, tensor.Shape(s).TotalSize())
+		for i := range d {
+			d[i] = float32(r.NormFloat64())
+		}
+		return G.NewTensor(g, tensor.Float32, len(s), G.WithShape(s...), G.WithName(name),
+			G.WithValue(tensor.New(tensor.WithShape(s...), tensor.WithBacking(d))))
+	}
+	x, w1, b1, w2, b2 := val("x", 5, 4), val("w1", 4, 6), val("b1", 6), val("w2", 6, 6), val("b2", 6)
+	must := func(n *G.Node, err error) *G.Node {
+		t.Helper()
+		require.NoError(t, err)
+		return n
+	}
+	h := must(G.Rectify(must(G.BroadcastAdd(must(G.Mul(x, w1)), b1, nil, []byte{0}))))
+	r2 := must(G.Tanh(must(G.BroadcastAdd(must(G.Mul(h, w2)), b2, nil, []byte{0}))))
+	h = must(G.Add(h, r2))
+	h = must(G.Sub(must(G.HadamardProd(h, h)), must(G.Exp(must(G.Neg(h))))))
+	h = must(G.Mul(h, G.NewConstant(float32(0.5))))
+	h = must(G.HadamardDiv(h, must(G.Add(must(G.Square(h)), G.NewConstant(float32(2))))))
+	h = must(G.Sigmoid(h))
+	cost := must(G.Mean(must(G.Sum(h, 1))))
+	grads, err := G.Grad(cost, w1, b1, w2, b2)
+	require.NoError(t, err)
+	return grads, cost
+}
+
+// TestRecognisedOperatorsComputeWhatGorgoniaComputes: every node of a
+// Gorgonia model and its gradients is an op of the set or one the set
+// recognises, and the program evaluated with the recognised ops alone (as
+// a device runs it) gives the loss and the gradients Gorgonia computes.
+func TestRecognisedOperatorsComputeWhatGorgoniaComputes(t *testing.T) {
+	g := G.NewGraph()
+	grads, cost := gorgoniaNet(t, g, rand.New(rand.NewPCG(1, 2)))
+	require.NoError(t, checkClosed(g))
+	vm := G.NewTapeMachine(g)
+	defer vm.Close()
+	require.NoError(t, vm.RunAll())
+
+	order, err := G.Sort(g)
+	require.NoError(t, err)
+	vals := map[*G.Node]G.Value{}
+	kinds := map[Kind]int{}
+	for i := len(order) - 1; i >= 0; i-- { // inputs first
+		n := order[i]
+		switch {
+		case n.Op() == nil || n.Op().Arity() == 0:
+			vals[n] = n.Value()
+			continue
+		}
+		if v, isConst := constantOf(n); isConst {
+			f := G.F32(v)
+			vals[n] = &f
+			continue
+		}
+		op, ok := recogniseNode(g, n)
+		require.True(t, ok, "%v", n)
+		kinds[op.Kind()]++
+		var in []G.Value
+		it := g.From(n.ID())
+		for it.Next() {
+			in = append(in, vals[it.Node().(*G.Node)])
+		}
+		vals[n], err = op.Do(in...)
+		require.NoError(t, err, "%s for %v", op, n)
+	}
+	for _, n := range append(G.Nodes{cost}, grads...) {
+		want, got := n.Value(), vals[n]
+		require.Equal(t, []int(want.Shape()), []int(got.Shape()), "%v", n)
+		var w, gv []float32
+		if want.Shape().IsScalar() {
+			w, gv = []float32{scalarOf(want)}, []float32{scalarOf(got)}
+		} else {
+			w, gv = f32(want), f32(got)
+		}
+		for i := range w {
+			require.InDelta(t, w[i], gv[i], 1e-5*math.Max(1, math.Abs(float64(w[i]))), "%v, value %d", n, i)
+		}
+	}
+	for _, k := range []Kind{OpMatMul, OpAdd, OpSub, OpMul, OpDiv, OpElemScalar, OpElemUnary, OpRepeat, OpReduceSum, OpReshape} {
+		require.Positive(t, kinds[k], "no %s in the program: %v", k, kinds)
+	}
+	t.Logf("ops: %v", kinds)
+}
+
+// TestUnrecognisedOperatorsAreRefused: a Gorgonia operator the set does
+// not run is refused, naming it and its inputs.
+func TestUnrecognisedOperatorsAreRefused(t *testing.T) {
+	g := G.NewGraph()
+	x := G.NewMatrix(g, tensor.Float32, G.WithShape(3, 4), G.WithName("x"))
+	_, err := G.SoftMax(x)
+	require.NoError(t, err)
+	err = checkClosed(g)
+	require.ErrorContains(t, err, "is not one gotrain runs")
+	require.ErrorContains(t, err, "softmaxOp")
+	require.ErrorContains(t, err, "(3, 4)")
+}
+
+// gorgoniaMLP is a residual MLP whose Forward calls Gorgonia's operators
+// directly: x·W1 + b1 (gorgonia.Mul, BroadcastAdd), Rectify, a residual
+// block, and a last product to the class scores.
+func gorgoniaMLP(s *nn.Scope, spec Spec) (nn.Module, error) {
+	in, h := spec.InC*spec.InH*spec.InW, 8
+	w1 := s.Param("w1", nn.FanIn(in), in, h)
+	b1 := s.Param("b1", nn.Zeros(), h)
+	w2 := s.Param("w2", nn.FanIn(h), h, h)
+	b2 := s.Param("b2", nn.Zeros(), h)
+	w3 := s.Param("w3", nn.FanIn(h), h, spec.Classes)
+	b3 := s.Param("b3", nn.Zeros(), spec.Classes)
+	dense := func(c nn.Ctx, x nn.T, w, b *nn.Param) nn.T {
+		xw, err := G.Mul(x, c.Param(w))
+		if err != nil {
+			c.Fail(err)
+			return nil
+		}
+		y, err := G.BroadcastAdd(xw, c.Param(b), nil, []byte{0})
+		if err != nil {
+			c.Fail(err)
+		}
+		return y
+	}
+	relu := func(c nn.Ctx, x nn.T) nn.T {
+		y, err := G.Rectify(x)
+		if err != nil {
+			c.Fail(err)
+		}
+		return y
+	}
+	return nn.Seq(
+		nn.Func(func(c nn.Ctx, x nn.T) nn.T { return relu(c, dense(c, x, w1, b1)) }),
+		nn.Func(func(c nn.Ctx, x nn.T) nn.T { return c.Add(x, relu(c, dense(c, x, w2, b2))) }),
+		nn.Func(func(c nn.Ctx, x nn.T) nn.T { return dense(c, x, w3, b3) }),
+	), nil
+}
+
+// TestGorgoniaModelTrains: a model built from Gorgonia's operators
+// compiles, its gradients match finite differences, and its layout holds
+// only registered ops.
+func TestGorgoniaModelTrains(t *testing.T) {
+	m, err := Build(Spec{Kind: "gorgonia-mlp", InH: 3, InW: 4, Classes: 3}, gorgoniaMLP, 2)
+	require.NoError(t, err)
+	prog, err := m.Program(6, true)
+	require.NoError(t, err)
+	r := rand.New(rand.NewPCG(1, 2))
+	fill(r, prog.X, 1)
+	for i := range prog.Y {
+		prog.Y[i] = float32(i % 3)
+	}
+	gradCheck(t, m, prog, 3)
+	l, err := prog.Layout()
+	require.NoError(t, err)
+	for _, nd := range l.Nodes {
+		if nd.Role == RoleOp {
+			_, ok := LookupOp(nd.Op.Kind())
+			require.True(t, ok, "%s", nd.Op.Kind())
+		}
+	}
+}
+
+// TestGorgoniaOperatorRefusalNamesTheLayer: a layer calling an operator
+// the set does not run is refused when the program is built, naming the
+// layer and the operator.
+func TestGorgoniaOperatorRefusalNamesTheLayer(t *testing.T) {
+	bad := func(s *nn.Scope, spec Spec) (nn.Module, error) {
+		fc := nn.NewLinear(s.Sub("fc"), spec.InC*spec.InH*spec.InW, spec.Classes)
+		return nn.Seq(fc, nn.Func(func(c nn.Ctx, x nn.T) nn.T {
+			y, err := G.SoftMax(x)
+			if err != nil {
+				c.Fail(err)
+			}
+			return y
+		})), nil
+	}
+	_, err := Build(Spec{Kind: "softmaxed", InH: 2, InW: 2, Classes: 3}, bad, 1)
+	require.ErrorContains(t, err, "layer 1")
+	require.ErrorContains(t, err, "softmaxOp")
+}
