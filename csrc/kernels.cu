@@ -124,6 +124,102 @@ KERNEL add(const float *a, const float *b, float *y, long n) {
 	FOR(i, n) y[i] = a[i] + b[i];
 }
 
+// ---- Gorgonia's own operators (graph/gorgonia.go) ----
+// y = a − b and y = a / b elementwise, in float32
+KERNEL sub(const float *a, const float *b, float *y, long n) {
+	FOR(i, n) y[i] = a[i] - b[i];
+}
+KERNEL div_f32(const float *a, const float *b, float *y, long n) {
+	FOR(i, n) y[i] = a[i] / b[i];
+}
+
+// a op b in float32, op's code as gpu/executor numbers graph/'s "op"
+// attribute: 0 +, 1 −, 2 ⊙, 3 ÷, 4 <, 5 >, 6 <=, 7 >= (comparisons give
+// 1 or 0)
+DEVICE float scalar_op(float a, float b, int op) {
+	switch (op) {
+	case 0: return a + b;
+	case 1: return a - b;
+	case 2: return a * b;
+	case 3: return a / b;
+	case 4: return a < b ? 1.0f : 0.0f;
+	case 5: return a > b ? 1.0f : 0.0f;
+	case 6: return a <= b ? 1.0f : 0.0f;
+	default: return a >= b ? 1.0f : 0.0f;
+	}
+}
+
+// y = x op s, or s op x with scalar_first; s is one value in device
+// memory (a graph's scalar node, known only on the device)
+KERNEL elem_scalar(const float *x, const float *s, float *y, long n, int op, int scalar_first) {
+	FOR(i, n) y[i] = scalar_first ? scalar_op(s[0], x[i], op) : scalar_op(x[i], s[0], op);
+}
+
+// fn(x) in float64, rounded to float32, fn's code as gpu/executor numbers
+// graph/'s "fn" attribute: 0 neg, 1 exp, 2 ln, 3 sqrt, 4 square, 5 tanh,
+// 6 sigmoid, 7 abs, 8 inv (1/x), 9 invSqrt (1/sqrt x), 10 cube
+DEVICE double unary_fn(double x, int fn) {
+	switch (fn) {
+	case 0: return -x;
+	case 1: return exp(x);
+	case 2: return log(x);
+	case 3: return sqrt(x);
+	case 4: return x * x;
+	case 5: return tanh(x);
+	case 6: return 1 / (1 + exp(-x));
+	case 7: return fabs(x);
+	case 8: return 1 / x;
+	case 9: return 1 / sqrt(x);
+	default: return x * x * x;
+	}
+}
+KERNEL elem_unary(const float *x, float *y, long n, int fn) {
+	FOR(i, n) y[i] = (float)unary_fn((double)x[i], fn);
+}
+
+// ---- along one axis of a row-major tensor: [outer, n, inner] ----
+// Repeat: y[o,k,i] = x[o,i] for k < n (x's axis has size 1)
+KERNEL repeat_axis(const float *x, float *y, long outer, long n, long inner) {
+	FOR(t, outer * n * inner) {
+		long i = t % inner, o = t / (n * inner);
+		y[t] = x[o * inner + i];
+	}
+}
+
+// ReduceSum: y[o,i] = Σ_k x[o,k,i], in float64 in order k = 0..n-1,
+// rounded to float32
+KERNEL reduce_axis(const float *x, float *y, long outer, long n, long inner) {
+	FOR(t, outer * inner) {
+		long i = t % inner, o = t / inner;
+		const float *p = x + o * n * inner + i;
+		double s = 0;
+		for (long k = 0; k < n; k++) s += (double)p[k * inner];
+		y[t] = (float)s;
+	}
+}
+
+// A long ReduceSum in passes, as the convolution's bias gradient: first
+// part[c,o,i] sums chunk c of the axis, k in [c·chunk, (c+1)·chunk) ∩
+// [0, n), in float64; then sum_rows_f64 adds the chunks of each output up
+// in a tree (gpu/executor) and f64_to_f32 rounds them. The chunks come
+// from the shape, so the result does not depend on the launch.
+KERNEL reduce_axis_parts(const float *x, double *part, long outer, long n, long inner, long chunk) {
+	long chunks = n > 0 ? (n + chunk - 1) / chunk : 1;
+	FOR(t, chunks * outer * inner) {
+		long i = t % inner, o = (t / inner) % outer, c = t / (inner * outer);
+		long end = (c + 1) * chunk < n ? (c + 1) * chunk : n;
+		const float *p = x + o * n * inner + i;
+		double s = 0;
+		for (long k = c * chunk; k < end; k++) s += (double)p[k * inner];
+		part[t] = s;
+	}
+}
+
+// y = x rounded to float32
+KERNEL f64_to_f32(const double *x, float *y, long n) {
+	FOR(i, n) y[i] = (float)x[i];
+}
+
 // ---- softmax cross-entropy over rows of k logits ----
 DEVICE double row_lse(const float *row, long k, float *mx) {
 	float m = row[0];

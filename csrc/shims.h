@@ -21,6 +21,14 @@ static void call_sigmoid_fwd(void **a) { sigmoid_fwd(A(const float *, 0), A(floa
 static void call_sigmoid_grad(void **a) { sigmoid_grad(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
 static void call_mul(void **a) { mul(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
 static void call_add(void **a) { add(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
+static void call_sub(void **a) { sub(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
+static void call_div_f32(void **a) { div_f32(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
+static void call_elem_scalar(void **a) { elem_scalar(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3), A(int, 4), A(int, 5)); }
+static void call_elem_unary(void **a) { elem_unary(A(const float *, 0), A(float *, 1), A(long, 2), A(int, 3)); }
+static void call_repeat_axis(void **a) { repeat_axis(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4)); }
+static void call_reduce_axis(void **a) { reduce_axis(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4)); }
+static void call_reduce_axis_parts(void **a) { reduce_axis_parts(A(const float *, 0), A(double *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5)); }
+static void call_f64_to_f32(void **a) { f64_to_f32(A(const double *, 0), A(float *, 1), A(long, 2)); }
 static void call_softmax_ce_rows(void **a) { softmax_ce_rows(A(const float *, 0), A(const float *, 1), A(double *, 2), A(long, 3), A(long, 4)); }
 static void call_mean_f64(void **a) { mean_f64(A(const double *, 0), A(float *, 1), A(long, 2)); }
 static void call_softmax_ce_grad(void **a) { softmax_ce_grad(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(float *, 3), A(long, 4), A(long, 5)); }
@@ -79,6 +87,14 @@ static const shim shims[] = {
 	{"sigmoid_grad", call_sigmoid_grad, 4},
 	{"mul", call_mul, 4},
 	{"add", call_add, 4},
+	{"sub", call_sub, 4},
+	{"div_f32", call_div_f32, 4},
+	{"elem_scalar", call_elem_scalar, 6},
+	{"elem_unary", call_elem_unary, 4},
+	{"repeat_axis", call_repeat_axis, 5},
+	{"reduce_axis", call_reduce_axis, 5},
+	{"reduce_axis_parts", call_reduce_axis_parts, 6},
+	{"f64_to_f32", call_f64_to_f32, 3},
 	{"softmax_ce_rows", call_softmax_ce_rows, 5},
 	{"mean_f64", call_mean_f64, 3},
 	{"softmax_ce_grad", call_softmax_ce_grad, 6},

@@ -45,6 +45,8 @@ type opCase struct {
 	// inPlace: inputs the op updates in place, which must end equal to
 	// those graph/'s CPU op leaves
 	inPlace []int
+	// consts: input i holds consts[i] in every value (a Repeat's count)
+	consts map[int]float32
 }
 
 func opCases() []opCase {
@@ -121,6 +123,56 @@ func opCases() []opCase {
 		{name: "Dot/parts", kind: graph.OpDot, in: [][]int{{64, 100}, {64, 100}}}, // more values than dotParts
 		{name: "DotGrad", kind: graph.OpDotGrad, in: [][]int{{3, 5}, nil}, out: []int{3, 5}},
 	}
+	// Gorgonia's own operators (graph/gorgonia.go).
+	cases = append(cases,
+		opCase{name: "Sub", kind: graph.OpSub, in: [][]int{{4, 6}, {4, 6}}, out: []int{4, 6}},
+		opCase{name: "Div", kind: graph.OpDiv, in: [][]int{{4, 6}, {4, 6}}, out: []int{4, 6}},
+	)
+	for _, op := range []string{"+", "-", "⊙", "÷", "<", ">", "<=", ">="} {
+		comparison := op[0] == '<' || op[0] == '>'
+		for _, first := range []bool{false, true} {
+			in := [][]int{{4, 6}, nil}
+			if first {
+				in = [][]int{nil, {4, 6}}
+			}
+			attrs := map[string]any{"op": op, "scalar_first": first}
+			name := fmt.Sprintf("ElemScalar/%s/scalar_first=%v", op, first)
+			cases = append(cases, opCase{name: name, kind: graph.OpElemScalar, attrs: attrs, in: in, out: []int{4, 6}})
+			if comparison { // values equal to the scalar: < against <=
+				cases = append(cases, opCase{name: name + "/ties", kind: graph.OpElemScalar, attrs: attrs, in: in, out: []int{4, 6}, ties: true})
+			}
+		}
+	}
+	for _, fn := range []string{"neg", "exp", "ln", "sqrt", "square", "tanh", "sigmoid", "abs", "inv", "invSqrt", "cube"} {
+		tc := opCase{name: "ElemUnary/" + fn, kind: graph.OpElemUnary, attrs: map[string]any{"fn": fn}, in: [][]int{{5, 8}}, out: []int{5, 8}}
+		switch fn {
+		case "ln", "sqrt", "inv", "invSqrt":
+			tc.positive = map[int]bool{0: true}
+		}
+		cases = append(cases, tc)
+	}
+	// Repeat's second input is the count, a scalar that the output's shape
+	// already says.
+	for _, r := range []struct {
+		x, out []int
+		axis   int
+	}{{[]int{1, 5}, []int{4, 5}, 0}, {[]int{3, 1}, []int{3, 6}, 1}, {[]int{2, 1, 4}, []int{2, 3, 4}, 1}} {
+		cases = append(cases, opCase{name: fmt.Sprintf("Repeat/%s/axis%d", dimsName(r.x), r.axis), kind: graph.OpRepeat,
+			attrs: map[string]any{"axis": r.axis}, in: [][]int{r.x, nil}, out: r.out, consts: map[int]float32{1: float32(r.out[r.axis])}})
+	}
+	for _, r := range []struct {
+		x, out []int
+		axis   int
+	}{
+		{[]int{7, 5}, []int{5}, 0}, {[]int{7, 5}, []int{7}, 1}, {[]int{2, 3, 4}, []int{2, 4}, 1},
+		{[]int{9}, nil, 0}, // a scalar
+		// Longer than a thread adds up: chunks, then a tree 94 to 3 to 1,
+		// and 35 to 2 to 1 between an outer and an inner axis.
+		{[]int{3000, 4}, []int{4}, 0}, {[]int{3, 1100, 2}, []int{3, 2}, 1},
+	} {
+		cases = append(cases, opCase{name: fmt.Sprintf("ReduceSum/%s/axis%d", dimsName(r.x), r.axis), kind: graph.OpReduceSum,
+			attrs: map[string]any{"axis": r.axis}, in: [][]int{r.x}, out: r.out})
+	}
 	for _, ta := range []bool{false, true} {
 		for _, tb := range []bool{false, true} {
 			a, b := []int{4, 6}, []int{6, 5}
@@ -141,6 +193,18 @@ func opCases() []opCase {
 		cases = append(cases, opCase{name: string(k), kind: k, in: [][]int{{5, 8}, {5, 8}}, out: []int{5, 8}})
 	}
 	return cases
+}
+
+// dimsName writes a shape as a test's name: 2x3x4.
+func dimsName(s []int) string {
+	name := ""
+	for i, d := range s {
+		if i > 0 {
+			name += "x"
+		}
+		name += fmt.Sprint(d)
+	}
+	return name
 }
 
 // roundTo rounds x to the precision's mantissa, to nearest, ties to even
@@ -239,7 +303,10 @@ func TestOpsMatchTheCPU(t *testing.T) {
 					for i, s := range tc.in {
 						ins[i] = make([]float32, size(s))
 						for j := range ins[i] {
+							v, isConst := tc.consts[i]
 							switch {
+							case isConst:
+								ins[i][j] = v
 							case tc.labels[i] > 0:
 								ins[i][j] = float32(rng.IntN(tc.labels[i]))
 							case tc.ties:

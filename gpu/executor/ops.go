@@ -185,6 +185,24 @@ func bnGradSums(c *lowerCtx, x []int) (s chanStats, gsum func() device.Buffer, r
 	return s, gsum, run, nil
 }
 
+// scalarOps and unaryFns number the "op" attribute of an ElemScalar and
+// the "fn" of an ElemUnary as elem_scalar and elem_unary take them (see
+// csrc/kernels.cu).
+var (
+	scalarOps = map[string]int32{"+": 0, "-": 1, "⊙": 2, "÷": 3, "<": 4, ">": 5, "<=": 6, ">=": 7}
+	unaryFns  = map[string]int32{"neg": 0, "exp": 1, "ln": 2, "sqrt": 3, "square": 4, "tanh": 5, "sigmoid": 6,
+		"abs": 7, "inv": 8, "invSqrt": 9, "cube": 10}
+)
+
+// axisSplit views a row-major shape as [outer, n, inner] around axis:
+// outer = Π s[:axis], n = s[axis], inner = Π s[axis+1:].
+func axisSplit(kind graph.Kind, s []int, axis int) (outer, n, inner int, err error) {
+	if axis < 0 || axis >= len(s) {
+		return 0, 0, 0, fmt.Errorf("executor: %s along axis %d of shape %v", kind, axis, s)
+	}
+	return size(s[:axis]), s[axis], size(s[axis+1:]), nil
+}
+
 // convGeom is a convolution's geometry, as graph/ lays it out.
 type convGeom struct{ N, C, H, W, K, KH, KW, OH, OW, stride, pad int }
 
@@ -273,8 +291,9 @@ type lowerCtx struct {
 	o     *Op
 }
 
-func (c *lowerCtx) intAttr(k string) int   { v, _ := c.attrs[k].(int); return v }
-func (c *lowerCtx) boolAttr(k string) bool { v, _ := c.attrs[k].(bool); return v }
+func (c *lowerCtx) intAttr(k string) int       { v, _ := c.attrs[k].(int); return v }
+func (c *lowerCtx) boolAttr(k string) bool     { v, _ := c.attrs[k].(bool); return v }
+func (c *lowerCtx) stringAttr(k string) string { v, _ := c.attrs[k].(string); return v }
 func (c *lowerCtx) floatAttr(k string) float64 {
 	switch v := c.attrs[k].(type) {
 	case float64:
@@ -640,5 +659,110 @@ func init() {
 	})
 	lower(graph.OpDotGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
 		return c.elementwise("scale_by", 2)
+	})
+
+	// Gorgonia's own operators (graph/gorgonia.go).
+	lower(graph.OpSub, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("sub", 2)
+	})
+	lower(graph.OpDiv, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("div_f32", 2)
+	})
+	// ElemScalar: x op s, or s op x with scalar_first (inputs s, x); the
+	// scalar is a one-value buffer, read by the kernel.
+	lower(graph.OpElemScalar, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(2); err != nil {
+			return err
+		}
+		op, ok := scalarOps[c.stringAttr("op")]
+		if !ok {
+			return fmt.Errorf("executor: %s of op %q (want one of + - ⊙ ÷ < > <= >=)", c.kind, c.attrs["op"])
+		}
+		first := c.boolAttr("scalar_first")
+		x, sc := 0, 1
+		if first {
+			x, sc = 1, 0
+		}
+		if size(in[sc]) != 1 {
+			return fmt.Errorf("executor: %s's scalar input has shape %v", c.kind, in[sc])
+		}
+		var flag int32
+		if first {
+			flag = 1
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			n := out.Size()
+			return dev.Launch("elem_scalar", n, in[x].Buf, in[sc].Buf, out.Buf, n, op, flag)
+		}
+		return nil
+	})
+	lower(graph.OpElemUnary, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(1); err != nil {
+			return err
+		}
+		fn, ok := unaryFns[c.stringAttr("fn")]
+		if !ok {
+			return fmt.Errorf("executor: %s of fn %q (want one of neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube)", c.kind, c.attrs["fn"])
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			n := out.Size()
+			return dev.Launch("elem_unary", n, in[0].Buf, out.Buf, n, fn)
+		}
+		return nil
+	})
+	// Repeat: x, whose size along axis is 1, and the count (a scalar the
+	// output's shape already says) -> out, x repeated out[axis] times.
+	lower(graph.OpRepeat, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(2); err != nil {
+			return err
+		}
+		axis := c.intAttr("axis")
+		outer, n, inner, err := axisSplit(c.kind, out, axis)
+		if err != nil {
+			return err
+		}
+		x, fits := in[0], len(in[0]) == len(out)
+		for d := 0; fits && d < len(x); d++ {
+			fits = x[d] == out[d] || d == axis && x[d] == 1
+		}
+		if !fits {
+			return fmt.Errorf("executor: %s of shape %v along axis %d to shape %v (want size 1 along the axis, the rest equal)", c.kind, x, axis, out)
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			return dev.Launch("repeat_axis", outer*n*inner, in[0].Buf, out.Buf, outer, n, inner)
+		}
+		return nil
+	})
+	// ReduceSum along axis, in float64: one thread per output over at most
+	// rowChunk values (reduce_axis), else chunks of rowChunk values
+	// (reduce_axis_parts), a float64 tree of the chunks and a rounding.
+	lower(graph.OpReduceSum, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(1); err != nil {
+			return err
+		}
+		outer, n, inner, err := axisSplit(c.kind, in[0], c.intAttr("axis"))
+		if err != nil {
+			return err
+		}
+		m := outer * inner
+		if n <= rowChunk {
+			o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+				return dev.Launch("reduce_axis", m, in[0].Buf, out.Buf, outer, n, inner)
+			}
+			return nil
+		}
+		chunks := (n + rowChunk - 1) / rowChunk
+		part, sums := c.alloc(2*chunks*m), c.alloc(2*m) // float64s
+		tree := newRowSumF64(c.alloc, chunks, m)
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			if err := dev.Launch("reduce_axis_parts", chunks*m, in[0].Buf, part(), outer, n, inner, rowChunk); err != nil {
+				return err
+			}
+			if err := tree.run(dev, part(), sums()); err != nil {
+				return err
+			}
+			return dev.Launch("f64_to_f32", m, sums(), out.Buf, m)
+		}
+		return nil
 	})
 }
