@@ -3,6 +3,7 @@ package graph
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -166,6 +167,23 @@ func TestGorgoniaModelTrains(t *testing.T) {
 		prog.Y[i] = float32(i % 3)
 	}
 	gradCheck(t, m, prog, 3)
+	// Grad's slices stay the same from run to run, holding each run's
+	// gradients (an optimiser keeps them), though Gorgonia's operators
+	// give their nodes new values every run.
+	_, err = prog.Run(nil)
+	require.NoError(t, err)
+	held := make([][]float32, len(m.Params))
+	first := make([][]float32, len(m.Params))
+	for i := range m.Params {
+		held[i], first[i] = prog.Grad(i), slices.Clone(prog.Grad(i))
+	}
+	fill(r, prog.X, 1)
+	_, err = prog.Run(nil)
+	require.NoError(t, err)
+	for i, p := range m.Params {
+		require.Same(t, &held[i][0], &prog.Grad(i)[0], "%s: the same slice", p.Name)
+		require.NotEqual(t, first[i], held[i], "%s: holding the new run's gradient", p.Name)
+	}
 	l, err := prog.Layout()
 	require.NoError(t, err)
 	for _, nd := range l.Nodes {

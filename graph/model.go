@@ -171,6 +171,49 @@ type Program struct {
 	runs   int
 	pool   *bufPool // the model's
 	sync   *bnSync  // its BatchNorm layers' (SyncBatchNorm)
+	stable stableGrads
+}
+
+// stableGrads keeps the gradients that Gorgonia's own operators compute
+// (a model written with them) in buffers of their own: Gorgonia gives
+// such a node a new value each run, and Grad's slices must stay the same
+// from run to run (an optimiser holds them).
+type stableGrads struct {
+	of  []*G.Node   // the gradient nodes
+	buf [][]float32 // per node: its copy, nil for the set's ops and parameters (whose values stay put)
+}
+
+func newStableGrads(grads []*G.Node) stableGrads {
+	s := stableGrads{of: grads, buf: make([][]float32, len(grads))}
+	for i, n := range grads {
+		if n == nil || n.Op() == nil {
+			continue
+		}
+		if _, ours := n.Op().(Op); !ours {
+			s.buf[i] = make([]float32, max(n.Shape().TotalSize(), 1))
+		}
+	}
+	return s
+}
+
+// keep copies the last run's values of Gorgonia's gradient nodes.
+func (s stableGrads) keep() {
+	for i, b := range s.buf {
+		if b != nil {
+			copy(b, f32(s.of[i].Value()))
+		}
+	}
+}
+
+// get is gradient i: its copy, or the node's value.
+func (s stableGrads) get(i int) []float32 {
+	if s.buf[i] != nil {
+		return s.buf[i]
+	}
+	if v := s.of[i].Value(); v != nil {
+		return f32(v)
+	}
+	return nil
 }
 
 // Warm reports whether the program has run before. The first Run of a
@@ -329,6 +372,7 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 	if err := checkClosed(g); err != nil {
 		return nil, err
 	}
+	p.stable = newStableGrads(p.grads)
 	p.vm = G.NewTapeMachine(g)
 	p.pool = &m.pool
 	for _, n := range g.AllNodes() {
@@ -426,6 +470,7 @@ func (p *Program) exec() (float32, error) {
 	if err != nil {
 		return 0, fmt.Errorf("graph: running %s program (batch %d): %w", map[bool]string{true: "train", false: "eval"}[p.Train], p.Batch, err)
 	}
+	p.stable.keep()
 	return scalarOf(p.loss.Value()), nil
 }
 
@@ -485,10 +530,10 @@ func (p *Program) Logits() []float32 { return f32(p.logits.Value()) }
 // last Run of a training program (nil before the first Run). The slice is
 // the same from run to run.
 func (p *Program) Grad(i int) []float32 {
-	if v := p.grads[i].Value(); v != nil {
-		return f32(v)
+	if p.runs == 0 {
+		return nil
 	}
-	return nil
+	return p.stable.get(i)
 }
 
 // Correct counts the rows of the last Run whose arg-max logit is the label.

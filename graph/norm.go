@@ -107,75 +107,77 @@ func bnStats(g bnGeom, x []float32, c0, c1 int, eps float64, mean, invstd, varia
 	}
 }
 
-// The sums over a channel add each sample's plane in float32, four
-// running sums at a time, and the planes' sums in float64: a plane holds
-// at most a few thousand values.
+// The sums over a channel are taken in float64, four running sums at a
+// time. (float32 sums per plane are faster, but a channel of nearly equal
+// values, as a batch of MNIST digits gives at the first BatchNorm, has a
+// tiny variance that eps scarcely bounds, and its gradient then magnifies
+// their rounding a hundredfold.)
 
 // channelSum is Σ x over channel c.
 func (g bnGeom) channelSum(x []float32, c int) float64 {
 	var s float64
 	for n := 0; n < g.N; n++ {
 		p := g.plane(x, n, c)
-		var a0, a1, a2, a3 float32
+		var a0, a1, a2, a3 float64
 		i := 0
 		for ; i+4 <= len(p); i += 4 {
-			a0 += p[i]
-			a1 += p[i+1]
-			a2 += p[i+2]
-			a3 += p[i+3]
+			a0 += float64(p[i])
+			a1 += float64(p[i+1])
+			a2 += float64(p[i+2])
+			a3 += float64(p[i+3])
 		}
 		for ; i < len(p); i++ {
-			a0 += p[i]
+			a0 += float64(p[i])
 		}
-		s += float64((a0 + a1) + (a2 + a3))
+		s += (a0 + a1) + (a2 + a3)
 	}
 	return s
 }
 
 // channelSqDev is Σ (x-mu)² over channel c.
 func (g bnGeom) channelSqDev(x []float32, c int, mu float64) float64 {
-	m := float32(mu)
+	m := mu
 	var s float64
 	for n := 0; n < g.N; n++ {
 		p := g.plane(x, n, c)
-		var a0, a1, a2, a3 float32
+		var a0, a1, a2, a3 float64
 		i := 0
 		for ; i+4 <= len(p); i += 4 {
-			d0, d1, d2, d3 := p[i]-m, p[i+1]-m, p[i+2]-m, p[i+3]-m
+			d0, d1, d2, d3 := float64(p[i])-m, float64(p[i+1])-m, float64(p[i+2])-m, float64(p[i+3])-m
 			a0 += d0 * d0
 			a1 += d1 * d1
 			a2 += d2 * d2
 			a3 += d3 * d3
 		}
 		for ; i < len(p); i++ {
-			d := p[i] - m
+			d := float64(p[i]) - m
 			a0 += d * d
 		}
-		s += float64((a0 + a1) + (a2 + a3))
+		s += (a0 + a1) + (a2 + a3)
 	}
 	return s
 }
 
 // gradSums is Σ dy and Σ dy·(x-mu) over channel c.
 func (g bnGeom) gradSums(x, dy []float32, c int, mu float64) (s1, s2 float64) {
-	m := float32(mu)
+	m := mu
 	for n := 0; n < g.N; n++ {
 		xs, gs := g.plane(x, n, c), g.plane(dy, n, c)
 		xs = xs[:len(gs)]
-		var a0, a1, b0, b1 float32
+		var a0, a1, b0, b1 float64
 		i := 0
 		for ; i+2 <= len(gs); i += 2 {
-			a0 += gs[i]
-			a1 += gs[i+1]
-			b0 += gs[i] * (xs[i] - m)
-			b1 += gs[i+1] * (xs[i+1] - m)
+			a0 += float64(gs[i])
+			a1 += float64(gs[i+1])
+			b0 += float64(gs[i]) * (float64(xs[i]) - m)
+			b1 += float64(gs[i+1]) * (float64(xs[i+1]) - m)
 		}
 		for ; i < len(gs); i++ {
-			a0 += gs[i]
-			b0 += gs[i] * (xs[i] - m)
+			a0 += float64(gs[i])
+			b0 += float64(gs[i]) * (float64(xs[i]) - m)
 		}
-		s1 += float64(a0 + a1)
-		s2 += float64(b0 + b1)
+		s1 += a0 + a1
+		s2 += b0 + b1
 	}
 	return s1, s2
 }

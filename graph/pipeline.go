@@ -130,6 +130,7 @@ type StageProgram struct {
 	paramI  map[*G.Node]int
 	masks   []dropMask
 	vm      G.VM
+	stable  stableGrads
 }
 
 // Program returns the stage's program for batch samples, compiled at first
@@ -229,6 +230,7 @@ func (s *Stage) compile(k stageKey) (*StageProgram, error) {
 	if err := checkClosed(g); err != nil {
 		return nil, err
 	}
+	p.stable = newStableGrads(p.grads)
 	p.vm = G.NewTapeMachine(g)
 	return p, nil
 }
@@ -255,6 +257,7 @@ func (p *StageProgram) exec() (float32, error) {
 	if err := p.vm.RunAll(); err != nil {
 		return 0, err
 	}
+	p.stable.keep()
 	if p.loss != nil {
 		return scalarOf(p.loss.Value()), nil
 	}
@@ -265,11 +268,11 @@ func (p *StageProgram) exec() (float32, error) {
 func (p *StageProgram) Out() []float32 { return f32(p.out.Value()) }
 
 // Grad is the gradient of the stage's i-th parameter from the last Run.
-func (p *StageProgram) Grad(i int) []float32 { return f32(p.grads[i].Value()) }
+func (p *StageProgram) Grad(i int) []float32 { return p.stable.get(i) }
 
 // DX is the gradient of X from the last Run of a training program of a
 // stage after the first.
-func (p *StageProgram) DX() []float32 { return f32(p.grads[len(p.grads)-1].Value()) }
+func (p *StageProgram) DX() []float32 { return p.stable.get(len(p.grads) - 1) }
 
 // ---- Dot: Σ X·G, the cost of a pipeline stage that is not the last ----
 

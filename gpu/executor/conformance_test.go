@@ -173,6 +173,11 @@ func opCases() []opCase {
 		cases = append(cases, opCase{name: fmt.Sprintf("ReduceSum/%s/axis%d", dimsName(r.x), r.axis), kind: graph.OpReduceSum,
 			attrs: map[string]any{"axis": r.axis}, in: [][]int{r.x}, out: r.out})
 	}
+	// Every axis (Gorgonia's Sum of a whole tensor, Mean's first half): a scalar.
+	for _, x := range [][]int{{5, 6}, {40, 3, 2}} {
+		cases = append(cases, opCase{name: "ReduceSum/all/" + dimsName(x), kind: graph.OpReduceSum,
+			attrs: map[string]any{"axis": 0, "all": true}, in: [][]int{x}})
+	}
 	for _, ta := range []bool{false, true} {
 		for _, tb := range []bool{false, true} {
 			a, b := []int{4, 6}, []int{6, 5}

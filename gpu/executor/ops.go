@@ -740,7 +740,11 @@ func init() {
 		if err := c.need(1); err != nil {
 			return err
 		}
-		outer, n, inner, err := axisSplit(c.kind, in[0], c.intAttr("axis"))
+		shape := in[0]
+		if c.boolAttr("all") { // every axis: the input as one
+			shape = []int{size(in[0])}
+		}
+		outer, n, inner, err := axisSplit(c.kind, shape, c.intAttr("axis"))
 		if err != nil {
 			return err
 		}
