@@ -8,8 +8,8 @@
 // in Forward (see that package's manual). A [ModelFunc] makes one for a
 // [Spec] (the input shape and class count, which usually come from the
 // data); [Build] builds it, [Register] names it, and [New] builds a
-// registered model by Spec.Kind. Two are registered here, written with nn
-// like any program's own:
+// registered model by Spec.Kind. Three are registered here, written with
+// nn like any program's own:
 //
 //   - "mlp": Flatten, then Linear+activation (+Dropout) per hidden width,
 //     then a Linear to the classes. Default 784-256-10.
@@ -17,6 +17,15 @@
 //     MaxPool2D 2x2, Conv2D 5x5 (32 filters), activation, MaxPool2D 2x2,
 //     Flatten, Linear to Hidden[0] (default 128), activation (+Dropout),
 //     Linear to the classes.
+//   - "resnet": the CIFAR ResNet of He et al. (Spec.Depth = 6n+2 layers,
+//     default 20): a 3x3 convolution to 16 channels, BatchNorm, ReLU, three
+//     stages of n basic blocks (16, 32, 64 channels; stride 2 and a 1x1
+//     strided "downsample" shortcut where the shape changes), global average
+//     pooling and a linear layer, under torchvision's names (conv1, bn1,
+//     layer1.0.conv1, ..., layer2.0.downsample.0, fc), so that the same
+//     module in PyTorch (cmd/gotrain/peer/resnet.py) loads the weights with
+//     strict=True. Convolutions have no bias and torchvision's
+//     initialisation (kaiming normal, fan out).
 //
 // Building checks the model once at batch 1: its modules fit together,
 // its output is [Classes] per sample, and every declared parameter takes
@@ -31,6 +40,16 @@
 // and biases), drawn from a PCG stream seeded by the model seed and the
 // parameter's name, so the same seed gives the same model on every
 // machine and adding a layer does not change the others.
+//
+// A parameter may be a buffer (nn.Scope.Buffer: BatchNorm's running_mean,
+// running_var and num_batches_tracked): checkpointed and loaded like the
+// others, never optimised. A training program updates BatchNorm's buffers
+// in place, and its gradient slot for a buffer ([Program.Grad]) holds the
+// buffer itself, so that a reduction of the gradients across ranks by
+// their shares averages the buffers, and the optimiser sets each buffer to
+// that average (trainer/optim.Param.Buffer): every rank ends a step with
+// the same buffers. [Program.SyncBatchNorm] makes BatchNorm normalise by
+// the statistics of the global batch instead, summed across the ranks.
 //
 // A model compiles one [Program] per batch size and mode ([Model.Program]):
 // a training program computes the loss and every parameter's gradient
@@ -53,6 +72,7 @@
 //	MatMul{trans_a,trans_b}  A, B                   op(A)·op(B)   (gradient op only)
 //	SumRows                  X[N,M]                 [M]           (gradient op only)
 //	Conv2D{stride,pad}       X[N,C,H,W] W[K,C,kh,kw] b[K]  [N,K,OH,OW]  Conv2DGradInput, Conv2DGradW, Conv2DGradB
+//	Conv2D{no_bias}          X, W (no bias: before a BatchNorm)        Conv2DGradInput, Conv2DGradW
 //	Conv2DGradInput          dY, W                  dX            (gradient op only)
 //	Conv2DGradW              X, dY                  dW            (gradient op only)
 //	Conv2DGradB              dY                     db[K]         (gradient op only)
@@ -66,14 +86,37 @@
 //	SoftmaxCrossEntropyGrad  logits, labels, g      (softmax−onehot)·g/N
 //	Dot                      X, G                   Σ X·G         DotGrad(G, g)  (a pipeline stage's cost)
 //	DotGrad                  G, g                   G·g           (gradient op only)
-//	Add                      A, B (equal shapes)    A + B         dA = dB = dY  (Gorgonia's own Add, recognised)
+//	BatchNorm{eps,momentum,train}  X[N,C] or [N,C,H,W], weight, bias, running_mean, running_var, num_batches_tracked
+//	                         Y (training: batch statistics, buffers updated; evaluation: running ones)
+//	                                                              BatchNormGrad, BatchNormGradGamma, Conv2DGradB/SumRows (dbias)
+//	BatchNormGrad{eps}       X, weight, dY          dX            (gradient op only: the statistics of X)
+//	BatchNormGradGamma{eps}  X, dY                  dweight[C]    (gradient op only)
+//	GlobalAvgPool            X[N,C,H,W]             [N,C]         GlobalAvgPoolGrad
+//	GlobalAvgPoolGrad{h,w}   dY[N,C]                dX            (gradient op only)
 //
-// Add is Gorgonia's own operator, not one of this package: Gorgonia's
-// Grad sums the gradients of a node with several consumers with it (a
-// residual connection, a tied weight), and nn.Ctx.Add writes it. The set
-// recognises it (Add of equal shapes): Gorgonia runs it on the CPU, and a
-// program's Layout gives device executors the set's Add in its place. Any
-// other Gorgonia operator is refused when the program compiles.
+// Gorgonia's own operators are recognised too (see the next section), as
+// these kinds; Gorgonia differentiates them itself:
+//
+//	Add, Sub, Mul, Div       A, B (equal shapes)    elementwise    (Add: nn.Ctx.Add, and Grad's sum of a fan-out)
+//	ElemScalar{op,scalar_first}  X and a scalar     X op s, s op X  + - ⊙ ÷, and < > <= >= giving 1 or 0
+//	ElemUnary{fn}            X                      f(X)           neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube
+//	MatMul{trans_a,trans_b}  A, B                   gorgonia.Mul of matrices
+//	Reshape, Repeat{axis}    X                      broadcasting   (Repeat: an axis of size 1 repeated; its count, SizeOf, is a constant)
+//	ReduceSum{axis | all}    X                      Σ over an axis, or over all (Sum, Mean's first half)
+//
+// # Gorgonia's own operators
+//
+// A model may call Gorgonia directly on the nodes nn.Ctx gives it
+// (gorgonia.Mul, BroadcastAdd, Rectify, ...: cmd/examples/gorgoniamlp), and
+// Gorgonia's Grad sums the gradients of a node with several consumers
+// with its own Add (a residual connection, a tied weight). The set
+// recognises those operators: Gorgonia runs them on the CPU, and a
+// program's Layout gives device executors the registered op that computes
+// the same in their place (TestRecognisedOperatorsComputeWhatGorgoniaComputes
+// evaluates a Gorgonia-written model and its gradients with the
+// recognised ops alone and gets Gorgonia's values). Each layer's nodes are
+// checked as it is built; a node of any other Gorgonia operator is refused
+// then, naming the layer, the operator and its inputs.
 //
 // Each op is registered once ([OpDef]: how to make it outside a graph,
 // its cost in FLOPs; [LookupOp], [OpKinds], [NewOp], [OpFLOPs]), and
@@ -84,8 +127,12 @@
 // does not compute the gradient of its input (the data). The cross-entropy
 // is computed with the log-sum-exp shift, so it stays finite for any
 // logits. CPU kernels: matrix products through [cblas.Sgemm] (OpenBLAS,
-// loaded at run time), convolutions as im2col + one GEMM over the whole
-// batch, elementwise ops and pooling split across CPUs.
+// loaded at run time); convolutions sample by sample, each sample's im2col
+// (in cache) and products on one CPU, the samples split across CPUs, a
+// stride-1 "same" convolution's im2col copied a plane at a time and its
+// input gradient computed as the convolution of dY with the flipped
+// filters; BatchNorm's statistics in float64; elementwise ops and pooling
+// split across CPUs.
 //
 // # Pipeline stages
 //

@@ -37,10 +37,21 @@
 //
 // # Layers
 //
-// [Linear], [Conv2d], [MaxPool2d], [ReLU], [Tanh], [Sigmoid], [Dropout],
-// [Flatten], [Sequential], and [Func] for a Forward written inline. A
-// residual connection is c.Add(x, f(x)): Gorgonia's own Add, which also
-// sums the two gradients of x in the backward pass.
+// [Linear], [Conv2d] (any stride, 1x1, [NewConv2dNoBias] without bias),
+// [BatchNorm] (PyTorch's BatchNorm1d and BatchNorm2d, with the buffers
+// running_mean, running_var and num_batches_tracked, declared with
+// [Scope.Buffer]), [GlobalAvgPool2d], [MaxPool2d], [ReLU], [Tanh],
+// [Sigmoid], [Dropout], [Flatten], [Sequential], and [Func] for a Forward
+// written inline. A residual connection is c.Add(x, f(x)): Gorgonia's own
+// Add, which also sums the two gradients of x in the backward pass.
+// [KaimingNormalFanOut] is torchvision's initialisation of a ResNet's
+// convolutions.
+//
+// A Forward may also call Gorgonia's operators itself on the nodes it is
+// given (c.Param(p) is a parameter's node): gorgonia.Mul, BroadcastAdd,
+// Rectify, the elementwise arithmetic and functions, Reshape, Sum and
+// Mean; gotrain differentiates and runs them on every device (see package
+// graph, and cmd/examples/gorgoniamlp). A Gorgonia error goes to c.Fail.
 //
 // # A complete model
 //
