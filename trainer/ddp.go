@@ -639,7 +639,9 @@ func (a *allReduce) step(ctx context.Context, stopRequested bool, lo, hi int) (s
 			return stepResult{}, err
 		}
 		t0 := time.Now()
+		tw := time.Now()
 		x, y, done, err := t.exec.input(prog, ms, me, func(x, y []float32) error { return t.fillTrain(x, y, t.perm[ms:me], t.pos.epoch) })
+		t.dataWait += time.Since(tw)
 		if err != nil {
 			return stepResult{}, err
 		}

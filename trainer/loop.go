@@ -48,7 +48,7 @@ func (t *Trainer) loop(ctx context.Context, start time.Time) (Result, error) {
 	var trainTime time.Duration
 	var winLoss float64
 	var winSteps, winSamples int64
-	winStart := t.now()
+	winStart, winWait := t.now(), t.dataWait
 	rate := 0.0
 
 	t.log.Info("training", "model", t.Model.Spec.Kind, "params", t.Model.NumParams(), "dataset", t.dataName,
@@ -122,11 +122,14 @@ func (t *Trainer) loop(ctx context.Context, start time.Time) (Result, error) {
 				}
 				rec := metrics.Train{Epoch: epoch + 1, Step: t.pos.step, Loss: sum[0] / float64(winSamples), LR: lr, SamplesPerSec: rate,
 					Rank: t.rank(), WorldSize: t.worldSize()}
+				if dt := t.now().Sub(winStart); dt > 0 {
+					rec.DataWaitFraction = min((t.dataWait - winWait).Seconds()/dt.Seconds(), 1)
+				}
 				if t.devices != nil {
 					rec.GPU = t.devices()
 				}
 				t.sink.Train(rec)
-				winLoss, winSteps, winSamples, winStart = 0, 0, 0, t.now()
+				winLoss, winSteps, winSamples, winStart, winWait = 0, 0, 0, t.now(), t.dataWait
 			}
 			if stop {
 				return res, t.interrupted(cctx, context.Canceled)
@@ -152,7 +155,7 @@ func (t *Trainer) loop(ctx context.Context, start time.Time) (Result, error) {
 				return res, err
 			}
 		}
-		winLoss, winSteps, winSamples, winStart = 0, 0, 0, t.now()
+		winLoss, winSteps, winSamples, winStart, winWait = 0, 0, 0, t.now(), t.dataWait
 	}
 	return t.finish(cctx, res, start, trainSamples, trainTime)
 }
@@ -181,6 +184,7 @@ func (t *Trainer) finish(ctx context.Context, res Result, start time.Time, sampl
 	res.Steps = t.pos.step
 	if trainTime > 0 {
 		res.TrainSamplesPerSec = float64(samples) / trainTime.Seconds()
+		res.DataWaitFraction = min(t.dataWait.Seconds()/trainTime.Seconds(), 1)
 	}
 	mine := []float64{0}
 	if t.computeSecs > 0 {
@@ -195,7 +199,7 @@ func (t *Trainer) finish(ctx context.Context, res Result, start time.Time, sampl
 	res.Checkpoint = t.lastCkpt
 	t.sink.Summary(metrics.Summary{TestAccuracy: res.TestAccuracy, TrainSamplesPerSec: res.TrainSamplesPerSec,
 		WallSeconds: res.WallSeconds, PeakRSSBytes: res.PeakRSSBytes, RankComputeSamplesPerSec: res.RankComputeSamplesPerSec,
-		Rank: t.rank(), WorldSize: t.worldSize()})
+		DataWaitFraction: res.DataWaitFraction, Rank: t.rank(), WorldSize: t.worldSize()})
 	return res, nil
 }
 

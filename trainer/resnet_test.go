@@ -170,3 +170,23 @@ func TestResNetSettingsAreChecked(t *testing.T) {
 		require.ErrorContains(t, c.Validate(), tc.want)
 	}
 }
+
+// TestDataWaitIsReported: the run reports the share of its training time
+// spent waiting for batches (here filled on the CPU as the steps go), in
+// its result, its summary and its train records.
+func TestDataWaitIsReported(t *testing.T) {
+	cfg := resnetConfig(t)
+	cfg.LogEvery = 2
+	rec := &recorder{}
+	tr := newResNetTrainer(t, cfg, WithSink(rec))
+	res, err := tr.Run(context.Background())
+	require.NoError(t, err)
+	require.Greater(t, res.DataWaitFraction, 0.0)
+	require.Less(t, res.DataWaitFraction, 0.5, "a ResNet's step outweighs filling its batch")
+	require.NotEmpty(t, rec.train)
+	for _, r := range rec.train {
+		require.Greater(t, r.DataWaitFraction, 0.0)
+		require.Less(t, r.DataWaitFraction, 1.0)
+	}
+	require.Equal(t, res.DataWaitFraction, rec.sum[len(rec.sum)-1].DataWaitFraction)
+}

@@ -50,7 +50,9 @@ func (s *single) step(_ context.Context, _ bool, lo, hi int) (stepResult, error)
 	}
 	t0 := time.Now()
 	warm := t.exec.warm(prog)
+	tw := time.Now()
 	x, y, done, err := t.exec.input(prog, lo, hi, func(x, y []float32) error { return t.fillTrain(x, y, t.perm[lo:hi], t.pos.epoch) })
+	t.dataWait += time.Since(tw)
 	if err != nil {
 		return stepResult{}, err
 	}

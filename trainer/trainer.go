@@ -42,6 +42,7 @@ type Result struct {
 	RankComputeSamplesPerSec []float64 // see metrics.Summary
 	WallSeconds              float64
 	PeakRSSBytes             int64
+	DataWaitFraction         float64 // see metrics.Summary
 	Checkpoint               string // the last checkpoint written, if any
 }
 
@@ -76,6 +77,9 @@ type Trainer struct {
 	// --debug-slow-rank's sleeps; first runs of programs left out):
 	// seconds and samples
 	computeSecs, computeSamples float64
+	// dataWait is the time the steps waited for their batches (filled on
+	// the CPU, or a device's prefetcher catching up).
+	dataWait time.Duration
 	devr                        *devRun // WithDevice's device executor; nil: the CPU
 	async                       *AsyncTransport
 	dataOpt                     string       // the option that gave the data (WithData, WithSource); "": New loads cfg.Dataset

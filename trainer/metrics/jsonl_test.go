@@ -51,17 +51,17 @@ func TestRecordsFieldNamesAndKind(t *testing.T) {
 		keys []string
 	}{
 		{"train", Train{Epoch: 1, Step: 7, Loss: 0.5, LR: 0.01, SamplesPerSec: 1000},
-			"train", []string{"epoch", "kind", "loss", "lr", "rank", "samples_per_sec", "step", "world_size"}},
+			"train", []string{"data_wait_fraction", "epoch", "kind", "loss", "lr", "rank", "samples_per_sec", "step", "world_size"}},
 		{"train pointer", &Train{Step: 1},
-			"train", []string{"epoch", "kind", "loss", "lr", "rank", "samples_per_sec", "step", "world_size"}},
+			"train", []string{"data_wait_fraction", "epoch", "kind", "loss", "lr", "rank", "samples_per_sec", "step", "world_size"}},
 		{"train with wrong kind", Train{Kind: "eval"},
-			"train", []string{"epoch", "kind", "loss", "lr", "rank", "samples_per_sec", "step", "world_size"}},
+			"train", []string{"data_wait_fraction", "epoch", "kind", "loss", "lr", "rank", "samples_per_sec", "step", "world_size"}},
 		{"eval", Eval{Epoch: 2, TestLoss: 0.3, TestAccuracy: 0.9},
 			"eval", []string{"epoch", "kind", "rank", "test_accuracy", "test_loss", "world_size"}},
 		{"eval zero", Eval{},
 			"eval", []string{"epoch", "kind", "rank", "test_accuracy", "test_loss", "world_size"}},
 		{"summary", Summary{TestAccuracy: 0.98, TrainSamplesPerSec: 5e4, WallSeconds: 12.5, PeakRSSBytes: 1 << 30},
-			"summary", []string{"kind", "peak_rss_bytes", "rank", "rank_compute_samples_per_sec", "test_accuracy", "train_samples_per_sec", "wall_seconds", "world_size"}},
+			"summary", []string{"data_wait_fraction", "kind", "peak_rss_bytes", "rank", "rank_compute_samples_per_sec", "test_accuracy", "train_samples_per_sec", "wall_seconds", "world_size"}},
 	}
 	path := filepath.Join(t.TempDir(), "m.jsonl")
 	j, err := CreateJSONL(path)

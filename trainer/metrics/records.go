@@ -26,6 +26,11 @@ type Train struct {
 	// SamplesPerSec is training throughput: samples per wall-clock second,
 	// as measured by the loop.
 	SamplesPerSec float64 `json:"samples_per_sec"`
+	// DataWaitFraction is the share of the window's wall-clock time that
+	// this rank's steps spent waiting for their batches: filling them (the
+	// CPU decodes, normalises and augments as it goes) or waiting for a
+	// device's prefetcher. Near 0 when the input pipeline keeps up.
+	DataWaitFraction float64 `json:"data_wait_fraction"`
 	// Rank is the reporting process's rank in a data-parallel job (0 for
 	// one process); WorldSize the number of ranks (1 for one process).
 	Rank      int `json:"rank"`
@@ -86,6 +91,8 @@ type Summary struct {
 	// every rank busy all the time, no synchronisation. One element in a
 	// run of one process.
 	RankComputeSamplesPerSec []float64 `json:"rank_compute_samples_per_sec"`
+	// DataWaitFraction is [Train]'s over the whole training time.
+	DataWaitFraction float64 `json:"data_wait_fraction"`
 	// Rank and WorldSize: see [Train].
 	Rank      int `json:"rank"`
 	WorldSize int `json:"world_size"`

@@ -513,8 +513,8 @@ func cmdTrain(args []string, stdout, stderr io.Writer) error {
 			rank, res.Steps, res.TrainSamplesPerSec, res.WallSeconds)
 		return nil
 	}
-	fmt.Fprintf(stdout, "test accuracy %.2f%% (test loss %.4f) after %d steps; %.0f samples/s; %.1fs; peak RSS %d MB%s\n",
-		100*res.TestAccuracy, res.TestLoss, res.Steps, res.TrainSamplesPerSec, res.WallSeconds, res.PeakRSSBytes>>20, metricsNote)
+	fmt.Fprintf(stdout, "test accuracy %.2f%% (test loss %.4f) after %d steps; %.0f samples/s; %.1fs; peak RSS %d MB; data wait %.1f%% of training%s\n",
+		100*res.TestAccuracy, res.TestLoss, res.Steps, res.TrainSamplesPerSec, res.WallSeconds, res.PeakRSSBytes>>20, 100*res.DataWaitFraction, metricsNote)
 	return metricsErr
 }
 
