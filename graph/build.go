@@ -233,6 +233,16 @@ func (b *builder) ReLU(x *G.Node) *G.Node    { return b.act(OpReLU, x) }
 func (b *builder) Tanh(x *G.Node) *G.Node    { return b.act(OpTanh, x) }
 func (b *builder) Sigmoid(x *G.Node) *G.Node { return b.act(OpSigmoid, x) }
 
+func (b *builder) GELU(x *G.Node) *G.Node { return b.smooth(OpGELU, x) }
+func (b *builder) SiLU(x *G.Node) *G.Node { return b.smooth(OpSiLU, x) }
+
+func (b *builder) smooth(k Kind, x *G.Node) *G.Node {
+	if !b.ok(string(k), x) {
+		return nil
+	}
+	return b.apply(newSmoothAct(k, x.Dims()), x)
+}
+
 func (b *builder) Dropout(x *G.Node, p float64) *G.Node {
 	if !b.ok("Dropout", x) {
 		return nil

@@ -148,10 +148,39 @@ func TestGoldenOps(t *testing.T) {
 				requireClose(t, c.t(t, "y"), y, "y")
 				requireClose(t, c.t(t, "dx"), gs[0], "dx")
 				requireClose(t, c.t(t, "dw"), gs[1], "dw")
+			case "GELU", "SiLU":
+				k := map[string]Kind{"GELU": OpGELU, "SiLU": OpSiLU}[op]
+				y, gs := runGraph(t, []golden{x}, dy, []int{0}, func(g *G.ExprGraph, in []*G.Node) *G.Node {
+					n, err := G.ApplyOp(newSmoothAct(k, 2), in...)
+					require.NoError(t, err)
+					return n
+				})
+				requireClose(t, c.t(t, "y"), y, "y")
+				requireClose(t, c.t(t, "dx"), gs[0], "dx")
+			case "SoftmaxCrossEntropy":
+				var eps float64
+				c.val(t, "smoothing", &eps)
+				g := G.NewGraph()
+				lab := c.t(t, "labels")
+				xn := G.NewMatrix(g, tensor.Float32, G.WithShape(x.Shape...), G.WithName("x"),
+					G.WithValue(tensor.New(tensor.WithShape(x.Shape...), tensor.WithBacking(x.Data))))
+				yn := G.NewVector(g, tensor.Float32, G.WithShape(lab.Shape...), G.WithName("labels"),
+					G.WithValue(tensor.New(tensor.WithShape(lab.Shape...), tensor.WithBacking(lab.Data))))
+				loss, err := G.ApplyOp(newSoftmaxCESmoothed(eps), xn, yn)
+				require.NoError(t, err)
+				gs, err := G.Grad(loss, xn)
+				require.NoError(t, err)
+				vm := G.NewTapeMachine(g)
+				defer vm.Close()
+				require.NoError(t, vm.RunAll())
+				requireClose(t, c.t(t, "y"), []float32{scalarOf(loss.Value())}, "loss")
+				requireClose(t, c.t(t, "dx"), f32(gs[0].Value()), "dx")
 			default:
 				t.Fatalf("no check for golden op %q", op)
 			}
 		})
 	}
-	require.True(t, seen["BatchNorm"] && seen["GlobalAvgPool"] && seen["Conv2D"], "golden cases: %v", seen)
+	for _, op := range []string{"BatchNorm", "GlobalAvgPool", "Conv2D", "GELU", "SiLU", "SoftmaxCrossEntropy"} {
+		require.True(t, seen[op], "no golden case of %s: %v", op, seen)
+	}
 }

@@ -76,6 +76,8 @@ func TestGradientsMatchFiniteDifferences(t *testing.T) {
 		{"mlp-sigmoid", Spec{Kind: "mlp", Hidden: []int{7}, Activation: "sigmoid", InH: 3, InW: 5, Classes: 4}},
 		{"cnn-relu", Spec{Kind: "cnn", Hidden: []int{8}, InH: 12, InW: 14}},
 		{"cnn-tanh-3ch", Spec{Kind: "cnn", Hidden: []int{6}, Activation: "tanh", InC: 3, InH: 13, InW: 12, Classes: 3}},
+		{"mlp-gelu-smoothed", Spec{Kind: "mlp", Hidden: []int{9}, Activation: "gelu", LabelSmoothing: 0.1, InH: 4, InW: 5}},
+		{"cnn-silu", Spec{Kind: "cnn", Hidden: []int{6}, Activation: "silu", InH: 12, InW: 12, Classes: 4}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, err := New(tc.spec, 3)
@@ -255,7 +257,8 @@ func TestBadSpecsAreErrors(t *testing.T) {
 		{Spec{Kind: "densenet"}, "unknown model"},
 		{Spec{Kind: "resnet", Depth: 21}, "6n+2"},
 		{Spec{Kind: "resnet", Depth: 2}, "6n+2"},
-		{Spec{Kind: "mlp", Activation: "gelu"}, "unknown activation"},
+		{Spec{Kind: "mlp", Activation: "swish2"}, "unknown activation"},
+		{Spec{Kind: "mlp", LabelSmoothing: 1}, "label smoothing"},
 		{Spec{Kind: "mlp", Dropout: 1}, "dropout"},
 		{Spec{Kind: "mlp", Hidden: []int{0}}, "hidden width"},
 		{Spec{Kind: "cnn", InH: 8, InW: 8}, "at least 12x12"},

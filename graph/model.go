@@ -27,6 +27,11 @@ type Spec struct {
 	InH, InW   int     // input height and width (default 28x28)
 	Classes    int     // output classes (default 10)
 	Depth      int     // resnet: 6n+2 layers, 20 (default), 32, 56, ...
+	// LabelSmoothing is the training loss's label smoothing in [0, 1):
+	// the cross-entropy against (1-ε)·onehot + ε/K, as PyTorch's
+	// cross_entropy(label_smoothing=ε). Evaluation programs report the
+	// same loss.
+	LabelSmoothing float64
 }
 
 // ErrNotBuilt is returned for a Model that New or Build did not make (a
@@ -358,7 +363,7 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 		return nil, err
 	}
 	p.logits = h
-	if p.loss, err = G.ApplyOp(newSoftmaxCE(), h, y); err != nil {
+	if p.loss, err = G.ApplyOp(newSoftmaxCESmoothed(m.Spec.LabelSmoothing), h, y); err != nil {
 		return nil, fmt.Errorf("graph: loss: %w", err)
 	}
 	p.masks = b.masks

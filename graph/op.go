@@ -53,6 +53,11 @@ const (
 	OpElemUnary  Kind = "ElemUnary"  // f(X): neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube
 	OpRepeat     Kind = "Repeat"     // X repeated along an axis of size 1 (Gorgonia's broadcasting)
 	OpReduceSum  Kind = "ReduceSum"  // Σ over one axis, which goes
+
+	OpGELU     Kind = "GELU"     // x·Φ(x), PyTorch's exact GELU
+	OpGELUGrad Kind = "GELUGrad" // dX from X and dY
+	OpSiLU     Kind = "SiLU"     // x·σ(x)
+	OpSiLUGrad Kind = "SiLUGrad" // dX from X and dY
 )
 
 // Op is implemented by every op of the set. Attrs holds the op's static

@@ -306,10 +306,25 @@ func (o *reshapeOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
 type softmaxCEOp struct {
 	base
 	loss G.F32
+	eps  float64 // label smoothing
 }
 
-func newSoftmaxCE() *softmaxCEOp {
-	return &softmaxCEOp{base: newBase(OpSoftmaxCE, nil, scalarT, tt(2), tt(1))}
+func newSoftmaxCE() *softmaxCEOp { return newSoftmaxCESmoothed(0) }
+
+// smoothingAttrs are the attributes of a cross-entropy with label
+// smoothing eps (none for 0).
+func smoothingAttrs(eps float64) map[string]any {
+	if eps == 0 {
+		return nil
+	}
+	return map[string]any{"smoothing": eps}
+}
+
+// newSoftmaxCESmoothed is the cross-entropy with label smoothing eps, as
+// PyTorch's cross_entropy(label_smoothing=eps): the target is
+// (1-eps)·onehot + eps/K.
+func newSoftmaxCESmoothed(eps float64) *softmaxCEOp {
+	return &softmaxCEOp{base: newBase(OpSoftmaxCE, smoothingAttrs(eps), scalarT, tt(2), tt(1)), eps: eps}
 }
 
 func (o *softmaxCEOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
@@ -332,7 +347,16 @@ func (o *softmaxCEOp) Do(in ...G.Value) (G.Value, error) {
 			return nil, fmt.Errorf("SoftmaxCrossEntropy: label %v of row %d is outside [0,%d)", labels[i], i, k)
 		}
 		mx, lse := logSumExp(row)
-		total += lse + float64(mx) - float64(row[c])
+		l := lse + float64(mx) - float64(row[c])
+		if o.eps != 0 {
+			var mean float64
+			for _, v := range row {
+				mean += float64(v)
+			}
+			mean /= float64(k)
+			l = (1-o.eps)*l + o.eps*(lse+float64(mx)-mean)
+		}
+		total += l
 	}
 	o.loss = G.F32(total / float64(n))
 	return &o.loss, nil
@@ -357,15 +381,21 @@ func logSumExp(row []float32) (float32, float64) {
 func (o *softmaxCEOp) DiffWRT(int) []bool { return []bool{true, false} }
 
 func (o *softmaxCEOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
-	d, err := G.ApplyOp(newSoftmaxCEGrad(), in[0], in[1], grad)
+	d, err := G.ApplyOp(newSoftmaxCEGradSmoothed(o.eps), in[0], in[1], grad)
 	return G.Nodes{d, nil}, err
 }
 
-// softmaxCEGradOp: dLogits = (softmax(logits) - onehot(labels)) · g / N.
-type softmaxCEGradOp struct{ base }
+// softmaxCEGradOp: dLogits = (softmax(logits) - target) · g / N, the
+// target (1-eps)·onehot(labels) + eps/K.
+type softmaxCEGradOp struct {
+	base
+	eps float64
+}
 
-func newSoftmaxCEGrad() *softmaxCEGradOp {
-	return &softmaxCEGradOp{newBase(OpSoftmaxCEGrad, nil, tt(2), tt(2), tt(1), scalarT)}
+func newSoftmaxCEGrad() *softmaxCEGradOp { return newSoftmaxCEGradSmoothed(0) }
+
+func newSoftmaxCEGradSmoothed(eps float64) *softmaxCEGradOp {
+	return &softmaxCEGradOp{base: newBase(OpSoftmaxCEGrad, smoothingAttrs(eps), tt(2), tt(2), tt(1), scalarT), eps: eps}
 }
 
 func (o *softmaxCEGradOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
@@ -384,7 +414,15 @@ func (o *softmaxCEGradOp) Do(in ...G.Value) (G.Value, error) {
 		for j, v := range row {
 			drow[j] = float32(math.Exp(float64(v-mx)-lse)) * scale
 		}
-		drow[int(labels[i])] -= scale
+		if o.eps == 0 {
+			drow[int(labels[i])] -= scale
+			continue
+		}
+		spread := float32(o.eps / float64(k))
+		for j := range drow {
+			drow[j] -= spread * scale
+		}
+		drow[int(labels[i])] -= float32(1-o.eps) * scale
 	}
 	return out, nil
 }

@@ -91,11 +91,11 @@ func init() {
 		}})
 	registerOp(OpDef{Kind: OpSoftmaxCE, FLOPs: elementwiseFLOPs,
 		Make: func(a opAttrs, in [][]int, out []int) (Op, error) {
-			return newSoftmaxCE(), nil
+			return newSoftmaxCESmoothed(a.float("smoothing")), nil
 		}})
 	registerOp(OpDef{Kind: OpSoftmaxCEGrad, FLOPs: elementwiseFLOPs,
 		Make: func(a opAttrs, in [][]int, out []int) (Op, error) {
-			return newSoftmaxCEGrad(), nil
+			return newSoftmaxCEGradSmoothed(a.float("smoothing")), nil
 		}})
 	registerOp(OpDef{Kind: OpDot, FLOPs: elementwiseFLOPs,
 		Make: func(a opAttrs, in [][]int, out []int) (Op, error) {

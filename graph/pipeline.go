@@ -202,7 +202,7 @@ func (s *Stage) compile(k stageKey) (*StageProgram, error) {
 		p.Y = make([]float32, batch)
 		y := G.NewVector(g, tensor.Float32, G.WithShape(batch), G.WithName("y"),
 			G.WithValue(tensor.New(tensor.WithShape(batch), tensor.WithBacking(p.Y))))
-		if cost, err = G.ApplyOp(newSoftmaxCE(), h, y); err != nil {
+		if cost, err = G.ApplyOp(newSoftmaxCESmoothed(s.Model.Spec.LabelSmoothing), h, y); err != nil {
 			return nil, err
 		}
 		p.y, p.loss = y, cost

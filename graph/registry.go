@@ -106,6 +106,9 @@ func Build(spec Spec, f ModelFunc, seed uint64) (*Model, error) {
 	if f == nil {
 		return nil, fmt.Errorf("graph: model %s: nil ModelFunc", spec.Kind)
 	}
+	if !(spec.LabelSmoothing >= 0 && spec.LabelSmoothing < 1) {
+		return nil, fmt.Errorf("graph: model %s: label smoothing %v is outside [0, 1)", spec.Kind, spec.LabelSmoothing)
+	}
 	s := nn.NewScope()
 	root, err := f(s, spec)
 	if err == nil {

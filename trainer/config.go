@@ -39,6 +39,9 @@ type Config struct {
 	// passes (PyTorch's SyncBatchNorm): N ranks train as one process.
 	// Without it each rank uses its own part of the batch, as DDP does.
 	SyncBatchNorm bool `json:"sync_batchnorm,omitempty" yaml:"sync_batchnorm,omitempty"`
+	// LabelSmoothing is the loss's label smoothing ε in [0, 1): the
+	// cross-entropy against (1-ε)·onehot + ε/K (PyTorch's label_smoothing).
+	LabelSmoothing float64 `json:"label_smoothing,omitempty" yaml:"label_smoothing,omitempty"`
 
 	Dataset       string `json:"dataset" yaml:"dataset"`
 	DataDir       string `json:"data_dir,omitempty" yaml:"data_dir,omitempty"`
@@ -343,6 +346,8 @@ func (c *Config) Validate() error {
 		return cfgErr("--momentum, --weight-decay and --clip-grad-norm must not be negative")
 	case c.Dropout < 0 || c.Dropout >= 1:
 		return cfgErr("--dropout %v must be in [0,1)", c.Dropout)
+	case !(c.LabelSmoothing >= 0 && c.LabelSmoothing < 1):
+		return cfgErr("--label-smoothing %v must be in [0, 1)", c.LabelSmoothing)
 	case c.Depth != 0 && (c.Depth < 8 || c.Depth > 1000 || (c.Depth-2)%6 != 0):
 		return cfgErr("--depth %d must be 6n+2 (20, 32, 44, 56, 110), at most 1000", c.Depth)
 	case c.CheckpointEvery < 0 || c.MaxSteps < 0 || c.LogEvery < 0 || c.Threads < 0:
@@ -476,7 +481,8 @@ func (c *Config) optimizer() optim.Config {
 // is unset (graph's default, 28x28), and so are its classes unless
 // Classes is set: New takes them from the training data.
 func (c *Config) ModelSpec() graph.Spec {
-	return graph.Spec{Kind: c.Model, Hidden: c.Hidden, Activation: c.Activation, Dropout: c.Dropout, Classes: c.Classes, Depth: c.Depth}
+	return graph.Spec{Kind: c.Model, Hidden: c.Hidden, Activation: c.Activation, Dropout: c.Dropout, Classes: c.Classes, Depth: c.Depth,
+		LabelSmoothing: c.LabelSmoothing}
 }
 
 // LoadFile reads a YAML or JSON config file (by extension; .json is JSON,

@@ -140,11 +140,23 @@ type Sigmoid struct{}
 // Forward adds 1/(1+e^-x).
 func (Sigmoid) Forward(c Ctx, x T) T { return c.Sigmoid(x) }
 
-// Activations are the activations Activation knows by name.
-var Activations = []string{"relu", "tanh", "sigmoid"}
+// GELU is PyTorch's nn.GELU() (the exact form, x·Φ(x)).
+type GELU struct{}
 
-// Activation returns the activation named name ("relu", "tanh" or
-// "sigmoid").
+// Forward adds x·Φ(x).
+func (GELU) Forward(c Ctx, x T) T { return c.GELU(x) }
+
+// SiLU is PyTorch's nn.SiLU(): x·σ(x).
+type SiLU struct{}
+
+// Forward adds x·σ(x).
+func (SiLU) Forward(c Ctx, x T) T { return c.SiLU(x) }
+
+// Activations are the activations Activation knows by name.
+var Activations = []string{"relu", "tanh", "sigmoid", "gelu", "silu"}
+
+// Activation returns the activation named name ("relu", "tanh", "sigmoid",
+// "gelu" or "silu").
 func Activation(name string) (Module, error) {
 	switch name {
 	case "relu":
@@ -153,6 +165,10 @@ func Activation(name string) (Module, error) {
 		return Tanh{}, nil
 	case "sigmoid":
 		return Sigmoid{}, nil
+	case "gelu":
+		return GELU{}, nil
+	case "silu":
+		return SiLU{}, nil
 	}
 	return nil, fmt.Errorf("nn: unknown activation %q (valid: %s)", name, strings.Join(Activations, ", "))
 }

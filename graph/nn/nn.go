@@ -56,6 +56,8 @@ type Ctx interface {
 	ReLU(x T) T                                 // max(x, 0)
 	Tanh(x T) T                                 // tanh(x)
 	Sigmoid(x T) T                              // 1/(1+e^-x)
+	GELU(x T) T                                 // x·Φ(x), PyTorch's exact GELU
+	SiLU(x T) T                                 // x·σ(x) (swish)
 	Dropout(x T, p float64) T                   // training: zero with probability p, else ×1/(1-p); eval: x
 	Reshape(x T, shape ...int) T                // same values, new shape (the batch included)
 	Add(a, b T) T                               // a + b, equal shapes (Gorgonia\'s Add): residual connections

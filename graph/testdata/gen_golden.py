@@ -63,7 +63,28 @@ def conv(name, xs, ws, stride, pad):
             "x": flat(x), "w": flat(w), "dy": flat(dy), "y": flat(y), "dx": flat(x.grad), "dw": flat(w.grad)}
 
 
+def act(name, fn):
+    x = (torch.randn(5, 7) * 2).requires_grad_()
+    y = fn(x)
+    dy = torch.randn(*y.shape)
+    (y * dy).sum().backward()
+    return {"name": name, "op": name, "x": flat(x), "dy": flat(dy), "y": flat(y), "dx": flat(x.grad)}
+
+
+def ce(name, eps):
+    x = (torch.randn(6, 5) * 3).requires_grad_()
+    labels = torch.randint(0, 5, (6,))
+    loss = F.cross_entropy(x, labels, label_smoothing=eps)
+    loss.backward()
+    return {"name": name, "op": "SoftmaxCrossEntropy", "smoothing": eps, "x": flat(x), "labels": flat(labels.float()),
+            "dy": flat(torch.ones(1)), "y": flat(loss.reshape(1)), "dx": flat(x.grad)}
+
+
 cases = [
+    act("GELU", F.gelu),
+    act("SiLU", F.silu),
+    ce("ce-smoothing-0.1", 0.1),
+    ce("ce-smoothing-0", 0.0),
     batchnorm("bn2d-train", (4, 3, 5, 6), True),
     batchnorm("bn2d-eval", (4, 3, 5, 6), False),
     batchnorm("bn1d-train", (9, 5), True, momentum=0.3),
