@@ -30,6 +30,10 @@ type builder struct {
 	// shape trace only)
 	touched *[][]int
 	sync    *bnSync // the program's BatchNorm synchronisation
+	// frozen: a training forward pass whose BatchNorm layers leave their
+	// buffers alone (a pipeline stage's, which its training program
+	// repeats).
+	frozen bool
 }
 
 func newBuilder(m *Model, g *G.ExprGraph, batch int, train bool) *builder {
@@ -196,6 +200,9 @@ func (b *builder) BatchNorm(x *G.Node, l *nn.BatchNorm) *G.Node {
 		return nil
 	}
 	op := newBatchNorm(x.Dims(), l.Eps, l.Momentum, b.train)
+	if b.train && b.frozen {
+		op.frozen()
+	}
 	op.sync = b.sync
 	return b.apply(op, append([]*G.Node{x}, ins...)...)
 }

@@ -33,7 +33,11 @@ func init() {
 		return 2 * prod(out)
 	},
 		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
-			return newBatchNorm(firstDims(in), a.float("eps"), a.float("momentum"), a.bool("train")), nil
+			o := newBatchNorm(firstDims(in), a.float("eps"), a.float("momentum"), a.bool("train"))
+			if a.bool("no_update") {
+				o.frozen()
+			}
+			return o, nil
 		}})
 	registerOp(OpDef{Kind: OpBatchNormGrad, FLOPs: func(_ opAttrs, _ [][]int, out []int) float64 { return 8 * prod(out) },
 		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
@@ -242,6 +246,17 @@ type batchNormOp struct {
 	train         bool
 	saved         bnSaved
 	sync          *bnSync // the program's (nil outside a program)
+	// noUpdate leaves the running buffers alone in training: a pipeline
+	// stage's forward pass, which its training program runs again.
+	noUpdate bool
+}
+
+// frozen is a training BatchNorm that does not update its buffers (the
+// attribute "no_update").
+func (o *batchNormOp) frozen() *batchNormOp {
+	o.noUpdate = true
+	o.attrs["no_update"] = true
+	return o
 }
 
 func newBatchNorm(d int, eps, momentum float64, train bool) *batchNormOp {
@@ -309,11 +324,15 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 			scale := float32(float64(gamma[c]) * s.invstd[c])
 			shift := float32(float64(beta[c]) - s.mean[c]*float64(gamma[c])*s.invstd[c])
 			g.affine(y, x, nil, c, scale, 0, shift)
-			rm[c] = float32((1-o.momentum)*float64(rm[c]) + o.momentum*s.mean[c])
-			rv[c] = float32((1-o.momentum)*float64(rv[c]) + o.momentum*s.variance[c]*unbias)
+			if !o.noUpdate {
+				rm[c] = float32((1-o.momentum)*float64(rm[c]) + o.momentum*s.mean[c])
+				rv[c] = float32((1-o.momentum)*float64(rv[c]) + o.momentum*s.variance[c]*unbias)
+			}
 		}
 	})
-	nbt[0]++
+	if !o.noUpdate {
+		nbt[0]++
+	}
 	s.of, s.n = &x[0], len(x)
 	return out, nil
 }

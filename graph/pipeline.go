@@ -182,6 +182,7 @@ func (s *Stage) compile(k stageKey) (*StageProgram, error) {
 	m := s.Model
 	g := G.NewGraph()
 	b := newBuilder(m, g, batch, k.dropout)
+	b.frozen = k.dropout && !k.grads // the forward pass the training program repeats
 	p := &StageProgram{Batch: batch, Train: train, g: g}
 	inShape := append([]int{batch}, s.InShape...)
 	n := tensor.Shape(inShape).TotalSize()

@@ -190,3 +190,38 @@ func TestDataWaitIsReported(t *testing.T) {
 	}
 	require.Equal(t, res.DataWaitFraction, rec.sum[len(rec.sum)-1].DataWaitFraction)
 }
+
+// TestResNetPipelineStages: a ResNet (BatchNorm layers, residual blocks)
+// split into 2 pipeline stages trains: with one micro-batch each stage's
+// BatchNorm sees the whole batch, and the stages end where one process
+// ends, running buffers included (the stage's forward pass, which its
+// training program repeats, leaves the buffers alone); with micro-batches
+// BatchNorm normalises each by its own statistics (as GPipe does), a
+// buffer becomes the size-weighted mean of its values after each
+// micro-batch (PyTorch keeps the last), and the run still learns.
+func TestResNetPipelineStages(t *testing.T) {
+	base := resnetConfig(t)
+	base.Momentum = 0
+	base.MaxSteps, base.LR = 30, 0.05
+	ref := newResNetTrainer(t, base)
+	refRes, err := ref.Run(context.Background())
+	require.NoError(t, err)
+	for _, micro := range []int{1, 2} {
+		cfgs := []Config{base, base}
+		for r := range cfgs {
+			cfgs[r].PipelineStages, cfgs[r].MicroBatches = 2, micro
+		}
+		trs, res := runRanksResults(t, cfgs, func(int) Option { return WithData(smallImages(300, 1), smallImages(100, 2)) })
+		d := 0.0
+		for r := range trs {
+			for _, i := range trs[r].strat.(*pipeline).stage.Params {
+				d = max(d, maxAbsDiff([][]float32{trs[r].Model.Params[i].Data}, [][]float32{ref.Model.Params[i].Data}))
+			}
+		}
+		t.Logf("2 stages, %d micro-batches: max |Δ| against one process %g; test accuracy %.3f (one process %.3f)", micro, d, res[0].TestAccuracy, refRes.TestAccuracy)
+		if micro == 1 {
+			require.Less(t, d, 1e-5)
+		}
+		require.Greater(t, res[0].TestAccuracy, 0.2, "it learns (10 classes)")
+	}
+}
