@@ -113,6 +113,40 @@ KERNEL sigmoid_grad(const float *y, const float *dy, float *dx, long n) {
 	FOR(i, n) dx[i] = dy[i] * y[i] * (1 - y[i]);
 }
 
+// ---- GELU (PyTorch's exact form) and SiLU, in float64 as graph/ ----
+// Their gradients are functions of the input: the grad kernels take x, dy.
+// Φ(x) = ½(1 + erf(x/√2)), φ(x) = exp(−x²/2)/√(2π), σ(x) = 1/(1 + e^−x).
+// y = x·Φ(x)
+KERNEL gelu_fwd(const float *x, float *y, long n) {
+	FOR(i, n) {
+		double v = (double)x[i];
+		y[i] = (float)(0.5 * v * (1 + erf(v / 1.4142135623730951)));
+	}
+}
+// dx = dy·(Φ(x) + x·φ(x))
+KERNEL gelu_grad(const float *x, const float *dy, float *dx, long n) {
+	FOR(i, n) {
+		double v = (double)x[i];
+		double d = 0.5 * (1 + erf(v / 1.4142135623730951)) + v * exp(-0.5 * v * v) / 2.5066282746310002;
+		dx[i] = (float)((double)dy[i] * d);
+	}
+}
+// y = x·σ(x)
+KERNEL silu_fwd(const float *x, float *y, long n) {
+	FOR(i, n) {
+		double v = (double)x[i];
+		y[i] = (float)(v / (1 + exp(-v)));
+	}
+}
+// dx = dy·σ(x)·(1 + x·(1 − σ(x)))
+KERNEL silu_grad(const float *x, const float *dy, float *dx, long n) {
+	FOR(i, n) {
+		double v = (double)x[i];
+		double s = 1 / (1 + exp(-v));
+		dx[i] = (float)((double)dy[i] * (s * (1 + v * (1 - s))));
+	}
+}
+
 // y = x·m elementwise (dropout: m holds 0 or 1/(1-p))
 KERNEL mul(const float *x, const float *m, float *y, long n) {
 	FOR(i, n) y[i] = x[i] * m[i];
@@ -231,8 +265,11 @@ DEVICE double row_lse(const float *row, long k, float *mx) {
 }
 
 // loss[i] = log Σ exp(row) − row[label]; a label outside [0,k) gives NaN,
-// which the caller reports.
-KERNEL softmax_ce_rows(const float *logits, const float *labels, double *loss, long n, long k) {
+// which the caller reports. With label smoothing eps (PyTorch's
+// label_smoothing, the target (1−eps)·onehot + eps/k) it is
+// (1−eps)·(lse − row[label]) + eps·(lse − mean(row)), the mean a float64
+// sum in order over k; eps = 0 leaves the unsmoothed loss as it was.
+KERNEL softmax_ce_rows(const float *logits, const float *labels, double *loss, long n, long k, float eps) {
 	FOR(i, n) {
 		const float *row = logits + i * k;
 		long c = (long)labels[i];
@@ -242,7 +279,14 @@ KERNEL softmax_ce_rows(const float *logits, const float *labels, double *loss, l
 		}
 		float mx;
 		double lse = row_lse(row, k, &mx);
-		loss[i] = lse + (double)mx - (double)row[c];
+		double l = lse + (double)mx - (double)row[c];
+		if (eps != 0) {
+			double e = (double)eps, mean = 0;
+			for (long j = 0; j < k; j++) mean += (double)row[j];
+			mean /= (double)k;
+			l = (1 - e) * l + e * (lse + (double)mx - mean);
+		}
+		loss[i] = l;
 	}
 }
 
@@ -255,8 +299,10 @@ KERNEL mean_f64(const double *v, float *out, long n) {
 	}
 }
 
-// dx = (softmax(logits) − onehot(labels))·g/n
-KERNEL softmax_ce_grad(const float *logits, const float *labels, const float *g, float *dx, long n, long k) {
+// dx = (softmax(logits) − target)·g/n, the target onehot(labels), or with
+// label smoothing eps (1−eps)·onehot(labels) + eps/k, rounded as graph/
+// does: eps/k and 1−eps in float64 to float32, then float32 steps
+KERNEL softmax_ce_grad(const float *logits, const float *labels, const float *g, float *dx, long n, long k, float eps) {
 	FOR(i, n) {
 		const float *row = logits + i * k;
 		float *d = dx + i * k;
@@ -264,7 +310,13 @@ KERNEL softmax_ce_grad(const float *logits, const float *labels, const float *g,
 		float mx;
 		double lse = row_lse(row, k, &mx);
 		for (long j = 0; j < k; j++) d[j] = (float)exp((double)(row[j] - mx) - lse) * scale;
-		d[(long)labels[i]] -= scale;
+		if (eps == 0) {
+			d[(long)labels[i]] -= scale;
+			continue;
+		}
+		float spread = (float)((double)eps / (double)k) * scale;
+		for (long j = 0; j < k; j++) d[j] -= spread;
+		d[(long)labels[i]] -= (float)(1 - (double)eps) * scale;
 	}
 }
 

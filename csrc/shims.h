@@ -19,6 +19,10 @@ static void call_tanh_fwd(void **a) { tanh_fwd(A(const float *, 0), A(float *, 1
 static void call_tanh_grad(void **a) { tanh_grad(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
 static void call_sigmoid_fwd(void **a) { sigmoid_fwd(A(const float *, 0), A(float *, 1), A(long, 2)); }
 static void call_sigmoid_grad(void **a) { sigmoid_grad(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
+static void call_gelu_fwd(void **a) { gelu_fwd(A(const float *, 0), A(float *, 1), A(long, 2)); }
+static void call_gelu_grad(void **a) { gelu_grad(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
+static void call_silu_fwd(void **a) { silu_fwd(A(const float *, 0), A(float *, 1), A(long, 2)); }
+static void call_silu_grad(void **a) { silu_grad(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
 static void call_mul(void **a) { mul(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
 static void call_add(void **a) { add(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
 static void call_sub(void **a) { sub(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
@@ -29,9 +33,9 @@ static void call_repeat_axis(void **a) { repeat_axis(A(const float *, 0), A(floa
 static void call_reduce_axis(void **a) { reduce_axis(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4)); }
 static void call_reduce_axis_parts(void **a) { reduce_axis_parts(A(const float *, 0), A(double *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5)); }
 static void call_f64_to_f32(void **a) { f64_to_f32(A(const double *, 0), A(float *, 1), A(long, 2)); }
-static void call_softmax_ce_rows(void **a) { softmax_ce_rows(A(const float *, 0), A(const float *, 1), A(double *, 2), A(long, 3), A(long, 4)); }
+static void call_softmax_ce_rows(void **a) { softmax_ce_rows(A(const float *, 0), A(const float *, 1), A(double *, 2), A(long, 3), A(long, 4), A(float, 5)); }
 static void call_mean_f64(void **a) { mean_f64(A(const double *, 0), A(float *, 1), A(long, 2)); }
-static void call_softmax_ce_grad(void **a) { softmax_ce_grad(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(float *, 3), A(long, 4), A(long, 5)); }
+static void call_softmax_ce_grad(void **a) { softmax_ce_grad(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(float *, 3), A(long, 4), A(long, 5), A(float, 6)); }
 static void call_dot_parts(void **a) { dot_parts(A(const float *, 0), A(const float *, 1), A(double *, 2), A(long, 3), A(long, 4)); }
 static void call_sum_f64_to_f32(void **a) { sum_f64_to_f32(A(const double *, 0), A(float *, 1), A(long, 2)); }
 static void call_scale_by(void **a) { scale_by(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3)); }
@@ -85,6 +89,10 @@ static const shim shims[] = {
 	{"tanh_grad", call_tanh_grad, 4},
 	{"sigmoid_fwd", call_sigmoid_fwd, 3},
 	{"sigmoid_grad", call_sigmoid_grad, 4},
+	{"gelu_fwd", call_gelu_fwd, 3},
+	{"gelu_grad", call_gelu_grad, 4},
+	{"silu_fwd", call_silu_fwd, 3},
+	{"silu_grad", call_silu_grad, 4},
 	{"mul", call_mul, 4},
 	{"add", call_add, 4},
 	{"sub", call_sub, 4},
@@ -95,9 +103,9 @@ static const shim shims[] = {
 	{"reduce_axis", call_reduce_axis, 5},
 	{"reduce_axis_parts", call_reduce_axis_parts, 6},
 	{"f64_to_f32", call_f64_to_f32, 3},
-	{"softmax_ce_rows", call_softmax_ce_rows, 5},
+	{"softmax_ce_rows", call_softmax_ce_rows, 6},
 	{"mean_f64", call_mean_f64, 3},
-	{"softmax_ce_grad", call_softmax_ce_grad, 6},
+	{"softmax_ce_grad", call_softmax_ce_grad, 7},
 	{"dot_parts", call_dot_parts, 5},
 	{"sum_f64_to_f32", call_sum_f64_to_f32, 3},
 	{"scale_by", call_scale_by, 4},

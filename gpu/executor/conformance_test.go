@@ -119,6 +119,11 @@ func opCases() []opCase {
 		{name: "Reshape", kind: graph.OpReshape, in: [][]int{{2, 3, 4}}, out: []int{2, 12}},
 		{name: "SoftmaxCrossEntropy", kind: graph.OpSoftmaxCE, in: [][]int{{7, 10}, {7}}, labels: map[int]int{1: 10}},
 		{name: "SoftmaxCrossEntropyGrad", kind: graph.OpSoftmaxCEGrad, in: [][]int{{7, 10}, {7}, nil}, out: []int{7, 10}, labels: map[int]int{1: 10}},
+		// with label smoothing (PyTorch's label_smoothing=0.1)
+		{name: "SoftmaxCrossEntropy/smoothing=0.1", kind: graph.OpSoftmaxCE, attrs: map[string]any{"smoothing": 0.1},
+			in: [][]int{{7, 10}, {7}}, labels: map[int]int{1: 10}},
+		{name: "SoftmaxCrossEntropyGrad/smoothing=0.1", kind: graph.OpSoftmaxCEGrad, attrs: map[string]any{"smoothing": 0.1},
+			in: [][]int{{7, 10}, {7}, nil}, out: []int{7, 10}, labels: map[int]int{1: 10}},
 		{name: "Dot", kind: graph.OpDot, in: [][]int{{3, 5}, {3, 5}}},
 		{name: "Dot/parts", kind: graph.OpDot, in: [][]int{{64, 100}, {64, 100}}}, // more values than dotParts
 		{name: "DotGrad", kind: graph.OpDotGrad, in: [][]int{{3, 5}, nil}, out: []int{3, 5}},
@@ -191,10 +196,10 @@ func opCases() []opCase {
 				attrs: map[string]any{"trans_a": ta, "trans_b": tb}, in: [][]int{a, b}, out: []int{4, 5}})
 		}
 	}
-	for _, k := range []graph.Kind{graph.OpReLU, graph.OpTanh, graph.OpSigmoid} {
+	for _, k := range []graph.Kind{graph.OpReLU, graph.OpTanh, graph.OpSigmoid, graph.OpGELU, graph.OpSiLU} {
 		cases = append(cases, opCase{name: string(k), kind: k, in: [][]int{{5, 8}}, out: []int{5, 8}})
 	}
-	for _, k := range []graph.Kind{graph.OpReLUGrad, graph.OpTanhGrad, graph.OpSigmoidGrad} {
+	for _, k := range []graph.Kind{graph.OpReLUGrad, graph.OpTanhGrad, graph.OpSigmoidGrad, graph.OpGELUGrad, graph.OpSiLUGrad} {
 		cases = append(cases, opCase{name: string(k), kind: k, in: [][]int{{5, 8}, {5, 8}}, out: []int{5, 8}})
 	}
 	return cases

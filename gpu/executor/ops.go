@@ -599,6 +599,19 @@ func init() {
 	lower(graph.OpSigmoidGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
 		return c.elementwise("sigmoid_grad", 2)
 	})
+	// GELU and SiLU (graph/smooth.go); their gradients take X and dY.
+	lower(graph.OpGELU, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("gelu_fwd", 1)
+	})
+	lower(graph.OpGELUGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("gelu_grad", 2)
+	})
+	lower(graph.OpSiLU, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("silu_fwd", 1)
+	})
+	lower(graph.OpSiLUGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		return c.elementwise("silu_grad", 2)
+	})
 	lower(graph.OpMul, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
 		return c.elementwise("mul", 2)
 	})
@@ -620,9 +633,10 @@ func init() {
 			return err
 		}
 		n, k := in[0][0], in[0][1]
-		rows := c.alloc(2 * n) // float64 per row
+		eps := float32(c.floatAttr("smoothing")) // label smoothing; 0 when absent
+		rows := c.alloc(2 * n)                   // float64 per row
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			if err := dev.Launch("softmax_ce_rows", n, in[0].Buf, in[1].Buf, rows(), n, k); err != nil {
+			if err := dev.Launch("softmax_ce_rows", n, in[0].Buf, in[1].Buf, rows(), n, k, eps); err != nil {
 				return err
 			}
 			return dev.Launch("mean_f64", 1, rows(), out.Buf, n)
@@ -634,8 +648,9 @@ func init() {
 			return err
 		}
 		n, k := in[0][0], in[0][1]
+		eps := float32(c.floatAttr("smoothing"))
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			return dev.Launch("softmax_ce_grad", n, in[0].Buf, in[1].Buf, in[2].Buf, out.Buf, n, k)
+			return dev.Launch("softmax_ce_grad", n, in[0].Buf, in[1].Buf, in[2].Buf, out.Buf, n, k, eps)
 		}
 		return nil
 	})
