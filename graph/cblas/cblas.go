@@ -88,13 +88,9 @@ const minSplitFlops = 1 << 18
 // k x n and C is m x n; lda, ldb and ldc are the row strides of A, B and C
 // as stored.
 func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
-	if m == 0 || n == 0 {
+	if !ready(transA, transB, m, n, k, a, lda, b, ldb, c, ldc) {
 		return
 	}
-	checkLen("A", a, transA, m, k, lda)
-	checkLen("B", b, transB, k, n, ldb)
-	checkLen("C", c, false, m, n, ldc)
-	load()
 	if p := int(threads.Load()); p > 1 && m*n*k >= minSplitFlops && max(m, n) >= 2*p {
 		splitSgemm(p, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return
@@ -139,14 +135,22 @@ func splitSgemm(p int, transA, transB bool, m, n, k int, alpha float32, a []floa
 // SetThreads says: for callers that split their work across goroutines
 // themselves (a convolution's samples).
 func SgemmSerial(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	if ready(transA, transB, m, n, k, a, lda, b, ldb, c, ldc) {
+		sgemm1(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+	}
+}
+
+// ready checks a product's operands (panicking on slices too short for
+// their matrices) and loads the library; false for an empty product.
+func ready(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int) bool {
 	if m == 0 || n == 0 {
-		return
+		return false
 	}
 	checkLen("A", a, transA, m, k, lda)
 	checkLen("B", b, transB, k, n, ldb)
 	checkLen("C", c, false, m, n, ldc)
 	load()
-	sgemm1(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+	return true
 }
 
 // sgemm1 is one single-threaded product.
