@@ -14,8 +14,9 @@
 // that both compilers accept. Reductions are one thread per output, summing
 // in a fixed order, so results are deterministic run to run; where the
 // outputs are few and the sums long (a convolution's bias gradient, Dot,
-// the norm's sums of squares, a batch norm's statistics) they take two passes: fixed partial sums
-// over many threads, then the parts added in order.
+// the norm's sums of squares, a batch norm's statistics, a layer norm's
+// weight gradient) they take two passes: fixed partial sums over many
+// threads, then the parts added in order.
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define KERNEL extern "C" __global__ void
@@ -574,6 +575,83 @@ KERNEL bn_grad_input(const float *x, const float *gamma, const float *dy, const 
 // dgamma[k] = Σ dy·x̂ = gsum[C+k]
 KERNEL bn_grad_gamma(const double *gsum, float *dgamma, long C) {
 	FOR(k, C) dgamma[k] = (float)gsum[C + k];
+}
+
+// ---- layer normalisation over the last dimension: rows of D values ----
+// A row's statistics are one thread's (a row is a model's width, short):
+// the mean and the biased variance (squared deviations from the mean), in
+// float64 in order, as graph/ computes them. stats[2r] = mean,
+// stats[2r+1] = 1/sqrt(var + eps); the gradients recompute them from X.
+KERNEL ln_stats(const float *x, double *stats, long rows, long D, float eps) {
+	FOR(r, rows) {
+		const float *p = x + r * D;
+		double s = 0, q = 0;
+		for (long j = 0; j < D; j++) s += (double)p[j];
+		double mean = s / (double)D;
+		for (long j = 0; j < D; j++) {
+			double e = (double)p[j] - mean;
+			q += e * e;
+		}
+		stats[2 * r] = mean;
+		stats[2 * r + 1] = 1 / sqrt(q / (double)D + (double)eps);
+	}
+}
+
+// y = (x − mean)·invstd·w + b, the statistics rounded to float32 and the
+// rest in float32, as graph/ does
+KERNEL ln_apply(const float *x, const double *stats, const float *w, const float *b, float *y, long rows, long D) {
+	FOR(i, rows * D) {
+		long r = i / D, j = i % D;
+		float mean = (float)stats[2 * r], invstd = (float)stats[2 * r + 1];
+		y[i] = (x[i] - mean) * invstd * w[j] + b[j];
+	}
+}
+
+// Row r's sums of the input gradient, in float64 in order: with g = dy·w
+// and x̂ = (x − mean)·invstd, gsum[2r] = Σ g and gsum[2r+1] = Σ g·x̂
+KERNEL ln_grad_rows(const float *x, const float *w, const float *dy, const double *stats, double *gsum, long rows,
+                    long D) {
+	FOR(r, rows) {
+		double mean = stats[2 * r], invstd = stats[2 * r + 1], s1 = 0, s2 = 0;
+		for (long j = 0; j < D; j++) {
+			long i = r * D + j;
+			double g = (double)dy[i] * (double)w[j];
+			s1 += g;
+			s2 += g * ((double)x[i] - mean) * invstd;
+		}
+		gsum[2 * r] = s1;
+		gsum[2 * r + 1] = s2;
+	}
+}
+
+// dx = invstd·(g − S1/D − x̂·S2/D), S1 = gsum[2r], S2 = gsum[2r+1]
+KERNEL ln_grad_input(const float *x, const float *w, const float *dy, const double *stats, const double *gsum, float *dx,
+                     long rows, long D) {
+	FOR(i, rows * D) {
+		long r = i / D, j = i % D;
+		double mean = stats[2 * r], invstd = stats[2 * r + 1];
+		double g = (double)dy[i] * (double)w[j], a = gsum[2 * r] / (double)D, b = gsum[2 * r + 1] / (double)D;
+		dx[i] = (float)(invstd * (g - a - ((double)x[i] - mean) * invstd * b));
+	}
+}
+
+// dw[j] = Σ_r dy[r,j]·x̂[r,j] in passes, as reduce_axis_parts: part[c,j]
+// sums the rows of chunk c, r in [c·chunk, (c+1)·chunk) ∩ [0, rows), in
+// float64 in order; then sum_rows_f64 adds the chunks of each column up in
+// a tree (gpu/executor, where there is more than one) and f64_to_f32
+// rounds them. The chunks come from the shape, not the launch.
+KERNEL ln_grad_w_parts(const float *x, const float *dy, const double *stats, double *part, long rows, long D,
+                       long chunk) {
+	long chunks = rows > 0 ? (rows + chunk - 1) / chunk : 1;
+	FOR(t, chunks * D) {
+		long j = t % D, c = t / D, end = (c + 1) * chunk < rows ? (c + 1) * chunk : rows;
+		double s = 0;
+		for (long r = c * chunk; r < end; r++) {
+			long i = r * D + j;
+			s += (double)dy[i] * ((double)x[i] - stats[2 * r]) * stats[2 * r + 1];
+		}
+		part[t] = s;
+	}
 }
 
 // ---- dropout: a counter-based RNG (SplitMix64 of seed, step and index) ----

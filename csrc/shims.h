@@ -58,6 +58,11 @@ static void call_bn_eval(void **a) { bn_eval(A(const float *, 0), A(const float 
 static void call_bn_grad_parts(void **a) { bn_grad_parts(A(const float *, 0), A(const float *, 1), A(const double *, 2), A(double *, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7)); }
 static void call_bn_grad_input(void **a) { bn_grad_input(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(const double *, 3), A(const double *, 4), A(float *, 5), A(long, 6), A(long, 7), A(long, 8)); }
 static void call_bn_grad_gamma(void **a) { bn_grad_gamma(A(const double *, 0), A(float *, 1), A(long, 2)); }
+static void call_ln_stats(void **a) { ln_stats(A(const float *, 0), A(double *, 1), A(long, 2), A(long, 3), A(float, 4)); }
+static void call_ln_apply(void **a) { ln_apply(A(const float *, 0), A(const double *, 1), A(const float *, 2), A(const float *, 3), A(float *, 4), A(long, 5), A(long, 6)); }
+static void call_ln_grad_rows(void **a) { ln_grad_rows(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(const double *, 3), A(double *, 4), A(long, 5), A(long, 6)); }
+static void call_ln_grad_input(void **a) { ln_grad_input(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(const double *, 3), A(const double *, 4), A(float *, 5), A(long, 6), A(long, 7)); }
+static void call_ln_grad_w_parts(void **a) { ln_grad_w_parts(A(const float *, 0), A(const float *, 1), A(const double *, 2), A(double *, 3), A(long, 4), A(long, 5), A(long, 6)); }
 static void call_dropout_mask(void **a) { dropout_mask(A(float *, 0), A(long, 1), A(float, 2), A(unsigned long long, 3), A(unsigned long long, 4)); }
 static void call_round_mantissa(void **a) { round_mantissa(A(const float *, 0), A(float *, 1), A(long, 2), A(int, 3)); }
 static void call_to_bf16(void **a) { to_bf16(A(const float *, 0), A(unsigned short *, 1), A(long, 2)); }
@@ -128,6 +133,11 @@ static const shim shims[] = {
 	{"bn_grad_parts", call_bn_grad_parts, 8},
 	{"bn_grad_input", call_bn_grad_input, 9},
 	{"bn_grad_gamma", call_bn_grad_gamma, 3},
+	{"ln_stats", call_ln_stats, 5},
+	{"ln_apply", call_ln_apply, 7},
+	{"ln_grad_rows", call_ln_grad_rows, 7},
+	{"ln_grad_input", call_ln_grad_input, 8},
+	{"ln_grad_w_parts", call_ln_grad_w_parts, 7},
 	{"dropout_mask", call_dropout_mask, 5},
 	{"round_mantissa", call_round_mantissa, 4},
 	{"sum_squares_parts", call_sum_squares_parts, 4},

@@ -75,6 +75,12 @@ func opCases() []opCase {
 		}
 		return tc
 	}
+	// frozen: a training BatchNorm with no_update, whose in-place inputs
+	// must end as they were drawn
+	frozen := func(tc opCase) opCase {
+		tc.attrs["no_update"] = true
+		return tc
+	}
 	eps := map[string]any{"eps": 1e-5}
 	cases := []opCase{
 		{name: "Linear", kind: graph.OpLinear, attrs: map[string]any{"grad_x": true}, in: [][]int{{6, 7}, {5, 7}, {5}}, out: []int{6, 5}},
@@ -105,6 +111,9 @@ func opCases() []opCase {
 		bnCase("BatchNorm/eval2d", []int{7, 5}, false),
 		// 7293 values per channel: 228 partial sums, then a tree 228 to 8 to 1.
 		bnCase("BatchNorm/train/parts", []int{33, 3, 17, 13}, true),
+		// A pipeline stage's training pass: the batch's statistics, the
+		// running buffers left as they were.
+		frozen(bnCase("BatchNorm/train/no_update", []int{4, 3, 5, 6}, true)),
 		{name: "BatchNormGrad", kind: graph.OpBatchNormGrad, attrs: eps, in: [][]int{{4, 3, 5, 6}, {3}, {4, 3, 5, 6}}, out: []int{4, 3, 5, 6}},
 		{name: "BatchNormGrad/2d", kind: graph.OpBatchNormGrad, attrs: eps, in: [][]int{{7, 5}, {5}, {7, 5}}, out: []int{7, 5}},
 		{name: "BatchNormGrad/parts", kind: graph.OpBatchNormGrad, attrs: eps, in: [][]int{{33, 3, 17, 13}, {3}, {33, 3, 17, 13}}, out: []int{33, 3, 17, 13}},
@@ -128,6 +137,19 @@ func opCases() []opCase {
 		{name: "Dot/parts", kind: graph.OpDot, in: [][]int{{64, 100}, {64, 100}}}, // more values than dotParts
 		{name: "DotGrad", kind: graph.OpDotGrad, in: [][]int{{3, 5}, nil}, out: []int{3, 5}},
 	}
+	// LayerNorm over the last dimension (graph/layernorm.go): X, weight,
+	// bias; its gradients of X (X, weight, dY) and of the weight (X, dY).
+	for _, x := range [][]int{{7, 10}, {3, 4, 8}} {
+		d := []int{x[len(x)-1]}
+		cases = append(cases,
+			opCase{name: "LayerNorm/" + dimsName(x), kind: graph.OpLayerNorm, attrs: eps, in: [][]int{x, d, d}, out: x},
+			opCase{name: "LayerNormGrad/" + dimsName(x), kind: graph.OpLayerNormGrad, attrs: eps, in: [][]int{x, d, x}, out: x},
+			opCase{name: "LayerNormGradW/" + dimsName(x), kind: graph.OpLayerNormGradW, attrs: eps, in: [][]int{x, x}, out: d})
+	}
+	// More rows than a thread adds up: 63 chunks of rows, then a tree 63
+	// to 2 to 1.
+	cases = append(cases, opCase{name: "LayerNormGradW/2000x6", kind: graph.OpLayerNormGradW, attrs: eps,
+		in: [][]int{{2000, 6}, {2000, 6}}, out: []int{6}})
 	// Gorgonia's own operators (graph/gorgonia.go).
 	cases = append(cases,
 		opCase{name: "Sub", kind: graph.OpSub, in: [][]int{{4, 6}, {4, 6}}, out: []int{4, 6}},
@@ -371,11 +393,17 @@ func TestOpsMatchTheCPU(t *testing.T) {
 							"run %d: value %d: device %g, CPU %g", run, i, got[i], want[i])
 					}
 					// graph.Run updated the CPU's inputs in place, as the op
-					// the device's.
+					// the device's; with no_update neither touched them.
+					frozen, _ := tc.attrs["no_update"].(bool)
 					for _, k := range tc.inPlace {
-						require.NotEqual(t, drawn[k], ins[k], "run %d: the CPU op left input %d as it was", run, k)
 						got := make([]float32, len(ins[k]))
 						require.NoError(t, dev.Read(got, dins[k].Buf))
+						if frozen {
+							require.Equal(t, drawn[k], ins[k], "run %d: the CPU op updated input %d despite no_update", run, k)
+							require.Equal(t, drawn[k], got, "run %d: the device updated input %d despite no_update", run, k)
+							continue
+						}
+						require.NotEqual(t, drawn[k], ins[k], "run %d: the CPU op left input %d as it was", run, k)
 						for i := range got {
 							d := math.Abs(float64(got[i] - ins[k][i]))
 							require.LessOrEqual(t, d, 1e-5*math.Max(1, math.Abs(float64(ins[k][i]))),

@@ -2,6 +2,7 @@ package executor
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/graph"
@@ -183,6 +184,36 @@ func bnGradSums(c *lowerCtx, x []int) (s chanStats, gsum func() device.Buffer, r
 		return tree.run(dev, s.part(), gsum())
 	}
 	return s, gsum, run, nil
+}
+
+// lnStats are the row statistics of a layer norm's input X [..., D]:
+// rows = size/D rows of D values, their mean and 1/sqrt(var+eps) in
+// float64 (ln_stats, a thread per row) into stats, [rows][mean, invstd].
+type lnStats struct {
+	rows, D int
+	eps     float32
+	stats   func() device.Buffer
+}
+
+// newLNStats reads X's shape and eps, checks that each vector of vecs
+// (weight, bias) has D values, and reserves the statistics' scratch.
+func newLNStats(c *lowerCtx, x []int, vecs ...[]int) (lnStats, error) {
+	if len(x) < 2 || x[len(x)-1] < 1 {
+		return lnStats{}, fmt.Errorf("executor: %s of an input of shape %v (want [..., D], rows of D values)", c.kind, x)
+	}
+	l := lnStats{D: x[len(x)-1], eps: float32(c.floatAttr("eps"))}
+	l.rows = size(x) / l.D
+	for _, v := range vecs {
+		if len(v) != 1 || v[0] != l.D {
+			return lnStats{}, fmt.Errorf("executor: %s of X %v with a vector of shape %v (want [%d])", c.kind, x, v, l.D)
+		}
+	}
+	l.stats = c.alloc(4 * l.rows)
+	return l, nil
+}
+
+func (l lnStats) run(dev device.Device, x device.Buffer) error {
+	return dev.Launch("ln_stats", l.rows, x, l.stats(), l.rows, l.D, l.eps)
 }
 
 // scalarOps and unaryFns number the "op" attribute of an ElemScalar and
@@ -516,7 +547,9 @@ func init() {
 	// BatchNorm: X, gamma, beta, running mean, running var, batches
 	// tracked -> Y. Training normalises by the batch's statistics and then
 	// updates the last three inputs in place (bn_running, once a run, after
-	// the statistics); evaluation normalises by the running ones.
+	// the statistics), unless its attribute no_update leaves them alone (a
+	// pipeline stage's forward pass, which its training program repeats);
+	// evaluation normalises by the running ones.
 	lower(graph.OpBatchNorm, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
 		if err := c.need(6); err != nil {
 			return err
@@ -537,13 +570,16 @@ func init() {
 		if s, err = newChanStats(c, in[0], 1); err != nil {
 			return err
 		}
-		momentum := float32(c.floatAttr("momentum"))
+		momentum, noUpdate := float32(c.floatAttr("momentum")), c.boolAttr("no_update")
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			if err := s.run(dev, in[0].Buf); err != nil {
 				return err
 			}
 			if err := dev.Launch("bn_apply", out.Size(), in[0].Buf, s.stats(), in[1].Buf, in[2].Buf, out.Buf, s.N, s.C, s.P); err != nil {
 				return err
+			}
+			if noUpdate {
+				return nil
 			}
 			return dev.Launch("bn_running", s.C, s.sum(), s.sq(), in[3].Buf, in[4].Buf, in[5].Buf, s.C, s.M, momentum)
 		}
@@ -578,6 +614,88 @@ func init() {
 				return err
 			}
 			return dev.Launch("bn_grad_gamma", s.C, gsum(), out.Buf, s.C)
+		}
+		return nil
+	})
+	// LayerNorm (graph/layernorm.go) over the last dimension D of X: rows
+	// of D values, each row's statistics a thread's (ln_stats, float64,
+	// into 2 float64s per row), then one thread per value. The gradients
+	// recompute the statistics from X.
+	lower(graph.OpLayerNorm, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // X, weight, bias -> Y
+		if err := c.need(3); err != nil {
+			return err
+		}
+		l, err := newLNStats(c, in[0], in[1], in[2])
+		if err != nil {
+			return err
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			if err := l.run(dev, in[0].Buf); err != nil {
+				return err
+			}
+			return dev.Launch("ln_apply", l.rows*l.D, in[0].Buf, l.stats(), in[1].Buf, in[2].Buf, out.Buf, l.rows, l.D)
+		}
+		return nil
+	})
+	lower(graph.OpLayerNormGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // X, weight, dY -> dX
+		if err := c.need(3); err != nil {
+			return err
+		}
+		l, err := newLNStats(c, in[0], in[1])
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(in[2], in[0]) {
+			return fmt.Errorf("executor: %s of X %v and dY %v", c.kind, in[0], in[2])
+		}
+		gsum := c.alloc(4 * l.rows) // float64s: [rows][Σ g, Σ g·x̂]
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			if err := l.run(dev, in[0].Buf); err != nil {
+				return err
+			}
+			if err := dev.Launch("ln_grad_rows", l.rows, in[0].Buf, in[1].Buf, in[2].Buf, l.stats(), gsum(), l.rows, l.D); err != nil {
+				return err
+			}
+			return dev.Launch("ln_grad_input", l.rows*l.D, in[0].Buf, in[1].Buf, in[2].Buf, l.stats(), gsum(), out.Buf, l.rows, l.D)
+		}
+		return nil
+	})
+	// LayerNormGradW: dweight[j] = Σ_rows dY·x̂, in float64: chunks of
+	// rowChunk rows per thread (ln_grad_w_parts), a float64 tree of the
+	// chunks where there are several, and a rounding.
+	lower(graph.OpLayerNormGradW, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // X, dY -> dweight [D]
+		if err := c.need(2); err != nil {
+			return err
+		}
+		l, err := newLNStats(c, in[0])
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(in[1], in[0]) {
+			return fmt.Errorf("executor: %s of X %v and dY %v", c.kind, in[0], in[1])
+		}
+		chunks := max((l.rows+rowChunk-1)/rowChunk, 1)
+		part := c.alloc(2 * chunks * l.D) // float64s: [chunks, D]
+		var sums func() device.Buffer
+		var tree rowSum
+		if chunks > 1 {
+			sums, tree = c.alloc(2*l.D), newRowSumF64(c.alloc, chunks, l.D)
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			if err := l.run(dev, in[0].Buf); err != nil {
+				return err
+			}
+			if err := dev.Launch("ln_grad_w_parts", chunks*l.D, in[0].Buf, in[1].Buf, l.stats(), part(), l.rows, l.D, rowChunk); err != nil {
+				return err
+			}
+			total := part()
+			if chunks > 1 {
+				if err := tree.run(dev, part(), sums()); err != nil {
+					return err
+				}
+				total = sums()
+			}
+			return dev.Launch("f64_to_f32", l.D, total, out.Buf, l.D)
 		}
 		return nil
 	})
