@@ -207,6 +207,29 @@ func (b *builder) BatchNorm(x *G.Node, l *nn.BatchNorm) *G.Node {
 	return b.apply(op, append([]*G.Node{x}, ins...)...)
 }
 
+func (b *builder) LayerNorm(x *G.Node, l *nn.LayerNorm) *G.Node {
+	if !b.ok("LayerNorm", x) {
+		return nil
+	}
+	if l == nil {
+		b.fail(errors.New("LayerNorm: the layer is nil"))
+		return nil
+	}
+	if s := x.Shape(); len(s) < 2 || s[len(s)-1] != l.D {
+		b.fail(fmt.Errorf("LayerNorm %s: input %v does not end in the layer's %d values", l.Weight.Name, x.Shape(), l.D))
+		return nil
+	}
+	if !(l.Eps > 0) {
+		b.fail(fmt.Errorf("LayerNorm %s: eps %v must be positive", l.Weight.Name, l.Eps))
+		return nil
+	}
+	w, bias := b.Param(l.Weight), b.Param(l.Bias)
+	if w == nil || bias == nil {
+		return nil
+	}
+	return b.apply(newLayerNorm(x.Dims(), l.Eps), x, w, bias)
+}
+
 func (b *builder) GlobalAvgPool2D(x *G.Node) *G.Node {
 	if !b.ok("GlobalAvgPool2D", x) {
 		return nil

@@ -148,6 +148,18 @@ func TestGoldenOps(t *testing.T) {
 				requireClose(t, c.t(t, "y"), y, "y")
 				requireClose(t, c.t(t, "dx"), gs[0], "dx")
 				requireClose(t, c.t(t, "dw"), gs[1], "dw")
+			case "LayerNorm":
+				var eps float64
+				c.val(t, "eps", &eps)
+				y, gs := runGraph(t, []golden{x, c.t(t, "weight"), c.t(t, "bias")}, dy, []int{0, 1, 2}, func(g *G.ExprGraph, in []*G.Node) *G.Node {
+					n, err := G.ApplyOp(newLayerNorm(len(x.Shape), eps), in...)
+					require.NoError(t, err)
+					return n
+				})
+				requireClose(t, c.t(t, "y"), y, "y")
+				requireClose(t, c.t(t, "dx"), gs[0], "dx")
+				requireClose(t, c.t(t, "dweight"), gs[1], "dweight")
+				requireClose(t, c.t(t, "dbias"), gs[2], "dbias")
 			case "GELU", "SiLU":
 				k := map[string]Kind{"GELU": OpGELU, "SiLU": OpSiLU}[op]
 				y, gs := runGraph(t, []golden{x}, dy, []int{0}, func(g *G.ExprGraph, in []*G.Node) *G.Node {
@@ -180,7 +192,7 @@ func TestGoldenOps(t *testing.T) {
 			}
 		})
 	}
-	for _, op := range []string{"BatchNorm", "GlobalAvgPool", "Conv2D", "GELU", "SiLU", "SoftmaxCrossEntropy"} {
+	for _, op := range []string{"BatchNorm", "GlobalAvgPool", "Conv2D", "GELU", "SiLU", "SoftmaxCrossEntropy", "LayerNorm"} {
 		require.True(t, seen[op], "no golden case of %s: %v", op, seen)
 	}
 }

@@ -212,3 +212,30 @@ func TestGorgoniaOperatorRefusalNamesTheLayer(t *testing.T) {
 	require.ErrorContains(t, err, "layer 1")
 	require.ErrorContains(t, err, "softmaxOp")
 }
+
+// TestLayerNormModelGradients: a model with LayerNorm (rows of [N, T, D]
+// too) and GELU matches finite differences.
+func TestLayerNormModelGradients(t *testing.T) {
+	f := func(s *nn.Scope, spec Spec) (nn.Module, error) {
+		in := spec.InC * spec.InH * spec.InW
+		fc := nn.NewLinear(s.Sub("fc"), in, 12)
+		ln := nn.NewLayerNorm(s.Sub("ln"), 4)
+		ln2 := nn.NewLayerNorm(s.Sub("ln2"), 12)
+		head := nn.NewLinear(s.Sub("head"), 12, spec.Classes)
+		return nn.Seq(fc,
+			nn.Func(func(c nn.Ctx, x nn.T) nn.T { return c.Reshape(x, c.Batch(), 3, 4) }), // [N, T=3, D=4]
+			ln, nn.GELU{},
+			nn.Func(func(c nn.Ctx, x nn.T) nn.T { return c.Reshape(x, c.Batch(), 12) }),
+			ln2, nn.SiLU{}, head), nil
+	}
+	m, err := Build(Spec{Kind: "ln", InH: 3, InW: 3, Classes: 4}, f, 5)
+	require.NoError(t, err)
+	prog, err := m.Program(5, true)
+	require.NoError(t, err)
+	r := rand.New(rand.NewPCG(7, 8))
+	fill(r, prog.X, 1)
+	for i := range prog.Y {
+		prog.Y[i] = float32(i % 4)
+	}
+	gradCheck(t, m, prog, 1)
+}

@@ -58,6 +58,10 @@ const (
 	OpGELUGrad Kind = "GELUGrad" // dX from X and dY
 	OpSiLU     Kind = "SiLU"     // x·σ(x)
 	OpSiLUGrad Kind = "SiLUGrad" // dX from X and dY
+
+	OpLayerNorm      Kind = "LayerNorm"      // each row of the last dimension normalised, scaled and shifted
+	OpLayerNormGrad  Kind = "LayerNormGrad"  // dX from X, weight and dY (the rows' statistics)
+	OpLayerNormGradW Kind = "LayerNormGradW" // dweight[j] = Σ_rows dY·x̂
 )
 
 // Op is implemented by every op of the set. Attrs holds the op's static

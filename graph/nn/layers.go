@@ -104,6 +104,23 @@ func NewBatchNorm(s *Scope, c int) *BatchNorm {
 // Forward adds the normalisation.
 func (l *BatchNorm) Forward(c Ctx, x T) T { return c.BatchNorm(x, l) }
 
+// LayerNorm is PyTorch's nn.LayerNorm(D) over the last dimension of its
+// input ([N, D] or [N, T, D]): weight (ones) and bias (zeros) of D values,
+// eps 1e-5.
+type LayerNorm struct {
+	Weight, Bias *Param
+	D            int
+	Eps          float64
+}
+
+// NewLayerNorm declares a LayerNorm of d values under s.
+func NewLayerNorm(s *Scope, d int) *LayerNorm {
+	return &LayerNorm{Weight: s.Param("weight", Ones(), d), Bias: s.Param("bias", Zeros(), d), D: d, Eps: 1e-5}
+}
+
+// Forward adds the normalisation.
+func (l *LayerNorm) Forward(c Ctx, x T) T { return c.LayerNorm(x, l) }
+
 // GlobalAvgPool2d is PyTorch's AdaptiveAvgPool2d(1) followed by
 // flatten(1): [N,C,H,W] -> [N,C].
 type GlobalAvgPool2d struct{}

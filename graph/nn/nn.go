@@ -66,6 +66,8 @@ type Ctx interface {
 	// batch's statistics in training, updating the buffers (see
 	// BatchNorm), by the running ones in evaluation.
 	BatchNorm(x T, bn *BatchNorm) T
+	// LayerNorm normalises each row of x's last dimension (see LayerNorm).
+	LayerNorm(x T, ln *LayerNorm) T
 
 	// Fail records err as the program's error, unless one is recorded
 	// already; Err returns the recorded error.

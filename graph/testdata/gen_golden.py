@@ -80,11 +80,27 @@ def ce(name, eps):
             "dy": flat(torch.ones(1)), "y": flat(loss.reshape(1)), "dx": flat(x.grad)}
 
 
+def layernorm(name, shape):
+    d = shape[-1]
+    ln = nn.LayerNorm(d)
+    with torch.no_grad():
+        ln.weight.copy_(torch.rand(d) + 0.5)
+        ln.bias.copy_(torch.randn(d))
+    x = (torch.randn(*shape) * 2 + 0.5).requires_grad_()
+    y = ln(x)
+    dy = torch.randn(*y.shape)
+    (y * dy).sum().backward()
+    return {"name": name, "op": "LayerNorm", "eps": 1e-5, "x": flat(x), "weight": flat(ln.weight), "bias": flat(ln.bias),
+            "dy": flat(dy), "y": flat(y), "dx": flat(x.grad), "dweight": flat(ln.weight.grad), "dbias": flat(ln.bias.grad)}
+
+
 cases = [
     act("GELU", F.gelu),
     act("SiLU", F.silu),
     ce("ce-smoothing-0.1", 0.1),
     ce("ce-smoothing-0", 0.0),
+    layernorm("layernorm-2d", (6, 10)),
+    layernorm("layernorm-3d", (3, 4, 8)),
     batchnorm("bn2d-train", (4, 3, 5, 6), True),
     batchnorm("bn2d-eval", (4, 3, 5, 6), False),
     batchnorm("bn1d-train", (9, 5), True, momentum=0.3),

@@ -616,9 +616,15 @@ EXPORT CUresult cuMemsetD32Async(CUdeviceptr p, unsigned int v, size_t n, CUstre
 
 // ---- modules and launches ----
 
+// A module's entry points: room for every kernel of csrc/kernels.cu and to
+// spare; a PTX with more is refused, naming the limit, rather than
+// losing the rest.
+#define MAX_ENTRIES 512
+#define MAX_NAME 64
+
 typedef struct {
 	int n;
-	char names[64][64];
+	char names[MAX_ENTRIES][MAX_NAME];
 } module_t;
 
 EXPORT CUresult cuModuleLoadData(CUmodule *m, const void *image) {
@@ -629,10 +635,16 @@ EXPORT CUresult cuModuleLoadData(CUmodule *m, const void *image) {
 		return CUDA_ERROR_INVALID_IMAGE;
 	}
 	module_t *mod = calloc(1, sizeof *mod);
-	for (const char *p = ptx; (p = strstr(p, ".entry ")) != NULL && mod->n < 64;) {
+	if (mod == NULL) return CUDA_ERROR_OUT_OF_MEMORY;
+	for (const char *p = ptx; (p = strstr(p, ".entry ")) != NULL;) {
+		if (mod->n == MAX_ENTRIES) {
+			fprintf(stderr, "fakecuda: cuModuleLoadData: more than %d entry points (raise MAX_ENTRIES)\n", MAX_ENTRIES);
+			free(mod);
+			return CUDA_ERROR_INVALID_IMAGE;
+		}
 		p += 7;
 		int i = 0;
-		while (p[i] != '(' && p[i] != 0 && p[i] != ' ' && p[i] != '\n' && i < 63) {
+		while (p[i] != '(' && p[i] != 0 && p[i] != ' ' && p[i] != '\n' && i < MAX_NAME - 1) {
 			mod->names[mod->n][i] = p[i];
 			i++;
 		}
