@@ -224,4 +224,19 @@ func TestResNetPipelineStages(t *testing.T) {
 		}
 		require.Greater(t, res[0].TestAccuracy, 0.2, "it learns (10 classes)")
 	}
+	// On devices: the stage's forward program leaves the buffers alone there too.
+	cfgs := []Config{base, base}
+	for r := range cfgs {
+		cfgs[r].PipelineStages, cfgs[r].MicroBatches = 2, 1
+	}
+	trs := runRanks(t, cfgs, func(int) Option { return WithData(smallImages(300, 1), smallImages(100, 2)) },
+		func(int) Option { return WithDevice(device.Host{}) })
+	d := 0.0
+	for r := range trs {
+		for _, i := range trs[r].strat.(*pipeline).stage.Params {
+			d = max(d, maxAbsDiff([][]float32{trs[r].Model.Params[i].Data}, [][]float32{ref.Model.Params[i].Data}))
+		}
+	}
+	t.Logf("2 stages on host devices, 1 micro-batch: max |Δ| against one CPU process %g", d)
+	require.Less(t, d, 1e-4)
 }
