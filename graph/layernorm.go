@@ -18,11 +18,17 @@ import (
 
 func init() {
 	registerOp(OpDef{Kind: OpLayerNorm, FLOPs: func(_ opAttrs, _ [][]int, out []int) float64 { return 7 * prod(out) },
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) { return newLayerNorm(firstDims(in), a.float("eps")), nil }})
+		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
+			return newLayerNorm(firstDims(in), a.float("eps")), nil
+		}})
 	registerOp(OpDef{Kind: OpLayerNormGrad, FLOPs: func(_ opAttrs, _ [][]int, out []int) float64 { return 8 * prod(out) },
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) { return newLayerNormGrad(firstDims(in), a.float("eps"), nil), nil }})
+		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
+			return newLayerNormGrad(firstDims(in), a.float("eps"), nil), nil
+		}})
 	registerOp(OpDef{Kind: OpLayerNormGradW, FLOPs: func(_ opAttrs, in [][]int, _ []int) float64 { return 4 * prod(in[0]) },
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) { return newLayerNormGradW(firstDims(in), a.float("eps"), nil), nil }})
+		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
+			return newLayerNormGradW(firstDims(in), a.float("eps"), nil), nil
+		}})
 }
 
 // lnStats is a forward's row statistics, reused by its gradient ops.

@@ -123,7 +123,7 @@ func (t *Trainer) loop(ctx context.Context, start time.Time) (Result, error) {
 				rec := metrics.Train{Epoch: epoch + 1, Step: t.pos.step, Loss: sum[0] / float64(winSamples), LR: lr, SamplesPerSec: rate,
 					Rank: t.rank(), WorldSize: t.worldSize()}
 				if dt := t.now().Sub(winStart); dt > 0 {
-					rec.DataWaitFraction = min((t.dataWait - winWait).Seconds()/dt.Seconds(), 1)
+					rec.DataWaitFraction = min((t.dataWait-winWait).Seconds()/dt.Seconds(), 1)
 				}
 				if t.devices != nil {
 					rec.GPU = t.devices()

@@ -43,7 +43,7 @@ type Result struct {
 	WallSeconds              float64
 	PeakRSSBytes             int64
 	DataWaitFraction         float64 // see metrics.Summary
-	Checkpoint               string // the last checkpoint written, if any
+	Checkpoint               string  // the last checkpoint written, if any
 }
 
 // Trainer runs the training loop of one Config. Its clock, data, metrics
@@ -79,20 +79,20 @@ type Trainer struct {
 	computeSecs, computeSamples float64
 	// dataWait is the time the steps waited for their batches (filled on
 	// the CPU, or a device's prefetcher catching up).
-	dataWait time.Duration
-	devr                        *devRun // WithDevice's device executor; nil: the CPU
-	async                       *AsyncTransport
-	dataOpt                     string       // the option that gave the data (WithData, WithSource); "": New loads cfg.Dataset
-	model                       *graph.Model // given with WithModel
-	modelGiven                  bool
-	inSize                      int                    // input values per sample
-	dataName                    string                 // the training data's name (its Meta's data.name)
-	dataMeta                    map[string]string      // what checkpoints and weights record of the data and the model's shape
-	scratchX, scratchY          []float32              // fill: the side of a batch its caller does not want
-	jsonl                       *metrics.JSONL         // Config.MetricsFile, opened by New (rank 0)
-	jsonlErr                    error                  // closing it
-	resumedOuter                *outerOpt              // the outer optimiser of the checkpoint resumed from (local SGD)
-	localStates                 []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
+	dataWait           time.Duration
+	devr               *devRun // WithDevice's device executor; nil: the CPU
+	async              *AsyncTransport
+	dataOpt            string       // the option that gave the data (WithData, WithSource); "": New loads cfg.Dataset
+	model              *graph.Model // given with WithModel
+	modelGiven         bool
+	inSize             int                    // input values per sample
+	dataName           string                 // the training data's name (its Meta's data.name)
+	dataMeta           map[string]string      // what checkpoints and weights record of the data and the model's shape
+	scratchX, scratchY []float32              // fill: the side of a batch its caller does not want
+	jsonl              *metrics.JSONL         // Config.MetricsFile, opened by New (rank 0)
+	jsonlErr           error                  // closing it
+	resumedOuter       *outerOpt              // the outer optimiser of the checkpoint resumed from (local SGD)
+	localStates        []map[string][]float32 // resumed local SGD: ranks' optimiser states (rank 0)
 }
 
 // Option configures a Trainer.
