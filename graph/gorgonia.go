@@ -457,7 +457,6 @@ func (o *elemUnaryOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
 type repeatOp struct {
 	base
 	axis int
-	out  tensor.Shape // set by InferShape (the count is a run-time input)
 }
 
 func newRepeat(axis, d int) *repeatOp {
