@@ -12,6 +12,12 @@
 //  2. libopenblas.so.0, libopenblas.so, libblas.so.3 (Debian: libopenblas0-pthread
 //     or libopenblas-dev).
 //
+// On a CPU with AVX-512 the package sets OPENBLAS_CORETYPE=Haswell before
+// OpenBLAS loads (unless it is set already): OpenBLAS's AVX-512 kernels
+// round a row of a product differently with the number of rows, which
+// breaks data parallelism's bit-for-bit agreement with one process; its
+// AVX2 kernels do not, and are as fast for gotrain's products.
+//
 // Nothing is linked at build time, so the package builds on any machine with
 // a C compiler (and without one: with CGO_ENABLED=0 only the fallback exists).
 // When no library loads, Sgemm falls back to gonum's pure-Go implementation,

@@ -61,7 +61,7 @@ func TestExample(t *testing.T) {
 		// gotrain itself has no csvmlp: it says which program to ask.
 		plain, err := exec.Command(extest.Path("gotrain"), "eval", "--checkpoint", one, "--data-dir", data).CombinedOutput()
 		require.Error(t, err)
-		require.Contains(t, string(plain), `holds a "csvmlp" model, which this program does not have (it has cnn, mlp)`)
+		require.Contains(t, string(plain), `holds a "csvmlp" model, which this program does not have (it has cnn, mlp, resnet)`)
 	})
 
 	t.Run("PyTorch peer", func(t *testing.T) {

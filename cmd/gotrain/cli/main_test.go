@@ -55,7 +55,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{[]string{"fly"}, "unknown command"},
 		{[]string{"train", "--no-such-flag"}, "no-such-flag"},
 		{[]string{"train", "--epochs", "two"}, "epochs"},
-		{[]string{"train", "--model", "resnet"}, "--model"},
+		{[]string{"train", "--model", "densenet"}, "--model"},
 		{[]string{"train", "--hidden", "256,x"}, "positive integers"},
 		{[]string{"train", "--lr", "-1"}, "--lr"},
 		{[]string{"train", "--dataset", "cifar10"}, "--dataset"},
