@@ -14,7 +14,8 @@
 #      accuracies must agree within 0.5 points; and ResNet-20 (BatchNorm,
 #      strided shortcuts) on image folders of 1000 MNIST digits: 2 steps
 #      must end with the CPU's weights and running statistics (within
-#      1e-5), and 200 steps must learn on both. (A BatchNorm ResNet at
+#      1e-5), and 200 steps must learn on both (above 25%; chance is
+#      10%; such runs end anywhere from 33% to 77%). (A BatchNorm ResNet at
 #      initialisation with batches of 4 to 16 doubles a difference in the
 #      last bit every few steps, on the CPU alone too: beyond some steps
 #      two correct runs differ as much as two seeds, so the long run is
@@ -115,9 +116,9 @@ within "$d" 0 1e-5 || {
 cpu=$(acc "$OUT/gotrain-cpu" "${rn[@]}" --max-steps 200 --batch-size 4 --lr 0.05 --device cpu)
 gpu=$(acc "$OUT/gotrain-gpu" "${rn[@]}" --max-steps 200 --batch-size 4 --lr 0.05 --device gpu) || true
 echo "fake-gpu-test: ResNet-20, 200 steps of 4 digits: test accuracy ${gpu:-none}% on cuda:0 fakecuda, $cpu% on the CPU (300 test digits)"
-[ -n "$gpu" ] && within "$gpu" 100 50 && within "$cpu" 100 50 || {
+[ -n "$gpu" ] && within "$gpu" 100 75 && within "$cpu" 100 75 || {
   tail -5 "$OUT/train.err"
-  echo "fake-gpu-test: ResNet-20 did not learn (above 50%) on fakecuda or on the CPU"
+  echo "fake-gpu-test: ResNet-20 did not learn (above 25%, chance is 10%) on fakecuda or on the CPU"
   exit 1
 }
 
