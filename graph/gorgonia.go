@@ -210,16 +210,16 @@ func typeOf(d int) hm.Type {
 
 func init() {
 	registerOp(OpDef{Kind: OpSub, FLOPs: elementwiseFLOPs,
-		Make: func(_ opAttrs, in [][]int, _ []int) (Op, error) { return newElemBin(OpSub, firstDims(in)), nil }})
+		Make: func(_ Attrs, in [][]int, _ []int) (Op, error) { return newElemBin(OpSub, firstDims(in)), nil }})
 	registerOp(OpDef{Kind: OpDiv, FLOPs: elementwiseFLOPs,
-		Make: func(_ opAttrs, in [][]int, _ []int) (Op, error) { return newElemBin(OpDiv, firstDims(in)), nil }})
+		Make: func(_ Attrs, in [][]int, _ []int) (Op, error) { return newElemBin(OpDiv, firstDims(in)), nil }})
 	registerOp(OpDef{Kind: OpElemScalar, FLOPs: elementwiseFLOPs,
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
-			sym, _ := a["op"].(string)
+		Make: func(a Attrs, in [][]int, _ []int) (Op, error) {
+			sym := a.String("op")
 			if _, ok := scalarOps[sym]; !ok {
 				return nil, fmt.Errorf("graph: %s: op %q is not one of + - ⊙ ÷ < > <= >=", OpElemScalar, sym)
 			}
-			first := a.bool("scalar_first")
+			first := a.Bool("scalar_first")
 			t := 0
 			if first {
 				t = 1
@@ -230,29 +230,29 @@ func init() {
 			return newElemScalar(sym, first, len(in[t])), nil
 		}})
 	registerOp(OpDef{Kind: OpElemUnary, FLOPs: elementwiseFLOPs,
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
-			fn, _ := a["fn"].(string)
+		Make: func(a Attrs, in [][]int, _ []int) (Op, error) {
+			fn := a.String("fn")
 			if _, ok := unaryFns[fn]; !ok {
 				return nil, fmt.Errorf("graph: %s: function %q is not one the set runs", OpElemUnary, fn)
 			}
 			return newElemUnary(fn, firstDims(in)), nil
 		}})
 	registerOp(OpDef{Kind: OpRepeat, FLOPs: elementwiseFLOPs,
-		Make: func(a opAttrs, in [][]int, out []int) (Op, error) {
-			if len(in) == 0 || !repeatFits(in[0], out, a.int("axis")) {
-				return nil, fmt.Errorf("graph: %s along %d of %v to %v does not fit", OpRepeat, a.int("axis"), in, out)
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			if len(in) == 0 || !repeatFits(in[0], out, a.Int("axis")) {
+				return nil, fmt.Errorf("graph: %s along %d of %v to %v does not fit", OpRepeat, a.Int("axis"), in, out)
 			}
-			return newRepeat(a.int("axis"), len(out)), nil
+			return newRepeat(a.Int("axis"), len(out)), nil
 		}})
-	registerOp(OpDef{Kind: OpReduceSum, FLOPs: func(_ opAttrs, in [][]int, _ []int) float64 { return prod(in[0]) },
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
-			if len(in) != 1 || a.int("axis") < 0 || a.int("axis") >= len(in[0]) {
-				return nil, fmt.Errorf("graph: %s along %d of %v does not fit", OpReduceSum, a.int("axis"), in)
+	registerOp(OpDef{Kind: OpReduceSum, FLOPs: func(_ Attrs, in [][]int, _ []int) float64 { return prod(in[0]) },
+		Make: func(a Attrs, in [][]int, _ []int) (Op, error) {
+			if len(in) != 1 || a.Int("axis") < 0 || a.Int("axis") >= len(in[0]) {
+				return nil, fmt.Errorf("graph: %s along %d of %v does not fit", OpReduceSum, a.Int("axis"), in)
 			}
-			if a.bool("all") {
+			if a.Bool("all") {
 				return newReduceSumAll(len(in[0])), nil
 			}
-			return newReduceSum(a.int("axis"), len(in[0])), nil
+			return newReduceSum(a.Int("axis"), len(in[0])), nil
 		}})
 }
 

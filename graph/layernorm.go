@@ -17,17 +17,17 @@ import (
 // forward's statistics; a device recomputes them from X.
 
 func init() {
-	registerOp(OpDef{Kind: OpLayerNorm, FLOPs: func(_ opAttrs, _ [][]int, out []int) float64 { return 7 * prod(out) },
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
-			return newLayerNorm(firstDims(in), a.float("eps")), nil
+	registerOp(OpDef{Kind: OpLayerNorm, FLOPs: func(_ Attrs, _ [][]int, out []int) float64 { return 7 * prod(out) },
+		Make: func(a Attrs, in [][]int, _ []int) (Op, error) {
+			return newLayerNorm(firstDims(in), a.Float("eps")), nil
 		}})
-	registerOp(OpDef{Kind: OpLayerNormGrad, FLOPs: func(_ opAttrs, _ [][]int, out []int) float64 { return 8 * prod(out) },
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
-			return newLayerNormGrad(firstDims(in), a.float("eps"), nil), nil
+	registerOp(OpDef{Kind: OpLayerNormGrad, FLOPs: func(_ Attrs, _ [][]int, out []int) float64 { return 8 * prod(out) },
+		Make: func(a Attrs, in [][]int, _ []int) (Op, error) {
+			return newLayerNormGrad(firstDims(in), a.Float("eps"), nil), nil
 		}})
-	registerOp(OpDef{Kind: OpLayerNormGradW, FLOPs: func(_ opAttrs, in [][]int, _ []int) float64 { return 4 * prod(in[0]) },
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
-			return newLayerNormGradW(firstDims(in), a.float("eps"), nil), nil
+	registerOp(OpDef{Kind: OpLayerNormGradW, FLOPs: func(_ Attrs, in [][]int, _ []int) float64 { return 4 * prod(in[0]) },
+		Make: func(a Attrs, in [][]int, _ []int) (Op, error) {
+			return newLayerNormGradW(firstDims(in), a.Float("eps"), nil), nil
 		}})
 }
 

@@ -26,26 +26,26 @@ import (
 // device recomputes them from X.
 
 func init() {
-	registerOp(OpDef{Kind: OpBatchNorm, FLOPs: func(a opAttrs, in [][]int, out []int) float64 {
-		if a.bool("train") {
+	registerOp(OpDef{Kind: OpBatchNorm, FLOPs: func(a Attrs, in [][]int, out []int) float64 {
+		if a.Bool("train") {
 			return 7 * prod(out) // two passes of statistics, then normalise
 		}
 		return 2 * prod(out)
 	},
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
-			o := newBatchNorm(firstDims(in), a.float("eps"), a.float("momentum"), a.bool("train"))
-			if a.bool("no_update") {
+		Make: func(a Attrs, in [][]int, _ []int) (Op, error) {
+			o := newBatchNorm(firstDims(in), a.Float("eps"), a.Float("momentum"), a.Bool("train"))
+			if a.Bool("no_update") {
 				o.frozen()
 			}
 			return o, nil
 		}})
-	registerOp(OpDef{Kind: OpBatchNormGrad, FLOPs: func(_ opAttrs, _ [][]int, out []int) float64 { return 8 * prod(out) },
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
-			return newBatchNormGrad(firstDims(in), a.float("eps"), nil), nil
+	registerOp(OpDef{Kind: OpBatchNormGrad, FLOPs: func(_ Attrs, _ [][]int, out []int) float64 { return 8 * prod(out) },
+		Make: func(a Attrs, in [][]int, _ []int) (Op, error) {
+			return newBatchNormGrad(firstDims(in), a.Float("eps"), nil), nil
 		}})
-	registerOp(OpDef{Kind: OpBatchNormGradGamma, FLOPs: func(_ opAttrs, in [][]int, _ []int) float64 { return 4 * prod(in[0]) },
-		Make: func(a opAttrs, in [][]int, _ []int) (Op, error) {
-			return newBatchNormGradGamma(firstDims(in), a.float("eps"), nil), nil
+	registerOp(OpDef{Kind: OpBatchNormGradGamma, FLOPs: func(_ Attrs, in [][]int, _ []int) float64 { return 4 * prod(in[0]) },
+		Make: func(a Attrs, in [][]int, _ []int) (Op, error) {
+			return newBatchNormGradGamma(firstDims(in), a.Float("eps"), nil), nil
 		}})
 }
 
@@ -213,6 +213,37 @@ type bnSaved struct {
 	m                      float64  // the values per channel the statistics are of (all ranks')
 	mean, invstd, variance []float64
 	buf                    []float64 // synchronised sums
+	// sums are the channels' Σ dY and Σ dY·(x-mean) of dY sumsOf, for
+	// this run (the forward clears sumsOf): see channelGradSums.
+	sums   [2][]float64
+	sumsOf *float32
+}
+
+// channelGradSums is each channel's Σ dY and Σ dY·(x-mean): taken once a
+// run, by whichever of BatchNormGrad and BatchNormGradGamma runs first,
+// and kept with the forward's statistics for the other. Outside a
+// program, or for an X the forward did not see, it is taken into scratch.
+func (s *bnSaved) channelGradSums(g bnGeom, x, dy []float32, mean []float64, scratch *[2][]float64) (s1, s2 []float64) {
+	own := s.valid(x)
+	if own && s.sumsOf == &dy[0] {
+		return s.sums[0], s.sums[1]
+	}
+	dst := scratch
+	if own {
+		dst = &s.sums
+	}
+	if len(dst[0]) != g.C {
+		dst[0], dst[1] = make([]float64, g.C), make([]float64, g.C)
+	}
+	parallelFor(g.C, 2*len(x), func(c0, c1 int) {
+		for c := c0; c < c1; c++ {
+			dst[0][c], dst[1][c] = g.gradSums(x, dy, c, mean[c])
+		}
+	})
+	if own {
+		s.sumsOf = &dy[0]
+	}
+	return dst[0], dst[1]
 }
 
 func (s *bnSaved) valid(x []float32) bool {
@@ -333,7 +364,7 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 	if !o.noUpdate {
 		nbt[0]++
 	}
-	s.of, s.n = &x[0], len(x)
+	s.of, s.n, s.sumsOf = &x[0], len(x), nil
 	return out, nil
 }
 
@@ -416,6 +447,7 @@ type batchNormGradOp struct {
 	eps     float64
 	fwd     *bnSaved // the forward's statistics (nil outside a graph)
 	scratch bnSaved
+	sums    [2][]float64 // channelGradSums' scratch
 	sync    *bnSync
 	buf     []float64
 }
@@ -447,11 +479,11 @@ func (o *batchNormGradOp) Do(in ...G.Value) (G.Value, error) {
 		return out, o.syncGrad(g, x, f32(in[1]), f32(in[2]), dx)
 	}
 	mean, invstd := o.fwd.stats(g, x, o.eps, &o.scratch)
+	s1, s2 := o.fwd.channelGradSums(g, x, dy, mean, &o.sums)
 	m := float64(g.m())
-	parallelFor(g.C, 3*len(x), func(c0, c1 int) {
+	parallelFor(g.C, len(x), func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
-			s1, s2 := g.gradSums(x, dy, c, mean[c])
-			bnGradApply(g, dx, dy, x, c, float64(gamma[c]), mean[c], invstd[c], s1/m, s2*invstd[c]/m)
+			bnGradApply(g, dx, dy, x, c, float64(gamma[c]), mean[c], invstd[c], s1[c]/m, s2[c]*invstd[c]/m)
 		}
 	})
 	return out, nil
@@ -504,6 +536,7 @@ type batchNormGradGammaOp struct {
 	eps     float64
 	fwd     *bnSaved
 	scratch bnSaved
+	sums    [2][]float64 // channelGradSums' scratch
 }
 
 func newBatchNormGradGamma(d int, eps float64, fwd *bnSaved) *batchNormGradGammaOp {
@@ -525,14 +558,12 @@ func (o *batchNormGradGammaOp) Do(in ...G.Value) (G.Value, error) {
 	}
 	x, dy := f32(in[0]), f32(in[1])
 	mean, invstd := o.fwd.stats(g, x, o.eps, &o.scratch)
+	_, s2 := o.fwd.channelGradSums(g, x, dy, mean, &o.sums)
 	out := o.output(g.C)
 	dg := f32(out)
-	parallelFor(g.C, 2*len(x), func(c0, c1 int) {
-		for c := c0; c < c1; c++ {
-			_, s := g.gradSums(x, dy, c, mean[c])
-			dg[c] = float32(s * invstd[c])
-		}
-	})
+	for c := range dg {
+		dg[c] = float32(s2[c] * invstd[c])
+	}
 	return out, nil
 }
 

@@ -14,17 +14,26 @@ type OpDef struct {
 	Kind Kind
 	// Make builds the op for inputs of shapes in and an output of shape
 	// out; attrs are as the op's Attrs reports them.
-	Make func(attrs opAttrs, in [][]int, out []int) (Op, error)
+	Make func(attrs Attrs, in [][]int, out []int) (Op, error)
 	// FLOPs is what one run costs (a multiply-add counts two).
-	FLOPs func(attrs opAttrs, in [][]int, out []int) float64
+	FLOPs func(attrs Attrs, in [][]int, out []int) float64
 }
 
-// opAttrs reads an op's attributes.
-type opAttrs map[string]any
+// Attrs are an op's attributes (Op.Attrs), read by kind: a missing or
+// mistyped key reads as the zero value. Device executors read them too.
+type Attrs map[string]any
 
-func (a opAttrs) int(k string) int   { v, _ := a[k].(int); return v }
-func (a opAttrs) bool(k string) bool { v, _ := a[k].(bool); return v }
-func (a opAttrs) float(k string) float64 {
+// Int is attribute k as an int.
+func (a Attrs) Int(k string) int { v, _ := a[k].(int); return v }
+
+// Bool is attribute k as a bool.
+func (a Attrs) Bool(k string) bool { v, _ := a[k].(bool); return v }
+
+// String is attribute k as a string.
+func (a Attrs) String(k string) string { v, _ := a[k].(string); return v }
+
+// Float is attribute k as a float64 (from a float64, float32 or int).
+func (a Attrs) Float(k string) float64 {
 	switch v := a[k].(type) {
 	case float64:
 		return v
@@ -69,7 +78,7 @@ func OpFLOPs(kind Kind, attrs map[string]any, in [][]int, out []int) (float64, e
 	if !ok {
 		return 0, fmt.Errorf("graph: %q is not a registered op", kind)
 	}
-	return d.FLOPs(opAttrs(attrs), in, out), nil
+	return d.FLOPs(Attrs(attrs), in, out), nil
 }
 
 func prod(s []int) float64 {
@@ -101,4 +110,4 @@ func innerDim(in [][]int, out []int) int {
 }
 
 // elementwiseFLOPs counts one operation per output value.
-func elementwiseFLOPs(_ opAttrs, _ [][]int, out []int) float64 { return prod(out) }
+func elementwiseFLOPs(_ Attrs, _ [][]int, out []int) float64 { return prod(out) }

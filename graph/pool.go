@@ -11,11 +11,11 @@ import (
 // flatten, [N,C,H,W] -> [N,C], as ResNets end.
 
 func init() {
-	registerOp(OpDef{Kind: OpGlobalAvgPool, FLOPs: func(_ opAttrs, in [][]int, _ []int) float64 { return prod(in[0]) },
-		Make: func(_ opAttrs, _ [][]int, _ []int) (Op, error) { return newGlobalAvgPool(), nil }})
+	registerOp(OpDef{Kind: OpGlobalAvgPool, FLOPs: func(_ Attrs, in [][]int, _ []int) float64 { return prod(in[0]) },
+		Make: func(_ Attrs, _ [][]int, _ []int) (Op, error) { return newGlobalAvgPool(), nil }})
 	registerOp(OpDef{Kind: OpGlobalAvgPoolGrad, FLOPs: elementwiseFLOPs,
-		Make: func(a opAttrs, _ [][]int, _ []int) (Op, error) {
-			return newGlobalAvgPoolGrad(a.int("h"), a.int("w")), nil
+		Make: func(a Attrs, _ [][]int, _ []int) (Op, error) {
+			return newGlobalAvgPoolGrad(a.Int("h"), a.Int("w")), nil
 		}})
 }
 

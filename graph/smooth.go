@@ -15,12 +15,12 @@ import (
 
 func init() {
 	for _, k := range []Kind{OpGELU, OpSiLU} {
-		registerOp(OpDef{Kind: k, FLOPs: func(_ opAttrs, _ [][]int, out []int) float64 { return 8 * prod(out) },
-			Make: func(_ opAttrs, in [][]int, _ []int) (Op, error) { return newSmoothAct(k, firstDims(in)), nil }})
+		registerOp(OpDef{Kind: k, FLOPs: func(_ Attrs, _ [][]int, out []int) float64 { return 8 * prod(out) },
+			Make: func(_ Attrs, in [][]int, _ []int) (Op, error) { return newSmoothAct(k, firstDims(in)), nil }})
 	}
 	for _, k := range []Kind{OpGELUGrad, OpSiLUGrad} {
-		registerOp(OpDef{Kind: k, FLOPs: func(_ opAttrs, _ [][]int, out []int) float64 { return 10 * prod(out) },
-			Make: func(_ opAttrs, in [][]int, _ []int) (Op, error) { return newSmoothActGrad(k, firstDims(in)), nil }})
+		registerOp(OpDef{Kind: k, FLOPs: func(_ Attrs, _ [][]int, out []int) float64 { return 10 * prod(out) },
+			Make: func(_ Attrs, in [][]int, _ []int) (Op, error) { return newSmoothActGrad(k, firstDims(in)), nil }})
 	}
 }
 

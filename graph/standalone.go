@@ -18,7 +18,7 @@ func NewOp(kind Kind, attrs map[string]any, in [][]int, out []int) (Op, error) {
 	if !ok {
 		return nil, fmt.Errorf("graph: %q is not an op of the set (registered: %v)", kind, OpKinds())
 	}
-	return d.Make(opAttrs(attrs), in, out)
+	return d.Make(Attrs(attrs), in, out)
 }
 
 // Run runs a standalone op on float32 inputs of the given shapes (a

@@ -322,20 +322,10 @@ type lowerCtx struct {
 	o     *Op
 }
 
-func (c *lowerCtx) intAttr(k string) int       { v, _ := c.attrs[k].(int); return v }
-func (c *lowerCtx) boolAttr(k string) bool     { v, _ := c.attrs[k].(bool); return v }
-func (c *lowerCtx) stringAttr(k string) string { v, _ := c.attrs[k].(string); return v }
-func (c *lowerCtx) floatAttr(k string) float64 {
-	switch v := c.attrs[k].(type) {
-	case float64:
-		return v
-	case float32:
-		return float64(v)
-	case int:
-		return float64(v)
-	}
-	return 0
-}
+func (c *lowerCtx) intAttr(k string) int       { return graph.Attrs(c.attrs).Int(k) }
+func (c *lowerCtx) boolAttr(k string) bool     { return graph.Attrs(c.attrs).Bool(k) }
+func (c *lowerCtx) stringAttr(k string) string { return graph.Attrs(c.attrs).String(k) }
+func (c *lowerCtx) floatAttr(k string) float64 { return graph.Attrs(c.attrs).Float(k) }
 
 // alloc reserves scratch of n values: slot k of o.scratch, which is the
 // op's own (NewOp) or a workspace shared by a program's ops.
