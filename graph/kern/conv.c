@@ -1,0 +1,195 @@
+// Direct 3x3 convolutions of stride 1 and padding 1 ("same"), one sample
+// at a time, with AVX2 and FMA. See doc.go for the layout and the order of
+// the sums.
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+int gt_kern_avx2(void) {
+	__builtin_cpu_init();
+	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+// The geometry of one sample: C input channels of H x W, K filters.
+// Wp = W+2 is the padded row; the output is computed at the L = H*Wp
+// positions of the padded-width grid (2 of each row's Wp are not
+// outputs), rounded up to Lb, a multiple of 24 (3 vectors). A padded
+// input plane holds S floats: row y+1, column x+1 is x[y][x]; everything
+// else is zero, including the tail that the last blocks read past the
+// last row.
+typedef struct {
+	int C, H, W, K;
+	int Wp, L, Lb, S;
+} geom;
+
+static geom mkgeom(int C, int H, int W, int K) {
+	geom g;
+	g.C = C; g.H = H; g.W = W; g.K = K;
+	g.Wp = W + 2;
+	g.L = H * g.Wp;
+	g.Lb = (g.L + 23) / 24 * 24;
+	g.S = (g.Lb + 2 * g.Wp + 2 + 8 + 7) / 8 * 8;
+	return g;
+}
+
+// gt_kern_conv3_scratch is the floats of scratch one sample's forward or
+// weight-gradient call needs.
+long gt_kern_conv3_scratch(int C, int H, int W, int K) {
+	geom g = mkgeom(C, H, W, K);
+	int K4 = (K + 3) / 4 * 4;
+	long xp = (long)C * g.S;
+	long yq = (long)K4 * g.Lb;
+	long wr = (long)K4 * C * 9;
+	return xp + yq + wr;
+}
+
+static void pad_input(const geom* g, const float* x, float* xp) {
+	for (int c = 0; c < g->C; c++) {
+		float* d = xp + (long)c * g->S;
+		memset(d, 0, sizeof(float) * g->S);
+		const float* s = x + (long)c * g->H * g->W;
+		for (int y = 0; y < g->H; y++) {
+			memcpy(d + (y + 1) * g->Wp + 1, s + y * g->W, sizeof(float) * g->W);
+		}
+	}
+}
+
+// gt_kern_conv3 sets y[K][H][W] = w[K][C][3][3] * x[C][H][W] (one sample,
+// padding 1, stride 1). Each output is Σ over c, then i, then j of
+// w·x, accumulated in float32 with FMA in that order.
+__attribute__((target("avx2,fma")))
+void gt_kern_conv3(const float* x, const float* w, float* y, float* scratch, int C, int H, int W, int K) {
+	geom g = mkgeom(C, H, W, K);
+	int nkb = (K + 3) / 4;
+	float* xp = scratch;
+	float* yq = xp + (long)C * g.S;
+	float* wr = yq + (long)nkb * 4 * g.Lb;
+	pad_input(&g, x, xp);
+	// wr[kb][c][ij][4]: the weights of filters 4kb..4kb+3, zero past K.
+	for (int kb = 0; kb < nkb; kb++) {
+		for (int c = 0; c < C; c++) {
+			for (int ij = 0; ij < 9; ij++) {
+				for (int q = 0; q < 4; q++) {
+					int k = kb * 4 + q;
+					wr[((long)(kb * C + c) * 9 + ij) * 4 + q] = k < K ? w[((long)k * C + c) * 9 + ij] : 0.0f;
+				}
+			}
+		}
+	}
+	const int Wp = g.Wp;
+	const int off[9] = {0, 1, 2, Wp, Wp + 1, Wp + 2, 2 * Wp, 2 * Wp + 1, 2 * Wp + 2};
+	for (int kb = 0; kb < nkb; kb++) {
+		float* yk = yq + (long)kb * 4 * g.Lb;
+		for (int p = 0; p < g.Lb; p += 24) {
+			__m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps();
+			__m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps();
+			__m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a22 = _mm256_setzero_ps();
+			__m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps(), a32 = _mm256_setzero_ps();
+			const float* wc = wr + (long)kb * C * 36;
+			for (int c = 0; c < C; c++) {
+				const float* xc = xp + (long)c * g.S + p;
+#pragma GCC unroll 9
+				for (int ij = 0; ij < 9; ij++, wc += 4) {
+					const float* s = xc + off[ij];
+					__m256 x0 = _mm256_loadu_ps(s), x1 = _mm256_loadu_ps(s + 8), x2 = _mm256_loadu_ps(s + 16);
+					__m256 b = _mm256_broadcast_ss(wc);
+					a00 = _mm256_fmadd_ps(b, x0, a00); a01 = _mm256_fmadd_ps(b, x1, a01); a02 = _mm256_fmadd_ps(b, x2, a02);
+					b = _mm256_broadcast_ss(wc + 1);
+					a10 = _mm256_fmadd_ps(b, x0, a10); a11 = _mm256_fmadd_ps(b, x1, a11); a12 = _mm256_fmadd_ps(b, x2, a12);
+					b = _mm256_broadcast_ss(wc + 2);
+					a20 = _mm256_fmadd_ps(b, x0, a20); a21 = _mm256_fmadd_ps(b, x1, a21); a22 = _mm256_fmadd_ps(b, x2, a22);
+					b = _mm256_broadcast_ss(wc + 3);
+					a30 = _mm256_fmadd_ps(b, x0, a30); a31 = _mm256_fmadd_ps(b, x1, a31); a32 = _mm256_fmadd_ps(b, x2, a32);
+				}
+			}
+			float* d = yk + p;
+			_mm256_storeu_ps(d, a00); _mm256_storeu_ps(d + 8, a01); _mm256_storeu_ps(d + 16, a02);
+			d += g.Lb;
+			_mm256_storeu_ps(d, a10); _mm256_storeu_ps(d + 8, a11); _mm256_storeu_ps(d + 16, a12);
+			d += g.Lb;
+			_mm256_storeu_ps(d, a20); _mm256_storeu_ps(d + 8, a21); _mm256_storeu_ps(d + 16, a22);
+			d += g.Lb;
+			_mm256_storeu_ps(d, a30); _mm256_storeu_ps(d + 8, a31); _mm256_storeu_ps(d + 16, a32);
+		}
+	}
+	// Keep the W outputs of each row of Wp.
+	for (int k = 0; k < K; k++) {
+		for (int r = 0; r < H; r++) {
+			memcpy(y + ((long)k * H + r) * W, yq + (long)k * g.Lb + r * Wp, sizeof(float) * W);
+		}
+	}
+}
+
+static float hsum(__m256 v) __attribute__((target("avx2,fma")));
+static float hsum(__m256 v) {
+	__m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+	lo = _mm_add_ps(lo, hi);
+	__m128 sh = _mm_movehl_ps(lo, lo);
+	lo = _mm_add_ps(lo, sh);
+	sh = _mm_shuffle_ps(lo, lo, 1);
+	return _mm_cvtss_f32(_mm_add_ss(lo, sh));
+}
+
+// gt_kern_conv3_dw adds to dw[K][C][3][3] one sample's weight gradient:
+// dw[k][c][i][j] += Σ_{y,x} dy[k][y][x] · x[c][y+i-1][x+j-1]. Each sum is
+// taken over the sample's positions in eight lanes (position p in lane
+// p mod 8 of the padded-width grid), then the lanes summed in a fixed
+// order, then added to dw.
+__attribute__((target("avx2,fma")))
+void gt_kern_conv3_dw(const float* x, const float* dy, float* dw, float* scratch, int C, int H, int W, int K) {
+	geom g = mkgeom(C, H, W, K);
+	float* xp = scratch;
+	float* dq = xp + (long)C * g.S;
+	pad_input(&g, x, xp);
+	// dq[k]: dy[k] on the padded-width grid, zero in the 2 extra columns
+	// of each row and past L.
+	const int Wp = g.Wp, Lv = (g.L + 7) / 8 * 8;
+	for (int k = 0; k < K; k++) {
+		float* d = dq + (long)k * g.Lb;
+		memset(d, 0, sizeof(float) * g.Lb);
+		for (int r = 0; r < H; r++) {
+			memcpy(d + r * Wp, dy + ((long)k * H + r) * W, sizeof(float) * W);
+		}
+	}
+	// Filters in blocks of 4 (dq of a missing filter reads zeros: its
+	// sums are dropped), shifts (i, j) in rows of 3: 12 dot products at
+	// once, each in eight lanes, from 4 vectors of dY and 3 of the plane
+	// per 8 positions.
+	const int nkb = (K + 3) / 4;
+	for (long i = (long)K * g.Lb; i < (long)nkb * 4 * g.Lb; i++) dq[i] = 0;
+	for (int c = 0; c < C; c++) {
+		const float* xc = xp + (long)c * g.S;
+		for (int i = 0; i < 3; i++) {
+			const float* xi = xc + i * Wp;
+			for (int kb = 0; kb < nkb; kb++) {
+				const float* d0 = dq + (long)kb * 4 * g.Lb;
+				const float* d1 = d0 + g.Lb;
+				const float* d2 = d1 + g.Lb;
+				const float* d3 = d2 + g.Lb;
+				__m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps();
+				__m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps();
+				__m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a22 = _mm256_setzero_ps();
+				__m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps(), a32 = _mm256_setzero_ps();
+				for (int p = 0; p < Lv; p += 8) {
+					__m256 x0 = _mm256_loadu_ps(xi + p), x1 = _mm256_loadu_ps(xi + p + 1), x2 = _mm256_loadu_ps(xi + p + 2);
+					__m256 d = _mm256_loadu_ps(d0 + p);
+					a00 = _mm256_fmadd_ps(d, x0, a00); a01 = _mm256_fmadd_ps(d, x1, a01); a02 = _mm256_fmadd_ps(d, x2, a02);
+					d = _mm256_loadu_ps(d1 + p);
+					a10 = _mm256_fmadd_ps(d, x0, a10); a11 = _mm256_fmadd_ps(d, x1, a11); a12 = _mm256_fmadd_ps(d, x2, a12);
+					d = _mm256_loadu_ps(d2 + p);
+					a20 = _mm256_fmadd_ps(d, x0, a20); a21 = _mm256_fmadd_ps(d, x1, a21); a22 = _mm256_fmadd_ps(d, x2, a22);
+					d = _mm256_loadu_ps(d3 + p);
+					a30 = _mm256_fmadd_ps(d, x0, a30); a31 = _mm256_fmadd_ps(d, x1, a31); a32 = _mm256_fmadd_ps(d, x2, a32);
+				}
+				__m256 acc[4][3] = {{a00, a01, a02}, {a10, a11, a12}, {a20, a21, a22}, {a30, a31, a32}};
+				for (int q = 0; q < 4 && kb * 4 + q < K; q++) {
+					float* o = dw + ((long)(kb * 4 + q) * C + c) * 9 + i * 3;
+					o[0] += hsum(acc[q][0]);
+					o[1] += hsum(acc[q][1]);
+					o[2] += hsum(acc[q][2]);
+				}
+			}
+		}
+	}
+}

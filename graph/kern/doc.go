@@ -1,0 +1,48 @@
+// Package kern holds gotrain's native CPU kernels: the few loops that Go,
+// without vector instructions, runs several times slower than the
+// machine can, written in C with AVX2 and FMA intrinsics.
+//
+// # What it has
+//
+// [Conv3] and [Conv3DW]: the forward pass and the weight gradient of a 3x3
+// convolution of stride 1 and padding 1, one sample at a time, NCHW. They
+// are the bulk of a ResNet's work (and the input gradient of such a
+// convolution is itself one, with the filters flipped and transposed). The
+// im2col route that graph takes for other convolutions copies each sample
+// nine times and then OpenBLAS packs the copy again; these read the sample
+// where it lies, once padded:
+//
+//   - the sample's planes are copied into a zeroed scratch with rows of
+//     W+2, so that output (y, x) on that padded-width grid is Σ over c and
+//     the nine (i, j) of w[k][c][i][j]·xp[c][(y+i)(W+2) + x+j]: a shift of
+//     the plane per (i, j), with no bounds to test;
+//   - Conv3 computes 4 filters × 24 consecutive positions at once in 12
+//     vector registers, broadcasting a weight and loading three vectors of
+//     the shifted plane per (c, i, j), then keeps the W real outputs of
+//     each padded row;
+//   - Conv3DW takes, per filter and channel, the nine dot products of dY
+//     (on the same grid, zero in the padding columns) with the nine shifts
+//     of the plane, in eight lanes each, then sums the lanes.
+//
+// # Results
+//
+// The sums run in a fixed order that depends only on the geometry, never
+// on the batch or on how many goroutines share it: the same sample gives
+// the same bits on every rank. They differ from the im2col and BLAS route
+// in the last bits (another order of the same float32 sums).
+//
+// # Availability
+//
+// The kernels need cgo, amd64 and a CPU with AVX2 and FMA; [Available]
+// says whether they run here, and [Why] why not. GOTRAIN_CPU_KERNELS=off
+// turns them off (graph then takes its im2col route), for comparison.
+// Callers check Available and take their own route otherwise; the
+// functions panic when called without it, or with slices too short for
+// the geometry, as BLAS does on programmer errors.
+package kern
+
+// Available reports whether the native kernels run on this machine.
+func Available() bool { return native }
+
+// Why says why the native kernels are not available ("" when they are).
+func Why() string { return why }

@@ -1,0 +1,126 @@
+// Elementwise maps and per-channel sums of [N, C, P] tensors (P values a
+// plane), vectorised by the compiler for AVX2. They run in exactly the
+// order of elem_generic.go, whose results they must equal bit for bit:
+// the package is built with -ffp-contract=off (no fused multiply-adds),
+// and each sum keeps eight float64 lanes as generic's a[0..7] do.
+
+#include <stdint.h>
+#include <string.h>
+
+typedef double v4d __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+#define TARGET __attribute__((target("avx2,fma")))
+
+static inline TARGET v4d load4(const float* p) {
+	v4f f;
+	memcpy(&f, p, sizeof f);
+	return __builtin_convertvector(f, v4d);
+}
+
+static inline TARGET double fold(v4d lo, v4d hi) {
+	return ((lo[0] + lo[1]) + (lo[2] + lo[3])) + ((hi[0] + hi[1]) + (hi[2] + hi[3]));
+}
+
+// Σ x over channel c.
+TARGET double gt_kern_chan_sum(const float* x, long N, long C, long P, long c) {
+	double s = 0;
+	for (long n = 0; n < N; n++) {
+		const float* p = x + (n * C + c) * P;
+		v4d lo = {0, 0, 0, 0}, hi = {0, 0, 0, 0};
+		long i = 0;
+		for (; i + 8 <= P; i += 8) {
+			lo += load4(p + i);
+			hi += load4(p + i + 4);
+		}
+		for (; i < P; i++) lo[0] += (double)p[i];
+		s += fold(lo, hi);
+	}
+	return s;
+}
+
+// Σ (x-mu)² over channel c.
+TARGET double gt_kern_chan_sqdev(const float* x, long N, long C, long P, long c, double mu) {
+	double s = 0;
+	v4d m = {mu, mu, mu, mu};
+	for (long n = 0; n < N; n++) {
+		const float* p = x + (n * C + c) * P;
+		v4d lo = {0, 0, 0, 0}, hi = {0, 0, 0, 0};
+		long i = 0;
+		for (; i + 8 <= P; i += 8) {
+			v4d d0 = load4(p + i) - m, d1 = load4(p + i + 4) - m;
+			lo += d0 * d0;
+			hi += d1 * d1;
+		}
+		for (; i < P; i++) {
+			double d = (double)p[i] - mu;
+			lo[0] += d * d;
+		}
+		s += fold(lo, hi);
+	}
+	return s;
+}
+
+// Σ dy and Σ dy·(x-mu) over channel c.
+TARGET void gt_kern_chan_gradsums(const float* x, const float* dy, long N, long C, long P, long c, double mu, double* out) {
+	double s1 = 0, s2 = 0;
+	v4d m = {mu, mu, mu, mu};
+	for (long n = 0; n < N; n++) {
+		const float* xs = x + (n * C + c) * P;
+		const float* gs = dy + (n * C + c) * P;
+		v4d a0 = {0, 0, 0, 0}, a1 = {0, 0, 0, 0}, b0 = {0, 0, 0, 0}, b1 = {0, 0, 0, 0};
+		long i = 0;
+		for (; i + 8 <= P; i += 8) {
+			v4d g0 = load4(gs + i), g1 = load4(gs + i + 4);
+			a0 += g0;
+			a1 += g1;
+			b0 += g0 * (load4(xs + i) - m);
+			b1 += g1 * (load4(xs + i + 4) - m);
+		}
+		for (; i < P; i++) {
+			a0[0] += (double)gs[i];
+			b0[0] += (double)gs[i] * ((double)xs[i] - mu);
+		}
+		s1 += fold(a0, a1);
+		s2 += fold(b0, b1);
+	}
+	out[0] = s1;
+	out[1] = s2;
+}
+
+// dst = a·x + b over channel c.
+TARGET void gt_kern_chan_affine(float* dst, const float* x, long N, long C, long P, long c, float a, float b) {
+	for (long n = 0; n < N; n++) {
+		float* d = dst + (n * C + c) * P;
+		const float* s = x + (n * C + c) * P;
+		for (long i = 0; i < P; i++) d[i] = a * s[i] + b;
+	}
+}
+
+// dst = a·x + b·y + c over channel ch.
+TARGET void gt_kern_chan_affine2(float* dst, const float* x, const float* y, long N, long C, long P, long ch, float a, float b, float c) {
+	for (long n = 0; n < N; n++) {
+		long o = (n * C + ch) * P;
+		float* d = dst + o;
+		const float* xs = x + o;
+		const float* ys = y + o;
+		for (long i = 0; i < P; i++) d[i] = a * xs[i] + b * ys[i] + c;
+	}
+}
+
+// y = max(x, 0) by the sign bit: a value whose sign bit is set becomes +0.
+TARGET void gt_kern_relu(float* y, const float* x, long n) {
+	const int32_t* xi = (const int32_t*)x;
+	int32_t* yi = (int32_t*)y;
+	for (long i = 0; i < n; i++) yi[i] = xi[i] & ~(xi[i] >> 31);
+}
+
+// dx = dy where y's bits, negated as a signed integer, are negative (y > 0,
+// and -0, which ReLU never outputs), else +0.
+TARGET void gt_kern_relu_grad(float* dx, const float* y, const float* dy, long n) {
+	const int32_t* yi = (const int32_t*)y;
+	const int32_t* gi = (const int32_t*)dy;
+	int32_t* di = (int32_t*)dx;
+	for (long i = 0; i < n; i++) di[i] = gi[i] & ((int32_t)(0u - (uint32_t)yi[i]) >> 31);
+}

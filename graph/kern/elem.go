@@ -1,0 +1,94 @@
+package kern
+
+import "fmt"
+
+// The elementwise kernels work on channel c of a tensor laid out as
+// [N, C, P] (NCHW with P = H·W; [N, C] with P = 1): N planes of P values,
+// plane n at (n·C + c)·P. Each gives the same bits whether the native code
+// or its Go fallback (elem_generic.go) runs it.
+
+func chanCheck(op string, n, c, p, ch int, xs ...[]float32) {
+	if n < 0 || c < 1 || p < 0 || ch < 0 || ch >= c {
+		panic(fmt.Sprintf("kern.%s: bad geometry N=%d C=%d P=%d channel %d", op, n, c, p, ch))
+	}
+	for _, x := range xs {
+		if len(x) < n*c*p {
+			panic(fmt.Sprintf("kern.%s: a tensor has %d values, want %d", op, len(x), n*c*p))
+		}
+	}
+}
+
+// ChanSum is Σ x over channel ch, in float64: eight running sums per
+// plane, folded as ((a0+a1)+(a2+a3))+((a4+a5)+(a6+a7)), then the planes'
+// sums added in order.
+func ChanSum(x []float32, n, c, p, ch int) float64 {
+	chanCheck("ChanSum", n, c, p, ch, x)
+	if native && n*p > 0 {
+		return cChanSum(x, n, c, p, ch)
+	}
+	return goChanSum(x, n, c, p, ch)
+}
+
+// ChanSqDev is Σ (x-mu)² over channel ch, summed as ChanSum.
+func ChanSqDev(x []float32, n, c, p, ch int, mu float64) float64 {
+	chanCheck("ChanSqDev", n, c, p, ch, x)
+	if native && n*p > 0 {
+		return cChanSqDev(x, n, c, p, ch, mu)
+	}
+	return goChanSqDev(x, n, c, p, ch, mu)
+}
+
+// ChanGradSums is Σ dy and Σ dy·(x-mu) over channel ch, summed as ChanSum.
+func ChanGradSums(x, dy []float32, n, c, p, ch int, mu float64) (s1, s2 float64) {
+	chanCheck("ChanGradSums", n, c, p, ch, x, dy)
+	if native && n*p > 0 {
+		return cChanGradSums(x, dy, n, c, p, ch, mu)
+	}
+	return goChanGradSums(x, dy, n, c, p, ch, mu)
+}
+
+// ChanAffine sets channel ch of dst to a·x + b (float32, rounded after
+// the product).
+func ChanAffine(dst, x []float32, n, c, p, ch int, a, b float32) {
+	chanCheck("ChanAffine", n, c, p, ch, dst, x)
+	if native && n*p > 0 {
+		cChanAffine(dst, x, n, c, p, ch, a, b)
+		return
+	}
+	goChanAffine(dst, x, n, c, p, ch, a, b)
+}
+
+// ChanAffine2 sets channel ch of dst to (a·x + b·y) + cc.
+func ChanAffine2(dst, x, y []float32, n, c, p, ch int, a, b, cc float32) {
+	chanCheck("ChanAffine2", n, c, p, ch, dst, x, y)
+	if native && n*p > 0 {
+		cChanAffine2(dst, x, y, n, c, p, ch, a, b, cc)
+		return
+	}
+	goChanAffine2(dst, x, y, n, c, p, ch, a, b, cc)
+}
+
+// ReLU sets y[i] = max(x[i], 0), by the sign bit: -0 and negative NaNs
+// become +0.
+func ReLU(y, x []float32) {
+	if len(y) < len(x) {
+		panic(fmt.Sprintf("kern.ReLU: output has %d values, input %d", len(y), len(x)))
+	}
+	if native && len(x) > 0 {
+		cReLU(y, x)
+		return
+	}
+	goReLU(y, x)
+}
+
+// ReLUGrad sets dx[i] = dy[i] where y[i] > 0 (ReLU's output), else +0.
+func ReLUGrad(dx, y, dy []float32) {
+	if len(dx) < len(y) || len(dy) < len(y) {
+		panic(fmt.Sprintf("kern.ReLUGrad: dX %d, Y %d, dY %d values", len(dx), len(y), len(dy)))
+	}
+	if native && len(y) > 0 {
+		cReLUGrad(dx, y, dy)
+		return
+	}
+	goReLUGrad(dx, y, dy)
+}

@@ -1,0 +1,107 @@
+package kern
+
+import "math"
+
+// The Go fallbacks of elem.go, and the definition of their order.
+
+func plane(x []float32, c, p, n, ch int) []float32 { return x[(n*c+ch)*p:][:p] }
+
+func fold(a *[8]float64) float64 {
+	return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+}
+
+func goChanSum(x []float32, n, c, p, ch int) float64 {
+	var s float64
+	for i := 0; i < n; i++ {
+		v := plane(x, c, p, i, ch)
+		var a [8]float64
+		j := 0
+		for ; j+8 <= len(v); j += 8 {
+			for l := range 8 {
+				a[l] += float64(v[j+l])
+			}
+		}
+		for ; j < len(v); j++ {
+			a[0] += float64(v[j])
+		}
+		s += fold(&a)
+	}
+	return s
+}
+
+func goChanSqDev(x []float32, n, c, p, ch int, mu float64) float64 {
+	var s float64
+	for i := 0; i < n; i++ {
+		v := plane(x, c, p, i, ch)
+		var a [8]float64
+		j := 0
+		for ; j+8 <= len(v); j += 8 {
+			for l := range 8 {
+				d := float64(v[j+l]) - mu
+				a[l] += d * d
+			}
+		}
+		for ; j < len(v); j++ {
+			d := float64(v[j]) - mu
+			a[0] += d * d
+		}
+		s += fold(&a)
+	}
+	return s
+}
+
+func goChanGradSums(x, dy []float32, n, c, p, ch int, mu float64) (s1, s2 float64) {
+	for i := 0; i < n; i++ {
+		xs, gs := plane(x, c, p, i, ch), plane(dy, c, p, i, ch)
+		var a, b [8]float64
+		j := 0
+		for ; j+8 <= len(gs); j += 8 {
+			for l := range 8 {
+				g := float64(gs[j+l])
+				a[l] += g
+				b[l] += g * (float64(xs[j+l]) - mu)
+			}
+		}
+		for ; j < len(gs); j++ {
+			a[0] += float64(gs[j])
+			b[0] += float64(gs[j]) * (float64(xs[j]) - mu)
+		}
+		s1 += fold(&a)
+		s2 += fold(&b)
+	}
+	return s1, s2
+}
+
+func goChanAffine(dst, x []float32, n, c, p, ch int, a, b float32) {
+	for i := 0; i < n; i++ {
+		d, xs := plane(dst, c, p, i, ch), plane(x, c, p, i, ch)
+		for j, v := range xs {
+			d[j] = a*v + b
+		}
+	}
+}
+
+func goChanAffine2(dst, x, y []float32, n, c, p, ch int, a, b, cc float32) {
+	for i := 0; i < n; i++ {
+		d, xs, ys := plane(dst, c, p, i, ch), plane(x, c, p, i, ch), plane(y, c, p, i, ch)
+		for j, v := range xs {
+			d[j] = a*v + b*ys[j] + cc
+		}
+	}
+}
+
+func goReLU(y, x []float32) {
+	y = y[:len(x)]
+	for i, v := range x {
+		b := math.Float32bits(v)
+		y[i] = math.Float32frombits(b &^ uint32(int32(b)>>31))
+	}
+}
+
+func goReLUGrad(dx, y, dy []float32) {
+	dx, dy = dx[:len(y)], dy[:len(y)]
+	for i, v := range y {
+		m := uint32(-int32(math.Float32bits(v)) >> 31)
+		dx[i] = math.Float32frombits(math.Float32bits(dy[i]) & m)
+	}
+}

@@ -1,0 +1,89 @@
+package kern
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// The native elementwise kernels give the Go fallback's bits, and the
+// fallback's sums are the float64 sums within rounding.
+func TestElemNativeEqualsGeneric(t *testing.T) {
+	if !Available() {
+		t.Skip("native kernels not available: " + Why())
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, g := range []struct{ n, c, p int }{{1, 1, 1}, {3, 2, 7}, {2, 3, 8}, {5, 4, 49}, {4, 16, 196}, {2, 16, 784}, {3, 5, 13}, {128, 64, 1}} {
+		t.Run(fmt.Sprintf("N%d_C%d_P%d", g.n, g.c, g.p), func(t *testing.T) {
+			sz := g.n * g.c * g.p
+			x, y := randn(r, sz), randn(r, sz)
+			for i := range x {
+				x[i] = x[i]*3 + 1.5 // an offset mean, as activations have
+			}
+			for ch := 0; ch < g.c; ch++ {
+				mu := goChanSum(x, g.n, g.c, g.p, ch) / float64(g.n*g.p)
+				var ref, refSq, refG1, refG2 float64
+				for i := 0; i < g.n; i++ {
+					for j := 0; j < g.p; j++ {
+						v, d := float64(x[(i*g.c+ch)*g.p+j]), float64(y[(i*g.c+ch)*g.p+j])
+						ref, refSq, refG1, refG2 = ref+v, refSq+(v-mu)*(v-mu), refG1+d, refG2+d*(v-mu)
+					}
+				}
+				same := func(what string, got, want, exact float64) {
+					t.Helper()
+					if math.Float64bits(got) != math.Float64bits(want) {
+						t.Fatalf("channel %d %s: native %v, generic %v", ch, what, got, want)
+					}
+					if math.Abs(got-exact) > 1e-12*(1+math.Abs(exact))*float64(g.n*g.p) {
+						t.Fatalf("channel %d %s = %v, want %v", ch, what, got, exact)
+					}
+				}
+				same("sum", ChanSum(x, g.n, g.c, g.p, ch), goChanSum(x, g.n, g.c, g.p, ch), ref)
+				same("sqdev", ChanSqDev(x, g.n, g.c, g.p, ch, mu), goChanSqDev(x, g.n, g.c, g.p, ch, mu), refSq)
+				s1, s2 := ChanGradSums(x, y, g.n, g.c, g.p, ch, mu)
+				w1, w2 := goChanGradSums(x, y, g.n, g.c, g.p, ch, mu)
+				same("grad sum", s1, w1, refG1)
+				same("grad dot", s2, w2, refG2)
+			}
+			bits := func(what string, a, b []float32) {
+				t.Helper()
+				for i := range a {
+					if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+						t.Fatalf("%s[%d]: native %v, generic %v", what, i, a[i], b[i])
+					}
+				}
+			}
+			d1, d2 := make([]float32, sz), make([]float32, sz)
+			for ch := 0; ch < g.c; ch++ {
+				ChanAffine(d1, x, g.n, g.c, g.p, ch, 0.37, -1.25)
+				goChanAffine(d2, x, g.n, g.c, g.p, ch, 0.37, -1.25)
+			}
+			bits("affine", d1, d2)
+			for ch := 0; ch < g.c; ch++ {
+				ChanAffine2(d1, x, y, g.n, g.c, g.p, ch, 0.37, -1.1, 0.3)
+				goChanAffine2(d2, x, y, g.n, g.c, g.p, ch, 0.37, -1.1, 0.3)
+			}
+			bits("affine2", d1, d2)
+			for i := 0; i < len(x) && i < 8; i++ {
+				x[i] = []float32{float32(math.Copysign(0, -1)), 0, float32(math.NaN()), -float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), 1e-45, -1e-45}[i]
+			}
+			ReLU(d1, x)
+			goReLU(d2, x)
+			bits("relu", d1, d2)
+			for i, v := range x {
+				if v > 0 && d1[i] != v || !(v > 0) && !math.IsNaN(float64(v)) && math.Float32bits(d1[i]) != 0 {
+					t.Fatalf("relu(%v) = %v", v, d1[i])
+				}
+			}
+			ReLUGrad(d1, x, y)
+			goReLUGrad(d2, x, y)
+			bits("relu grad", d1, d2)
+			for i, v := range x {
+				if v > 0 && d1[i] != y[i] || v < 0 && d1[i] != 0 {
+					t.Fatalf("relu grad at %v of %v = %v", v, y[i], d1[i])
+				}
+			}
+		})
+	}
+}

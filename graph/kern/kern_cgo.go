@@ -1,0 +1,69 @@
+//go:build cgo && amd64
+
+package kern
+
+/*
+#cgo CFLAGS: -O3 -std=c11 -fno-strict-aliasing
+long gt_kern_conv3_scratch(int C, int H, int W, int K);
+void gt_kern_conv3(const float* x, const float* w, float* y, float* scratch, int C, int H, int W, int K);
+void gt_kern_conv3_dw(const float* x, const float* dy, float* dw, float* scratch, int C, int H, int W, int K);
+int gt_kern_avx2(void);
+double gt_kern_chan_sum(const float* x, long N, long C, long P, long c);
+double gt_kern_chan_sqdev(const float* x, long N, long C, long P, long c, double mu);
+void gt_kern_chan_gradsums(const float* x, const float* dy, long N, long C, long P, long c, double mu, double* out);
+void gt_kern_chan_affine(float* dst, const float* x, long N, long C, long P, long c, float a, float b);
+void gt_kern_chan_affine2(float* dst, const float* x, const float* y, long N, long C, long P, long ch, float a, float b, float c);
+void gt_kern_relu(float* y, const float* x, long n);
+void gt_kern_relu_grad(float* dx, const float* y, const float* dy, long n);
+*/
+import "C"
+
+import "os"
+
+var (
+	native = C.gt_kern_avx2() != 0 && os.Getenv("GOTRAIN_CPU_KERNELS") != "off"
+	why    = map[bool]string{
+		true:  "",
+		false: "this CPU lacks AVX2 and FMA, or GOTRAIN_CPU_KERNELS=off",
+	}[native]
+)
+
+func conv3Scratch(c, h, w, k int) int {
+	return int(C.gt_kern_conv3_scratch(C.int(c), C.int(h), C.int(w), C.int(k)))
+}
+
+func conv3(x, wt, y, scratch []float32, c, h, w, k int) {
+	C.gt_kern_conv3((*C.float)(&x[0]), (*C.float)(&wt[0]), (*C.float)(&y[0]), (*C.float)(&scratch[0]), C.int(c), C.int(h), C.int(w), C.int(k))
+}
+
+func conv3DW(x, dy, dw, scratch []float32, c, h, w, k int) {
+	C.gt_kern_conv3_dw((*C.float)(&x[0]), (*C.float)(&dy[0]), (*C.float)(&dw[0]), (*C.float)(&scratch[0]), C.int(c), C.int(h), C.int(w), C.int(k))
+}
+
+func fp(x []float32) *C.float { return (*C.float)(&x[0]) }
+
+func cChanSum(x []float32, n, c, p, ch int) float64 {
+	return float64(C.gt_kern_chan_sum(fp(x), C.long(n), C.long(c), C.long(p), C.long(ch)))
+}
+
+func cChanSqDev(x []float32, n, c, p, ch int, mu float64) float64 {
+	return float64(C.gt_kern_chan_sqdev(fp(x), C.long(n), C.long(c), C.long(p), C.long(ch), C.double(mu)))
+}
+
+func cChanGradSums(x, dy []float32, n, c, p, ch int, mu float64) (s1, s2 float64) {
+	var out [2]C.double
+	C.gt_kern_chan_gradsums(fp(x), fp(dy), C.long(n), C.long(c), C.long(p), C.long(ch), C.double(mu), &out[0])
+	return float64(out[0]), float64(out[1])
+}
+
+func cChanAffine(dst, x []float32, n, c, p, ch int, a, b float32) {
+	C.gt_kern_chan_affine(fp(dst), fp(x), C.long(n), C.long(c), C.long(p), C.long(ch), C.float(a), C.float(b))
+}
+
+func cChanAffine2(dst, x, y []float32, n, c, p, ch int, a, b, cc float32) {
+	C.gt_kern_chan_affine2(fp(dst), fp(x), fp(y), C.long(n), C.long(c), C.long(p), C.long(ch), C.float(a), C.float(b), C.float(cc))
+}
+
+func cReLU(y, x []float32) { C.gt_kern_relu(fp(y), fp(x), C.long(len(x))) }
+
+func cReLUGrad(dx, y, dy []float32) { C.gt_kern_relu_grad(fp(dx), fp(y), fp(dy), C.long(len(y))) }

@@ -1,0 +1,20 @@
+//go:build !cgo || !amd64
+
+package kern
+
+const (
+	native = false
+	why    = "built without cgo or not for amd64"
+)
+
+func conv3Scratch(c, h, w, k int) int                      { return 0 }
+func conv3(x, wt, y, scratch []float32, c, h, w, k int)    {}
+func conv3DW(x, dy, dw, scratch []float32, c, h, w, k int) {}
+
+func cChanSum([]float32, int, int, int, int) float64                             { return 0 }
+func cChanSqDev([]float32, int, int, int, int, float64) float64                  { return 0 }
+func cChanGradSums(_, _ []float32, _, _, _, _ int, _ float64) (float64, float64) { return 0, 0 }
+func cChanAffine(_, _ []float32, _, _, _, _ int, _, _ float32)                   {}
+func cChanAffine2(_, _, _ []float32, _, _, _, _ int, _, _, _ float32)            {}
+func cReLU(_, _ []float32)                                                       {}
+func cReLUGrad(_, _, _ []float32)                                                {}
