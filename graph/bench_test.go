@@ -2,10 +2,14 @@ package graph
 
 import (
 	"math/rand/v2"
+	"runtime"
 	"testing"
+
+	"github.com/gotrain/gotrain/graph/cblas"
 )
 
 func benchStep(b *testing.B, spec Spec, batch int) {
+	cblas.SetThreads(runtime.GOMAXPROCS(0))
 	m, err := New(spec, 1)
 	if err != nil {
 		b.Fatal(err)
@@ -33,3 +37,7 @@ func BenchmarkMLPStep(b *testing.B) { benchStep(b, Spec{Kind: "mlp"}, 128) }
 
 // BenchmarkCNNStep is forward and backward of the CNN, batch 64.
 func BenchmarkCNNStep(b *testing.B) { benchStep(b, Spec{Kind: "cnn"}, 64) }
+
+// BenchmarkResNet20Step is forward and backward of ResNet-20 on 1x28x28
+// inputs, batch 128 (`make bench`'s resnet20 configuration).
+func BenchmarkResNet20Step(b *testing.B) { benchStep(b, Spec{Kind: "resnet", Depth: 20}, 128) }

@@ -7,6 +7,7 @@ import (
 	"gorgonia.org/tensor"
 
 	"github.com/gotrain/gotrain/graph/cblas"
+	"github.com/gotrain/gotrain/graph/kern"
 )
 
 // convGeom is the geometry of one NCHW convolution.
@@ -139,6 +140,27 @@ func (g convGeom) ySize() int    { return g.K * g.ohw() }
 // direct reports a 1x1 convolution of stride 1 without padding, whose
 // im2col is the sample itself.
 func (g convGeom) direct() bool { return g.KH == 1 && g.KW == 1 && g.Stride == 1 && g.Pad == 0 }
+
+// nativeConv turns kern's convolutions on (tests turn it off to compare).
+var nativeConv = kern.Available()
+
+// native3 reports a convolution that kern's direct 3x3 kernels compute
+// (kern.Conv3, kern.Conv3DW): 3x3, stride 1, padding 1, on planes at least
+// 12 wide. On narrower planes the two padding columns of each row that
+// they compute and drop cost more than im2col does (measured on ResNet's
+// 7x7 planes: 63 GFLOP/s for the kernel, 80 for im2col and OpenBLAS).
+func (g convGeom) native3() bool {
+	return nativeConv && g.KH == 3 && g.KW == 3 && g.Stride == 1 && g.Pad == 1 && g.W >= 12
+}
+
+// scratchSize is the scratch a worker needs for one sample: its im2col,
+// or kern's.
+func (g convGeom) scratchSize() int {
+	if g.native3() {
+		return kern.Conv3Scratch(g.C, g.H, g.W, g.K)
+	}
+	return g.colsSize()
+}
 
 // colsSize is the scratch a worker needs for one sample's im2col.
 func (g convGeom) colsSize() int {
@@ -337,14 +359,18 @@ func (o *conv2dOp) Do(in ...G.Value) (G.Value, error) {
 	out := o.output(g.N, g.K, g.OH, g.OW)
 	y := f32(out)
 	parts, _ := splitWork(g.N, g.flops())
-	cs := g.colsSize()
+	cs := g.scratchSize()
 	o.cols = grow(o.pool, o.cols, parts*cs)
 	parallelParts(g.N, g.flops(), func(part, lo, hi int) {
 		scratch := o.cols[part*cs:][:cs]
 		for n := lo; n < hi; n++ {
-			cols := g.colsOf(x[n*g.xSize():][:g.xSize()], scratch)
-			yn := y[n*g.ySize():][:g.ySize()]
-			cblas.SgemmSerial(false, false, g.K, g.ohw(), g.ckk(), 1, w, g.ckk(), cols, g.ohw(), 0, yn, g.ohw())
+			xn, yn := x[n*g.xSize():][:g.xSize()], y[n*g.ySize():][:g.ySize()]
+			if g.native3() {
+				kern.Conv3(xn, w, yn, scratch, g.C, g.H, g.W, g.K)
+			} else {
+				cols := g.colsOf(xn, scratch)
+				cblas.SgemmSerial(false, false, g.K, g.ohw(), g.ckk(), 1, w, g.ckk(), cols, g.ohw(), 0, yn, g.ohw())
+			}
 			if bias == nil {
 				continue
 			}
@@ -463,13 +489,18 @@ func (o *conv2dGradInputOp) transposedConv(g, t convGeom, dy, w, dx []float32) {
 		}
 	}
 	parts, _ := splitWork(t.N, t.flops())
-	cs := t.colsSize()
+	cs := t.scratchSize()
 	o.dcols = grow(o.pool, o.dcols, parts*cs)
 	parallelParts(t.N, t.flops(), func(part, lo, hi int) {
 		scratch := o.dcols[part*cs:][:cs]
 		for n := lo; n < hi; n++ {
-			cols := t.colsOf(dy[n*t.xSize():][:t.xSize()], scratch)
-			cblas.SgemmSerial(false, false, t.K, t.ohw(), t.ckk(), 1, o.wT, t.ckk(), cols, t.ohw(), 0, dx[n*t.ySize():][:t.ySize()], t.ohw())
+			dyn, dxn := dy[n*t.xSize():][:t.xSize()], dx[n*t.ySize():][:t.ySize()]
+			if t.native3() {
+				kern.Conv3(dyn, o.wT, dxn, scratch, t.C, t.H, t.W, t.K)
+				continue
+			}
+			cols := t.colsOf(dyn, scratch)
+			cblas.SgemmSerial(false, false, t.K, t.ohw(), t.ckk(), 1, o.wT, t.ckk(), cols, t.ohw(), 0, dxn, t.ohw())
 		}
 	})
 }
@@ -512,7 +543,7 @@ func (o *conv2dGradWOp) Do(in ...G.Value) (G.Value, error) {
 	groups := (g.N + convGroup - 1) / convGroup
 	wsz := g.K * g.ckk()
 	parts, _ := splitWork(groups, g.flops())
-	cs := g.colsSize()
+	cs := g.scratchSize()
 	o.cols = grow(o.pool, o.cols, parts*cs)
 	if groups > 1 {
 		o.partial = grow(o.pool, o.partial, groups*wsz)
@@ -523,6 +554,13 @@ func (o *conv2dGradWOp) Do(in ...G.Value) (G.Value, error) {
 			sum := dw
 			if groups > 1 {
 				sum = o.partial[gi*wsz:][:wsz]
+			}
+			if g.native3() {
+				clear(sum)
+				for n := gi * convGroup; n < min((gi+1)*convGroup, g.N); n++ {
+					kern.Conv3DW(x[n*g.xSize():][:g.xSize()], dy[n*g.ySize():][:g.ySize()], sum, scratch, g.C, g.H, g.W, g.K)
+				}
+				continue
 			}
 			for n := gi * convGroup; n < min((gi+1)*convGroup, g.N); n++ {
 				cols := g.colsOf(x[n*g.xSize():][:g.xSize()], scratch)
@@ -566,15 +604,11 @@ func (o *conv2dGradBOp) Do(in ...G.Value) (G.Value, error) {
 	n, k, hw := s[0], s[1], s[2]*s[3]
 	out := o.output(k)
 	db, dy := f32(out), f32(in[0])
+	// In float64 (kern.ChanSum), rounded once: a float32 running sum over
+	// a channel of a whole batch loses its last bits.
 	parallelFor(k, n*k*hw, func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
-			var sum float32
-			for i := 0; i < n; i++ {
-				for _, v := range dy[(i*k+c)*hw:][:hw] {
-					sum += v
-				}
-			}
-			db[c] = sum
+			db[c] = float32(kern.ChanSum(dy, n, k, hw, c))
 		}
 	})
 	return out, nil

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/gotrain/gotrain/graph/kern"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
@@ -500,6 +502,56 @@ func TestSamePaddingIm2colMatchesTheGeneralOne(t *testing.T) {
 		col2imSame(g, cols, gotDX)
 		for i := range wantDX {
 			require.InDelta(t, wantDX[i], gotDX[i], 1e-5, "col2im %+v [%d]", tc, i)
+		}
+	}
+}
+
+// On planes 12 and more wide, a 3x3 convolution of stride 1 and padding 1
+// runs kern's direct kernels (where the CPU has them): forward, input
+// gradient and weight gradient agree with the im2col route within float32
+// rounding, and a batch of more samples than a group of the weight
+// gradient's partial sums gives the same bits on one CPU as on several.
+func TestNativeConv3MatchesIm2col(t *testing.T) {
+	if !nativeConv {
+		t.Skip("kern's native kernels are not available here: " + kern.Why())
+	}
+	r := rand.New(rand.NewPCG(7, 7))
+	xs, ws := tensor.Shape{11, 6, 13, 14}, tensor.Shape{5, 6, 3, 3}
+	x, w, dy := make([]float32, xs.TotalSize()), make([]float32, ws.TotalSize()), make([]float32, 11*5*13*14)
+	fill(r, x, 1)
+	fill(r, w, 1)
+	fill(r, dy, 1)
+	run := func() (y, dx, dw []float32) {
+		fwd := newConv2DNoBias(1, 1, true)
+		xv, wv := tensor.New(tensor.WithShape(xs...), tensor.WithBacking(x)), tensor.New(tensor.WithShape(ws...), tensor.WithBacking(w))
+		out, err := fwd.Do(xv, wv)
+		require.NoError(t, err)
+		dyv := tensor.New(tensor.WithShape(11, 5, 13, 14), tensor.WithBacking(dy))
+		gi := &conv2dGradInputOp{base: newBase(OpConv2DGradInput, fwd.attrs, tt(4), tt(4), tt(4)), fwd: fwd, xShape: xs}
+		dxv, err := gi.Do(dyv, wv)
+		require.NoError(t, err)
+		gw := &conv2dGradWOp{base: newBase(OpConv2DGradW, fwd.attrs, tt(4), tt(4), tt(4)), fwd: fwd, wShape: ws}
+		dwv, err := gw.Do(xv, dyv)
+		require.NoError(t, err)
+		return slices.Clone(f32(out)), slices.Clone(f32(dxv)), slices.Clone(f32(dwv))
+	}
+	y, dx, dw := run()
+	prev := runtime.GOMAXPROCS(1)
+	y1, dx1, dw1 := run()
+	runtime.GOMAXPROCS(prev)
+	require.Equal(t, y, y1, "forward on one CPU")
+	require.Equal(t, dx, dx1, "input gradient on one CPU")
+	require.Equal(t, dw, dw1, "weight gradient on one CPU")
+	nativeConv = false
+	defer func() { nativeConv = true }()
+	wy, wdx, wdw := run()
+	for _, c := range []struct {
+		name      string
+		got, want []float32
+		tol       float64
+	}{{"forward", y, wy, 1e-5}, {"input gradient", dx, wdx, 1e-5}, {"weight gradient", dw, wdw, 1e-4}} {
+		for i := range c.want {
+			require.InDelta(t, c.want[i], c.got[i], c.tol*(1+math.Abs(float64(c.want[i]))), "%s [%d]", c.name, i)
 		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
+
+	"github.com/gotrain/gotrain/graph/kern"
 )
 
 // The BatchNorm family: PyTorch's BatchNorm1d ([N,C]) and BatchNorm2d
@@ -96,9 +98,6 @@ func newBNGeom(x []int) (bnGeom, error) {
 
 func (g bnGeom) m() int { return g.N * g.P }
 
-// plane is channel c's values of sample n.
-func (g bnGeom) plane(x []float32, n, c int) []float32 { return x[(n*g.C+c)*g.P:][:g.P] }
-
 // bnStats is the batch statistics of channels [c0, c1) of x: the mean and
 // 1/sqrt(var+eps), and the biased variance.
 func bnStats(g bnGeom, x []float32, c0, c1 int, eps float64, mean, invstd, variance []float64) {
@@ -111,98 +110,33 @@ func bnStats(g bnGeom, x []float32, c0, c1 int, eps float64, mean, invstd, varia
 	}
 }
 
-// The sums over a channel are taken in float64, four running sums at a
-// time. (float32 sums per plane are faster, but a channel of nearly equal
-// values, as a batch of MNIST digits gives at the first BatchNorm, has a
-// tiny variance that eps scarcely bounds, and its gradient then magnifies
-// their rounding a hundredfold.)
+// The sums over a channel are taken in float64, eight running sums at a
+// time (kern.ChanSum). (float32 sums per plane are faster, but a channel
+// of nearly equal values, as a batch of MNIST digits gives at the first
+// BatchNorm, has a tiny variance that eps scarcely bounds, and its
+// gradient then magnifies their rounding a hundredfold.)
 
 // channelSum is Σ x over channel c.
-func (g bnGeom) channelSum(x []float32, c int) float64 {
-	var s float64
-	for n := 0; n < g.N; n++ {
-		p := g.plane(x, n, c)
-		var a0, a1, a2, a3 float64
-		i := 0
-		for ; i+4 <= len(p); i += 4 {
-			a0 += float64(p[i])
-			a1 += float64(p[i+1])
-			a2 += float64(p[i+2])
-			a3 += float64(p[i+3])
-		}
-		for ; i < len(p); i++ {
-			a0 += float64(p[i])
-		}
-		s += (a0 + a1) + (a2 + a3)
-	}
-	return s
-}
+func (g bnGeom) channelSum(x []float32, c int) float64 { return kern.ChanSum(x, g.N, g.C, g.P, c) }
 
 // channelSqDev is Σ (x-mu)² over channel c.
 func (g bnGeom) channelSqDev(x []float32, c int, mu float64) float64 {
-	m := mu
-	var s float64
-	for n := 0; n < g.N; n++ {
-		p := g.plane(x, n, c)
-		var a0, a1, a2, a3 float64
-		i := 0
-		for ; i+4 <= len(p); i += 4 {
-			d0, d1, d2, d3 := float64(p[i])-m, float64(p[i+1])-m, float64(p[i+2])-m, float64(p[i+3])-m
-			a0 += d0 * d0
-			a1 += d1 * d1
-			a2 += d2 * d2
-			a3 += d3 * d3
-		}
-		for ; i < len(p); i++ {
-			d := float64(p[i]) - m
-			a0 += d * d
-		}
-		s += (a0 + a1) + (a2 + a3)
-	}
-	return s
+	return kern.ChanSqDev(x, g.N, g.C, g.P, c, mu)
 }
 
 // gradSums is Σ dy and Σ dy·(x-mu) over channel c.
 func (g bnGeom) gradSums(x, dy []float32, c int, mu float64) (s1, s2 float64) {
-	m := mu
-	for n := 0; n < g.N; n++ {
-		xs, gs := g.plane(x, n, c), g.plane(dy, n, c)
-		xs = xs[:len(gs)]
-		var a0, a1, b0, b1 float64
-		i := 0
-		for ; i+2 <= len(gs); i += 2 {
-			a0 += float64(gs[i])
-			a1 += float64(gs[i+1])
-			b0 += float64(gs[i]) * (float64(xs[i]) - m)
-			b1 += float64(gs[i+1]) * (float64(xs[i+1]) - m)
-		}
-		for ; i < len(gs); i++ {
-			a0 += float64(gs[i])
-			b0 += float64(gs[i]) * (float64(xs[i]) - m)
-		}
-		s1 += a0 + a1
-		s2 += b0 + b1
-	}
-	return s1, s2
+	return kern.ChanGradSums(x, dy, g.N, g.C, g.P, c, mu)
 }
 
-// affine sets dst = a·x + b·y + c over channel c0's planes (y may be nil:
+// affine sets dst = a·x + b·y + c over channel ch's planes (y may be nil:
 // dst = a·x + c).
 func (g bnGeom) affine(dst, x, y []float32, ch int, a, b, c float32) {
-	for n := 0; n < g.N; n++ {
-		d, xs := g.plane(dst, n, ch), g.plane(x, n, ch)
-		xs = xs[:len(d)]
-		if y == nil {
-			for i, v := range xs {
-				d[i] = a*v + c
-			}
-			continue
-		}
-		ys := g.plane(y, n, ch)[:len(d)]
-		for i, v := range xs {
-			d[i] = a*v + b*ys[i] + c
-		}
+	if y == nil {
+		kern.ChanAffine(dst, x, g.N, g.C, g.P, ch, a, c)
+		return
 	}
+	kern.ChanAffine2(dst, x, y, g.N, g.C, g.P, ch, a, b, c)
 }
 
 // bnSaved is a training forward's statistics, which its gradient ops

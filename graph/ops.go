@@ -8,6 +8,7 @@ import (
 	"gorgonia.org/tensor"
 
 	"github.com/gotrain/gotrain/graph/cblas"
+	"github.com/gotrain/gotrain/graph/kern"
 )
 
 // ---- Linear: Y[N,out] = X[N,in]·W[out,in]ᵀ + b[out] ----
@@ -166,11 +167,8 @@ func (o *actOp) Do(in ...G.Value) (G.Value, error) {
 		x, y := x[lo:hi], y[lo:hi]
 		switch o.kind {
 		case OpReLU:
-			for i, v := range x {
-				// Branch-free: clear the value when its sign bit is set.
-				b := math.Float32bits(v)
-				y[i] = math.Float32frombits(b &^ uint32(int32(b)>>31))
-			}
+			// Branch-free: clear the value when its sign bit is set.
+			kern.ReLU(y, x)
 		case OpTanh:
 			for i, v := range x {
 				y[i] = float32(math.Tanh(float64(v)))
@@ -212,12 +210,8 @@ func (o *actGradOp) Do(in ...G.Value) (G.Value, error) {
 		y, dy, dx := y[lo:hi], dy[lo:hi], dx[lo:hi]
 		switch o.kind {
 		case OpReLUGrad:
-			for i, v := range y {
-				// Branch-free: Y > 0 exactly when Y's bits, as a signed
-				// integer, are positive; keep dY's bits under that mask.
-				m := uint32(-int32(math.Float32bits(v)) >> 31)
-				dx[i] = math.Float32frombits(math.Float32bits(dy[i]) & m)
-			}
+			// Branch-free: keep dY's bits where Y > 0.
+			kern.ReLUGrad(dx, y, dy)
 		case OpTanhGrad:
 			for i, v := range y {
 				dx[i] = dy[i] * (1 - v*v)

@@ -61,6 +61,7 @@ func opCases() []opCase {
 	x1, w1, y1x1 := []int{3, 4, 9, 8}, []int{5, 4, 1, 1}, []int{3, 5, 5, 4}
 	noBias := conv(1, 1)
 	noBias["no_bias"] = true
+	xw, ww, yw := []int{3, 6, 12, 14}, []int{5, 6, 3, 3}, []int{3, 5, 12, 14}
 	bn := func(train bool) map[string]any {
 		return map[string]any{"eps": 1e-5, "momentum": 0.1, "train": train}
 	}
@@ -96,6 +97,12 @@ func opCases() []opCase {
 		{name: "Conv2DGradW/s1p1", kind: graph.OpConv2DGradW, attrs: conv(1, 1), in: [][]int{x, y1}, out: w},
 		{name: "Conv2DGradW/s2p0", kind: graph.OpConv2DGradW, attrs: conv(2, 0), in: [][]int{x, y2}, out: w},
 		{name: "Conv2DGradB", kind: graph.OpConv2DGradB, in: [][]int{y1}, out: []int{5}},
+		// Planes 12 and more wide: graph's CPU takes kern's direct 3x3
+		// kernels (forward, the input gradient as a flipped convolution,
+		// the weight gradient) where they are available.
+		{name: "Conv2D/s1p1/wide", kind: graph.OpConv2D, attrs: noBias, in: [][]int{xw, ww}, out: yw},
+		{name: "Conv2DGradInput/s1p1/wide", kind: graph.OpConv2DGradInput, attrs: noBias, in: [][]int{yw, ww}, out: xw},
+		{name: "Conv2DGradW/s1p1/wide", kind: graph.OpConv2DGradW, attrs: noBias, in: [][]int{xw, yw}, out: ww},
 		// Positions of several images per part, and more parts than a
 		// thread adds up (1105 positions, 35 parts).
 		{name: "Conv2DGradB/parts", kind: graph.OpConv2DGradB, in: [][]int{{5, 3, 17, 13}}, out: []int{3}},
