@@ -506,52 +506,59 @@ func TestSamePaddingIm2colMatchesTheGeneralOne(t *testing.T) {
 	}
 }
 
-// On planes 12 and more wide, a 3x3 convolution of stride 1 and padding 1
-// runs kern's direct kernels (where the CPU has them): forward, input
-// gradient and weight gradient agree with the im2col route within float32
-// rounding, and a batch of more samples than a group of the weight
-// gradient's partial sums gives the same bits on one CPU as on several.
-func TestNativeConv3MatchesIm2col(t *testing.T) {
+// kern's direct kernels (where the CPU has them) compute 3x3 convolutions
+// of stride 1 and padding 1 on planes 12 and more wide (kern.Conv3) and
+// strided ones (kern.Conv): forward, input gradient and weight gradient
+// agree with the im2col route within float32 rounding, and a batch of
+// more samples than a group of the weight gradient's partial sums gives
+// the same bits on one CPU as on several.
+func TestNativeConvMatchesIm2col(t *testing.T) {
 	if !nativeConv {
 		t.Skip("kern's native kernels are not available here: " + kern.Why())
 	}
 	r := rand.New(rand.NewPCG(7, 7))
-	xs, ws := tensor.Shape{11, 6, 13, 14}, tensor.Shape{5, 6, 3, 3}
-	x, w, dy := make([]float32, xs.TotalSize()), make([]float32, ws.TotalSize()), make([]float32, 11*5*13*14)
-	fill(r, x, 1)
-	fill(r, w, 1)
-	fill(r, dy, 1)
-	run := func() (y, dx, dw []float32) {
-		fwd := newConv2DNoBias(1, 1, true)
-		xv, wv := tensor.New(tensor.WithShape(xs...), tensor.WithBacking(x)), tensor.New(tensor.WithShape(ws...), tensor.WithBacking(w))
-		out, err := fwd.Do(xv, wv)
+	for _, tc := range []struct{ k, stride, pad int }{{3, 1, 1}, {3, 2, 1}, {1, 2, 0}} {
+		xs, ws := tensor.Shape{11, 6, 13, 14}, tensor.Shape{5, 6, tc.k, tc.k}
+		g, err := newGeom(xs, ws, tc.stride, tc.pad)
 		require.NoError(t, err)
-		dyv := tensor.New(tensor.WithShape(11, 5, 13, 14), tensor.WithBacking(dy))
-		gi := &conv2dGradInputOp{base: newBase(OpConv2DGradInput, fwd.attrs, tt(4), tt(4), tt(4)), fwd: fwd, xShape: xs}
-		dxv, err := gi.Do(dyv, wv)
-		require.NoError(t, err)
-		gw := &conv2dGradWOp{base: newBase(OpConv2DGradW, fwd.attrs, tt(4), tt(4), tt(4)), fwd: fwd, wShape: ws}
-		dwv, err := gw.Do(xv, dyv)
-		require.NoError(t, err)
-		return slices.Clone(f32(out)), slices.Clone(f32(dxv)), slices.Clone(f32(dwv))
-	}
-	y, dx, dw := run()
-	prev := runtime.GOMAXPROCS(1)
-	y1, dx1, dw1 := run()
-	runtime.GOMAXPROCS(prev)
-	require.Equal(t, y, y1, "forward on one CPU")
-	require.Equal(t, dx, dx1, "input gradient on one CPU")
-	require.Equal(t, dw, dw1, "weight gradient on one CPU")
-	nativeConv = false
-	defer func() { nativeConv = true }()
-	wy, wdx, wdw := run()
-	for _, c := range []struct {
-		name      string
-		got, want []float32
-		tol       float64
-	}{{"forward", y, wy, 1e-5}, {"input gradient", dx, wdx, 1e-5}, {"weight gradient", dw, wdw, 1e-4}} {
-		for i := range c.want {
-			require.InDelta(t, c.want[i], c.got[i], c.tol*(1+math.Abs(float64(c.want[i]))), "%s [%d]", c.name, i)
+		require.True(t, g.native3() || g.nativeK(), "%+v takes a native kernel", tc)
+		ys := tensor.Shape{11, 5, g.OH, g.OW}
+		x, w, dy := make([]float32, xs.TotalSize()), make([]float32, ws.TotalSize()), make([]float32, ys.TotalSize())
+		fill(r, x, 1)
+		fill(r, w, 1)
+		fill(r, dy, 1)
+		run := func() (y, dx, dw []float32) {
+			fwd := newConv2DNoBias(tc.stride, tc.pad, true)
+			xv, wv := tensor.New(tensor.WithShape(xs...), tensor.WithBacking(x)), tensor.New(tensor.WithShape(ws...), tensor.WithBacking(w))
+			out, err := fwd.Do(xv, wv)
+			require.NoError(t, err)
+			dyv := tensor.New(tensor.WithShape(ys...), tensor.WithBacking(dy))
+			gi := &conv2dGradInputOp{base: newBase(OpConv2DGradInput, fwd.attrs, tt(4), tt(4), tt(4)), fwd: fwd, xShape: xs}
+			dxv, err := gi.Do(dyv, wv)
+			require.NoError(t, err)
+			gw := &conv2dGradWOp{base: newBase(OpConv2DGradW, fwd.attrs, tt(4), tt(4), tt(4)), fwd: fwd, wShape: ws}
+			dwv, err := gw.Do(xv, dyv)
+			require.NoError(t, err)
+			return slices.Clone(f32(out)), slices.Clone(f32(dxv)), slices.Clone(f32(dwv))
+		}
+		y, dx, dw := run()
+		prev := runtime.GOMAXPROCS(1)
+		y1, dx1, dw1 := run()
+		runtime.GOMAXPROCS(prev)
+		require.Equal(t, y, y1, "%+v: forward on one CPU", tc)
+		require.Equal(t, dx, dx1, "%+v: input gradient on one CPU", tc)
+		require.Equal(t, dw, dw1, "%+v: weight gradient on one CPU", tc)
+		nativeConv = false
+		wy, wdx, wdw := run()
+		nativeConv = true
+		for _, c := range []struct {
+			name      string
+			got, want []float32
+			tol       float64
+		}{{"forward", y, wy, 1e-5}, {"input gradient", dx, wdx, 1e-5}, {"weight gradient", dw, wdw, 1e-4}} {
+			for i := range c.want {
+				require.InDelta(t, c.want[i], c.got[i], c.tol*(1+math.Abs(float64(c.want[i]))), "%+v: %s [%d]", tc, c.name, i)
+			}
 		}
 	}
 }

@@ -3,6 +3,7 @@ package graph
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // minParallel is the smallest amount of work (elements touched) worth
@@ -45,22 +46,36 @@ func splitWork(n, work int) (parts, chunk int) {
 	return (n + chunk - 1) / chunk, chunk
 }
 
-// parallelParts is parallelFor that also tells f which chunk it runs
-// (0 ≤ part < parts, as splitWork(n, work) gives), for per-worker scratch.
+// parallelParts runs f over [0,n) on up to splitWork(n, work) workers,
+// telling f which worker runs it (0 ≤ part < parts, for per-worker
+// scratch). The workers claim the items one at a time, so that a worker
+// whose CPU is taken away for a while (a shared machine, another
+// process) holds up the others by one item at most, not by half the
+// batch; f must therefore not depend on which worker computes which item.
 func parallelParts(n, work int, f func(part, lo, hi int)) {
-	parts, chunk := splitWork(n, work)
+	parts, _ := splitWork(n, work)
 	if parts <= 1 {
 		f(0, 0, n)
 		return
+	}
+	var next atomic.Int64
+	run := func(part int) {
+		for {
+			i := int(next.Add(1)) - 1
+			if i >= n {
+				return
+			}
+			f(part, i, i+1)
+		}
 	}
 	var wg sync.WaitGroup
 	for i := 1; i < parts; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			f(i, i*chunk, min((i+1)*chunk, n))
+			run(i)
 		}(i)
 	}
-	f(0, 0, min(chunk, n))
+	run(0)
 	wg.Wait()
 }

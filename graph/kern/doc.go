@@ -24,6 +24,18 @@
 //     (on the same grid, zero in the padding columns) with the nine shifts
 //     of the plane, in eight lanes each, then sums the lanes.
 //
+// [Conv] and [ConvDW]: any kernel size, stride and padding ([Geom]), for
+// the convolutions Conv3 does not take. They are vectorised over the
+// filters instead of the positions: 6 output positions × 16 filters at
+// once in 12 registers, from two vectors of the filters (laid out as
+// [C][KH·KW][K]) and one broadcast input value per position and (c, i, j);
+// a position's window starts at its own offset in the padded plane, so a
+// stride costs nothing. graph takes them for strided convolutions (a
+// ResNet's downsampling 3x3 and 1x1), which im2col copies slowly; on
+// stride 1 they lose to Conv3 (wide planes) and to im2col with OpenBLAS
+// (small planes, where streaming the filters from L2 for every block of 6
+// positions dominates).
+//
 // # Results
 //
 // The sums run in a fixed order that depends only on the geometry, never

@@ -8,6 +8,9 @@ long gt_kern_conv3_scratch(int C, int H, int W, int K);
 void gt_kern_conv3(const float* x, const float* w, float* y, float* scratch, int C, int H, int W, int K);
 void gt_kern_conv3_dw(const float* x, const float* dy, float* dw, float* scratch, int C, int H, int W, int K);
 int gt_kern_avx2(void);
+long gt_kern_convk_scratch(int C, int H, int W, int K, int KH, int KW, int s, int P);
+void gt_kern_convk(const float* x, const float* w, float* y, float* scratch, int C, int H, int W, int K, int KH, int KW, int s, int P);
+void gt_kern_convk_dw(const float* x, const float* dy, float* dw, float* scratch, int C, int H, int W, int K, int KH, int KW, int s, int P);
 double gt_kern_chan_sum(const float* x, long N, long C, long P, long c);
 double gt_kern_chan_sqdev(const float* x, long N, long C, long P, long c, double mu);
 void gt_kern_chan_gradsums(const float* x, const float* dy, long N, long C, long P, long c, double mu, double* out);
@@ -67,3 +70,15 @@ func cChanAffine2(dst, x, y []float32, n, c, p, ch int, a, b, cc float32) {
 func cReLU(y, x []float32) { C.gt_kern_relu(fp(y), fp(x), C.long(len(x))) }
 
 func cReLUGrad(dx, y, dy []float32) { C.gt_kern_relu_grad(fp(dx), fp(y), fp(dy), C.long(len(y))) }
+
+func convkScratch(g Geom) int {
+	return int(C.gt_kern_convk_scratch(C.int(g.C), C.int(g.H), C.int(g.W), C.int(g.K), C.int(g.KH), C.int(g.KW), C.int(g.S), C.int(g.P)))
+}
+
+func convk(g Geom, x, wt, y, scratch []float32) {
+	C.gt_kern_convk(fp(x), fp(wt), fp(y), fp(scratch), C.int(g.C), C.int(g.H), C.int(g.W), C.int(g.K), C.int(g.KH), C.int(g.KW), C.int(g.S), C.int(g.P))
+}
+
+func convkDW(g Geom, x, dy, dw, scratch []float32) {
+	C.gt_kern_convk_dw(fp(x), fp(dy), fp(dw), fp(scratch), C.int(g.C), C.int(g.H), C.int(g.W), C.int(g.K), C.int(g.KH), C.int(g.KW), C.int(g.S), C.int(g.P))
+}

@@ -1,0 +1,213 @@
+// Direct convolutions of any kernel size, stride and padding, one sample
+// at a time, vectorised over the filters (see doc.go, "Conv and ConvDW").
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TARGET __attribute__((target("avx2,fma")))
+
+// The geometry of one sample: C planes of H x W in, K of OH x OW out,
+// KH x KW filters. The padded plane is Hp x Wp; output position p = (oy,
+// ox) reads the window at base[p] = oy·s·Wp + ox·s of it, shifted by
+// off[ij] = i·Wp + j. Positions run in blocks of 6 (np6); the last
+// block's extra positions repeat the last one and are not stored.
+// Filters run in blocks of 16 (Kp).
+typedef struct {
+	int C, H, W, K, KH, KW, s, P;
+	int OH, OW, Hp, Wp, S, KK, Kp, np, np6;
+} kgeom;
+
+static kgeom mkk(int C, int H, int W, int K, int KH, int KW, int s, int P) {
+	kgeom g;
+	g.C = C; g.H = H; g.W = W; g.K = K; g.KH = KH; g.KW = KW; g.s = s; g.P = P;
+	g.OH = (H + 2 * P - KH) / s + 1;
+	g.OW = (W + 2 * P - KW) / s + 1;
+	g.Hp = H + 2 * P;
+	g.Wp = W + 2 * P;
+	g.S = g.Hp * g.Wp;
+	g.KK = KH * KW;
+	g.Kp = (K + 15) / 16 * 16;
+	g.np = g.OH * g.OW;
+	g.np6 = (g.np + 5) / 6 * 6;
+	return g;
+}
+
+// Scratch: the padded planes, the filters as [C][KK][Kp], the positions'
+// bases (np6 int32), dY as [np][Kp].
+long gt_kern_convk_scratch(int C, int H, int W, int K, int KH, int KW, int s, int P) {
+	kgeom g = mkk(C, H, W, K, KH, KW, s, P);
+	return (long)C * g.S + (long)C * g.KK * g.Kp + g.np6 + (long)g.np * g.Kp;
+}
+
+static void kpad(const kgeom* g, const float* x, float* xp) {
+	if (g->P == 0) {
+		memcpy(xp, x, sizeof(float) * (long)g->C * g->S);
+		return;
+	}
+	for (int c = 0; c < g->C; c++) {
+		float* d = xp + (long)c * g->S;
+		memset(d, 0, sizeof(float) * g->P * g->Wp);
+		for (int y = 0; y < g->H; y++) {
+			float* r = d + (long)(y + g->P) * g->Wp;
+			memset(r, 0, sizeof(float) * g->P);
+			memcpy(r + g->P, x + ((long)c * g->H + y) * g->W, sizeof(float) * g->W);
+			memset(r + g->P + g->W, 0, sizeof(float) * g->P);
+		}
+		memset(d + (long)(g->H + g->P) * g->Wp, 0, sizeof(float) * g->P * g->Wp);
+	}
+}
+
+static void kbases(const kgeom* g, int32_t* base) {
+	int p = 0;
+	for (int oy = 0; oy < g->OH; oy++) {
+		for (int ox = 0; ox < g->OW; ox++) base[p++] = oy * g->s * g->Wp + ox * g->s;
+	}
+	for (; p < g->np6; p++) base[p] = base[g->np - 1];
+}
+
+// convk_body is gt_kern_convk's loop; KH and KW are constants where it is
+// inlined for 3x3, so that the window's loop unrolls.
+static inline __attribute__((always_inline)) TARGET void convk_body(const kgeom* gp, const float* xp, const float* wr, const int32_t* base, float* y, const int KH, const int KW) {
+	const kgeom* g = gp;
+	const int K = g->K, C = g->C;
+	for (int kb = 0; kb < g->Kp; kb += 16) {
+		for (int p = 0; p < g->np6; p += 6) {
+			__m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+			__m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps();
+			__m256 a40 = _mm256_setzero_ps(), a41 = _mm256_setzero_ps(), a50 = _mm256_setzero_ps(), a51 = _mm256_setzero_ps();
+			const int32_t* b = base + p;
+			for (int c = 0; c < C; c++) {
+				const float* xc = xp + (long)c * g->S;
+				const float* x0 = xc + b[0];
+				const float* x1 = xc + b[1];
+				const float* x2 = xc + b[2];
+				const float* x3 = xc + b[3];
+				const float* x4 = xc + b[4];
+				const float* x5 = xc + b[5];
+				const float* wc = wr + (long)c * KH * KW * g->Kp + kb;
+				for (int i = 0; i < KH; i++)
+				for (int j = 0; j < KW; j++, wc += g->Kp) {
+					int o = i * g->Wp + j;
+					__m256 w0 = _mm256_loadu_ps(wc), w1 = _mm256_loadu_ps(wc + 8);
+					__m256 v = _mm256_broadcast_ss(x0 + o);
+					a00 = _mm256_fmadd_ps(v, w0, a00); a01 = _mm256_fmadd_ps(v, w1, a01);
+					v = _mm256_broadcast_ss(x1 + o);
+					a10 = _mm256_fmadd_ps(v, w0, a10); a11 = _mm256_fmadd_ps(v, w1, a11);
+					v = _mm256_broadcast_ss(x2 + o);
+					a20 = _mm256_fmadd_ps(v, w0, a20); a21 = _mm256_fmadd_ps(v, w1, a21);
+					v = _mm256_broadcast_ss(x3 + o);
+					a30 = _mm256_fmadd_ps(v, w0, a30); a31 = _mm256_fmadd_ps(v, w1, a31);
+					v = _mm256_broadcast_ss(x4 + o);
+					a40 = _mm256_fmadd_ps(v, w0, a40); a41 = _mm256_fmadd_ps(v, w1, a41);
+					v = _mm256_broadcast_ss(x5 + o);
+					a50 = _mm256_fmadd_ps(v, w0, a50); a51 = _mm256_fmadd_ps(v, w1, a51);
+				}
+			}
+			float t[6][16];
+			_mm256_storeu_ps(t[0], a00); _mm256_storeu_ps(t[0] + 8, a01);
+			_mm256_storeu_ps(t[1], a10); _mm256_storeu_ps(t[1] + 8, a11);
+			_mm256_storeu_ps(t[2], a20); _mm256_storeu_ps(t[2] + 8, a21);
+			_mm256_storeu_ps(t[3], a30); _mm256_storeu_ps(t[3] + 8, a31);
+			_mm256_storeu_ps(t[4], a40); _mm256_storeu_ps(t[4] + 8, a41);
+			_mm256_storeu_ps(t[5], a50); _mm256_storeu_ps(t[5] + 8, a51);
+			int nq = g->np - p < 6 ? g->np - p : 6;
+			int nk = K - kb < 16 ? K - kb : 16;
+			for (int k = 0; k < nk; k++) {
+				float* yk = y + (long)(kb + k) * g->np + p;
+				for (int q = 0; q < nq; q++) yk[q] = t[q][k];
+			}
+		}
+	}
+}
+
+// gt_kern_convk sets y[K][OH][OW] = w[K][C][KH][KW] * x[C][H][W]. Each
+// output is Σ over c, then i, then j, accumulated in float32 with FMA in
+// that order.
+TARGET void gt_kern_convk(const float* x, const float* w, float* y, float* scratch, int C, int H, int W, int K, int KH, int KW, int s, int P) {
+	kgeom g = mkk(C, H, W, K, KH, KW, s, P);
+	float* xp = scratch;
+	float* wr = xp + (long)C * g.S;
+	int32_t* base = (int32_t*)(wr + (long)C * g.KK * g.Kp);
+	kpad(&g, x, xp);
+	kbases(&g, base);
+	for (int c = 0; c < C; c++) {
+		for (int ij = 0; ij < g.KK; ij++) {
+			float* d = wr + ((long)c * g.KK + ij) * g.Kp;
+			for (int k = 0; k < g.Kp; k++) d[k] = k < K ? w[((long)k * C + c) * g.KK + ij] : 0.0f;
+		}
+	}
+	if (KH == 3 && KW == 3) {
+		convk_body(&g, xp, wr, base, y, 3, 3);
+	} else {
+		convk_body(&g, xp, wr, base, y, KH, KW);
+	}
+}
+
+// gt_kern_convk_dw adds to dw[K][C][KH][KW] one sample's weight gradient
+// of gt_kern_convk: Σ over the output positions, in order, of dy·x, in
+// float32 with FMA; the sample's sum is then added to dw.
+TARGET void gt_kern_convk_dw(const float* x, const float* dy, float* dw, float* scratch, int C, int H, int W, int K, int KH, int KW, int s, int P) {
+	kgeom g = mkk(C, H, W, K, KH, KW, s, P);
+	float* xp = scratch;
+	int32_t* base = (int32_t*)(xp + (long)C * g.S + (long)C * g.KK * g.Kp);
+	float* dt = (float*)(base + g.np6);
+	kpad(&g, x, xp);
+	kbases(&g, base);
+	// dt[p][k] = dy[k][p], zero for k >= K.
+	for (int p = 0; p < g.np; p++) {
+		float* d = dt + (long)p * g.Kp;
+		for (int k = K; k < g.Kp; k++) d[k] = 0;
+	}
+	for (int k = 0; k < K; k++) {
+		const float* src = dy + (long)k * g.np;
+		for (int p = 0; p < g.np; p++) dt[(long)p * g.Kp + k] = src[p];
+	}
+	int off[g.KK];
+	for (int i = 0; i < KH; i++) {
+		for (int j = 0; j < KW; j++) off[i * KW + j] = i * g.Wp + j;
+	}
+	// Blocks of 6 shifts (ij) by 16 filters: 12 sums in registers.
+	for (int c = 0; c < C; c++) {
+		const float* xc = xp + (long)c * g.S;
+		for (int kb = 0; kb < g.Kp; kb += 16) {
+			for (int ij0 = 0; ij0 < g.KK; ij0 += 6) {
+				int nij = g.KK - ij0 < 6 ? g.KK - ij0 : 6;
+				int o[6];
+				for (int q = 0; q < 6; q++) o[q] = off[ij0 + (q < nij ? q : nij - 1)];
+				__m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+				__m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps();
+				__m256 a40 = _mm256_setzero_ps(), a41 = _mm256_setzero_ps(), a50 = _mm256_setzero_ps(), a51 = _mm256_setzero_ps();
+				const float* dk = dt + kb;
+				for (int p = 0; p < g.np; p++, dk += g.Kp) {
+					const float* xb = xc + base[p];
+					__m256 d0 = _mm256_loadu_ps(dk), d1 = _mm256_loadu_ps(dk + 8);
+					__m256 v = _mm256_broadcast_ss(xb + o[0]);
+					a00 = _mm256_fmadd_ps(v, d0, a00); a01 = _mm256_fmadd_ps(v, d1, a01);
+					v = _mm256_broadcast_ss(xb + o[1]);
+					a10 = _mm256_fmadd_ps(v, d0, a10); a11 = _mm256_fmadd_ps(v, d1, a11);
+					v = _mm256_broadcast_ss(xb + o[2]);
+					a20 = _mm256_fmadd_ps(v, d0, a20); a21 = _mm256_fmadd_ps(v, d1, a21);
+					v = _mm256_broadcast_ss(xb + o[3]);
+					a30 = _mm256_fmadd_ps(v, d0, a30); a31 = _mm256_fmadd_ps(v, d1, a31);
+					v = _mm256_broadcast_ss(xb + o[4]);
+					a40 = _mm256_fmadd_ps(v, d0, a40); a41 = _mm256_fmadd_ps(v, d1, a41);
+					v = _mm256_broadcast_ss(xb + o[5]);
+					a50 = _mm256_fmadd_ps(v, d0, a50); a51 = _mm256_fmadd_ps(v, d1, a51);
+				}
+				float t[6][16];
+				_mm256_storeu_ps(t[0], a00); _mm256_storeu_ps(t[0] + 8, a01);
+				_mm256_storeu_ps(t[1], a10); _mm256_storeu_ps(t[1] + 8, a11);
+				_mm256_storeu_ps(t[2], a20); _mm256_storeu_ps(t[2] + 8, a21);
+				_mm256_storeu_ps(t[3], a30); _mm256_storeu_ps(t[3] + 8, a31);
+				_mm256_storeu_ps(t[4], a40); _mm256_storeu_ps(t[4] + 8, a41);
+				_mm256_storeu_ps(t[5], a50); _mm256_storeu_ps(t[5] + 8, a51);
+				int nk = K - kb < 16 ? K - kb : 16;
+				for (int k = 0; k < nk; k++) {
+					float* d = dw + ((long)(kb + k) * C + c) * g.KK + ij0;
+					for (int q = 0; q < nij; q++) d[q] += t[q][k];
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,105 @@
+package kern
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// refConv is the float64 convolution of geometry g, its weight gradient,
+// and the sums of their terms' absolute values.
+func refConv(g Geom, x, w, dy []float32) (y, yabs, dw, dwabs []float64) {
+	oh, ow := g.out()
+	y, yabs = make([]float64, g.K*oh*ow), make([]float64, g.K*oh*ow)
+	dw, dwabs = make([]float64, g.K*g.C*g.KH*g.KW), make([]float64, g.K*g.C*g.KH*g.KW)
+	for k := 0; k < g.K; k++ {
+		for oy := 0; oy < oh; oy++ {
+			for ox := 0; ox < ow; ox++ {
+				o := (k*oh+oy)*ow + ox
+				for c := 0; c < g.C; c++ {
+					for i := 0; i < g.KH; i++ {
+						for j := 0; j < g.KW; j++ {
+							sy, sx := oy*g.S+i-g.P, ox*g.S+j-g.P
+							if sy < 0 || sy >= g.H || sx < 0 || sx >= g.W {
+								continue
+							}
+							xv := float64(x[(c*g.H+sy)*g.W+sx])
+							wi := ((k*g.C+c)*g.KH+i)*g.KW + j
+							t := float64(w[wi]) * xv
+							y[o], yabs[o] = y[o]+t, yabs[o]+math.Abs(t)
+							t = float64(dy[o]) * xv
+							dw[wi], dwabs[wi] = dw[wi]+t, dwabs[wi]+math.Abs(t)
+						}
+					}
+				}
+			}
+		}
+	}
+	return y, yabs, dw, dwabs
+}
+
+func TestConvMatchesReference(t *testing.T) {
+	if !Available() {
+		t.Skip("native kernels not available: " + Why())
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, g := range []Geom{
+		{64, 7, 7, 64, 3, 3, 1, 1}, {16, 28, 28, 32, 3, 3, 2, 1}, {16, 28, 28, 32, 1, 1, 2, 0}, {32, 14, 14, 64, 3, 3, 2, 1},
+		{3, 9, 8, 5, 3, 3, 1, 1}, {4, 9, 8, 5, 5, 5, 1, 2}, {2, 5, 5, 20, 3, 3, 2, 0}, {1, 12, 12, 16, 3, 3, 1, 1},
+		{5, 1, 1, 1, 1, 1, 1, 0}, {3, 4, 6, 17, 2, 3, 3, 1}, {2, 3, 3, 33, 3, 3, 1, 0},
+	} {
+		t.Run(fmt.Sprintf("%+v", g), func(t *testing.T) {
+			oh, ow := g.out()
+			x, w, dy := randn(r, g.C*g.H*g.W), randn(r, g.K*g.C*g.KH*g.KW), randn(r, g.K*oh*ow)
+			s := make([]float32, ConvScratch(g))
+			for i := range s {
+				s[i] = float32(math.NaN())
+			}
+			y := make([]float32, g.K*oh*ow+1)
+			y[len(y)-1] = 42
+			Conv(g, x, w, y, s)
+			want, abs, wantDW, absDW := refConv(g, x, w, dy)
+			near(t, "y", y, want, abs)
+			if y[len(y)-1] != 42 {
+				t.Fatal("Conv wrote past its output")
+			}
+			for i := range s {
+				s[i] = float32(math.NaN())
+			}
+			base := randn(r, len(w))
+			dw := append([]float32(nil), base...)
+			ConvDW(g, x, dy, dw, s)
+			for i := range wantDW {
+				wantDW[i] += float64(base[i])
+			}
+			near(t, "dw", dw, wantDW, absDW)
+		})
+	}
+}
+
+func BenchmarkConv(b *testing.B) {
+	if !Available() {
+		b.Skip("native kernels not available: " + Why())
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, g := range []Geom{{16, 28, 28, 16, 3, 3, 1, 1}, {32, 14, 14, 32, 3, 3, 1, 1}, {64, 7, 7, 64, 3, 3, 1, 1}, {16, 28, 28, 32, 3, 3, 2, 1}, {32, 14, 14, 64, 3, 3, 2, 1}} {
+		oh, ow := g.out()
+		x, w, y := randn(r, g.C*g.H*g.W), randn(r, g.K*g.C*g.KH*g.KW), make([]float32, g.K*oh*ow)
+		s := make([]float32, ConvScratch(g))
+		flops := float64(2 * g.K * g.C * g.KH * g.KW * oh * ow)
+		b.Run(fmt.Sprintf("fwd_%dx%dx%d_k%d_s%d", g.C, g.H, g.W, g.K, g.S), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				Conv(g, x, w, y, s)
+			}
+			b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+		dw := make([]float32, len(w))
+		b.Run(fmt.Sprintf("dw_%dx%dx%d_k%d_s%d", g.C, g.H, g.W, g.K, g.S), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				ConvDW(g, x, y, dw, s)
+			}
+			b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}
