@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#define TARGET __attribute__((target("avx2,fma")))
+
 int gt_kern_avx2(void) {
 	__builtin_cpu_init();
 	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -44,14 +46,31 @@ long gt_kern_conv3_scratch(int C, int H, int W, int K) {
 	return xp + yq + wr;
 }
 
-static void pad_input(const geom* g, const float* x, float* xp) {
+// copyf copies n floats: the rows here are short (a few dozen values),
+// where a call of memcpy costs more than the copy.
+static inline void copyf(float* restrict d, const float* restrict s, int n) {
+	for (int i = 0; i < n; i++) d[i] = s[i];
+}
+
+static inline void zerof(float* d, long n) {
+	for (long i = 0; i < n; i++) d[i] = 0;
+}
+
+// pad_input writes every value of xp: the planes' rows and the zeros
+// around them.
+TARGET static void pad_input(const geom* g, const float* x, float* xp) {
+	const int Wp = g->Wp, W = g->W, H = g->H;
 	for (int c = 0; c < g->C; c++) {
 		float* d = xp + (long)c * g->S;
-		memset(d, 0, sizeof(float) * g->S);
-		const float* s = x + (long)c * g->H * g->W;
-		for (int y = 0; y < g->H; y++) {
-			memcpy(d + (y + 1) * g->Wp + 1, s + y * g->W, sizeof(float) * g->W);
+		const float* s = x + (long)c * H * W;
+		zerof(d, Wp + 1); // the top row and the first row's left column
+		for (int y = 0; y < H; y++) {
+			float* r = d + (long)(y + 1) * Wp + 1;
+			copyf(r, s + (long)y * W, W);
+			r[W] = 0;     // this row's right column
+			r[W + 1] = 0; // the next row's left column
 		}
+		zerof(d + (long)(H + 1) * Wp + 1, g->S - ((long)(H + 1) * Wp + 1));
 	}
 }
 
@@ -115,9 +134,7 @@ void gt_kern_conv3(const float* x, const float* w, float* y, float* scratch, int
 	}
 	// Keep the W outputs of each row of Wp.
 	for (int k = 0; k < K; k++) {
-		for (int r = 0; r < H; r++) {
-			memcpy(y + ((long)k * H + r) * W, yq + (long)k * g.Lb + r * Wp, sizeof(float) * W);
-		}
+		for (int r = 0; r < H; r++) copyf(y + ((long)k * H + r) * W, yq + (long)k * g.Lb + r * Wp, W);
 	}
 }
 
@@ -147,10 +164,12 @@ void gt_kern_conv3_dw(const float* x, const float* dy, float* dw, float* scratch
 	const int Wp = g.Wp, Lv = (g.L + 7) / 8 * 8;
 	for (int k = 0; k < K; k++) {
 		float* d = dq + (long)k * g.Lb;
-		memset(d, 0, sizeof(float) * g.Lb);
 		for (int r = 0; r < H; r++) {
-			memcpy(d + r * Wp, dy + ((long)k * H + r) * W, sizeof(float) * W);
+			copyf(d + r * Wp, dy + ((long)k * H + r) * W, W);
+			d[r * Wp + W] = 0;
+			d[r * Wp + W + 1] = 0;
 		}
+		zerof(d + (long)H * Wp, g.Lb - (long)H * Wp);
 	}
 	// Filters in blocks of 4 (dq of a missing filter reads zeros: its
 	// sums are dropped), shifts (i, j) in rows of 3: 12 dot products at

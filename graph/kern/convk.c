@@ -40,21 +40,22 @@ long gt_kern_convk_scratch(int C, int H, int W, int K, int KH, int KW, int s, in
 	return (long)C * g.S + (long)C * g.KK * g.Kp + g.np6 + (long)g.np * g.Kp;
 }
 
-static void kpad(const kgeom* g, const float* x, float* xp) {
-	if (g->P == 0) {
-		memcpy(xp, x, sizeof(float) * (long)g->C * g->S);
-		return;
-	}
+// kpad writes every value of xp: the planes' rows and the zeros around
+// them (short rows: loops, not calls of memcpy).
+TARGET static void kpad(const kgeom* g, const float* x, float* xp) {
+	const int Wp = g->Wp, W = g->W, H = g->H, P = g->P;
 	for (int c = 0; c < g->C; c++) {
 		float* d = xp + (long)c * g->S;
-		memset(d, 0, sizeof(float) * g->P * g->Wp);
-		for (int y = 0; y < g->H; y++) {
-			float* r = d + (long)(y + g->P) * g->Wp;
-			memset(r, 0, sizeof(float) * g->P);
-			memcpy(r + g->P, x + ((long)c * g->H + y) * g->W, sizeof(float) * g->W);
-			memset(r + g->P + g->W, 0, sizeof(float) * g->P);
+		const float* s = x + (long)c * H * W;
+		long head = (long)P * Wp + P;
+		for (long i = 0; i < head; i++) d[i] = 0;
+		for (int y = 0; y < H; y++) {
+			float* r = d + (long)(y + P) * Wp + P;
+			const float* sr = s + (long)y * W;
+			for (int i = 0; i < W; i++) r[i] = sr[i];
+			for (int i = W; i < W + 2 * P; i++) r[i] = 0;
 		}
-		memset(d + (long)(g->H + g->P) * g->Wp, 0, sizeof(float) * g->P * g->Wp);
+		for (long i = (long)(H + P) * Wp + P; i < g->S; i++) d[i] = 0;
 	}
 }
 
