@@ -221,6 +221,57 @@ KERNEL repeat_axis(const float *x, float *y, long outer, long n, long inner) {
 	}
 }
 
+// Softmax along the axis (Gorgonia's SoftMax; log: LogSoftMax), one
+// thread per line: its maximum m, s = Σ exp(x−m) in float64, then
+// exp(x−m)/s or x−m−ln s
+KERNEL softmax_axis(const float *x, float *y, long outer, long n, long inner, int lg) {
+	FOR(t, outer * inner) {
+		long i = t % inner, o = t / inner;
+		const float *p = x + o * n * inner + i;
+		float *q = y + o * n * inner + i;
+		double m = p[0];
+		for (long k = 1; k < n; k++) m = fmax(m, (double)p[k * inner]);
+		double s = 0;
+		for (long k = 0; k < n; k++) s += exp((double)p[k * inner] - m);
+		double ls = log(s);
+		for (long k = 0; k < n; k++) {
+			double v = (double)p[k * inner] - m;
+			q[k * inner] = (float)(lg ? v - ls : exp(v) / s);
+		}
+	}
+}
+
+// Its gradient from Y and dY: dX = Y⊙(dY − Σ dY⊙Y), or for log-softmax
+// dX = dY − exp(Y)·Σ dY, the sums in float64 in order
+KERNEL softmax_grad_axis(const float *y, const float *g, float *dx, long outer, long n, long inner, int lg) {
+	FOR(t, outer * inner) {
+		long i = t % inner, o = t / inner;
+		const float *yp = y + o * n * inner + i, *gp = g + o * n * inner + i;
+		float *dp = dx + o * n * inner + i;
+		double s = 0;
+		if (lg) {
+			for (long k = 0; k < n; k++) s += (double)gp[k * inner];
+			for (long k = 0; k < n; k++) dp[k * inner] = (float)((double)gp[k * inner] - exp((double)yp[k * inner]) * s);
+		} else {
+			for (long k = 0; k < n; k++) s += (double)gp[k * inner] * (double)yp[k * inner];
+			for (long k = 0; k < n; k++) dp[k * inner] = (float)((double)yp[k * inner] * ((double)gp[k * inner] - s));
+		}
+	}
+}
+
+// Transpose of up to 4 axes: y of shape [d0,d1,d2,d3] (leading 1s for
+// fewer), y[a,b,c,e] = x[a·s0 + b·s1 + c·s2 + e·s3], s the input's strides
+// of the axes that y's are
+KERNEL transpose4(const float *x, float *y, long d0, long d1, long d2, long d3, long s0, long s1, long s2, long s3) {
+	FOR(t, d0 * d1 * d2 * d3) {
+		long e = t % d3, r = t / d3;
+		long c = r % d2;
+		r /= d2;
+		long b = r % d1, a = r / d1;
+		y[t] = x[a * s0 + b * s1 + c * s2 + e * s3];
+	}
+}
+
 // ReduceSum: y[o,i] = Σ_k x[o,k,i], in float64 in order k = 0..n-1,
 // rounded to float32
 KERNEL reduce_axis(const float *x, float *y, long outer, long n, long inner) {

@@ -30,13 +30,15 @@ import (
 //   - Reshape; the Repeat along an axis of size 1 and SizeOf (a constant)
 //     that broadcasting is made of (BroadcastAdd and the others); Sum
 //     over one axis (ReduceSum), which is Repeat's gradient and Mean's
-//     first half.
+//     first half;
+//   - SoftMax and LogSoftMax along an axis, and their gradient (Softmax,
+//     SoftmaxGrad); Transpose by any permutation of the axes.
 //
 // Any other node of Gorgonia's is refused when the program is compiled,
 // naming the operator and the layer it came from.
 
 // recognised lists the operators above, for messages.
-const recognised = "elementwise + - ⊙ ÷ (equal shapes or with a scalar), comparisons with a scalar, neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube, matrix products, Reshape, broadcasting (Repeat, SizeOf), Sum over one axis"
+const recognised = "elementwise + - ⊙ ÷ (equal shapes or with a scalar), comparisons with a scalar, neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube, matrix products, Reshape, broadcasting (Repeat, SizeOf), Sum over one axis, SoftMax and LogSoftMax along an axis, Transpose"
 
 // gorgoniaOp names a Gorgonia operator by its Go type ("elemBinOp") and
 // its String().
@@ -102,6 +104,25 @@ func recognise(op G.Op, in []tensor.Shape, out tensor.Shape) (Op, bool) {
 		}
 		if err == nil && len(in) == 2 && in[1].IsScalar() && repeatFits(in[0], out, axis) {
 			return newRepeat(axis, len(out)), true
+		}
+	case "softmaxOp":
+		axis, log, ok := parseSoftmax(str, "Softmax")
+		if ok && len(in) == 1 && in[0].Eq(out) {
+			if axis = softmaxAxis(in[0], axis); axis >= 0 && axis < len(out) {
+				return newSoftmax(axis, log, len(out)), true
+			}
+		}
+	case "softmaxDiffOp":
+		axis, log, ok := parseSoftmax(str, "SoftmaxDiff")
+		if ok && len(in) == 3 && in[1].Eq(out) && in[2].Eq(out) {
+			if axis = softmaxAxis(in[1], axis); axis >= 0 && axis < len(out) {
+				return newSoftmaxGrad(axis, log, len(out)), true
+			}
+		}
+	case "transposeOp":
+		perm, ok := parseTranspose(str)
+		if ok && len(in) == 1 && len(perm) == len(in[0]) {
+			return newTranspose(perm), true
 		}
 	case "sumOp":
 		axes := strings.Fields(strings.Trim(strings.TrimPrefix(str, "Σ"), "[]"))

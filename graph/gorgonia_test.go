@@ -35,6 +35,10 @@ func gorgoniaNet(t *testing.T, g *G.ExprGraph, r *rand.Rand) (G.Nodes, *G.Node) 
 	h := must(G.Rectify(must(G.BroadcastAdd(must(G.Mul(x, w1)), b1, nil, []byte{0}))))
 	r2 := must(G.Tanh(must(G.BroadcastAdd(must(G.Mul(h, w2)), b2, nil, []byte{0}))))
 	h = must(G.Add(h, r2))
+	// Attention-like: softmax(h·hᵀ)·h, and a log-softmax.
+	att := must(G.SoftMax(must(G.Mul(h, must(G.Transpose(h))))))
+	h = must(G.Add(h, must(G.Mul(att, h))))
+	h = must(G.Add(h, must(G.Mul(must(G.LogSoftMax(h)), G.NewConstant(float32(0.1))))))
 	h = must(G.Sub(must(G.HadamardProd(h, h)), must(G.Exp(must(G.Neg(h))))))
 	h = must(G.Mul(h, G.NewConstant(float32(0.5))))
 	h = must(G.HadamardDiv(h, must(G.Add(must(G.Square(h)), G.NewConstant(float32(2))))))
@@ -97,7 +101,7 @@ func TestRecognisedOperatorsComputeWhatGorgoniaComputes(t *testing.T) {
 			require.InDelta(t, w[i], gv[i], 1e-5*math.Max(1, math.Abs(float64(w[i]))), "%v, value %d", n, i)
 		}
 	}
-	for _, k := range []Kind{OpMatMul, OpAdd, OpSub, OpMul, OpDiv, OpElemScalar, OpElemUnary, OpRepeat, OpReduceSum, OpReshape} {
+	for _, k := range []Kind{OpMatMul, OpAdd, OpSub, OpMul, OpDiv, OpElemScalar, OpElemUnary, OpRepeat, OpReduceSum, OpReshape, OpSoftmax, OpSoftmaxGrad, OpTranspose} {
 		require.Positive(t, kinds[k], "no %s in the program: %v", k, kinds)
 	}
 	t.Logf("ops: %v", kinds)
@@ -108,11 +112,11 @@ func TestRecognisedOperatorsComputeWhatGorgoniaComputes(t *testing.T) {
 func TestUnrecognisedOperatorsAreRefused(t *testing.T) {
 	g := G.NewGraph()
 	x := G.NewMatrix(g, tensor.Float32, G.WithShape(3, 4), G.WithName("x"))
-	_, err := G.SoftMax(x)
+	_, err := G.Concat(0, x, x)
 	require.NoError(t, err)
 	err = checkClosed(g)
 	require.ErrorContains(t, err, "is not one gotrain runs")
-	require.ErrorContains(t, err, "softmaxOp")
+	require.ErrorContains(t, err, "concatOp")
 	require.ErrorContains(t, err, "(3, 4)")
 }
 
@@ -201,16 +205,16 @@ func TestGorgoniaOperatorRefusalNamesTheLayer(t *testing.T) {
 	bad := func(s *nn.Scope, spec Spec) (nn.Module, error) {
 		fc := nn.NewLinear(s.Sub("fc"), spec.InC*spec.InH*spec.InW, spec.Classes)
 		return nn.Seq(fc, nn.Func(func(c nn.Ctx, x nn.T) nn.T {
-			y, err := G.SoftMax(x)
+			y, err := G.Concat(1, x, x)
 			if err != nil {
 				c.Fail(err)
 			}
 			return y
 		})), nil
 	}
-	_, err := Build(Spec{Kind: "softmaxed", InH: 2, InW: 2, Classes: 3}, bad, 1)
+	_, err := Build(Spec{Kind: "concatenated", InH: 2, InW: 2, Classes: 3}, bad, 1)
 	require.ErrorContains(t, err, "layer 1")
-	require.ErrorContains(t, err, "softmaxOp")
+	require.ErrorContains(t, err, "concatOp")
 }
 
 // TestLayerNormModelGradients: a model with LayerNorm (rows of [N, T, D]

@@ -418,7 +418,9 @@ func checkNodes(g *G.ExprGraph, nodes G.Nodes) error {
 		if n.Op() == nil {
 			continue
 		}
-		if _, ok := n.Op().(Op); !ok && n.Op().Arity() > 0 { // constants (the gradient seed) have no children
+		// Constants (the gradient seed) have arity 0; variadic operators
+		// (Concat) say -1.
+		if _, ok := n.Op().(Op); !ok && n.Op().Arity() != 0 {
 			if _, ok := recogniseNode(g, n); ok {
 				continue
 			}

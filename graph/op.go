@@ -47,12 +47,15 @@ const (
 
 	// Gorgonia's own operators, as the set runs them on devices (see
 	// gorgonia.go); Add, Mul (⊙), MatMul and Reshape above serve too.
-	OpSub        Kind = "Sub"        // A - B, equal shapes
-	OpDiv        Kind = "Div"        // A ÷ B, equal shapes
-	OpElemScalar Kind = "ElemScalar" // X op s (or s op X) with a scalar s: + - ⊙ ÷ and comparisons (1 or 0)
-	OpElemUnary  Kind = "ElemUnary"  // f(X): neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube
-	OpRepeat     Kind = "Repeat"     // X repeated along an axis of size 1 (Gorgonia's broadcasting)
-	OpReduceSum  Kind = "ReduceSum"  // Σ over one axis, which goes
+	OpSub         Kind = "Sub"         // A - B, equal shapes
+	OpDiv         Kind = "Div"         // A ÷ B, equal shapes
+	OpElemScalar  Kind = "ElemScalar"  // X op s (or s op X) with a scalar s: + - ⊙ ÷ and comparisons (1 or 0)
+	OpElemUnary   Kind = "ElemUnary"   // f(X): neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube
+	OpRepeat      Kind = "Repeat"      // X repeated along an axis of size 1 (Gorgonia's broadcasting)
+	OpReduceSum   Kind = "ReduceSum"   // Σ over one axis, which goes
+	OpSoftmax     Kind = "Softmax"     // Gorgonia's SoftMax (or LogSoftMax, attribute "log") along an axis
+	OpSoftmaxGrad Kind = "SoftmaxGrad" // its gradient from (X, Y, dY), as Gorgonia's SoftmaxDiff
+	OpTranspose   Kind = "Transpose"   // Gorgonia's Transpose: the axes permuted (attribute "perm", e.g. "1,0,2")
 
 	OpGELU     Kind = "GELU"     // x·Φ(x), PyTorch's exact GELU
 	OpGELUGrad Kind = "GELUGrad" // dX from X and dY

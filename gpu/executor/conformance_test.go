@@ -133,6 +133,14 @@ func opCases() []opCase {
 		{name: "Mul", kind: graph.OpMul, in: [][]int{{4, 6}, {4, 6}}, out: []int{4, 6}},
 		{name: "Add", kind: graph.OpAdd, in: [][]int{{4, 6}, {4, 6}}, out: []int{4, 6}},
 		{name: "Reshape", kind: graph.OpReshape, in: [][]int{{2, 3, 4}}, out: []int{2, 12}},
+		{name: "Softmax/last", kind: graph.OpSoftmax, attrs: map[string]any{"axis": 1, "log": false}, in: [][]int{{5, 7}}, out: []int{5, 7}},
+		{name: "Softmax/middle", kind: graph.OpSoftmax, attrs: map[string]any{"axis": 1, "log": false}, in: [][]int{{2, 6, 3}}, out: []int{2, 6, 3}},
+		{name: "Softmax/log", kind: graph.OpSoftmax, attrs: map[string]any{"axis": 1, "log": true}, in: [][]int{{5, 7}}, out: []int{5, 7}},
+		{name: "SoftmaxGrad/last", kind: graph.OpSoftmaxGrad, attrs: map[string]any{"axis": 1, "log": false}, in: [][]int{{5, 7}, {5, 7}, {5, 7}}, out: []int{5, 7}},
+		{name: "SoftmaxGrad/log/first", kind: graph.OpSoftmaxGrad, attrs: map[string]any{"axis": 0, "log": true}, in: [][]int{{4, 3, 2}, {4, 3, 2}, {4, 3, 2}}, out: []int{4, 3, 2}},
+		{name: "Transpose/2d", kind: graph.OpTranspose, attrs: map[string]any{"perm": "1,0"}, in: [][]int{{5, 7}}, out: []int{7, 5}},
+		{name: "Transpose/3d", kind: graph.OpTranspose, attrs: map[string]any{"perm": "2,0,1"}, in: [][]int{{2, 3, 4}}, out: []int{4, 2, 3}},
+		{name: "Transpose/4d", kind: graph.OpTranspose, attrs: map[string]any{"perm": "0,2,1,3"}, in: [][]int{{2, 3, 4, 5}}, out: []int{2, 4, 3, 5}},
 		{name: "SoftmaxCrossEntropy", kind: graph.OpSoftmaxCE, in: [][]int{{7, 10}, {7}}, labels: map[int]int{1: 10}},
 		{name: "SoftmaxCrossEntropyGrad", kind: graph.OpSoftmaxCEGrad, in: [][]int{{7, 10}, {7}, nil}, out: []int{7, 10}, labels: map[int]int{1: 10}},
 		// with label smoothing (PyTorch's label_smoothing=0.1)
@@ -427,8 +435,10 @@ func TestOpsMatchTheCPU(t *testing.T) {
 }
 
 func TestNewOpRefusesWhatItCannotRun(t *testing.T) {
-	_, err := NewOp(device.Host{}, "Softmax", nil, [][]int{{2, 3}}, []int{2, 3}, device.FP32)
-	require.ErrorContains(t, err, `"Softmax" is not an op of graph/'s set`)
+	_, err := NewOp(device.Host{}, "Concat", nil, [][]int{{2, 3}}, []int{2, 3}, device.FP32)
+	require.ErrorContains(t, err, `"Concat" is not an op of graph/'s set`)
+	_, err = NewOp(device.Host{}, graph.OpTranspose, map[string]any{"perm": "0,1,2,3,4"}, [][]int{{1, 2, 1, 2, 1}}, []int{1, 2, 1, 2, 1}, device.FP32)
+	require.ErrorContains(t, err, "at most 4")
 	_, err = NewOp(device.Host{}, graph.OpLinear, nil, [][]int{{2, 3}}, []int{2, 3}, device.FP32)
 	require.ErrorContains(t, err, "Linear takes 3 inputs")
 	_, err = NewOp(device.Host{}, graph.OpConv2D, map[string]any{"stride": 1}, [][]int{{1, 2, 3, 3}, {4, 3, 3, 3}, {4}}, nil, device.FP32)

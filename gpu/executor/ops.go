@@ -856,6 +856,64 @@ func init() {
 		}
 		return nil
 	})
+	// Softmax (Gorgonia's SoftMax, LogSoftMax) along axis: one thread per
+	// line (softmax_axis).
+	lower(graph.OpSoftmax, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(1); err != nil {
+			return err
+		}
+		outer, n, inner, err := axisSplit(c.kind, in[0], c.intAttr("axis"))
+		if err != nil {
+			return err
+		}
+		lg := b2i(c.boolAttr("log"))
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			return dev.Launch("softmax_axis", outer*inner, in[0].Buf, out.Buf, outer, n, inner, lg)
+		}
+		return nil
+	})
+	// SoftmaxGrad from (X, Y, dY); X is not read.
+	lower(graph.OpSoftmaxGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(3); err != nil {
+			return err
+		}
+		outer, n, inner, err := axisSplit(c.kind, in[1], c.intAttr("axis"))
+		if err != nil {
+			return err
+		}
+		lg := b2i(c.boolAttr("log"))
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			return dev.Launch("softmax_grad_axis", outer*inner, in[1].Buf, in[2].Buf, out.Buf, outer, n, inner, lg)
+		}
+		return nil
+	})
+	// Transpose of up to 4 axes (transpose4).
+	lower(graph.OpTranspose, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(1); err != nil {
+			return err
+		}
+		perm, err := graph.ParsePerm(c.stringAttr("perm"))
+		x := in[0]
+		if err != nil || len(perm) != len(x) {
+			return fmt.Errorf("executor: %s %q of shape %v", c.kind, c.stringAttr("perm"), x)
+		}
+		if len(x) > 4 {
+			return fmt.Errorf("executor: %s of %d axes (shape %v): the device kernel permutes at most 4", c.kind, len(x), x)
+		}
+		stride := make([]int, len(x))
+		for d, st := len(x)-1, 1; d >= 0; d-- {
+			stride[d], st = st, st*x[d]
+		}
+		// Leading axes of size 1 fill the kernel's four.
+		d4, s4 := []int{1, 1, 1, 1}, []int{0, 0, 0, 0}
+		for d, p := range perm {
+			d4[4-len(x)+d], s4[4-len(x)+d] = x[p], stride[p]
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			return dev.Launch("transpose4", size(d4), in[0].Buf, out.Buf, d4[0], d4[1], d4[2], d4[3], s4[0], s4[1], s4[2], s4[3])
+		}
+		return nil
+	})
 	// ReduceSum along axis, in float64: one thread per output over at most
 	// rowChunk values (reduce_axis), else chunks of rowChunk values
 	// (reduce_axis_parts), a float64 tree of the chunks and a rounding.
@@ -892,4 +950,12 @@ func init() {
 		}
 		return nil
 	})
+}
+
+// b2i is a flag argument of a kernel (an int): 1 for true.
+func b2i(b bool) int32 {
+	if b {
+		return 1
+	}
+	return 0
 }

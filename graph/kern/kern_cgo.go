@@ -3,6 +3,7 @@
 package kern
 
 /*
+#cgo CFLAGS: -Wdeprecated-declarations
 #cgo CFLAGS: -O3 -std=c11 -fno-strict-aliasing
 long gt_kern_conv3_scratch(int C, int H, int W, int K);
 void gt_kern_conv3(const float* x, const float* w, float* y, float* scratch, int C, int H, int W, int K);
