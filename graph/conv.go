@@ -310,6 +310,10 @@ type conv2dOp struct {
 	needX       bool
 	noBias      bool      // two inputs (X, W): no bias (before a BatchNorm, as torchvision's ResNets)
 	cols        []float32 // per worker: a sample's im2col
+	// The last forward pass: its count, X and W, which the gradient ops
+	// read when one of them computes both gradients (conv2dGradWOp.both).
+	runs         uint64
+	lastX, lastW []float32
 }
 
 // workspaceBytes is the memory of the ops' scratch buffers (see
@@ -377,6 +381,8 @@ func (o *conv2dOp) Do(in ...G.Value) (G.Value, error) {
 	if !o.noBias {
 		bias = f32(in[2])
 	}
+	o.runs++
+	o.lastX, o.lastW = x, w
 	out := o.output(g.N, g.K, g.OH, g.OW)
 	y := f32(out)
 	parts, _ := splitWork(g.N, g.flops())
@@ -418,12 +424,16 @@ func (o *conv2dOp) DiffWRT(int) []bool {
 func (o *conv2dOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	var dx *G.Node
 	var err error
+	gw := &conv2dGradWOp{base: newBase(OpConv2DGradW, o.attrs, tt(4), tt(4), tt(4)), fwd: o, wShape: in[1].Shape().Clone()}
 	if o.needX {
-		if dx, err = G.ApplyOp(&conv2dGradInputOp{base: newBase(OpConv2DGradInput, o.attrs, tt(4), tt(4), tt(4)), fwd: o, xShape: in[0].Shape().Clone()}, grad, in[1]); err != nil {
+		gi := &conv2dGradInputOp{base: newBase(OpConv2DGradInput, o.attrs, tt(4), tt(4), tt(4)), fwd: o, xShape: in[0].Shape().Clone()}
+		gw.gi = gi
+		gi.gw = gw
+		if dx, err = G.ApplyOp(gi, grad, in[1]); err != nil {
 			return nil, err
 		}
 	}
-	dw, err := G.ApplyOp(&conv2dGradWOp{base: newBase(OpConv2DGradW, o.attrs, tt(4), tt(4), tt(4)), fwd: o, wShape: in[1].Shape().Clone()}, in[0], grad)
+	dw, err := G.ApplyOp(gw, in[0], grad)
 	if err != nil {
 		return nil, err
 	}
@@ -442,6 +452,8 @@ func (o *conv2dOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 type conv2dGradInputOp struct {
 	base
 	fwd    *conv2dOp
+	gw     *conv2dGradWOp // the same convolution's weight gradient (nil outside a model's gradients)
+	done   uint64         // the forward run whose dX the weight gradient's op computed (both)
 	xShape tensor.Shape
 	dcols  []float32 // per worker: a sample's column gradients, or dY's im2col
 	wT     []float32 // the flipped, transposed filters (transposed)
@@ -457,6 +469,12 @@ func (o *conv2dGradInputOp) Do(in ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	dy, w := f32(in[0]), f32(in[1])
+	if o.gw.fusable(g, o.fwd.lastX, dy, w) {
+		if o.done != o.fwd.runs {
+			o.gw.both(g, o.fwd.lastX, dy, w)
+		}
+		return o.out, nil
+	}
 	out := o.output(o.xShape...)
 	dx := f32(out)
 	if t, ok := g.transposed(); ok {
@@ -501,16 +519,7 @@ func (g convGeom) transposed() (convGeom, bool) {
 // transposedConv computes dX as the convolution t of dY with W' (see
 // transposed), sample by sample.
 func (o *conv2dGradInputOp) transposedConv(g, t convGeom, dy, w, dx []float32) {
-	kk := g.KH * g.KW
-	o.wT = growF(o.wT, len(w))
-	for k := 0; k < g.K; k++ {
-		for c := 0; c < g.C; c++ {
-			src, dst := w[(k*g.C+c)*kk:][:kk], o.wT[(c*g.K+k)*kk:][:kk]
-			for i := range kk {
-				dst[i] = src[kk-1-i]
-			}
-		}
-	}
+	o.flip(g, w)
 	parts, _ := splitWork(t.N, t.flops())
 	cs := t.scratchSize(false)
 	o.dcols = grow(o.pool, o.dcols, parts*cs)
@@ -526,6 +535,21 @@ func (o *conv2dGradInputOp) transposedConv(g, t convGeom, dy, w, dx []float32) {
 			cblas.SgemmSerial(false, false, t.K, t.ohw(), t.ckk(), 1, o.wT, t.ckk(), cols, t.ohw(), 0, dxn, t.ohw())
 		}
 	})
+}
+
+// flip sets wT to the filters W' of transposed: W'[c,k,i,j] =
+// W[k,c,KH-1-i,KW-1-j].
+func (o *conv2dGradInputOp) flip(g convGeom, w []float32) {
+	kk := g.KH * g.KW
+	o.wT = growF(o.wT, len(w))
+	for k := 0; k < g.K; k++ {
+		for c := 0; c < g.C; c++ {
+			src, dst := w[(k*g.C+c)*kk:][:kk], o.wT[(c*g.K+k)*kk:][:kk]
+			for i := range kk {
+				dst[i] = src[kk-1-i]
+			}
+		}
+	}
 }
 
 // growF returns buf with length n, reallocated when too short.
@@ -546,6 +570,8 @@ func (o *conv2dGradInputOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) 
 type conv2dGradWOp struct {
 	base
 	fwd     *conv2dOp
+	gi      *conv2dGradInputOp // the same convolution's input gradient (nil: none, or outside a model's gradients)
+	done    uint64             // the forward run whose dW both computed
 	wShape  tensor.Shape
 	cols    []float32 // per worker: a sample's im2col
 	partial []float32 // per group of convGroup samples: its dW
@@ -561,6 +587,12 @@ func (o *conv2dGradWOp) Do(in ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	x, dy := f32(in[0]), f32(in[1])
+	if o.fusable(g, x, dy, o.fwd.lastW) {
+		if o.done != o.fwd.runs {
+			o.both(g, x, dy, o.fwd.lastW)
+		}
+		return o.out, nil
+	}
 	out := o.output(o.wShape...)
 	dw := f32(out)
 	groups := (g.N + convGroup - 1) / convGroup
@@ -612,6 +644,63 @@ func (o *conv2dGradWOp) Do(in ...G.Value) (G.Value, error) {
 		})
 	}
 	return out, nil
+}
+
+// fusable reports whether both gradients of a native3 convolution come
+// from one pass (kern.Conv3Bwd, one padding of each sample's dY for both):
+// whichever of the two ops runs first computes both, with X and W of the
+// forward run that their inputs are.
+func (o *conv2dGradWOp) fusable(g convGeom, x, dy, w []float32) bool {
+	if o == nil || o.gi == nil || !g.native3() || len(x) == 0 || len(w) == 0 || len(dy) == 0 {
+		return false
+	}
+	f := o.fwd
+	return len(f.lastX) == len(x) && &f.lastX[0] == &x[0] && len(f.lastW) == len(w) && &f.lastW[0] == &w[0] &&
+		len(x) == g.N*g.xSize() && len(dy) == g.N*g.ySize()
+}
+
+// both computes dX into the input gradient op's output and dW into this
+// op's, sample by sample in the groups of convGroup that dW's partial
+// sums take: each has the bits that the two ops compute separately.
+func (o *conv2dGradWOp) both(g convGeom, x, dy, w []float32) {
+	gi := o.gi
+	dx := f32(gi.output(gi.xShape...))
+	dw := f32(o.output(o.wShape...))
+	gi.flip(g, w)
+	groups := (g.N + convGroup - 1) / convGroup
+	wsz := g.K * g.ckk()
+	parts, _ := splitWork(groups, 2*g.flops())
+	cs := kern.Conv3BwdScratch(g.C, g.H, g.W, g.K)
+	o.cols = grow(o.pool, o.cols, parts*cs)
+	if groups > 1 {
+		o.partial = grow(o.pool, o.partial, groups*wsz)
+	}
+	parallelParts(groups, 2*g.flops(), func(part, lo, hi int) {
+		scratch := o.cols[part*cs:][:cs]
+		for q := lo; q < hi; q++ {
+			sum := dw
+			if groups > 1 {
+				sum = o.partial[q*wsz:][:wsz]
+			}
+			clear(sum)
+			for n := q * convGroup; n < min((q+1)*convGroup, g.N); n++ {
+				kern.Conv3Bwd(x[n*g.xSize():][:g.xSize()], dy[n*g.ySize():][:g.ySize()], gi.wT,
+					dx[n*g.xSize():][:g.xSize()], sum, scratch, g.C, g.H, g.W, g.K)
+			}
+		}
+	})
+	if groups > 1 {
+		parallelFor(wsz, groups*wsz, func(i0, i1 int) {
+			copy(dw[i0:i1], o.partial[i0:i1])
+			for q := 1; q < groups; q++ {
+				p := o.partial[q*wsz:]
+				for i := i0; i < i1; i++ {
+					dw[i] += p[i]
+				}
+			}
+		})
+	}
+	o.done, gi.done = o.fwd.runs, o.fwd.runs
 }
 
 func (o *conv2dGradWOp) DiffWRT(n int) []bool { return make([]bool, n) }

@@ -542,6 +542,39 @@ func TestNativeConvMatchesIm2col(t *testing.T) {
 			return slices.Clone(f32(out)), slices.Clone(f32(dxv)), slices.Clone(f32(dwv))
 		}
 		y, dx, dw := run()
+		if g.native3() {
+			// The two gradient ops of one convolution, linked as SymDiff
+			// links them: whichever runs first computes both in one pass,
+			// with the bits of the separate passes.
+			for _, wFirst := range []bool{false, true} {
+				fwd := newConv2DNoBias(tc.stride, tc.pad, true)
+				xv, wv := tensor.New(tensor.WithShape(xs...), tensor.WithBacking(x)), tensor.New(tensor.WithShape(ws...), tensor.WithBacking(w))
+				dyv := tensor.New(tensor.WithShape(ys...), tensor.WithBacking(dy))
+				gi := &conv2dGradInputOp{base: newBase(OpConv2DGradInput, fwd.attrs, tt(4), tt(4), tt(4)), fwd: fwd, xShape: xs}
+				gw := &conv2dGradWOp{base: newBase(OpConv2DGradW, fwd.attrs, tt(4), tt(4), tt(4)), fwd: fwd, wShape: ws, gi: gi}
+				gi.gw = gw
+				for step := 0; step < 2; step++ {
+					_, err := fwd.Do(xv, wv)
+					require.NoError(t, err)
+					require.False(t, gw.fusable(g, x[:1], dy, w), "another X is not the forward's")
+					var dxv, dwv G.Value
+					if wFirst {
+						dwv, err = gw.Do(xv, dyv)
+						require.NoError(t, err)
+						require.Equal(t, fwd.runs, gi.done, "the weight gradient computed dX too")
+						dxv, err = gi.Do(dyv, wv)
+					} else {
+						dxv, err = gi.Do(dyv, wv)
+						require.NoError(t, err)
+						require.Equal(t, fwd.runs, gw.done, "the input gradient computed dW too")
+						dwv, err = gw.Do(xv, dyv)
+					}
+					require.NoError(t, err)
+					require.Equal(t, dx, f32(dxv), "%+v: fused input gradient, step %d", tc, step)
+					require.Equal(t, dw, f32(dwv), "%+v: fused weight gradient, step %d", tc, step)
+				}
+			}
+		}
 		prev := runtime.GOMAXPROCS(1)
 		y1, dx1, dw1 := run()
 		runtime.GOMAXPROCS(prev)

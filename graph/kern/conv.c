@@ -78,13 +78,10 @@ TARGET static void pad_input(const geom* g, const float* x, float* xp) {
 // padding 1, stride 1). Each output is Σ over c, then i, then j of
 // w·x, accumulated in float32 with FMA in that order.
 __attribute__((target("avx2,fma")))
-void gt_kern_conv3(const float* x, const float* w, float* y, float* scratch, int C, int H, int W, int K) {
-	geom g = mkgeom(C, H, W, K);
+static void conv3_core(const geom* gp, const float* xp, const float* w, float* y, float* yq, float* wr) {
+	const geom g = *gp;
+	const int C = g.C, H = g.H, W = g.W, K = g.K;
 	int nkb = (K + 3) / 4;
-	float* xp = scratch;
-	float* yq = xp + (long)C * g.S;
-	float* wr = yq + (long)nkb * 4 * g.Lb;
-	pad_input(&g, x, xp);
 	// wr[kb][c][ij][4]: the weights of filters 4kb..4kb+3, zero past K.
 	for (int kb = 0; kb < nkb; kb++) {
 		for (int c = 0; c < C; c++) {
@@ -138,6 +135,17 @@ void gt_kern_conv3(const float* x, const float* w, float* y, float* scratch, int
 	}
 }
 
+__attribute__((target("avx2,fma")))
+void gt_kern_conv3(const float* x, const float* w, float* y, float* scratch, int C, int H, int W, int K) {
+	geom g = mkgeom(C, H, W, K);
+	int nkb = (K + 3) / 4;
+	float* xp = scratch;
+	float* yq = xp + (long)C * g.S;
+	float* wr = yq + (long)nkb * 4 * g.Lb;
+	pad_input(&g, x, xp);
+	conv3_core(&g, xp, w, y, yq, wr);
+}
+
 static float hsum(__m256 v) __attribute__((target("avx2,fma")));
 static float hsum(__m256 v) {
 	__m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -153,39 +161,29 @@ static float hsum(__m256 v) {
 // taken over the sample's positions in eight lanes (position p in lane
 // p mod 8 of the padded-width grid), then the lanes summed in a fixed
 // order, then added to dw.
+// dw_core adds the weight gradient to dw from the padded planes xp and
+// dY on the padded-width grid, dq, its planes ds apart (zero in the two
+// extra columns of each row, past L, and for the filters from K to the
+// next multiple of 4).
 __attribute__((target("avx2,fma")))
-void gt_kern_conv3_dw(const float* x, const float* dy, float* dw, float* scratch, int C, int H, int W, int K) {
-	geom g = mkgeom(C, H, W, K);
-	float* xp = scratch;
-	float* dq = xp + (long)C * g.S;
-	pad_input(&g, x, xp);
-	// dq[k]: dy[k] on the padded-width grid, zero in the 2 extra columns
-	// of each row and past L.
+static void dw_core(const geom* gp, const float* xp, const float* dq, long ds, float* dw) {
+	const geom g = *gp;
+	const int C = g.C, K = g.K;
 	const int Wp = g.Wp, Lv = (g.L + 7) / 8 * 8;
-	for (int k = 0; k < K; k++) {
-		float* d = dq + (long)k * g.Lb;
-		for (int r = 0; r < H; r++) {
-			copyf(d + r * Wp, dy + ((long)k * H + r) * W, W);
-			d[r * Wp + W] = 0;
-			d[r * Wp + W + 1] = 0;
-		}
-		zerof(d + (long)H * Wp, g.Lb - (long)H * Wp);
-	}
 	// Filters in blocks of 4 (dq of a missing filter reads zeros: its
 	// sums are dropped), shifts (i, j) in rows of 3: 12 dot products at
 	// once, each in eight lanes, from 4 vectors of dY and 3 of the plane
 	// per 8 positions.
 	const int nkb = (K + 3) / 4;
-	for (long i = (long)K * g.Lb; i < (long)nkb * 4 * g.Lb; i++) dq[i] = 0;
 	for (int c = 0; c < C; c++) {
 		const float* xc = xp + (long)c * g.S;
 		for (int i = 0; i < 3; i++) {
 			const float* xi = xc + i * Wp;
 			for (int kb = 0; kb < nkb; kb++) {
-				const float* d0 = dq + (long)kb * 4 * g.Lb;
-				const float* d1 = d0 + g.Lb;
-				const float* d2 = d1 + g.Lb;
-				const float* d3 = d2 + g.Lb;
+				const float* d0 = dq + (long)kb * 4 * ds;
+				const float* d1 = d0 + ds;
+				const float* d2 = d1 + ds;
+				const float* d3 = d2 + ds;
 				__m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps();
 				__m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps();
 				__m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a22 = _mm256_setzero_ps();
@@ -211,4 +209,55 @@ void gt_kern_conv3_dw(const float* x, const float* dy, float* dw, float* scratch
 			}
 		}
 	}
+}
+
+__attribute__((target("avx2,fma")))
+void gt_kern_conv3_dw(const float* x, const float* dy, float* dw, float* scratch, int C, int H, int W, int K) {
+	geom g = mkgeom(C, H, W, K);
+	float* xp = scratch;
+	float* dq = xp + (long)C * g.S;
+	pad_input(&g, x, xp);
+	// dq[k]: dy[k] on the padded-width grid, zero in the 2 extra columns
+	// of each row and past L.
+	const int Wp = g.Wp;
+	for (int k = 0; k < K; k++) {
+		float* d = dq + (long)k * g.Lb;
+		for (int r = 0; r < H; r++) {
+			copyf(d + r * Wp, dy + ((long)k * H + r) * W, W);
+			d[r * Wp + W] = 0;
+			d[r * Wp + W + 1] = 0;
+		}
+		zerof(d + (long)H * Wp, g.Lb - (long)H * Wp);
+	}
+	const int nkb = (K + 3) / 4;
+	zerof(dq + (long)K * g.Lb, (long)(nkb * 4 - K) * g.Lb);
+	dw_core(&g, xp, dq, g.Lb, dw);
+}
+
+// gt_kern_conv3_bwd_scratch is the floats of scratch gt_kern_conv3_bwd
+// needs.
+long gt_kern_conv3_bwd_scratch(int C, int H, int W, int K) {
+	geom g = mkgeom(C, H, W, K);
+	long K4 = (K + 3) / 4 * 4, C4 = (C + 3) / 4 * 4;
+	return (K4 + C) * g.S + C4 * g.Lb + C4 * K * 9;
+}
+
+// gt_kern_conv3_bwd is gt_kern_conv3_dw and, when dx is not NULL, the
+// input gradient dx[C][H][W] (the convolution of dY with wT[C][K][3][3],
+// the filters flipped and transposed), from one padding of dY: its padded
+// plane is also its padded-width grid, Wp+1 values on. Each result has
+// the bits of the separate calls.
+__attribute__((target("avx2,fma")))
+void gt_kern_conv3_bwd(const float* x, const float* dy, const float* wT, float* dx, float* dw, float* scratch, int C, int H, int W, int K) {
+	geom g = mkgeom(C, H, W, K), t = mkgeom(K, H, W, C);
+	long K4 = (K + 3) / 4 * 4, C4 = (C + 3) / 4 * 4;
+	float* dp = scratch;
+	float* xp = dp + K4 * g.S;
+	float* yq = xp + (long)C * g.S;
+	float* wr = yq + C4 * g.Lb;
+	pad_input(&t, dy, dp);
+	zerof(dp + (long)K * g.S, (K4 - K) * g.S);
+	pad_input(&g, x, xp);
+	if (dx) conv3_core(&t, dp, wT, dx, yq, wr);
+	dw_core(&g, xp, dp + g.Wp + 1, g.S, dw);
 }

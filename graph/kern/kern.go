@@ -29,6 +29,33 @@ func Conv3DW(x, dy, dw, scratch []float32, c, h, w, k int) {
 	conv3DW(x, dy, dw, scratch, c, h, w, k)
 }
 
+// Conv3BwdScratch is the length of the scratch buffer one call of
+// [Conv3Bwd] needs.
+func Conv3BwdScratch(c, h, w, k int) int {
+	if !Available() {
+		return 0
+	}
+	return conv3BwdScratch(c, h, w, k)
+}
+
+// Conv3Bwd is [Conv3DW] and, unless dx is nil, the input gradient
+// dx[c][h][w]: the convolution of dy with wT[c][k][3][3], the filters
+// flipped and transposed (wT[c][k][i][j] = wt[k][c][2-i][2-j]), from one
+// padded copy of dy. Each result has the bits of the separate calls
+// (Conv3DW, and Conv3 of dy with wT). It panics as Conv3 does.
+func Conv3Bwd(x, dy, wT, dx, dw, scratch []float32, c, h, w, k int) {
+	check("Conv3Bwd", x, dw, dy, scratch[:min(len(scratch), conv3Scratch(c, h, w, k))], c, h, w, k)
+	switch {
+	case len(wT) < k*c*9:
+		panic(fmt.Sprintf("kern.Conv3Bwd: filters have %d values, want %d", len(wT), k*c*9))
+	case dx != nil && len(dx) < c*h*w:
+		panic(fmt.Sprintf("kern.Conv3Bwd: input gradient has %d values, want %d", len(dx), c*h*w))
+	case len(scratch) < conv3BwdScratch(c, h, w, k):
+		panic(fmt.Sprintf("kern.Conv3Bwd: scratch has %d values, want %d", len(scratch), conv3BwdScratch(c, h, w, k)))
+	}
+	conv3Bwd(x, dy, wT, dx, dw, scratch, c, h, w, k)
+}
+
 // check panics on programmer errors: no kernels, sizes that do not fit.
 // wt is the filters or their gradient, y the output or its gradient.
 func check(op string, x, wt, y, scratch []float32, c, h, w, k int) {

@@ -9,6 +9,8 @@ long gt_kern_conv3_scratch(int C, int H, int W, int K);
 void gt_kern_conv3(const float* x, const float* w, float* y, float* scratch, int C, int H, int W, int K);
 void gt_kern_conv3_dw(const float* x, const float* dy, float* dw, float* scratch, int C, int H, int W, int K);
 int gt_kern_avx2(void);
+long gt_kern_conv3_bwd_scratch(int C, int H, int W, int K);
+void gt_kern_conv3_bwd(const float* x, const float* dy, const float* wT, float* dx, float* dw, float* scratch, int C, int H, int W, int K);
 long gt_kern_convk_scratch(int C, int H, int W, int K, int KH, int KW, int s, int P);
 void gt_kern_convk(const float* x, const float* w, float* y, float* scratch, int C, int H, int W, int K, int KH, int KW, int s, int P);
 void gt_kern_convk_dw(const float* x, const float* dy, float* dw, float* scratch, int C, int H, int W, int K, int KH, int KW, int s, int P);
@@ -82,4 +84,16 @@ func convk(g Geom, x, wt, y, scratch []float32) {
 
 func convkDW(g Geom, x, dy, dw, scratch []float32) {
 	C.gt_kern_convk_dw(fp(x), fp(dy), fp(dw), fp(scratch), C.int(g.C), C.int(g.H), C.int(g.W), C.int(g.K), C.int(g.KH), C.int(g.KW), C.int(g.S), C.int(g.P))
+}
+
+func conv3BwdScratch(c, h, w, k int) int {
+	return int(C.gt_kern_conv3_bwd_scratch(C.int(c), C.int(h), C.int(w), C.int(k)))
+}
+
+func conv3Bwd(x, dy, wT, dx, dw, scratch []float32, c, h, w, k int) {
+	var dxp *C.float
+	if dx != nil {
+		dxp = fp(dx)
+	}
+	C.gt_kern_conv3_bwd(fp(x), fp(dy), fp(wT), dxp, fp(dw), fp(scratch), C.int(c), C.int(h), C.int(w), C.int(k))
 }

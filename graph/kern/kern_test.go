@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -127,6 +128,52 @@ func TestConv3MatchesReference(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Conv3Bwd gives the bits of Conv3DW and of Conv3 with the flipped,
+// transposed filters.
+func TestConv3BwdEqualsTheSeparateCalls(t *testing.T) {
+	if !Available() {
+		t.Skip("native kernels not available: " + Why())
+	}
+	r := rand.New(rand.NewPCG(9, 9))
+	for _, g := range geoms {
+		x, w, dy := randn(r, g.c*g.h*g.w), randn(r, g.k*g.c*9), randn(r, g.k*g.h*g.w)
+		wT := make([]float32, len(w))
+		for k := 0; k < g.k; k++ {
+			for c := 0; c < g.c; c++ {
+				for i := 0; i < 9; i++ {
+					wT[(c*g.k+k)*9+i] = w[(k*g.c+c)*9+8-i]
+				}
+			}
+		}
+		base := randn(r, len(w))
+		wantDW := append([]float32(nil), base...)
+		Conv3DW(x, dy, wantDW, make([]float32, Conv3Scratch(g.c, g.h, g.w, g.k)), g.c, g.h, g.w, g.k)
+		wantDX := make([]float32, g.c*g.h*g.w)
+		Conv3(dy, wT, wantDX, make([]float32, Conv3Scratch(g.k, g.h, g.w, g.c)), g.k, g.h, g.w, g.c)
+		s := make([]float32, Conv3BwdScratch(g.c, g.h, g.w, g.k))
+		for i := range s {
+			s[i] = float32(math.NaN())
+		}
+		dw, dx := append([]float32(nil), base...), make([]float32, len(wantDX))
+		Conv3Bwd(x, dy, wT, dx, dw, s, g.c, g.h, g.w, g.k)
+		for i := range dw {
+			if math.Float32bits(dw[i]) != math.Float32bits(wantDW[i]) {
+				t.Fatalf("%+v: dw[%d] = %v, separately %v", g, i, dw[i], wantDW[i])
+			}
+		}
+		for i := range dx {
+			if math.Float32bits(dx[i]) != math.Float32bits(wantDX[i]) {
+				t.Fatalf("%+v: dx[%d] = %v, separately %v", g, i, dx[i], wantDX[i])
+			}
+		}
+		dw2 := append([]float32(nil), base...)
+		Conv3Bwd(x, dy, wT, nil, dw2, s, g.c, g.h, g.w, g.k)
+		if !slices.Equal(dw2, dw) {
+			t.Fatalf("%+v: dw without dx differs", g)
+		}
 	}
 }
 
