@@ -53,7 +53,8 @@ type Config struct {
 	Classes int `json:"classes,omitempty" yaml:"classes,omitempty"`
 	// Augment draws a random crop of the image padded by Pad zeros on
 	// every side and a horizontal flip, per sample and epoch, from (seed,
-	// epoch, index): --dataset folder's training split only.
+	// epoch, index): the training split of an image dataset or folder (the
+	// same draws for the same index).
 	Augment bool `json:"augment,omitempty" yaml:"augment,omitempty"`
 	Pad     int  `json:"pad" yaml:"pad"`
 	// DataWorkers decode the image files of --dataset folder (0: one per
@@ -366,8 +367,8 @@ func (c *Config) Validate() error {
 		return cfgErr("--classes %d must not be negative (0 takes the data's class count)", c.Classes)
 	case c.Dataset == "csv" && strings.TrimSpace(c.Label) == "":
 		return cfgErr("--dataset csv needs --label, the name of the label column")
-	case c.Augment && c.Dataset != "folder":
-		return cfgErr("--augment crops and flips the images of --dataset folder; --dataset %s is not augmented (drop --augment)", c.Dataset)
+	case c.Augment && c.Dataset == "csv":
+		return cfgErr("--augment crops and flips images; --dataset csv holds none (drop --augment)")
 	}
 	for _, h := range c.Hidden {
 		if h <= 0 {

@@ -174,7 +174,7 @@ func TestFolderConfigLimits(t *testing.T) {
 		{func(c *Config) { c.Pad = MaxPad + 1 }, "--pad 1025 must be from 0 to 1024"},
 		{func(c *Config) { c.DataWorkers = -1 }, "--data-workers -1 must be from 0"},
 		{func(c *Config) { c.DataWorkers = MaxThreads() + 1 }, "--data-workers"},
-		{func(c *Config) { c.Augment, c.Dataset = true, "mnist" }, "--dataset mnist is not augmented"},
+		{func(c *Config) { c.Augment, c.Dataset, c.Label = true, "csv", "y" }, "--dataset csv holds none"},
 	} {
 		cfg := folderConfig(t, t.TempDir())
 		tc.set(&cfg)

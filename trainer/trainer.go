@@ -445,8 +445,9 @@ const (
 // features are standardised by the training split's per-feature mean and
 // deviation, the test split's by the same constants. "folder" is the
 // image folders train and test of cfg.DataDir (data.LoadImageFolder),
-// standardised per channel likewise; the training split is augmented
-// (cfg.Augment, cfg.Pad) and both must have the same classes.
+// standardised per channel likewise; the training split of the image
+// datasets and folders is augmented (cfg.Augment, cfg.Pad: the same crop
+// and flip for the same index) and the folders must have the same classes.
 func LoadSources(cfg Config) (train, test data.Source, err error) {
 	if cfg.Dataset == "folder" {
 		tr, te, err := loadFolders(cfg)
@@ -459,6 +460,9 @@ func LoadSources(cfg Config) (train, test data.Source, err error) {
 		tr, te, err := LoadData(cfg)
 		if err != nil {
 			return nil, nil, err
+		}
+		if cfg.Augment {
+			return tr.AsAugmentedSource(cfg.Pad), te.AsSource(), nil
 		}
 		return tr.AsSource(), te.AsSource(), nil
 	}

@@ -341,41 +341,56 @@ func (f *Folder) Fill(x, y []float32, idx []int, seed uint64, epoch int) error {
 		y[k] = float32(f.Labels[i])
 		src := f.Pix[i*per : (i+1)*per]
 		dst := x[k*per : (k+1)*per]
-		dx, dy, flip := f.Pad, f.Pad, false
+		dy, dx, flip := f.Pad, f.Pad, false
 		if f.Augment {
-			pcg.Seed(seed^folderStream, uint64(epoch)<<40^uint64(i))
-			dy, dx = r.IntN(2*f.Pad+1), r.IntN(2*f.Pad+1)
-			flip = r.IntN(2) == 1
+			dy, dx, flip = augDraw(r, &pcg, seed, epoch, i, f.Pad)
 		}
 		for c := range f.C {
-			lut := f.lut(c)
-			zero := lut[0]
-			for row := range f.H {
-				sr := row + dy - f.Pad
-				out := dst[c*hw+row*f.W : c*hw+(row+1)*f.W]
-				if sr < 0 || sr >= f.H {
-					for j := range out {
-						out[j] = zero
-					}
-					continue
-				}
-				in := src[c*hw+sr*f.W : c*hw+(sr+1)*f.W]
-				for j := range out {
-					col := j
-					if flip {
-						col = f.W - 1 - j
-					}
-					sc := col + dx - f.Pad
-					if sc < 0 || sc >= f.W {
-						out[j] = zero
-					} else {
-						out[j] = lut[in[sc]]
-					}
-				}
-			}
+			cropFlip(dst[c*hw:(c+1)*hw], src[c*hw:(c+1)*hw], f.lut(c), f.H, f.W, f.Pad, dy, dx, flip)
 		}
 	}
 	return nil
+}
+
+// augDraw is sample i's augmentation in epoch epoch: the crop's offsets
+// into the image padded by pad (0 to 2·pad each) and the flip, from the
+// stream (seed, epoch, i) alone. Image folders and augmented IDX
+// datasets draw the same for the same index.
+func augDraw(r *rand.Rand, pcg *rand.PCG, seed uint64, epoch, i, pad int) (dy, dx int, flip bool) {
+	pcg.Seed(seed^folderStream, uint64(epoch)<<40^uint64(i))
+	dy, dx = r.IntN(2*pad+1), r.IntN(2*pad+1)
+	return dy, dx, r.IntN(2) == 1
+}
+
+// cropFlip writes to dst the h x w plane src (bytes, normalised by lut)
+// padded by pad zero pixels, cropped at (dy, dx) and flipped left to right
+// when flip (torchvision's RandomCrop(padding=pad) then
+// RandomHorizontalFlip); dy = dx = pad, no flip, is the plane itself.
+func cropFlip(dst []float32, src []uint8, lut *[256]float32, h, w, pad, dy, dx int, flip bool) {
+	zero := lut[0]
+	for row := range h {
+		sr := row + dy - pad
+		out := dst[row*w : (row+1)*w]
+		if sr < 0 || sr >= h {
+			for j := range out {
+				out[j] = zero
+			}
+			continue
+		}
+		in := src[sr*w : (sr+1)*w]
+		for j := range out {
+			col := j
+			if flip {
+				col = w - 1 - j
+			}
+			sc := col + dx - pad
+			if sc < 0 || sc >= w {
+				out[j] = zero
+			} else {
+				out[j] = lut[in[sc]]
+			}
+		}
+	}
 }
 
 var identityLUT = func() (t [256]float32) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math/rand/v2"
 	"strconv"
 )
 
@@ -129,6 +130,43 @@ func (s datasetSource) Fill(x, y []float32, idx []int, _ uint64, _ int) error {
 
 // Validate is the dataset's Validate.
 func (s datasetSource) Validate() error { return s.d.Validate() }
+
+// AsAugmentedSource is AsSource with the training augmentation of image
+// folders (Folder.Augment): per sample and epoch a random crop of the
+// image padded by pad black pixels, and a horizontal flip, drawn from
+// (seed, epoch, index) as a Folder draws them, so that resuming stays bit
+// for bit and an IDX dataset trains as its image folders do. pad 0 only
+// flips.
+func (d *Dataset) AsAugmentedSource(pad int) Source { return augmentedSource{datasetSource{d}, pad} }
+
+type augmentedSource struct {
+	datasetSource
+	pad int
+}
+
+func (s augmentedSource) Fill(x, y []float32, idx []int, seed uint64, epoch int) error {
+	d := s.d
+	if err := checkFill(d.N, d.Rows*d.Cols, 1, x, y, idx); err != nil {
+		return err
+	}
+	f := d.Rows * d.Cols
+	lut := d.norm().lut
+	var pcg rand.PCG
+	r := rand.New(&pcg)
+	for k, i := range idx {
+		y[k] = float32(d.Labels[i])
+		dy, dx, flip := augDraw(r, &pcg, seed, epoch, i, s.pad)
+		cropFlip(x[k*f:(k+1)*f], d.Pix[i*f:(i+1)*f], lut, d.Rows, d.Cols, s.pad, dy, dx, flip)
+	}
+	return nil
+}
+
+// Meta adds the augmentation to the dataset's.
+func (s augmentedSource) Meta() map[string]string {
+	m := s.datasetSource.Meta()
+	m["data.augment"] = "crop+flip, pad " + strconv.Itoa(s.pad)
+	return m
+}
 
 // CRC32C is the CRC-32C of the pixels, then the labels.
 func (s datasetSource) CRC32C() uint32 {

@@ -186,3 +186,61 @@ func FuzzReadCSV(f *testing.F) {
 		require.NoError(t, tb.Fill(x, y, []int{tb.N - 1}, 0, 0))
 	})
 }
+
+// An IDX dataset's augmented source draws, for the same index, seed and
+// epoch, the crop and flip its image folder draws: both fill the same
+// values; each epoch draws anew, and every sample is its image cropped
+// from the padded image (black pixels outside), flipped or not.
+func TestAugmentedDatasetMatchesItsFolder(t *testing.T) {
+	d := Synthetic(40, 6, 5, 3, 7)
+	f := &Folder{Dir: "mem", N: d.N, C: 1, H: d.Rows, W: d.Cols, Classes: []string{"a", "b", "c"},
+		Pix: d.Pix, Labels: make([]int32, d.N), Augment: true, Pad: 2, normLUT: [][256]float32{*d.norm().lut}}
+	for i, l := range d.Labels {
+		f.Labels[i] = int32(l)
+	}
+	src := d.AsAugmentedSource(2)
+	idx := []int{0, 3, 39, 17, 3}
+	per := d.Rows * d.Cols
+	x1, y1 := make([]float32, len(idx)*per), make([]float32, len(idx))
+	x2, y2 := make([]float32, len(idx)*per), make([]float32, len(idx))
+	seen := map[string]bool{}
+	for epoch := range 3 {
+		require.NoError(t, src.Fill(x1, y1, idx, 11, epoch))
+		require.NoError(t, f.Fill(x2, y2, idx, 11, epoch))
+		require.Equal(t, x2, x1, "epoch %d: the folder's values", epoch)
+		require.Equal(t, y2, y1)
+		seen[fmt.Sprint(x1)] = true
+		lut := d.norm().lut
+		for k, i := range idx {
+			img, got := d.Pix[i*per:(i+1)*per], x1[k*per:(k+1)*per]
+			ok := false
+			for dy := 0; dy <= 4 && !ok; dy++ {
+				for dx := 0; dx <= 4 && !ok; dx++ {
+					for _, flip := range []bool{false, true} {
+						match := true
+						for r := 0; r < d.Rows && match; r++ {
+							for c := 0; c < d.Cols && match; c++ {
+								sc := c
+								if flip {
+									sc = d.Cols - 1 - c
+								}
+								sr, sc := r+dy-2, sc+dx-2
+								want := lut[0]
+								if sr >= 0 && sr < d.Rows && sc >= 0 && sc < d.Cols {
+									want = lut[img[sr*d.Cols+sc]]
+								}
+								match = got[r*d.Cols+c] == want
+							}
+						}
+						ok = ok || match
+					}
+				}
+			}
+			require.True(t, ok, "epoch %d sample %d is no crop of its padded image", epoch, i)
+		}
+	}
+	require.Len(t, seen, 3, "each epoch draws anew")
+	require.NoError(t, src.Fill(x2, y2, idx, 11, 2))
+	require.Equal(t, x1, x2, "the same (seed, epoch, index) draws the same")
+	require.Equal(t, "crop+flip, pad 2", src.Meta()["data.augment"])
+}

@@ -12,9 +12,10 @@ an epoch kept), a fixed number of epochs. In one run of this script:
   gotrain-folder-aug  gotrain train --dataset folder --augment
   pytorch-folder-aug  the same recipe in PyTorch, reading the same PNG files
                       in the same order (torch.set_num_threads(--threads))
-  gotrain-idx         gotrain train --dataset fashion-mnist (the IDX files);
-                      gotrain augments only --dataset folder, so this run and
-                      the next are without augmentation
+  gotrain-idx-aug     gotrain train --dataset fashion-mnist --augment (the
+                      IDX files, with the same crops and flips for the same
+                      index): the like-for-like pair of gotrain-folder-aug
+  gotrain-idx         gotrain train --dataset fashion-mnist without --augment
   gotrain-folder      gotrain train --dataset folder without --augment: the
                       like-for-like pair of gotrain-idx
 
@@ -75,7 +76,7 @@ sys.path.insert(0, HERE)
 from resnet import ResNet  # noqa: E402
 
 IDX_DIR = "/usr/share/datasets/fashion-mnist"
-RUNS = ["gotrain-folder-aug", "pytorch-folder-aug", "gotrain-idx", "gotrain-folder"]
+RUNS = ["gotrain-folder-aug", "pytorch-folder-aug", "gotrain-idx-aug", "gotrain-idx", "gotrain-folder"]
 
 
 # ---------------------------------------------------------------- IDX files
@@ -555,10 +556,10 @@ def main():
             res = torch_train(a, train_pix, train_y, test_pix, test_y, ncls, log)
             res["wall_seconds"] = time.perf_counter() - t + decode_s  # its data loading: the PNG decoding above
         else:
-            dataset, data_dir = ("fashion-mnist", idx) if r == "gotrain-idx" else ("folder", folder)
+            dataset, data_dir = ("fashion-mnist", idx) if r.startswith("gotrain-idx") else ("folder", folder)
             res = gotrain_train(a, r, dataset, data_dir, r.endswith("-aug"), work, log)
         res["augment"] = r.endswith("-aug")
-        res["data"] = "IDX files" if r == "gotrain-idx" else "PNG folders"
+        res["data"] = "IDX files" if r.startswith("gotrain-idx") else "PNG folders"
         results[r] = res
         log(f"{r}: test accuracy {100 * res['test_accuracy']:.2f}% in {res['wall_seconds']:.1f}s")
 
