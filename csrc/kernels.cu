@@ -272,6 +272,55 @@ KERNEL transpose4(const float *x, float *y, long d0, long d1, long d2, long d3, 
 	}
 }
 
+// Slice along an axis: y[o,k,i] = x[o, start + k·step, i], k < n (x has
+// nx along the axis)
+KERNEL slice_axis(const float *x, float *y, long outer, long nx, long n, long inner, long start, long step) {
+	FOR(t, outer * n * inner) {
+		long i = t % inner, r = t / inner;
+		long k = r % n, o = r / n;
+		y[t] = x[(o * nx + start + k * step) * inner + i];
+	}
+}
+
+// Its gradient: dx[o,j,i] = dy[o,k,i] where j = start + k·step, k < n,
+// else 0 (one thread per value of dx)
+KERNEL slice_grad_axis(const float *dy, float *dx, long outer, long nx, long n, long inner, long start, long step) {
+	FOR(t, outer * nx * inner) {
+		long i = t % inner, r = t / inner;
+		long j = r % nx, o = r / nx;
+		long d = j - start, k = d / step;
+		dx[t] = (d >= 0 && d % step == 0 && k < n) ? dy[(o * n + k) * inner + i] : 0.0f;
+	}
+}
+
+// One input of a Concat: y[o, off+k, i] = x[o,k,i], k < n (y has ny
+// along the axis)
+KERNEL concat_part(const float *x, float *y, long outer, long n, long inner, long ny, long off) {
+	FOR(t, outer * n * inner) {
+		long i = t % inner, r = t / inner;
+		long k = r % n, o = r / n;
+		y[(o * ny + off + k) * inner + i] = x[t];
+	}
+}
+
+// BatchedMatMul: c[b] = op(a[b])·op(b[b]), [M,K]·[K,N] after the
+// transposes (ta, tb), one thread per value of c, the sum in float64 in
+// order over K
+KERNEL bmm(const float *a, const float *b, float *c, long B, long M, long N, long K, int ta, int tb) {
+	FOR(t, B * M * N) {
+		long j = t % N, r = t / N;
+		long i = r % M, q = r / M;
+		const float *ap = a + q * M * K, *bp = b + q * K * N;
+		double s = 0;
+		for (long k = 0; k < K; k++) {
+			double av = ta ? ap[k * M + i] : ap[i * K + k];
+			double bv = tb ? bp[j * K + k] : bp[k * N + j];
+			s += av * bv;
+		}
+		c[t] = (float)s;
+	}
+}
+
 // ReduceSum: y[o,i] = Σ_k x[o,k,i], in float64 in order k = 0..n-1,
 // rounded to float32
 KERNEL reduce_axis(const float *x, float *y, long outer, long n, long inner) {

@@ -32,13 +32,16 @@ import (
 //     over one axis (ReduceSum), which is Repeat's gradient and Mean's
 //     first half;
 //   - SoftMax and LogSoftMax along an axis, and their gradient (Softmax,
-//     SoftmaxGrad); Transpose by any permutation of the axes.
+//     SoftmaxGrad); Transpose by any permutation of the axes;
+//   - Slice along one axis with a step, and its gradient (Slice,
+//     SliceGrad); Concat along an axis; BatchedMatMul, either side
+//     transposed.
 //
 // Any other node of Gorgonia's is refused when the program is compiled,
 // naming the operator and the layer it came from.
 
 // recognised lists the operators above, for messages.
-const recognised = "elementwise + - ⊙ ÷ (equal shapes or with a scalar), comparisons with a scalar, neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube, matrix products, Reshape, broadcasting (Repeat, SizeOf), Sum over one axis, SoftMax and LogSoftMax along an axis, Transpose"
+const recognised = "elementwise + - ⊙ ÷ (equal shapes or with a scalar), comparisons with a scalar, neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube, matrix products, Reshape, broadcasting (Repeat, SizeOf), Sum over one axis, SoftMax and LogSoftMax along an axis, Transpose, Slice, Concat, BatchedMatMul"
 
 // gorgoniaOp names a Gorgonia operator by its Go type ("elemBinOp") and
 // its String().
@@ -89,9 +92,47 @@ func recognise(op G.Op, in []tensor.Shape, out tensor.Shape) (Op, bool) {
 			return newElemUnary(str, len(out)), true
 		}
 	case "linAlgBinOp":
-		ta, tb, ok := parseMatMul(str)
-		if ok && len(in) == 2 && len(in[0]) == 2 && len(in[1]) == 2 && len(out) == 2 {
+		if ta, tb, ok := parseMatMul(str); ok && len(in) == 2 && len(in[0]) == 2 && len(in[1]) == 2 && len(out) == 2 {
 			return newMatMul(ta, tb), true
+		}
+		if ta, tb, ok := parseMatMul(strings.ReplaceAll(str, "×××", "×")); ok && strings.Contains(str, "×××") && len(in) == 2 {
+			if s := bmmShape(in[0], in[1], ta, tb); s != nil && tensor.Shape(s).Eq(out) {
+				return newBatchedMatMul(ta, tb), true
+			}
+		}
+	case "sliceOp", "sliceIncrOp":
+		incr := typ == "sliceIncrOp"
+		axis, start, step, all, ok := parseSlice(str, incr)
+		if !ok || len(in) != 1+b2i(incr) {
+			return nil, false
+		}
+		x, y := in[0], out
+		if incr {
+			x, y = out, in[1]
+			if !in[0].Eq(out) {
+				return nil, false
+			}
+		}
+		if all {
+			if !x.Eq(y) {
+				return nil, false
+			}
+			if incr {
+				return newSliceGrad(axis, 0, 1, x, y), true
+			}
+			return newSlice(axis, 0, 1, x, y), true
+		}
+		if sliceFits(x, y, axis, start, step) != nil {
+			return nil, false
+		}
+		if incr {
+			return newSliceGrad(axis, start, step, x, y), true
+		}
+		return newSlice(axis, start, step, x, y), true
+	case "concatOp":
+		var axis int
+		if _, err := fmt.Sscanf(str, "Concat(axis=%d)", &axis); err == nil && concatFits(shapesToInts(in), out, axis) == nil {
+			return newConcat(axis, len(in), len(out)), true
 		}
 	case "reshapeOp":
 		if len(in) == 1 && in[0].TotalSize() == out.TotalSize() && len(out) > 0 {
@@ -183,6 +224,21 @@ func refusal(g *G.ExprGraph, n *G.Node) error {
 	}
 	typ, str := gorgoniaOp(n.Op())
 	return fmt.Errorf("node %q: Gorgonia's %s %q of inputs %s is not one gotrain runs (it runs %s)", n.Name(), typ, str, strings.Join(in, ", "), recognised)
+}
+
+func shapesToInts(s []tensor.Shape) [][]int {
+	out := make([][]int, len(s))
+	for i, x := range s {
+		out[i] = x
+	}
+	return out
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func parseMatMul(s string) (ta, tb, ok bool) {

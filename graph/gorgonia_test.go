@@ -39,6 +39,15 @@ func gorgoniaNet(t *testing.T, g *G.ExprGraph, r *rand.Rand) (G.Nodes, *G.Node) 
 	att := must(G.SoftMax(must(G.Mul(h, must(G.Transpose(h))))))
 	h = must(G.Add(h, must(G.Mul(att, h))))
 	h = must(G.Add(h, must(G.Mul(must(G.LogSoftMax(h)), G.NewConstant(float32(0.1))))))
+	// Slices (a range, a stepped range) put back together by Concat.
+	left, right := must(G.Slice(h, nil, G.S(0, 2))), must(G.Slice(h, nil, G.S(2, 6)))
+	even := must(G.Slice(h, nil, G.S(0, 6, 2)))
+	h = must(G.Add(h, must(G.Mul(must(G.Concat(1, right, left)), G.NewConstant(float32(0.5))))))
+	h = must(G.Add(h, must(G.Concat(1, even, even))))
+	// Batched products of [5, 2, 3] with itself, the second transposed.
+	h3 := must(G.Reshape(h, tensor.Shape{5, 2, 3}))
+	bm := must(G.BatchedMatMul(h3, h3, false, true))
+	h = must(G.Add(h, must(G.Reshape(must(G.BatchedMatMul(bm, h3)), tensor.Shape{5, 6}))))
 	h = must(G.Sub(must(G.HadamardProd(h, h)), must(G.Exp(must(G.Neg(h))))))
 	h = must(G.Mul(h, G.NewConstant(float32(0.5))))
 	h = must(G.HadamardDiv(h, must(G.Add(must(G.Square(h)), G.NewConstant(float32(2))))))
@@ -101,7 +110,7 @@ func TestRecognisedOperatorsComputeWhatGorgoniaComputes(t *testing.T) {
 			require.InDelta(t, w[i], gv[i], 1e-5*math.Max(1, math.Abs(float64(w[i]))), "%v, value %d", n, i)
 		}
 	}
-	for _, k := range []Kind{OpMatMul, OpAdd, OpSub, OpMul, OpDiv, OpElemScalar, OpElemUnary, OpRepeat, OpReduceSum, OpReshape, OpSoftmax, OpSoftmaxGrad, OpTranspose} {
+	for _, k := range []Kind{OpMatMul, OpAdd, OpSub, OpMul, OpDiv, OpElemScalar, OpElemUnary, OpRepeat, OpReduceSum, OpReshape, OpSoftmax, OpSoftmaxGrad, OpTranspose, OpSlice, OpSliceGrad, OpConcat, OpBatchedMatMul} {
 		require.Positive(t, kinds[k], "no %s in the program: %v", k, kinds)
 	}
 	t.Logf("ops: %v", kinds)

@@ -47,15 +47,19 @@ const (
 
 	// Gorgonia's own operators, as the set runs them on devices (see
 	// gorgonia.go); Add, Mul (⊙), MatMul and Reshape above serve too.
-	OpSub         Kind = "Sub"         // A - B, equal shapes
-	OpDiv         Kind = "Div"         // A ÷ B, equal shapes
-	OpElemScalar  Kind = "ElemScalar"  // X op s (or s op X) with a scalar s: + - ⊙ ÷ and comparisons (1 or 0)
-	OpElemUnary   Kind = "ElemUnary"   // f(X): neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube
-	OpRepeat      Kind = "Repeat"      // X repeated along an axis of size 1 (Gorgonia's broadcasting)
-	OpReduceSum   Kind = "ReduceSum"   // Σ over one axis, which goes
-	OpSoftmax     Kind = "Softmax"     // Gorgonia's SoftMax (or LogSoftMax, attribute "log") along an axis
-	OpSoftmaxGrad Kind = "SoftmaxGrad" // its gradient from (X, Y, dY), as Gorgonia's SoftmaxDiff
-	OpTranspose   Kind = "Transpose"   // Gorgonia's Transpose: the axes permuted (attribute "perm", e.g. "1,0,2")
+	OpSub           Kind = "Sub"           // A - B, equal shapes
+	OpDiv           Kind = "Div"           // A ÷ B, equal shapes
+	OpElemScalar    Kind = "ElemScalar"    // X op s (or s op X) with a scalar s: + - ⊙ ÷ and comparisons (1 or 0)
+	OpElemUnary     Kind = "ElemUnary"     // f(X): neg exp ln sqrt square tanh sigmoid abs inv invSqrt cube
+	OpRepeat        Kind = "Repeat"        // X repeated along an axis of size 1 (Gorgonia's broadcasting)
+	OpReduceSum     Kind = "ReduceSum"     // Σ over one axis, which goes
+	OpSoftmax       Kind = "Softmax"       // Gorgonia's SoftMax (or LogSoftMax, attribute "log") along an axis
+	OpSoftmaxGrad   Kind = "SoftmaxGrad"   // its gradient from (X, Y, dY), as Gorgonia's SoftmaxDiff
+	OpTranspose     Kind = "Transpose"     // Gorgonia's Transpose: the axes permuted (attribute "perm", e.g. "1,0,2")
+	OpSlice         Kind = "Slice"         // Gorgonia's Slice along one axis: start, step; the output's shape says how many (and whether the axis goes)
+	OpSliceGrad     Kind = "SliceGrad"     // its gradient: zeros of X's shape, dY at the slice (Gorgonia's sliceIncrOp)
+	OpConcat        Kind = "Concat"        // Gorgonia's Concat of its inputs along an axis
+	OpBatchedMatMul Kind = "BatchedMatMul" // Gorgonia's BatchedMatMul: [B,M,K]·[B,K,N], either side transposed (trans_a, trans_b)
 
 	OpGELU     Kind = "GELU"     // x·Φ(x), PyTorch's exact GELU
 	OpGELUGrad Kind = "GELUGrad" // dX from X and dY

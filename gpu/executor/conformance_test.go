@@ -141,6 +141,18 @@ func opCases() []opCase {
 		{name: "Transpose/2d", kind: graph.OpTranspose, attrs: map[string]any{"perm": "1,0"}, in: [][]int{{5, 7}}, out: []int{7, 5}},
 		{name: "Transpose/3d", kind: graph.OpTranspose, attrs: map[string]any{"perm": "2,0,1"}, in: [][]int{{2, 3, 4}}, out: []int{4, 2, 3}},
 		{name: "Transpose/4d", kind: graph.OpTranspose, attrs: map[string]any{"perm": "0,2,1,3"}, in: [][]int{{2, 3, 4, 5}}, out: []int{2, 4, 3, 5}},
+		{name: "Slice/range", kind: graph.OpSlice, attrs: map[string]any{"axis": 1, "start": 2, "step": 1}, in: [][]int{{3, 7, 2}}, out: []int{3, 3, 2}},
+		{name: "Slice/step", kind: graph.OpSlice, attrs: map[string]any{"axis": 0, "start": 1, "step": 3}, in: [][]int{{8, 5}}, out: []int{3, 5}},
+		{name: "Slice/index", kind: graph.OpSlice, attrs: map[string]any{"axis": 1, "start": 4, "step": 1}, in: [][]int{{3, 7, 2}}, out: []int{3, 2}},
+		{name: "SliceGrad/range", kind: graph.OpSliceGrad, attrs: map[string]any{"axis": 1, "start": 2, "step": 1}, in: [][]int{{3, 7, 2}, {3, 3, 2}}, out: []int{3, 7, 2}},
+		{name: "SliceGrad/step", kind: graph.OpSliceGrad, attrs: map[string]any{"axis": 0, "start": 1, "step": 3}, in: [][]int{{8, 5}, {3, 5}}, out: []int{8, 5}},
+		{name: "SliceGrad/index", kind: graph.OpSliceGrad, attrs: map[string]any{"axis": 1, "start": 4, "step": 1}, in: [][]int{{3, 7, 2}, {3, 2}}, out: []int{3, 7, 2}},
+		{name: "Concat/3", kind: graph.OpConcat, attrs: map[string]any{"axis": 1}, in: [][]int{{2, 3, 4}, {2, 1, 4}, {2, 5, 4}}, out: []int{2, 9, 4}},
+		{name: "Concat/first", kind: graph.OpConcat, attrs: map[string]any{"axis": 0}, in: [][]int{{2, 6}, {3, 6}}, out: []int{5, 6}},
+		{name: "BatchedMatMul", kind: graph.OpBatchedMatMul, attrs: map[string]any{"trans_a": false, "trans_b": false}, in: [][]int{{3, 4, 5}, {3, 5, 6}}, out: []int{3, 4, 6}},
+		{name: "BatchedMatMul/At", kind: graph.OpBatchedMatMul, attrs: map[string]any{"trans_a": true, "trans_b": false}, in: [][]int{{3, 5, 4}, {3, 5, 6}}, out: []int{3, 4, 6}},
+		{name: "BatchedMatMul/Bt", kind: graph.OpBatchedMatMul, attrs: map[string]any{"trans_a": false, "trans_b": true}, in: [][]int{{3, 4, 5}, {3, 6, 5}}, out: []int{3, 4, 6}},
+		{name: "BatchedMatMul/AtBt", kind: graph.OpBatchedMatMul, attrs: map[string]any{"trans_a": true, "trans_b": true}, in: [][]int{{3, 5, 4}, {3, 6, 5}}, out: []int{3, 4, 6}},
 		{name: "SoftmaxCrossEntropy", kind: graph.OpSoftmaxCE, in: [][]int{{7, 10}, {7}}, labels: map[int]int{1: 10}},
 		{name: "SoftmaxCrossEntropyGrad", kind: graph.OpSoftmaxCEGrad, in: [][]int{{7, 10}, {7}, nil}, out: []int{7, 10}, labels: map[int]int{1: 10}},
 		// with label smoothing (PyTorch's label_smoothing=0.1)
@@ -435,8 +447,8 @@ func TestOpsMatchTheCPU(t *testing.T) {
 }
 
 func TestNewOpRefusesWhatItCannotRun(t *testing.T) {
-	_, err := NewOp(device.Host{}, "Concat", nil, [][]int{{2, 3}}, []int{2, 3}, device.FP32)
-	require.ErrorContains(t, err, `"Concat" is not an op of graph/'s set`)
+	_, err := NewOp(device.Host{}, "Gather", nil, [][]int{{2, 3}}, []int{2, 3}, device.FP32)
+	require.ErrorContains(t, err, `"Gather" is not an op of graph/'s set`)
 	_, err = NewOp(device.Host{}, graph.OpTranspose, map[string]any{"perm": "0,1,2,3,4"}, [][]int{{1, 2, 1, 2, 1}}, []int{1, 2, 1, 2, 1}, device.FP32)
 	require.ErrorContains(t, err, "at most 4")
 	_, err = NewOp(device.Host{}, graph.OpLinear, nil, [][]int{{2, 3}}, []int{2, 3}, device.FP32)

@@ -914,6 +914,97 @@ func init() {
 		}
 		return nil
 	})
+	// Slice along axis, from start by step: the output's shape says how
+	// many values (and whether the axis goes: a single index).
+	lower(graph.OpSlice, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(1); err != nil {
+			return err
+		}
+		axis, start, step := c.intAttr("axis"), c.intAttr("start"), c.intAttr("step")
+		if _, err := graph.NewOp(graph.OpSlice, c.attrs, in, out); err != nil {
+			return err
+		}
+		outer, nx, inner, err := axisSplit(c.kind, in[0], axis)
+		if err != nil {
+			return err
+		}
+		n := 1
+		if len(out) == len(in[0]) {
+			n = out[axis]
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			return dev.Launch("slice_axis", outer*n*inner, in[0].Buf, out.Buf, outer, nx, n, inner, start, step)
+		}
+		return nil
+	})
+	// SliceGrad from (X, dY): zeros of X's shape with dY at the slice.
+	lower(graph.OpSliceGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(2); err != nil {
+			return err
+		}
+		axis, start, step := c.intAttr("axis"), c.intAttr("start"), c.intAttr("step")
+		if _, err := graph.NewOp(graph.OpSliceGrad, c.attrs, in, out); err != nil {
+			return err
+		}
+		outer, nx, inner, err := axisSplit(c.kind, in[0], axis)
+		if err != nil {
+			return err
+		}
+		n := 1
+		if len(in[1]) == len(in[0]) {
+			n = in[1][axis]
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			return dev.Launch("slice_grad_axis", outer*nx*inner, in[1].Buf, out.Buf, outer, nx, n, inner, start, step)
+		}
+		return nil
+	})
+	// Concat along axis: one concat_part per input.
+	lower(graph.OpConcat, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if _, err := graph.NewOp(graph.OpConcat, c.attrs, in, out); err != nil {
+			return err
+		}
+		outer, ny, inner, err := axisSplit(c.kind, out, c.intAttr("axis"))
+		if err != nil {
+			return err
+		}
+		ns := make([]int, len(in))
+		for i, s := range in {
+			ns[i] = s[c.intAttr("axis")]
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			off := 0
+			for i, n := range ns {
+				if err := dev.Launch("concat_part", outer*n*inner, in[i].Buf, out.Buf, outer, n, inner, ny, off); err != nil {
+					return err
+				}
+				off += n
+			}
+			return nil
+		}
+		return nil
+	})
+	// BatchedMatMul: one thread per output value (bmm), the sums in
+	// float64. (A strided batched GEMM would be faster on a GPU; the device
+	// interface has none yet.)
+	lower(graph.OpBatchedMatMul, func(c *lowerCtx, o *Op, in [][]int, out []int) error {
+		if err := c.need(2); err != nil {
+			return err
+		}
+		if _, err := graph.NewOp(graph.OpBatchedMatMul, c.attrs, in, out); err != nil {
+			return err
+		}
+		ta, tb := c.boolAttr("trans_a"), c.boolAttr("trans_b")
+		b, m, n := out[0], out[1], out[2]
+		k := in[0][2]
+		if ta {
+			k = in[0][1]
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			return dev.Launch("bmm", b*m*n, in[0].Buf, in[1].Buf, out.Buf, b, m, n, k, b2i(ta), b2i(tb))
+		}
+		return nil
+	})
 	// ReduceSum along axis, in float64: one thread per output over at most
 	// rowChunk values (reduce_axis), else chunks of rowChunk values
 	// (reduce_axis_parts), a float64 tree of the chunks and a rounding.
