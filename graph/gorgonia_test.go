@@ -121,12 +121,20 @@ func TestRecognisedOperatorsComputeWhatGorgoniaComputes(t *testing.T) {
 func TestUnrecognisedOperatorsAreRefused(t *testing.T) {
 	g := G.NewGraph()
 	x := G.NewMatrix(g, tensor.Float32, G.WithShape(3, 4), G.WithName("x"))
-	_, err := G.Concat(0, x, x)
+	_, err := G.Softplus(x)
 	require.NoError(t, err)
 	err = checkClosed(g)
 	require.ErrorContains(t, err, "is not one gotrain runs")
-	require.ErrorContains(t, err, "concatOp")
+	require.ErrorContains(t, err, "elemUnaryOp")
+	require.ErrorContains(t, err, "softplus")
 	require.ErrorContains(t, err, "(3, 4)")
+	// A variadic operator (arity -1) is checked too: Concat of a shape it
+	// does not fit would be refused, one it fits is recognised.
+	g2 := G.NewGraph()
+	y := G.NewMatrix(g2, tensor.Float32, G.WithShape(3, 4), G.WithName("y"))
+	_, err = G.Concat(0, y, y)
+	require.NoError(t, err)
+	require.NoError(t, checkClosed(g2))
 }
 
 // gorgoniaMLP is a residual MLP whose Forward calls Gorgonia's operators
@@ -214,16 +222,16 @@ func TestGorgoniaOperatorRefusalNamesTheLayer(t *testing.T) {
 	bad := func(s *nn.Scope, spec Spec) (nn.Module, error) {
 		fc := nn.NewLinear(s.Sub("fc"), spec.InC*spec.InH*spec.InW, spec.Classes)
 		return nn.Seq(fc, nn.Func(func(c nn.Ctx, x nn.T) nn.T {
-			y, err := G.Concat(1, x, x)
+			y, err := G.Softplus(x)
 			if err != nil {
 				c.Fail(err)
 			}
 			return y
 		})), nil
 	}
-	_, err := Build(Spec{Kind: "concatenated", InH: 2, InW: 2, Classes: 3}, bad, 1)
+	_, err := Build(Spec{Kind: "softplussed", InH: 2, InW: 2, Classes: 3}, bad, 1)
 	require.ErrorContains(t, err, "layer 1")
-	require.ErrorContains(t, err, "concatOp")
+	require.ErrorContains(t, err, "softplus")
 }
 
 // TestLayerNormModelGradients: a model with LayerNorm (rows of [N, T, D]
