@@ -564,6 +564,35 @@ KERNEL global_avg_pool_grad(const float *dy, float *dx, long planes, long P) {
 	FOR(i, planes * P) dx[i] = dy[i / P] / (float)P;
 }
 
+// AvgPool2D: y[p,i,j] = Σ of the k×k window at (i·s, j·s) of plane p, in
+// float64 row by row, / k² (no padding)
+KERNEL avg_pool(const float *x, float *y, long planes, long H, long W, long OH, long OW, long k, long s) {
+	FOR(t, planes * OH * OW) {
+		long j = t % OW, r = t / OW;
+		long i = r % OH, p = r / OH;
+		const float *src = x + p * H * W + i * s * W + j * s;
+		double sum = 0;
+		for (long a = 0; a < k; a++)
+			for (long b = 0; b < k; b++) sum += (double)src[a * W + b];
+		y[t] = (float)(sum / (double)(k * k));
+	}
+}
+// Its gradient: dx[p,y,x] = Σ over the windows holding (y,x), row by row,
+// of dy/k², in float32 (as graph/ does)
+KERNEL avg_pool_grad(const float *dy, float *dx, long planes, long H, long W, long OH, long OW, long k, long s) {
+	FOR(t, planes * H * W) {
+		long x = t % W, r = t / W;
+		long y = r % H, p = r / H;
+		long i0 = y >= k ? (y - k) / s + 1 : 0, i1 = y / s + 1 < OH ? y / s + 1 : OH;
+		long j0 = x >= k ? (x - k) / s + 1 : 0, j1 = x / s + 1 < OW ? x / s + 1 : OW;
+		const float *g = dy + p * OH * OW;
+		float area = (float)(k * k), sum = 0;
+		for (long i = i0; i < i1; i++)
+			for (long j = j0; j < j1; j++) sum += g[i * OW + j] / area;
+		dx[t] = sum;
+	}
+}
+
 // ---- batch normalisation: x is [N,C,P] (P = H·W, or 1 for [N,C]) ----
 // Channel k's statistics sum its M = N·P values x[n,k,p], in float64, in
 // passes as the convolution's bias gradient: part[q,k] sums the positions

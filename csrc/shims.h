@@ -36,6 +36,8 @@ static void call_slice_axis(void **a) { slice_axis(A(const float *, 0), A(float 
 static void call_slice_grad_axis(void **a) { slice_grad_axis(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7)); }
 static void call_concat_part(void **a) { concat_part(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5), A(long, 6)); }
 static void call_bmm(void **a) { bmm(A(const float *, 0), A(const float *, 1), A(float *, 2), A(long, 3), A(long, 4), A(long, 5), A(long, 6), A(int, 7), A(int, 8)); }
+static void call_avg_pool(void **a) { avg_pool(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7), A(long, 8)); }
+static void call_avg_pool_grad(void **a) { avg_pool_grad(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7), A(long, 8)); }
 static void call_repeat_axis(void **a) { repeat_axis(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4)); }
 static void call_reduce_axis(void **a) { reduce_axis(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3), A(long, 4)); }
 static void call_reduce_axis_parts(void **a) { reduce_axis_parts(A(const float *, 0), A(double *, 1), A(long, 2), A(long, 3), A(long, 4), A(long, 5)); }
@@ -112,6 +114,8 @@ static const shim shims[] = {
 	{"elem_scalar", call_elem_scalar, 6},
 	{"elem_unary", call_elem_unary, 4},
 	{"repeat_axis", call_repeat_axis, 5},
+	{"avg_pool", call_avg_pool, 9},
+	{"avg_pool_grad", call_avg_pool_grad, 9},
 	{"slice_axis", call_slice_axis, 8},
 	{"slice_grad_axis", call_slice_grad_axis, 8},
 	{"concat_part", call_concat_part, 7},

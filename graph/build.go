@@ -241,6 +241,22 @@ func (b *builder) GlobalAvgPool2D(x *G.Node) *G.Node {
 	return b.apply(newGlobalAvgPool(), x)
 }
 
+func (b *builder) AvgPool2D(x *G.Node, k, stride int) *G.Node {
+	if !b.ok("AvgPool2D", x) {
+		return nil
+	}
+	if x.Dims() != 4 {
+		b.fail(fmt.Errorf("AvgPool2D: input %v is not [N,C,H,W]", x.Shape()))
+		return nil
+	}
+	op, err := newAvgPool(k, stride)
+	if err != nil {
+		b.fail(err)
+		return nil
+	}
+	return b.apply(op, x)
+}
+
 func (b *builder) MaxPool2D(x *G.Node, k int) *G.Node {
 	if !b.ok("MaxPool2D", x) {
 		return nil

@@ -260,3 +260,28 @@ func TestLayerNormModelGradients(t *testing.T) {
 	}
 	gradCheck(t, m, prog, 1)
 }
+
+// TestAvgPoolModelGradients: a model with AvgPool2d (windows that
+// overlap, stride 1, and that do not, stride 2) and a wide 3x3 convolution
+// (kern's direct kernels where the CPU has them) matches finite
+// differences.
+func TestAvgPoolModelGradients(t *testing.T) {
+	f := func(s *nn.Scope, spec Spec) (nn.Module, error) {
+		conv0 := nn.NewConv2d(s.Sub("conv0"), spec.InC, 3, 3, 1, 1)
+		conv := nn.NewConv2d(s.Sub("conv"), 3, 3, 3, 1, 1) // both gradients: kern.Conv3Bwd's one pass
+		conv2 := nn.NewConv2d(s.Sub("conv2"), 3, 2, 3, 1, 1)
+		fc := nn.NewLinear(s.Sub("fc"), 2*3*5, spec.Classes)
+		return nn.Seq(conv0, nn.Tanh{}, conv, nn.Tanh{}, nn.AvgPool2d{Kernel: 3, Stride: 1}, conv2, nn.AvgPool2d{Kernel: 2},
+			nn.Func(func(c nn.Ctx, x nn.T) nn.T { return c.Reshape(x, c.Batch(), 2*3*5) }), fc), nil
+	}
+	m, err := Build(Spec{Kind: "avgpooled", InH: 8, InW: 13, Classes: 3}, f, 5)
+	require.NoError(t, err)
+	prog, err := m.Program(4, true)
+	require.NoError(t, err)
+	r := rand.New(rand.NewPCG(9, 8))
+	fill(r, prog.X, 1)
+	for i := range prog.Y {
+		prog.Y[i] = float32(i % 3)
+	}
+	gradCheck(t, m, prog, 1)
+}

@@ -44,6 +44,8 @@ const (
 	OpBatchNormGradGamma Kind = "BatchNormGradGamma" // dgamma[c] = Σ dY·x̂ over channel c
 	OpGlobalAvgPool      Kind = "GlobalAvgPool"      // [N,C,H,W] -> [N,C], the mean of each plane
 	OpGlobalAvgPoolGrad  Kind = "GlobalAvgPoolGrad"  // dX[n,c,·,·] = dY[n,c]/(H·W)
+	OpAvgPool2D          Kind = "AvgPool2D"          // the mean of k×k windows, stride s, no padding (PyTorch's AvgPool2d(k, s))
+	OpAvgPool2DGrad      Kind = "AvgPool2DGrad"      // dX: each window's dY/(k·k) added to its values
 
 	// Gorgonia's own operators, as the set runs them on devices (see
 	// gorgonia.go); Add, Mul (⊙), MatMul and Reshape above serve too.

@@ -97,6 +97,11 @@ func opCases() []opCase {
 		{name: "Conv2DGradW/s1p1", kind: graph.OpConv2DGradW, attrs: conv(1, 1), in: [][]int{x, y1}, out: w},
 		{name: "Conv2DGradW/s2p0", kind: graph.OpConv2DGradW, attrs: conv(2, 0), in: [][]int{x, y2}, out: w},
 		{name: "Conv2DGradB", kind: graph.OpConv2DGradB, in: [][]int{y1}, out: []int{5}},
+		{name: "AvgPool2D/2", kind: graph.OpAvgPool2D, attrs: map[string]any{"kernel": 2, "stride": 2}, in: [][]int{{2, 3, 7, 6}}, out: []int{2, 3, 3, 3}},
+		{name: "AvgPool2D/3s2", kind: graph.OpAvgPool2D, attrs: map[string]any{"kernel": 3, "stride": 2}, in: [][]int{{2, 3, 9, 8}}, out: []int{2, 3, 4, 3}},
+		{name: "AvgPool2DGrad/2", kind: graph.OpAvgPool2DGrad, attrs: map[string]any{"kernel": 2, "stride": 2, "h": 7, "w": 6}, in: [][]int{{2, 3, 3, 3}}, out: []int{2, 3, 7, 6}},
+		{name: "AvgPool2DGrad/3s2", kind: graph.OpAvgPool2DGrad, attrs: map[string]any{"kernel": 3, "stride": 2, "h": 9, "w": 8}, in: [][]int{{2, 3, 4, 3}}, out: []int{2, 3, 9, 8}},
+		{name: "AvgPool2DGrad/3s1", kind: graph.OpAvgPool2DGrad, attrs: map[string]any{"kernel": 3, "stride": 1, "h": 5, "w": 6}, in: [][]int{{2, 3, 3, 4}}, out: []int{2, 3, 5, 6}},
 		// Planes 12 and more wide: graph's CPU takes kern's direct 3x3
 		// kernels (forward, the input gradient as a flipped convolution,
 		// the weight gradient) where they are available.

@@ -521,6 +521,35 @@ func init() {
 		}
 		return nil
 	})
+	lower(graph.OpAvgPool2D, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // [N,C,H,W] -> [N,C,OH,OW]
+		if err := c.need(1); err != nil {
+			return err
+		}
+		k, st := c.intAttr("kernel"), c.intAttr("stride")
+		s := in[0]
+		if len(s) != 4 || k < 1 || st < 1 || s[2] < k || s[3] < k {
+			return fmt.Errorf("executor: %s by %d, stride %d, of an input of shape %v (want [N,C,H,W], H and W at least the kernel)", c.kind, k, st, s)
+		}
+		oh, ow := (s[2]-k)/st+1, (s[3]-k)/st+1
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			return dev.Launch("avg_pool", s[0]*s[1]*oh*ow, in[0].Buf, out.Buf, s[0]*s[1], s[2], s[3], oh, ow, k, st)
+		}
+		return nil
+	})
+	lower(graph.OpAvgPool2DGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // dY -> dX [N,C,h,w]
+		if err := c.need(1); err != nil {
+			return err
+		}
+		k, st, h, w := c.intAttr("kernel"), c.intAttr("stride"), c.intAttr("h"), c.intAttr("w")
+		s := in[0]
+		if len(s) != 4 || k < 1 || st < 1 || h < k || w < k || s[2] != (h-k)/st+1 || s[3] != (w-k)/st+1 {
+			return fmt.Errorf("executor: %s: dY %v does not pool a %dx%d plane by %d, stride %d", c.kind, s, h, w, k, st)
+		}
+		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
+			return dev.Launch("avg_pool_grad", s[0]*s[1]*h*w, in[0].Buf, out.Buf, s[0]*s[1], h, w, s[2], s[3], k, st)
+		}
+		return nil
+	})
 	lower(graph.OpGlobalAvgPoolGrad, func(c *lowerCtx, o *Op, in [][]int, out []int) error { // dY [N,C] -> dX [N,C,h,w]
 		if err := c.need(1); err != nil {
 			return err

@@ -40,7 +40,7 @@
 // [Linear], [Conv2d] (any stride, 1x1, [NewConv2dNoBias] without bias),
 // [BatchNorm] (PyTorch's BatchNorm1d and BatchNorm2d, with the buffers
 // running_mean, running_var and num_batches_tracked, declared with
-// [Scope.Buffer]), [GlobalAvgPool2d], [MaxPool2d], [ReLU], [Tanh],
+// [Scope.Buffer]), [GlobalAvgPool2d], [AvgPool2d], [MaxPool2d], [ReLU], [Tanh],
 // [Sigmoid], [Dropout], [Flatten], [Sequential], and [Func] for a Forward
 // written inline. A residual connection is c.Add(x, f(x)): Gorgonia's own
 // Add, which also sums the two gradients of x in the backward pass.

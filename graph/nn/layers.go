@@ -128,6 +128,20 @@ type GlobalAvgPool2d struct{}
 // Forward adds the pooling.
 func (GlobalAvgPool2d) Forward(c Ctx, x T) T { return c.GlobalAvgPool2D(x) }
 
+// AvgPool2d is PyTorch's AvgPool2d(Kernel, stride=Stride) without
+// padding: the mean of each Kernel×Kernel window, Stride apart (Stride 0:
+// Kernel, PyTorch's default).
+type AvgPool2d struct{ Kernel, Stride int }
+
+// Forward adds the pooling.
+func (p AvgPool2d) Forward(c Ctx, x T) T {
+	s := p.Stride
+	if s == 0 {
+		s = p.Kernel
+	}
+	return c.AvgPool2D(x, p.Kernel, s)
+}
+
 // KaimingNormalFanOut is torchvision's initialisation of a ResNet's
 // convolutions (kaiming_normal_, mode fan_out, relu): N(0, 2/fanOut) with
 // fanOut = out channels · kernel area.

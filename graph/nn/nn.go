@@ -62,6 +62,7 @@ type Ctx interface {
 	Reshape(x T, shape ...int) T                // same values, new shape (the batch included)
 	Add(a, b T) T                               // a + b, equal shapes (Gorgonia\'s Add): residual connections
 	GlobalAvgPool2D(x T) T                      // [N,C,H,W] -> [N,C], each plane's mean
+	AvgPool2D(x T, k, stride int) T             // the mean of k×k windows, stride stride, no padding
 	// BatchNorm normalises x ([N,C] or [N,C,H,W]) per channel: by the
 	// batch's statistics in training, updating the buffers (see
 	// BatchNorm), by the running ones in evaluation.

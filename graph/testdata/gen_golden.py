@@ -53,6 +53,14 @@ def gap(name, shape):
     return {"name": name, "op": "GlobalAvgPool", "x": flat(x), "dy": flat(dy), "y": flat(y), "dx": flat(x.grad)}
 
 
+def avgpool(name, shape, k, stride):
+    x = torch.randn(*shape).requires_grad_()
+    y = F.avg_pool2d(x, k, stride)
+    dy = torch.randn(*y.shape)
+    (y * dy).sum().backward()
+    return {"name": name, "op": "AvgPool2D", "kernel": k, "stride": stride, "x": flat(x), "dy": flat(dy), "y": flat(y), "dx": flat(x.grad)}
+
+
 def conv(name, xs, ws, stride, pad):
     x = torch.randn(*xs).requires_grad_()
     w = (torch.randn(*ws) * 0.3).requires_grad_()
@@ -108,5 +116,9 @@ cases = [
     gap("gap", (3, 4, 5, 6)),
     conv("conv1x1-s2-nobias", (2, 4, 9, 8), (5, 4, 1, 1), 2, 0),
     conv("conv3x3-s2-p1-nobias", (2, 3, 9, 8), (4, 3, 3, 3), 2, 1),
+    avgpool("avgpool-2", (2, 3, 7, 6), 2, 2),
+    avgpool("avgpool-3-s2", (2, 3, 9, 8), 3, 2),
+    avgpool("avgpool-3-s1", (1, 2, 5, 6), 3, 1),
+    conv("conv3x3-s1-p1-wide", (2, 3, 13, 14), (5, 3, 3, 3), 1, 1),
 ]
 print(json.dumps({"torch": torch.__version__, "cases": cases}))
