@@ -93,6 +93,8 @@
 //	BatchNormGradGamma{eps}  X, dY                  dweight[C]    (gradient op only)
 //	GlobalAvgPool            X[N,C,H,W]             [N,C]         GlobalAvgPoolGrad
 //	GlobalAvgPoolGrad{h,w}   dY[N,C]                dX            (gradient op only)
+//	AvgPool2D{kernel,stride} X[N,C,H,W]             window means  AvgPool2DGrad  (no padding, floor: PyTorch's AvgPool2d)
+//	AvgPool2DGrad{kernel,stride,h,w}  dY            dX            (gradient op only)
 //
 // Gorgonia's own operators are recognised too (see the next section), as
 // these kinds; Gorgonia differentiates them itself:
@@ -103,6 +105,13 @@
 //	MatMul{trans_a,trans_b}  A, B                   gorgonia.Mul of matrices
 //	Reshape, Repeat{axis}    X                      broadcasting   (Repeat: an axis of size 1 repeated; its count, SizeOf, is a constant)
 //	ReduceSum{axis | all}    X                      Σ over an axis, or over all (Sum, Mean's first half)
+//	Softmax{axis,log}        X                      SoftMax, LogSoftMax along an axis
+//	SoftmaxGrad{axis,log}    X, Y, dY               dX (Gorgonia's SoftmaxDiff)
+//	Transpose{perm}          X                      the axes permuted (perm "1,0,2")
+//	Slice{axis,start,step}   X                      a range with a step along an axis, or one index (the axis goes)
+//	SliceGrad{axis,start,step}  X, dY               zeros of X's shape with dY at the slice (Gorgonia's sliceIncrOp)
+//	Concat{axis}             X1, X2, ...            the inputs one after another along an axis
+//	BatchedMatMul{trans_a,trans_b}  A[B,M,K], B[B,K,N]  op(A[b])·op(B[b])
 //
 // # Gorgonia's own operators
 //
@@ -127,12 +136,18 @@
 // does not compute the gradient of its input (the data). The cross-entropy
 // is computed with the log-sum-exp shift, so it stays finite for any
 // logits. CPU kernels: matrix products through [cblas.Sgemm] (OpenBLAS,
-// loaded at run time); convolutions sample by sample, each sample's im2col
-// (in cache) and products on one CPU, the samples split across CPUs, a
-// stride-1 "same" convolution's im2col copied a plane at a time and its
-// input gradient computed as the convolution of dY with the flipped
-// filters; BatchNorm's statistics in float64; elementwise ops and pooling
-// split across CPUs.
+// loaded at run time); convolutions sample by sample, the samples claimed
+// one at a time by one worker per CPU. Where graph/kern's native kernels
+// run (cgo, AVX2 and FMA; GOTRAIN_CPU_KERNELS=off turns them off), a 3x3
+// convolution of stride 1 and padding 1 on planes at least 12 wide is a
+// direct convolution (kern.Conv3: forward; the input gradient as the
+// convolution of dY with the flipped filters; both gradients from one pass
+// over each sample, kern.Conv3Bwd, whichever of the two ops runs first),
+// and strided convolutions are kern.Conv; the others take each sample's
+// im2col (in cache) and OpenBLAS, a stride-1 "same" convolution's im2col
+// copied a plane at a time. BatchNorm's statistics are float64 sums in
+// eight lanes (kern.ChanSum), its maps and ReLU vectorised; elementwise
+// ops and pooling split across CPUs.
 //
 // # Pipeline stages
 //
