@@ -632,18 +632,25 @@ func (o *conv2dGradWOp) Do(in ...G.Value) (G.Value, error) {
 			}
 		}
 	})
-	if groups > 1 {
-		parallelFor(wsz, groups*wsz, func(i0, i1 int) {
-			copy(dw[i0:i1], o.partial[i0:i1])
-			for gi := 1; gi < groups; gi++ {
-				p := o.partial[gi*wsz:]
-				for i := i0; i < i1; i++ {
-					dw[i] += p[i]
-				}
-			}
-		})
-	}
+	o.addPartials(dw, groups, wsz)
 	return out, nil
+}
+
+// addPartials sets dw to the groups' partial sums added in order (when
+// there is more than one group; else the one group summed into dw).
+func (o *conv2dGradWOp) addPartials(dw []float32, groups, wsz int) {
+	if groups <= 1 {
+		return
+	}
+	parallelFor(wsz, groups*wsz, func(i0, i1 int) {
+		copy(dw[i0:i1], o.partial[i0:i1])
+		for q := 1; q < groups; q++ {
+			p := o.partial[q*wsz:]
+			for i := i0; i < i1; i++ {
+				dw[i] += p[i]
+			}
+		}
+	})
 }
 
 // fusable reports whether both gradients of a native3 convolution come
@@ -689,17 +696,7 @@ func (o *conv2dGradWOp) both(g convGeom, x, dy, w []float32) {
 			}
 		}
 	})
-	if groups > 1 {
-		parallelFor(wsz, groups*wsz, func(i0, i1 int) {
-			copy(dw[i0:i1], o.partial[i0:i1])
-			for q := 1; q < groups; q++ {
-				p := o.partial[q*wsz:]
-				for i := i0; i < i1; i++ {
-					dw[i] += p[i]
-				}
-			}
-		})
-	}
+	o.addPartials(dw, groups, wsz)
 	o.done, gi.done = o.fwd.runs, o.fwd.runs
 }
 

@@ -59,6 +59,17 @@ TARGET static void kpad(const kgeom* g, const float* x, float* xp) {
 	}
 }
 
+// store6x16 writes the 12 accumulators of a block, 6 rows of 16 lanes.
+static inline TARGET void store6x16(float t[6][16], __m256 a00, __m256 a01, __m256 a10, __m256 a11, __m256 a20, __m256 a21,
+                                    __m256 a30, __m256 a31, __m256 a40, __m256 a41, __m256 a50, __m256 a51) {
+	_mm256_storeu_ps(t[0], a00); _mm256_storeu_ps(t[0] + 8, a01);
+	_mm256_storeu_ps(t[1], a10); _mm256_storeu_ps(t[1] + 8, a11);
+	_mm256_storeu_ps(t[2], a20); _mm256_storeu_ps(t[2] + 8, a21);
+	_mm256_storeu_ps(t[3], a30); _mm256_storeu_ps(t[3] + 8, a31);
+	_mm256_storeu_ps(t[4], a40); _mm256_storeu_ps(t[4] + 8, a41);
+	_mm256_storeu_ps(t[5], a50); _mm256_storeu_ps(t[5] + 8, a51);
+}
+
 static void kbases(const kgeom* g, int32_t* base) {
 	int p = 0;
 	for (int oy = 0; oy < g->OH; oy++) {
@@ -106,12 +117,7 @@ static inline __attribute__((always_inline)) TARGET void convk_body(const kgeom*
 				}
 			}
 			float t[6][16];
-			_mm256_storeu_ps(t[0], a00); _mm256_storeu_ps(t[0] + 8, a01);
-			_mm256_storeu_ps(t[1], a10); _mm256_storeu_ps(t[1] + 8, a11);
-			_mm256_storeu_ps(t[2], a20); _mm256_storeu_ps(t[2] + 8, a21);
-			_mm256_storeu_ps(t[3], a30); _mm256_storeu_ps(t[3] + 8, a31);
-			_mm256_storeu_ps(t[4], a40); _mm256_storeu_ps(t[4] + 8, a41);
-			_mm256_storeu_ps(t[5], a50); _mm256_storeu_ps(t[5] + 8, a51);
+			store6x16(t, a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51);
 			int nq = g->np - p < 6 ? g->np - p : 6;
 			int nk = K - kb < 16 ? K - kb : 16;
 			for (int k = 0; k < nk; k++) {
@@ -197,12 +203,7 @@ TARGET void gt_kern_convk_dw(const float* x, const float* dy, float* dw, float* 
 					a50 = _mm256_fmadd_ps(v, d0, a50); a51 = _mm256_fmadd_ps(v, d1, a51);
 				}
 				float t[6][16];
-				_mm256_storeu_ps(t[0], a00); _mm256_storeu_ps(t[0] + 8, a01);
-				_mm256_storeu_ps(t[1], a10); _mm256_storeu_ps(t[1] + 8, a11);
-				_mm256_storeu_ps(t[2], a20); _mm256_storeu_ps(t[2] + 8, a21);
-				_mm256_storeu_ps(t[3], a30); _mm256_storeu_ps(t[3] + 8, a31);
-				_mm256_storeu_ps(t[4], a40); _mm256_storeu_ps(t[4] + 8, a41);
-				_mm256_storeu_ps(t[5], a50); _mm256_storeu_ps(t[5] + 8, a51);
+				store6x16(t, a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51);
 				int nk = K - kb < 16 ? K - kb : 16;
 				for (int k = 0; k < nk; k++) {
 					float* d = dw + ((long)(kb + k) * C + c) * g.KK + ij0;
