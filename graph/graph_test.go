@@ -595,3 +595,39 @@ func TestNativeConvMatchesIm2col(t *testing.T) {
 		}
 	}
 }
+
+// A BatchNorm's bias gradient is the channels' Σ dY that its other
+// gradient ops took (when they ran first): the same bits as summing dY
+// again.
+func TestBatchNormBiasGradientReusesTheSums(t *testing.T) {
+	m, err := New(Spec{Kind: "resnet", Depth: 8, InH: 12, InW: 12}, 1)
+	require.NoError(t, err)
+	prog, err := m.Program(6, true)
+	require.NoError(t, err)
+	r := rand.New(rand.NewPCG(3, 3))
+	fill(r, prog.X, 1)
+	for i := range prog.Y {
+		prog.Y[i] = float32(i % 10)
+	}
+	grads := func() [][]float32 {
+		_, err := prog.Run(nil)
+		require.NoError(t, err)
+		var gs [][]float32
+		for i, p := range m.Params {
+			if !p.Buffer { // a buffer's slot is the buffer, which moves every run
+				gs = append(gs, slices.Clone(prog.Grad(i)))
+			}
+		}
+		return gs
+	}
+	before := betaFromSums.Load()
+	with := grads()
+	hits := betaFromSums.Load() - before
+	t.Logf("%d bias gradients taken from BatchNorm's sums", hits)
+	require.Positive(t, hits)
+	reuseBNSums = false
+	defer func() { reuseBNSums = true }()
+	without := grads()
+	require.Equal(t, hits, betaFromSums.Load()-before, "none taken with the reuse off")
+	require.Equal(t, without, with, "the same gradients, bit for bit")
+}

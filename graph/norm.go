@@ -364,7 +364,7 @@ func (o *batchNormOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	}
 	var db *G.Node
 	if d == 4 {
-		db, err = G.ApplyOp(&conv2dGradBOp{base: newBase(OpConv2DGradB, nil, tt(1), tt(4))}, grad)
+		db, err = G.ApplyOp(&conv2dGradBOp{base: newBase(OpConv2DGradB, nil, tt(1), tt(4)), bn: &o.saved}, grad)
 	} else {
 		db, err = G.ApplyOp(newSumRows(), grad)
 	}
