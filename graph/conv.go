@@ -11,6 +11,40 @@ import (
 	"github.com/gotrain/gotrain/graph/kern"
 )
 
+// The registrations of this file's ops (see OpDef).
+func init() {
+	registerOp(OpDef{Kind: OpConv2D, FLOPs: func(_ Attrs, in [][]int, out []int) float64 { return 2*prod(out)*prod(in[1][1:]) + prod(out) },
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			if a.Bool("no_bias") {
+				return newConv2DNoBias(a.Int("stride"), a.Int("pad"), a.Bool("grad_x")), nil
+			}
+			return newConv2D(a.Int("stride"), a.Int("pad"), a.Bool("grad_x")), nil
+		}})
+	registerOp(OpDef{Kind: OpConv2DGradInput, FLOPs: func(_ Attrs, in [][]int, _ []int) float64 { return 2 * prod(in[0]) * prod(in[1][1:]) },
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			fwd := newConv2D(a.Int("stride"), a.Int("pad"), true)
+			return &conv2dGradInputOp{base: newBase(OpConv2DGradInput, fwd.attrs, tt(4), tt(4), tt(4)), fwd: fwd, xShape: tensor.Shape(out).Clone()}, nil
+		}})
+	registerOp(OpDef{Kind: OpConv2DGradW, FLOPs: func(_ Attrs, in [][]int, out []int) float64 { return 2 * prod(in[1]) * prod(out[1:]) },
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			fwd := newConv2D(a.Int("stride"), a.Int("pad"), true)
+			return &conv2dGradWOp{base: newBase(OpConv2DGradW, fwd.attrs, tt(4), tt(4), tt(4)), fwd: fwd, wShape: tensor.Shape(out).Clone()}, nil
+		}})
+	registerOp(OpDef{Kind: OpConv2DGradB, FLOPs: func(_ Attrs, in [][]int, _ []int) float64 { return prod(in[0]) },
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			return &conv2dGradBOp{base: newBase(OpConv2DGradB, nil, tt(1), tt(4))}, nil
+		}})
+	registerOp(OpDef{Kind: OpMaxPool2D, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			return newMaxPool(a.Int("kernel")), nil
+		}})
+	registerOp(OpDef{Kind: OpMaxPool2DGrad, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			p := newMaxPool(a.Int("kernel"))
+			return &maxPoolGradOp{base: newBase(OpMaxPool2DGrad, p.attrs, tt(4), tt(4), tt(4), tt(4)), k: p.k}, nil
+		}})
+}
+
 // convGeom is the geometry of one NCHW convolution.
 type convGeom struct {
 	N, C, H, W  int // input

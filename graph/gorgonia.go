@@ -286,6 +286,10 @@ func typeOf(d int) hm.Type {
 }
 
 func init() {
+	registerOp(OpDef{Kind: OpAdd, FLOPs: elementwiseFLOPs,
+		Make: func(_ Attrs, in [][]int, _ []int) (Op, error) {
+			return newAdd(firstDims(in)), nil
+		}})
 	registerOp(OpDef{Kind: OpSub, FLOPs: elementwiseFLOPs,
 		Make: func(_ Attrs, in [][]int, _ []int) (Op, error) { return newElemBin(OpSub, firstDims(in)), nil }})
 	registerOp(OpDef{Kind: OpDiv, FLOPs: elementwiseFLOPs,

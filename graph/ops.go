@@ -11,6 +11,71 @@ import (
 	"github.com/gotrain/gotrain/graph/kern"
 )
 
+// The registrations of this file's ops (see OpDef).
+func init() {
+	registerOp(OpDef{Kind: OpLinear, FLOPs: func(_ Attrs, in [][]int, _ []int) float64 {
+		return 2*prod(in[0])*float64(in[1][0]) + prod(in[0][:1])*float64(in[1][0])
+	},
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			return newLinear(a.Bool("grad_x")), nil
+		}})
+	registerOp(OpDef{Kind: OpMatMul, FLOPs: func(_ Attrs, in [][]int, out []int) float64 { return 2 * prod(out) * float64(innerDim(in, out)) },
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			return newMatMul(a.Bool("trans_a"), a.Bool("trans_b")), nil
+		}})
+	registerOp(OpDef{Kind: OpSumRows, FLOPs: func(_ Attrs, in [][]int, _ []int) float64 { return prod(in[0]) },
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			return newSumRows(), nil
+		}})
+	registerOp(OpDef{Kind: OpReLU, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			d := firstDims(in)
+			return newAct(OpReLU, d), nil
+		}})
+	registerOp(OpDef{Kind: OpTanh, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			d := firstDims(in)
+			return newAct(OpTanh, d), nil
+		}})
+	registerOp(OpDef{Kind: OpSigmoid, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			d := firstDims(in)
+			return newAct(OpSigmoid, d), nil
+		}})
+	registerOp(OpDef{Kind: OpReLUGrad, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			d := firstDims(in)
+			return newActGrad(OpReLUGrad, d), nil
+		}})
+	registerOp(OpDef{Kind: OpTanhGrad, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			d := firstDims(in)
+			return newActGrad(OpTanhGrad, d), nil
+		}})
+	registerOp(OpDef{Kind: OpSigmoidGrad, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			d := firstDims(in)
+			return newActGrad(OpSigmoidGrad, d), nil
+		}})
+	registerOp(OpDef{Kind: OpMul, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			d := firstDims(in)
+			return newMul(d), nil
+		}})
+	registerOp(OpDef{Kind: OpReshape, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			return newReshape(tensor.Shape(in[0]), tensor.Shape(out)), nil
+		}})
+	registerOp(OpDef{Kind: OpSoftmaxCE, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			return newSoftmaxCESmoothed(a.Float("smoothing")), nil
+		}})
+	registerOp(OpDef{Kind: OpSoftmaxCEGrad, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			return newSoftmaxCEGradSmoothed(a.Float("smoothing")), nil
+		}})
+}
+
 // ---- Linear: Y[N,out] = X[N,in]·W[out,in]ᵀ + b[out] ----
 
 type linearOp struct {

@@ -10,6 +10,20 @@ import (
 	"gorgonia.org/tensor"
 )
 
+// The registrations of this file's ops (see OpDef).
+func init() {
+	registerOp(OpDef{Kind: OpDot, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			d := firstDims(in)
+			return newDot(d), nil
+		}})
+	registerOp(OpDef{Kind: OpDotGrad, FLOPs: elementwiseFLOPs,
+		Make: func(a Attrs, in [][]int, out []int) (Op, error) {
+			d := firstDims(in)
+			return &dotGradOp{base: newBase(OpDotGrad, nil, tt(d), tt(d), scalarT)}, nil
+		}})
+}
+
 // Stage is a contiguous run of a model's layers, for pipeline (model)
 // parallelism: stage k takes stage k−1's output activations (stage 0 the
 // data), and sends back the gradient of its input. The parameters are the
