@@ -22,7 +22,11 @@
 //     each padded row;
 //   - Conv3DW takes, per filter and channel, the nine dot products of dY
 //     (on the same grid, zero in the padding columns) with the nine shifts
-//     of the plane, in eight lanes each, then sums the lanes.
+//     of the plane, in eight lanes each, then sums the lanes;
+//   - Conv3Bwd does both gradients of a sample from one padded copy of dY:
+//     its padded plane is the input of the input gradient's convolution
+//     (with the filters flipped and transposed) and, Wp+1 values on, the
+//     weight gradient's grid; each result has the separate calls' bits.
 //
 // [Conv] and [ConvDW]: any kernel size, stride and padding ([Geom]), for
 // the convolutions Conv3 does not take. They are vectorised over the
@@ -35,6 +39,12 @@
 // stride 1 they lose to Conv3 (wide planes) and to im2col with OpenBLAS
 // (small planes, where streaming the filters from L2 for every block of 6
 // positions dominates).
+//
+// [ChanSum], [ChanSqDev], [ChanGradSums], [ChanAffine], [ChanAffine2],
+// [ReLU], [ReLUGrad]: BatchNorm's per-channel float64 sums (eight lanes a
+// plane, folded in a fixed order) and maps, and ReLU, vectorised by the
+// compiler; the C is built without fused multiply-adds (-std=c11), so that
+// their Go fallbacks (elem_generic.go) give the same bits.
 //
 // # Results
 //
