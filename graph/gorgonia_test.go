@@ -180,13 +180,7 @@ func gorgoniaMLP(s *nn.Scope, spec Spec) (nn.Module, error) {
 func TestGorgoniaModelTrains(t *testing.T) {
 	m, err := Build(Spec{Kind: "gorgonia-mlp", InH: 3, InW: 4, Classes: 3}, gorgoniaMLP, 2)
 	require.NoError(t, err)
-	prog, err := m.Program(6, true)
-	require.NoError(t, err)
-	r := rand.New(rand.NewPCG(1, 2))
-	fill(r, prog.X, 1)
-	for i := range prog.Y {
-		prog.Y[i] = float32(i % 3)
-	}
+	prog := labelledProgram(t, m, 6, 1, 2, 3)
 	gradCheck(t, m, prog, 3)
 	// Grad's slices stay the same from run to run, holding each run's
 	// gradients (an optimiser keeps them), though Gorgonia's operators
@@ -198,7 +192,7 @@ func TestGorgoniaModelTrains(t *testing.T) {
 	for i := range m.Params {
 		held[i], first[i] = prog.Grad(i), slices.Clone(prog.Grad(i))
 	}
-	fill(r, prog.X, 1)
+	fill(rand.New(rand.NewPCG(5, 6)), prog.X, 1)
 	_, err = prog.Run(nil)
 	require.NoError(t, err)
 	for i, p := range m.Params {
@@ -251,13 +245,7 @@ func TestLayerNormModelGradients(t *testing.T) {
 	}
 	m, err := Build(Spec{Kind: "ln", InH: 3, InW: 3, Classes: 4}, f, 5)
 	require.NoError(t, err)
-	prog, err := m.Program(5, true)
-	require.NoError(t, err)
-	r := rand.New(rand.NewPCG(7, 8))
-	fill(r, prog.X, 1)
-	for i := range prog.Y {
-		prog.Y[i] = float32(i % 4)
-	}
+	prog := labelledProgram(t, m, 5, 7, 8, 4)
 	gradCheck(t, m, prog, 1)
 }
 
@@ -276,12 +264,6 @@ func TestAvgPoolModelGradients(t *testing.T) {
 	}
 	m, err := Build(Spec{Kind: "avgpooled", InH: 8, InW: 13, Classes: 3}, f, 5)
 	require.NoError(t, err)
-	prog, err := m.Program(4, true)
-	require.NoError(t, err)
-	r := rand.New(rand.NewPCG(9, 8))
-	fill(r, prog.X, 1)
-	for i := range prog.Y {
-		prog.Y[i] = float32(i % 3)
-	}
+	prog := labelledProgram(t, m, 4, 9, 8, 3)
 	gradCheck(t, m, prog, 1)
 }

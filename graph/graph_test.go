@@ -24,6 +24,19 @@ func fill(r *rand.Rand, x []float32, scale float32) {
 
 // gradCheck compares every analytic gradient of prog with central finite
 // differences on a sample of parameter entries.
+// labelledProgram is m's training program of batch samples, its inputs
+// drawn from the PCG stream (s1, s2) and its labels 0, 1, ... mod classes.
+func labelledProgram(t *testing.T, m *Model, batch int, s1, s2 uint64, classes int) *Program {
+	t.Helper()
+	prog, err := m.Program(batch, true)
+	require.NoError(t, err)
+	fill(rand.New(rand.NewPCG(s1, s2)), prog.X, 1)
+	for i := range prog.Y {
+		prog.Y[i] = float32(i % classes)
+	}
+	return prog
+}
+
 func gradCheck(t *testing.T, m *Model, prog *Program, seed uint64) {
 	t.Helper()
 	run := func() float64 {
@@ -84,13 +97,7 @@ func TestGradientsMatchFiniteDifferences(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m, err := New(tc.spec, 3)
 			require.NoError(t, err)
-			prog, err := m.Program(5, true)
-			require.NoError(t, err)
-			r := rand.New(rand.NewPCG(1, 2))
-			fill(r, prog.X, 1)
-			for i := range prog.Y {
-				prog.Y[i] = float32(i % m.Spec.Classes)
-			}
+			prog := labelledProgram(t, m, 5, 1, 2, m.Spec.Classes)
 			gradCheck(t, m, prog, 11)
 		})
 	}
@@ -602,13 +609,7 @@ func TestNativeConvMatchesIm2col(t *testing.T) {
 func TestBatchNormBiasGradientReusesTheSums(t *testing.T) {
 	m, err := New(Spec{Kind: "resnet", Depth: 8, InH: 12, InW: 12}, 1)
 	require.NoError(t, err)
-	prog, err := m.Program(6, true)
-	require.NoError(t, err)
-	r := rand.New(rand.NewPCG(3, 3))
-	fill(r, prog.X, 1)
-	for i := range prog.Y {
-		prog.Y[i] = float32(i % 10)
-	}
+	prog := labelledProgram(t, m, 6, 3, 3, 10)
 	grads := func() [][]float32 {
 		_, err := prog.Run(nil)
 		require.NoError(t, err)
