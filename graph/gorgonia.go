@@ -102,25 +102,15 @@ func recognise(op G.Op, in []tensor.Shape, out tensor.Shape) (Op, bool) {
 		}
 	case "sliceOp", "sliceIncrOp":
 		incr := typ == "sliceIncrOp"
-		axis, start, step, all, ok := parseSlice(str, incr)
-		if !ok || len(in) != 1+b2i(incr) {
+		axis, start, step, ok := parseSlice(str, incr)
+		x, y := in[0], out // Slice(X) -> Y; sliceIncrOp(X, dY) -> dX of X's shape
+		switch {
+		case !ok || len(in) != 1 && !incr || len(in) != 2 && incr:
 			return nil, false
-		}
-		x, y := in[0], out
-		if incr {
+		case incr && !in[0].Eq(out):
+			return nil, false
+		case incr:
 			x, y = out, in[1]
-			if !in[0].Eq(out) {
-				return nil, false
-			}
-		}
-		if all {
-			if !x.Eq(y) {
-				return nil, false
-			}
-			if incr {
-				return newSliceGrad(axis, 0, 1, x, y), true
-			}
-			return newSlice(axis, 0, 1, x, y), true
 		}
 		if sliceFits(x, y, axis, start, step) != nil {
 			return nil, false
@@ -232,13 +222,6 @@ func shapesToInts(s []tensor.Shape) [][]int {
 		out[i] = x
 	}
 	return out
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 func parseMatMul(s string) (ta, tb, ok bool) {

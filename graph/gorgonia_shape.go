@@ -39,9 +39,9 @@ func init() {
 			}
 			return newConcat(a.Int("axis"), len(in), len(out)), nil
 		}})
-	registerOp(OpDef{Kind: OpBatchedMatMul, FLOPs: func(_ Attrs, in [][]int, out []int) float64 {
+	registerOp(OpDef{Kind: OpBatchedMatMul, FLOPs: func(a Attrs, in [][]int, out []int) float64 {
 		k := in[0][2]
-		if len(in[0]) == 3 && len(out) == 3 && out[1] == in[0][2] { // A transposed: [B,K,M]
+		if a.Bool("trans_a") { // A is [B,K,M]
 			k = in[0][1]
 		}
 		return 2 * prod(out) * float64(k)
@@ -301,35 +301,35 @@ func (o *batchedMatMulOp) SymDiff(G.Nodes, *G.Node, *G.Node) (G.Nodes, error) {
 }
 
 // parseSlice reads Gorgonia's "T[:, :, 2:5:1...]" (Slice) and
-// "T[...]+=..." (its gradient): the axis, start and step; all is ":", the
-// whole axis.
-func parseSlice(str string, incr bool) (axis, start, step int, all, ok bool) {
+// "T[...]+=..." (its gradient): the axis, start and step (":", the whole
+// axis, is 0 by 1).
+func parseSlice(str string, incr bool) (axis, start, step int, ok bool) {
 	body, found := strings.CutPrefix(str, "T[")
 	suffix := "...]"
 	if incr {
 		suffix = "...]+=..."
 	}
 	if body, ok = strings.CutSuffix(body, suffix); !found || !ok {
-		return 0, 0, 0, false, false
+		return 0, 0, 0, false
 	}
 	for strings.HasPrefix(body, ":, ") {
 		body = body[3:]
 		axis++
 	}
 	if body == ":" {
-		return axis, 0, 1, true, true
+		return axis, 0, 1, true
 	}
 	f := strings.Split(body, ":")
 	if len(f) != 3 {
-		return 0, 0, 0, false, false
+		return 0, 0, 0, false
 	}
 	v := make([]int, 3)
 	for i, x := range f {
 		n, err := strconv.Atoi(x)
 		if err != nil {
-			return 0, 0, 0, false, false
+			return 0, 0, 0, false
 		}
 		v[i] = n
 	}
-	return axis, v[0], v[2], false, v[2] >= 1
+	return axis, v[0], v[2], v[2] >= 1
 }

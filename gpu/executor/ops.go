@@ -949,20 +949,12 @@ func init() {
 		if err := c.need(1); err != nil {
 			return err
 		}
-		axis, start, step := c.intAttr("axis"), c.intAttr("start"), c.intAttr("step")
-		if _, err := graph.NewOp(graph.OpSlice, c.attrs, in, out); err != nil {
-			return err
-		}
-		outer, nx, inner, err := axisSplit(c.kind, in[0], axis)
+		sl, err := newSliceGeom(c, in, out, in[0], out)
 		if err != nil {
 			return err
 		}
-		n := 1
-		if len(out) == len(in[0]) {
-			n = out[axis]
-		}
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			return dev.Launch("slice_axis", outer*n*inner, in[0].Buf, out.Buf, outer, nx, n, inner, start, step)
+			return dev.Launch("slice_axis", sl.outer*sl.n*sl.inner, in[0].Buf, out.Buf, sl.outer, sl.nx, sl.n, sl.inner, sl.start, sl.step)
 		}
 		return nil
 	})
@@ -971,20 +963,12 @@ func init() {
 		if err := c.need(2); err != nil {
 			return err
 		}
-		axis, start, step := c.intAttr("axis"), c.intAttr("start"), c.intAttr("step")
-		if _, err := graph.NewOp(graph.OpSliceGrad, c.attrs, in, out); err != nil {
-			return err
-		}
-		outer, nx, inner, err := axisSplit(c.kind, in[0], axis)
+		sl, err := newSliceGeom(c, in, out, in[0], in[1])
 		if err != nil {
 			return err
 		}
-		n := 1
-		if len(in[1]) == len(in[0]) {
-			n = in[1][axis]
-		}
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			return dev.Launch("slice_grad_axis", outer*nx*inner, in[1].Buf, out.Buf, outer, nx, n, inner, start, step)
+			return dev.Launch("slice_grad_axis", sl.outer*sl.nx*sl.inner, in[1].Buf, out.Buf, sl.outer, sl.nx, sl.n, sl.inner, sl.start, sl.step)
 		}
 		return nil
 	})
@@ -1070,6 +1054,28 @@ func init() {
 		}
 		return nil
 	})
+}
+
+// sliceGeom is a slice of x (nx along the axis) to y (n along it, or 1
+// where the axis goes), from start by step: [outer, ·, inner] around it.
+type sliceGeom struct{ outer, nx, n, inner, start, step int }
+
+// newSliceGeom checks the op as graph/ makes it (Slice of x to y, or
+// SliceGrad of x and y) and splits x at its axis.
+func newSliceGeom(c *lowerCtx, in [][]int, out, x, y []int) (sliceGeom, error) {
+	if _, err := graph.NewOp(c.kind, c.attrs, in, out); err != nil {
+		return sliceGeom{}, err
+	}
+	axis := c.intAttr("axis")
+	outer, nx, inner, err := axisSplit(c.kind, x, axis)
+	if err != nil {
+		return sliceGeom{}, err
+	}
+	n := 1
+	if len(y) == len(x) {
+		n = y[axis]
+	}
+	return sliceGeom{outer, nx, n, inner, c.intAttr("start"), c.intAttr("step")}, nil
 }
 
 // b2i is a flag argument of a kernel (an int): 1 for true.

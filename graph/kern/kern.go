@@ -17,7 +17,7 @@ func Conv3Scratch(c, h, w, k int) int {
 // conv2d(x, wt, padding=1) without bias. It panics when the native kernels
 // are not available (see [Available]) or when a slice is too short.
 func Conv3(x, wt, y, scratch []float32, c, h, w, k int) {
-	check("Conv3", x, wt, y, scratch, c, h, w, k)
+	check("Conv3", x, wt, y, scratch, conv3Scratch, c, h, w, k)
 	conv3(x, wt, y, scratch, c, h, w, k)
 }
 
@@ -25,7 +25,7 @@ func Conv3(x, wt, y, scratch []float32, c, h, w, k int) {
 // sample: dw[k][c][i][j] += Σ dy[k][y][x]·x[c][y+i-1][x+j-1] over the
 // positions whose input is inside the image. It panics as Conv3 does.
 func Conv3DW(x, dy, dw, scratch []float32, c, h, w, k int) {
-	check("Conv3DW", x, dw, dy, scratch, c, h, w, k)
+	check("Conv3DW", x, dw, dy, scratch, conv3Scratch, c, h, w, k)
 	conv3DW(x, dy, dw, scratch, c, h, w, k)
 }
 
@@ -44,21 +44,20 @@ func Conv3BwdScratch(c, h, w, k int) int {
 // padded copy of dy. Each result has the bits of the separate calls
 // (Conv3DW, and Conv3 of dy with wT). It panics as Conv3 does.
 func Conv3Bwd(x, dy, wT, dx, dw, scratch []float32, c, h, w, k int) {
-	check("Conv3Bwd", x, dw, dy, scratch[:min(len(scratch), conv3Scratch(c, h, w, k))], c, h, w, k)
+	check("Conv3Bwd", x, dw, dy, scratch, conv3BwdScratch, c, h, w, k)
 	switch {
 	case len(wT) < k*c*9:
 		panic(fmt.Sprintf("kern.Conv3Bwd: filters have %d values, want %d", len(wT), k*c*9))
 	case dx != nil && len(dx) < c*h*w:
 		panic(fmt.Sprintf("kern.Conv3Bwd: input gradient has %d values, want %d", len(dx), c*h*w))
-	case len(scratch) < conv3BwdScratch(c, h, w, k):
-		panic(fmt.Sprintf("kern.Conv3Bwd: scratch has %d values, want %d", len(scratch), conv3BwdScratch(c, h, w, k)))
 	}
 	conv3Bwd(x, dy, wT, dx, dw, scratch, c, h, w, k)
 }
 
 // check panics on programmer errors: no kernels, sizes that do not fit.
-// wt is the filters or their gradient, y the output or its gradient.
-func check(op string, x, wt, y, scratch []float32, c, h, w, k int) {
+// wt is the filters or their gradient, y the output or its gradient;
+// need is the scratch the call needs.
+func check(op string, x, wt, y, scratch []float32, need func(c, h, w, k int) int, c, h, w, k int) {
 	if !Available() {
 		panic("kern." + op + ": the native kernels are not available: " + Why())
 	}
@@ -71,7 +70,7 @@ func check(op string, x, wt, y, scratch []float32, c, h, w, k int) {
 		panic(fmt.Sprintf("kern.%s: filters have %d values, want %d", op, len(wt), k*c*9))
 	case len(y) < k*h*w:
 		panic(fmt.Sprintf("kern.%s: output has %d values, want %d", op, len(y), k*h*w))
-	case len(scratch) < conv3Scratch(c, h, w, k):
-		panic(fmt.Sprintf("kern.%s: scratch has %d values, want %d", op, len(scratch), conv3Scratch(c, h, w, k)))
+	case len(scratch) < need(c, h, w, k):
+		panic(fmt.Sprintf("kern.%s: scratch has %d values, want %d", op, len(scratch), need(c, h, w, k)))
 	}
 }
