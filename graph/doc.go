@@ -142,12 +142,21 @@
 // convolution of stride 1 and padding 1 on planes at least 12 wide is a
 // direct convolution (kern.Conv3: forward; the input gradient as the
 // convolution of dY with the flipped filters; both gradients from one pass
-// over each sample, kern.Conv3Bwd, whichever of the two ops runs first),
-// and strided convolutions are kern.Conv; the others take each sample's
+// over each sample, kern.Conv3Bwd, whichever of the two ops runs first);
+// on narrower planes (7x7) the same kernels take four samples side by
+// side, a zero column between them; strided convolutions are kern.Conv;
+// the others take each sample's
 // im2col (in cache) and OpenBLAS, a stride-1 "same" convolution's im2col
 // copied a plane at a time. BatchNorm's statistics are float64 sums in
-// eight lanes (kern.ChanSum), its maps and ReLU vectorised; elementwise
-// ops and pooling split across CPUs.
+// eight lanes, taken in one pass as moments about the running mean (a
+// second pass where those cancel too much), its maps and ReLU vectorised;
+// a BatchNorm whose output only a ReLU reads writes the ReLU's output in
+// its one pass (fuseBNReLU: a basic block's first BatchNorm, the stem's);
+// elementwise ops and pooling split across CPUs. Gorgonia's own Add runs
+// on the programs' values through cpuEngine, split across CPUs in one
+// pass. The loops split across CPUs run on a team of persistent workers
+// that spin briefly between loops, as OpenMP's threads do (team.go),
+// rather than on goroutines started for each loop.
 //
 // # Pipeline stages
 //

@@ -524,11 +524,11 @@ func TestNativeConvMatchesIm2col(t *testing.T) {
 		t.Skip("kern's native kernels are not available here: " + kern.Why())
 	}
 	r := rand.New(rand.NewPCG(7, 7))
-	for _, tc := range []struct{ k, stride, pad int }{{3, 1, 1}, {3, 2, 1}, {1, 2, 0}} {
-		xs, ws := tensor.Shape{11, 6, 13, 14}, tensor.Shape{5, 6, tc.k, tc.k}
+	for _, tc := range []struct{ k, stride, pad, h, w int }{{3, 1, 1, 13, 14}, {3, 2, 1, 13, 14}, {1, 2, 0, 13, 14}, {3, 1, 1, 7, 7}, {3, 1, 1, 5, 3}} {
+		xs, ws := tensor.Shape{11, 6, tc.h, tc.w}, tensor.Shape{5, 6, tc.k, tc.k}
 		g, err := newGeom(xs, ws, tc.stride, tc.pad)
 		require.NoError(t, err)
-		require.True(t, g.native3() || g.nativeK(), "%+v takes a native kernel", tc)
+		require.True(t, g.native3() || g.nativeK() || g.wide() > 0, "%+v takes a native kernel", tc)
 		ys := tensor.Shape{11, 5, g.OH, g.OW}
 		x, w, dy := make([]float32, xs.TotalSize()), make([]float32, ws.TotalSize()), make([]float32, ys.TotalSize())
 		fill(r, x, 1)
@@ -549,7 +549,7 @@ func TestNativeConvMatchesIm2col(t *testing.T) {
 			return slices.Clone(f32(out)), slices.Clone(f32(dxv)), slices.Clone(f32(dwv))
 		}
 		y, dx, dw := run()
-		if g.native3() {
+		if g.native3() || g.wide() > 0 {
 			// The two gradient ops of one convolution, linked as SymDiff
 			// links them: whichever runs first computes both in one pass,
 			// with the bits of the separate passes.

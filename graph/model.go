@@ -234,11 +234,13 @@ func (p *Program) Warm() bool { return p.runs > 0 }
 // share by its free memory (see BytesPerSample).
 func (p *Program) Bytes() int64 {
 	var n int64
+	seen := map[uintptr]bool{} // a value two nodes share (a BatchNorm fused with its ReLU) counts once
 	for _, nd := range p.g.AllNodes() {
 		if _, ok := p.paramI[nd]; ok {
 			continue
 		}
-		if v := nd.Value(); v != nil {
+		if v := nd.Value(); v != nil && !seen[v.Uintptr()] {
+			seen[v.Uintptr()] = true
 			n += int64(v.MemSize())
 		}
 		if w, ok := nd.Op().(interface{ workspaceBytes() int64 }); ok {
@@ -378,7 +380,8 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 		return nil, err
 	}
 	p.stable = newStableGrads(p.grads)
-	p.vm = G.NewTapeMachine(g)
+	fuseBNReLU(g, append([]*G.Node{p.logits, p.loss}, p.grads...)...)
+	p.vm = G.NewTapeMachine(g, G.WithEngine(cpuEng))
 	p.pool = &m.pool
 	for _, n := range g.AllNodes() {
 		if o, ok := n.Op().(pooled); ok {

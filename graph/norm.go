@@ -30,7 +30,7 @@ import (
 func init() {
 	registerOp(OpDef{Kind: OpBatchNorm, FLOPs: func(a Attrs, in [][]int, out []int) float64 {
 		if a.Bool("train") {
-			return 7 * prod(out) // two passes of statistics, then normalise
+			return 7 * prod(out) // the statistics' moments, then normalise
 		}
 		return 2 * prod(out)
 	},
@@ -55,8 +55,9 @@ func init() {
 // the statistics of a batch split across ranks (SyncBatchNorm, as PyTorch's
 // nn.SyncBatchNorm): Sum adds buf element-wise over the ranks, in place,
 // with the same result on every rank. Each rank calls it in the same
-// order: per BatchNorm, twice in the forward pass (the channels' sums,
-// then their squared deviations) and once in the backward pass.
+// order: per BatchNorm, once in the forward pass (the channels' moments
+// and value count; a second time, on every rank alike, when the moments
+// cancel too much to give the variance) and once in the backward pass.
 type BatchSync interface {
 	Sum(buf []float64) error
 }
@@ -99,25 +100,45 @@ func newBNGeom(x []int) (bnGeom, error) {
 func (g bnGeom) m() int { return g.N * g.P }
 
 // bnStats is the batch statistics of channels [c0, c1) of x: the mean and
-// 1/sqrt(var+eps), and the biased variance.
-func bnStats(g bnGeom, x []float32, c0, c1 int, eps float64, mean, invstd, variance []float64) {
+// 1/sqrt(var+eps), and the biased variance. They are taken in one pass,
+// as moments about a guess of each channel's mean (guess: the running
+// mean, nil for zero), unless the moments cancel too much (see
+// fromMoments): then the squared deviations are summed in a second pass.
+func bnStats(g bnGeom, x []float32, c0, c1 int, eps float64, guess []float32, mean, invstd, variance []float64) {
 	m := float64(g.m())
 	for c := c0; c < c1; c++ {
-		mu := g.channelSum(x, c) / m
-		q := g.channelSqDev(x, c, mu)
-		mean[c], variance[c] = mu, q/m
-		invstd[c] = 1 / math.Sqrt(q/m+eps)
+		k := 0.0
+		if guess != nil {
+			k = float64(guess[c])
+		}
+		s1, s2 := kern.ChanMoments(x, g.N, g.C, g.P, c, k)
+		mu, v, ok := fromMoments(s1, s2, m, k)
+		if !ok {
+			v = g.channelSqDev(x, c, mu) / m
+		}
+		mean[c], variance[c] = mu, v
+		invstd[c] = 1 / math.Sqrt(v+eps)
 	}
 }
 
+// fromMoments is the mean and the biased variance of m values whose sum
+// and sum of squares about k are s1 and s2: mu = k + d, var = s2/m - d²
+// with d = s1/m. ok is false when d² exceeds 64 times the variance: the
+// subtraction would then lose more than six of float64's bits to the
+// guess's distance from the mean, and the variance is to be summed about
+// mu instead (a constant channel away from k, a running mean far from a
+// new batch's). Within it the variance keeps float32's precision by far.
+func fromMoments(s1, s2, m, k float64) (mu, v float64, ok bool) {
+	d := s1 / m
+	v = s2/m - d*d
+	return k + d, max(v, 0), d*d <= 64*v
+}
+
 // The sums over a channel are taken in float64, eight running sums at a
-// time (kern.ChanSum). (float32 sums per plane are faster, but a channel
+// time (kern.ChanMoments, kern.ChanSqDev). (float32 sums per plane are faster, but a channel
 // of nearly equal values, as a batch of MNIST digits gives at the first
 // BatchNorm, has a tiny variance that eps scarcely bounds, and its
 // gradient then magnifies their rounding a hundredfold.)
-
-// channelSum is Σ x over channel c.
-func (g bnGeom) channelSum(x []float32, c int) float64 { return kern.ChanSum(x, g.N, g.C, g.P, c) }
 
 // channelSqDev is Σ (x-mu)² over channel c.
 func (g bnGeom) channelSqDev(x []float32, c int, mu float64) float64 {
@@ -192,7 +213,7 @@ func (s *bnSaved) stats(g bnGeom, x []float32, eps float64, scratch *bnSaved) (m
 	}
 	scratch.resize(g.C)
 	parallelFor(g.C, 2*len(x), func(c0, c1 int) {
-		bnStats(g, x, c0, c1, eps, scratch.mean, scratch.invstd, scratch.variance)
+		bnStats(g, x, c0, c1, eps, nil, scratch.mean, scratch.invstd, scratch.variance)
 	})
 	return scratch.mean, scratch.invstd
 }
@@ -214,6 +235,10 @@ type batchNormOp struct {
 	// noUpdate leaves the running buffers alone in training: a pipeline
 	// stage's forward pass, which its training program runs again.
 	noUpdate bool
+	// relu is the ReLU that alone reads the output, fused (fuseBNReLU);
+	// runs counts the runs that computed its output.
+	relu *actOp
+	runs uint64
 }
 
 // frozen is a training BatchNorm that does not update its buffers (the
@@ -258,7 +283,20 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 		return nil, fmt.Errorf("%s: training needs more than one value per channel, got input %v", OpBatchNorm, dims(in[0]))
 	}
 	x, gamma, beta, rm, rv, nbt := f32(in[0]), f32(in[1]), f32(in[2]), f32(in[3]), f32(in[4]), f32(in[5])
-	out := o.output(dims(in[0])...)
+	// With a ReLU fused (fuseBNReLU), the output is the ReLU's, which it
+	// returns as its own: only that ReLU reads it.
+	var out *tensor.Dense
+	affine := g.affine
+	if o.relu != nil {
+		out = o.relu.output(dims(in[0])...)
+		affine = func(dst, x, _ []float32, c int, a, _, b float32) {
+			kern.ChanAffineReLU(dst, x, g.N, g.C, g.P, c, a, b)
+		}
+		o.runs++
+		defer func() { o.relu.fused = o.runs }()
+	} else {
+		out = o.output(dims(in[0])...)
+	}
 	y := f32(out)
 	if !o.train {
 		parallelFor(g.C, len(x), func(c0, c1 int) {
@@ -266,7 +304,7 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 				is := 1 / math.Sqrt(float64(rv[c])+o.eps)
 				scale := float32(float64(gamma[c]) * is)
 				shift := float32(float64(beta[c]) - float64(rm[c])*float64(gamma[c])*is)
-				g.affine(y, x, nil, c, scale, 0, shift)
+				affine(y, x, nil, c, scale, 0, shift)
 			}
 		})
 		return out, nil
@@ -275,12 +313,12 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 	s.resize(g.C)
 	s.m = float64(g.m())
 	if o.sync != nil && o.sync.s != nil {
-		if err := o.syncStats(g, x); err != nil {
+		if err := o.syncStats(g, x, rm); err != nil {
 			return nil, err
 		}
 	} else {
 		parallelFor(g.C, 2*len(x), func(c0, c1 int) {
-			bnStats(g, x, c0, c1, o.eps, s.mean, s.invstd, s.variance)
+			bnStats(g, x, c0, c1, o.eps, rm, s.mean, s.invstd, s.variance)
 		})
 	}
 	unbias := s.m / (s.m - 1)
@@ -288,7 +326,7 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 		for c := c0; c < c1; c++ {
 			scale := float32(float64(gamma[c]) * s.invstd[c])
 			shift := float32(float64(beta[c]) - s.mean[c]*float64(gamma[c])*s.invstd[c])
-			g.affine(y, x, nil, c, scale, 0, shift)
+			affine(y, x, nil, c, scale, 0, shift)
 			if !o.noUpdate {
 				rm[c] = float32((1-o.momentum)*float64(rm[c]) + o.momentum*s.mean[c])
 				rv[c] = float32((1-o.momentum)*float64(rv[c]) + o.momentum*s.variance[c]*unbias)
@@ -302,42 +340,52 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 	return out, nil
 }
 
-// syncStats computes the statistics of the global batch: the channels'
-// sums and value counts summed across ranks, then their squared
-// deviations from the global mean.
-func (o *batchNormOp) syncStats(g bnGeom, x []float32) error {
+// syncStats computes the statistics of the global batch: each channel's
+// moments about its running mean (the same on every rank) and the value
+// count, summed across ranks in one call; when some channel's moments
+// cancel too much (fromMoments), its squared deviations from the global
+// mean in a second call, which every rank then makes, having the same
+// sums.
+func (o *batchNormOp) syncStats(g bnGeom, x, rm []float32) error {
 	s := &o.saved
-	if len(s.buf) < g.C+1 {
-		s.buf = make([]float64, g.C+1)
+	if len(s.buf) < 2*g.C+1 {
+		s.buf = make([]float64, 2*g.C+1)
 	}
-	buf := s.buf[:g.C+1]
+	buf := s.buf[:2*g.C+1]
 	parallelFor(g.C, len(x), func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
-			buf[c] = g.channelSum(x, c)
+			buf[c], buf[g.C+c] = kern.ChanMoments(x, g.N, g.C, g.P, c, float64(rm[c]))
 		}
 	})
-	buf[g.C] = float64(g.m())
+	buf[2*g.C] = float64(g.m())
 	if err := o.sync.s.Sum(buf); err != nil {
 		return fmt.Errorf("%s: synchronising the batch statistics: %w", OpBatchNorm, err)
 	}
-	s.m = buf[g.C]
+	s.m = buf[2*g.C]
 	if !(s.m >= 2) {
 		return fmt.Errorf("%s: the global batch has %v values per channel; training needs at least 2", OpBatchNorm, s.m)
 	}
+	exact := true
 	for c := range g.C {
-		s.mean[c] = buf[c] / s.m
+		var ok bool
+		s.mean[c], s.variance[c], ok = fromMoments(buf[c], buf[g.C+c], s.m, float64(rm[c]))
+		exact = exact && ok
 	}
-	parallelFor(g.C, len(x), func(c0, c1 int) {
-		for c := c0; c < c1; c++ {
-			buf[c] = g.channelSqDev(x, c, s.mean[c])
+	if !exact {
+		buf = buf[:g.C]
+		parallelFor(g.C, len(x), func(c0, c1 int) {
+			for c := c0; c < c1; c++ {
+				buf[c] = g.channelSqDev(x, c, s.mean[c])
+			}
+		})
+		if err := o.sync.s.Sum(buf); err != nil {
+			return fmt.Errorf("%s: synchronising the batch statistics: %w", OpBatchNorm, err)
 		}
-	})
-	buf[g.C] = 0
-	if err := o.sync.s.Sum(buf); err != nil {
-		return fmt.Errorf("%s: synchronising the batch statistics: %w", OpBatchNorm, err)
+		for c := range g.C {
+			s.variance[c] = buf[c] / s.m
+		}
 	}
 	for c := range g.C {
-		s.variance[c] = buf[c] / s.m
 		s.invstd[c] = 1 / math.Sqrt(s.variance[c]+o.eps)
 	}
 	return nil
@@ -372,6 +420,45 @@ func (o *batchNormOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 		return nil, err
 	}
 	return G.Nodes{dx, dg, db, nil, nil, nil}, nil
+}
+
+// fuseReLUs turns fuseBNReLU on (tests turn it off to compare).
+var fuseReLUs = true
+
+// fuseBNReLU fuses each BatchNorm whose output only a ReLU reads with
+// that ReLU, in a program's graph on the CPU: the BatchNorm writes
+// max(a·x+b, 0) into the ReLU's output in its one pass over x, and the
+// ReLU, finding its output computed for this run, returns it. That saves
+// a write and a read of the activation (a ResNet basic block's first
+// BatchNorm and ReLU; the stem's), with the bits of the two ops run
+// apart (kern.ChanAffineReLU). A BatchNorm whose output is read by
+// another node, or is one of keep (the program's outputs), stays apart.
+// Devices run the graph's ops one by one, as ever.
+func fuseBNReLU(g *G.ExprGraph, keep ...*G.Node) {
+	if !fuseReLUs {
+		return
+	}
+	kept := make(map[*G.Node]bool, len(keep))
+	for _, n := range keep {
+		kept[n] = true
+	}
+	for _, n := range g.AllNodes() {
+		r, ok := n.Op().(*actOp)
+		if !ok || r.kind != OpReLU || r.from != nil {
+			continue
+		}
+		ins := g.From(n.ID())
+		if ins.Len() != 1 || !ins.Next() {
+			continue
+		}
+		in, ok := ins.Node().(*G.Node)
+		if !ok || kept[in] || g.To(in.ID()).Len() != 1 {
+			continue
+		}
+		if bn, ok := in.Op().(*batchNormOp); ok && bn.relu == nil {
+			bn.relu, r.from = r, bn
+		}
+	}
 }
 
 // ---- BatchNormGrad: dX = gamma·invstd·(dY - mean(dY) - x̂·mean(dY·x̂)) ----

@@ -22,8 +22,12 @@ func parallelFor(n, work int, f func(lo, hi int)) {
 		f(0, n)
 		return
 	}
-	var wg sync.WaitGroup
 	chunk := (n + p - 1) / p
+	parts := (n + chunk - 1) / chunk
+	if onTeam(parts, func(part int) { f(part*chunk, min((part+1)*chunk, n)) }) {
+		return
+	}
+	var wg sync.WaitGroup
 	for lo := chunk; lo < n; lo += chunk {
 		wg.Add(1)
 		go func(lo, hi int) {
@@ -67,6 +71,9 @@ func parallelParts(n, work int, f func(part, lo, hi int)) {
 			}
 			f(part, i, i+1)
 		}
+	}
+	if onTeam(parts, run) {
+		return
 	}
 	var wg sync.WaitGroup
 	for i := 1; i < parts; i++ {

@@ -40,11 +40,16 @@
 // (small planes, where streaming the filters from L2 for every block of 6
 // positions dominates).
 //
-// [ChanSum], [ChanSqDev], [ChanGradSums], [ChanAffine], [ChanAffine2],
-// [ReLU], [ReLUGrad]: BatchNorm's per-channel float64 sums (eight lanes a
-// plane, folded in a fixed order) and maps, and ReLU, vectorised by the
-// compiler; the C is built without fused multiply-adds (-std=c11), so that
-// their Go fallbacks (elem_generic.go) give the same bits.
+// [ChanSum], [ChanSqDev], [ChanMoments], [ChanGradSums], [ChanAffine],
+// [ChanAffineReLU], [ChanAffine2], [ReLU], [ReLUGrad], [Add]: BatchNorm's
+// per-channel float64 sums (eight lanes a plane, folded in a fixed order;
+// ChanMoments takes the sum and the sum of squares about a guess of the
+// mean in one pass) and maps (ChanAffineReLU: the map and then ReLU, for a
+// BatchNorm that computes the ReLU reading it), ReLU, and the elementwise
+// sum Gorgonia's Add runs on, vectorised by the compiler; the C is built
+// without fused multiply-adds (-std=c11), so that their Go fallbacks
+// (elem_generic.go) give the same bits. The convolutions' short row copies
+// stay loops rather than calls of memcpy (a pragma in conv.c and convk.c).
 //
 // # Results
 //

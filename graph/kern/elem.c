@@ -62,6 +62,33 @@ TARGET double gt_kern_chan_sqdev(const float* x, long N, long C, long P, long c,
 	return s;
 }
 
+// Σ (x-k) and Σ (x-k)² over channel c, one pass.
+TARGET void gt_kern_chan_moments(const float* x, long N, long C, long P, long c, double k, double* out) {
+	double s1 = 0, s2 = 0;
+	v4d m = {k, k, k, k};
+	for (long n = 0; n < N; n++) {
+		const float* p = x + (n * C + c) * P;
+		v4d a0 = {0, 0, 0, 0}, a1 = {0, 0, 0, 0}, b0 = {0, 0, 0, 0}, b1 = {0, 0, 0, 0};
+		long i = 0;
+		for (; i + 8 <= P; i += 8) {
+			v4d d0 = load4(p + i) - m, d1 = load4(p + i + 4) - m;
+			a0 += d0;
+			a1 += d1;
+			b0 += d0 * d0;
+			b1 += d1 * d1;
+		}
+		for (; i < P; i++) {
+			double d = (double)p[i] - k;
+			a0[0] += d;
+			b0[0] += d * d;
+		}
+		s1 += fold(a0, a1);
+		s2 += fold(b0, b1);
+	}
+	out[0] = s1;
+	out[1] = s2;
+}
+
 // Σ dy and Σ dy·(x-mu) over channel c.
 TARGET void gt_kern_chan_gradsums(const float* x, const float* dy, long N, long C, long P, long c, double mu, double* out) {
 	double s1 = 0, s2 = 0;
@@ -98,6 +125,21 @@ TARGET void gt_kern_chan_affine(float* dst, const float* x, long N, long C, long
 	}
 }
 
+// dst = max(a·x + b, 0) over channel c, the maximum by the sign bit as
+// gt_kern_relu takes it.
+TARGET void gt_kern_chan_affine_relu(float* dst, const float* x, long N, long C, long P, long c, float a, float b) {
+	for (long n = 0; n < N; n++) {
+		int32_t* d = (int32_t*)(dst + (n * C + c) * P);
+		const float* s = x + (n * C + c) * P;
+		for (long i = 0; i < P; i++) {
+			float v = a * s[i] + b;
+			int32_t bits;
+			memcpy(&bits, &v, sizeof bits);
+			d[i] = bits & ~(bits >> 31);
+		}
+	}
+}
+
 // dst = a·x + b·y + c over channel ch.
 TARGET void gt_kern_chan_affine2(float* dst, const float* x, const float* y, long N, long C, long P, long ch, float a, float b, float c) {
 	for (long n = 0; n < N; n++) {
@@ -123,4 +165,9 @@ TARGET void gt_kern_relu_grad(float* dx, const float* y, const float* dy, long n
 	const int32_t* gi = (const int32_t*)dy;
 	int32_t* di = (int32_t*)dx;
 	for (long i = 0; i < n; i++) di[i] = gi[i] & ((int32_t)(0u - (uint32_t)yi[i]) >> 31);
+}
+
+// y = a + b.
+TARGET void gt_kern_add(float* y, const float* a, const float* b, long n) {
+	for (long i = 0; i < n; i++) y[i] = a[i] + b[i];
 }

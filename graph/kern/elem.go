@@ -38,6 +38,17 @@ func ChanSqDev(x []float32, n, c, p, ch int, mu float64) float64 {
 	return goChanSqDev(x, n, c, p, ch, mu)
 }
 
+// ChanMoments is Σ (x-k) and Σ (x-k)² over channel ch, in one pass,
+// summed as ChanSum: a BatchNorm's statistics, with k a guess of the mean
+// (the nearer, the less the variance Σ(x-k)²/M - (Σ(x-k)/M)² cancels).
+func ChanMoments(x []float32, n, c, p, ch int, k float64) (s1, s2 float64) {
+	chanCheck("ChanMoments", n, c, p, ch, x)
+	if native && n*p > 0 {
+		return cChanMoments(x, n, c, p, ch, k)
+	}
+	return goChanMoments(x, n, c, p, ch, k)
+}
+
 // ChanGradSums is Σ dy and Σ dy·(x-mu) over channel ch, summed as ChanSum.
 func ChanGradSums(x, dy []float32, n, c, p, ch int, mu float64) (s1, s2 float64) {
 	chanCheck("ChanGradSums", n, c, p, ch, x, dy)
@@ -56,6 +67,17 @@ func ChanAffine(dst, x []float32, n, c, p, ch int, a, b float32) {
 		return
 	}
 	goChanAffine(dst, x, n, c, p, ch, a, b)
+}
+
+// ChanAffineReLU sets channel ch of dst to max(a·x + b, 0): ChanAffine's
+// value, then ReLU's.
+func ChanAffineReLU(dst, x []float32, n, c, p, ch int, a, b float32) {
+	chanCheck("ChanAffineReLU", n, c, p, ch, dst, x)
+	if native && n*p > 0 {
+		cChanAffineReLU(dst, x, n, c, p, ch, a, b)
+		return
+	}
+	goChanAffineReLU(dst, x, n, c, p, ch, a, b)
 }
 
 // ChanAffine2 sets channel ch of dst to (a·x + b·y) + cc.
@@ -91,4 +113,16 @@ func ReLUGrad(dx, y, dy []float32) {
 		return
 	}
 	goReLUGrad(dx, y, dy)
+}
+
+// Add sets y[i] = a[i] + b[i].
+func Add(y, a, b []float32) {
+	if len(y) < len(a) || len(b) < len(a) {
+		panic(fmt.Sprintf("kern.Add: y %d, a %d, b %d values", len(y), len(a), len(b)))
+	}
+	if native && len(a) > 0 {
+		cAdd(y, a, b)
+		return
+	}
+	goAdd(y, a, b)
 }

@@ -50,6 +50,29 @@ func goChanSqDev(x []float32, n, c, p, ch int, mu float64) float64 {
 	return s
 }
 
+func goChanMoments(x []float32, n, c, p, ch int, k float64) (s1, s2 float64) {
+	for i := 0; i < n; i++ {
+		v := plane(x, c, p, i, ch)
+		var a, b [8]float64
+		j := 0
+		for ; j+8 <= len(v); j += 8 {
+			for l := range 8 {
+				d := float64(v[j+l]) - k
+				a[l] += d
+				b[l] += d * d
+			}
+		}
+		for ; j < len(v); j++ {
+			d := float64(v[j]) - k
+			a[0] += d
+			b[0] += d * d
+		}
+		s1 += fold(&a)
+		s2 += fold(&b)
+	}
+	return s1, s2
+}
+
 func goChanGradSums(x, dy []float32, n, c, p, ch int, mu float64) (s1, s2 float64) {
 	for i := 0; i < n; i++ {
 		xs, gs := plane(x, c, p, i, ch), plane(dy, c, p, i, ch)
@@ -78,6 +101,23 @@ func goChanAffine(dst, x []float32, n, c, p, ch int, a, b float32) {
 		for j, v := range xs {
 			d[j] = a*v + b
 		}
+	}
+}
+
+func goChanAffineReLU(dst, x []float32, n, c, p, ch int, a, b float32) {
+	for i := 0; i < n; i++ {
+		d, xs := plane(dst, c, p, i, ch), plane(x, c, p, i, ch)
+		for j, v := range xs {
+			bits := math.Float32bits(a*v + b)
+			d[j] = math.Float32frombits(bits &^ uint32(int32(bits)>>31))
+		}
+	}
+}
+
+func goAdd(y, a, b []float32) {
+	y, b = y[:len(a)], b[:len(a)]
+	for i, v := range a {
+		y[i] = v + b[i]
 	}
 }
 

@@ -45,6 +45,12 @@ func TestElemNativeEqualsGeneric(t *testing.T) {
 				w1, w2 := goChanGradSums(x, y, g.n, g.c, g.p, ch, mu)
 				same("grad sum", s1, w1, refG1)
 				same("grad dot", s2, w2, refG2)
+				// Moments about a guess k: Σ(x-k) = Σx - M·k, Σ(x-k)² = Σ(x-mu)² + M·(mu-k)².
+				k, m := mu+0.25, float64(g.n*g.p)
+				m1, m2 := ChanMoments(x, g.n, g.c, g.p, ch, k)
+				v1, v2 := goChanMoments(x, g.n, g.c, g.p, ch, k)
+				same("moment 1", m1, v1, ref-m*k)
+				same("moment 2", m2, v2, refSq+m*(mu-k)*(mu-k))
 			}
 			bits := func(what string, a, b []float32) {
 				t.Helper()
@@ -65,6 +71,23 @@ func TestElemNativeEqualsGeneric(t *testing.T) {
 				goChanAffine2(d2, x, y, g.n, g.c, g.p, ch, 0.37, -1.1, 0.3)
 			}
 			bits("affine2", d1, d2)
+			d3 := make([]float32, sz)
+			for ch := 0; ch < g.c; ch++ {
+				ChanAffineReLU(d1, x, g.n, g.c, g.p, ch, 0.37, -0.5)
+				goChanAffineReLU(d2, x, g.n, g.c, g.p, ch, 0.37, -0.5)
+				ChanAffine(d3, x, g.n, g.c, g.p, ch, 0.37, -0.5)
+			}
+			bits("affine relu", d1, d2)
+			ReLU(d3, d3)
+			bits("affine relu against affine then relu", d1, d3)
+			Add(d1, x, y)
+			goAdd(d2, x, y)
+			bits("add", d1, d2)
+			for i := range x {
+				if d1[i] != x[i]+y[i] {
+					t.Fatalf("add[%d] = %v, want %v", i, d1[i], x[i]+y[i])
+				}
+			}
 			for i := 0; i < len(x) && i < 8; i++ {
 				x[i] = []float32{float32(math.Copysign(0, -1)), 0, float32(math.NaN()), -float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), 1e-45, -1e-45}[i]
 			}

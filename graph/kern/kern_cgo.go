@@ -20,6 +20,9 @@ void gt_kern_chan_gradsums(const float* x, const float* dy, long N, long C, long
 void gt_kern_chan_affine(float* dst, const float* x, long N, long C, long P, long c, float a, float b);
 void gt_kern_chan_affine2(float* dst, const float* x, const float* y, long N, long C, long P, long ch, float a, float b, float c);
 void gt_kern_relu(float* y, const float* x, long n);
+void gt_kern_chan_moments(const float* x, long N, long C, long P, long c, double k, double* out);
+void gt_kern_chan_affine_relu(float* dst, const float* x, long N, long C, long P, long c, float a, float b);
+void gt_kern_add(float* y, const float* a, const float* b, long n);
 void gt_kern_relu_grad(float* dx, const float* y, const float* dy, long n);
 */
 import "C"
@@ -69,6 +72,18 @@ func cChanAffine(dst, x []float32, n, c, p, ch int, a, b float32) {
 func cChanAffine2(dst, x, y []float32, n, c, p, ch int, a, b, cc float32) {
 	C.gt_kern_chan_affine2(fp(dst), fp(x), fp(y), C.long(n), C.long(c), C.long(p), C.long(ch), C.float(a), C.float(b), C.float(cc))
 }
+
+func cChanMoments(x []float32, n, c, p, ch int, k float64) (s1, s2 float64) {
+	var out [2]C.double
+	C.gt_kern_chan_moments(fp(x), C.long(n), C.long(c), C.long(p), C.long(ch), C.double(k), &out[0])
+	return float64(out[0]), float64(out[1])
+}
+
+func cChanAffineReLU(dst, x []float32, n, c, p, ch int, a, b float32) {
+	C.gt_kern_chan_affine_relu(fp(dst), fp(x), C.long(n), C.long(c), C.long(p), C.long(ch), C.float(a), C.float(b))
+}
+
+func cAdd(y, a, b []float32) { C.gt_kern_add(fp(y), fp(a), fp(b), C.long(len(a))) }
 
 func cReLU(y, x []float32) { C.gt_kern_relu(fp(y), fp(x), C.long(len(x))) }
 

@@ -16,6 +16,9 @@ func cChanSqDev([]float32, int, int, int, int, float64) float64                 
 func cChanGradSums(_, _ []float32, _, _, _, _ int, _ float64) (float64, float64) { return 0, 0 }
 func cChanAffine(_, _ []float32, _, _, _, _ int, _, _ float32)                   {}
 func cChanAffine2(_, _, _ []float32, _, _, _, _ int, _, _, _ float32)            {}
+func cChanMoments([]float32, int, int, int, int, float64) (float64, float64)     { return 0, 0 }
+func cChanAffineReLU(_, _ []float32, _, _, _, _ int, _, _ float32)               {}
+func cAdd(_, _, _ []float32)                                                     {}
 func cReLU(_, _ []float32)                                                       {}
 func cReLUGrad(_, _, _ []float32)                                                {}
 
