@@ -151,7 +151,9 @@
 // eight lanes, taken in one pass as moments about the running mean (a
 // second pass where those cancel too much), its maps and ReLU vectorised;
 // a BatchNorm whose output only a ReLU reads writes the ReLU's output in
-// its one pass (fuseBNReLU: a basic block's first BatchNorm, the stem's);
+// its one pass, and that ReLU's gradient takes the BatchNorm's gradient
+// sums in its own (fuseBNReLU: a basic block's first BatchNorm, the
+// stem's; the bits of the ops run apart);
 // elementwise ops and pooling split across CPUs. Gorgonia's own Add runs
 // on the programs' values through cpuEngine, split across CPUs in one
 // pass. The loops split across CPUs run on a team of persistent workers

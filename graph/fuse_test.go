@@ -46,7 +46,8 @@ func fusedReLUs(g *G.ExprGraph) int {
 }
 
 // A BatchNorm whose output only a ReLU reads computes the ReLU too
-// (fuseBNReLU): the stem's and each basic block's first; the programs
+// (fuseBNReLU), and the ReLU's gradient takes the BatchNorm's gradient
+// sums in its pass: the stem's and each basic block's first; the programs
 // give the bits of the ops run apart, in training (loss, logits,
 // gradients, running buffers) and in evaluation.
 func TestBatchNormReLUFusion(t *testing.T) {
@@ -80,10 +81,11 @@ func TestBatchNormReLUFusion(t *testing.T) {
 				var r result
 				r.fused = [2]int{fusedReLUs(tr.g), fusedReLUs(ev.g)}
 				for step := 0; step < 3; step++ {
-					adds := engineAdds.Load()
+					adds, sums := engineAdds.Load(), reluGradSumsTaken.Load()
 					l, err := tr.Run(nil)
 					require.NoError(t, err)
 					require.Greater(t, engineAdds.Load(), adds, "Gorgonia's Adds ran on cpuEngine")
+					require.Equal(t, int64(r.fused[0]), reluGradSumsTaken.Load()-sums, "each fused ReLU's gradient took its BatchNorm's sums")
 					r.loss = append(r.loss, l)
 					r.logits = append(r.logits, slices.Clone(tr.Logits()))
 					for i := range m.Params {

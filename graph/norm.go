@@ -3,6 +3,8 @@ package graph
 import (
 	"fmt"
 	"math"
+	"sync/atomic"
+	"unsafe"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -200,6 +202,36 @@ func (s *bnSaved) channelGradSums(g bnGeom, x, dy []float32, mean []float64, scr
 	}
 	return dst[0], dst[1]
 }
+
+// reluGradSums computes, for the ReLU fused with this BatchNorm
+// (fuseBNReLU), the ReLU's input gradient dy of dz at its output z, and
+// in the same pass the channels' Σ dY and Σ dY·(x-mean) that the
+// BatchNorm's gradient ops take of that dy (channelGradSums, which then
+// finds them): a read of dY fewer, the same bits. It reports false,
+// having done nothing, when the forward's statistics are not of a
+// batch of this shape.
+func (s *bnSaved) reluGradSums(shape []int, dy, z, dz []float32) bool {
+	g, err := newBNGeom(shape)
+	if err != nil || s.of == nil || s.n != len(z) || len(s.mean) != g.C || len(dy) == 0 {
+		return false
+	}
+	x := unsafe.Slice(s.of, s.n)
+	if len(s.sums[0]) != g.C {
+		s.sums[0], s.sums[1] = make([]float64, g.C), make([]float64, g.C)
+	}
+	parallelFor(g.C, 3*len(z), func(c0, c1 int) {
+		for c := c0; c < c1; c++ {
+			s.sums[0][c], s.sums[1][c] = kern.ChanReLUGradSums(dy, z, dz, x, g.N, g.C, g.P, c, s.mean[c])
+		}
+	})
+	s.sumsOf = &dy[0]
+	reluGradSumsTaken.Add(1)
+	return true
+}
+
+// reluGradSumsTaken counts the BatchNorm gradient sums taken with a fused
+// ReLU's gradient (for tests).
+var reluGradSumsTaken atomic.Int64
 
 func (s *bnSaved) valid(x []float32) bool {
 	return s != nil && len(x) > 0 && s.of == &x[0] && s.n == len(x)

@@ -257,14 +257,21 @@ func (o *actOp) Do(in ...G.Value) (G.Value, error) {
 func (o *actOp) DiffWRT(int) []bool { return []bool{true} }
 
 func (o *actOp) SymDiff(_ G.Nodes, out, grad *G.Node) (G.Nodes, error) {
-	dx, err := G.ApplyOp(newActGrad(o.grad, out.Dims()), out, grad)
+	g := newActGrad(o.grad, out.Dims())
+	g.fwd = o
+	dx, err := G.ApplyOp(g, out, grad)
 	return G.Nodes{dx}, err
 }
 
 // actGradOp computes dX from the activation's output Y and dY.
-type actGradOp struct{ base }
+type actGradOp struct {
+	base
+	fwd *actOp // the activation (nil outside a model's gradients)
+}
 
-func newActGrad(k Kind, d int) *actGradOp { return &actGradOp{newBase(k, nil, tt(d), tt(d), tt(d))} }
+func newActGrad(k Kind, d int) *actGradOp {
+	return &actGradOp{base: newBase(k, nil, tt(d), tt(d), tt(d))}
+}
 
 func (o *actGradOp) InferShape(ds ...G.DimSizer) (tensor.Shape, error) {
 	if !shapeOf(ds[0]).Eq(shapeOf(ds[1])) {
@@ -278,6 +285,9 @@ func (o *actGradOp) Do(in ...G.Value) (G.Value, error) {
 	y, dy, dx := f32(in[0]), f32(in[1]), f32(out)
 	dx = dx[:len(y)]
 	dy = dy[:len(y)]
+	if o.fwd != nil && o.fwd.from != nil && o.kind == OpReLUGrad && o.fwd.from.saved.reluGradSums(dims(in[0]), dx, y, dy) {
+		return out, nil
+	}
 	parallelFor(len(y), 2*len(y), func(lo, hi int) {
 		y, dy, dx := y[lo:hi], dy[lo:hi], dx[lo:hi]
 		switch o.kind {

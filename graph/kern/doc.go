@@ -40,8 +40,8 @@
 // (small planes, where streaming the filters from L2 for every block of 6
 // positions dominates).
 //
-// [ChanSum], [ChanSqDev], [ChanMoments], [ChanGradSums], [ChanAffine],
-// [ChanAffineReLU], [ChanAffine2], [ReLU], [ReLUGrad], [Add]: BatchNorm's
+// [ChanSum], [ChanSqDev], [ChanMoments], [ChanGradSums], [ChanReLUGradSums],
+// [ChanAffine], [ChanAffineReLU], [ChanAffine2], [ReLU], [ReLUGrad], [Add]: BatchNorm's
 // per-channel float64 sums (eight lanes a plane, folded in a fixed order;
 // ChanMoments takes the sum and the sum of squares about a guess of the
 // mean in one pass) and maps (ChanAffineReLU: the map and then ReLU, for a

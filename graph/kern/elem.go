@@ -58,6 +58,17 @@ func ChanGradSums(x, dy []float32, n, c, p, ch int, mu float64) (s1, s2 float64)
 	return goChanGradSums(x, dy, n, c, p, ch, mu)
 }
 
+// ChanReLUGradSums sets channel ch of dy to ReLU's gradient of dz at its
+// output z (as ReLUGrad) and returns ChanGradSums(x, dy, ...) of it, in
+// one pass: a BatchNorm's gradient sums when a ReLU reads its output.
+func ChanReLUGradSums(dy, z, dz, x []float32, n, c, p, ch int, mu float64) (s1, s2 float64) {
+	chanCheck("ChanReLUGradSums", n, c, p, ch, dy, z, dz, x)
+	if native && n*p > 0 {
+		return cChanReLUGradSums(dy, z, dz, x, n, c, p, ch, mu)
+	}
+	return goChanReLUGradSums(dy, z, dz, x, n, c, p, ch, mu)
+}
+
 // ChanAffine sets channel ch of dst to a·x + b (float32, rounded after
 // the product).
 func ChanAffine(dst, x []float32, n, c, p, ch int, a, b float32) {

@@ -114,6 +114,14 @@ func goChanAffineReLU(dst, x []float32, n, c, p, ch int, a, b float32) {
 	}
 }
 
+func goChanReLUGradSums(dy, z, dz, x []float32, n, c, p, ch int, mu float64) (s1, s2 float64) {
+	for i := 0; i < n; i++ {
+		d, zs, gs := plane(dy, c, p, i, ch), plane(z, c, p, i, ch), plane(dz, c, p, i, ch)
+		goReLUGrad(d, zs, gs)
+	}
+	return goChanGradSums(x, dy, n, c, p, ch, mu)
+}
+
 func goAdd(y, a, b []float32) {
 	y, b = y[:len(a)], b[:len(a)]
 	for i, v := range a {

@@ -102,6 +102,20 @@ func TestElemNativeEqualsGeneric(t *testing.T) {
 			ReLUGrad(d1, x, y)
 			goReLUGrad(d2, x, y)
 			bits("relu grad", d1, d2)
+			// ReLU's gradient with a BatchNorm's sums: ReLUGrad's bits and
+			// ChanGradSums' sums of them, native and Go alike.
+			for ch := 0; ch < g.c; ch++ {
+				r1, r2 := ChanReLUGradSums(d3, x, y, y, g.n, g.c, g.p, ch, 0.25)
+				q1, q2 := goChanReLUGradSums(d2, x, y, y, g.n, g.c, g.p, ch, 0.25)
+				if r1 != q1 || r2 != q2 {
+					t.Fatalf("channel %d relu grad sums: native %v %v, generic %v %v", ch, r1, r2, q1, q2)
+				}
+				if w1, w2 := ChanGradSums(y, d1, g.n, g.c, g.p, ch, 0.25); r1 != w1 || r2 != w2 {
+					t.Fatalf("channel %d relu grad sums %v %v, ChanGradSums of ReLUGrad %v %v", ch, r1, r2, w1, w2)
+				}
+			}
+			bits("relu grad of the sums", d3, d1)
+			bits("relu grad of the sums, generic", d2, d1)
 			for i, v := range x {
 				if v > 0 && d1[i] != y[i] || v < 0 && d1[i] != 0 {
 					t.Fatalf("relu grad at %v of %v = %v", v, y[i], d1[i])

@@ -23,6 +23,7 @@ void gt_kern_relu(float* y, const float* x, long n);
 void gt_kern_chan_moments(const float* x, long N, long C, long P, long c, double k, double* out);
 void gt_kern_chan_affine_relu(float* dst, const float* x, long N, long C, long P, long c, float a, float b);
 void gt_kern_add(float* y, const float* a, const float* b, long n);
+void gt_kern_chan_relu_grad_sums(float* dy, const float* z, const float* dz, const float* x, long N, long C, long P, long c, double mu, double* out);
 void gt_kern_relu_grad(float* dx, const float* y, const float* dy, long n);
 */
 import "C"
@@ -81,6 +82,12 @@ func cChanMoments(x []float32, n, c, p, ch int, k float64) (s1, s2 float64) {
 
 func cChanAffineReLU(dst, x []float32, n, c, p, ch int, a, b float32) {
 	C.gt_kern_chan_affine_relu(fp(dst), fp(x), C.long(n), C.long(c), C.long(p), C.long(ch), C.float(a), C.float(b))
+}
+
+func cChanReLUGradSums(dy, z, dz, x []float32, n, c, p, ch int, mu float64) (s1, s2 float64) {
+	var out [2]C.double
+	C.gt_kern_chan_relu_grad_sums(fp(dy), fp(z), fp(dz), fp(x), C.long(n), C.long(c), C.long(p), C.long(ch), C.double(mu), &out[0])
+	return float64(out[0]), float64(out[1])
 }
 
 func cAdd(y, a, b []float32) { C.gt_kern_add(fp(y), fp(a), fp(b), C.long(len(a))) }

@@ -18,9 +18,12 @@ func cChanAffine(_, _ []float32, _, _, _, _ int, _, _ float32)                  
 func cChanAffine2(_, _, _ []float32, _, _, _, _ int, _, _, _ float32)            {}
 func cChanMoments([]float32, int, int, int, int, float64) (float64, float64)     { return 0, 0 }
 func cChanAffineReLU(_, _ []float32, _, _, _, _ int, _, _ float32)               {}
-func cAdd(_, _, _ []float32)                                                     {}
-func cReLU(_, _ []float32)                                                       {}
-func cReLUGrad(_, _, _ []float32)                                                {}
+func cChanReLUGradSums(_, _, _, _ []float32, _, _, _, _ int, _ float64) (float64, float64) {
+	return 0, 0
+}
+func cAdd(_, _, _ []float32)      {}
+func cReLU(_, _ []float32)        {}
+func cReLUGrad(_, _, _ []float32) {}
 
 func convkScratch(Geom) int                                    { return 0 }
 func convk(Geom, []float32, []float32, []float32, []float32)   {}
