@@ -89,65 +89,49 @@ TARGET void gt_kern_chan_moments(const float* x, long N, long C, long P, long c,
 	out[1] = s2;
 }
 
+// plane_gradsums adds one plane's Σ dy and Σ dy·(x-mu) to s[0], s[1].
+static inline TARGET void plane_gradsums(const float* xs, const float* gs, long P, double mu, double* s) {
+	v4d m = {mu, mu, mu, mu};
+	v4d a0 = {0, 0, 0, 0}, a1 = {0, 0, 0, 0}, b0 = {0, 0, 0, 0}, b1 = {0, 0, 0, 0};
+	long i = 0;
+	for (; i + 8 <= P; i += 8) {
+		v4d g0 = load4(gs + i), g1 = load4(gs + i + 4);
+		a0 += g0;
+		a1 += g1;
+		b0 += g0 * (load4(xs + i) - m);
+		b1 += g1 * (load4(xs + i + 4) - m);
+	}
+	for (; i < P; i++) {
+		a0[0] += (double)gs[i];
+		b0[0] += (double)gs[i] * ((double)xs[i] - mu);
+	}
+	s[0] += fold(a0, a1);
+	s[1] += fold(b0, b1);
+}
+
 // Σ dy and Σ dy·(x-mu) over channel c.
 TARGET void gt_kern_chan_gradsums(const float* x, const float* dy, long N, long C, long P, long c, double mu, double* out) {
-	double s1 = 0, s2 = 0;
-	v4d m = {mu, mu, mu, mu};
-	for (long n = 0; n < N; n++) {
-		const float* xs = x + (n * C + c) * P;
-		const float* gs = dy + (n * C + c) * P;
-		v4d a0 = {0, 0, 0, 0}, a1 = {0, 0, 0, 0}, b0 = {0, 0, 0, 0}, b1 = {0, 0, 0, 0};
-		long i = 0;
-		for (; i + 8 <= P; i += 8) {
-			v4d g0 = load4(gs + i), g1 = load4(gs + i + 4);
-			a0 += g0;
-			a1 += g1;
-			b0 += g0 * (load4(xs + i) - m);
-			b1 += g1 * (load4(xs + i + 4) - m);
-		}
-		for (; i < P; i++) {
-			a0[0] += (double)gs[i];
-			b0[0] += (double)gs[i] * ((double)xs[i] - mu);
-		}
-		s1 += fold(a0, a1);
-		s2 += fold(b0, b1);
-	}
-	out[0] = s1;
-	out[1] = s2;
+	double s[2] = {0, 0};
+	for (long n = 0; n < N; n++) plane_gradsums(x + (n * C + c) * P, dy + (n * C + c) * P, P, mu, s);
+	out[0] = s[0];
+	out[1] = s[1];
 }
 
 // Over channel c: dy = ReLU's gradient of dz at ReLU's output z (dz where
 // z > 0, as gt_kern_relu_grad), and the sums gt_kern_chan_gradsums takes
-// of that dy and x (Σ dy, Σ dy·(x-mu)), in one pass.
+// of that dy and x (Σ dy, Σ dy·(x-mu)), in one pass over each plane.
 TARGET void gt_kern_chan_relu_grad_sums(float* dy, const float* z, const float* dz, const float* x, long N, long C, long P, long c, double mu, double* out) {
-	double s1 = 0, s2 = 0;
-	v4d m = {mu, mu, mu, mu};
+	double s[2] = {0, 0};
 	for (long n = 0; n < N; n++) {
 		long o = (n * C + c) * P;
 		const int32_t* zi = (const int32_t*)(z + o);
 		const int32_t* gi = (const int32_t*)(dz + o);
 		int32_t* di = (int32_t*)(dy + o);
-		const float* xs = x + o;
-		const float* gs = dy + o;
 		for (long i = 0; i < P; i++) di[i] = gi[i] & ((int32_t)(0u - (uint32_t)zi[i]) >> 31);
-		v4d a0 = {0, 0, 0, 0}, a1 = {0, 0, 0, 0}, b0 = {0, 0, 0, 0}, b1 = {0, 0, 0, 0};
-		long i = 0;
-		for (; i + 8 <= P; i += 8) {
-			v4d g0 = load4(gs + i), g1 = load4(gs + i + 4);
-			a0 += g0;
-			a1 += g1;
-			b0 += g0 * (load4(xs + i) - m);
-			b1 += g1 * (load4(xs + i + 4) - m);
-		}
-		for (; i < P; i++) {
-			a0[0] += (double)gs[i];
-			b0[0] += (double)gs[i] * ((double)xs[i] - mu);
-		}
-		s1 += fold(a0, a1);
-		s2 += fold(b0, b1);
+		plane_gradsums(x + o, dy + o, P, mu, s);
 	}
-	out[0] = s1;
-	out[1] = s2;
+	out[0] = s[0];
+	out[1] = s[1];
 }
 
 // dst = a·x + b over channel c.
