@@ -244,6 +244,21 @@ func (g convGeom) gatherWide(dst, src []float32, c, n0, n1 int) {
 	}
 }
 
+// wideGroups runs f for samples [n0, n1) of a wide() convolution, sw at
+// a time: samples [m0, m1) side by side, of width ww, their X in xw and
+// their dY in dyw, both gathered into scratch; rest is the scratch after
+// them.
+func (g convGeom) wideGroups(x, dy, scratch []float32, n0, n1, sw int, f func(m0, m1, ww int, xw, dyw, rest []float32)) {
+	for m0 := n0; m0 < n1; m0 += sw {
+		m1 := min(m0+sw, n1)
+		ww := g.wideW(m1 - m0)
+		xw, dyw := scratch[:g.C*g.H*ww], scratch[g.C*g.H*ww:][:g.K*g.H*ww]
+		g.gatherWide(xw, x, g.C, m0, m1)
+		g.gatherWide(dyw, dy, g.K, m0, m1)
+		f(m0, m1, ww, xw, dyw, scratch[(g.C+g.K)*g.H*ww:])
+	}
+}
+
 // scatterWide is gatherWide's inverse, the zero columns dropped.
 func (g convGeom) scatterWide(dst, src []float32, c, n0, n1 int) {
 	ww, hw := g.wideW(n1-n0), g.H*g.W
@@ -477,7 +492,7 @@ func (o *conv2dOp) Do(in ...G.Value) (G.Value, error) {
 	out := o.output(g.N, g.K, g.OH, g.OW)
 	y := f32(out)
 	if sw := g.wide(); sw > 0 {
-		o.wideForward(g, x, w, bias, y, sw)
+		o.cols = wideConv3(g, x, w, bias, y, sw, o.cols, o.pool)
 		return out, nil
 	}
 	parts, _ := splitWork(g.N, g.flops())
@@ -495,23 +510,21 @@ func (o *conv2dOp) Do(in ...G.Value) (G.Value, error) {
 				cols := g.colsOf(xn, scratch)
 				cblas.SgemmSerial(false, false, g.K, g.ohw(), g.ckk(), 1, w, g.ckk(), cols, g.ohw(), 0, yn, g.ohw())
 			}
-			if bias == nil {
-				continue
-			}
-			for k, b := range bias {
-				row := yn[k*g.ohw():][:g.ohw()]
-				for i := range row {
-					row[i] += b
-				}
-			}
+			g.addBias(yn, bias)
 		}
 	})
 	return out, nil
 }
 
-// wideForward is the forward pass of a wide() convolution (wideConv3).
-func (o *conv2dOp) wideForward(g convGeom, x, w, bias, y []float32, sw int) {
-	o.cols = wideConv3(g, x, w, bias, y, sw, o.cols, o.pool)
+// addBias adds bias[k] to filter k's plane of one sample's output yn (nil
+// bias: nothing).
+func (g convGeom) addBias(yn, bias []float32) {
+	for k, b := range bias {
+		row := yn[k*g.ohw():][:g.ohw()]
+		for i := range row {
+			row[i] += b
+		}
+	}
 }
 
 // wideConv3 sets y = w ⊛ x (+ bias) for a wide() convolution, sw samples
@@ -531,17 +544,8 @@ func wideConv3(g convGeom, x, w, bias, y []float32, sw int, scratch []float32, p
 			g.gatherWide(xw, x, g.C, n0, n1)
 			kern.Conv3(xw, w, yw, mine[(g.C+g.K)*g.H*ww:], g.C, g.H, ww, g.K)
 			g.scatterWide(y, yw, g.K, n0, n1)
-			if bias == nil {
-				continue
-			}
 			for n := n0; n < n1; n++ {
-				yn := y[n*g.ySize():][:g.ySize()]
-				for k, b := range bias {
-					row := yn[k*g.ohw():][:g.ohw()]
-					for i := range row {
-						row[i] += b
-					}
-				}
+				g.addBias(y[n*g.ySize():][:g.ySize()], bias)
 			}
 		}
 	})
@@ -755,14 +759,9 @@ func (o *conv2dGradWOp) Do(in ...G.Value) (G.Value, error) {
 			}
 			if sw > 0 {
 				clear(sum)
-				for n0 := gi * convGroup; n0 < min((gi+1)*convGroup, g.N); n0 += sw {
-					n1 := min(n0+sw, (gi+1)*convGroup, g.N)
-					ww := g.wideW(n1 - n0)
-					xw, dyw := scratch[:g.C*g.H*ww], scratch[g.C*g.H*ww:][:g.K*g.H*ww]
-					g.gatherWide(xw, x, g.C, n0, n1)
-					g.gatherWide(dyw, dy, g.K, n0, n1)
-					kern.Conv3DW(xw, dyw, sum, scratch[(g.C+g.K)*g.H*ww:], g.C, g.H, ww, g.K)
-				}
+				g.wideGroups(x, dy, scratch, gi*convGroup, min((gi+1)*convGroup, g.N), sw, func(_, _, ww int, xw, dyw, rest []float32) {
+					kern.Conv3DW(xw, dyw, sum, rest, g.C, g.H, ww, g.K)
+				})
 				continue
 			}
 			if g.native3() || g.nativeKDW() {
@@ -851,15 +850,11 @@ func (o *conv2dGradWOp) both(g convGeom, x, dy, w []float32) {
 			}
 			clear(sum)
 			if sw > 0 {
-				for n0 := q * convGroup; n0 < min((q+1)*convGroup, g.N); n0 += sw {
-					n1 := min(n0+sw, (q+1)*convGroup, g.N)
-					ww := g.wideW(n1 - n0)
-					xw, dyw, dxw := scratch[:g.C*g.H*ww], scratch[g.C*g.H*ww:][:g.K*g.H*ww], scratch[(g.C+g.K)*g.H*ww:][:g.C*g.H*ww]
-					g.gatherWide(xw, x, g.C, n0, n1)
-					g.gatherWide(dyw, dy, g.K, n0, n1)
-					kern.Conv3Bwd(xw, dyw, gi.wT, dxw, sum, scratch[(2*g.C+g.K)*g.H*ww:], g.C, g.H, ww, g.K)
-					g.scatterWide(dx, dxw, g.C, n0, n1)
-				}
+				g.wideGroups(x, dy, scratch, q*convGroup, min((q+1)*convGroup, g.N), sw, func(m0, m1, ww int, xw, dyw, rest []float32) {
+					dxw := rest[:g.C*g.H*ww]
+					kern.Conv3Bwd(xw, dyw, gi.wT, dxw, sum, rest[g.C*g.H*ww:], g.C, g.H, ww, g.K)
+					g.scatterWide(dx, dxw, g.C, m0, m1)
+				})
 				continue
 			}
 			for n := q * convGroup; n < min((q+1)*convGroup, g.N); n++ {

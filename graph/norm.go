@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"sync/atomic"
-	"unsafe"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -165,9 +164,8 @@ func (g bnGeom) affine(dst, x, y []float32, ch int, a, b, c float32) {
 // bnSaved is a training forward's statistics, which its gradient ops
 // reuse when they see the same X.
 type bnSaved struct {
-	of                     *float32 // X's first value
-	n                      int      // X's size
-	m                      float64  // the values per channel the statistics are of (all ranks')
+	x                      []float32 // the forward's X
+	m                      float64   // the values per channel the statistics are of (all ranks')
 	mean, invstd, variance []float64
 	buf                    []float64 // synchronised sums
 	// sums are the channels' Σ dY and Σ dY·(x-mean) of dY sumsOf, for
@@ -212,10 +210,10 @@ func (s *bnSaved) channelGradSums(g bnGeom, x, dy []float32, mean []float64, scr
 // batch of this shape.
 func (s *bnSaved) reluGradSums(shape []int, dy, z, dz []float32) bool {
 	g, err := newBNGeom(shape)
-	if err != nil || s.of == nil || s.n != len(z) || len(s.mean) != g.C || len(dy) == 0 {
+	if err != nil || len(s.x) != len(z) || len(s.mean) != g.C || len(dy) == 0 {
 		return false
 	}
-	x := unsafe.Slice(s.of, s.n)
+	x := s.x
 	if len(s.sums[0]) != g.C {
 		s.sums[0], s.sums[1] = make([]float64, g.C), make([]float64, g.C)
 	}
@@ -234,7 +232,7 @@ func (s *bnSaved) reluGradSums(shape []int, dy, z, dz []float32) bool {
 var reluGradSumsTaken atomic.Int64
 
 func (s *bnSaved) valid(x []float32) bool {
-	return s != nil && len(x) > 0 && s.of == &x[0] && s.n == len(x)
+	return s != nil && len(x) > 0 && len(s.x) == len(x) && &s.x[0] == &x[0]
 }
 
 // stats returns the statistics of x: saved's when they are of x, else
@@ -368,7 +366,7 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 	if !o.noUpdate {
 		nbt[0]++
 	}
-	s.of, s.n, s.sumsOf = &x[0], len(x), nil
+	s.x, s.sumsOf = x, nil
 	return out, nil
 }
 
