@@ -442,16 +442,27 @@ KERNEL scale_by(const float *x, const float *g, float *y, long n) {
 }
 
 // ---- convolution as im2col + GEMM, graph/'s layouts ----
-// cols is [C·KH·KW, N·OH·OW]: row (c,i,j), column (n,oy,ox).
+// cols is [C·KH·KW, N·OH·OW]: row (c,i,j), column (n,oy,ox). One thread
+// per (c, column) writes that column's KH·KW rows: the index arithmetic
+// (divisions) once per thread, not once per element, and consecutive
+// threads write consecutive addresses of every row.
 KERNEL im2col(const float *x, float *cols, long N, long C, long H, long W, long KH, long KW,
               long stride, long pad, long OH, long OW) {
 	long ncols = N * OH * OW;
-	FOR(idx, C * KH * KW * ncols) {
-		long col = idx % ncols, row = idx / ncols;
+	FOR(idx, C * ncols) {
+		long col = idx % ncols, c = idx / ncols;
 		long ox = col % OW, oy = (col / OW) % OH, n = col / (OW * OH);
-		long j = row % KW, i = (row / KW) % KH, c = row / (KW * KH);
-		long iy = oy * stride - pad + i, ix = ox * stride - pad + j;
-		cols[idx] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[((n * C + c) * H + iy) * W + ix] : 0;
+		const float *xp = x + (n * C + c) * H * W;
+		float *out = cols + c * KH * KW * ncols + col;
+		long iy0 = oy * stride - pad, ix0 = ox * stride - pad;
+		for (long i = 0; i < KH; i++) {
+			long iy = iy0 + i;
+			for (long j = 0; j < KW; j++) {
+				long ix = ix0 + j;
+				*out = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? xp[iy * W + ix] : 0;
+				out += ncols;
+			}
+		}
 	}
 }
 
@@ -606,12 +617,13 @@ KERNEL avg_pool_grad(const float *dy, float *dx, long planes, long H, long W, lo
 DEVICE long chan_at(long j, long k, long C, long P) { return ((j / P) * C + k) * P + j % P; }
 
 // part[q,k] = Σ x, or with centred Σ (x − sum[k]/M)²
-KERNEL bn_sum_parts(const float *x, const double *sum, double *part, long N, long C, long P, long parts, int centred) {
-	long M = N * P;
+KERNEL bn_sum_parts(const float *x, const double *sum, double *part, long N, long C, long P, long parts, int centred,
+                    long M) {
+	long NP = N * P;
 	FOR(t, C * parts) {
 		long k = t / parts, q = t % parts;
 		double mean = centred ? sum[k] / (double)M : 0, s = 0;
-		for (long j = q; j < M; j += parts) {
+		for (long j = q; j < NP; j += parts) {
 			double v = (double)x[chan_at(j, k, C, P)] - mean;
 			s += centred ? v * v : v;
 		}
@@ -691,9 +703,10 @@ KERNEL bn_grad_parts(const float *x, const float *dy, const double *stats, doubl
 }
 
 // dx = gamma·invstd·(dy − S1/M − x̂·S2/M), S1 = gsum[k], S2 = gsum[C+k]
+// (M: N·P, or with synchronised statistics the global count times this
+// rank's share, its sums being the ranks' share-weighted ones)
 KERNEL bn_grad_input(const float *x, const float *gamma, const float *dy, const double *stats, const double *gsum,
-                     float *dx, long N, long C, long P) {
-	double M = (double)(N * P);
+                     float *dx, long N, long C, long P, double M) {
 	FOR(i, N * C * P) {
 		long k = (i / P) % C;
 		double invstd = stats[2 * k + 1], xhat = ((double)x[i] - stats[2 * k]) * invstd;

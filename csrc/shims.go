@@ -24,6 +24,7 @@ import "C"
 
 import (
 	"fmt"
+	"math"
 	"regexp"
 	"strings"
 	"unsafe"
@@ -34,15 +35,16 @@ type ArgKind int
 
 // Kernel parameter types, as kernels.cu declares them.
 const (
-	ArgPtr   ArgKind = iota // a pointer to device (or host) memory
-	ArgLong                 // long: sizes and indices (64-bit)
-	ArgInt                  // int: flags
-	ArgFloat                // float: scalars
-	ArgU64                  // unsigned long long: RNG seeds
+	ArgPtr    ArgKind = iota // a pointer to device (or host) memory
+	ArgLong                  // long: sizes and indices (64-bit)
+	ArgInt                   // int: flags
+	ArgFloat                 // float: scalars
+	ArgU64                   // unsigned long long: RNG seeds
+	ArgDouble                // double: scalars that need float64
 )
 
 func (k ArgKind) String() string {
-	return [...]string{"pointer", "long", "int", "float", "unsigned long long"}[k]
+	return [...]string{"pointer", "long", "int", "float", "unsigned long long", "double"}[k]
 }
 
 // kernels is Source's kernels, parsed once: their names in order and
@@ -74,6 +76,8 @@ func parseKernels(src string) kernelSet {
 				k = ArgInt
 			case strings.HasPrefix(p, "float "):
 				k = ArgFloat
+			case strings.HasPrefix(p, "double "):
+				k = ArgDouble
 			default:
 				if ks.err == nil {
 					ks.err = fmt.Errorf("csrc: kernel %s: parameter %q has a type the launchers do not pass", m[1], p)
@@ -156,6 +160,12 @@ func Pack(name string, slots []uint64, ptr func(any) (uintptr, bool), args ...an
 				return bad()
 			}
 			slots[i] = v
+		case ArgDouble:
+			v, ok := a.(float64)
+			if !ok {
+				return bad()
+			}
+			slots[i] = math.Float64bits(v)
 		}
 	}
 	return nil

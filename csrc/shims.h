@@ -58,14 +58,14 @@ static void call_maxpool(void **a) { maxpool(A(const float *, 0), A(float *, 1),
 static void call_maxpool_grad(void **a) { maxpool_grad(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(float *, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7)); }
 static void call_global_avg_pool(void **a) { global_avg_pool(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3)); }
 static void call_global_avg_pool_grad(void **a) { global_avg_pool_grad(A(const float *, 0), A(float *, 1), A(long, 2), A(long, 3)); }
-static void call_bn_sum_parts(void **a) { bn_sum_parts(A(const float *, 0), A(const double *, 1), A(double *, 2), A(long, 3), A(long, 4), A(long, 5), A(long, 6), A(int, 7)); }
+static void call_bn_sum_parts(void **a) { bn_sum_parts(A(const float *, 0), A(const double *, 1), A(double *, 2), A(long, 3), A(long, 4), A(long, 5), A(long, 6), A(int, 7), A(long, 8)); }
 static void call_sum_rows_f64(void **a) { sum_rows_f64(A(const double *, 0), A(double *, 1), A(long, 2), A(long, 3), A(long, 4)); }
 static void call_bn_stats(void **a) { bn_stats(A(const double *, 0), A(const double *, 1), A(double *, 2), A(long, 3), A(long, 4), A(float, 5)); }
 static void call_bn_running(void **a) { bn_running(A(const double *, 0), A(const double *, 1), A(float *, 2), A(float *, 3), A(float *, 4), A(long, 5), A(long, 6), A(float, 7)); }
 static void call_bn_apply(void **a) { bn_apply(A(const float *, 0), A(const double *, 1), A(const float *, 2), A(const float *, 3), A(float *, 4), A(long, 5), A(long, 6), A(long, 7)); }
 static void call_bn_eval(void **a) { bn_eval(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(const float *, 3), A(const float *, 4), A(float *, 5), A(long, 6), A(long, 7), A(long, 8), A(float, 9)); }
 static void call_bn_grad_parts(void **a) { bn_grad_parts(A(const float *, 0), A(const float *, 1), A(const double *, 2), A(double *, 3), A(long, 4), A(long, 5), A(long, 6), A(long, 7)); }
-static void call_bn_grad_input(void **a) { bn_grad_input(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(const double *, 3), A(const double *, 4), A(float *, 5), A(long, 6), A(long, 7), A(long, 8)); }
+static void call_bn_grad_input(void **a) { bn_grad_input(A(const float *, 0), A(const float *, 1), A(const float *, 2), A(const double *, 3), A(const double *, 4), A(float *, 5), A(long, 6), A(long, 7), A(long, 8), A(double, 9)); }
 static void call_bn_grad_gamma(void **a) { bn_grad_gamma(A(const double *, 0), A(float *, 1), A(long, 2)); }
 static void call_ln_stats(void **a) { ln_stats(A(const float *, 0), A(double *, 1), A(long, 2), A(long, 3), A(float, 4)); }
 static void call_ln_apply(void **a) { ln_apply(A(const float *, 0), A(const double *, 1), A(const float *, 2), A(const float *, 3), A(float *, 4), A(long, 5), A(long, 6)); }
@@ -142,14 +142,14 @@ static const shim shims[] = {
 	{"maxpool_grad", call_maxpool_grad, 8},
 	{"global_avg_pool", call_global_avg_pool, 4},
 	{"global_avg_pool_grad", call_global_avg_pool_grad, 4},
-	{"bn_sum_parts", call_bn_sum_parts, 8},
+	{"bn_sum_parts", call_bn_sum_parts, 9},
 	{"sum_rows_f64", call_sum_rows_f64, 5},
 	{"bn_stats", call_bn_stats, 6},
 	{"bn_running", call_bn_running, 8},
 	{"bn_apply", call_bn_apply, 8},
 	{"bn_eval", call_bn_eval, 10},
 	{"bn_grad_parts", call_bn_grad_parts, 8},
-	{"bn_grad_input", call_bn_grad_input, 9},
+	{"bn_grad_input", call_bn_grad_input, 10},
 	{"bn_grad_gamma", call_bn_grad_gamma, 3},
 	{"ln_stats", call_ln_stats, 5},
 	{"ln_apply", call_ln_apply, 7},

@@ -85,6 +85,12 @@ func (p *Program) SyncBatchNorm(s BatchSync, share float64) error {
 	return nil
 }
 
+// BatchSync returns what SyncBatchNorm set: the ranks' sum (nil: each
+// batch's own statistics) and this program's share of the global batch.
+// A device's program of the same graph takes them (gpu/executor's
+// Program.SyncBatchNorm).
+func (p *Program) BatchSync() (BatchSync, float64) { return p.sync.s, p.sync.share }
+
 // bnGeom is X's layout: N samples of C channels of P values each.
 type bnGeom struct{ N, C, P int }
 

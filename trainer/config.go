@@ -416,8 +416,6 @@ func (c *Config) Validate() error {
 			return cfgErr("--sync-batchnorm and --accum-steps: the ranks' micro-batches would each be normalised by their own statistics; use a larger --batch-size instead")
 		case c.PipelineStages > 1:
 			return cfgErr("--sync-batchnorm with --pipeline-stages is not supported yet: pipeline stages normalise by each micro-batch's statistics")
-		case c.Device == "gpu" || c.Device == "host":
-			return cfgErr("--sync-batchnorm runs on the CPU for now (--device %s): its statistics are summed by the host's collectives", c.Device)
 		}
 	}
 	switch c.Sync {

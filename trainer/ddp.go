@@ -653,9 +653,6 @@ func (a *allReduce) step(ctx context.Context, stopRequested bool, lo, hi int) (s
 			}
 		}
 		if t.cfg.SyncBatchNorm && t.worldSize() > 1 {
-			if _, onCPU := t.exec.(*cpuExec); !onCPU {
-				return stepResult{}, fmt.Errorf("%w: --sync-batchnorm runs on the CPU for now, and this rank trains on a device (--device auto found one): add --device cpu", ErrConfig)
-			}
 			// Every rank runs one program a step (--sync-batchnorm
 			// refuses --accum-steps): its BatchNorm layers sum their
 			// statistics across the ranks.

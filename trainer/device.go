@@ -190,6 +190,9 @@ func (d *devRun) runProgram(p *graph.Program, x, y []float32, seed, stream uint6
 	if err != nil {
 		return nil, 0, err
 	}
+	if err := e.SyncBatchNorm(p.BatchSync()); err != nil {
+		return nil, 0, err
+	}
 	loss, err := e.RunWatched(x, y, seed, stream, watch)
 	if err != nil {
 		return nil, 0, d.err("running a program", err)

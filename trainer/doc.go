@@ -111,9 +111,11 @@
 // deviations in the forward pass and the share-weighted sums of dY and
 // dY·x̂ in the backward pass are summed across the ranks, so N ranks train
 // as one process (TestSyncBatchNormRanksEqualOneProcess: 2 and 3 ranks,
-// even and 0.7/0.3 shares, within 2.4e-7 after 20 SGD steps). It is
-// refused with local SGD, async, gradient accumulation, pipeline stages
-// and devices, which it does not support yet. Local SGD averages buffers
+// even and 0.7/0.3 shares, within 4e-6 after 20 SGD steps, on the CPU and
+// on the host device). On a device the sums come down to the host, are
+// summed across the ranks there and go back up (gpu/executor's
+// Program.SyncBatchNorm). It is refused with local SGD, async, gradient
+// accumulation and pipeline stages, which it does not support yet. Local SGD averages buffers
 // with the parameters; checkpoints hold them, and a resumed run continues
 // bit for bit.
 //

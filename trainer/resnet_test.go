@@ -88,7 +88,8 @@ func TestResNetRanksKeepIdenticalBuffers(t *testing.T) {
 // TestSyncBatchNormRanksEqualOneProcess: with --sync-batchnorm, BatchNorm
 // normalises by the global batch's statistics, so 2 ranks (equal and
 // unequal shares) and 3 ranks end 20 SGD steps where one process ends,
-// running buffers included.
+// running buffers included; on the CPU, and on the host device
+// (gpu/executor's BatchNorm kernels, the code a GPU runs).
 //
 // Not bit for bit: the ranks' sums of gradients and statistics round in
 // another order than one process's (1e-7 of a weight a step). A ReLU
@@ -100,40 +101,66 @@ func TestResNetRanksKeepIdenticalBuffers(t *testing.T) {
 // (GOTRAIN_CPU_KERNELS=off) meets one in 20 steps, and both end within
 // 4e-6 of one process.
 func TestSyncBatchNormRanksEqualOneProcess(t *testing.T) {
-	base := resnetConfig(t)
-	base.MaxSteps = 20
-	base.BatchSize = 21
-	base.SyncBatchNorm = true
-	ref := newResNetTrainer(t, base)
-	_, err := ref.Run(context.Background())
-	require.NoError(t, err)
-	for _, tc := range []struct {
-		name   string
-		ranks  int
-		shares []float64
-	}{{"2 ranks", 2, nil}, {"2 ranks 0.7/0.3", 2, []float64{0.7, 0.3}}, {"3 ranks", 3, nil}} {
-		t.Run(tc.name, func(t *testing.T) {
-			cfgs := make([]Config, tc.ranks)
+	for _, dev := range []struct {
+		name string
+		opt  func() []Option
+	}{
+		{"cpu", func() []Option { return nil }},
+		{"host", func() []Option { return []Option{WithDevice(device.Host{})} }},
+	} {
+		t.Run(dev.name, func(t *testing.T) {
+			base := resnetConfig(t)
+			base.MaxSteps = 20
+			base.BatchSize = 21
+			base.SyncBatchNorm = true
+			onDevice := func(tr *Trainer) {
+				t.Helper()
+				if dev.name != "cpu" {
+					require.Equal(t, int(base.MaxSteps), tr.devr.steps, "steps on the device")
+				}
+			}
+			ref := newResNetTrainer(t, base, dev.opt()...)
+			_, err := ref.Run(context.Background())
+			require.NoError(t, err)
+			onDevice(ref)
+			data := func(int) Option { return WithData(smallImages(300, 1), smallImages(100, 2)) }
+			opts := func(int) Option {
+				return func(tr *Trainer) {
+					for _, o := range dev.opt() {
+						o(tr)
+					}
+				}
+			}
+			for _, tc := range []struct {
+				name   string
+				ranks  int
+				shares []float64
+			}{{"2 ranks", 2, nil}, {"2 ranks 0.7/0.3", 2, []float64{0.7, 0.3}}, {"3 ranks", 3, nil}} {
+				t.Run(tc.name, func(t *testing.T) {
+					cfgs := make([]Config, tc.ranks)
+					for r := range cfgs {
+						cfgs[r] = base
+						cfgs[r].Shares = tc.shares
+					}
+					trs := runRanks(t, cfgs, data, opts)
+					onDevice(trs[0])
+					d := maxAbsDiff(params(ref), params(trs[0]))
+					t.Logf("%s on %s: max |Δ| against one process after %d steps: %g", tc.name, dev.name, base.MaxSteps, d)
+					require.Less(t, d, 1e-5)
+					for _, tr := range trs[1:] {
+						require.Equal(t, params(trs[0]), params(tr), "identical replicas")
+					}
+				})
+			}
+			// Without it, ranks normalise by their own samples: not one process.
+			cfgs := []Config{base, base}
 			for r := range cfgs {
-				cfgs[r] = base
-				cfgs[r].Shares = tc.shares
+				cfgs[r].SyncBatchNorm = false
 			}
-			trs := runRanks(t, cfgs, func(int) Option { return WithData(smallImages(300, 1), smallImages(100, 2)) })
-			d := maxAbsDiff(params(ref), params(trs[0]))
-			t.Logf("%s: max |Δ| against one process after %d steps: %g", tc.name, base.MaxSteps, d)
-			require.Less(t, d, 1e-5)
-			for _, tr := range trs[1:] {
-				require.Equal(t, params(trs[0]), params(tr), "identical replicas")
-			}
+			trs := runRanks(t, cfgs, data, opts)
+			require.Greater(t, maxAbsDiff(params(ref), params(trs[0])), 1e-4, "per-rank statistics differ from the global batch's")
 		})
 	}
-	// Without it, ranks normalise by their own samples: not one process.
-	cfgs := []Config{base, base}
-	for r := range cfgs {
-		cfgs[r].SyncBatchNorm = false
-	}
-	trs := runRanks(t, cfgs, func(int) Option { return WithData(smallImages(300, 1), smallImages(100, 2)) })
-	require.Greater(t, maxAbsDiff(params(ref), params(trs[0])), 1e-4, "per-rank statistics differ from the global batch's")
 }
 
 // TestResNetResumesBitForBit: the checkpoint holds BatchNorm's running
@@ -174,7 +201,6 @@ func TestResNetSettingsAreChecked(t *testing.T) {
 		{func(c *Config) { c.SyncBatchNorm, c.Sync = true, "local-sgd" }, "--sync-batchnorm"},
 		{func(c *Config) { c.SyncBatchNorm, c.AccumSteps = true, 2 }, "--sync-batchnorm and --accum-steps"},
 		{func(c *Config) { c.SyncBatchNorm, c.PipelineStages = true, 2 }, "--sync-batchnorm with --pipeline-stages"},
-		{func(c *Config) { c.SyncBatchNorm, c.Device = true, "host" }, "--sync-batchnorm runs on the CPU"},
 	} {
 		c := resnetConfig(t)
 		tc.mutate(&c)

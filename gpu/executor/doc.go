@@ -23,7 +23,11 @@
 // loss; the gradients stay on the device for [Optimizer], trainer/optim's
 // optimisers as fused kernels with their state on the device. Training the
 // MLP and the CNN this way on the host device ends where graph/'s CPU
-// programs with trainer/optim end (exec_test.go).
+// programs with trainer/optim end (exec_test.go). [Program.SyncBatchNorm]
+// makes its BatchNorm ops normalise by the statistics of a batch split
+// across ranks: each reads its float64 sums back, has them summed across
+// the ranks (graph.BatchSync) and writes them back before the kernels
+// that use them (trainer's TestSyncBatchNormRanksEqualOneProcess).
 //
 // Stage programs: [CompileStage] lays out a pipeline stage's program
 // (graph.StageProgram.Layout) with only the stage's parameters on the

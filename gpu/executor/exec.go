@@ -112,6 +112,24 @@ type Program struct {
 	runs      int
 	prof      *Profile // nil: no profiling
 	profNames []string // per op node: its row in a profile
+	sync      *bnSync  // its BatchNorm ops' synchronisation (SyncBatchNorm)
+}
+
+// SyncBatchNorm makes the program's BatchNorm layers normalise by the
+// statistics of the global batch, of which this program's batch is the
+// fraction share, summed across the ranks by s, as
+// graph.Program.SyncBatchNorm does on the CPU; nil s restores each batch's
+// own statistics. Each BatchNorm sums its channels' sums and squared
+// deviations (and the value count) in its forward pass, and the same
+// again with its gradient's two sums in the backward pass, which
+// recomputes them: every rank's program makes the same calls in the same
+// order. An evaluation program ignores it.
+func (e *Program) SyncBatchNorm(s graph.BatchSync, share float64) error {
+	if s != nil && !(share > 0 && share <= 1) {
+		return fmt.Errorf("executor: SyncBatchNorm: share %v must be in (0, 1]", share)
+	}
+	e.sync.s, e.sync.share = s, share
+	return nil
 }
 
 // Warm reports whether the program has run before (the first run of a
@@ -143,7 +161,7 @@ func CompileStage(dev device.Device, p *graph.StageProgram, params *Params, prec
 
 func compile(dev device.Device, l *graph.Layout, batch int, train bool, params *Params, prec device.Precision) (*Program, error) {
 	e := &Program{Batch: batch, Train: train, dev: dev, layout: l, vals: make([]Tensor, len(l.Nodes)),
-		ops: make([]*Op, len(l.Nodes)), x: -1, y: -1, up: -1}
+		ops: make([]*Op, len(l.Nodes)), x: -1, y: -1, up: -1, sync: &bnSync{}}
 	fail := func(err error) (*Program, error) {
 		e.Free()
 		return nil, err
@@ -224,7 +242,7 @@ func compile(dev device.Device, l *graph.Layout, batch int, train bool, params *
 			for j, k := range n.Inputs {
 				in[j] = l.Nodes[k].Shape
 			}
-			op, err := newOp(n.Op.Kind(), n.Op.Attrs(), in, n.Shape, prec)
+			op, err := newOp(n.Op.Kind(), n.Op.Attrs(), in, n.Shape, prec, e.sync)
 			if err != nil {
 				return fail(fmt.Errorf("executor: node %d: %w", i, err))
 			}

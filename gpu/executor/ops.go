@@ -2,6 +2,7 @@ package executor
 
 import (
 	"fmt"
+	"math"
 	"slices"
 
 	"github.com/gotrain/gotrain/gpu/device"
@@ -116,12 +117,16 @@ func (r rowSum) run(dev device.Device, x, y device.Buffer) error {
 // deviations of each channel's M = N·P values in float64, through
 // partial sums (bn_sum_parts, parts per channel, rowChunk values each) and
 // a tree of float64 column sums; then mean and 1/sqrt(var+eps) (bn_stats).
+// With a program's synchronisation (sync.s set) the sums are the global
+// batch's: each is summed across the ranks as it is made (bnSync.sum),
+// the value count with the first.
 type chanStats struct {
 	N, C, P, M, parts int
 	eps               float32
 	part, sum, sq     func() device.Buffer // float64s: [parts,C], [C], [C]
 	stats             func() device.Buffer // float64s: [C][mean, invstd]
 	tree              rowSum
+	sync              *bnSync
 }
 
 // chanShape reads a batch norm's input shape and eps; newChanStats also
@@ -130,7 +135,7 @@ func chanShape(c *lowerCtx, x []int) (chanStats, error) {
 	if len(x) != 2 && len(x) != 4 {
 		return chanStats{}, fmt.Errorf("executor: %s of an input of shape %v (want [N,C] or [N,C,H,W])", c.kind, x)
 	}
-	s := chanStats{N: x[0], C: x[1], P: 1, eps: float32(c.floatAttr("eps"))}
+	s := chanStats{N: x[0], C: x[1], P: 1, eps: float32(c.floatAttr("eps")), sync: c.sync}
 	if len(x) == 4 {
 		s.P = x[2] * x[3]
 	}
@@ -152,36 +157,98 @@ func newChanStats(c *lowerCtx, x []int, partsOf int) (chanStats, error) {
 	return s, nil
 }
 
-// run leaves the channels' sums, sums of squared deviations and stats.
-func (s chanStats) run(dev device.Device, x device.Buffer) error {
+// synced reports whether the statistics are the global batch's.
+func (s chanStats) synced() bool { return s.sync != nil && s.sync.s != nil }
+
+// run leaves the channels' sums, sums of squared deviations and stats,
+// and returns the count of values they are over: M, or the global batch's.
+func (s chanStats) run(dev device.Device, x device.Buffer) (int, error) {
+	m := s.M
 	for i, dst := range []device.Buffer{s.sum(), s.sq()} {
-		if err := dev.Launch("bn_sum_parts", s.C*s.parts, x, s.sum(), s.part(), s.N, s.C, s.P, s.parts, int32(i)); err != nil {
-			return err
+		if err := dev.Launch("bn_sum_parts", s.C*s.parts, x, s.sum(), s.part(), s.N, s.C, s.P, s.parts, int32(i), m); err != nil {
+			return 0, err
 		}
 		if err := s.tree.run(dev, s.part(), dst); err != nil {
-			return err
+			return 0, err
+		}
+		if !s.synced() {
+			continue
+		}
+		what := "sums"
+		var count []float64
+		if i == 0 {
+			count = []float64{float64(s.M)}
+		} else {
+			what = "squared deviations"
+		}
+		total, err := s.sync.sum(dev, dst, s.C, 1, count...)
+		if err != nil {
+			return 0, fmt.Errorf("executor: BatchNorm: synchronising the channels' %s: %w", what, err)
+		}
+		if i == 0 {
+			if !(total[0] >= 2 && total[0] < 1<<53) {
+				return 0, fmt.Errorf("executor: BatchNorm: the global batch has %v values per channel; training needs at least 2", total[0])
+			}
+			m = int(total[0])
 		}
 	}
-	return dev.Launch("bn_stats", s.C, s.sum(), s.sq(), s.stats(), s.C, s.M, s.eps)
+	return m, dev.Launch("bn_stats", s.C, s.sum(), s.sq(), s.stats(), s.C, m, s.eps)
+}
+
+// bnSync is a program's BatchNorm synchronisation, which its BatchNorm ops
+// read as they run: the ranks' sum (graph.BatchSync) and this rank's share
+// of the global batch (Program.SyncBatchNorm); nil s, each batch's own
+// statistics.
+type bnSync struct {
+	s     graph.BatchSync
+	share float64
+}
+
+// sum replaces the first n float64s of b with their sums over the ranks,
+// each scaled by scale first; the values of tail are summed in the same
+// call, and their sums returned. Every rank calls it in the same order.
+func (y *bnSync) sum(dev device.Device, b device.Buffer, n int, scale float64, tail ...float64) ([]float64, error) {
+	f := make([]float32, 2*n)
+	if err := dev.Read(f, b); err != nil {
+		return nil, err
+	}
+	v := make([]float64, n+len(tail))
+	for i := range n {
+		v[i] = scale * math.Float64frombits(uint64(math.Float32bits(f[2*i]))|uint64(math.Float32bits(f[2*i+1]))<<32)
+	}
+	copy(v[n:], tail)
+	if err := y.s.Sum(v); err != nil {
+		return nil, err
+	}
+	for i := range n {
+		bits := math.Float64bits(v[i])
+		f[2*i], f[2*i+1] = math.Float32frombits(uint32(bits)), math.Float32frombits(uint32(bits>>32))
+	}
+	if err := dev.Write(b, f); err != nil {
+		return nil, err
+	}
+	return v[n:], nil
 }
 
 // bnGradSums lowers the sums of a batch norm's gradients: gsum holds Σ dy
-// and Σ dy·x̂ of each channel (float64s, [2C]).
-func bnGradSums(c *lowerCtx, x []int) (s chanStats, gsum func() device.Buffer, run func(dev device.Device, x, dy device.Buffer) error, err error) {
+// and Σ dy·x̂ of each channel (float64s, [2C]), and run returns the count
+// of values the statistics are over (see chanStats.run).
+func bnGradSums(c *lowerCtx, x []int) (s chanStats, gsum func() device.Buffer, run func(dev device.Device, x, dy device.Buffer) (int, error), err error) {
 	s, err = newChanStats(c, x, 2)
 	if err != nil {
 		return s, nil, nil, err
 	}
 	gsum = c.alloc(4 * s.C)
 	tree := newRowSumF64(c.alloc, s.parts, 2*s.C)
-	run = func(dev device.Device, x, dy device.Buffer) error {
-		if err := s.run(dev, x); err != nil {
-			return err
+	run = func(dev device.Device, x, dy device.Buffer) (int, error) {
+		m, err := s.run(dev, x)
+		if err != nil {
+			return 0, err
 		}
 		if err := dev.Launch("bn_grad_parts", s.C*s.parts, x, dy, s.stats(), s.part(), s.N, s.C, s.P, s.parts); err != nil {
-			return err
+			return 0, err
 		}
-		return tree.run(dev, s.part(), gsum())
+		return m, tree.run(dev, s.part(), gsum())
 	}
 	return s, gsum, run, nil
 }
@@ -262,7 +329,7 @@ func (g convGeom) args() []any {
 //
 // prec is the precision of its matrix products (see device.Precision).
 func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision) (*Op, error) {
-	o, err := newOp(kind, attrs, in, out, prec)
+	o, err := newOp(kind, attrs, in, out, prec, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -279,8 +346,9 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 }
 
 // newOp makes the op without its scratch memory (o.need says what it
-// takes), by the lowering registered for its kind.
-func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision) (*Op, error) {
+// takes), by the lowering registered for its kind; a BatchNorm op reads
+// sync (nil: its batch's own statistics) as it runs.
+func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision, sync *bnSync) (*Op, error) {
 	if _, ok := graph.LookupOp(kind); !ok {
 		return nil, fmt.Errorf("executor: %q is not an op of graph/'s set (%v)", kind, graph.OpKinds())
 	}
@@ -289,7 +357,7 @@ func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec de
 		return nil, fmt.Errorf("executor: %q has no device lowering", kind)
 	}
 	o := &Op{Kind: kind, in: in, out: out}
-	c := &lowerCtx{kind: kind, attrs: attrs, in: in, prec: prec, o: o}
+	c := &lowerCtx{kind: kind, attrs: attrs, in: in, prec: prec, o: o, sync: sync}
 	if err := lower(c, o, in, out); err != nil {
 		return nil, err
 	}
@@ -320,6 +388,7 @@ type lowerCtx struct {
 	in    [][]int
 	prec  device.Precision
 	o     *Op
+	sync  *bnSync // the program's BatchNorm synchronisation (nil: an op of its own)
 }
 
 func (c *lowerCtx) intAttr(k string) int       { return graph.Attrs(c.attrs).Int(k) }
@@ -417,7 +486,7 @@ func init() {
 		}
 		cols, tmp := c.alloc(g.ckk()*g.ncols()), c.alloc(g.K*g.ncols())
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols()}, g.args()...)...); err != nil {
+			if err := dev.Launch("im2col", g.C*g.ncols(), append([]any{in[0].Buf, cols()}, g.args()...)...); err != nil {
 				return err
 			}
 			if err := dev.Gemm(c.prec, false, false, g.K, g.ncols(), g.ckk(), 1, in[1].Buf, g.ckk(), cols(), g.ncols(), 0, tmp(), g.ncols()); err != nil {
@@ -460,7 +529,7 @@ func init() {
 		}
 		cols, dyKM := c.alloc(g.ckk()*g.ncols()), c.alloc(g.K*g.ncols())
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			if err := dev.Launch("im2col", g.ckk()*g.ncols(), append([]any{in[0].Buf, cols()}, g.args()...)...); err != nil {
+			if err := dev.Launch("im2col", g.C*g.ncols(), append([]any{in[0].Buf, cols()}, g.args()...)...); err != nil {
 				return err
 			}
 			if err := dev.Launch("nchw_to_km", g.K*g.ncols(), in[1].Buf, dyKM(), g.N, g.K, g.OH*g.OW); err != nil {
@@ -591,7 +660,8 @@ func init() {
 		}
 		momentum, noUpdate := float32(c.floatAttr("momentum")), c.boolAttr("no_update")
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			if err := s.run(dev, in[0].Buf); err != nil {
+			m, err := s.run(dev, in[0].Buf)
+			if err != nil {
 				return err
 			}
 			if err := dev.Launch("bn_apply", out.Size(), in[0].Buf, s.stats(), in[1].Buf, in[2].Buf, out.Buf, s.N, s.C, s.P); err != nil {
@@ -600,7 +670,7 @@ func init() {
 			if noUpdate {
 				return nil
 			}
-			return dev.Launch("bn_running", s.C, s.sum(), s.sq(), in[3].Buf, in[4].Buf, in[5].Buf, s.C, s.M, momentum)
+			return dev.Launch("bn_running", s.C, s.sum(), s.sq(), in[3].Buf, in[4].Buf, in[5].Buf, s.C, m, momentum)
 		}
 		return nil
 	})
@@ -613,10 +683,22 @@ func init() {
 			return err
 		}
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			if err := sums(dev, in[0].Buf, in[2].Buf); err != nil {
+			m, err := sums(dev, in[0].Buf, in[2].Buf)
+			if err != nil {
 				return err
 			}
-			return dev.Launch("bn_grad_input", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, s.stats(), gsum(), out.Buf, s.N, s.C, s.P)
+			// Synchronised, the sums are of the ranks' dY weighted by
+			// their shares (each dY is of its rank's own mean loss):
+			// dX = gamma·invstd·(dY − (G1 + x̂·G2)/(share·M)), as
+			// graph/'s syncGrad.
+			div := float64(m)
+			if s.synced() {
+				if _, err := s.sync.sum(dev, gsum(), 2*s.C, s.sync.share); err != nil {
+					return fmt.Errorf("executor: %s: synchronising the gradient's sums: %w", c.kind, err)
+				}
+				div *= s.sync.share
+			}
+			return dev.Launch("bn_grad_input", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, s.stats(), gsum(), out.Buf, s.N, s.C, s.P, div)
 		}
 		return nil
 	})
@@ -629,7 +711,9 @@ func init() {
 			return err
 		}
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			if err := sums(dev, in[0].Buf, in[1].Buf); err != nil {
+			// x̂ by the global statistics when synchronised; the sum is
+			// this rank's (the gradients' reduction adds the ranks').
+			if _, err := sums(dev, in[0].Buf, in[1].Buf); err != nil {
 				return err
 			}
 			return dev.Launch("bn_grad_gamma", s.C, gsum(), out.Buf, s.C)

@@ -27,7 +27,8 @@
 //     kernel (csrc's shims, which unpack arguments as cuLaunchKernel passes
 //     them) once for every thread of the grid it was given, in a scattered
 //     order (csrc/grid.h). The arguments are copied at the launch, as CUDA
-//     does.
+//     does. A large grid's blocks run on FAKECUDA_THREADS host threads at
+//     once (default: the CPUs online, at most 8), as a GPU runs them.
 //   - cuBLAS: cublasSgemm_v2 and cublasGemmEx (float32, TF32 rounding of
 //     the inputs, bfloat16 inputs) as column-major GEMMs on the handle's
 //     stream (the legacy default one), through OpenBLAS when it can be
@@ -281,6 +282,102 @@ static unsigned long long launches;
 
 static void gemm_run(const gemm_t *g);
 
+// ---- the grid's blocks on a pool of host threads ----
+//
+// A GPU runs a grid's blocks at once; fakecuda runs a large grid's blocks
+// on FAKECUDA_THREADS host threads (default: the CPUs online, at most 8),
+// each a contiguous share of the scattered block order, the caller one of
+// them. Small grids run on the caller alone, where waking the pool costs
+// more than it gains.
+
+enum { POOL_MAX = 8, POOL_MIN_THREADS = 1 << 15 };
+
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t go, done;
+	int n;             // threads, the caller included (1: no pool)
+	unsigned long gen; // launches handed out
+	int left;          // shares not yet finished
+	// the launch being run
+	int shim;
+	void **a;
+	unsigned grid, block;
+	unsigned long long order;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+
+static void pool_share(int w) {
+	unsigned long long j0 = (unsigned long long)pool.grid * w / pool.n;
+	unsigned long long j1 = (unsigned long long)pool.grid * (w + 1) / pool.n;
+	grid_blocks(pool.shim, pool.a, pool.grid, pool.block, pool.order, j0, j1);
+}
+
+static void *pool_worker(void *arg) {
+	int w = (int)(intptr_t)arg;
+	unsigned long seen = 0;
+	pthread_mutex_lock(&pool.mu);
+	for (;;) {
+		while (pool.gen == seen) pthread_cond_wait(&pool.go, &pool.mu);
+		seen = pool.gen;
+		pthread_mutex_unlock(&pool.mu);
+		pool_share(w);
+		pthread_mutex_lock(&pool.mu);
+		if (--pool.left == 0) pthread_cond_signal(&pool.done);
+	}
+	return NULL;
+}
+
+// pool_start reads FAKECUDA_THREADS and starts the pool's threads.
+static void pool_start(void) {
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	const char *e = getenv("FAKECUDA_THREADS");
+	if (e != NULL && *e != 0) {
+		char *end;
+		n = strtol(e, &end, 10);
+		if (*end != 0 || n < 1) {
+			fprintf(stderr, "fakecuda: FAKECUDA_THREADS=%s is not a count of threads from 1; running grids on 1\n", e);
+			n = 1;
+		}
+	}
+	if (n < 1) n = 1;
+	if (n > POOL_MAX) n = POOL_MAX;
+	pool.n = 1;
+	for (int w = 1; w < n; w++) {
+		pthread_t t;
+		pthread_attr_t at;
+		pthread_attr_init(&at);
+		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+		int err = pthread_create(&t, &at, pool_worker, (void *)(intptr_t)w);
+		pthread_attr_destroy(&at);
+		if (err != 0) break;
+		pool.n = w + 1;
+	}
+}
+
+// run_grid runs a launch's grid: its blocks shared out over the pool when
+// it is large.
+static void run_grid(int shim, void **a, unsigned grid, unsigned block, unsigned long long order) {
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, pool_start);
+	if (pool.n == 1 || grid < 2 || (unsigned long long)grid * block < POOL_MIN_THREADS) {
+		grid_call(shim, a, grid, block, order);
+		return;
+	}
+	pthread_mutex_lock(&pool.mu);
+	pool.shim = shim;
+	pool.a = a;
+	pool.grid = grid;
+	pool.block = block;
+	pool.order = order;
+	pool.left = pool.n - 1;
+	pool.gen++;
+	pthread_cond_broadcast(&pool.go);
+	pthread_mutex_unlock(&pool.mu);
+	pool_share(0);
+	pthread_mutex_lock(&pool.mu);
+	while (pool.left > 0) pthread_cond_wait(&pool.done, &pool.mu);
+	pthread_mutex_unlock(&pool.mu);
+}
+
 static void run_op(op_t *o) {
 	if (sticky != CUDA_SUCCESS) return; // the device faulted: its work is lost
 	if (o->kind == OP_KERNEL && o->fault != NULL) {
@@ -293,7 +390,7 @@ static void run_op(op_t *o) {
 	case OP_KERNEL: {
 		void *a[32];
 		for (int i = 0; i < shims[o->shim].nargs; i++) a[i] = &o->slots[i];
-		grid_call(o->shim, a, o->grid, o->block, o->order);
+		run_grid(o->shim, a, o->grid, o->block, o->order);
 		break;
 	}
 	case OP_COPY:
