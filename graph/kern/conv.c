@@ -19,9 +19,11 @@ int gt_kern_avx2(void) {
 }
 
 // The geometry of one sample: C input channels of H x W, K filters.
-// Wp = W+2 is the padded row; the output is computed at the L = H*Wp
-// positions of the padded-width grid (2 of each row's Wp are not
-// outputs), rounded up to Lb, a multiple of 24 (3 vectors). A padded
+// Wp = W+1 is the padded row: W values and one zero, which is both the
+// right padding of its row and the left padding of the next (column -1
+// of row y lies at the end of row y-1). The output is computed at the
+// L = H*Wp positions of the padded-width grid (1 of each row's Wp is not
+// an output), rounded up to Lb, a multiple of 24 (3 vectors). A padded
 // input plane holds S floats: row y+1, column x+1 is x[y][x]; everything
 // else is zero, including the tail that the last blocks read past the
 // last row.
@@ -33,7 +35,7 @@ typedef struct {
 static geom mkgeom(int C, int H, int W, int K) {
 	geom g;
 	g.C = C; g.H = H; g.W = W; g.K = K;
-	g.Wp = W + 2;
+	g.Wp = W + 1;
 	g.L = H * g.Wp;
 	g.Lb = (g.L + 23) / 24 * 24;
 	g.S = (g.Lb + 2 * g.Wp + 2 + 8 + 7) / 8 * 8;
@@ -72,8 +74,7 @@ TARGET static void pad_input(const geom* g, const float* x, float* xp) {
 		for (int y = 0; y < H; y++) {
 			float* r = d + (long)(y + 1) * Wp + 1;
 			copyf(r, s + (long)y * W, W);
-			r[W] = 0;     // this row's right column
-			r[W + 1] = 0; // the next row's left column
+			r[W] = 0; // this row's right column, the next row's left
 		}
 		zerof(d + (long)(H + 1) * Wp + 1, g->S - ((long)(H + 1) * Wp + 1));
 	}
@@ -167,8 +168,8 @@ static float hsum(__m256 v) {
 // p mod 8 of the padded-width grid), then the lanes summed in a fixed
 // order, then added to dw.
 // dw_core adds the weight gradient to dw from the padded planes xp and
-// dY on the padded-width grid, dq, its planes ds apart (zero in the two
-// extra columns of each row, past L, and for the filters from K to the
+// dY on the padded-width grid, dq, its planes ds apart (zero in the
+// extra column of each row, past L, and for the filters from K to the
 // next multiple of 4).
 __attribute__((target("avx2,fma")))
 static void dw_core(const geom* gp, const float* xp, const float* dq, long ds, float* dw) {
@@ -222,15 +223,14 @@ void gt_kern_conv3_dw(const float* x, const float* dy, float* dw, float* scratch
 	float* xp = scratch;
 	float* dq = xp + (long)C * g.S;
 	pad_input(&g, x, xp);
-	// dq[k]: dy[k] on the padded-width grid, zero in the 2 extra columns
-	// of each row and past L.
+	// dq[k]: dy[k] on the padded-width grid, zero in the extra column of
+	// each row and past L.
 	const int Wp = g.Wp;
 	for (int k = 0; k < K; k++) {
 		float* d = dq + (long)k * g.Lb;
 		for (int r = 0; r < H; r++) {
 			copyf(d + r * Wp, dy + ((long)k * H + r) * W, W);
 			d[r * Wp + W] = 0;
-			d[r * Wp + W + 1] = 0;
 		}
 		zerof(d + (long)H * Wp, g.Lb - (long)H * Wp);
 	}

@@ -13,9 +13,11 @@
 // where it lies, once padded:
 //
 //   - the sample's planes are copied into a zeroed scratch with rows of
-//     W+2, so that output (y, x) on that padded-width grid is Σ over c and
-//     the nine (i, j) of w[k][c][i][j]·xp[c][(y+i)(W+2) + x+j]: a shift of
-//     the plane per (i, j), with no bounds to test;
+//     W+1 (one zero after each row, the right padding of its row and the
+//     left padding of the next), so that output (y, x) on that
+//     padded-width grid is Σ over c and the nine (i, j) of
+//     w[k][c][i][j]·xp[c][(y+i)(W+1) + x+j]: a shift of the plane per
+//     (i, j), with no bounds to test;
 //   - Conv3 computes 4 filters × 24 consecutive positions at once in 12
 //     vector registers, broadcasting a weight and loading three vectors of
 //     the shifted plane per (c, i, j), then keeps the W real outputs of
