@@ -121,44 +121,13 @@ func im2col(g convGeom, x, cols []float32) {
 }
 
 // col2im is im2col's adjoint: it sums the columns back into dx (zeroed
-// first), split across CPUs by sample like im2col.
+// first), split across CPUs by sample like im2col, each sample's by
+// kern.Col2Im (in C where the native kernels are).
 func col2im(g convGeom, cols, dx []float32) {
-	ohw, ncols := g.ohw(), g.N*g.ohw()
+	ohw, ncols, chw, kg := g.ohw(), g.N*g.ohw(), g.C*g.H*g.W, g.kgeom()
 	parallelFor(g.N, g.ckk()*ncols, func(n0, n1 int) {
-		clear(dx[n0*g.C*g.H*g.W : n1*g.C*g.H*g.W])
 		for n := n0; n < n1; n++ {
-			for c := 0; c < g.C; c++ {
-				plane := dx[(n*g.C+c)*g.H*g.W:][:g.H*g.W]
-				for i := 0; i < g.KH; i++ {
-					for j := 0; j < g.KW; j++ {
-						src := cols[((c*g.KH+i)*g.KW+j)*ncols+n*ohw:][:ohw]
-						for oy := 0; oy < g.OH; oy++ {
-							iy := oy*g.Stride - g.Pad + i
-							if iy < 0 || iy >= g.H {
-								continue
-							}
-							dst := plane[iy*g.W:][:g.W]
-							s := src[oy*g.OW:][:g.OW]
-							if g.Stride == 1 {
-								lo, hi := max(0, g.Pad-j), min(g.OW, g.W+g.Pad-j)
-								if hi > lo {
-									d := dst[lo+j-g.Pad:][:hi-lo]
-									for k, v := range s[lo:hi] {
-										d[k] += v
-									}
-								}
-								continue
-							}
-							for ox, v := range s {
-								ix := ox*g.Stride - g.Pad + j
-								if ix >= 0 && ix < g.W {
-									dst[ix] += v
-								}
-							}
-						}
-					}
-				}
-			}
+			kern.Col2Im(kg, cols, ncols, n*ohw, dx[n*chw:][:chw])
 		}
 	})
 }

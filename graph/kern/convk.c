@@ -218,3 +218,30 @@ TARGET void gt_kern_convk_dw(const float* x, const float* dy, float* dw, float* 
 		}
 	}
 }
+
+// gt_kern_col2im sets dx[C][H][W] to the sum of the im2col columns (rows
+// (c,i,j) of ncols columns, this sample's OH*OW from col0) that read each
+// value, adding in the order of c, i, j, oy, ox, in float32.
+TARGET void gt_kern_col2im(const float* cols, float* dx, long ncols, long col0, int C, int H, int W, int KH, int KW, int s, int P) {
+	const int OH = (H + 2 * P - KH) / s + 1, OW = (W + 2 * P - KW) / s + 1;
+	for (long i = 0; i < (long)C * H * W; i++) dx[i] = 0;
+	for (int c = 0; c < C; c++) {
+		float* plane = dx + (long)c * H * W;
+		for (int i = 0; i < KH; i++) {
+			for (int j = 0; j < KW; j++) {
+				const float* src = cols + ((long)(c * KH + i) * KW + j) * ncols + col0;
+				// ox with 0 <= ox*s - P + j < W
+				int lo = P - j > 0 ? (P - j + s - 1) / s : 0;
+				int hi = (W + P - j + s - 1) / s;
+				if (hi > OW) hi = OW;
+				for (int oy = 0; oy < OH; oy++) {
+					int iy = oy * s - P + i;
+					if (iy < 0 || iy >= H) continue;
+					float* dst = plane + (long)iy * W;
+					const float* r = src + (long)oy * OW;
+					for (int ox = lo; ox < hi; ox++) dst[ox * s - P + j] += r[ox];
+				}
+			}
+		}
+	}
+}

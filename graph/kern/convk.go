@@ -61,3 +61,51 @@ func checkk(op string, g Geom, x, wt, y, scratch []float32) {
 		panic(fmt.Sprintf("kern.%s: scratch has %d values, want %d", op, len(scratch), convkScratch(g)))
 	}
 }
+
+// Col2Im sets dx[C][H][W], one sample's input gradient, to the sum of the
+// im2col columns that read each of its values: cols holds the rows
+// (c, i, j) of g's windows, ncols columns each, the sample's OH·OW
+// columns from col0 on. Each value's terms are added in the order of c,
+// i, j, oy, ox (the Go fallback's, bit for bit). g.K is not used. It
+// panics when a slice is too short.
+func Col2Im(g Geom, cols []float32, ncols, col0 int, dx []float32) {
+	g.K = 1
+	if err := g.valid(); err != nil {
+		panic("kern.Col2Im: " + err.Error())
+	}
+	oh, ow := g.out()
+	if len(dx) < g.C*g.H*g.W || col0 < 0 || col0+oh*ow > ncols || len(cols) < g.C*g.KH*g.KW*ncols {
+		panic(fmt.Sprintf("kern.Col2Im: dx %d values (want %d), cols %d (want %d), columns %d+%d of %d",
+			len(dx), g.C*g.H*g.W, len(cols), g.C*g.KH*g.KW*ncols, col0, oh*ow, ncols))
+	}
+	if native {
+		cCol2Im(g, cols, ncols, col0, dx)
+		return
+	}
+	goCol2Im(g, cols, ncols, col0, dx)
+}
+
+func goCol2Im(g Geom, cols []float32, ncols, col0 int, dx []float32) {
+	oh, ow := g.out()
+	clear(dx[:g.C*g.H*g.W])
+	for c := 0; c < g.C; c++ {
+		plane := dx[c*g.H*g.W:][:g.H*g.W]
+		for i := 0; i < g.KH; i++ {
+			for j := 0; j < g.KW; j++ {
+				src := cols[((c*g.KH+i)*g.KW+j)*ncols+col0:][:oh*ow]
+				for oy := 0; oy < oh; oy++ {
+					iy := oy*g.S - g.P + i
+					if iy < 0 || iy >= g.H {
+						continue
+					}
+					dst := plane[iy*g.W:][:g.W]
+					for ox, v := range src[oy*ow:][:ow] {
+						if ix := ox*g.S - g.P + j; ix >= 0 && ix < g.W {
+							dst[ix] += v
+						}
+					}
+				}
+			}
+		}
+	}
+}

@@ -103,3 +103,57 @@ func BenchmarkConv(b *testing.B) {
 		})
 	}
 }
+
+// TestCol2ImMatchesScatter: Col2Im of random columns is, bit for bit, the
+// Go fallback's, and within float32 rounding the float64 scatter of each
+// column value onto the input position its window reads, for strides 1
+// to 3, paddings 0 to 2, square and oblong windows, and a sample in the
+// middle of a batch's columns.
+func TestCol2ImMatchesScatter(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, g := range []Geom{
+		{C: 3, H: 14, W: 14, KH: 3, KW: 3, S: 2, P: 1},
+		{C: 4, H: 7, W: 9, KH: 1, KW: 1, S: 2, P: 0},
+		{C: 2, H: 11, W: 8, KH: 5, KW: 3, S: 3, P: 2},
+		{C: 2, H: 6, W: 6, KH: 3, KW: 3, S: 1, P: 1},
+		{C: 1, H: 5, W: 5, KH: 2, KW: 4, S: 1, P: 0},
+	} {
+		t.Run(fmt.Sprintf("%+v", g), func(t *testing.T) {
+			oh, ow := g.out()
+			ncols, col0 := 3*oh*ow, oh*ow
+			cols := make([]float32, g.C*g.KH*g.KW*ncols)
+			for i := range cols {
+				cols[i] = float32(r.NormFloat64())
+			}
+			want := make([]float64, g.C*g.H*g.W)
+			for c := 0; c < g.C; c++ {
+				for i := 0; i < g.KH; i++ {
+					for j := 0; j < g.KW; j++ {
+						for oy := 0; oy < oh; oy++ {
+							for ox := 0; ox < ow; ox++ {
+								iy, ix := oy*g.S-g.P+i, ox*g.S-g.P+j
+								if iy >= 0 && iy < g.H && ix >= 0 && ix < g.W {
+									want[(c*g.H+iy)*g.W+ix] += float64(cols[((c*g.KH+i)*g.KW+j)*ncols+col0+oy*ow+ox])
+								}
+							}
+						}
+					}
+				}
+			}
+			got, gogot := make([]float32, len(want)), make([]float32, len(want))
+			for i := range got {
+				got[i], gogot[i] = float32(math.NaN()), 7 // overwritten, not added to
+			}
+			Col2Im(g, cols, ncols, col0, got)
+			goCol2Im(g, cols, ncols, col0, gogot)
+			for i, w := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(gogot[i]) {
+					t.Fatalf("dx[%d] = %v, the Go fallback's %v", i, got[i], gogot[i])
+				}
+				if math.Abs(float64(got[i])-w) > 1e-5*(1+math.Abs(w)) {
+					t.Fatalf("dx[%d] = %v, want %v", i, got[i], w)
+				}
+			}
+		})
+	}
+}

@@ -31,3 +31,5 @@ func convkDW(Geom, []float32, []float32, []float32, []float32) {}
 
 func conv3BwdScratch(c, h, w, k int) int                            { return 0 }
 func conv3Bwd(x, dy, wT, dx, dw, scratch []float32, c, h, w, k int) {}
+
+func cCol2Im(Geom, []float32, int, int, []float32) {}
