@@ -117,12 +117,18 @@ d=$("$OUT/fixture" diff "$OUT/resnet-gpu1.safetensors" "$OUT/resnet-gpu.safetens
   echo "fake-gpu-test: ResNet-20 on fakecuda with FAKECUDA_THREADS=1 differs by $d from the run on $(nproc) threads"
   exit 1
 }
-d=$("$OUT/fixture" diff "$OUT/resnet-cpu.safetensors" "$OUT/resnet-gpu.safetensors")
-echo "fake-gpu-test: ResNet-20, 2 steps: weights and running statistics on cuda:0 fakecuda within $d of the CPU's (the same bits with the grids on 1 host thread)"
-within "$d" 0 1e-5 || {
-  echo "fake-gpu-test: ResNet-20's weights on fakecuda differ from the CPU's by more than 1e-5"
-  exit 1
+# near A B WHAT: the weights and running statistics of files A and B are
+# within 1e-5 of each other.
+near() {
+  local d
+  d=$("$OUT/fixture" diff "$1" "$2")
+  echo "fake-gpu-test: $3: weights and running statistics within $d of one CPU process's"
+  within "$d" 0 1e-5 || {
+    echo "fake-gpu-test: $3: more than 1e-5 from one CPU process's"
+    exit 1
+  }
 }
+near "$OUT/resnet-cpu.safetensors" "$OUT/resnet-gpu.safetensors" "ResNet-20, 2 steps on cuda:0 fakecuda (the same bits with the grids on 1 host thread)"
 # --sync-batchnorm on devices: 2 processes on 2 fake GPUs, 4 digits each,
 # end the same 2 steps where the one CPU process of batch 8 ended.
 FAKECUDA_DEVICES=2 "$OUT/gotrain-gpu" launch --standalone --nproc-per-node 2 -- "${rn[@]}" --max-steps 2 --batch-size 8 --lr 0.005 \
@@ -131,12 +137,7 @@ FAKECUDA_DEVICES=2 "$OUT/gotrain-gpu" launch --standalone --nproc-per-node 2 -- 
   echo "fake-gpu-test: ResNet-20 with --sync-batchnorm on 2 fake GPUs failed"
   exit 1
 }
-d=$("$OUT/fixture" diff "$OUT/resnet-cpu.safetensors" "$OUT/resnet-sync.safetensors")
-echo "fake-gpu-test: ResNet-20, 2 steps, --sync-batchnorm on 2 processes on cuda:0 and cuda:1 fakecuda: within $d of one CPU process"
-within "$d" 0 1e-5 || {
-  echo "fake-gpu-test: --sync-batchnorm on 2 fake GPUs differs from one CPU process by more than 1e-5"
-  exit 1
-}
+near "$OUT/resnet-cpu.safetensors" "$OUT/resnet-sync.safetensors" "ResNet-20, 2 steps, --sync-batchnorm on 2 processes on cuda:0 and cuda:1 fakecuda"
 # A few hundred steps: ResNet-20 on 4000 digits, batch 16, SGD with
 # momentum and a cosine schedule over 2 epochs of 250 steps. The CPU runs
 # both epochs; fakecuda resumes the CPU's checkpoint of the first and runs
