@@ -63,6 +63,19 @@ static inline void zerof(float* d, long n) {
 	for (long i = 0; i < n; i++) d[i] = 0;
 }
 
+// row_zero copies a row of W values to d and zeroes d[W], in whole
+// vectors: the last one loads the row's remaining values under a mask
+// (reading nothing past the row) and stores 8 values, zeros after the
+// row's end. It writes up to d[8*(W/8)+7]: past d[W], values that the
+// caller writes later (the next row) or zeroes (the plane's tail).
+TARGET static inline void row_zero(float* d, const float* s, int W) {
+	int x = 0;
+	for (; x + 8 <= W; x += 8) _mm256_storeu_ps(d + x, _mm256_loadu_ps(s + x));
+	const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+	__m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(W - x), lane);
+	_mm256_storeu_ps(d + x, _mm256_maskload_ps(s + x, m));
+}
+
 // pad_input writes every value of xp: the planes' rows and the zeros
 // around them.
 TARGET static void pad_input(const geom* g, const float* x, float* xp) {
@@ -71,11 +84,9 @@ TARGET static void pad_input(const geom* g, const float* x, float* xp) {
 		float* d = xp + (long)c * g->S;
 		const float* s = x + (long)c * H * W;
 		zerof(d, Wp + 1); // the top row and the first row's left column
-		for (int y = 0; y < H; y++) {
-			float* r = d + (long)(y + 1) * Wp + 1;
-			copyf(r, s + (long)y * W, W);
-			r[W] = 0; // this row's right column, the next row's left
-		}
+		// each row, and the zero after it: its right column, the next
+		// row's left
+		for (int y = 0; y < H; y++) row_zero(d + (long)(y + 1) * Wp + 1, s + (long)y * W, W);
 		zerof(d + (long)(H + 1) * Wp + 1, g->S - ((long)(H + 1) * Wp + 1));
 	}
 }
