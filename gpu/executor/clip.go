@@ -74,10 +74,7 @@ func (c *Clipper) SumSquares(grads []Tensor) (float64, error) {
 	}
 	var sum float64
 	for k := range grads {
-		// A float64 is two float32 words, low first (little-endian, as
-		// every CUDA device and the host device are).
-		lo, hi := math.Float32bits(host[2*k]), math.Float32bits(host[2*k+1])
-		sum += math.Float64frombits(uint64(lo) | uint64(hi)<<32)
+		sum += f64At(host, k)
 	}
 	return sum, nil
 }

@@ -174,23 +174,21 @@ func (s chanStats) run(dev device.Device, x device.Buffer) (int, error) {
 		if !s.synced() {
 			continue
 		}
-		what := "sums"
-		var count []float64
-		if i == 0 {
-			count = []float64{float64(s.M)}
-		} else {
-			what = "squared deviations"
-		}
-		total, err := s.sync.sum(dev, dst, s.C, 1, count...)
-		if err != nil {
-			return 0, fmt.Errorf("executor: BatchNorm: synchronising the channels' %s: %w", what, err)
-		}
-		if i == 0 {
-			if !(total[0] >= 2 && total[0] < 1<<53) {
-				return 0, fmt.Errorf("executor: BatchNorm: the global batch has %v values per channel; training needs at least 2", total[0])
+		if i == 1 {
+			if _, err := s.sync.sum(dev, dst, s.C, 1); err != nil {
+				return 0, fmt.Errorf("executor: BatchNorm: synchronising the channels' squared deviations: %w", err)
 			}
-			m = int(total[0])
+			continue
 		}
+		// The sums, and the value count with them.
+		total, err := s.sync.sum(dev, dst, s.C, 1, float64(s.M))
+		if err != nil {
+			return 0, fmt.Errorf("executor: BatchNorm: synchronising the channels' sums: %w", err)
+		}
+		if !(total[0] >= 2 && total[0] < 1<<53) {
+			return 0, fmt.Errorf("executor: BatchNorm: the global batch has %v values per channel; training needs at least 2", total[0])
+		}
+		m = int(total[0])
 	}
 	return m, dev.Launch("bn_stats", s.C, s.sum(), s.sq(), s.stats(), s.C, m, s.eps)
 }
@@ -198,36 +196,51 @@ func (s chanStats) run(dev device.Device, x device.Buffer) (int, error) {
 // bnSync is a program's BatchNorm synchronisation, which its BatchNorm ops
 // read as they run: the ranks' sum (graph.BatchSync) and this rank's share
 // of the global batch (Program.SyncBatchNorm); nil s, each batch's own
-// statistics.
+// statistics. words and vals are sum's host buffers, kept between calls
+// (a program's ops run one at a time).
 type bnSync struct {
 	s     graph.BatchSync
 	share float64
+	words []float32
+	vals  []float64
 }
 
 // sum replaces the first n float64s of b with their sums over the ranks,
 // each scaled by scale first; the values of tail are summed in the same
-// call, and their sums returned. Every rank calls it in the same order.
+// call, and their sums returned (valid until the next call). Every rank
+// calls it in the same order.
 func (y *bnSync) sum(dev device.Device, b device.Buffer, n int, scale float64, tail ...float64) ([]float64, error) {
-	f := make([]float32, 2*n)
-	if err := dev.Read(f, b); err != nil {
-		return nil, err
-	}
-	v := make([]float64, n+len(tail))
-	for i := range n {
-		v[i] = scale * math.Float64frombits(uint64(math.Float32bits(f[2*i]))|uint64(math.Float32bits(f[2*i+1]))<<32)
-	}
-	copy(v[n:], tail)
-	if err := y.s.Sum(v); err != nil {
+	y.words = slices.Grow(y.words[:0], 2*n)[:2*n]
+	y.vals = slices.Grow(y.vals[:0], n+len(tail))[:n+len(tail)]
+	if err := dev.Read(y.words, b); err != nil {
 		return nil, err
 	}
 	for i := range n {
-		bits := math.Float64bits(v[i])
-		f[2*i], f[2*i+1] = math.Float32frombits(uint32(bits)), math.Float32frombits(uint32(bits>>32))
+		y.vals[i] = scale * f64At(y.words, i)
 	}
-	if err := dev.Write(b, f); err != nil {
+	copy(y.vals[n:], tail)
+	if err := y.s.Sum(y.vals); err != nil {
 		return nil, err
 	}
-	return v[n:], nil
+	for i := range n {
+		setF64At(y.words, i, y.vals[i])
+	}
+	if err := dev.Write(b, y.words); err != nil {
+		return nil, err
+	}
+	return y.vals[n:], nil
+}
+
+// f64At is float64 k of words read from device memory: two float32 words,
+// low first (little-endian, as every CUDA device and the host device
+// are); setF64At writes it.
+func f64At(words []float32, k int) float64 {
+	return math.Float64frombits(uint64(math.Float32bits(words[2*k])) | uint64(math.Float32bits(words[2*k+1]))<<32)
+}
+
+func setF64At(words []float32, k int, v float64) {
+	bits := math.Float64bits(v)
+	words[2*k], words[2*k+1] = math.Float32frombits(uint32(bits)), math.Float32frombits(uint32(bits>>32))
 }
 
 // bnGradSums lowers the sums of a batch norm's gradients: gsum holds Σ dy
