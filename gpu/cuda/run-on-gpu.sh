@@ -6,13 +6,19 @@
 #           GPU 0 (every op against the CPU, fresh random inputs, outputs
 #           poisoned; MLP and CNN training against the CPU), next to the
 #           host device and the host running the kernels over a GPU's grid;
-#   bench   the benchmark against PyTorch eager on the same card, FP32;
+#   bench   the benchmark against PyTorch eager on the same card, FP32
+#           (MLP, CNN and ResNet-20);
 #   profile where the time of the benchmark's steps goes, op by op (bench
 #           train --profile), for the MLP and the CNN: what to fix first;
 #   mnist   MNIST end to end on the GPU: the MLP (2 epochs), the CNN (1);
 #   resnet  ResNet-20 (BatchNorm, strided shortcuts): bench train on the GPU
 #           and where its steps go, then one MNIST epoch on the GPU and the
 #           same epoch on this machine's CPU (the accuracies must agree);
+#   syncbn  ResNet-20 on PNG digit folders: 2 steps on the GPU against the
+#           CPU, and --sync-batchnorm with 2 and 3 processes sharing the GPU
+#           (the cpu backend) against one process, after 2 steps, and
+#           ResNet-8 after 20 (weights and running statistics, largest
+#           difference);
 #   pinned  what page-locked memory and the prefetcher gain: bench train
 #           and MNIST training with and without them;
 #   bf16    bf16 against PyTorch's autocast on the same card;
@@ -29,14 +35,14 @@ set -uo pipefail
 B=${1:-bin/gpu}
 O=${OUT:-$(mktemp -d)}
 DEADLINE=${DEADLINE:-540}
-PHASES=${PHASES:-tests bench profile mnist resnet pinned bf16 cpu}
+PHASES=${PHASES:-tests resnet syncbn bench profile mnist pinned bf16 cpu}
 REPEATS=${REPEATS:-3}
 start=$SECONDS
 T=$(mktemp -d)
 S=$O/summary.md
 mkdir -p "$O"
 : >"$S"
-for f in gotrain-gpu executor.test; do gunzip -c "$B/$f.gz" >"$T/$f" && chmod +x "$T/$f"; done
+for f in gotrain-gpu executor.test fixture; do gunzip -c "$B/$f.gz" >"$T/$f" && chmod +x "$T/$f"; done
 G=$T/gotrain-gpu
 dirs=(/usr/local/cuda/lib64)
 for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
@@ -124,6 +130,52 @@ run_resnet() {
 }
 summary_resnet() { grep -E 'bench|epoch' "$1"; }
 
+# ranks N OUT FLAGS...: N processes of a job on this machine, all on GPU 0
+# (LOCAL_RANK 0 each, the cpu backend between them), rank 0 writing OUT.
+ranks() {
+  local n=$1 out=$2 i pids=() rc=0
+  shift 2
+  port=$((port + 1))
+  for ((i = 0; i < n; i++)); do
+    RANK=$i WORLD_SIZE=$n LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+      GOTRAIN_JOB_SECRET=gotrain-run-on-gpu-syncbn-secret-0123 \
+      "$G" "${rn[@]}" --backend cpu "$@" --out "$out.rank$i" >/dev/null 2>"$out.rank$i.err" &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || rc=$?; done
+  [ $rc -eq 0 ] && mv "$out.rank0" "$out" || tail -3 "$out.rank0.err"
+  return $rc
+}
+# differ WHAT A B: the largest difference of the weights and running
+# statistics of files A and B.
+differ() { echo "syncbn: $1: largest difference $("$T/fixture" diff "$2" "$3" 2>&1)"; }
+run_syncbn() {
+  port=29600
+  rn=(train --model resnet --depth 20 --dataset folder --data-dir "$B/digits" --optimizer sgd --lr 0.005)
+  local w=$T/syncbn
+  mkdir -p "$w"
+  "$G" "${rn[@]}" --max-steps 2 --batch-size 8 --device cpu --out "$w/cpu2" >/dev/null 2>"$w/err" || tail -3 "$w/err"
+  "$G" "${rn[@]}" --max-steps 2 --batch-size 8 --device gpu --out "$w/gpu2" >/dev/null 2>"$w/err" || tail -3 "$w/err"
+  differ "2 steps of batch 8, GPU against CPU" "$w/cpu2" "$w/gpu2"
+  ranks 2 "$w/sync2" --max-steps 2 --batch-size 8 --device gpu --sync-batchnorm
+  differ "2 steps, 2 processes on the GPU --sync-batchnorm, against 1 CPU process" "$w/cpu2" "$w/sync2"
+  differ "2 steps, 2 processes on the GPU --sync-batchnorm, against 1 GPU process" "$w/gpu2" "$w/sync2"
+  ranks 2 "$w/nosync2" --max-steps 2 --batch-size 8 --device gpu
+  differ "2 steps, 2 processes on the GPU without --sync-batchnorm, against 1 GPU process (must be far)" "$w/gpu2" "$w/nosync2"
+  # 20 steps: ResNet-8 (ResNet-20 on these digits turns last bits into
+  # 1e-2 within 20 steps, on the CPU too).
+  local r8=(--depth 8 --max-steps 20 --batch-size 24)
+  "$G" "${rn[@]}" "${r8[@]}" --device gpu --out "$w/gpu20" >/dev/null 2>"$w/err" || tail -3 "$w/err"
+  "$G" "${rn[@]}" "${r8[@]}" --device cpu --out "$w/cpu20" >/dev/null 2>"$w/err" || tail -3 "$w/err"
+  differ "ResNet-8, 20 steps of batch 24, GPU against CPU" "$w/cpu20" "$w/gpu20"
+  for n in 2 3; do
+    ranks $n "$w/sync20-$n" "${r8[@]}" --device gpu --sync-batchnorm
+    differ "ResNet-8, 20 steps, $n processes on the GPU --sync-batchnorm, against 1 GPU process" "$w/gpu20" "$w/sync20-$n"
+  done
+}
+export -f ranks differ
+summary_syncbn() { grep -E '^syncbn' "$1"; }
+
 run_pinned() {
   for i in 1 2; do
     for pin in true false; do
@@ -147,10 +199,11 @@ say "# gotrain on $(nvidia-smi --query-gpu=name,driver_version --format=csv,nohe
 "$G" devices 2>&1 | tee "$O/devices.log" | head -5 | tee -a "$S"
 say ""
 phase tests 150
+phase resnet 150
+phase syncbn 90
 phase bench 170
 phase profile 40
 phase mnist 60
-phase resnet 150
 phase pinned 90
 phase bf16 130
 phase cpu 120

@@ -25,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = [
     ("MLP 4x4096, batch 512", ["--model", "mlp", "--hidden", "4096,4096,4096,4096", "--batch-size", "512"]),
     ("CNN, batch 512", ["--model", "cnn", "--batch-size", "512"]),
+    ("ResNet-20, batch 128", ["--model", "resnet", "--depth", "20", "--batch-size", "128"]),
 ]
 
 
