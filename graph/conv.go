@@ -177,16 +177,24 @@ func (g convGeom) nativeKDW() bool { return g.nativeK() && g.KH*g.KW >= 6 }
 // side by side as one image (0: none). Each row of that image holds a
 // row of each sample, one zero column between them: the zeros are the
 // samples' padding, so every output has the products, in the order, of
-// the sample's own convolution. Four 7x7 planes make rows of 31, on which
-// 82% of the positions the kernels compute are outputs (a 7x7 plane
-// alone: 54%). ResNet-20's 64-channel 7x7 convolutions, batch 128,
-// measured against im2col and OpenBLAS: forward 2.9 ms against 3.2, both
-// gradients 6.5 against 6.7-6.8 (best of 20).
+// the sample's own convolution. Eight 7x7 planes (a group of the weight
+// gradient's partial sums, convGroup, which the gradients' groups of
+// planes stay within) make rows of 63: with the zero after each row the
+// kernels compute 7·64 = 448 positions (456, rounded up to their
+// 24-wide blocks), 392 of which (86%) are outputs; four planes, rows of
+// 31: 196 of 240 (82%); a 7x7 plane alone: 49 of 72. ResNet-20's
+// 64-channel 7x7 convolutions, batch 128, measured against im2col and
+// OpenBLAS with four planes: forward 2.9 ms against 3.2, both gradients
+// 6.5 against 6.7-6.8 (best of 20). Eight planes instead of four: the
+// whole ResNet-20 step in 0.98 of the time (runs of 240 steps
+// alternating the two: 0.986, 0.968, 0.983, 0.978; nine and twelve
+// about the same, six 0.99, three 1.02). The weight gradient's sums
+// over a group's positions differ from four planes' in the last bits.
 func (g convGeom) wide() int {
 	if !nativeConv || !wideConv || g.KH != 3 || g.KW != 3 || g.Stride != 1 || g.Pad != 1 || g.W >= 12 {
 		return 0
 	}
-	return max(2, 33/(g.W+1))
+	return min(max(2, 64/(g.W+1)), convGroup)
 }
 
 // wideConv turns wide on (tests turn it off to compare).
