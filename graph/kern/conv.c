@@ -190,17 +190,22 @@ static void dw_core(const geom* gp, const float* xp, const float* dq, long ds, f
 	// Filters in blocks of 4 (dq of a missing filter reads zeros: its
 	// sums are dropped), shifts (i, j) in rows of 3: 12 dot products at
 	// once, each in eight lanes, from 4 vectors of dY and 3 of the plane
-	// per 8 positions.
+	// per 8 positions. A block's 4 planes of dY stay in the L1 cache while
+	// the C planes of X pass, each once a block (the other way round, with
+	// the blocks inside the channels, all of dY streams from L2 for every
+	// channel and row: ResNet-20's step took 1.5-2% longer, runs of 240
+	// steps alternating the two: 0.977, 0.992, 0.982). The sums and their
+	// order do not depend on it.
 	const int nkb = (K + 3) / 4;
-	for (int c = 0; c < C; c++) {
-		const float* xc = xp + (long)c * g.S;
-		for (int i = 0; i < 3; i++) {
-			const float* xi = xc + i * Wp;
-			for (int kb = 0; kb < nkb; kb++) {
-				const float* d0 = dq + (long)kb * 4 * ds;
-				const float* d1 = d0 + ds;
-				const float* d2 = d1 + ds;
-				const float* d3 = d2 + ds;
+	for (int kb = 0; kb < nkb; kb++) {
+		const float* d0 = dq + (long)kb * 4 * ds;
+		const float* d1 = d0 + ds;
+		const float* d2 = d1 + ds;
+		const float* d3 = d2 + ds;
+		for (int c = 0; c < C; c++) {
+			const float* xc = xp + (long)c * g.S;
+			for (int i = 0; i < 3; i++) {
+				const float* xi = xc + i * Wp;
 				__m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps();
 				__m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps();
 				__m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a22 = _mm256_setzero_ps();
