@@ -201,24 +201,12 @@ func (g convGeom) wide() int {
 var wideConv = true
 
 // wideW is the width of s samples side by side.
-func (g convGeom) wideW(s int) int { return s*(g.W+1) - 1 }
+func (g convGeom) wideW(s int) int { return kern.WideW(g.W, s) }
 
 // gatherWide lays channels of c planes of samples [n0, n1) of src (each
 // c·H·W) side by side into dst (c·H·wideW), zero columns between them.
 func (g convGeom) gatherWide(dst, src []float32, c, n0, n1 int) {
-	ww, hw := g.wideW(n1-n0), g.H*g.W
-	for ch := 0; ch < c; ch++ {
-		for y := 0; y < g.H; y++ {
-			row := dst[(ch*g.H+y)*ww:][:ww]
-			for n := n0; n < n1; n++ {
-				o := (n - n0) * (g.W + 1)
-				copy(row[o:o+g.W], src[(n*c+ch)*hw+y*g.W:][:g.W])
-				if n+1 < n1 {
-					row[o+g.W] = 0
-				}
-			}
-		}
-	}
+	kern.GatherWide(dst, src[n0*c*g.H*g.W:], c, g.H, g.W, n1-n0)
 }
 
 // wideGroups runs f for samples [n0, n1) of a wide() convolution, sw at
@@ -238,16 +226,7 @@ func (g convGeom) wideGroups(x, dy, scratch []float32, n0, n1, sw int, f func(m0
 
 // scatterWide is gatherWide's inverse, the zero columns dropped.
 func (g convGeom) scatterWide(dst, src []float32, c, n0, n1 int) {
-	ww, hw := g.wideW(n1-n0), g.H*g.W
-	for ch := 0; ch < c; ch++ {
-		for y := 0; y < g.H; y++ {
-			row := src[(ch*g.H+y)*ww:][:ww]
-			for n := n0; n < n1; n++ {
-				o := (n - n0) * (g.W + 1)
-				copy(dst[(n*c+ch)*hw+y*g.W:][:g.W], row[o:o+g.W])
-			}
-		}
-	}
+	kern.ScatterWide(dst[n0*c*g.H*g.W:], src, c, g.H, g.W, n1-n0)
 }
 
 func (g convGeom) kgeom() kern.Geom {

@@ -282,3 +282,44 @@ void gt_kern_conv3_bwd(const float* x, const float* dy, const float* wT, float* 
 	if (dx) conv3_core(&t, dp, wT, dx, yq, wr);
 	dw_core(&g, xp, dp + g.Wp + 1, g.S, dw);
 }
+
+// copy_row copies W floats from s to d in whole vectors, the last under
+// a mask: nothing is read or written past the W values.
+TARGET static inline void copy_row(float* d, const float* s, int W) {
+	int x = 0;
+	for (; x + 8 <= W; x += 8) _mm256_storeu_ps(d + x, _mm256_loadu_ps(s + x));
+	if (x < W) {
+		const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+		__m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(W - x), lane);
+		_mm256_maskstore_ps(d + x, m, _mm256_maskload_ps(s + x, m));
+	}
+}
+
+// gt_kern_gather_wide lays the C planes (H x W) of ns samples of src
+// (sample-major, C·H·W each) side by side into dst, C planes of H rows
+// of ns·(W+1)-1: sample s's row in columns s·(W+1) on, a zero column
+// between two samples.
+TARGET void gt_kern_gather_wide(float* dst, const float* src, int C, int H, int W, int ns) {
+	const long ww = (long)ns * (W + 1) - 1, hw = (long)H * W;
+	for (int c = 0; c < C; c++) {
+		for (int y = 0; y < H; y++) {
+			float* row = dst + ((long)c * H + y) * ww;
+			for (int s = 0; s < ns; s++) {
+				copy_row(row + (long)s * (W + 1), src + ((long)s * C + c) * hw + (long)y * W, W);
+				if (s + 1 < ns) row[(long)s * (W + 1) + W] = 0;
+			}
+		}
+	}
+}
+
+// gt_kern_scatter_wide is gt_kern_gather_wide's inverse: the samples'
+// rows of src back to their planes in dst, the zero columns dropped.
+TARGET void gt_kern_scatter_wide(float* dst, const float* src, int C, int H, int W, int ns) {
+	const long ww = (long)ns * (W + 1) - 1, hw = (long)H * W;
+	for (int c = 0; c < C; c++) {
+		for (int y = 0; y < H; y++) {
+			const float* row = src + ((long)c * H + y) * ww;
+			for (int s = 0; s < ns; s++) copy_row(dst + ((long)s * C + c) * hw + (long)y * W, row + (long)s * (W + 1), W);
+		}
+	}
+}

@@ -14,6 +14,8 @@ void gt_kern_conv3_bwd(const float* x, const float* dy, const float* wT, float* 
 long gt_kern_convk_scratch(int C, int H, int W, int K, int KH, int KW, int s, int P);
 void gt_kern_convk(const float* x, const float* w, float* y, float* scratch, int C, int H, int W, int K, int KH, int KW, int s, int P);
 void gt_kern_convk_dw(const float* x, const float* dy, float* dw, float* scratch, int C, int H, int W, int K, int KH, int KW, int s, int P);
+void gt_kern_gather_wide(float* dst, const float* src, int C, int H, int W, int ns);
+void gt_kern_scatter_wide(float* dst, const float* src, int C, int H, int W, int ns);
 void gt_kern_col2im(const float* cols, float* dx, long ncols, long col0, int C, int H, int W, int KH, int KW, int s, int P);
 double gt_kern_chan_sum(const float* x, long N, long C, long P, long c);
 double gt_kern_chan_sqdev(const float* x, long N, long C, long P, long c, double mu);
@@ -119,6 +121,14 @@ func conv3Bwd(x, dy, wT, dx, dw, scratch []float32, c, h, w, k int) {
 		dxp = fp(dx)
 	}
 	C.gt_kern_conv3_bwd(fp(x), fp(dy), fp(wT), dxp, fp(dw), fp(scratch), C.int(c), C.int(h), C.int(w), C.int(k))
+}
+
+func cGatherWide(dst, src []float32, c, h, w, ns int) {
+	C.gt_kern_gather_wide(fp(dst), fp(src), C.int(c), C.int(h), C.int(w), C.int(ns))
+}
+
+func cScatterWide(dst, src []float32, c, h, w, ns int) {
+	C.gt_kern_scatter_wide(fp(dst), fp(src), C.int(c), C.int(h), C.int(w), C.int(ns))
 }
 
 func cCol2Im(g Geom, cols []float32, ncols, col0 int, dx []float32) {

@@ -33,3 +33,6 @@ func conv3BwdScratch(c, h, w, k int) int                            { return 0 }
 func conv3Bwd(x, dy, wT, dx, dw, scratch []float32, c, h, w, k int) {}
 
 func cCol2Im(Geom, []float32, int, int, []float32) {}
+
+func cGatherWide(_, _ []float32, _, _, _, _ int)  {}
+func cScatterWide(_, _ []float32, _, _, _, _ int) {}
