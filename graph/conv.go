@@ -755,10 +755,7 @@ func (o *conv2dGradWOp) addPartials(dw []float32, groups, wsz int) {
 	parallelFor(wsz, groups*wsz, func(i0, i1 int) {
 		copy(dw[i0:i1], o.partial[i0:i1])
 		for q := 1; q < groups; q++ {
-			p := o.partial[q*wsz:]
-			for i := i0; i < i1; i++ {
-				dw[i] += p[i]
-			}
+			kern.Add(dw[i0:i1], dw[i0:i1], o.partial[q*wsz+i0:q*wsz+i1])
 		}
 	})
 }
