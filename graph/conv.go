@@ -2,6 +2,7 @@ package graph
 
 import (
 	"fmt"
+	"slices"
 	"sync/atomic"
 
 	G "gorgonia.org/gorgonia"
@@ -376,11 +377,57 @@ type conv2dOp struct {
 	// read when one of them computes both gradients (conv2dGradWOp.both).
 	runs         uint64
 	lastX, lastW []float32
+	// bn is the training BatchNorm that normalises this convolution's
+	// output (fuseConvBN), mom the moments of that output it takes.
+	bn  *batchNormOp
+	mom convMoments
+}
+
+// convMoments is, for each sample and filter, the moments of the output
+// plane about the BatchNorm's running mean (kern.PlaneMoments), taken
+// right after the sample is computed, while its planes are in cache: the
+// BatchNorm adds them up rather than reading its input again for its
+// statistics, with the same bits (kern.ChanMoments adds the same terms in
+// the same order).
+type convMoments struct {
+	k    []float32 // the running mean they are about
+	part []float64 // [N][K][2]: Σ (y-k) and Σ (y-k)²
+	out  *float32  // the output they are of
+	run  uint64    // the forward run they are of
+}
+
+// momentsOf returns the moments of output y taken by run run of its
+// convolution, about k, or nil.
+func (m *convMoments) momentsOf(y []float32, run uint64, k []float32) []float64 {
+	if m.out == nil || len(y) == 0 || &y[0] != m.out || m.run != run || !slices.Equal(m.k, k) {
+		return nil
+	}
+	return m.part
+}
+
+// takeMoments reports whether this run takes its output's moments, and
+// readies them: only for a training BatchNorm's input, once the
+// BatchNorm has run once (its running mean is then known).
+func (o *conv2dOp) takeMoments(g convGeom) bool {
+	o.mom.out = nil
+	if o.bn == nil || !o.bn.train || len(o.bn.guess) != g.K || (o.bn.sync != nil && o.bn.sync.s != nil) {
+		return false
+	}
+	o.mom.k = append(o.mom.k[:0], o.bn.guess...)
+	if n := g.N * g.K * 2; len(o.mom.part) != n {
+		o.mom.part = make([]float64, n)
+	}
+	return true
+}
+
+// sampleMoments takes sample n's moments (takeMoments).
+func (o *conv2dOp) sampleMoments(g convGeom, y []float32, n int) {
+	kern.PlaneMoments(y[n*g.ySize():][:g.ySize()], g.K, g.ohw(), o.mom.k, o.mom.part[n*g.K*2:][:g.K*2])
 }
 
 // workspaceBytes is the memory of the ops' scratch buffers (see
 // Program.Bytes).
-func (o *conv2dOp) workspaceBytes() int64          { return 4 * int64(len(o.cols)) }
+func (o *conv2dOp) workspaceBytes() int64          { return 4*int64(len(o.cols)) + 8*int64(len(o.mom.part)) }
 func (o *conv2dGradInputOp) workspaceBytes() int64 { return 4 * int64(len(o.dcols)) }
 func (o *conv2dGradWOp) workspaceBytes() int64     { return 4 * int64(len(o.cols)+len(o.partial)) }
 
@@ -447,8 +494,13 @@ func (o *conv2dOp) Do(in ...G.Value) (G.Value, error) {
 	o.lastX, o.lastW = x, w
 	out := o.output(g.N, g.K, g.OH, g.OW)
 	y := f32(out)
+	var moments func(n int)
+	if o.takeMoments(g) {
+		moments = func(n int) { o.sampleMoments(g, y, n) }
+		defer func() { o.mom.out, o.mom.run = &y[0], o.runs }()
+	}
 	if sw := g.wide(); sw > 0 {
-		o.cols = wideConv3(g, x, w, bias, y, sw, o.cols, o.pool)
+		o.cols = wideConv3(g, x, w, bias, y, sw, o.cols, o.pool, moments)
 		return out, nil
 	}
 	parts, _ := splitWork(g.N, g.flops())
@@ -467,6 +519,9 @@ func (o *conv2dOp) Do(in ...G.Value) (G.Value, error) {
 				cblas.SgemmSerial(false, false, g.K, g.ohw(), g.ckk(), 1, w, g.ckk(), cols, g.ohw(), 0, yn, g.ohw())
 			}
 			g.addBias(yn, bias)
+			if moments != nil {
+				moments(n)
+			}
 		}
 	})
 	return out, nil
@@ -486,7 +541,7 @@ func (g convGeom) addBias(yn, bias []float32) {
 // wideConv3 sets y = w ⊛ x (+ bias) for a wide() convolution, sw samples
 // side by side to a call of kern.Conv3. scratch is the workers' (grown
 // from pool as needed, and returned).
-func wideConv3(g convGeom, x, w, bias, y []float32, sw int, scratch []float32, pool *bufPool) []float32 {
+func wideConv3(g convGeom, x, w, bias, y []float32, sw int, scratch []float32, pool *bufPool, moments func(n int)) []float32 {
 	groups, ww := (g.N+sw-1)/sw, g.wideW(sw)
 	cs := (g.C+g.K)*g.H*ww + kern.Conv3Scratch(g.C, g.H, ww, g.K)
 	parts, _ := splitWork(groups, g.flops())
@@ -502,6 +557,9 @@ func wideConv3(g convGeom, x, w, bias, y []float32, sw int, scratch []float32, p
 			g.scatterWide(y, yw, g.K, n0, n1)
 			for n := n0; n < n1; n++ {
 				g.addBias(y[n*g.ySize():][:g.ySize()], bias)
+				if moments != nil {
+					moments(n)
+				}
 			}
 		}
 	})
@@ -615,7 +673,7 @@ func (g convGeom) transposed() (convGeom, bool) {
 func (o *conv2dGradInputOp) transposedConv(g, t convGeom, dy, w, dx []float32) {
 	o.flip(g, w)
 	if sw := t.wide(); sw > 0 {
-		o.dcols = wideConv3(t, dy, o.wT, nil, dx, sw, o.dcols, o.pool)
+		o.dcols = wideConv3(t, dy, o.wT, nil, dx, sw, o.dcols, o.pool, nil)
 		return
 	}
 	parts, _ := splitWork(t.N, t.flops())

@@ -195,7 +195,7 @@ func TestBatchNormMomentsFallBack(t *testing.T) {
 	}
 	for _, guess := range [][]float32{nil, {1e4, -0.5}, {9e3, 100}} {
 		mean, invstd, variance := make([]float64, 2), make([]float64, 2), make([]float64, 2)
-		bnStats(g, x, 0, 2, 1e-5, guess, mean, invstd, variance)
+		bnStats(g, x, 0, 2, 1e-5, guess, nil, mean, invstd, variance)
 		for c := range 2 {
 			mu, v := exact(c)
 			require.InDelta(t, mu, mean[c], 1e-12*math.Abs(mu)+1e-12, "guess %v channel %d mean", guess, c)
@@ -210,4 +210,71 @@ func TestBatchNormMomentsFallBack(t *testing.T) {
 	s1, s2 = kern.ChanMoments(x, g.N, g.C, g.P, 0, 1e4)
 	_, _, ok = fromMoments(s1, s2, m, 1e4)
 	require.True(t, ok, "about a near guess")
+}
+
+// linkedConvBNs counts the BatchNorms that a convolution takes the
+// moments for (fuseConvBN).
+func linkedConvBNs(g *G.ExprGraph) int {
+	n := 0
+	for _, nd := range g.AllNodes() {
+		if bn, ok := nd.Op().(*batchNormOp); ok && bn.conv != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// A training BatchNorm after a convolution takes its statistics from the
+// moments the convolution took sample by sample (fuseConvBN), from its
+// second run on (the first has no running mean to take them about): on
+// the planes of every kernel route (direct 3x3 on 12x12, the wide 6x6
+// and 3x3 images, strided) the losses, gradients, parameters and running
+// buffers have the bits of the program without it, and the evaluation
+// program links none.
+func TestConvBatchNormMoments(t *testing.T) {
+	type result struct {
+		loss          []float32
+		grads, params [][]float32
+	}
+	run := func(fuse bool) result {
+		fuseConvMoments = fuse
+		defer func() { fuseConvMoments = true }()
+		m, err := New(Spec{Kind: "resnet", Depth: 8, InH: 12, InW: 12}, 1)
+		require.NoError(t, err)
+		tr := labelledProgram(t, m, 10, 5, 6, 10)
+		ev, err := m.Program(10, false)
+		require.NoError(t, err)
+		require.Zero(t, linkedConvBNs(ev.g), "evaluation")
+		linked := linkedConvBNs(tr.g)
+		if fuse {
+			require.Equal(t, 9, linked, "ResNet-8's BatchNorms (the stem's, 2 a block, 2 on the strided shortcuts), each after a convolution")
+		} else {
+			require.Zero(t, linked)
+		}
+		var r result
+		for step := 0; step < 4; step++ {
+			taken := momentsTaken.Load()
+			l, err := tr.Run(nil)
+			require.NoError(t, err)
+			want := int64(linked)
+			if step == 0 {
+				want = 0
+			}
+			require.Equal(t, want, momentsTaken.Load()-taken, "step %d: statistics from the convolutions' moments", step)
+			r.loss = append(r.loss, l)
+			for i := range m.Params {
+				r.grads = append(r.grads, slices.Clone(tr.Grad(i)))
+			}
+			_, err = ev.Run(nil)
+			require.NoError(t, err)
+		}
+		for _, p := range m.Params {
+			r.params = append(r.params, slices.Clone(p.Data))
+		}
+		return r
+	}
+	on, off := run(true), run(false)
+	require.Equal(t, off.loss, on.loss, "losses")
+	require.Equal(t, off.grads, on.grads, "gradients")
+	require.Equal(t, off.params, on.params, "parameters and running buffers")
 }

@@ -380,6 +380,7 @@ func (m *Model) compile(batch int, train bool) (*Program, error) {
 		return nil, err
 	}
 	p.stable = newStableGrads(p.grads)
+	fuseConvBN(g)
 	fuseBNReLU(g, append([]*G.Node{p.logits, p.loss}, p.grads...)...)
 	p.vm = G.NewTapeMachine(g, G.WithEngine(cpuEng))
 	p.pool = &m.pool

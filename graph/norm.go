@@ -111,14 +111,25 @@ func (g bnGeom) m() int { return g.N * g.P }
 // as moments about a guess of each channel's mean (guess: the running
 // mean, nil for zero), unless the moments cancel too much (see
 // fromMoments): then the squared deviations are summed in a second pass.
-func bnStats(g bnGeom, x []float32, c0, c1 int, eps float64, guess []float32, mean, invstd, variance []float64) {
+// With part ([N][C][2], the terms of each sample and channel that the
+// convolution before took, convMoments) the moments are those terms
+// added up in the order of the samples: the same sums, without the pass.
+func bnStats(g bnGeom, x []float32, c0, c1 int, eps float64, guess []float32, part []float64, mean, invstd, variance []float64) {
 	m := float64(g.m())
 	for c := c0; c < c1; c++ {
 		k := 0.0
 		if guess != nil {
 			k = float64(guess[c])
 		}
-		s1, s2 := kern.ChanMoments(x, g.N, g.C, g.P, c, k)
+		var s1, s2 float64
+		if part != nil {
+			for n := 0; n < g.N; n++ {
+				s1 += part[(n*g.C+c)*2]
+				s2 += part[(n*g.C+c)*2+1]
+			}
+		} else {
+			s1, s2 = kern.ChanMoments(x, g.N, g.C, g.P, c, k)
+		}
 		mu, v, ok := fromMoments(s1, s2, m, k)
 		if !ok {
 			v = g.channelSqDev(x, c, mu) / m
@@ -249,7 +260,7 @@ func (s *bnSaved) stats(g bnGeom, x []float32, eps float64, scratch *bnSaved) (m
 	}
 	scratch.resize(g.C)
 	parallelFor(g.C, 2*len(x), func(c0, c1 int) {
-		bnStats(g, x, c0, c1, eps, nil, scratch.mean, scratch.invstd, scratch.variance)
+		bnStats(g, x, c0, c1, eps, nil, nil, scratch.mean, scratch.invstd, scratch.variance)
 	})
 	return scratch.mean, scratch.invstd
 }
@@ -275,6 +286,11 @@ type batchNormOp struct {
 	// runs counts the runs that computed its output.
 	relu *actOp
 	runs uint64
+	// conv is the convolution whose output this BatchNorm alone
+	// normalises (fuseConvBN), which takes the output's moments about
+	// guess, the running mean of this BatchNorm's last training run.
+	conv  *conv2dOp
+	guess []float32
 }
 
 // frozen is a training BatchNorm that does not update its buffers (the
@@ -353,10 +369,18 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 			return nil, err
 		}
 	} else {
+		var part []float64
+		if o.conv != nil {
+			part = o.conv.mom.momentsOf(x, o.conv.runs, rm)
+		}
+		if part != nil {
+			momentsTaken.Add(1)
+		}
 		parallelFor(g.C, 2*len(x), func(c0, c1 int) {
-			bnStats(g, x, c0, c1, o.eps, rm, s.mean, s.invstd, s.variance)
+			bnStats(g, x, c0, c1, o.eps, rm, part, s.mean, s.invstd, s.variance)
 		})
 	}
+	o.guess = rm
 	unbias := s.m / (s.m - 1)
 	parallelFor(g.C, len(x), func(c0, c1 int) {
 		for c := c0; c < c1; c++ {
@@ -493,6 +517,42 @@ func fuseBNReLU(g *G.ExprGraph, keep ...*G.Node) {
 		}
 		if bn, ok := in.Op().(*batchNormOp); ok && bn.relu == nil {
 			bn.relu, r.from = r, bn
+		}
+	}
+}
+
+// fuseConvMoments turns fuseConvBN on (tests turn it off to compare).
+var fuseConvMoments = true
+
+// momentsTaken counts the BatchNorm statistics taken from their
+// convolution's moments (for tests).
+var momentsTaken atomic.Int64
+
+// fuseConvBN links each training BatchNorm whose input is a
+// convolution's output with that convolution, in a program's graph on
+// the CPU: the convolution takes each sample's moments about the
+// BatchNorm's running mean as it computes the sample (convMoments), while
+// the sample's planes are in cache, and the BatchNorm adds them up
+// instead of reading its whole input once more, with the same bits. A
+// convolution read by several BatchNorms is linked with one.
+func fuseConvBN(g *G.ExprGraph) {
+	if !fuseConvMoments {
+		return
+	}
+	for _, n := range g.AllNodes() {
+		bn, ok := n.Op().(*batchNormOp)
+		if !ok || !bn.train || bn.conv != nil {
+			continue
+		}
+		for ins := g.From(n.ID()); ins.Next(); {
+			in, ok := ins.Node().(*G.Node)
+			if !ok {
+				continue
+			}
+			if c, ok := in.Op().(*conv2dOp); ok && c.bn == nil {
+				bn.conv, c.bn = c, bn
+				break
+			}
 		}
 	}
 }

@@ -246,6 +246,7 @@ func (s *Stage) compile(k stageKey) (*StageProgram, error) {
 		return nil, err
 	}
 	p.stable = newStableGrads(p.grads)
+	fuseConvBN(g)
 	fuseBNReLU(g, append([]*G.Node{p.out, p.loss}, p.grads...)...)
 	p.vm = G.NewTapeMachine(g, G.WithEngine(cpuEng))
 	return p, nil

@@ -62,31 +62,44 @@ TARGET double gt_kern_chan_sqdev(const float* x, long N, long C, long P, long c,
 	return s;
 }
 
-// Σ (x-k) and Σ (x-k)² over channel c, one pass.
-TARGET void gt_kern_chan_moments(const float* x, long N, long C, long P, long c, double k, double* out) {
-	double s1 = 0, s2 = 0;
+// plane_moments is one plane's Σ (x-k) and Σ (x-k)², in out[0], out[1].
+static inline TARGET void plane_moments(const float* p, long P, double k, double* out) {
 	v4d m = {k, k, k, k};
+	v4d a0 = {0, 0, 0, 0}, a1 = {0, 0, 0, 0}, b0 = {0, 0, 0, 0}, b1 = {0, 0, 0, 0};
+	long i = 0;
+	for (; i + 8 <= P; i += 8) {
+		v4d d0 = load4(p + i) - m, d1 = load4(p + i + 4) - m;
+		a0 += d0;
+		a1 += d1;
+		b0 += d0 * d0;
+		b1 += d1 * d1;
+	}
+	for (; i < P; i++) {
+		double d = (double)p[i] - k;
+		a0[0] += d;
+		b0[0] += d * d;
+	}
+	out[0] = fold(a0, a1);
+	out[1] = fold(b0, b1);
+}
+
+// Σ (x-k) and Σ (x-k)² over channel c, one pass: the planes' sums added
+// in the order of the samples.
+TARGET void gt_kern_chan_moments(const float* x, long N, long C, long P, long c, double k, double* out) {
+	double s1 = 0, s2 = 0, q[2];
 	for (long n = 0; n < N; n++) {
-		const float* p = x + (n * C + c) * P;
-		v4d a0 = {0, 0, 0, 0}, a1 = {0, 0, 0, 0}, b0 = {0, 0, 0, 0}, b1 = {0, 0, 0, 0};
-		long i = 0;
-		for (; i + 8 <= P; i += 8) {
-			v4d d0 = load4(p + i) - m, d1 = load4(p + i + 4) - m;
-			a0 += d0;
-			a1 += d1;
-			b0 += d0 * d0;
-			b1 += d1 * d1;
-		}
-		for (; i < P; i++) {
-			double d = (double)p[i] - k;
-			a0[0] += d;
-			b0[0] += d * d;
-		}
-		s1 += fold(a0, a1);
-		s2 += fold(b0, b1);
+		plane_moments(x + (n * C + c) * P, P, k, q);
+		s1 += q[0];
+		s2 += q[1];
 	}
 	out[0] = s1;
 	out[1] = s2;
+}
+
+// gt_kern_plane_moments sets out[2c], out[2c+1] to plane c's Σ (x-k[c])
+// and Σ (x-k[c])², for the C planes of one sample.
+TARGET void gt_kern_plane_moments(const float* x, long C, long P, const float* k, double* out) {
+	for (long c = 0; c < C; c++) plane_moments(x + c * P, P, (double)k[c], out + 2 * c);
 }
 
 // plane_gradsums adds one plane's Σ dy and Σ dy·(x-mu) to s[0], s[1].

@@ -49,6 +49,22 @@ func ChanMoments(x []float32, n, c, p, ch int, k float64) (s1, s2 float64) {
 	return goChanMoments(x, n, c, p, ch, k)
 }
 
+// PlaneMoments sets out[2c] and out[2c+1] to Σ (x-k[c]) and Σ (x-k[c])²
+// over plane c of one sample's c planes of p values: the terms that
+// ChanMoments adds up sample by sample, so that adding a batch's out in
+// the order of its samples, from zero, gives ChanMoments' bits. It
+// panics when a slice is too short.
+func PlaneMoments(x []float32, c, p int, k []float32, out []float64) {
+	if c < 1 || p < 1 || len(x) < c*p || len(k) < c || len(out) < 2*c {
+		panic(fmt.Sprintf("kern.PlaneMoments: %d planes of %d values: x %d, k %d, out %d", c, p, len(x), len(k), len(out)))
+	}
+	if native {
+		cPlaneMoments(x, c, p, k, out)
+		return
+	}
+	goPlaneMomentsAll(x, c, p, k, out)
+}
+
 // ChanGradSums is Σ dy and Σ dy·(x-mu) over channel ch, summed as ChanSum.
 func ChanGradSums(x, dy []float32, n, c, p, ch int, mu float64) (s1, s2 float64) {
 	chanCheck("ChanGradSums", n, c, p, ch, x, dy)

@@ -52,25 +52,37 @@ func goChanSqDev(x []float32, n, c, p, ch int, mu float64) float64 {
 
 func goChanMoments(x []float32, n, c, p, ch int, k float64) (s1, s2 float64) {
 	for i := 0; i < n; i++ {
-		v := plane(x, c, p, i, ch)
-		var a, b [8]float64
-		j := 0
-		for ; j+8 <= len(v); j += 8 {
-			for l := range 8 {
-				d := float64(v[j+l]) - k
-				a[l] += d
-				b[l] += d * d
-			}
-		}
-		for ; j < len(v); j++ {
-			d := float64(v[j]) - k
-			a[0] += d
-			b[0] += d * d
-		}
-		s1 += fold(&a)
-		s2 += fold(&b)
+		a, b := goPlaneMoments(plane(x, c, p, i, ch), k)
+		s1 += a
+		s2 += b
 	}
 	return s1, s2
+}
+
+// goPlaneMoments is one plane's Σ (v-k) and Σ (v-k)², in eight running
+// sums each.
+func goPlaneMoments(v []float32, k float64) (s1, s2 float64) {
+	var a, b [8]float64
+	j := 0
+	for ; j+8 <= len(v); j += 8 {
+		for l := range 8 {
+			d := float64(v[j+l]) - k
+			a[l] += d
+			b[l] += d * d
+		}
+	}
+	for ; j < len(v); j++ {
+		d := float64(v[j]) - k
+		a[0] += d
+		b[0] += d * d
+	}
+	return fold(&a), fold(&b)
+}
+
+func goPlaneMomentsAll(x []float32, c, p int, k []float32, out []float64) {
+	for ch := 0; ch < c; ch++ {
+		out[2*ch], out[2*ch+1] = goPlaneMoments(x[ch*p:][:p], float64(k[ch]))
+	}
 }
 
 func goChanGradSums(x, dy []float32, n, c, p, ch int, mu float64) (s1, s2 float64) {

@@ -124,3 +124,44 @@ func TestElemNativeEqualsGeneric(t *testing.T) {
 		})
 	}
 }
+
+// PlaneMoments gives, sample by sample, the terms of ChanMoments: added
+// from zero in the order of the samples they are ChanMoments' bits, on
+// the native kernels and on the Go fallback, which agree.
+func TestPlaneMomentsAddUpToChanMoments(t *testing.T) {
+	r := rand.New(rand.NewPCG(8, 9))
+	for _, g := range []struct{ n, c, p int }{{1, 1, 1}, {3, 2, 7}, {5, 4, 49}, {4, 16, 196}, {2, 3, 13}} {
+		t.Run(fmt.Sprintf("N%d_C%d_P%d", g.n, g.c, g.p), func(t *testing.T) {
+			x := randn(r, g.n*g.c*g.p)
+			k := randn(r, g.c)
+			sums := make([]float64, 2*g.c)
+			out, goOut := make([]float64, 2*g.c+1), make([]float64, 2*g.c)
+			for i := 0; i < g.n; i++ {
+				out[2*g.c] = math.Pi // past the planes: left alone
+				PlaneMoments(x[i*g.c*g.p:], g.c, g.p, k, out)
+				goPlaneMomentsAll(x[i*g.c*g.p:], g.c, g.p, k, goOut)
+				if out[2*g.c] != math.Pi {
+					t.Fatal("PlaneMoments wrote past its planes")
+				}
+				for j := range goOut {
+					if math.Float64bits(out[j]) != math.Float64bits(goOut[j]) {
+						t.Fatalf("sample %d term %d: %v, the fallback %v", i, j, out[j], goOut[j])
+					}
+					sums[j] += out[j]
+				}
+			}
+			for ch := 0; ch < g.c; ch++ {
+				s1, s2 := ChanMoments(x, g.n, g.c, g.p, ch, float64(k[ch]))
+				if math.Float64bits(s1) != math.Float64bits(sums[2*ch]) || math.Float64bits(s2) != math.Float64bits(sums[2*ch+1]) {
+					t.Fatalf("channel %d: planes add up to %v %v, ChanMoments %v %v", ch, sums[2*ch], sums[2*ch+1], s1, s2)
+				}
+			}
+		})
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("PlaneMoments of too short an out did not panic")
+		}
+	}()
+	PlaneMoments(make([]float32, 6), 2, 3, make([]float32, 2), make([]float64, 3))
+}

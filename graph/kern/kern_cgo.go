@@ -24,6 +24,7 @@ void gt_kern_chan_affine(float* dst, const float* x, long N, long C, long P, lon
 void gt_kern_chan_affine2(float* dst, const float* x, const float* y, long N, long C, long P, long ch, float a, float b, float c);
 void gt_kern_relu(float* y, const float* x, long n);
 void gt_kern_chan_moments(const float* x, long N, long C, long P, long c, double k, double* out);
+void gt_kern_plane_moments(const float* x, long C, long P, const float* k, double* out);
 void gt_kern_chan_affine_relu(float* dst, const float* x, long N, long C, long P, long c, float a, float b);
 void gt_kern_add(float* y, const float* a, const float* b, long n);
 void gt_kern_chan_relu_grad_sums(float* dy, const float* z, const float* dz, const float* x, long N, long C, long P, long c, double mu, double* out);
@@ -75,6 +76,10 @@ func cChanAffine(dst, x []float32, n, c, p, ch int, a, b float32) {
 
 func cChanAffine2(dst, x, y []float32, n, c, p, ch int, a, b, cc float32) {
 	C.gt_kern_chan_affine2(fp(dst), fp(x), fp(y), C.long(n), C.long(c), C.long(p), C.long(ch), C.float(a), C.float(b), C.float(cc))
+}
+
+func cPlaneMoments(x []float32, c, p int, k []float32, out []float64) {
+	C.gt_kern_plane_moments(fp(x), C.long(c), C.long(p), fp(k), (*C.double)(&out[0]))
 }
 
 func cChanMoments(x []float32, n, c, p, ch int, k float64) (s1, s2 float64) {

@@ -17,6 +17,7 @@ func cChanGradSums(_, _ []float32, _, _, _, _ int, _ float64) (float64, float64)
 func cChanAffine(_, _ []float32, _, _, _, _ int, _, _ float32)                   {}
 func cChanAffine2(_, _, _ []float32, _, _, _, _ int, _, _, _ float32)            {}
 func cChanMoments([]float32, int, int, int, int, float64) (float64, float64)     { return 0, 0 }
+func cPlaneMoments([]float32, int, int, []float32, []float64)                    {}
 func cChanAffineReLU(_, _ []float32, _, _, _, _ int, _, _ float32)               {}
 func cChanReLUGradSums(_, _, _, _ []float32, _, _, _, _ int, _ float64) (float64, float64) {
 	return 0, 0
