@@ -34,16 +34,19 @@ func newSharedBN(s *nn.Scope, spec Spec) (nn.Module, error) {
 		bn2: nn.NewBatchNorm(s.Sub("bn2"), 4), fc: nn.NewLinear(s.Sub("fc"), 4, spec.Classes)}, nil
 }
 
-// fusedReLUs counts the program's ReLUs that a BatchNorm computes.
-func fusedReLUs(g *G.ExprGraph) int {
+// countOps counts the program's nodes whose op is a T for which is holds.
+func countOps[T G.Op](g *G.ExprGraph, is func(T) bool) int {
 	n := 0
 	for _, nd := range g.AllNodes() {
-		if r, ok := nd.Op().(*actOp); ok && r.from != nil {
+		if op, ok := nd.Op().(T); ok && is(op) {
 			n++
 		}
 	}
 	return n
 }
+
+// fusedReLUs counts the program's ReLUs that a BatchNorm computes.
+func fusedReLUs(g *G.ExprGraph) int { return countOps(g, func(r *actOp) bool { return r.from != nil }) }
 
 // A BatchNorm whose output only a ReLU reads computes the ReLU too
 // (fuseBNReLU), and the ReLU's gradient takes the BatchNorm's gradient
@@ -215,13 +218,7 @@ func TestBatchNormMomentsFallBack(t *testing.T) {
 // linkedConvBNs counts the BatchNorms that a convolution takes the
 // moments for (fuseConvBN).
 func linkedConvBNs(g *G.ExprGraph) int {
-	n := 0
-	for _, nd := range g.AllNodes() {
-		if bn, ok := nd.Op().(*batchNormOp); ok && bn.conv != nil {
-			n++
-		}
-	}
-	return n
+	return countOps(g, func(bn *batchNormOp) bool { return bn.conv != nil })
 }
 
 // A training BatchNorm after a convolution takes its statistics from the
