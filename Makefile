@@ -115,7 +115,7 @@ gpu-test:
 # executor and of nccl, and the fixture tool, gzipped, MNIST, and 1300 digits as PNG
 # folders. The binaries link only libcuda.so.1 and load
 # cuBLAS and NVRTC of any CUDA version at run time. On the device: carry
-# bin/gpu (about 31 MB) and run
+# bin/gpu (about 40 MB) and run
 #   bash gpu/cuda/run-on-gpu.sh
 # which runs its phases (tests resnet syncbn bench ... cpu) within DEADLINE
 # seconds (540), logs to $OUT and prints a summary last; PHASES="..."

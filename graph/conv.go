@@ -392,14 +392,13 @@ type conv2dOp struct {
 type convMoments struct {
 	k    []float32 // the running mean they are about
 	part []float64 // [N][K][2]: Σ (y-k) and Σ (y-k)²
-	out  *float32  // the output they are of
-	run  uint64    // the forward run they are of
+	out  *float32  // the output they are of; nil until a run takes them
 }
 
-// momentsOf returns the moments of output y taken by run run of its
-// convolution, about k, or nil.
-func (m *convMoments) momentsOf(y []float32, run uint64, k []float32) []float64 {
-	if m.out == nil || len(y) == 0 || &y[0] != m.out || m.run != run || !slices.Equal(m.k, k) {
+// momentsOf returns the moments of output y taken by the convolution's
+// last run, about k, or nil.
+func (m *convMoments) momentsOf(y []float32, k []float32) []float64 {
+	if m.out == nil || len(y) == 0 || &y[0] != m.out || !slices.Equal(m.k, k) {
 		return nil
 	}
 	return m.part
@@ -497,7 +496,7 @@ func (o *conv2dOp) Do(in ...G.Value) (G.Value, error) {
 	var moments func(n int)
 	if o.takeMoments(g) {
 		moments = func(n int) { o.sampleMoments(g, y, n) }
-		defer func() { o.mom.out, o.mom.run = &y[0], o.runs }()
+		defer func() { o.mom.out = &y[0] }()
 	}
 	if sw := g.wide(); sw > 0 {
 		o.cols = wideConv3(g, x, w, bias, y, sw, o.cols, o.pool, moments)

@@ -371,7 +371,7 @@ func (o *batchNormOp) Do(in ...G.Value) (G.Value, error) {
 	} else {
 		var part []float64
 		if o.conv != nil {
-			part = o.conv.mom.momentsOf(x, o.conv.runs, rm)
+			part = o.conv.mom.momentsOf(x, rm)
 		}
 		if part != nil {
 			momentsTaken.Add(1)

@@ -49,13 +49,19 @@ mkdir -p "$O"
 for f in gotrain-gpu executor.test nccl.test fixture; do gunzip -c "$B/$f.gz" >"$T/$f" && chmod +x "$T/$f"; done
 G=$T/gotrain-gpu
 dirs=(/usr/local/cuda/lib64)
+# python3's site-packages (PyTorch's nvidia-* wheels): cuBLAS and NVRTC for
+# LD_LIBRARY_PATH, and the first libnccl.so.2 for NCCL_LIBRARY unless it
+# names one already.
 for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
-  for f in "$sp"/nvidia/*/lib/libcublas.so.* "$sp"/nvidia/*/lib/libnvrtc.so.* "$sp"/nvidia/cu*/lib/libcublas.so.* "$sp"/nvidia/cu*/lib/libnvrtc.so.*; do
+  for f in "$sp"/nvidia/*/lib/libcublas.so.* "$sp"/nvidia/*/lib/libnvrtc.so.*; do
     [ -e "$f" ] && dirs+=("$(dirname "$f")")
+  done
+  for f in "$sp"/nvidia/*/lib/libnccl.so.2; do
+    [ -e "$f" ] && [ -z "${NCCL_LIBRARY:-}" ] && NCCL_LIBRARY=$f
   done
 done
 LD_LIBRARY_PATH=$(printf '%s:' "${dirs[@]}")${LD_LIBRARY_PATH:-}
-export LD_LIBRARY_PATH
+export LD_LIBRARY_PATH NCCL_LIBRARY
 
 say() { echo "$*" | tee -a "$S"; }
 
@@ -180,16 +186,6 @@ run_syncbn() {
 export -f ranks differ
 summary_syncbn() { grep -E '^syncbn' "$1"; }
 
-# NCCL: the file NCCL_LIBRARY names, else the first libnccl.so.2 of
-# python3's site-packages (PyTorch's nvidia-nccl wheel).
-if [ -z "${NCCL_LIBRARY:-}" ]; then
-  for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
-    for f in "$sp"/nvidia/nccl/lib/libnccl.so.2 "$sp"/nvidia/cu*/lib/libnccl.so.2; do
-      [ -e "$f" ] && [ -z "${NCCL_LIBRARY:-}" ] && NCCL_LIBRARY=$f
-    done
-  done
-fi
-export NCCL_LIBRARY
 run_nccl() {
   echo "nccl: NCCL_LIBRARY=${NCCL_LIBRARY:-none}"
   "$T/nccl.test" -test.run 'RealNCCL' -test.v -test.count=1

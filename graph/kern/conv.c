@@ -63,6 +63,12 @@ static inline void zerof(float* d, long n) {
 	for (long i = 0; i < n; i++) d[i] = 0;
 }
 
+// first_lanes is the mask of the first n lanes (all 8 for n >= 8, none
+// for n <= 0).
+TARGET static inline __m256i first_lanes(int n) {
+	return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 // row_zero copies a row of W values to d and zeroes d[W], in whole
 // vectors: the last one loads the row's remaining values under a mask
 // (reading nothing past the row) and stores 8 values, zeros after the
@@ -71,9 +77,7 @@ static inline void zerof(float* d, long n) {
 TARGET static inline void row_zero(float* d, const float* s, int W) {
 	int x = 0;
 	for (; x + 8 <= W; x += 8) _mm256_storeu_ps(d + x, _mm256_loadu_ps(s + x));
-	const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-	__m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(W - x), lane);
-	_mm256_storeu_ps(d + x, _mm256_maskload_ps(s + x, m));
+	_mm256_storeu_ps(d + x, _mm256_maskload_ps(s + x, first_lanes(W - x)));
 }
 
 // pad_input writes every value of xp: the planes' rows and the zeros
@@ -289,8 +293,7 @@ TARGET static inline void copy_row(float* d, const float* s, int W) {
 	int x = 0;
 	for (; x + 8 <= W; x += 8) _mm256_storeu_ps(d + x, _mm256_loadu_ps(s + x));
 	if (x < W) {
-		const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-		__m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(W - x), lane);
+		__m256i m = first_lanes(W - x);
 		_mm256_maskstore_ps(d + x, m, _mm256_maskload_ps(s + x, m));
 	}
 }
