@@ -57,6 +57,13 @@ type Config struct {
 	// same draws for the same index).
 	Augment bool `json:"augment,omitempty" yaml:"augment,omitempty"`
 	Pad     int  `json:"pad" yaml:"pad"`
+	// Mean and Std normalise each channel of an image's p/255 to
+	// (p/255 - Mean)/Std, as torchvision's Normalize(mean, std), one value
+	// per channel: they replace an IDX dataset's fixed constants (mnist
+	// 0.1307 and 0.3081, fashion-mnist 0.2860 and 0.3530) and a folder's
+	// training-split statistics. Both or neither; nil keeps those.
+	Mean []float32 `json:"mean,omitempty" yaml:"mean,omitempty"`
+	Std  []float32 `json:"std,omitempty" yaml:"std,omitempty"`
 	// DataWorkers decode the image files of --dataset folder (0: one per
 	// CPU).
 	DataWorkers int `json:"data_workers,omitempty" yaml:"data_workers,omitempty"`
@@ -369,6 +376,16 @@ func (c *Config) Validate() error {
 		return cfgErr("--dataset csv needs --label, the name of the label column")
 	case c.Augment && c.Dataset == "csv":
 		return cfgErr("--augment crops and flips images; --dataset csv holds none (drop --augment)")
+	case (c.Mean != nil || c.Std != nil) && c.Dataset == "csv":
+		return cfgErr("--mean and --std normalise images; --dataset csv standardises its columns by the training table's statistics (drop them)")
+	case len(c.Mean) != len(c.Std):
+		return cfgErr("--mean has %d values and --std %d: give one of each per channel of the images", len(c.Mean), len(c.Std))
+	}
+	for i := range c.Mean {
+		m, sd := float64(c.Mean[i]), float64(c.Std[i])
+		if math.IsNaN(m) || math.IsInf(m, 0) || !(sd > 0) || math.IsInf(sd, 0) {
+			return cfgErr("--mean %v --std %v: channel %d: every mean must be finite and every deviation positive and finite", c.Mean, c.Std, i)
+		}
 	}
 	for _, h := range c.Hidden {
 		if h <= 0 {

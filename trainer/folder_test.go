@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -175,6 +176,12 @@ func TestFolderConfigLimits(t *testing.T) {
 		{func(c *Config) { c.DataWorkers = -1 }, "--data-workers -1 must be from 0"},
 		{func(c *Config) { c.DataWorkers = MaxThreads() + 1 }, "--data-workers"},
 		{func(c *Config) { c.Augment, c.Dataset, c.Label = true, "csv", "y" }, "--dataset csv holds none"},
+		{func(c *Config) { c.Mean, c.Std, c.Dataset, c.Label = []float32{0.5}, []float32{0.2}, "csv", "y" }, "--dataset csv standardises its columns"},
+		{func(c *Config) { c.Mean = []float32{0.5} }, "--mean has 1 values and --std 0"},
+		{func(c *Config) { c.Mean, c.Std = []float32{0.5, 0.4}, []float32{0.2} }, "--mean has 2 values and --std 1"},
+		{func(c *Config) { c.Mean, c.Std = []float32{0.5, 0.4}, []float32{0.2, 0} }, "channel 1: every mean must be finite and every deviation positive"},
+		{func(c *Config) { c.Mean, c.Std = []float32{float32(math.NaN())}, []float32{0.2} }, "channel 0"},
+		{func(c *Config) { c.Mean, c.Std = []float32{0}, []float32{float32(math.Inf(1))} }, "channel 0"},
 	} {
 		cfg := folderConfig(t, t.TempDir())
 		tc.set(&cfg)
@@ -184,7 +191,24 @@ func TestFolderConfigLimits(t *testing.T) {
 	}
 	cfg := folderConfig(t, t.TempDir())
 	cfg.Augment, cfg.Pad, cfg.DataWorkers = true, MaxPad, MaxThreads()
+	cfg.Mean, cfg.Std = []float32{0.49, 0.48, -2}, []float32{0.25, 0.24, 3}
 	require.NoError(t, cfg.Validate())
+
+	// The folder's channels decide how many constants it takes.
+	dir, _, _ := folderDir(t, 200, 60)
+	cfg = folderConfig(t, dir)
+	cfg.Mean, cfg.Std = []float32{0.5, 0.5, 0.5}, []float32{0.2, 0.2, 0.2}
+	_, _, err := LoadSources(cfg)
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "3 means and 3 deviations for 1 channels")
+	cfg.Mean, cfg.Std = []float32{0.5}, []float32{0.25}
+	tr, te, err := LoadSources(cfg)
+	require.NoError(t, err)
+	for _, s := range []data.Source{tr, te} {
+		f := s.(*data.Folder)
+		require.Equal(t, []float32{0.5}, f.Mean)
+		require.Equal(t, []float32{0.25}, f.Std)
+	}
 }
 
 // normSource is a Dataset standardised by the given constants as a
@@ -269,4 +293,91 @@ func TestFolderIsTheDataset(t *testing.T) {
 	t.Logf("folder %.4f, dataset %.4f", folderRes.TestAccuracy, refRes.TestAccuracy)
 	require.Equal(t, refRes.TestAccuracy, folderRes.TestAccuracy)
 	require.Equal(t, params(ref), params(fromFolder))
+}
+
+// TestIDXInFolderOrderIsTheFolder: the IDX files of a dataset, written in
+// its image folder's order and normalised by the folder's constants
+// (--mean, --std), train with --augment exactly as the folder does: the
+// same crops and flips for the same index, the same weights, the same
+// accuracy, through the command line's loaders. With the IDX dataset's own
+// constants the runs part (the constants matter), and the test split is
+// evaluated with the recorded constants.
+func TestIDXInFolderOrderIsTheFolder(t *testing.T) {
+	trainD, testD := learnable(300, 3), learnable(100, 4)
+	if d, err := data.Load("mnist", "", "train"); err == nil {
+		trainD = d.Slice(0, 300)
+		if d, err := data.Load("mnist", "", "test"); err == nil {
+			testD = d.Slice(0, 100)
+		}
+	} else {
+		t.Logf("mnist is not installed (%v): the learnable synthetic data stands in", err)
+	}
+	dir, idxDir := t.TempDir(), t.TempDir()
+	require.NoError(t, data.WriteImageFolder(filepath.Join(dir, "train"), trainD))
+	require.NoError(t, data.WriteImageFolder(filepath.Join(dir, "test"), testD))
+	writeIDX(t, idxDir, "train", byClass(trainD))
+	writeIDX(t, idxDir, "t10k", testD)
+
+	cfg := folderConfig(t, dir)
+	cfg.Augment, cfg.Epochs = true, 1
+	fromFolder, err := New(cfg, WithLogger(quiet))
+	require.NoError(t, err)
+	folderRes, err := fromFolder.Run(context.Background())
+	require.NoError(t, err)
+	ftr := fromFolder.train.(*data.Folder)
+
+	out := filepath.Join(t.TempDir(), "idx.safetensors")
+	run := func(mean, std []float32) (*Trainer, Result) {
+		c := folderConfig(t, idxDir)
+		c.Dataset, c.Augment, c.Epochs, c.Out = "mnist", true, 1, out
+		c.Mean, c.Std = mean, std
+		require.NoError(t, c.Validate())
+		tr, err := New(c, WithLogger(quiet))
+		require.NoError(t, err)
+		res, err := tr.Run(context.Background())
+		require.NoError(t, err)
+		return tr, res
+	}
+	fromIDX, idxRes := run(ftr.Mean, ftr.Std)
+	t.Logf("folder %.4f, IDX in folder order %.4f (mean %v, std %v)", folderRes.TestAccuracy, idxRes.TestAccuracy, ftr.Mean, ftr.Std)
+	require.Equal(t, folderRes.TestAccuracy, idxRes.TestAccuracy)
+	require.True(t, slices.EqualFunc(params(fromFolder), params(fromIDX), slices.Equal), "the folder and the IDX files trained other weights")
+
+	// The weights record the constants, and evaluate with them.
+	_, stored, _, err := LoadModel(out)
+	require.NoError(t, err)
+	test, err := LoadTestSource(stored, out)
+	require.NoError(t, err)
+	x, y := make([]float32, 2*784), make([]float32, 2)
+	require.NoError(t, test.Fill(x, y, []int{0, 1}, 0, 0))
+	want := make([]float32, 2*784)
+	require.NoError(t, normSource{testD, ftr.Mean[0], ftr.Std[0]}.Fill(want, y, []int{0, 1}, 0, 0))
+	require.Equal(t, want, x)
+
+	builtin, _ := run(nil, nil)
+	require.False(t, slices.EqualFunc(params(fromFolder), params(builtin), slices.Equal), "mnist's own constants should train other weights")
+
+	// Constants for channels the images do not have are refused.
+	c := folderConfig(t, idxDir)
+	c.Dataset, c.Mean, c.Std = "mnist", []float32{0.5, 0.5, 0.5}, []float32{0.2, 0.2, 0.2}
+	_, err = New(c, WithLogger(quiet))
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "1 channel")
+}
+
+// writeIDX writes d as the IDX files prefix-images-idx3-ubyte and
+// prefix-labels-idx1-ubyte of dir.
+func writeIDX(t *testing.T, dir, prefix string, d *data.Dataset) {
+	t.Helper()
+	be := func(v ...uint32) []byte {
+		var b []byte
+		for _, x := range v {
+			b = append(b, byte(x>>24), byte(x>>16), byte(x>>8), byte(x))
+		}
+		return b
+	}
+	img := append(be(0x803, uint32(d.N), uint32(d.Rows), uint32(d.Cols)), d.Pix...)
+	lbl := append(be(0x801, uint32(d.N)), d.Labels...)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, prefix+"-images-idx3-ubyte"), img, 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, prefix+"-labels-idx1-ubyte"), lbl, 0o644))
 }

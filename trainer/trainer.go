@@ -422,7 +422,29 @@ func loadImages(cfg Config, split string) (*data.Dataset, error) {
 	case "folder":
 		return nil, fmt.Errorf("%w: --dataset folder is read as a source, not an IDX dataset: load it with LoadSources", ErrConfig)
 	}
-	return data.Load(cfg.Dataset, cfg.DataDir, split)
+	d, err := data.Load(cfg.Dataset, cfg.DataDir, split)
+	if err != nil {
+		return nil, err
+	}
+	if err := setNorm(d, cfg.Mean, cfg.Std); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// setNorm gives an image dataset the normalisation of --mean and --std,
+// if they are given: one value each, for its one channel.
+func setNorm(d *data.Dataset, mean, std []float32) error {
+	if mean == nil && std == nil {
+		return nil
+	}
+	if len(mean) != 1 || len(std) != 1 {
+		return fmt.Errorf("%w: --mean %v --std %v: the images of %s have 1 channel: give one value each", ErrConfig, mean, std, d.Name)
+	}
+	if err := d.SetNorm(mean[0], std[0]); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	return nil
 }
 
 // The files of --dataset csv, in --data-dir.
@@ -445,7 +467,9 @@ const (
 // features are standardised by the training split's per-feature mean and
 // deviation, the test split's by the same constants. "folder" is the
 // image folders train and test of cfg.DataDir (data.LoadImageFolder),
-// standardised per channel likewise; the training split of the image
+// standardised per channel likewise. cfg.Mean and cfg.Std, if given,
+// replace an image dataset's constants and a folder's statistics; the
+// training split of the image
 // datasets and folders is augmented (cfg.Augment, cfg.Pad: the same crop
 // and flip for the same index) and the folders must have the same classes.
 func LoadSources(cfg Config) (train, test data.Source, err error) {
@@ -491,7 +515,8 @@ func LoadSources(cfg Config) (train, test data.Source, err error) {
 }
 
 // loadFolders loads the image folders of --dataset folder: DIR/train,
-// augmented when cfg.Augment is set and standardised per channel, and
+// augmented when cfg.Augment is set and standardised per channel (or
+// normalised by cfg.Mean and cfg.Std), and
 // DIR/test, normalised by the same constants, with the same class names
 // in the same order.
 func loadFolders(cfg Config) (train, test *data.Folder, err error) {
@@ -506,7 +531,13 @@ func loadFolders(cfg Config) (train, test *data.Folder, err error) {
 	if cfg.Augment {
 		train.Pad = cfg.Pad // LoadImageFolder takes 0 for its default of 4; --pad 0 flips only
 	}
-	train.Standardize()
+	if cfg.Mean != nil || cfg.Std != nil {
+		if err := train.SetNorm(cfg.Mean, cfg.Std); err != nil {
+			return nil, nil, fmt.Errorf("%w: --mean %v --std %v: %w", ErrConfig, cfg.Mean, cfg.Std, err)
+		}
+	} else {
+		train.Standardize()
+	}
 	test, err = data.LoadImageFolder(teDir, data.FolderOptions{Workers: cfg.DataWorkers})
 	if err != nil {
 		return nil, nil, err
@@ -555,7 +586,8 @@ func trainName(cfg Config) string {
 
 // LoadTestSource loads the test split of cfg.Dataset to evaluate the
 // weights saved at path (a checkpoint or weights file, whose metadata it
-// reads): that of LoadSources, and for "csv" test.csv of cfg.DataDir
+// reads): that of LoadSources (an image dataset normalised by the
+// config's --mean and --std, which the file records), and for "csv" test.csv of cfg.DataDir
 // standardised by the constants the file records of the training split
 // (data.NormFromMeta); for "folder" likewise the image folder test of
 // cfg.DataDir, normalised per channel by the recorded constants. A file

@@ -3,6 +3,7 @@ package data
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 )
 
@@ -17,6 +18,8 @@ type Dataset struct {
 	Classes int    // labels are 0..Classes-1
 	Pix     []byte // N*Rows*Cols, sample after sample, row-major
 	Labels  []byte // N
+
+	custom *norm // SetNorm's constants, replacing Name's
 }
 
 // Normalisation constants: the mean and standard deviation of p/255 over
@@ -47,6 +50,9 @@ func newNorm(mean, std float64) norm {
 }
 
 func (d *Dataset) norm() *norm {
+	if d.custom != nil {
+		return d.custom
+	}
 	switch d.Name {
 	case "mnist":
 		return &normMNIST
@@ -58,11 +64,29 @@ func (d *Dataset) norm() *norm {
 	return &normIdentity
 }
 
-// Mean is the mean of p/255 used by Batch: 0.1307 for "mnist", 0.2860 for
-// "fashion-mnist", 0.5 for "synthetic", 0 for any other Name.
+// SetNorm replaces the constants Name selects by mean and std, as
+// torchvision's Normalize((mean,), (std,)) does: Batch then gives
+// (p/255 - mean)/std, computed in float64 from the float32 constants and
+// rounded to float32 (the rule of [Folder.SetNorm], so that a dataset and
+// the image folder written from it normalise bit for bit alike). std must
+// be positive and both finite. Slices made afterwards share the constants.
+func (d *Dataset) SetNorm(mean, std float32) error {
+	if !(std > 0) || math.IsInf(float64(std), 0) || math.IsNaN(float64(mean)) || math.IsInf(float64(mean), 0) {
+		return fmt.Errorf("data: %s/%s: normalisation by mean %v and deviation %v: the deviation must be positive and both finite", d.Name, d.Split, mean, std)
+	}
+	n := newNorm(float64(mean), float64(std))
+	n.mean, n.std = mean, std
+	d.custom = &n
+	return nil
+}
+
+// Mean is the mean of p/255 used by Batch: that of SetNorm if it was
+// called, else 0.1307 for "mnist", 0.2860 for "fashion-mnist", 0.5 for
+// "synthetic", 0 for any other Name.
 func (d *Dataset) Mean() float32 { return d.norm().mean }
 
-// Std is the standard deviation of p/255 used by Batch: 0.3081 for
+// Std is the standard deviation of p/255 used by Batch: that of SetNorm
+// if it was called, else 0.3081 for
 // "mnist", 0.3530 for "fashion-mnist", 0.2898 for "synthetic" (uniform
 // random bytes), 1 for any other Name.
 func (d *Dataset) Std() float32 { return d.norm().std }

@@ -189,3 +189,45 @@ func TestBatchFillsOnlyWhatIsGiven(t *testing.T) {
 	require.Equal(t, y, yOnly)
 	require.Panics(t, func() { d.Batch([]int{3}, make([]float32, 3), nil) })
 }
+
+// TestDatasetSetNorm: SetNorm's constants replace the name's in Batch,
+// Mean, Std, the augmented source and the slices taken after it, bit for
+// bit as a Folder normalises by the same constants; bad constants are
+// refused and change nothing.
+func TestDatasetSetNorm(t *testing.T) {
+	d := Synthetic(40, 6, 5, 3, 7)
+	d.Name = "mnist"
+	idx := []int{0, 3, 39}
+	before := make([]float32, len(idx)*30)
+	d.Batch(idx, before, nil)
+
+	for _, bad := range [][2]float32{{0.5, 0}, {0.5, -1}, {float32(math.NaN()), 1}, {0, float32(math.Inf(1))}, {float32(math.Inf(-1)), 1}} {
+		err := d.SetNorm(bad[0], bad[1])
+		require.Error(t, err, "%v", bad)
+		require.ErrorContains(t, err, "mnist/train")
+		require.Equal(t, float32(0.1307), d.Mean())
+	}
+
+	require.NoError(t, d.SetNorm(0.25, 0.125))
+	require.Equal(t, float32(0.25), d.Mean())
+	require.Equal(t, float32(0.125), d.Std())
+	x := make([]float32, len(idx)*30)
+	d.Batch(idx, x, nil)
+	labels := make([]int32, d.N)
+	for i, l := range d.Labels {
+		labels[i] = int32(l)
+	}
+	f := &Folder{Dir: "ref", N: d.N, C: 1, H: d.Rows, W: d.Cols, Pix: d.Pix, Labels: labels, Classes: []string{"0", "1", "2"}}
+	require.NoError(t, f.SetNorm([]float32{0.25}, []float32{0.125}))
+	want, y := make([]float32, len(idx)*30), make([]float32, len(idx))
+	require.NoError(t, f.Fill(want, y, idx, 0, 0))
+	require.Equal(t, want, x)
+	require.NotEqual(t, before, x)
+	require.Equal(t, float32((float64(d.Pix[0])/255-0.25)/0.125), x[0])
+
+	s := d.Slice(3, 40)
+	xs := make([]float32, 30)
+	s.Batch([]int{0}, xs, nil)
+	require.Equal(t, x[30:60], xs)
+	require.Equal(t, "0.25", d.AsAugmentedSource(2).Meta()["data.mean"])
+}

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"runtime"
@@ -209,6 +210,40 @@ func (l intList) Set(s string) error {
 	return nil
 }
 
+// maxChannels bounds the values of --mean and --std (images are read as
+// gray, 1 channel, or RGB, 3).
+const maxChannels = 3
+
+// floatList is a flag of comma-separated float32 values: 0.4914,0.4822,0.4465.
+type floatList struct{ v *[]float32 }
+
+func (l floatList) String() string {
+	if l.v == nil || *l.v == nil {
+		return ""
+	}
+	s := make([]string, len(*l.v))
+	for i, x := range *l.v {
+		s[i] = strconv.FormatFloat(float64(x), 'g', -1, 32)
+	}
+	return strings.Join(s, ",")
+}
+
+func (l floatList) Set(s string) error {
+	var out []float32
+	if n := strings.Count(s, ",") + 1; n > maxChannels {
+		return fmt.Errorf("%d values; images have at most %d channels", n, maxChannels)
+	}
+	for _, f := range strings.Split(s, ",") {
+		x, err := strconv.ParseFloat(strings.TrimSpace(f), 32)
+		if err != nil || math.IsNaN(x) || math.IsInf(x, 0) {
+			return fmt.Errorf("%q is not a list of finite numbers like 0.4914,0.4822,0.4465", s)
+		}
+		out = append(out, float32(x))
+	}
+	*l.v = out
+	return nil
+}
+
 // trainFlags binds the train flags to cfg (whose values are the defaults).
 func trainFlags(fs *flag.FlagSet, cfg *trainer.Config) *string {
 	configPath := fs.String("config", "", "YAML or JSON file of settings (flag names with _ for -); flags override it")
@@ -225,6 +260,8 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config) *string {
 	fs.IntVar(&cfg.Classes, "classes", cfg.Classes, "the model's outputs (0 = the training data's class count; csv: its largest label + 1)")
 	fs.BoolVar(&cfg.Augment, "augment", cfg.Augment, "random crop of the training images (image datasets and folders) padded by --pad zeros, and horizontal flip, per sample and epoch")
 	fs.IntVar(&cfg.Pad, "pad", cfg.Pad, "zeros padded around an image before --augment's random crop")
+	fs.Var(floatList{&cfg.Mean}, "mean", "images: per-channel means of p/255, as torchvision's Normalize (default: the dataset's, a folder's training split's)")
+	fs.Var(floatList{&cfg.Std}, "std", "images: per-channel deviations of p/255, with --mean")
 	fs.IntVar(&cfg.DataWorkers, "data-workers", cfg.DataWorkers, "folder: workers decoding the image files (0 = one per CPU)")
 	fs.IntVar(&cfg.SyntheticSize, "synthetic-size", cfg.SyntheticSize, "training samples of the synthetic dataset")
 	fs.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "epochs to train")

@@ -15,6 +15,15 @@ an epoch kept), a fixed number of epochs. In one run of this script:
   gotrain-idx-aug     gotrain train --dataset fashion-mnist --augment (the
                       IDX files, with the same crops and flips for the same
                       index): the like-for-like pair of gotrain-folder-aug
+  gotrain-idx-folder-order-aug
+                      gotrain-idx-aug on IDX files of the same images in the
+                      folder's order (class by class), normalised by the
+                      folder's constants (--mean, --std): every step sees the
+                      bytes gotrain-folder-aug sees, so the two must end with
+                      the same weights, bit for bit (the summary says whether
+                      they do). gotrain-idx-aug's sample order is the IDX
+                      file's, so the same shuffle picks other images: its
+                      accuracy is another draw of the same recipe.
   gotrain-idx         gotrain train --dataset fashion-mnist without --augment
   gotrain-folder      gotrain train --dataset folder without --augment: the
                       like-for-like pair of gotrain-idx
@@ -76,7 +85,8 @@ sys.path.insert(0, HERE)
 from resnet import ResNet  # noqa: E402
 
 IDX_DIR = "/usr/share/datasets/fashion-mnist"
-RUNS = ["gotrain-folder-aug", "pytorch-folder-aug", "gotrain-idx-aug", "gotrain-idx", "gotrain-folder"]
+RUNS = ["gotrain-folder-aug", "pytorch-folder-aug", "gotrain-idx-aug", "gotrain-idx-folder-order-aug", "gotrain-idx",
+        "gotrain-folder"]
 
 
 # ---------------------------------------------------------------- IDX files
@@ -331,7 +341,7 @@ def torch_train(a, train_pix, train_y, test_pix, test_y, ncls, log):
 ACC_RE = re.compile(r"test accuracy ([0-9.]+)% \(test loss ([0-9.eE+-]+|NaN)\) after (\d+) steps; ([0-9.]+) samples/s; ([0-9.]+)s")
 
 
-def gotrain_train(a, name, dataset, data_dir, augment, work, log):
+def gotrain_train(a, name, dataset, data_dir, augment, work, log, extra=()):
     ck = os.path.join(work, name + "-ckpt")
     metrics = os.path.join(work, name + ".jsonl")
     out = os.path.join(work, name + ".safetensors")
@@ -344,6 +354,7 @@ def gotrain_train(a, name, dataset, data_dir, augment, work, log):
         cmd += ["--data-workers", str(a.threads)]
     if augment:
         cmd += ["--augment", "--pad", str(a.pad)]
+    cmd += list(extra)
     log("$ " + " ".join(cmd))
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -501,6 +512,30 @@ def check_against_idx(a, pix, labels, classes, files, split, log):
     return ok
 
 
+def idx_in_folder_order(a, files, work):
+    """IDX files of the training images in the folder's order (the file names
+    are IDX indices), the test split linked as it is."""
+    d = os.path.join(work, "idx-folder-order")
+    os.makedirs(d, exist_ok=True)
+    ix = np.array([int(os.path.splitext(os.path.basename(f))[0]) for f in files])
+    x, y = load_idx_split(a.idx_dir, "train")
+    write_idx(os.path.join(d, "train-images-idx3-ubyte"), x[ix])
+    write_idx(os.path.join(d, "train-labels-idx1-ubyte"), y[ix])
+    for base in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        f = idx_file(a.idx_dir, base)
+        dst = os.path.join(d, os.path.basename(f))
+        if not os.path.lexists(dst):
+            os.symlink(f, dst)
+    return d
+
+
+def same_weights(p, q):
+    """Whether two weights files hold the same tensors, bit for bit."""
+    wp, _ = load_safetensors(p)
+    wq, _ = load_safetensors(q)
+    return wp.keys() == wq.keys() and all(torch.equal(wp[k], wq[k]) for k in wp)
+
+
 # -------------------------------------------------------------------- main
 
 def main():
@@ -555,11 +590,16 @@ def main():
             t = time.perf_counter()
             res = torch_train(a, train_pix, train_y, test_pix, test_y, ncls, log)
             res["wall_seconds"] = time.perf_counter() - t + decode_s  # its data loading: the PNG decoding above
+        elif r == "gotrain-idx-folder-order-aug":
+            mean, std = standardize(train_pix)  # the folder's constants (checked against its checkpoint below)
+            extra = ["--mean", ",".join("%.9g" % m for m in mean), "--std", ",".join("%.9g" % v for v in std)]
+            res = gotrain_train(a, r, "fashion-mnist", idx_in_folder_order(a, train_files, work), True, work, log, extra)
         else:
             dataset, data_dir = ("fashion-mnist", idx) if r.startswith("gotrain-idx") else ("folder", folder)
             res = gotrain_train(a, r, dataset, data_dir, r.endswith("-aug"), work, log)
         res["augment"] = r.endswith("-aug")
-        res["data"] = "IDX files" if r.startswith("gotrain-idx") else "PNG folders"
+        res["data"] = "PNG folders" if not r.startswith("gotrain-idx") else (
+            "IDX files, the folder's order and constants" if r == "gotrain-idx-folder-order-aug" else "IDX files")
         results[r] = res
         log(f"{r}: test accuracy {100 * res['test_accuracy']:.2f}% in {res['wall_seconds']:.1f}s")
 
@@ -575,6 +615,10 @@ def main():
             np.array_equal(np.float32(g_mean), np.float32(mine_mean)) and np.array_equal(np.float32(g_std), np.float32(mine_std)))
         log(f"normalisation: gotrain's checkpoint mean {g_mean} std {g_std}; here mean {[float(m) for m in mine_mean]} "
             f"std {[float(s) for s in mine_std]}")
+    if "gotrain-folder-aug" in results and "gotrain-idx-folder-order-aug" in results:
+        same = same_weights(results["gotrain-folder-aug"]["weights"], results["gotrain-idx-folder-order-aug"]["weights"])
+        results["gotrain-idx-folder-order-aug"]["same_weights_as_folder"] = same
+        log(f"gotrain-idx-folder-order-aug ends with gotrain-folder-aug's weights, bit for bit: {same}")
     strict = strict_load(a, results["gotrain-folder-aug"], test_pix, test_y, ncls, log) if a.strict_load else None
 
     n_train = len(train_y)
@@ -602,6 +646,9 @@ def main():
     for k, v in results.items():
         print(f"| {k} | {v['data']} | {'yes' if v['augment'] else 'no'} | {a.epochs} | {v['steps']} | {100 * v['test_accuracy']:.2f}% "
               f"| {v['test_loss']:.4f} | {v['samples_per_sec']:.0f} | {v['wall_seconds']:.1f} |")
+    if "same_weights_as_folder" in results.get("gotrain-idx-folder-order-aug", {}):
+        print(f"| gotrain-idx-folder-order-aug's weights equal gotrain-folder-aug's bit for bit: "
+              f"{results['gotrain-idx-folder-order-aug']['same_weights_as_folder']} | | | | | | | | |")
     if strict:
         print(f"| gotrain-folder-aug's checkpoint, load_state_dict(strict=True), PyTorch eval | PNG folders | | | "
               f"| {100 * strict['pytorch_test_accuracy']:.2f}% (gotrain eval: "
