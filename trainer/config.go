@@ -233,6 +233,9 @@ const (
 	MaxPipelineStages = 1024
 	// MaxClasses bounds --classes and the class count of any data.
 	MaxClasses = 1 << 20
+	// MaxChannels bounds --mean and --std: images are read as gray (1
+	// channel) or RGB (3).
+	MaxChannels = 3
 	// MaxPad bounds --pad, the zeros around an augmented image.
 	MaxPad = 1024
 )
@@ -316,6 +319,8 @@ func (c *Config) checkSizes() error {
 		return cfgErr("--keep-checkpoints %d must not be negative (0 keeps all)", c.KeepCheckpoints)
 	case c.Pad < 0 || c.Pad > MaxPad:
 		return cfgErr("--pad %d must be from 0 to %d", c.Pad, MaxPad)
+	case len(c.Mean) > MaxChannels || len(c.Std) > MaxChannels:
+		return cfgErr("--mean and --std have %d and %d values: images have at most %d channels", len(c.Mean), len(c.Std), MaxChannels)
 	case c.DataWorkers < 0 || c.DataWorkers > MaxThreads():
 		return cfgErr("--data-workers %d must be from 0 (one per CPU) to %d", c.DataWorkers, MaxThreads())
 	}
@@ -384,7 +389,7 @@ func (c *Config) Validate() error {
 	for i := range c.Mean {
 		m, sd := float64(c.Mean[i]), float64(c.Std[i])
 		if math.IsNaN(m) || math.IsInf(m, 0) || !(sd > 0) || math.IsInf(sd, 0) {
-			return cfgErr("--mean %v --std %v: channel %d: every mean must be finite and every deviation positive and finite", c.Mean, c.Std, i)
+			return cfgErr("--mean and --std: channel %d has mean %v and deviation %v: every mean must be finite and every deviation positive and finite", i, c.Mean[i], c.Std[i])
 		}
 	}
 	for _, h := range c.Hidden {

@@ -179,8 +179,9 @@ func TestFolderConfigLimits(t *testing.T) {
 		{func(c *Config) { c.Mean, c.Std, c.Dataset, c.Label = []float32{0.5}, []float32{0.2}, "csv", "y" }, "--dataset csv standardises its columns"},
 		{func(c *Config) { c.Mean = []float32{0.5} }, "--mean has 1 values and --std 0"},
 		{func(c *Config) { c.Mean, c.Std = []float32{0.5, 0.4}, []float32{0.2} }, "--mean has 2 values and --std 1"},
-		{func(c *Config) { c.Mean, c.Std = []float32{0.5, 0.4}, []float32{0.2, 0} }, "channel 1: every mean must be finite and every deviation positive"},
+		{func(c *Config) { c.Mean, c.Std = []float32{0.5, 0.4}, []float32{0.2, 0} }, "channel 1 has mean 0.4 and deviation 0: every mean must be finite"},
 		{func(c *Config) { c.Mean, c.Std = []float32{float32(math.NaN())}, []float32{0.2} }, "channel 0"},
+		{func(c *Config) { c.Mean, c.Std = make([]float32, 4), make([]float32, 4) }, "--mean and --std have 4 and 4 values: images have at most 3 channels"},
 		{func(c *Config) { c.Mean, c.Std = []float32{0}, []float32{float32(math.Inf(1))} }, "channel 0"},
 	} {
 		cfg := folderConfig(t, t.TempDir())

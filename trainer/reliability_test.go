@@ -285,6 +285,8 @@ func FuzzConfig(f *testing.F) {
 	f.Add([]byte("&a [*a]"), false)
 	f.Add([]byte(`{"hidden": [1e400]}`), true)
 	f.Add([]byte(`{"timeout":"30s","rdzv_timeout":600000000000,"backend":"cpu","tls_cert":"c.pem"}`), true)
+	f.Add([]byte("dataset: folder\nmean: [0.5, 0.4, 1e39]\nstd: [0.2, 0.2, 0]\n"), false)
+	f.Add([]byte(`{"mean":[0.1,0.1,0.1,0.1,0.1],"std":[1,1,1,1,1]}`), true)
 	f.Fuzz(func(t *testing.T, b []byte, isJSON bool) {
 		if len(b) > MaxConfigBytes {
 			return

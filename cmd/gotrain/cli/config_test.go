@@ -24,6 +24,8 @@ func configValue(t *testing.T, f *flag.Flag) (arg string, file any) {
 		return "3,4", []int{3, 4}
 	case "shares":
 		return "0.5,0.25", []float64{0.5, 0.25}
+	case "mean", "std":
+		return "0.5,0.25,0.125", []float32{0.5, 0.25, 0.125}
 	}
 	g, ok := f.Value.(flag.Getter)
 	if !ok {

@@ -210,10 +210,6 @@ func (l intList) Set(s string) error {
 	return nil
 }
 
-// maxChannels bounds the values of --mean and --std (images are read as
-// gray, 1 channel, or RGB, 3).
-const maxChannels = 3
-
 // floatList is a flag of comma-separated float32 values: 0.4914,0.4822,0.4465.
 type floatList struct{ v *[]float32 }
 
@@ -230,8 +226,8 @@ func (l floatList) String() string {
 
 func (l floatList) Set(s string) error {
 	var out []float32
-	if n := strings.Count(s, ",") + 1; n > maxChannels {
-		return fmt.Errorf("%d values; images have at most %d channels", n, maxChannels)
+	if n := strings.Count(s, ",") + 1; n > trainer.MaxChannels {
+		return fmt.Errorf("%d values; images have at most %d channels", n, trainer.MaxChannels)
 	}
 	for _, f := range strings.Split(s, ",") {
 		x, err := strconv.ParseFloat(strings.TrimSpace(f), 32)
