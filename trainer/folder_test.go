@@ -260,19 +260,10 @@ func byClass(d *data.Dataset) *data.Dataset {
 // TestFolderIsTheDataset: a folder written from a slice of a dataset and
 // read without augmentation trains exactly as the same samples given
 // with WithSource (in the folder's order, standardised by the folder's
-// constants): the same weights and the same accuracy. The command line
-// cannot compare a folder with the IDX files it came from (an IDX run
-// reads the whole split), so the comparison is made here.
+// constants): the same weights and the same accuracy.
+// TestIDXInFolderOrderIsTheFolder compares through the IDX loader.
 func TestFolderIsTheDataset(t *testing.T) {
-	trainD, testD := learnable(400, 3), learnable(100, 4)
-	if d, err := data.Load("mnist", "", "train"); err == nil {
-		trainD = d.Slice(0, 400)
-		if d, err := data.Load("mnist", "", "test"); err == nil {
-			testD = d.Slice(0, 100)
-		}
-	} else {
-		t.Logf("mnist is not installed (%v): the learnable synthetic data stands in", err)
-	}
+	trainD, testD := mnistOrLearnable(t, 400, 100)
 	dir := t.TempDir()
 	require.NoError(t, data.WriteImageFolder(filepath.Join(dir, "train"), trainD))
 	require.NoError(t, data.WriteImageFolder(filepath.Join(dir, "test"), testD))
@@ -304,15 +295,7 @@ func TestFolderIsTheDataset(t *testing.T) {
 // constants the runs part (the constants matter), and the test split is
 // evaluated with the recorded constants.
 func TestIDXInFolderOrderIsTheFolder(t *testing.T) {
-	trainD, testD := learnable(300, 3), learnable(100, 4)
-	if d, err := data.Load("mnist", "", "train"); err == nil {
-		trainD = d.Slice(0, 300)
-		if d, err := data.Load("mnist", "", "test"); err == nil {
-			testD = d.Slice(0, 100)
-		}
-	} else {
-		t.Logf("mnist is not installed (%v): the learnable synthetic data stands in", err)
-	}
+	trainD, testD := mnistOrLearnable(t, 300, 100)
 	dir, idxDir := t.TempDir(), t.TempDir()
 	require.NoError(t, data.WriteImageFolder(filepath.Join(dir, "train"), trainD))
 	require.NoError(t, data.WriteImageFolder(filepath.Join(dir, "test"), testD))
@@ -364,6 +347,21 @@ func TestIDXInFolderOrderIsTheFolder(t *testing.T) {
 	_, err = New(c, WithLogger(quiet))
 	require.ErrorIs(t, err, ErrConfig)
 	require.ErrorContains(t, err, "1 channel")
+}
+
+// mnistOrLearnable is the first nTrain and nTest images of MNIST's
+// splits, or learnable data where MNIST is not installed.
+func mnistOrLearnable(t *testing.T, nTrain, nTest int) (train, test *data.Dataset) {
+	train, test = learnable(nTrain, 3), learnable(nTest, 4)
+	d, err := data.Load("mnist", "", "train")
+	if err != nil {
+		t.Logf("mnist is not installed (%v): the learnable synthetic data stands in", err)
+		return train, test
+	}
+	if e, err := data.Load("mnist", "", "test"); err == nil {
+		train, test = d.Slice(0, nTrain), e.Slice(0, nTest)
+	}
+	return train, test
 }
 
 // writeIDX writes d as the IDX files prefix-images-idx3-ubyte and

@@ -39,7 +39,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) error {
 	cfg := trainer.Default()
 	cfg.BatchSize = 128
 	fs.StringVar(&cfg.Model, "model", cfg.Model, "model: mlp, cnn or resnet")
-	fs.Var(intList{&cfg.Hidden}, "hidden", "hidden widths")
+	fs.Var(intList(&cfg.Hidden), "hidden", "hidden widths")
 	fs.IntVar(&cfg.Depth, "depth", cfg.Depth, "resnet: layers, 6n+2 (0 = 20)")
 	fs.IntVar(&cfg.BatchSize, "batch-size", cfg.BatchSize, "batch size")
 	fs.StringVar(&cfg.Optimizer, "optimizer", cfg.Optimizer, "optimiser: sgd, adam or adamw")

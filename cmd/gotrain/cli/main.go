@@ -180,61 +180,57 @@ func (c clipWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// intList is a flag holding comma-separated integers ("256,128").
-type intList struct{ v *[]int }
+// listFlag is a flag of comma-separated values ("256,128"): at most max
+// of them (tooMany says why, given max), each read by parse, which says
+// false for a value the flag refuses (want says what it takes).
+type listFlag[T any] struct {
+	v       *[]T
+	max     int
+	tooMany string
+	want    string
+	parse   func(string) (T, bool)
+	format  func(T) string
+}
 
-func (l intList) String() string {
+// intList is a flag of positive integers: --hidden 256,128.
+func intList(v *[]int) listFlag[int] {
+	return listFlag[int]{v, trainer.MaxHiddenLayers, "at most %d layers are supported", "positive integers like 256,128",
+		func(s string) (int, bool) { n, err := strconv.Atoi(s); return n, err == nil && n > 0 }, strconv.Itoa}
+}
+
+// channelList is a flag of finite float32s, one per image channel: --mean
+// 0.4914,0.4822,0.4465.
+func channelList(v *[]float32) listFlag[float32] {
+	return listFlag[float32]{v, trainer.MaxChannels, "images have at most %d channels", "finite numbers like 0.4914,0.4822,0.4465",
+		func(s string) (float32, bool) {
+			x, err := strconv.ParseFloat(s, 32)
+			return float32(x), err == nil && !math.IsNaN(x) && !math.IsInf(x, 0)
+		},
+		func(x float32) string { return strconv.FormatFloat(float64(x), 'g', -1, 32) }}
+}
+
+func (l listFlag[T]) String() string {
 	if l.v == nil {
 		return ""
 	}
 	s := make([]string, len(*l.v))
 	for i, x := range *l.v {
-		s[i] = strconv.Itoa(x)
+		s[i] = l.format(x)
 	}
 	return strings.Join(s, ",")
 }
 
-func (l intList) Set(s string) error {
-	var out []int
-	if n := strings.Count(s, ",") + 1; n > trainer.MaxHiddenLayers {
-		return fmt.Errorf("%d values; at most %d layers are supported", n, trainer.MaxHiddenLayers)
+func (l listFlag[T]) Set(s string) error {
+	if n := strings.Count(s, ",") + 1; n > l.max {
+		return fmt.Errorf("%d values; "+l.tooMany, n, l.max)
 	}
+	var out []T
 	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n <= 0 {
-			return fmt.Errorf("%q is not a list of positive integers like 256,128", s)
+		x, ok := l.parse(strings.TrimSpace(f))
+		if !ok {
+			return fmt.Errorf("%q is not a list of %s", s, l.want)
 		}
-		out = append(out, n)
-	}
-	*l.v = out
-	return nil
-}
-
-// floatList is a flag of comma-separated float32 values: 0.4914,0.4822,0.4465.
-type floatList struct{ v *[]float32 }
-
-func (l floatList) String() string {
-	if l.v == nil || *l.v == nil {
-		return ""
-	}
-	s := make([]string, len(*l.v))
-	for i, x := range *l.v {
-		s[i] = strconv.FormatFloat(float64(x), 'g', -1, 32)
-	}
-	return strings.Join(s, ",")
-}
-
-func (l floatList) Set(s string) error {
-	var out []float32
-	if n := strings.Count(s, ",") + 1; n > trainer.MaxChannels {
-		return fmt.Errorf("%d values; images have at most %d channels", n, trainer.MaxChannels)
-	}
-	for _, f := range strings.Split(s, ",") {
-		x, err := strconv.ParseFloat(strings.TrimSpace(f), 32)
-		if err != nil || math.IsNaN(x) || math.IsInf(x, 0) {
-			return fmt.Errorf("%q is not a list of finite numbers like 0.4914,0.4822,0.4465", s)
-		}
-		out = append(out, float32(x))
+		out = append(out, x)
 	}
 	*l.v = out
 	return nil
@@ -247,7 +243,7 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config) *string {
 	fs.IntVar(&cfg.Depth, "depth", cfg.Depth, "resnet: layers, 6n+2 (20, 32, 56, ...; 0 = 20)")
 	fs.Float64Var(&cfg.LabelSmoothing, "label-smoothing", cfg.LabelSmoothing, "label smoothing ε of the cross-entropy, in [0, 1): the target (1-ε)·onehot + ε/classes, as PyTorch's label_smoothing")
 	fs.BoolVar(&cfg.SyncBatchNorm, "sync-batchnorm", cfg.SyncBatchNorm, "normalise BatchNorm layers by the statistics of the global batch, summed across the ranks (PyTorch's SyncBatchNorm; default: each rank's own part of the batch, as DDP)")
-	fs.Var(intList{&cfg.Hidden}, "hidden", "hidden layer widths, comma-separated (mlp default 256; cnn: fc width, default 128)")
+	fs.Var(intList(&cfg.Hidden), "hidden", "hidden layer widths, comma-separated (mlp default 256; cnn: fc width, default 128)")
 	fs.StringVar(&cfg.Activation, "activation", cfg.Activation, "activation: relu, tanh, sigmoid, gelu or silu")
 	fs.Float64Var(&cfg.Dropout, "dropout", cfg.Dropout, "dropout probability after hidden activations (0 = off)")
 	fs.StringVar(&cfg.Dataset, "dataset", cfg.Dataset, "dataset: mnist, fashion-mnist, synthetic, csv (train.csv and test.csv of --data-dir: float feature columns and a --label column), or folder (image folders train and test of --data-dir: a folder of PNG or JPEG images per class)")
@@ -256,8 +252,8 @@ func trainFlags(fs *flag.FlagSet, cfg *trainer.Config) *string {
 	fs.IntVar(&cfg.Classes, "classes", cfg.Classes, "the model's outputs (0 = the training data's class count; csv: its largest label + 1)")
 	fs.BoolVar(&cfg.Augment, "augment", cfg.Augment, "random crop of the training images (image datasets and folders) padded by --pad zeros, and horizontal flip, per sample and epoch")
 	fs.IntVar(&cfg.Pad, "pad", cfg.Pad, "zeros padded around an image before --augment's random crop")
-	fs.Var(floatList{&cfg.Mean}, "mean", "images: per-channel means of p/255, as torchvision's Normalize (default: the dataset's, a folder's training split's)")
-	fs.Var(floatList{&cfg.Std}, "std", "images: per-channel deviations of p/255, with --mean")
+	fs.Var(channelList(&cfg.Mean), "mean", "images: per-channel means of p/255, as torchvision's Normalize (default: the dataset's, a folder's training split's)")
+	fs.Var(channelList(&cfg.Std), "std", "images: per-channel deviations of p/255, with --mean")
 	fs.IntVar(&cfg.DataWorkers, "data-workers", cfg.DataWorkers, "folder: workers decoding the image files (0 = one per CPU)")
 	fs.IntVar(&cfg.SyntheticSize, "synthetic-size", cfg.SyntheticSize, "training samples of the synthetic dataset")
 	fs.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "epochs to train")
