@@ -16,6 +16,10 @@
 //	fashion-mnist  0.2860  0.3530
 //	synthetic      0.5     0.2898   (uniform random bytes)
 //
+// [Dataset.SetNorm] gives other constants (torchvision's Normalize; the
+// trainer's --mean and --std), normalising by the rule of an image
+// [Folder]'s, so that a dataset and its image folder give the same bits.
+//
 // Three sources exist.
 //
 // "mnist" is the handwritten digits, 60000 train and 10000 test images of
