@@ -242,11 +242,23 @@ func compile(dev device.Device, l *graph.Layout, batch int, train bool, params *
 			for j, k := range n.Inputs {
 				in[j] = l.Nodes[k].Shape
 			}
-			op, err := newOp(n.Op.Kind(), n.Op.Attrs(), in, n.Shape, prec, e.sync)
+			x0 := -1
+			if len(n.Inputs) > 0 {
+				x0 = n.Inputs[0]
+			}
+			op, err := newOp(n.Op.Kind(), n.Op.Attrs(), in, n.Shape, prec, e.sync, x0)
 			if err != nil {
 				return fail(fmt.Errorf("executor: node %d: %w", i, err))
 			}
 			e.ops[i] = op
+			for _, k := range op.keep {
+				b, err := dev.Alloc(k)
+				if err != nil {
+					return fail(fmt.Errorf("executor: node %d: %d values kept: %w", i, k, err))
+				}
+				e.owned = append(e.owned, b)
+				op.kept = append(op.kept, b)
+			}
 			if n.Op.Kind() == graph.OpReshape {
 				e.vals[i] = Tensor{Buf: e.vals[n.Inputs[0]].Buf, Shape: n.Shape}
 				continue
@@ -483,6 +495,7 @@ func (e *Program) checkLabels(y []float32) error {
 
 // exec draws the dropout masks and runs the ops.
 func (e *Program) exec(seed, stream uint64, gradReady func(param int) error) error {
+	e.sync.runs++
 	var err error
 	if len(e.masks) > 0 {
 		err = e.timed("dropout masks", 0, e.drawMasks(seed, stream))

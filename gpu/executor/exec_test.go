@@ -288,3 +288,82 @@ func init() {
 		panic(err)
 	}
 }
+
+// countingDevice counts the kernels launched on it, by name.
+type countingDevice struct {
+	device.Device
+	n map[string]int
+}
+
+func (d *countingDevice) Launch(kernel string, n int, args ...any) error {
+	d.n[kernel]++
+	return d.Device.Launch(kernel, n, args...)
+}
+
+// TestBatchNormGradientsReuseTheForwardStatistics: in a training program
+// a BatchNorm's gradient ops read the statistics its forward took of the
+// same X (bnLink) instead of taking them again: ResNet-8 gives the same
+// loss and gradients, bit for bit, as a program whose gradient ops take
+// their own, with a third of the statistics' launches (the forward's
+// only).
+func TestBatchNormGradientsReuseTheForwardStatistics(t *testing.T) {
+	for _, mk := range devices {
+		base := mk(t)
+		t.Run(base.Name(), func(t *testing.T) {
+			spec := graph.Spec{Kind: "resnet", Depth: 8, InC: 1, InH: 8, InW: 8, Classes: 10}
+			m, err := graph.New(spec, 5)
+			require.NoError(t, err)
+			bns := 0
+			for _, p := range m.Params {
+				if len(p.Name) > 12 && p.Name[len(p.Name)-12:] == "running_mean" {
+					bns++
+				}
+			}
+			require.Equal(t, 9, bns, "ResNet-8's BatchNorms: 7, and 2 in the strided shortcuts")
+			dev := &countingDevice{Device: base, n: map[string]int{}}
+			params, err := UploadParams(dev, m)
+			require.NoError(t, err)
+			defer params.Free()
+			const n = 6
+			compile := func(link bool) *Program {
+				defer func(v bool) { linkBatchNorms = v }(linkBatchNorms)
+				linkBatchNorms = link
+				prog, err := m.Program(n, true)
+				require.NoError(t, err)
+				dp, err := Compile(dev, prog, params, device.FP32)
+				require.NoError(t, err)
+				t.Cleanup(dp.Free)
+				return dp
+			}
+			linked, own := compile(true), compile(false)
+			read := func(p *Program) [][]float32 {
+				var out [][]float32
+				for i, g := range p.Grads() {
+					if m.Params[i].Buffer { // the running statistics: each run updates them
+						continue
+					}
+					h := make([]float32, g.Size())
+					require.NoError(t, dev.Read(h, g.Buf))
+					out = append(out, h)
+				}
+				return out
+			}
+			rng := rand.New(rand.NewPCG(3, 4))
+			for step := range 3 {
+				x, y := batch(rng, n, 64, 10)
+				dev.n = map[string]int{}
+				want, err := own.Run(x, y, 1, uint64(step))
+				require.NoError(t, err)
+				ownLaunches := dev.n["bn_sum_parts"]
+				wantG := read(own)
+				dev.n = map[string]int{}
+				got, err := linked.Run(x, y, 1, uint64(step))
+				require.NoError(t, err)
+				require.Equal(t, want, got, "step %d: loss", step)
+				require.Equal(t, wantG, read(linked), "step %d: gradients", step)
+				require.Equal(t, 2*3*bns, ownLaunches, "step %d: two column sums in the forward and in each of two gradient ops", step)
+				require.Equal(t, 2*bns, dev.n["bn_sum_parts"], "step %d: the forward's two column sums only", step)
+			}
+		})
+	}
+}

@@ -35,6 +35,8 @@ type Op struct {
 	need    []int           // the scratch buffers' sizes
 	scratch []device.Buffer // the scratch buffers: the op's own, or a program's shared workspace
 	own     bool            // the op allocated scratch itself
+	keep    []int           // the sizes of memory of its own that outlives a run (kept)
+	kept    []device.Buffer // allocated by the program (which frees them)
 	run     func(dev device.Device, in []Tensor, out Tensor) error
 }
 
@@ -203,6 +205,51 @@ type bnSync struct {
 	share float64
 	words []float32
 	vals  []float64
+	// runs counts the program's runs (exec); links are its training
+	// BatchNorms' statistics, by the node of their input X, for the
+	// gradient ops of the same X (see bnLink).
+	runs  uint64
+	links map[int]*bnLink
+}
+
+// bnLink is a training BatchNorm's statistics, kept for the gradient ops
+// of its X in the same program: they read them instead of taking them
+// again (two column sums, the ranks' synchronisation included, and
+// bn_stats: 9 launches each for ResNet-20's first BatchNorms), the same
+// values from the same X. run is the program run that took them; a
+// gradient op that finds another (its forward did not run in this run)
+// takes its own.
+type bnLink struct {
+	N, C, P int
+	eps     float32
+	stats   func() device.Buffer // [C][mean, invstd], float64s, in the op's kept memory
+	m       int                  // the count of values they are over
+	run     uint64
+}
+
+// linkBatchNorms lets a program's BatchNorm gradients read the forward's
+// statistics (a test turns it off to compare).
+var linkBatchNorms = true
+
+// link records l as the statistics of node x's BatchNorm.
+func (y *bnSync) link(x int, l *bnLink) {
+	if y.links == nil {
+		y.links = map[int]*bnLink{}
+	}
+	y.links[x] = l
+}
+
+// linked is the statistics of node x's BatchNorm for a gradient op of
+// statistics s, or nil: none in this program, or of other shapes.
+func (y *bnSync) linked(x int, s chanStats) *bnLink {
+	if y == nil || x < 0 {
+		return nil
+	}
+	l := y.links[x]
+	if l == nil || l.N != s.N || l.C != s.C || l.P != s.P || l.eps != s.eps {
+		return nil
+	}
+	return l
 }
 
 // sum replaces the first n float64s of b with their sums over the ranks,
@@ -246,22 +293,30 @@ func setF64At(words []float32, k int, v float64) {
 // bnGradSums lowers the sums of a batch norm's gradients: gsum holds Σ dy
 // and Σ dy·x̂ of each channel (float64s, [2C]), and run returns the count
 // of values the statistics are over (see chanStats.run).
-func bnGradSums(c *lowerCtx, x []int) (s chanStats, gsum func() device.Buffer, run func(dev device.Device, x, dy device.Buffer) (int, error), err error) {
+// The statistics run returns are the forward's of the same X when it ran
+// in this run (bnLink), else taken from x into s's scratch.
+func bnGradSums(c *lowerCtx, x []int) (s chanStats, gsum func() device.Buffer, run func(dev device.Device, x, dy device.Buffer) (int, device.Buffer, error), err error) {
 	s, err = newChanStats(c, x, 2)
 	if err != nil {
 		return s, nil, nil, err
 	}
 	gsum = c.alloc(4 * s.C)
 	tree := newRowSumF64(c.alloc, s.parts, 2*s.C)
-	run = func(dev device.Device, x, dy device.Buffer) (int, error) {
-		m, err := s.run(dev, x)
-		if err != nil {
-			return 0, err
+	link, sync := c.sync.linked(c.x0, s), c.sync
+	run = func(dev device.Device, x, dy device.Buffer) (int, device.Buffer, error) {
+		m, stats := 0, s.stats()
+		if link != nil && link.run == sync.runs {
+			m, stats = link.m, link.stats()
+		} else {
+			var err error
+			if m, err = s.run(dev, x); err != nil {
+				return 0, nil, err
+			}
 		}
-		if err := dev.Launch("bn_grad_parts", s.C*s.parts, x, dy, s.stats(), s.part(), s.N, s.C, s.P, s.parts); err != nil {
-			return 0, err
+		if err := dev.Launch("bn_grad_parts", s.C*s.parts, x, dy, stats, s.part(), s.N, s.C, s.P, s.parts); err != nil {
+			return 0, nil, err
 		}
-		return m, tree.run(dev, s.part(), gsum())
+		return m, stats, tree.run(dev, s.part(), gsum())
 	}
 	return s, gsum, run, nil
 }
@@ -342,7 +397,7 @@ func (g convGeom) args() []any {
 //
 // prec is the precision of its matrix products (see device.Precision).
 func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision) (*Op, error) {
-	o, err := newOp(kind, attrs, in, out, prec, nil)
+	o, err := newOp(kind, attrs, in, out, prec, nil, -1)
 	if err != nil {
 		return nil, err
 	}
@@ -361,7 +416,7 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 // newOp makes the op without its scratch memory (o.need says what it
 // takes), by the lowering registered for its kind; a BatchNorm op reads
 // sync (nil: its batch's own statistics) as it runs.
-func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision, sync *bnSync) (*Op, error) {
+func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision, sync *bnSync, x0 int) (*Op, error) {
 	if _, ok := graph.LookupOp(kind); !ok {
 		return nil, fmt.Errorf("executor: %q is not an op of graph/'s set (%v)", kind, graph.OpKinds())
 	}
@@ -370,7 +425,7 @@ func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec de
 		return nil, fmt.Errorf("executor: %q has no device lowering", kind)
 	}
 	o := &Op{Kind: kind, in: in, out: out}
-	c := &lowerCtx{kind: kind, attrs: attrs, in: in, prec: prec, o: o, sync: sync}
+	c := &lowerCtx{kind: kind, attrs: attrs, in: in, prec: prec, o: o, sync: sync, x0: x0}
 	if err := lower(c, o, in, out); err != nil {
 		return nil, err
 	}
@@ -402,6 +457,7 @@ type lowerCtx struct {
 	prec  device.Precision
 	o     *Op
 	sync  *bnSync // the program's BatchNorm synchronisation (nil: an op of its own)
+	x0    int     // the program's node of input 0 (-1: an op of its own)
 }
 
 func (c *lowerCtx) intAttr(k string) int       { return graph.Attrs(c.attrs).Int(k) }
@@ -416,6 +472,16 @@ func (c *lowerCtx) alloc(n int) func() device.Buffer {
 	k := len(o.need)
 	o.need = append(o.need, n)
 	return func() device.Buffer { return o.scratch[k] }
+}
+
+// keepAlloc reserves n values of the op's own that keep their contents
+// from one op to the next (the program allocates them; an op of its own
+// has none, so only a program's ops call it).
+func (c *lowerCtx) keepAlloc(n int) func() device.Buffer {
+	o := c.o
+	k := len(o.keep)
+	o.keep = append(o.keep, n)
+	return func() device.Buffer { return o.kept[k] }
 }
 
 func (c *lowerCtx) need(n int) error {
@@ -672,10 +738,22 @@ func init() {
 			return err
 		}
 		momentum, noUpdate := float32(c.floatAttr("momentum")), c.boolAttr("no_update")
+		// In a program the statistics go to memory of the op's own, kept
+		// for the gradient ops of the same X (bnLink).
+		var link *bnLink
+		if linkBatchNorms && c.sync != nil && c.x0 >= 0 {
+			link = &bnLink{N: s.N, C: s.C, P: s.P, eps: s.eps, stats: c.keepAlloc(4 * s.C)}
+			s.stats = link.stats
+			c.sync.link(c.x0, link)
+		}
+		sync := c.sync
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			m, err := s.run(dev, in[0].Buf)
 			if err != nil {
 				return err
+			}
+			if link != nil {
+				link.m, link.run = m, sync.runs
 			}
 			if err := dev.Launch("bn_apply", out.Size(), in[0].Buf, s.stats(), in[1].Buf, in[2].Buf, out.Buf, s.N, s.C, s.P); err != nil {
 				return err
@@ -696,7 +774,7 @@ func init() {
 			return err
 		}
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			m, err := sums(dev, in[0].Buf, in[2].Buf)
+			m, stats, err := sums(dev, in[0].Buf, in[2].Buf)
 			if err != nil {
 				return err
 			}
@@ -711,7 +789,7 @@ func init() {
 				}
 				div *= s.sync.share
 			}
-			return dev.Launch("bn_grad_input", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, s.stats(), gsum(), out.Buf, s.N, s.C, s.P, div)
+			return dev.Launch("bn_grad_input", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, stats, gsum(), out.Buf, s.N, s.C, s.P, div)
 		}
 		return nil
 	})
@@ -726,7 +804,7 @@ func init() {
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			// x̂ by the global statistics when synchronised; the sum is
 			// this rank's (the gradients' reduction adds the ranks').
-			if _, err := sums(dev, in[0].Buf, in[1].Buf); err != nil {
+			if _, _, err := sums(dev, in[0].Buf, in[1].Buf); err != nil {
 				return err
 			}
 			return dev.Launch("bn_grad_gamma", s.C, gsum(), out.Buf, s.C)
