@@ -31,7 +31,8 @@
 // training BatchNorm keeps its statistics in memory of its own for the
 // gradient ops of the same X in the same run, which read them instead of
 // taking them again (and, synchronised, summing them across the ranks
-// again): the same values with a third of the launches.
+// again), and unsynchronised they take the sums of dY once for both: the
+// same values with a third of the statistics' launches.
 //
 // Stage programs: [CompileStage] lays out a pipeline stage's program
 // (graph.StageProgram.Layout) with only the stage's parameters on the

@@ -242,11 +242,7 @@ func compile(dev device.Device, l *graph.Layout, batch int, train bool, params *
 			for j, k := range n.Inputs {
 				in[j] = l.Nodes[k].Shape
 			}
-			x0 := -1
-			if len(n.Inputs) > 0 {
-				x0 = n.Inputs[0]
-			}
-			op, err := newOp(n.Op.Kind(), n.Op.Attrs(), in, n.Shape, prec, e.sync, x0)
+			op, err := newOp(n.Op.Kind(), n.Op.Attrs(), in, n.Shape, prec, e.sync, n.Inputs)
 			if err != nil {
 				return fail(fmt.Errorf("executor: node %d: %w", i, err))
 			}

@@ -302,10 +302,11 @@ func (d *countingDevice) Launch(kernel string, n int, args ...any) error {
 
 // TestBatchNormGradientsReuseTheForwardStatistics: in a training program
 // a BatchNorm's gradient ops read the statistics its forward took of the
-// same X (bnLink) instead of taking them again: ResNet-8 gives the same
-// loss and gradients, bit for bit, as a program whose gradient ops take
-// their own, with a third of the statistics' launches (the forward's
-// only).
+// same X (bnLink) instead of taking them again, and the sums of dY once
+// for both: ResNet-8 gives the same loss and gradients, bit for bit, as
+// a program whose gradient ops take their own, with a third of the
+// statistics' launches (the forward's only) and half of the gradient
+// sums'.
 func TestBatchNormGradientsReuseTheForwardStatistics(t *testing.T) {
 	for _, mk := range devices {
 		base := mk(t)
@@ -354,7 +355,7 @@ func TestBatchNormGradientsReuseTheForwardStatistics(t *testing.T) {
 				dev.n = map[string]int{}
 				want, err := own.Run(x, y, 1, uint64(step))
 				require.NoError(t, err)
-				ownLaunches := dev.n["bn_sum_parts"]
+				ownLaunches, ownGrad := dev.n["bn_sum_parts"], dev.n["bn_grad_parts"]
 				wantG := read(own)
 				dev.n = map[string]int{}
 				got, err := linked.Run(x, y, 1, uint64(step))
@@ -363,6 +364,8 @@ func TestBatchNormGradientsReuseTheForwardStatistics(t *testing.T) {
 				require.Equal(t, wantG, read(linked), "step %d: gradients", step)
 				require.Equal(t, 2*3*bns, ownLaunches, "step %d: two column sums in the forward and in each of two gradient ops", step)
 				require.Equal(t, 2*bns, dev.n["bn_sum_parts"], "step %d: the forward's two column sums only", step)
+				require.Equal(t, 2*bns, ownGrad, "step %d: the gradient's sums in each of two gradient ops", step)
+				require.Equal(t, bns, dev.n["bn_grad_parts"], "step %d: the gradient's sums once, for both ops", step)
 			}
 		})
 	}

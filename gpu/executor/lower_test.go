@@ -22,6 +22,6 @@ func TestEveryRegisteredOpHasALowering(t *testing.T) {
 		_, ok := graph.LookupOp(k)
 		require.True(t, ok, "lowering of %s, which graph/ does not register", k)
 	}
-	_, err := newOp("NoSuchOp", nil, nil, nil, 0, nil, -1)
+	_, err := newOp("NoSuchOp", nil, nil, nil, 0, nil, nil)
 	require.ErrorContains(t, err, `"NoSuchOp" is not an op of graph/'s set`)
 }

@@ -225,6 +225,11 @@ type bnLink struct {
 	stats   func() device.Buffer // [C][mean, invstd], float64s, in the op's kept memory
 	m       int                  // the count of values they are over
 	run     uint64
+	// gsum is Σ dY and Σ dY·x̂ per channel ([2C] float64s, kept memory),
+	// of node gsumOf's dY in run gsumRun (see bnGradSums).
+	gsum    func() device.Buffer
+	gsumOf  int
+	gsumRun uint64
 }
 
 // linkBatchNorms lets a program's BatchNorm gradients read the forward's
@@ -295,30 +300,50 @@ func setF64At(words []float32, k int, v float64) {
 // of values the statistics are over (see chanStats.run).
 // The statistics run returns are the forward's of the same X when it ran
 // in this run (bnLink), else taken from x into s's scratch.
-func bnGradSums(c *lowerCtx, x []int) (s chanStats, gsum func() device.Buffer, run func(dev device.Device, x, dy device.Buffer) (int, device.Buffer, error), err error) {
+// Linked, and not synchronised, the two gradient ops of an X share the
+// sums of the same dY too: the first to run takes them into the link's
+// memory, the other reads them there. (Synchronised, the input gradient
+// sums them across the ranks in place, and the parameter gradient wants
+// this rank's own.) dyIn is the op's input that is dY.
+func bnGradSums(c *lowerCtx, x []int, dyIn int) (s chanStats, run func(dev device.Device, x, dy device.Buffer) (m int, stats, gsum device.Buffer, err error), err error) {
 	s, err = newChanStats(c, x, 2)
 	if err != nil {
-		return s, nil, nil, err
+		return s, nil, err
 	}
-	gsum = c.alloc(4 * s.C)
+	own := c.alloc(4 * s.C)
 	tree := newRowSumF64(c.alloc, s.parts, 2*s.C)
-	link, sync := c.sync.linked(c.x0, s), c.sync
-	run = func(dev device.Device, x, dy device.Buffer) (int, device.Buffer, error) {
+	link, sync, dyNode := c.sync.linked(c.node(0), s), c.sync, c.node(dyIn)
+	run = func(dev device.Device, x, dy device.Buffer) (int, device.Buffer, device.Buffer, error) {
 		m, stats := 0, s.stats()
-		if link != nil && link.run == sync.runs {
+		fresh := link != nil && link.run == sync.runs
+		if fresh {
 			m, stats = link.m, link.stats()
 		} else {
 			var err error
 			if m, err = s.run(dev, x); err != nil {
-				return 0, nil, err
+				return 0, nil, nil, err
+			}
+		}
+		gsum := own()
+		shared := fresh && dyNode >= 0 && !s.synced()
+		if shared {
+			gsum = link.gsum()
+			if link.gsumRun == sync.runs && link.gsumOf == dyNode {
+				return m, stats, gsum, nil
 			}
 		}
 		if err := dev.Launch("bn_grad_parts", s.C*s.parts, x, dy, stats, s.part(), s.N, s.C, s.P, s.parts); err != nil {
-			return 0, nil, err
+			return 0, nil, nil, err
 		}
-		return m, stats, tree.run(dev, s.part(), gsum())
+		if err := tree.run(dev, s.part(), gsum); err != nil {
+			return 0, nil, nil, err
+		}
+		if shared {
+			link.gsumRun, link.gsumOf = sync.runs, dyNode
+		}
+		return m, stats, gsum, nil
 	}
-	return s, gsum, run, nil
+	return s, run, nil
 }
 
 // lnStats are the row statistics of a layer norm's input X [..., D]:
@@ -397,7 +422,7 @@ func (g convGeom) args() []any {
 //
 // prec is the precision of its matrix products (see device.Precision).
 func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision) (*Op, error) {
-	o, err := newOp(kind, attrs, in, out, prec, nil, -1)
+	o, err := newOp(kind, attrs, in, out, prec, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -416,7 +441,7 @@ func NewOp(dev device.Device, kind graph.Kind, attrs map[string]any, in [][]int,
 // newOp makes the op without its scratch memory (o.need says what it
 // takes), by the lowering registered for its kind; a BatchNorm op reads
 // sync (nil: its batch's own statistics) as it runs.
-func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision, sync *bnSync, x0 int) (*Op, error) {
+func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec device.Precision, sync *bnSync, nodes []int) (*Op, error) {
 	if _, ok := graph.LookupOp(kind); !ok {
 		return nil, fmt.Errorf("executor: %q is not an op of graph/'s set (%v)", kind, graph.OpKinds())
 	}
@@ -425,7 +450,7 @@ func newOp(kind graph.Kind, attrs map[string]any, in [][]int, out []int, prec de
 		return nil, fmt.Errorf("executor: %q has no device lowering", kind)
 	}
 	o := &Op{Kind: kind, in: in, out: out}
-	c := &lowerCtx{kind: kind, attrs: attrs, in: in, prec: prec, o: o, sync: sync, x0: x0}
+	c := &lowerCtx{kind: kind, attrs: attrs, in: in, prec: prec, o: o, sync: sync, nodes: nodes}
 	if err := lower(c, o, in, out); err != nil {
 		return nil, err
 	}
@@ -457,7 +482,15 @@ type lowerCtx struct {
 	prec  device.Precision
 	o     *Op
 	sync  *bnSync // the program's BatchNorm synchronisation (nil: an op of its own)
-	x0    int     // the program's node of input 0 (-1: an op of its own)
+	nodes []int   // the program's nodes of the inputs (nil: an op of its own)
+}
+
+// node is the program's node of input i, or -1 (an op of its own).
+func (c *lowerCtx) node(i int) int {
+	if i < len(c.nodes) {
+		return c.nodes[i]
+	}
+	return -1
 }
 
 func (c *lowerCtx) intAttr(k string) int       { return graph.Attrs(c.attrs).Int(k) }
@@ -741,10 +774,10 @@ func init() {
 		// In a program the statistics go to memory of the op's own, kept
 		// for the gradient ops of the same X (bnLink).
 		var link *bnLink
-		if linkBatchNorms && c.sync != nil && c.x0 >= 0 {
-			link = &bnLink{N: s.N, C: s.C, P: s.P, eps: s.eps, stats: c.keepAlloc(4 * s.C)}
+		if linkBatchNorms && c.sync != nil && c.node(0) >= 0 {
+			link = &bnLink{N: s.N, C: s.C, P: s.P, eps: s.eps, stats: c.keepAlloc(4 * s.C), gsum: c.keepAlloc(4 * s.C)}
 			s.stats = link.stats
-			c.sync.link(c.x0, link)
+			c.sync.link(c.node(0), link)
 		}
 		sync := c.sync
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
@@ -769,12 +802,12 @@ func init() {
 		if err := c.need(3); err != nil {
 			return err
 		}
-		s, gsum, sums, err := bnGradSums(c, in[0])
+		s, sums, err := bnGradSums(c, in[0], 2)
 		if err != nil {
 			return err
 		}
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
-			m, stats, err := sums(dev, in[0].Buf, in[2].Buf)
+			m, stats, gsum, err := sums(dev, in[0].Buf, in[2].Buf)
 			if err != nil {
 				return err
 			}
@@ -784,12 +817,12 @@ func init() {
 			// graph/'s syncGrad.
 			div := float64(m)
 			if s.synced() {
-				if _, err := s.sync.sum(dev, gsum(), 2*s.C, s.sync.share); err != nil {
+				if _, err := s.sync.sum(dev, gsum, 2*s.C, s.sync.share); err != nil {
 					return fmt.Errorf("executor: %s: synchronising the gradient's sums: %w", c.kind, err)
 				}
 				div *= s.sync.share
 			}
-			return dev.Launch("bn_grad_input", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, stats, gsum(), out.Buf, s.N, s.C, s.P, div)
+			return dev.Launch("bn_grad_input", out.Size(), in[0].Buf, in[1].Buf, in[2].Buf, stats, gsum, out.Buf, s.N, s.C, s.P, div)
 		}
 		return nil
 	})
@@ -797,17 +830,18 @@ func init() {
 		if err := c.need(2); err != nil {
 			return err
 		}
-		s, gsum, sums, err := bnGradSums(c, in[0])
+		s, sums, err := bnGradSums(c, in[0], 1)
 		if err != nil {
 			return err
 		}
 		o.run = func(dev device.Device, in []Tensor, out Tensor) error {
 			// x̂ by the global statistics when synchronised; the sum is
 			// this rank's (the gradients' reduction adds the ranks').
-			if _, _, err := sums(dev, in[0].Buf, in[1].Buf); err != nil {
+			_, _, gsum, err := sums(dev, in[0].Buf, in[1].Buf)
+			if err != nil {
 				return err
 			}
-			return dev.Launch("bn_grad_gamma", s.C, gsum(), out.Buf, s.C)
+			return dev.Launch("bn_grad_gamma", s.C, gsum, out.Buf, s.C)
 		}
 		return nil
 	})
