@@ -468,10 +468,10 @@ const (
 // deviation, the test split's by the same constants. "folder" is the
 // image folders train and test of cfg.DataDir (data.LoadImageFolder),
 // standardised per channel likewise. cfg.Mean and cfg.Std, if given,
-// replace an image dataset's constants and a folder's statistics; the
-// training split of the image
-// datasets and folders is augmented (cfg.Augment, cfg.Pad: the same crop
-// and flip for the same index) and the folders must have the same classes.
+// replace an image dataset's constants and a folder's statistics. The
+// training split of the image datasets and folders is augmented
+// (cfg.Augment, cfg.Pad: the same crop and flip for the same index), and
+// the folders must have the same classes.
 func LoadSources(cfg Config) (train, test data.Source, err error) {
 	if cfg.Dataset == "folder" {
 		tr, te, err := loadFolders(cfg)
@@ -516,9 +516,8 @@ func LoadSources(cfg Config) (train, test data.Source, err error) {
 
 // loadFolders loads the image folders of --dataset folder: DIR/train,
 // augmented when cfg.Augment is set and standardised per channel (or
-// normalised by cfg.Mean and cfg.Std), and
-// DIR/test, normalised by the same constants, with the same class names
-// in the same order.
+// normalised by cfg.Mean and cfg.Std), and DIR/test, normalised by the
+// same constants, with the same class names in the same order.
 func loadFolders(cfg Config) (train, test *data.Folder, err error) {
 	if cfg.DataDir == "" {
 		return nil, nil, fmt.Errorf("%w: --dataset folder reads the image folders %s and %s (one folder of images per class) from --data-dir DIR: give it", ErrConfig, folderTrain, folderTest)
@@ -587,8 +586,9 @@ func trainName(cfg Config) string {
 // LoadTestSource loads the test split of cfg.Dataset to evaluate the
 // weights saved at path (a checkpoint or weights file, whose metadata it
 // reads): that of LoadSources (an image dataset normalised by the
-// config's --mean and --std, which the file records), and for "csv" test.csv of cfg.DataDir
-// standardised by the constants the file records of the training split
+// config's --mean and --std, which the file records), and for "csv"
+// test.csv of cfg.DataDir standardised by the constants the file records
+// of the training split
 // (data.NormFromMeta); for "folder" likewise the image folder test of
 // cfg.DataDir, normalised per channel by the recorded constants. A file
 // that records none is refused (ErrCheckpoint), naming the missing key;

@@ -295,16 +295,16 @@ func setF64At(words []float32, k int, v float64) {
 	words[2*k], words[2*k+1] = math.Float32frombits(uint32(bits)), math.Float32frombits(uint32(bits>>32))
 }
 
-// bnGradSums lowers the sums of a batch norm's gradients: gsum holds Σ dy
-// and Σ dy·x̂ of each channel (float64s, [2C]), and run returns the count
-// of values the statistics are over (see chanStats.run).
-// The statistics run returns are the forward's of the same X when it ran
-// in this run (bnLink), else taken from x into s's scratch.
-// Linked, and not synchronised, the two gradient ops of an X share the
-// sums of the same dY too: the first to run takes them into the link's
-// memory, the other reads them there. (Synchronised, the input gradient
-// sums them across the ranks in place, and the parameter gradient wants
-// this rank's own.) dyIn is the op's input that is dY.
+// bnGradSums lowers the sums of a batch norm's gradients. run returns the
+// count of values the statistics are over (see chanStats.run), the
+// statistics, and gsum, Σ dy and Σ dy·x̂ of each channel (float64s, [2C]).
+// The statistics are the forward's of the same X when it ran in this run
+// (bnLink), else taken from x into s's scratch. Linked, and not
+// synchronised, the two gradient ops of an X share the sums of the same
+// dY too: the first to run takes them into the link's memory, the other
+// reads them there. (Synchronised, the input gradient sums them across
+// the ranks in place, and the parameter gradient wants this rank's own.)
+// dyIn is the op's input that is dY.
 func bnGradSums(c *lowerCtx, x []int, dyIn int) (s chanStats, run func(dev device.Device, x, dy device.Buffer) (m int, stats, gsum device.Buffer, err error), err error) {
 	s, err = newChanStats(c, x, 2)
 	if err != nil {

@@ -67,17 +67,24 @@ func (d *Dataset) norm() *norm {
 // SetNorm replaces the constants Name selects by mean and std, as
 // torchvision's Normalize((mean,), (std,)) does: Batch then gives
 // (p/255 - mean)/std, computed in float64 from the float32 constants and
-// rounded to float32 (the rule of [Folder.SetNorm], so that a dataset and
-// the image folder written from it normalise bit for bit alike). std must
+// rounded to float32 (as [Folder.SetNorm], through the same table, so
+// that a dataset and the image folder written from it normalise bit for
+// bit alike). std must
 // be positive and both finite. Slices made afterwards share the constants.
 func (d *Dataset) SetNorm(mean, std float32) error {
-	if !(std > 0) || math.IsInf(float64(std), 0) || math.IsNaN(float64(mean)) || math.IsInf(float64(mean), 0) {
+	if !validNorm(mean, std) {
 		return fmt.Errorf("data: %s/%s: normalisation by mean %v and deviation %v: the deviation must be positive and both finite", d.Name, d.Split, mean, std)
 	}
 	n := newNorm(float64(mean), float64(std))
-	n.mean, n.std = mean, std
 	d.custom = &n
 	return nil
+}
+
+// validNorm reports whether mean and std can normalise: std positive,
+// both finite.
+func validNorm(mean, std float32) bool {
+	m, s := float64(mean), float64(std)
+	return s > 0 && !math.IsInf(s, 0) && !math.IsNaN(m) && !math.IsInf(m, 0)
 }
 
 // Mean is the mean of p/255 used by Batch: that of SetNorm if it was

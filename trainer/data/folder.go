@@ -301,12 +301,10 @@ func (f *Folder) SetNorm(mean, std []float32) error {
 	}
 	lut := make([][256]float32, f.C)
 	for c := range f.C {
-		if !(std[c] > 0) || math.IsInf(float64(std[c]), 0) || math.IsNaN(float64(mean[c])) || math.IsInf(float64(mean[c]), 0) {
+		if !validNorm(mean[c], std[c]) {
 			return fmt.Errorf("%w: %s: channel %d: normalisation by mean %v and deviation %v", ErrImage, f.Dir, c, mean[c], std[c])
 		}
-		for p := range 256 {
-			lut[c][p] = float32((float64(p)/255 - float64(mean[c])) / float64(std[c]))
-		}
+		lut[c] = *newNorm(float64(mean[c]), float64(std[c])).lut
 	}
 	f.Mean, f.Std, f.normLUT = mean, std, lut
 	return nil
