@@ -74,49 +74,10 @@ func newGeom(x, w tensor.Shape, stride, pad int) (convGeom, error) {
 // [C·KH·KW, N·OH·OW] matrix: row (c,i,j), column (n,oy,ox). Samples are
 // independent, so the work is split across CPUs by sample.
 func im2col(g convGeom, x, cols []float32) {
-	ohw, ncols := g.ohw(), g.N*g.ohw()
+	ohw, ncols, chw, kg := g.ohw(), g.N*g.ohw(), g.C*g.H*g.W, g.kgeom()
 	parallelFor(g.N, g.ckk()*ncols, func(n0, n1 int) {
 		for n := n0; n < n1; n++ {
-			for c := 0; c < g.C; c++ {
-				plane := x[(n*g.C+c)*g.H*g.W:][:g.H*g.W]
-				for i := 0; i < g.KH; i++ {
-					for j := 0; j < g.KW; j++ {
-						dst := cols[((c*g.KH+i)*g.KW+j)*ncols+n*ohw:][:ohw]
-						for oy := 0; oy < g.OH; oy++ {
-							iy := oy*g.Stride - g.Pad + i
-							d := dst[oy*g.OW:][:g.OW]
-							if iy < 0 || iy >= g.H {
-								clear(d)
-								continue
-							}
-							src := plane[iy*g.W:][:g.W]
-							if g.Stride == 1 {
-								// Valid columns form one run: copy it, zero the padding.
-								lo, hi := max(0, g.Pad-j), min(g.OW, g.W+g.Pad-j)
-								for ox := 0; ox < lo; ox++ {
-									d[ox] = 0
-								}
-								if hi > lo {
-									dd, ss := d[lo:hi], src[lo+j-g.Pad:][:hi-lo]
-									copy(dd, ss)
-								}
-								for ox := max(hi, lo); ox < len(d); ox++ {
-									d[ox] = 0
-								}
-								continue
-							}
-							for ox := range d {
-								ix := ox*g.Stride - g.Pad + j
-								if ix < 0 || ix >= g.W {
-									d[ox] = 0
-								} else {
-									d[ox] = src[ix]
-								}
-							}
-						}
-					}
-				}
-			}
+			kern.Im2Col(kg, x[n*chw:][:chw], cols, ncols, n*ohw)
 		}
 	})
 }
@@ -164,8 +125,15 @@ func (g convGeom) native3() bool {
 // OpenBLAS do (ResNet-20's, batch 128, measured: 3x3 stride 2 from 28x28
 // 1.7-2.1 ms against 4.0-4.7, from 14x14 2.1-2.2 against 3.1-3.7; 1x1
 // stride 2 0.4-0.6 against 0.5-1.2). Stride 1 on planes too small for
-// native3 stays with im2col (7x7: 4.7 ms against 3.5).
-func (g convGeom) nativeK() bool { return nativeConv && g.Stride > 1 }
+// native3 stays with im2col (7x7: 4.7 ms against 3.5), but for windows
+// of 5x5 and more over several channels: their im2col copies each value
+// 25 times and more, in rows as short as the output (a LeNet's second
+// convolution, 16 planes of 14x14 to 10x10: the CNN's whole step, batch
+// 64, at 7,429 samples/s against 6,435, medians of 4 runs on an AMD EPYC). A single
+// channel's im2col is small, and OpenBLAS as fast there.
+func (g convGeom) nativeK() bool {
+	return nativeConv && (g.Stride > 1 || g.KH*g.KW >= 25 && g.C > 1)
+}
 
 // nativeKDW reports a weight gradient that kern.ConvDW computes faster
 // than im2col and OpenBLAS: strided, with windows of 6 and more (3x3
@@ -686,6 +654,10 @@ func (o *conv2dGradInputOp) transposedConv(g, t convGeom, dy, w, dx []float32) {
 				kern.Conv3(dyn, o.wT, dxn, scratch, t.C, t.H, t.W, t.K)
 				continue
 			}
+			if t.nativeK() { // its scratch is kern.Conv's (scratchSize)
+				kern.Conv(t.kgeom(), dyn, o.wT, dxn, scratch)
+				continue
+			}
 			cols := t.colsOf(dyn, scratch)
 			cblas.SgemmSerial(false, false, t.K, t.ohw(), t.ckk(), 1, o.wT, t.ckk(), cols, t.ohw(), 0, dxn, t.ohw())
 		}
@@ -1007,29 +979,15 @@ func (o *maxPoolGradOp) Do(in ...G.Value) (G.Value, error) {
 	out := o.output(s...)
 	x, y, dy, dx := f32(in[0]), f32(in[1]), f32(in[2]), f32(out)
 	parallelFor(nc, 2*nc*h*w, func(p0, p1 int) {
+		if k == 2 {
+			kern.MaxPool2Grad(dx[p0*h*w:p1*h*w], x[p0*h*w:p1*h*w], y[p0*oh*ow:p1*oh*ow], dy[p0*oh*ow:p1*oh*ow], p1-p0, h, w)
+			return
+		}
 		clear(dx[p0*h*w : p1*h*w])
 		for p := p0; p < p1; p++ {
 			plane, dplane := x[p*h*w:][:h*w], dx[p*h*w:][:h*w]
 			yp, dyp := y[p*oh*ow:][:oh*ow], dy[p*oh*ow:][:oh*ow]
 			for oy := 0; oy < oh; oy++ {
-				if k == 2 {
-					r0, r1 := plane[2*oy*w:][:2*ow], plane[(2*oy+1)*w:][:2*ow]
-					d0, d1 := dplane[2*oy*w:][:2*ow], dplane[(2*oy+1)*w:][:2*ow]
-					ym, dym := yp[oy*ow:][:ow], dyp[oy*ow:][:ow]
-					for ox, m := range ym {
-						switch g := dym[ox]; m {
-						case r0[2*ox]:
-							d0[2*ox] = g
-						case r0[2*ox+1]:
-							d0[2*ox+1] = g
-						case r1[2*ox]:
-							d1[2*ox] = g
-						default:
-							d1[2*ox+1] = g
-						}
-					}
-					continue
-				}
 				for ox := 0; ox < ow; ox++ {
 					m := yp[oy*ow+ox]
 				search:

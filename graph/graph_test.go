@@ -515,7 +515,8 @@ func TestSamePaddingIm2colMatchesTheGeneralOne(t *testing.T) {
 
 // kern's direct kernels (where the CPU has them) compute 3x3 convolutions
 // of stride 1 and padding 1 on planes 12 and more wide (kern.Conv3) and
-// strided ones (kern.Conv): forward, input gradient and weight gradient
+// strided ones and those of 5x5 windows and more over several channels
+// (kern.Conv): forward, input gradient and weight gradient
 // agree with the im2col route within float32 rounding, and a batch of
 // more samples than a group of the weight gradient's partial sums gives
 // the same bits on one CPU as on several.
@@ -524,7 +525,7 @@ func TestNativeConvMatchesIm2col(t *testing.T) {
 		t.Skip("kern's native kernels are not available here: " + kern.Why())
 	}
 	r := rand.New(rand.NewPCG(7, 7))
-	for _, tc := range []struct{ k, stride, pad, h, w int }{{3, 1, 1, 13, 14}, {3, 2, 1, 13, 14}, {1, 2, 0, 13, 14}, {3, 1, 1, 7, 7}, {3, 1, 1, 5, 3}} {
+	for _, tc := range []struct{ k, stride, pad, h, w int }{{3, 1, 1, 13, 14}, {3, 2, 1, 13, 14}, {1, 2, 0, 13, 14}, {3, 1, 1, 7, 7}, {3, 1, 1, 5, 3}, {5, 1, 0, 14, 14}, {5, 1, 2, 9, 11}} {
 		xs, ws := tensor.Shape{11, 6, tc.h, tc.w}, tensor.Shape{5, 6, tc.k, tc.k}
 		g, err := newGeom(xs, ws, tc.stride, tc.pad)
 		require.NoError(t, err)

@@ -245,3 +245,66 @@ TARGET void gt_kern_col2im(const float* cols, float* dx, long ncols, long col0, 
 		}
 	}
 }
+
+// lanes_in is the mask of the lanes x + l (l = 0..7) with lo <= x + l < hi.
+TARGET static inline __m256i lanes_in(int x, int lo, int hi) {
+	__m256i l = _mm256_add_epi32(_mm256_set1_epi32(x), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+	return _mm256_and_si256(_mm256_cmpgt_epi32(l, _mm256_set1_epi32(lo - 1)), _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), l));
+}
+
+// gt_kern_im2col writes this sample's OH*OW columns, from col0, of the
+// im2col rows (c,i,j) of ncols columns each: cols[(c,i,j)][col0 + oy*OW
+// + ox] = x[c][oy*s-P+i][ox*s-P+j], zero where that falls outside the
+// plane. It only copies, so it has the Go fallback's bits. With stride 1
+// each output row whose vectors end within its (c,i,j)'s rows (all but
+// the last, for rows of 8 and more) is a run of its input row and goes
+// in whole vectors of 8, loaded under a mask of the positions
+// inside the plane (reading nothing outside it), so that rows of a few
+// values (the 10 of a LeNet's second convolution) cost a vector or two,
+// not a loop. (Masked stores, which would keep the last row to its own
+// columns too, are slow on AMD's Zen: rows of 10 went no faster than the
+// scalar loop.)
+TARGET void gt_kern_im2col(const float* x, float* cols, long ncols, long col0, int C, int H, int W, int KH, int KW, int s, int P) {
+	const int OH = (H + 2 * P - KH) / s + 1, OW = (W + 2 * P - KW) / s + 1;
+	const int nv = (OW + 7) / 8;
+	for (int c = 0; c < C; c++) {
+		const float* plane = x + (long)c * H * W;
+		for (int i = 0; i < KH; i++) {
+			for (int j = 0; j < KW; j++) {
+				float* dst = cols + ((long)(c * KH + i) * KW + j) * ncols + col0;
+				// ox with 0 <= ox*s - P + j < W
+				int lo = P - j > 0 ? (P - j + s - 1) / s : 0;
+				int hi = (W + P - j + s - 1) / s;
+				if (hi > OW) hi = OW;
+				if (lo > hi) lo = hi;
+				const int off = j - P;
+				for (int oy = 0; oy < OH; oy++) {
+					float* d = dst + (long)oy * OW;
+					int iy = oy * s - P + i;
+					const float* row = plane + (long)iy * W;
+					if (s == 1 && (long)oy * OW + 8 * nv <= (long)OH * OW) {
+						// Whole vectors: the values past the row's end
+						// land in the next rows of the same (c,i,j),
+						// written after it. The
+						// row's source, row + off + x, is read only for
+						// lo <= x < hi (inside the plane), and not at all
+						// in a padding row.
+						if (iy < 0 || iy >= H) {
+							for (int v = 0; v < nv; v++) _mm256_storeu_ps(d + 8 * v, _mm256_setzero_ps());
+							continue;
+						}
+						for (int v = 0; v < nv; v++) _mm256_storeu_ps(d + 8 * v, _mm256_maskload_ps(row + off + 8 * v, lanes_in(8 * v, lo, hi)));
+						continue;
+					}
+					if (iy < 0 || iy >= H) {
+						for (int ox = 0; ox < OW; ox++) d[ox] = 0;
+						continue;
+					}
+					for (int ox = 0; ox < lo; ox++) d[ox] = 0;
+					for (int ox = lo; ox < hi; ox++) d[ox] = row[ox * s + off];
+					for (int ox = hi; ox < OW; ox++) d[ox] = 0;
+				}
+			}
+		}
+	}
+}

@@ -62,6 +62,56 @@ func checkk(op string, g Geom, x, wt, y, scratch []float32) {
 	}
 }
 
+// Im2Col writes one sample's im2col columns: for each row (c, i, j) of
+// g's windows (ncols columns each), the sample's OH·OW columns from col0
+// on get x[c][oy·S-P+i][ox·S-P+j], zero where the window reads padding.
+// It only copies (the Go fallback's bits). g.K is not used. It panics
+// when a slice is too short.
+func Im2Col(g Geom, x, cols []float32, ncols, col0 int) {
+	g.K = 1
+	if err := g.valid(); err != nil {
+		panic("kern.Im2Col: " + err.Error())
+	}
+	oh, ow := g.out()
+	if len(x) < g.C*g.H*g.W || col0 < 0 || col0+oh*ow > ncols || len(cols) < g.C*g.KH*g.KW*ncols {
+		panic(fmt.Sprintf("kern.Im2Col: x %d values (want %d), cols %d (want %d), columns %d+%d of %d",
+			len(x), g.C*g.H*g.W, len(cols), g.C*g.KH*g.KW*ncols, col0, oh*ow, ncols))
+	}
+	if native {
+		cIm2Col(g, x, cols, ncols, col0)
+		return
+	}
+	goIm2Col(g, x, cols, ncols, col0)
+}
+
+func goIm2Col(g Geom, x, cols []float32, ncols, col0 int) {
+	oh, ow := g.out()
+	for c := 0; c < g.C; c++ {
+		plane := x[c*g.H*g.W:][:g.H*g.W]
+		for i := 0; i < g.KH; i++ {
+			for j := 0; j < g.KW; j++ {
+				dst := cols[((c*g.KH+i)*g.KW+j)*ncols+col0:][:oh*ow]
+				for oy := 0; oy < oh; oy++ {
+					iy := oy*g.S - g.P + i
+					d := dst[oy*ow:][:ow]
+					if iy < 0 || iy >= g.H {
+						clear(d)
+						continue
+					}
+					src := plane[iy*g.W:][:g.W]
+					for ox := range d {
+						if ix := ox*g.S - g.P + j; ix >= 0 && ix < g.W {
+							d[ox] = src[ix]
+						} else {
+							d[ox] = 0
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
 // Col2Im sets dx[C][H][W], one sample's input gradient, to the sum of the
 // im2col columns that read each of its values: cols holds the rows
 // (c, i, j) of g's windows, ncols columns each, the sample's OH·OW

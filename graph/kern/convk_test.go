@@ -104,6 +104,62 @@ func BenchmarkConv(b *testing.B) {
 	}
 }
 
+// TestIm2ColMatchesGather: Im2Col writes each of the sample's columns
+// with the input value its window reads (zero in the padding), bit for
+// bit the Go fallback's, and leaves the other samples' columns alone,
+// for strides 1 to 3, paddings 0 to 2, square and oblong windows.
+func TestIm2ColMatchesGather(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, g := range []Geom{
+		{C: 3, H: 14, W: 14, KH: 3, KW: 3, S: 2, P: 1},
+		{C: 4, H: 7, W: 9, KH: 1, KW: 1, S: 2, P: 0},
+		{C: 2, H: 11, W: 8, KH: 5, KW: 3, S: 3, P: 2},
+		{C: 16, H: 14, W: 14, KH: 5, KW: 5, S: 1, P: 0},
+		{C: 1, H: 28, W: 28, KH: 5, KW: 5, S: 1, P: 2},
+		{C: 1, H: 5, W: 5, KH: 2, KW: 4, S: 1, P: 0},
+		{C: 2, H: 3, W: 19, KH: 3, KW: 7, S: 1, P: 3},
+	} {
+		t.Run(fmt.Sprintf("%+v", g), func(t *testing.T) {
+			oh, ow := g.out()
+			ncols, col0 := 3*oh*ow, oh*ow
+			x := make([]float32, g.C*g.H*g.W)
+			for i := range x {
+				x[i] = float32(r.NormFloat64())
+			}
+			got, gogot := make([]float32, g.C*g.KH*g.KW*ncols), make([]float32, g.C*g.KH*g.KW*ncols)
+			for i := range got {
+				got[i], gogot[i] = float32(math.NaN()), float32(math.NaN())
+			}
+			Im2Col(g, x, got, ncols, col0)
+			goIm2Col(g, x, gogot, ncols, col0)
+			for row := 0; row < g.C*g.KH*g.KW; row++ {
+				c, i, j := row/(g.KH*g.KW), row/g.KW%g.KH, row%g.KW
+				for col := 0; col < ncols; col++ {
+					k := row*ncols + col
+					if math.Float32bits(got[k]) != math.Float32bits(gogot[k]) {
+						t.Fatalf("cols[%d][%d] = %v, the Go fallback's %v", row, col, got[k], gogot[k])
+					}
+					if col < col0 || col >= col0+oh*ow {
+						if !math.IsNaN(float64(got[k])) {
+							t.Fatalf("cols[%d][%d] = %v: another sample's column was written", row, col, got[k])
+						}
+						continue
+					}
+					oy, ox := (col-col0)/ow, (col-col0)%ow
+					iy, ix := oy*g.S-g.P+i, ox*g.S-g.P+j
+					want := float32(0)
+					if iy >= 0 && iy < g.H && ix >= 0 && ix < g.W {
+						want = x[(c*g.H+iy)*g.W+ix]
+					}
+					if math.Float32bits(got[k]) != math.Float32bits(want) {
+						t.Fatalf("cols[%d][%d] (c %d, i %d, j %d, oy %d, ox %d) = %v, want %v", row, col, c, i, j, oy, ox, got[k], want)
+					}
+				}
+			}
+		})
+	}
+}
+
 // TestCol2ImMatchesScatter: Col2Im of random columns is, bit for bit, the
 // Go fallback's, and within float32 rounding the float64 scatter of each
 // column value onto the input position its window reads, for strides 1

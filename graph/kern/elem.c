@@ -202,3 +202,41 @@ TARGET void gt_kern_relu_grad(float* dx, const float* y, const float* dy, long n
 TARGET void gt_kern_add(float* y, const float* a, const float* b, long n) {
 	for (long i = 0; i < n; i++) y[i] = a[i] + b[i];
 }
+
+// gt_kern_maxpool2_grad sets dx, planes of h x w, to MaxPool2D(2)'s input
+// gradient: each 2x2 window's dy goes to the first of its values (row by
+// row) that equals the window's maximum y, or to its last value when none
+// does (a NaN maximum), and +0 everywhere else, the rows and columns no
+// window covers included. The selection is by masks, not branches: which
+// value holds the maximum follows the data, and a branch on it is
+// mispredicted about half the time.
+TARGET void gt_kern_maxpool2_grad(float* dx, const float* x, const float* y, const float* dy, long planes, int h, int w) {
+	const int oh = h / 2, ow = w / 2;
+	for (long p = 0; p < planes; p++) {
+		const float* xp = x + p * h * w;
+		float* dp = dx + p * h * w;
+		const float* yp = y + p * oh * ow;
+		const float* gp = dy + p * oh * ow;
+		if ((h | w) & 1) {
+			for (long i = 0; i < (long)h * w; i++) dp[i] = 0;
+		}
+		for (int oy = 0; oy < oh; oy++) {
+			const int32_t* g = (const int32_t*)(gp + oy * ow);
+			const float* m = yp + oy * ow;
+			const float* r0 = xp + 2 * oy * w;
+			const float* r1 = r0 + w;
+			int32_t* d0 = (int32_t*)(dp + 2 * oy * w);
+			int32_t* d1 = (int32_t*)(dp + (2 * oy + 1) * w);
+			for (int ox = 0; ox < ow; ox++) {
+				int32_t e0 = -(int32_t)(r0[2 * ox] == m[ox]);
+				int32_t e1 = ~e0 & -(int32_t)(r0[2 * ox + 1] == m[ox]);
+				int32_t e2 = ~(e0 | e1) & -(int32_t)(r1[2 * ox] == m[ox]);
+				int32_t e3 = ~(e0 | e1 | e2);
+				d0[2 * ox] = g[ox] & e0;
+				d0[2 * ox + 1] = g[ox] & e1;
+				d1[2 * ox] = g[ox] & e2;
+				d1[2 * ox + 1] = g[ox] & e3;
+			}
+		}
+	}
+}

@@ -142,6 +142,23 @@ func ReLUGrad(dx, y, dy []float32) {
 	goReLUGrad(dx, y, dy)
 }
 
+// MaxPool2Grad sets dx, planes of h x w (h, w >= 2), to the input
+// gradient of a 2x2 max pooling of stride 2 (its output y and output
+// gradient dy planes of h/2 x w/2): each window's dy goes to the first of
+// its four values, row by row, that equals the window's y (the last value
+// when none does, as for a NaN maximum), and +0 to every other value.
+func MaxPool2Grad(dx, x, y, dy []float32, planes, h, w int) {
+	n, o := planes*h*w, planes*(h/2)*(w/2)
+	if planes < 0 || h < 2 || w < 2 || len(dx) < n || len(x) < n || len(y) < o || len(dy) < o {
+		panic(fmt.Sprintf("kern.MaxPool2Grad: %d planes of %dx%d: dX %d, X %d, Y %d, dY %d values", planes, h, w, len(dx), len(x), len(y), len(dy)))
+	}
+	if native && planes > 0 {
+		cMaxPool2Grad(dx, x, y, dy, planes, h, w)
+		return
+	}
+	goMaxPool2Grad(dx, x, y, dy, planes, h, w)
+}
+
 // Add sets y[i] = a[i] + b[i].
 func Add(y, a, b []float32) {
 	if len(y) < len(a) || len(b) < len(a) {

@@ -165,3 +165,28 @@ func goReLUGrad(dx, y, dy []float32) {
 		dx[i] = math.Float32frombits(math.Float32bits(dy[i]) & m)
 	}
 }
+
+func goMaxPool2Grad(dx, x, y, dy []float32, planes, h, w int) {
+	oh, ow := h/2, w/2
+	clear(dx[:planes*h*w])
+	for p := 0; p < planes; p++ {
+		plane, dplane := x[p*h*w:][:h*w], dx[p*h*w:][:h*w]
+		yp, dyp := y[p*oh*ow:][:oh*ow], dy[p*oh*ow:][:oh*ow]
+		for oy := 0; oy < oh; oy++ {
+			r0, r1 := plane[2*oy*w:][:2*ow], plane[(2*oy+1)*w:][:2*ow]
+			d0, d1 := dplane[2*oy*w:][:2*ow], dplane[(2*oy+1)*w:][:2*ow]
+			for ox, m := range yp[oy*ow:][:ow] {
+				switch g := dyp[oy*ow+ox]; m {
+				case r0[2*ox]:
+					d0[2*ox] = g
+				case r0[2*ox+1]:
+					d0[2*ox+1] = g
+				case r1[2*ox]:
+					d1[2*ox] = g
+				default:
+					d1[2*ox+1] = g
+				}
+			}
+		}
+	}
+}

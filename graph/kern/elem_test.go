@@ -165,3 +165,56 @@ func TestPlaneMomentsAddUpToChanMoments(t *testing.T) {
 	}()
 	PlaneMoments(make([]float32, 6), 2, 3, make([]float32, 2), make([]float64, 3))
 }
+
+// TestMaxPool2GradRoutesToTheFirstMaximum: MaxPool2Grad sends each
+// window's gradient to the first of its values (row by row) that equals
+// the window's maximum, to the last when the maximum is NaN, and +0 to
+// every other value (odd rows and columns included, whatever dX held);
+// the native kernel gives the Go fallback's bits. Values are drawn from
+// few levels, so that windows hold ties in every position.
+func TestMaxPool2GradRoutesToTheFirstMaximum(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, g := range []struct{ planes, h, w int }{{1, 2, 2}, {3, 4, 6}, {2, 7, 5}, {16, 28, 28}, {5, 14, 15}} {
+		t.Run(fmt.Sprintf("%dx%dx%d", g.planes, g.h, g.w), func(t *testing.T) {
+			n, oh, ow := g.planes*g.h*g.w, g.h/2, g.w/2
+			x := make([]float32, n)
+			for i := range x {
+				x[i] = float32(r.IntN(3))
+				if r.IntN(50) == 0 {
+					x[i] = float32(math.NaN())
+				}
+			}
+			y, dy := make([]float32, g.planes*oh*ow), make([]float32, g.planes*oh*ow)
+			want := make([]float32, n)
+			for p := 0; p < g.planes; p++ {
+				for oy := 0; oy < oh; oy++ {
+					for ox := 0; ox < ow; ox++ {
+						at := func(k int) int { return (p*g.h+2*oy+k/2)*g.w + 2*ox + k%2 }
+						m := x[at(0)]
+						for k := 1; k < 4; k++ {
+							m = max(m, x[at(k)])
+						}
+						o := (p*oh+oy)*ow + ox
+						y[o], dy[o] = m, float32(r.NormFloat64())
+						k := 0
+						for k < 3 && x[at(k)] != m {
+							k++
+						}
+						want[at(k)] = dy[o]
+					}
+				}
+			}
+			got, gogot := make([]float32, n), make([]float32, n)
+			for i := range got {
+				got[i], gogot[i] = float32(math.NaN()), 5
+			}
+			MaxPool2Grad(got, x, y, dy, g.planes, g.h, g.w)
+			goMaxPool2Grad(gogot, x, y, dy, g.planes, g.h, g.w)
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) || math.Float32bits(gogot[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("dx[%d] = %v (Go fallback %v), want %v", i, got[i], gogot[i], want[i])
+				}
+			}
+		})
+	}
+}

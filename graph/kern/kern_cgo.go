@@ -17,6 +17,7 @@ void gt_kern_convk_dw(const float* x, const float* dy, float* dw, float* scratch
 void gt_kern_gather_wide(float* dst, const float* src, int C, int H, int W, int ns);
 void gt_kern_scatter_wide(float* dst, const float* src, int C, int H, int W, int ns);
 void gt_kern_col2im(const float* cols, float* dx, long ncols, long col0, int C, int H, int W, int KH, int KW, int s, int P);
+void gt_kern_im2col(const float* x, float* cols, long ncols, long col0, int C, int H, int W, int KH, int KW, int s, int P);
 double gt_kern_chan_sum(const float* x, long N, long C, long P, long c);
 double gt_kern_chan_sqdev(const float* x, long N, long C, long P, long c, double mu);
 void gt_kern_chan_gradsums(const float* x, const float* dy, long N, long C, long P, long c, double mu, double* out);
@@ -29,6 +30,7 @@ void gt_kern_chan_affine_relu(float* dst, const float* x, long N, long C, long P
 void gt_kern_add(float* y, const float* a, const float* b, long n);
 void gt_kern_chan_relu_grad_sums(float* dy, const float* z, const float* dz, const float* x, long N, long C, long P, long c, double mu, double* out);
 void gt_kern_relu_grad(float* dx, const float* y, const float* dy, long n);
+void gt_kern_maxpool2_grad(float* dx, const float* x, const float* y, const float* dy, long planes, int h, int w);
 */
 import "C"
 
@@ -102,6 +104,10 @@ func cAdd(y, a, b []float32) { C.gt_kern_add(fp(y), fp(a), fp(b), C.long(len(a))
 
 func cReLU(y, x []float32) { C.gt_kern_relu(fp(y), fp(x), C.long(len(x))) }
 
+func cMaxPool2Grad(dx, x, y, dy []float32, planes, h, w int) {
+	C.gt_kern_maxpool2_grad(fp(dx), fp(x), fp(y), fp(dy), C.long(planes), C.int(h), C.int(w))
+}
+
 func cReLUGrad(dx, y, dy []float32) { C.gt_kern_relu_grad(fp(dx), fp(y), fp(dy), C.long(len(y))) }
 
 func convkScratch(g Geom) int {
@@ -134,6 +140,10 @@ func cGatherWide(dst, src []float32, c, h, w, ns int) {
 
 func cScatterWide(dst, src []float32, c, h, w, ns int) {
 	C.gt_kern_scatter_wide(fp(dst), fp(src), C.int(c), C.int(h), C.int(w), C.int(ns))
+}
+
+func cIm2Col(g Geom, x, cols []float32, ncols, col0 int) {
+	C.gt_kern_im2col(fp(x), fp(cols), C.long(ncols), C.long(col0), C.int(g.C), C.int(g.H), C.int(g.W), C.int(g.KH), C.int(g.KW), C.int(g.S), C.int(g.P))
 }
 
 func cCol2Im(g Geom, cols []float32, ncols, col0 int, dx []float32) {

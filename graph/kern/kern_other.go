@@ -22,9 +22,10 @@ func cChanAffineReLU(_, _ []float32, _, _, _, _ int, _, _ float32)              
 func cChanReLUGradSums(_, _, _, _ []float32, _, _, _, _ int, _ float64) (float64, float64) {
 	return 0, 0
 }
-func cAdd(_, _, _ []float32)      {}
-func cReLU(_, _ []float32)        {}
-func cReLUGrad(_, _, _ []float32) {}
+func cAdd(_, _, _ []float32)                          {}
+func cReLU(_, _ []float32)                            {}
+func cReLUGrad(_, _, _ []float32)                     {}
+func cMaxPool2Grad(_, _, _, _ []float32, _, _, _ int) {}
 
 func convkScratch(Geom) int                                    { return 0 }
 func convk(Geom, []float32, []float32, []float32, []float32)   {}
@@ -34,6 +35,7 @@ func conv3BwdScratch(c, h, w, k int) int                            { return 0 }
 func conv3Bwd(x, dy, wT, dx, dw, scratch []float32, c, h, w, k int) {}
 
 func cCol2Im(Geom, []float32, int, int, []float32) {}
+func cIm2Col(Geom, []float32, []float32, int, int) {}
 
 func cGatherWide(_, _ []float32, _, _, _, _ int)  {}
 func cScatterWide(_, _ []float32, _, _, _, _ int) {}
