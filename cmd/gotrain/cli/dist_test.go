@@ -792,19 +792,23 @@ func TestElasticAdmitsALateNodeAndGivesUp(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, string(out), "the group did not form: round 0: 1 node(s) joined, --nnodes needs at least 2 within --rdzv-join-timeout 1s")
 
-	// A late node whose job finishes without it stops too.
+	// A late node whose job finishes without it stops too, and the store
+	// stays up until it has read the end (the store's launcher waits for
+	// every launcher of the round to count itself out).
 	args = []string{"launch", "--nnodes", "2:3", "--nproc-per-node", "1", "--rdzv-settle", "300ms",
 		"--rdzv-endpoint", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--",
-		"train", "--dataset", "synthetic", "--synthetic-size", "6000", "--epochs", "1", "--threads", "1"}
+		"train", "--dataset", "synthetic", "--synthetic-size", "30000", "--epochs", "1", "--threads", "1"}
 	start(0)
 	waitFor(0, "serving the elastic rendezvous store")
 	start(1)
 	waitFor(0, "round 0: node 0 of 2")
 	start(2)
+	waitFor(2, "waiting for the next round")
 	for i, c := range nodes {
 		require.NoError(t, c.Wait(), "node %d: %s", i, logs[i].String())
 	}
 	require.Contains(t, logs[2].String(), "round 0: the job finished without this node")
+	require.Contains(t, logs[0].String(), "round 0: all 3 launcher(s) saw the job end")
 }
 
 // TestBenchAllReduceTable: 'gotrain bench allreduce' prints nccl-tests'

@@ -41,6 +41,15 @@ import (
 // failed rounds the launchers give up and print what happened. The store
 // lives in the launcher of the endpoint's host: if that node dies, the
 // job ends.
+//
+// When a round's workers finish, its launchers mark it done
+// (elastic/r/end), and every launcher that joined it, a node of it or one
+// waiting for a later round, counts itself out (elastic/r/left) and
+// exits. The launcher serving the store waits for all of them, up to
+// exitBarrier, before it closes the store, as torchrun's agents wait at
+// their exit barrier: otherwise a launcher still waiting for the round's
+// end could lose the store before it read the end, and fail a job that
+// finished.
 
 // elasticStore is where the launchers meet: the built-in store
 // (rendezvous.Client) or etcd (etcdstore.Store).
@@ -53,6 +62,11 @@ type elasticStore interface {
 
 // A round's "end" key says how it ended: endDone, or why it failed.
 const endDone = "done"
+
+// exitBarrier bounds how long the launcher serving the store waits, once
+// the job is done, for the launchers that joined the last round to see
+// the end (a launcher that died on the way never counts itself out).
+var exitBarrier = 30 * time.Second
 
 // errNotFormed: too few nodes joined a round in time.
 var errNotFormed = errors.New("the group did not form")
@@ -82,6 +96,7 @@ func (s *supervisor) joinStore(ctx context.Context, opt secure.Options) (elastic
 	if ln, err := net.Listen("tcp", addr); err == nil {
 		srv := rendezvous.Serve(ln, opt)
 		closeSrv = func() { srv.Close() }
+		s.servesStore = true
 		s.logf("serving the elastic rendezvous store on %s", addr)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
@@ -135,6 +150,8 @@ func (s *supervisor) form(ctx context.Context, st elasticStore, r int, endpointH
 				return round{}, err
 			}
 			if string(end) == endDone {
+				// Counted out, so that the store's launcher can close it.
+				_, _ = st.Add(ctx, storeKey(r, "left"), 1)
 				return round{}, errJobDone
 			}
 			continue
@@ -156,6 +173,36 @@ func (s *supervisor) form(ctx context.Context, st elasticStore, r int, endpointH
 		}
 		rd.master = string(m)
 		return rd, nil
+	}
+}
+
+// awaitLeft (the launcher serving the store, at the end of the job) waits
+// until every launcher that joined round r has counted itself out, for
+// at most exitBarrier.
+func (s *supervisor) awaitLeft(ctx context.Context, st elasticStore, r int) {
+	deadline := time.Now().Add(exitBarrier)
+	for {
+		joined, err := st.Add(ctx, storeKey(r, "joined"), 0)
+		if err != nil {
+			return
+		}
+		left, err := st.Add(ctx, storeKey(r, "left"), 0)
+		if err != nil {
+			return
+		}
+		if left >= joined {
+			s.logf("round %d: all %d launcher(s) saw the job end", r, joined)
+			return
+		}
+		if time.Now().After(deadline) {
+			s.logf("round %d: %d of %d launcher(s) saw the job end within %v; closing the store", r, left, joined, exitBarrier)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
@@ -270,7 +317,12 @@ func (s *supervisor) runElastic(ctx context.Context) int {
 		if failure == "" {
 			if code == 0 {
 				// Launchers waiting for a later round can stop.
-				_ = st.Set(context.WithoutCancel(ctx), storeKey(r, "end"), []byte(endDone))
+				dctx := context.WithoutCancel(ctx)
+				_ = st.Set(dctx, storeKey(r, "end"), []byte(endDone))
+				_, _ = st.Add(dctx, storeKey(r, "left"), 1)
+				if s.servesStore {
+					s.awaitLeft(ctx, st, r)
+				}
 			}
 			return code
 		}

@@ -487,6 +487,9 @@ type supervisor struct {
 	// peerFail, when set, delivers another node's failure (elastic jobs):
 	// the group stops as if one of its own workers had failed.
 	peerFail <-chan string
+	// servesStore: this launcher serves the elastic store (it waits for
+	// the others to see the job end before it closes it).
+	servesStore bool
 }
 
 // logf writes a launcher message to stderr, whole, between worker lines.
