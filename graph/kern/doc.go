@@ -37,10 +37,22 @@
 // [C][KH·KW][K]) and one broadcast input value per position and (c, i, j);
 // a position's window starts at its own offset in the padded plane, so a
 // stride costs nothing. graph takes them for strided convolutions (a
-// ResNet's downsampling 3x3 and 1x1), which im2col copies slowly; on
-// stride 1 they lose to Conv3 (wide planes) and to im2col with OpenBLAS
-// (small planes, where streaming the filters from L2 for every block of 6
-// positions dominates).
+// ResNet's downsampling 3x3 and 1x1), which im2col copies slowly, and for
+// windows of 5x5 and more over several channels (a LeNet's second
+// convolution), whose im2col copies each value 25 times and more; on
+// other convolutions of stride 1 they lose to Conv3 (wide planes) and to
+// im2col with OpenBLAS (small planes, where streaming the filters from L2
+// for every block of 6 positions dominates).
+//
+// [Im2Col] and [Col2Im]: the im2col route's copy of a sample into
+// columns, and its adjoint, for the convolutions that take it.
+//
+// [MaxPool2Grad]: a 2x2 max pooling's input gradient, each window's
+// gradient to the first of its maxima, chosen by masks rather than by
+// branches that the data decide.
+//
+// [AdamUpdate]: torch.optim.Adam's update of a parameter and its moments,
+// with ATen's float32 operations in their order, eight values at a time.
 //
 // [ChanSum], [ChanSqDev], [ChanMoments], [ChanGradSums], [ChanReLUGradSums],
 // [ChanAffine], [ChanAffineReLU], [ChanAffine2], [ReLU], [ReLUGrad], [Add]: BatchNorm's
@@ -65,8 +77,9 @@
 // The kernels need cgo, amd64 and a CPU with AVX2 and FMA; [Available]
 // says whether they run here, and [Why] why not. GOTRAIN_CPU_KERNELS=off
 // turns them off (graph then takes its im2col route), for comparison.
-// Callers check Available and take their own route otherwise; the
-// functions panic when called without it, or with slices too short for
+// Callers check Available and take their own route otherwise (Im2Col,
+// Col2Im, the elementwise kernels, MaxPool2Grad and AdamUpdate run their
+// Go fallbacks themselves, with the same bits); the functions panic when called without it, or with slices too short for
 // the geometry, as BLAS does on programmer errors.
 package kern
 

@@ -30,6 +30,7 @@ void gt_kern_chan_affine_relu(float* dst, const float* x, long N, long C, long P
 void gt_kern_add(float* y, const float* a, const float* b, long n);
 void gt_kern_chan_relu_grad_sums(float* dy, const float* z, const float* dz, const float* x, long N, long C, long P, long c, double mu, double* out);
 void gt_kern_relu_grad(float* dx, const float* y, const float* dy, long n);
+void gt_kern_adam(float* p, const float* g, float* m, float* v, long n, float b1, float b2, float c1, float c2, float negStep, float bc2s, float eps, float wd);
 void gt_kern_maxpool2_grad(float* dx, const float* x, const float* y, const float* dy, long planes, int h, int w);
 */
 import "C"
@@ -103,6 +104,11 @@ func cChanReLUGradSums(dy, z, dz, x []float32, n, c, p, ch int, mu float64) (s1,
 func cAdd(y, a, b []float32) { C.gt_kern_add(fp(y), fp(a), fp(b), C.long(len(a))) }
 
 func cReLU(y, x []float32) { C.gt_kern_relu(fp(y), fp(x), C.long(len(x))) }
+
+func cAdam(p, g, m, v []float32, a Adam) {
+	C.gt_kern_adam(fp(p), fp(g), fp(m), fp(v), C.long(len(p)), C.float(a.B1), C.float(a.B2), C.float(a.C1), C.float(a.C2),
+		C.float(a.NegStep), C.float(a.Bc2Sqrt), C.float(a.Eps), C.float(a.WD))
+}
 
 func cMaxPool2Grad(dx, x, y, dy []float32, planes, h, w int) {
 	C.gt_kern_maxpool2_grad(fp(dx), fp(x), fp(y), fp(dy), C.long(planes), C.int(h), C.int(w))

@@ -25,6 +25,7 @@ func cChanReLUGradSums(_, _, _, _ []float32, _, _, _, _ int, _ float64) (float64
 func cAdd(_, _, _ []float32)                          {}
 func cReLU(_, _ []float32)                            {}
 func cReLUGrad(_, _, _ []float32)                     {}
+func cAdam(_, _, _, _ []float32, _ Adam)              {}
 func cMaxPool2Grad(_, _, _, _ []float32, _, _, _ int) {}
 
 func convkScratch(Geom) int                                    { return 0 }

@@ -1,6 +1,10 @@
 package optim
 
-import "math"
+import (
+	"math"
+
+	"github.com/gotrain/gotrain/graph/kern"
+)
 
 // adam implements torch.optim.Adam and torch.optim.AdamW (foreach=False,
 // amsgrad=False, maximize=False, capturable=False).
@@ -57,6 +61,9 @@ func (o *adam) Step(params []Param, lr float64) {
 	} else {
 		wd = float32(o.cfg.WeightDecay)
 	}
+	// The update itself: kern.AdamUpdate (ATen's operations in their
+	// order, eight values at a time where the CPU has AVX2).
+	k := kern.Adam{B1: b1, B2: b2, C1: c1, C2: c2, NegStep: negStep, Bc2Sqrt: bc2Sqrt, Eps: eps, WD: wd}
 	for i := range params {
 		if params[i].Buffer {
 			setBuffer(params[i])
@@ -71,30 +78,6 @@ func (o *adam) Step(params []Param, lr float64) {
 				p[j] *= decay
 			}
 		}
-		if wd != 0 {
-			for j, gj := range g {
-				pj := p[j]
-				gj = fma32(pj, wd, gj)
-				mj := fma32(gj, c1, m[j]*b1)
-				vj := addcmul(v[j]*b2, c2, gj)
-				m[j], v[j] = mj, vj
-				den := sqrt32(vj)/bc2Sqrt + eps
-				p[j] = pj + negStep*mj/den
-			}
-		} else {
-			for j, gj := range g {
-				mj := fma32(gj, c1, m[j]*b1)
-				vj := addcmul(v[j]*b2, c2, gj)
-				m[j], v[j] = mj, vj
-				den := sqrt32(vj)/bc2Sqrt + eps
-				p[j] += negStep * mj / den
-			}
-		}
+		kern.AdamUpdate(p, g, m, v, k)
 	}
 }
-
-// addcmul returns s + c*g*g as ATen's vectorised addcmul_ computes it for
-// float32: (c*g) rounded, then a fused multiply-add.
-func addcmul(s, c, g float32) float32 { return fma32(c*g, g, s) }
-
-func sqrt32(x float32) float32 { return float32(math.Sqrt(float64(x))) }
