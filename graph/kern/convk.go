@@ -68,15 +68,7 @@ func checkk(op string, g Geom, x, wt, y, scratch []float32) {
 // It only copies (the Go fallback's bits). g.K is not used. It panics
 // when a slice is too short.
 func Im2Col(g Geom, x, cols []float32, ncols, col0 int) {
-	g.K = 1
-	if err := g.valid(); err != nil {
-		panic("kern.Im2Col: " + err.Error())
-	}
-	oh, ow := g.out()
-	if len(x) < g.C*g.H*g.W || col0 < 0 || col0+oh*ow > ncols || len(cols) < g.C*g.KH*g.KW*ncols {
-		panic(fmt.Sprintf("kern.Im2Col: x %d values (want %d), cols %d (want %d), columns %d+%d of %d",
-			len(x), g.C*g.H*g.W, len(cols), g.C*g.KH*g.KW*ncols, col0, oh*ow, ncols))
-	}
+	g = checkCols("Im2Col", g, x, cols, ncols, col0)
 	if native {
 		cIm2Col(g, x, cols, ncols, col0)
 		return
@@ -119,20 +111,28 @@ func goIm2Col(g Geom, x, cols []float32, ncols, col0 int) {
 // i, j, oy, ox (the Go fallback's, bit for bit). g.K is not used. It
 // panics when a slice is too short.
 func Col2Im(g Geom, cols []float32, ncols, col0 int, dx []float32) {
-	g.K = 1
-	if err := g.valid(); err != nil {
-		panic("kern.Col2Im: " + err.Error())
-	}
-	oh, ow := g.out()
-	if len(dx) < g.C*g.H*g.W || col0 < 0 || col0+oh*ow > ncols || len(cols) < g.C*g.KH*g.KW*ncols {
-		panic(fmt.Sprintf("kern.Col2Im: dx %d values (want %d), cols %d (want %d), columns %d+%d of %d",
-			len(dx), g.C*g.H*g.W, len(cols), g.C*g.KH*g.KW*ncols, col0, oh*ow, ncols))
-	}
+	g = checkCols("Col2Im", g, dx, cols, ncols, col0)
 	if native {
 		cCol2Im(g, cols, ncols, col0, dx)
 		return
 	}
 	goCol2Im(g, cols, ncols, col0, dx)
+}
+
+// checkCols panics unless g (its K not used, set to 1) is a geometry, x
+// holds a sample and cols its columns from col0 of ncols, as Im2Col and
+// Col2Im need.
+func checkCols(op string, g Geom, x, cols []float32, ncols, col0 int) Geom {
+	g.K = 1
+	if err := g.valid(); err != nil {
+		panic("kern." + op + ": " + err.Error())
+	}
+	oh, ow := g.out()
+	if len(x) < g.C*g.H*g.W || col0 < 0 || col0+oh*ow > ncols || len(cols) < g.C*g.KH*g.KW*ncols {
+		panic(fmt.Sprintf("kern.%s: sample %d values (want %d), cols %d (want %d), columns %d+%d of %d",
+			op, len(x), g.C*g.H*g.W, len(cols), g.C*g.KH*g.KW*ncols, col0, oh*ow, ncols))
+	}
+	return g
 }
 
 func goCol2Im(g Geom, cols []float32, ncols, col0 int, dx []float32) {

@@ -104,21 +104,26 @@ func BenchmarkConv(b *testing.B) {
 	}
 }
 
+// colsGeoms are the im2col tests' geometries: strides 1 to 3, paddings 0
+// to 3, square and oblong windows, rows of outputs shorter than a vector
+// and longer, a LeNet's two convolutions.
+var colsGeoms = []Geom{
+	{C: 3, H: 14, W: 14, KH: 3, KW: 3, S: 2, P: 1},
+	{C: 4, H: 7, W: 9, KH: 1, KW: 1, S: 2, P: 0},
+	{C: 2, H: 11, W: 8, KH: 5, KW: 3, S: 3, P: 2},
+	{C: 2, H: 6, W: 6, KH: 3, KW: 3, S: 1, P: 1},
+	{C: 16, H: 14, W: 14, KH: 5, KW: 5, S: 1, P: 0},
+	{C: 1, H: 28, W: 28, KH: 5, KW: 5, S: 1, P: 2},
+	{C: 1, H: 5, W: 5, KH: 2, KW: 4, S: 1, P: 0},
+	{C: 2, H: 3, W: 19, KH: 3, KW: 7, S: 1, P: 3},
+}
+
 // TestIm2ColMatchesGather: Im2Col writes each of the sample's columns
 // with the input value its window reads (zero in the padding), bit for
-// bit the Go fallback's, and leaves the other samples' columns alone,
-// for strides 1 to 3, paddings 0 to 2, square and oblong windows.
+// bit the Go fallback's, and leaves the other samples' columns alone.
 func TestIm2ColMatchesGather(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
-	for _, g := range []Geom{
-		{C: 3, H: 14, W: 14, KH: 3, KW: 3, S: 2, P: 1},
-		{C: 4, H: 7, W: 9, KH: 1, KW: 1, S: 2, P: 0},
-		{C: 2, H: 11, W: 8, KH: 5, KW: 3, S: 3, P: 2},
-		{C: 16, H: 14, W: 14, KH: 5, KW: 5, S: 1, P: 0},
-		{C: 1, H: 28, W: 28, KH: 5, KW: 5, S: 1, P: 2},
-		{C: 1, H: 5, W: 5, KH: 2, KW: 4, S: 1, P: 0},
-		{C: 2, H: 3, W: 19, KH: 3, KW: 7, S: 1, P: 3},
-	} {
+	for _, g := range colsGeoms {
 		t.Run(fmt.Sprintf("%+v", g), func(t *testing.T) {
 			oh, ow := g.out()
 			ncols, col0 := 3*oh*ow, oh*ow
@@ -162,18 +167,11 @@ func TestIm2ColMatchesGather(t *testing.T) {
 
 // TestCol2ImMatchesScatter: Col2Im of random columns is, bit for bit, the
 // Go fallback's, and within float32 rounding the float64 scatter of each
-// column value onto the input position its window reads, for strides 1
-// to 3, paddings 0 to 2, square and oblong windows, and a sample in the
-// middle of a batch's columns.
+// column value onto the input position its window reads, for a sample in
+// the middle of a batch's columns.
 func TestCol2ImMatchesScatter(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
-	for _, g := range []Geom{
-		{C: 3, H: 14, W: 14, KH: 3, KW: 3, S: 2, P: 1},
-		{C: 4, H: 7, W: 9, KH: 1, KW: 1, S: 2, P: 0},
-		{C: 2, H: 11, W: 8, KH: 5, KW: 3, S: 3, P: 2},
-		{C: 2, H: 6, W: 6, KH: 3, KW: 3, S: 1, P: 1},
-		{C: 1, H: 5, W: 5, KH: 2, KW: 4, S: 1, P: 0},
-	} {
+	for _, g := range colsGeoms {
 		t.Run(fmt.Sprintf("%+v", g), func(t *testing.T) {
 			oh, ow := g.out()
 			ncols, col0 := 3*oh*ow, oh*ow
