@@ -129,8 +129,8 @@ func (g convGeom) native3() bool {
 // of 5x5 and more over several channels: their im2col copies each value
 // 25 times and more, in rows as short as the output (a LeNet's second
 // convolution, 16 planes of 14x14 to 10x10: the CNN's whole step, batch
-// 64, at 7,429 samples/s against 6,435, medians of 4 runs on an AMD EPYC). A single
-// channel's im2col is small, and OpenBLAS as fast there.
+// 64, at 7,429 samples/s against 6,435, medians of 4 runs on an AMD
+// EPYC). A single channel's im2col is small, and OpenBLAS as fast there.
 func (g convGeom) nativeK() bool {
 	return nativeConv && (g.Stride > 1 || g.KH*g.KW >= 25 && g.C > 1)
 }

@@ -1,7 +1,7 @@
 // Adam's update of one parameter (see AdamUpdate in adam.go), eight
 // values at a time. Each operation is the Go fallback's, in its order and
 // precision: float32 products and quotients rounded as float32; the
-// fused multiply-adds (optim's fma32) as a float64 product of two float32
+// fused multiply-adds (FMA32) as a float64 product of two float32
 // values (exact) plus a float64 value, rounded to float64 and then to
 // float32; float32 square roots (correctly rounded, as the Go code's
 // float64 root rounded to float32 is). So its bits are the fallback's.
@@ -10,7 +10,7 @@
 
 #define TARGET __attribute__((target("avx2,fma")))
 
-// fma32x8 is a*b + c for eight float32 lanes, as fma32: in float64, then
+// fma32x8 is a*b + c for eight float32 lanes, as FMA32: in float64, then
 // rounded to float32.
 TARGET static inline __m256 fma32x8(__m256 a, __m256 b, __m256 c) {
 	__m256d lo = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)), _mm256_cvtps_pd(_mm256_castps256_ps128(b))),

@@ -39,16 +39,20 @@ func goAdam(p, g, m, v []float32, a Adam) {
 	for j, gj := range g {
 		pj := p[j]
 		if a.WD != 0 {
-			gj = fma32(pj, a.WD, gj)
+			gj = FMA32(pj, a.WD, gj)
 		}
-		mj := fma32(gj, a.C1, m[j]*a.B1)
-		vj := fma32(a.C2*gj, gj, v[j]*a.B2)
+		mj := FMA32(gj, a.C1, m[j]*a.B1)
+		vj := FMA32(a.C2*gj, gj, v[j]*a.B2)
 		m[j], v[j] = mj, vj
 		den := float32(math.Sqrt(float64(vj)))/a.Bc2Sqrt + a.Eps
 		p[j] = pj + a.NegStep*mj/den
 	}
 }
 
-// fma32 is a·b + c in float64 (the product of two float32 values is
-// exact there), rounded to float32.
-func fma32(a, b, c float32) float32 { return float32(float64(a)*float64(b) + float64(c)) }
+// FMA32 returns a·b + c computed as a fused multiply-add: the product of
+// two float32 values is exact in float64, so only the sum is rounded (to
+// float64, then to float32; the double rounding differs from a true
+// float32 FMA only in vanishingly rare ties). It reproduces ATen's AVX2
+// CPU kernels for add(alpha=...) and addcmul, which use vfmadd, bit for
+// bit; the optimisers (trainer/optim) and AdamUpdate compute with it.
+func FMA32(a, b, c float32) float32 { return float32(float64(a)*float64(b) + float64(c)) }

@@ -219,6 +219,16 @@ TARGET void gt_kern_convk_dw(const float* x, const float* dy, float* dw, float* 
 	}
 }
 
+// in_row sets [*lo, *hi) to the outputs ox (of OW) whose window column
+// j reads inside a row of W: 0 <= ox*s - P + j < W (lo <= hi).
+static inline void in_row(int W, int OW, int s, int P, int j, int* lo, int* hi) {
+	int l = P - j > 0 ? (P - j + s - 1) / s : 0;
+	int h = (W + P - j + s - 1) / s;
+	if (h > OW) h = OW;
+	*lo = l < h ? l : h;
+	*hi = h;
+}
+
 // gt_kern_col2im sets dx[C][H][W] to the sum of the im2col columns (rows
 // (c,i,j) of ncols columns, this sample's OH*OW from col0) that read each
 // value, adding in the order of c, i, j, oy, ox, in float32.
@@ -230,10 +240,8 @@ TARGET void gt_kern_col2im(const float* cols, float* dx, long ncols, long col0, 
 		for (int i = 0; i < KH; i++) {
 			for (int j = 0; j < KW; j++) {
 				const float* src = cols + ((long)(c * KH + i) * KW + j) * ncols + col0;
-				// ox with 0 <= ox*s - P + j < W
-				int lo = P - j > 0 ? (P - j + s - 1) / s : 0;
-				int hi = (W + P - j + s - 1) / s;
-				if (hi > OW) hi = OW;
+				int lo, hi;
+				in_row(W, OW, s, P, j, &lo, &hi);
 				for (int oy = 0; oy < OH; oy++) {
 					int iy = oy * s - P + i;
 					if (iy < 0 || iy >= H) continue;
@@ -258,12 +266,11 @@ TARGET static inline __m256i lanes_in(int x, int lo, int hi) {
 // plane. It only copies, so it has the Go fallback's bits. With stride 1
 // each output row whose vectors end within its (c,i,j)'s rows (all but
 // the last, for rows of 8 and more) is a run of its input row and goes
-// in whole vectors of 8, loaded under a mask of the positions
-// inside the plane (reading nothing outside it), so that rows of a few
-// values (the 10 of a LeNet's second convolution) cost a vector or two,
-// not a loop. (Masked stores, which would keep the last row to its own
-// columns too, are slow on AMD's Zen: rows of 10 went no faster than the
-// scalar loop.)
+// in whole vectors of 8, loaded under a mask of the positions inside the
+// plane (reading nothing outside it), so that rows of a few values (the
+// 10 of a LeNet's second convolution) cost a vector or two, not a loop.
+// (Masked stores, which would keep the last row to its own columns too,
+// are slow on AMD's Zen: rows of 10 went no faster than the scalar loop.)
 TARGET void gt_kern_im2col(const float* x, float* cols, long ncols, long col0, int C, int H, int W, int KH, int KW, int s, int P) {
 	const int OH = (H + 2 * P - KH) / s + 1, OW = (W + 2 * P - KW) / s + 1;
 	const int nv = (OW + 7) / 8;
@@ -272,37 +279,32 @@ TARGET void gt_kern_im2col(const float* x, float* cols, long ncols, long col0, i
 		for (int i = 0; i < KH; i++) {
 			for (int j = 0; j < KW; j++) {
 				float* dst = cols + ((long)(c * KH + i) * KW + j) * ncols + col0;
-				// ox with 0 <= ox*s - P + j < W
-				int lo = P - j > 0 ? (P - j + s - 1) / s : 0;
-				int hi = (W + P - j + s - 1) / s;
-				if (hi > OW) hi = OW;
-				if (lo > hi) lo = hi;
+				int lo, hi;
+				in_row(W, OW, s, P, j, &lo, &hi);
 				const int off = j - P;
 				for (int oy = 0; oy < OH; oy++) {
 					float* d = dst + (long)oy * OW;
-					int iy = oy * s - P + i;
-					const float* row = plane + (long)iy * W;
-					if (s == 1 && (long)oy * OW + 8 * nv <= (long)OH * OW) {
-						// Whole vectors: the values past the row's end
-						// land in the next rows of the same (c,i,j),
-						// written after it. The
-						// row's source, row + off + x, is read only for
-						// lo <= x < hi (inside the plane), and not at all
-						// in a padding row.
-						if (iy < 0 || iy >= H) {
-							for (int v = 0; v < nv; v++) _mm256_storeu_ps(d + 8 * v, _mm256_setzero_ps());
-							continue;
-						}
+					const int iy = oy * s - P + i;
+					const int pad = iy < 0 || iy >= H;
+					// Whole vectors: the values past the row's end land
+					// in the next rows of the same (c,i,j), written
+					// after it.
+					const int whole = s == 1 && (long)oy * OW + 8 * nv <= (long)OH * OW;
+					if (whole && pad) {
+						for (int v = 0; v < nv; v++) _mm256_storeu_ps(d + 8 * v, _mm256_setzero_ps());
+					} else if (whole) {
+						// The row's source, row + off + x, is read only
+						// for lo <= x < hi: inside the plane.
+						const float* row = plane + (long)iy * W;
 						for (int v = 0; v < nv; v++) _mm256_storeu_ps(d + 8 * v, _mm256_maskload_ps(row + off + 8 * v, lanes_in(8 * v, lo, hi)));
-						continue;
-					}
-					if (iy < 0 || iy >= H) {
+					} else if (pad) {
 						for (int ox = 0; ox < OW; ox++) d[ox] = 0;
-						continue;
+					} else {
+						const float* row = plane + (long)iy * W;
+						for (int ox = 0; ox < lo; ox++) d[ox] = 0;
+						for (int ox = lo; ox < hi; ox++) d[ox] = row[ox * s + off];
+						for (int ox = hi; ox < OW; ox++) d[ox] = 0;
 					}
-					for (int ox = 0; ox < lo; ox++) d[ox] = 0;
-					for (int ox = lo; ox < hi; ox++) d[ox] = row[ox * s + off];
-					for (int ox = hi; ox < OW; ox++) d[ox] = 0;
 				}
 			}
 		}

@@ -79,8 +79,9 @@
 // turns them off (graph then takes its im2col route), for comparison.
 // Callers check Available and take their own route otherwise (Im2Col,
 // Col2Im, the elementwise kernels, MaxPool2Grad and AdamUpdate run their
-// Go fallbacks themselves, with the same bits); the functions panic when called without it, or with slices too short for
-// the geometry, as BLAS does on programmer errors.
+// Go fallbacks themselves, with the same bits); the functions panic when
+// called without it, or with slices too short for the geometry, as BLAS
+// does on programmer errors.
 package kern
 
 // Available reports whether the native kernels run on this machine.

@@ -251,12 +251,3 @@ func loadState(opt string, bufs []buffer, tensors map[string][]float32, step int
 	}
 	return nil
 }
-
-// fma32 returns a*b + c computed as a fused multiply-add: the product of two
-// float32 values is exact in float64, so only the sum is rounded (to float64,
-// then to float32; the double rounding differs from a true float32 FMA only in
-// vanishingly rare ties). It reproduces ATen's AVX2 CPU kernels for
-// add(alpha=...) and addcmul, which use vfmadd, bit for bit.
-func fma32(a, b, c float32) float32 {
-	return float32(float64(a)*float64(b) + float64(c))
-}

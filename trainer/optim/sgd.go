@@ -1,5 +1,7 @@
 package optim
 
+import "github.com/gotrain/gotrain/graph/kern"
+
 // sgd implements torch.optim.SGD (foreach=False, maximize=False).
 type sgd struct {
 	cfg    Config
@@ -51,12 +53,12 @@ func (o *sgd) Step(params []Param, lr float64) {
 		case o.cfg.Momentum == 0:
 			if wd == 0 {
 				for j, gj := range g {
-					p[j] = fma32(gj, negLR, p[j])
+					p[j] = kern.FMA32(gj, negLR, p[j])
 				}
 			} else {
 				for j, gj := range g {
-					d := fma32(p[j], wd, gj)
-					p[j] = fma32(d, negLR, p[j])
+					d := kern.FMA32(p[j], wd, gj)
+					p[j] = kern.FMA32(d, negLR, p[j])
 				}
 			}
 		case first:
@@ -66,29 +68,29 @@ func (o *sgd) Step(params []Param, lr float64) {
 			for j, gj := range g {
 				d := gj
 				if wd != 0 {
-					d = fma32(p[j], wd, gj)
+					d = kern.FMA32(p[j], wd, gj)
 				}
 				buf[j] = d
 				if nesterov {
-					d = fma32(d, mom, d)
+					d = kern.FMA32(d, mom, d)
 				}
-				p[j] = fma32(d, negLR, p[j])
+				p[j] = kern.FMA32(d, negLR, p[j])
 			}
 		default:
 			buf := o.bufs[i].data[:len(p)]
 			for j, gj := range g {
 				d := gj
 				if wd != 0 {
-					d = fma32(p[j], wd, gj)
+					d = kern.FMA32(p[j], wd, gj)
 				}
-				b := fma32(d, damp, buf[j]*mom)
+				b := kern.FMA32(d, damp, buf[j]*mom)
 				buf[j] = b
 				if nesterov {
-					d = fma32(b, mom, d)
+					d = kern.FMA32(b, mom, d)
 				} else {
 					d = b
 				}
-				p[j] = fma32(d, negLR, p[j])
+				p[j] = kern.FMA32(d, negLR, p[j])
 			}
 		}
 	}
