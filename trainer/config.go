@@ -21,6 +21,7 @@ import (
 	"github.com/gotrain/gotrain/gpu/device"
 	"github.com/gotrain/gotrain/graph"
 	"github.com/gotrain/gotrain/trainer/balance"
+	"github.com/gotrain/gotrain/trainer/data"
 	"github.com/gotrain/gotrain/trainer/optim"
 )
 
@@ -387,8 +388,7 @@ func (c *Config) Validate() error {
 		return cfgErr("--mean has %d values and --std %d: give one of each per channel of the images", len(c.Mean), len(c.Std))
 	}
 	for i := range c.Mean {
-		m, sd := float64(c.Mean[i]), float64(c.Std[i])
-		if math.IsNaN(m) || math.IsInf(m, 0) || !(sd > 0) || math.IsInf(sd, 0) {
+		if !data.ValidNorm(c.Mean[i], c.Std[i]) {
 			return cfgErr("--mean and --std: channel %d has mean %v and deviation %v: every mean must be finite and every deviation positive and finite", i, c.Mean[i], c.Std[i])
 		}
 	}

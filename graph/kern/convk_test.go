@@ -127,10 +127,7 @@ func TestIm2ColMatchesGather(t *testing.T) {
 		t.Run(fmt.Sprintf("%+v", g), func(t *testing.T) {
 			oh, ow := g.out()
 			ncols, col0 := 3*oh*ow, oh*ow
-			x := make([]float32, g.C*g.H*g.W)
-			for i := range x {
-				x[i] = float32(r.NormFloat64())
-			}
+			x := randn(r, g.C*g.H*g.W)
 			got, gogot := make([]float32, g.C*g.KH*g.KW*ncols), make([]float32, g.C*g.KH*g.KW*ncols)
 			for i := range got {
 				got[i], gogot[i] = float32(math.NaN()), float32(math.NaN())
@@ -175,10 +172,7 @@ func TestCol2ImMatchesScatter(t *testing.T) {
 		t.Run(fmt.Sprintf("%+v", g), func(t *testing.T) {
 			oh, ow := g.out()
 			ncols, col0 := 3*oh*ow, oh*ow
-			cols := make([]float32, g.C*g.KH*g.KW*ncols)
-			for i := range cols {
-				cols[i] = float32(r.NormFloat64())
-			}
+			cols := randn(r, g.C*g.KH*g.KW*ncols)
 			want := make([]float64, g.C*g.H*g.W)
 			for c := 0; c < g.C; c++ {
 				for i := 0; i < g.KH; i++ {

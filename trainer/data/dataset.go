@@ -69,10 +69,10 @@ func (d *Dataset) norm() *norm {
 // (p/255 - mean)/std, computed in float64 from the float32 constants and
 // rounded to float32 (as [Folder.SetNorm], through the same table, so
 // that a dataset and the image folder written from it normalise bit for
-// bit alike). std must
-// be positive and both finite. Slices made afterwards share the constants.
+// bit alike). std must be positive and both finite ([ValidNorm]). Slices
+// made afterwards share the constants.
 func (d *Dataset) SetNorm(mean, std float32) error {
-	if !validNorm(mean, std) {
+	if !ValidNorm(mean, std) {
 		return fmt.Errorf("data: %s/%s: normalisation by mean %v and deviation %v: the deviation must be positive and both finite", d.Name, d.Split, mean, std)
 	}
 	n := newNorm(float64(mean), float64(std))
@@ -80,9 +80,9 @@ func (d *Dataset) SetNorm(mean, std float32) error {
 	return nil
 }
 
-// validNorm reports whether mean and std can normalise: std positive,
-// both finite.
-func validNorm(mean, std float32) bool {
+// ValidNorm reports whether mean and std can normalise, as SetNorm and
+// Folder.SetNorm take them: std positive, both finite.
+func ValidNorm(mean, std float32) bool {
 	m, s := float64(mean), float64(std)
 	return s > 0 && !math.IsInf(s, 0) && !math.IsNaN(m) && !math.IsInf(m, 0)
 }

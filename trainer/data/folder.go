@@ -301,7 +301,7 @@ func (f *Folder) SetNorm(mean, std []float32) error {
 	}
 	lut := make([][256]float32, f.C)
 	for c := range f.C {
-		if !validNorm(mean[c], std[c]) {
+		if !ValidNorm(mean[c], std[c]) {
 			return fmt.Errorf("%w: %s: channel %d: normalisation by mean %v and deviation %v", ErrImage, f.Dir, c, mean[c], std[c])
 		}
 		lut[c] = *newNorm(float64(mean[c]), float64(std[c])).lut
